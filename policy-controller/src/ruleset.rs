@@ -1,0 +1,231 @@
+//! The ruleset model: the contract between the policy compiler (`compile`, which produces it
+//! from cluster state), the interpreter (`eval::interp`, which classifies packets by walking
+//! it) and the dataplane (`nft`, which renders it, diffs it and programs it).
+//!
+//! It mirrors the nftables objects of one `inet` table closely enough that rendering is
+//! mechanical, but it is plain data: no nft syntax, no I/O. Everything is ordered
+//! (`BTreeMap`/`BTreeSet`) so that equal models compare equal and dumps are canonical.
+//!
+//! Shape (DESIGN.md "Policy"): few, stable chains; the data that changes with pods and
+//! selectors lives in set and map elements, so that a pod coming or going is a few element
+//! updates, never a rule rewrite.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// One `inet` table's worth of chains, sets and verdict maps, keyed by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    pub chains: BTreeMap<String, Chain>,
+    pub sets: BTreeMap<String, Set>,
+    pub maps: BTreeMap<String, VerdictMap>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
+/// The type of one component of a set or map key (nft: `ipv4_addr`, `ipv6_addr`,
+/// `inet_proto`, `inet_service`, `ifname`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum KeyType {
+    Ipv4Addr,
+    Ipv6Addr,
+    InetProto,
+    InetService,
+    IfName,
+}
+
+/// A packet field a rule can match on or look up in a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Field {
+    /// `ip saddr` / `ip6 saddr`
+    SrcAddr(Family),
+    /// `ip daddr` / `ip6 daddr`
+    DstAddr(Family),
+    /// `meta l4proto`
+    L4Proto,
+    /// `th dport` (TCP, UDP, SCTP, ... destination port)
+    DstPort,
+    /// `meta iifname`
+    IifName,
+    /// `meta oifname`
+    OifName,
+    /// `meta nfproto` (ipv4 / ipv6)
+    NfProto,
+}
+
+impl Field {
+    /// The key type of this field when used in a set lookup.
+    pub fn key_type(self) -> KeyType {
+        match self {
+            Field::SrcAddr(Family::Ipv4) | Field::DstAddr(Family::Ipv4) => KeyType::Ipv4Addr,
+            Field::SrcAddr(Family::Ipv6) | Field::DstAddr(Family::Ipv6) => KeyType::Ipv6Addr,
+            Field::L4Proto => KeyType::InetProto,
+            Field::DstPort => KeyType::InetService,
+            Field::IifName | Field::OifName => KeyType::IfName,
+            Field::NfProto => KeyType::InetProto,
+        }
+    }
+}
+
+/// One component of a set element or a compared value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Value {
+    Addr(IpAddr),
+    /// A CIDR; only in interval sets (or as a compared value).
+    Prefix(IpNet),
+    /// An inclusive address range; only in interval sets.
+    AddrRange(IpAddr, IpAddr),
+    Proto(u8),
+    Port(u16),
+    /// An inclusive port range (endPort); only in interval sets.
+    PortRange(u16, u16),
+    IfName(String),
+    /// Interface-name wildcard: every name starting with this prefix (nft `"pal*"`).
+    IfPrefix(String),
+    /// `meta nfproto` value.
+    NfProto(Family),
+}
+
+/// A named set: `key` is one type or a concatenation (`ipv4_addr . inet_proto . inet_service`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Set {
+    pub key: Vec<KeyType>,
+    /// `flags interval`: elements may hold prefixes and ranges.
+    pub interval: bool,
+    pub elements: BTreeSet<Vec<Value>>,
+    /// Free text, rendered as the set's comment (what selector or rule it stands for).
+    pub comment: Option<String>,
+}
+
+/// A named verdict map (`type ... : verdict`), used for dispatch: packet key → jump chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictMap {
+    pub key: Vec<KeyType>,
+    pub interval: bool,
+    pub elements: BTreeMap<Vec<Value>, Verdict>,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+    Untracked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+}
+
+/// A condition of a rule; a rule applies when all its matches hold.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Match {
+    /// `field == value` / `field != value` (a `Prefix` value matches addresses inside it,
+    /// an `IfPrefix` names starting with it, ranges values inside them).
+    Cmp { field: Field, op: CmpOp, value: Value },
+    /// `fields @set` (concatenated with `.` when several), or `!= @set` when `negate`.
+    Lookup { fields: Vec<Field>, set: String, negate: bool },
+    /// `ct state { ... }`: the packet's conntrack state is one of these.
+    CtState(Vec<CtState>),
+}
+
+/// A statement a rule executes before its verdict.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Statement {
+    Counter,
+    /// `log group N prefix "..."` (NFLOG), optionally rate-limited to `rate_per_second`.
+    Log { group: u16, prefix: String, rate_per_second: Option<u32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+}
+
+/// How a rule ends.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RuleVerdict {
+    Verdict(Verdict),
+    /// `fields vmap @map`: look the key up in a verdict map; no element means continue.
+    Vmap { fields: Vec<Field>, map: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub statements: Vec<Statement>,
+    /// `None`: fall through to the next rule (only useful with statements).
+    pub verdict: Option<RuleVerdict>,
+    /// Rendered as the rule's comment; names the policy/rule for explanations and logs.
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ChainPolicy {
+    Accept,
+    Drop,
+}
+
+/// A base chain is attached to a netfilter hook (type `filter`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BaseChain {
+    pub hook: Hook,
+    pub priority: i32,
+    pub policy: ChainPolicy,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// `Some` for a base chain attached to a hook; `None` for a regular chain.
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+}
+
+impl Rule {
+    pub fn new(matches: Vec<Match>, verdict: Verdict) -> Rule {
+        Rule {
+            matches,
+            statements: Vec::new(),
+            verdict: Some(RuleVerdict::Verdict(verdict)),
+            comment: None,
+        }
+    }
+
+    pub fn with_comment(mut self, comment: impl Into<String>) -> Rule {
+        self.comment = Some(comment.into());
+        self
+    }
+}
