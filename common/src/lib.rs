@@ -50,7 +50,10 @@ pub enum AgentRequest {
     },
     /// The attachment is gone (CNI DEL). Informational: the watch is the source of truth.
     #[serde(rename_all = "camelCase")]
-    PodDeleted { container_id: String, ips: Vec<IpAddr> },
+    PodDeleted {
+        container_id: String,
+        ips: Vec<IpAddr>,
+    },
     /// Is the agent ready (first full sync programmed)? Used by CNI STATUS.
     Status,
 }

@@ -2,12 +2,17 @@
 //!
 //! How a NetworkPolicy becomes nftables, stage by stage (DESIGN.md "The agent"):
 //!
-//! 1. [`model`]: cluster state (pods, namespaces, policies, nodes) from the API objects.
-//! 2. `compile`: state + node name → [`ruleset::Ruleset`] (pure: no kube, no nft).
-//! 3. `nft`: ruleset → diff against what is programmed → one nftables transaction.
+//! 1. [`model`]: cluster state (pods, namespaces, policies, nodes) from the API objects;
+//!    [`model::validate`] rejects what the API server would.
+//! 2. [`compile`]: state + node name → [`ruleset::Ruleset`] (pure: no kube, no nft).
+//! 3. [`nft`]: ruleset → diff against what is programmed → one nftables transaction.
 //!
-//! `eval` holds the reference evaluator of the API semantics and the interpreter that walks
+//! [`eval`] holds the reference evaluator of the API semantics and the interpreter that walks
 //! a compiled ruleset; property tests require them to agree.
 
+pub mod compile;
+pub mod eval;
+pub mod install;
 pub mod model;
+pub mod nft;
 pub mod ruleset;

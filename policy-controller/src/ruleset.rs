@@ -142,9 +142,17 @@ pub enum CmpOp {
 pub enum Match {
     /// `field == value` / `field != value` (a `Prefix` value matches addresses inside it,
     /// an `IfPrefix` names starting with it, ranges values inside them).
-    Cmp { field: Field, op: CmpOp, value: Value },
+    Cmp {
+        field: Field,
+        op: CmpOp,
+        value: Value,
+    },
     /// `fields @set` (concatenated with `.` when several), or `!= @set` when `negate`.
-    Lookup { fields: Vec<Field>, set: String, negate: bool },
+    Lookup {
+        fields: Vec<Field>,
+        set: String,
+        negate: bool,
+    },
     /// `ct state { ... }`: the packet's conntrack state is one of these.
     CtState(Vec<CtState>),
 }
@@ -154,7 +162,11 @@ pub enum Match {
 pub enum Statement {
     Counter,
     /// `log group N prefix "..."` (NFLOG), optionally rate-limited to `rate_per_second`.
-    Log { group: u16, prefix: String, rate_per_second: Option<u32> },
+    Log {
+        group: u16,
+        prefix: String,
+        rate_per_second: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -171,7 +183,10 @@ pub enum Verdict {
 pub enum RuleVerdict {
     Verdict(Verdict),
     /// `fields vmap @map`: look the key up in a verdict map; no element means continue.
-    Vmap { fields: Vec<Field>, map: String },
+    Vmap {
+        fields: Vec<Field>,
+        map: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! normalised from the API objects in [`api`]. Pure data, no I/O.
 
 pub mod api;
+pub mod validate;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,7 +75,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -110,8 +114,12 @@ impl PodInfo {
     /// Normalise an API Pod: IPs from `status.podIPs` (or `podIP`), named ports from every
     /// container and from init containers with `restartPolicy: Always` (sidecars).
     pub fn from_api(pod: &api::Pod) -> PodInfo {
-        let mut ips: Vec<IpAddr> =
-            pod.status.pod_ips.iter().filter_map(|p| p.ip.parse().ok()).collect();
+        let mut ips: Vec<IpAddr> = pod
+            .status
+            .pod_ips
+            .iter()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
         if ips.is_empty() {
             if let Some(ip) = pod.status.pod_ip.as_deref().and_then(|s| s.parse().ok()) {
                 ips.push(ip);
@@ -132,7 +140,11 @@ impl PodInfo {
                 ) else {
                     continue;
                 };
-                named_ports.push(NamedPort { name: name.clone(), port, protocol });
+                named_ports.push(NamedPort {
+                    name: name.clone(),
+                    port,
+                    protocol,
+                });
             }
         }
         let phase = pod.status.phase.as_deref();
@@ -150,7 +162,10 @@ impl PodInfo {
 
     /// The port number a named port resolves to on this pod for a protocol, if declared.
     pub fn resolve_named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.named_ports.iter().find(|p| p.name == name && p.protocol == protocol).map(|p| p.port)
+        self.named_ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
     }
 }
 
@@ -164,10 +179,19 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     pub fn from_api(node: &api::Node) -> NodeInfo {
-        let mut pod_cidrs: Vec<ipnet::IpNet> =
-            node.spec.pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+        let mut pod_cidrs: Vec<ipnet::IpNet> = node
+            .spec
+            .pod_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
         if pod_cidrs.is_empty() {
-            pod_cidrs.extend(node.spec.pod_cidr.as_deref().and_then(|c| c.parse::<ipnet::IpNet>().ok()));
+            pod_cidrs.extend(
+                node.spec
+                    .pod_cidr
+                    .as_deref()
+                    .and_then(|c| c.parse::<ipnet::IpNet>().ok()),
+            );
         }
         NodeInfo {
             name: node.metadata.name.clone(),

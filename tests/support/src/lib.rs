@@ -63,10 +63,14 @@ pub fn sweep_stale() {
         return;
     }
     *done = true;
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return };
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(ROOT_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(ROOT_PREFIX) else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         if pid.is_empty() {
             continue;
@@ -99,9 +103,15 @@ impl Netns {
         let name = format!("{}-{tag}", run_prefix());
         let out = Command::new("ip").args(["netns", "add", &name]).output()?;
         if !out.status.success() {
-            bail!("ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        let ns = Netns { path: PathBuf::from(NETNS_DIR).join(&name), name };
+        let ns = Netns {
+            path: PathBuf::from(NETNS_DIR).join(&name),
+            name,
+        };
         ns.sh("ip link set lo up")?;
         Ok(ns)
     }
@@ -118,7 +128,9 @@ impl Netns {
     /// `ip netns exec` does not remount /sys).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path.display())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path.display()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -147,7 +159,9 @@ impl Netns {
 
     /// Run a shell script inside the namespace and report only whether it succeeded.
     pub fn sh_ok(&self, script: &str) -> bool {
-        self.exec("sh", &["-c", script]).map(|o| o.status.success()).unwrap_or(false)
+        self.exec("sh", &["-c", script])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     /// Start a background process inside the namespace; it is killed when the namespace is
@@ -178,7 +192,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         kill_netns_processes(&self.name);
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
