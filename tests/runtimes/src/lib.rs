@@ -1,0 +1,1 @@
+//! Real runtimes as clients of the palisade CNI plugin.
