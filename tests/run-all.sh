@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Palisade's whole test suite, as CI runs it (root, fresh Debian 12 machine):
+#   1. dependencies (tests/install-deps.sh)
+#   2. rustfmt and clippy -D warnings
+#   3. cargo test --workspace: unit, property, golden, kernel (network namespaces), real
+#      runtimes (podman, containerd), the kube API stand-in with kubectl, manifests
+#   4. the image assembled as an OCI layout and its entry points run
+#   5. the kind integration scripts checked (bash -n, shellcheck)
+#   6. every scenario on the netns cluster, IPv4 then IPv6
+# Each stage prints its own summary; the last line is the scenario runner's "N passed, M failed".
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+stage() { printf '\n===== %s (%s)\n' "$1" "$(date +%T)"; }
+
+stage "dependencies"
+bash tests/install-deps.sh
+export PATH="${PALISADE_VENV:-/opt/palisade-venv}/bin:$PATH"
+
+stage "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+stage "release binaries"
+cargo build --release --locked --bins
+export PALISADE_BIN_DIR=$root/target/release
+
+stage "cargo test"
+cargo test --workspace --locked -- --test-threads=4
+
+stage "manifests"
+kubernetes-validate --strict --quiet conf/[0-9]*.yaml conf/uninstall/*.yaml
+kubectl kustomize conf >/dev/null
+
+stage "image (OCI layout)"
+SKIP_BUILD=0 bash image/test-image.sh "$(mktemp -d /tmp/palisade-image.XXXXXX)"
+
+stage "kind integration scripts"
+for f in integration/kind/*.sh; do bash -n "$f"; shellcheck "$f"; done
+echo "kind scripts: syntax and shellcheck clean"
+
+stage "scenarios, IPv4"
+integration/run-scenarios --family v4 integration/scenarios ../shared/scenarios-sample
+stage "scenarios, IPv6"
+integration/run-scenarios --family v6 integration/scenarios ../shared/scenarios-sample
