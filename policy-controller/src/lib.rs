@@ -10,9 +10,12 @@
 //! [`eval`] holds the reference evaluator of the API semantics and the interpreter that walks
 //! a compiled ruleset; property tests require them to agree.
 
+pub mod agent;
 pub mod compile;
+pub mod ctl;
 pub mod eval;
 pub mod install;
+pub mod kube;
 pub mod model;
 pub mod nft;
 pub mod ruleset;

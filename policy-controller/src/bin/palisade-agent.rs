@@ -1,1 +1,241 @@
-fn main() {}
+//! `palisade-agent`: the node agent (default subcommand `run`), plus `install-cni` and
+//! `uninstall` for the DaemonSet's init container and for removal.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use palisade_policy::agent::logging::{self, LogFormat};
+use palisade_policy::agent::{self, AgentConfig, NewPods};
+use palisade_policy::install;
+use palisade_policy::kube::Slim;
+use palisade_policy::model::{api, NodeInfo};
+use palisade_policy::nft::{NftDataplane, NftOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "palisade-agent", version, about = "Palisade node agent: NetworkPolicy enforced with nftables")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent (the default).
+    Run(RunArgs),
+    /// Install the CNI plugin binary and the node's conflist (DaemonSet init container).
+    InstallCni(InstallArgs),
+    /// Remove the conflist, the plugin binary and Palisade's nftables tables.
+    Uninstall(UninstallArgs),
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected true or false, got {s}")),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// This node's name (Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Kubeconfig; else KUBECONFIG, ~/.kube/config or the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Unix socket for the CNI plugin.
+    #[arg(long, default_value = palisade_common::DEFAULT_AGENT_SOCKET)]
+    cni_socket: PathBuf,
+    /// Address for /metrics, /healthz, /readyz, /status.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, default_value_t = 10)]
+    min_sync_interval_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    max_sync_interval_ms: u64,
+    /// Traffic towards a new pod before the agent has programmed it.
+    #[arg(long, value_enum, default_value = "fail-closed")]
+    new_pods: NewPods,
+    /// NFLOG group for denied-packet logs; 0 disables them.
+    #[arg(long, default_value_t = 100)]
+    nflog_group: u16,
+    /// Denied-packet log lines per second, at most.
+    #[arg(long, default_value_t = 10)]
+    deny_log_rate: u32,
+    /// Keep routes to the other nodes' pod CIDRs.
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    manage_routes: bool,
+    #[arg(long, default_value = palisade_common::POLICY_TABLE)]
+    table: String,
+    #[arg(long, default_value = "/usr/sbin/nft")]
+    nft: PathBuf,
+    /// Test hook: delay every sync by this long (a slow agent).
+    #[arg(long, default_value_t = 0, hide = true)]
+    test_sync_delay_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct InstallArgs {
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long)]
+    cni_bin_dir: PathBuf,
+    #[arg(long)]
+    cni_conf_dir: PathBuf,
+    /// Conflist template with the pod CIDR placeholder.
+    #[arg(long)]
+    template: PathBuf,
+    /// The `palisade` plugin binary to install.
+    #[arg(long)]
+    plugin_binary: PathBuf,
+    /// How long to wait for the Node to get spec.podCIDRs.
+    #[arg(long, default_value_t = 300)]
+    wait_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+struct UninstallArgs {
+    #[arg(long)]
+    cni_bin_dir: PathBuf,
+    #[arg(long)]
+    cni_conf_dir: PathBuf,
+    #[arg(long, default_value = palisade_common::POLICY_TABLE)]
+    table: String,
+    #[arg(long, default_value = "/usr/sbin/nft")]
+    nft: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+        Some(Command::InstallCni(args)) => {
+            logging::init(LogFormat::Text, "info");
+            runtime().and_then(|rt| rt.block_on(install_cni(args)))
+        }
+        Some(Command::Uninstall(args)) => {
+            logging::init(LogFormat::Text, "info");
+            install::uninstall(
+                &args.cni_bin_dir,
+                &args.cni_conf_dir,
+                &args.nft.to_string_lossy(),
+                &[&args.table, palisade_common::HOSTPORT_TABLE],
+            )
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("palisade-agent: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    // Two workers: the agent's work is one sync worker plus I/O; nft runs as a child process.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("build tokio runtime")
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    logging::init(args.log_format, &args.log_level);
+    let Some(node_name) = args.node_name.clone().filter(|n| !n.is_empty()) else {
+        bail!("--node-name (or NODE_NAME) is required");
+    };
+    let config = AgentConfig {
+        node_name,
+        kubeconfig: args.kubeconfig.clone(),
+        cni_socket: args.cni_socket.clone(),
+        listen: args.listen,
+        new_pods: args.new_pods,
+        nflog_group: (args.nflog_group != 0).then_some(args.nflog_group),
+        deny_log_rate: args.deny_log_rate,
+        manage_routes: args.manage_routes,
+        table: args.table.clone(),
+        nft: args.nft.clone(),
+        sync: agent::sync_tuning(args.min_sync_interval_ms, args.max_sync_interval_ms, args.test_sync_delay_ms),
+    };
+    runtime()?.block_on(async move {
+        let client = agent::kube_client(config.kubeconfig.as_deref()).await?;
+        let dataplane = NftDataplane::new(NftOptions {
+            table: config.table.clone(),
+            nft: config.nft.clone(),
+            netns: None,
+        });
+        let running = agent::start(config, client, Box::new(dataplane)).await?;
+        tokio::select! {
+            _ = shutdown_signal() => {
+                // The table stays: the rules keep being enforced while the agent is away
+                // (restart, upgrade); `uninstall` removes it.
+                tracing::info!("signal received; exiting, rules stay in force");
+            }
+            _ = running.wait() => bail!("sync worker stopped"),
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn install_cni(args: InstallArgs) -> Result<()> {
+    let client = agent::kube_client(args.kubeconfig.as_deref()).await?;
+    let nodes: kube::Api<Slim<api::Node>> = kube::Api::all(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_seconds);
+    let pod_cidrs = loop {
+        match nodes.get(&args.node_name).await {
+            Ok(node) => match node.body {
+                Ok(node) => {
+                    let info = NodeInfo::from_api(&node);
+                    if !info.pod_cidrs.is_empty() {
+                        break info.pod_cidrs;
+                    }
+                    tracing::info!(node = %args.node_name, "node has no spec.podCIDRs yet; waiting");
+                }
+                Err(e) => bail!("node {}: cannot decode: {e}", args.node_name),
+            },
+            Err(e) => tracing::warn!(node = %args.node_name, error = %e, "get node"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("node {} got no spec.podCIDRs within {}s", args.node_name, args.wait_seconds);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let template = std::fs::read_to_string(&args.template)
+        .with_context(|| format!("read conflist template {}", args.template.display()))?;
+    let cfg = install::InstallConfig {
+        cni_bin_dir: args.cni_bin_dir,
+        cni_conf_dir: args.cni_conf_dir,
+        plugin_binary: args.plugin_binary,
+        template,
+    };
+    install::install_cni(&cfg, &args.node_name, &pod_cidrs)?;
+    tracing::info!(node = %args.node_name, ?pod_cidrs, "CNI plugin and conflist installed");
+    Ok(())
+}

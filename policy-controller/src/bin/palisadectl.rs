@@ -1,1 +1,5 @@
-fn main() {}
+//! `palisadectl`: see [`palisade_policy::ctl`].
+
+fn main() -> std::process::ExitCode {
+    palisade_policy::ctl::main()
+}

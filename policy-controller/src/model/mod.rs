@@ -2,6 +2,7 @@
 //! normalised from the API objects in [`api`]. Pure data, no I/O.
 
 pub mod api;
+pub mod selector;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};

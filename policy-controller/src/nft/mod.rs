@@ -1,5 +1,33 @@
 //! The dataplane: renders a [`crate::ruleset::Ruleset`] into nftables transactions for the
 //! table `inet palisade`, diffs against what is programmed and applies only the difference.
+//!
+//! - [`canon`]: the canonical form of a model (the model as nft lists it back);
+//! - [`plan`]: the diff, an ordered list of [`Op`]s forming one transaction;
+//! - `json`: commands → nft JSON (what is sent), `text`: models and commands → nft text
+//!   (what is shown);
+//! - [`parse`]: nft's JSON listing → model (adoption on start, counters);
+//! - [`NftDataplane`] runs nft; [`FakeDataplane`] applies the same commands in memory.
+//!
+//! Both dataplanes keep what they believe is programmed. The first apply (and the first after
+//! an error or [`Dataplane::invalidate`]) reads the table back and converges from what is
+//! really there, in one transaction that never deletes the table: unchanged chains, sets and
+//! elements stay untouched, so traffic never sees an empty or half-built table.
+
+pub mod canon;
+mod fake;
+mod json;
+mod kernel;
+pub mod parse;
+pub mod plan;
+mod text;
+
+pub use canon::canonicalize;
+pub use fake::FakeDataplane;
+pub use json::transaction as transaction_json;
+pub use kernel::{describe, LastApply, NftDataplane, NftOptions};
+pub use parse::{parse_listing, Listing, RuleCounter};
+pub use plan::{plan, validate, Op, Programmed, SetSpec};
+pub use text::{op_text, render_full, render_table};
 
 use crate::ruleset::Ruleset;
 
@@ -22,6 +50,10 @@ pub enum DataplaneError {
         context: String,
         source: std::io::Error,
     },
+    /// The model cannot be programmed (a rule names a missing set, a jump to a base chain,
+    /// ...): a bug in whoever built it. Nothing was sent.
+    #[error("invalid ruleset: {0}")]
+    Invalid(String),
 }
 
 /// A programmable dataplane: the real one runs `nft`, the fake applies in memory.
@@ -30,4 +62,10 @@ pub trait Dataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError>;
     /// Forget what is believed programmed; the next apply re-reads the table and converges.
     fn invalidate(&mut self);
+}
+
+/// Validates and canonicalizes a desired model before diffing.
+fn prepare(desired: &Ruleset) -> Result<Ruleset, DataplaneError> {
+    validate(desired).map_err(DataplaneError::Invalid)?;
+    Ok(canonicalize(desired))
 }

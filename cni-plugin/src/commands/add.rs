@@ -1,0 +1,381 @@
+//! ADD: wire one pod interface into the node with a routed veth.
+//!
+//! Steps (each one idempotent, so a repeated ADD converges to the same state and result):
+//! IPAM reserve → veth pair (pod end born in the pod netns) → host sysctls → pod addresses →
+//! pod routes/neighbours → host routes → hostPort → agent. A failure at any step undoes
+//! every earlier one (no leaked IP, link or mapping) before the error is returned; a crash
+//! (see [`crash_point`]) leaves a state that DEL or GC removes, because the attachment is on
+//! disk before any kernel object exists.
+
+use super::{crash_point, host_prefix, require_link, warn, GATEWAY_V4, GATEWAY_V6};
+use crate::agent::{self, Outcome};
+use crate::config::{Attachment, Env, NetConf};
+use crate::error::{CniError, Result};
+use crate::hostport::{self, PortMapping};
+use crate::ipam;
+use crate::link::{
+    self, Link, Mac, RouteMode, RouteSpec, VethEnd, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
+};
+use crate::netlink::Socket;
+use crate::netns::Netns;
+use crate::sysctl;
+use crate::types::{CniResult, Interface, IpConfig, Route};
+use ipnet::IpNet;
+use palisade_common::AgentRequest;
+use serde_json::Map;
+use std::net::IpAddr;
+
+pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
+    let att = env.attachment();
+    let netns = open_netns(env.netns.as_deref().expect("CNI_NETNS validated for ADD"))?;
+    let mappings = conf.port_mappings()?;
+    let mut undo = Undo::default();
+    let result = build(env, conf, att, &netns, &mappings, &mut undo);
+    if result.is_err() {
+        undo.run(env, conf, att);
+    }
+    result
+}
+
+/// Open `CNI_NETNS`: a missing path means the container is gone (code 3), a path that is not
+/// a network namespace is a bad environment (code 4).
+pub fn open_netns(path: &str) -> Result<Netns> {
+    Netns::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CniError::ContainerUnknown {
+            path: path.to_string(),
+        },
+        std::io::ErrorKind::InvalidInput => CniError::InvalidEnv {
+            var: "CNI_NETNS",
+            reason: format!("{path}: {e}"),
+        },
+        _ => CniError::Netns {
+            path: path.to_string(),
+            source: e,
+        },
+    })
+}
+
+pub fn open_host_socket() -> Result<Socket> {
+    Socket::open().map_err(|source| CniError::Netlink {
+        context: "open netlink socket in the node netns".into(),
+        source,
+        kernel_msg: None,
+    })
+}
+
+pub fn open_pod_socket(netns: &Netns) -> Result<Socket> {
+    netns.netlink().map_err(|source| CniError::Netns {
+        path: netns.path.clone(),
+        source,
+    })
+}
+
+/// What a failed ADD has to take back, in reverse order.
+#[derive(Default)]
+struct Undo {
+    ipam: bool,
+    veth: Option<String>,
+    hostport: bool,
+}
+
+impl Undo {
+    /// Best effort: each failure is logged and the rest still runs.
+    fn run(&self, env: &Env, conf: &NetConf, att: &Attachment) {
+        if self.hostport {
+            if let Err(e) = hostport::del(&conf.hostport_dir(), &att.container_id, &att.ifname) {
+                warn(format!("undo ADD: remove port mappings: {e}"));
+            }
+        }
+        if let Some(name) = &self.veth {
+            // Deleting the host end removes the pod end and every route through them.
+            if let Err(e) = open_host_socket().and_then(|mut s| link::delete_link(&mut s, name)) {
+                warn(format!("undo ADD: {e}"));
+            }
+        }
+        if self.ipam {
+            if let Err(e) = ipam::release(conf, env, att) {
+                warn(format!("undo ADD: release IPAM: {e}"));
+            }
+        }
+    }
+}
+
+fn build(
+    env: &Env,
+    conf: &NetConf,
+    att: &Attachment,
+    netns: &Netns,
+    mappings: &[PortMapping],
+    undo: &mut Undo,
+) -> Result<CniResult> {
+    let host_ifname = att.host_ifname();
+
+    // 1. Addresses, and the attachment on disk before anything exists in the kernel.
+    undo.ipam = true;
+    let reservation = ipam::reserve(conf, env, att)?;
+    crash_point("ipam-reserved");
+    let ips = reservation.ips.clone();
+    let has_v4 = ips.iter().any(IpAddr::is_ipv4);
+    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
+
+    // 2. The veth pair.
+    let mut host = open_host_socket()?;
+    let mut pod = open_pod_socket(netns)?;
+    let (host_link, pod_link) =
+        ensure_veth(conf, att, netns, &host_ifname, &mut host, &mut pod, undo)?;
+    let host_mac = host_link.mac.ok_or_else(|| {
+        CniError::LinkConflict(format!("host veth {host_ifname} has no MAC address"))
+    })?;
+
+    // 3. Node side: forwarding, anti-spoofing, the pod's IPv6 gateway address.
+    if has_v4 {
+        sysctl::ensure("net.ipv4.ip_forward", "1")?;
+        // Strict reverse-path filtering: the host route to the pod points at this veth, so a
+        // pod can only send from its own addresses.
+        sysctl::ensure_path(&sysctl::if_path("ipv4", &host_ifname, "rp_filter"), "1")?;
+    }
+    if has_v6 {
+        sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
+        let gw6: IpNet = IpNet::new(GATEWAY_V6.into(), 64).expect("valid");
+        link::add_address(&mut host, &host_link, gw6, true)?;
+    }
+    if !host_link.up {
+        link::set_up(&mut host, &host_link)?;
+    }
+    crash_point("host-sysctls");
+
+    // 4. Pod side addresses. DAD off first: the pod's /128 and link-local would otherwise stay
+    // tentative (unusable) for about a second.
+    if has_v6 {
+        let path = sysctl::if_path("ipv6", &att.ifname, "accept_dad");
+        netns
+            .run(|| sysctl::ensure_path(&path, "0"))
+            .map_err(|source| CniError::Netns {
+                path: netns.path.clone(),
+                source,
+            })??;
+    }
+    for ip in &ips {
+        link::add_address(&mut pod, &pod_link, host_prefix(*ip), ip.is_ipv6())?;
+    }
+    if !pod_link.up {
+        link::set_up(&mut pod, &pod_link)?;
+    }
+    crash_point("pod-addresses");
+
+    // 5. Pod routes through the link-local gateways, resolved by permanent neighbours. The
+    // default route belongs to the pod's first attachment: a second interface of the same pod
+    // (`net1`) keeps the existing one, or deleting `net1` would leave the pod without any.
+    let pod_if = &att.ifname;
+    // The default routes this attachment owns, for the result (a repeated ADD finds its own
+    // route already there and must report it again).
+    let mut result_routes = Vec::new();
+    for (present, gw) in [
+        (has_v4, IpAddr::V4(GATEWAY_V4)),
+        (has_v6, IpAddr::V6(GATEWAY_V6)),
+    ] {
+        if !present {
+            continue;
+        }
+        link::replace_permanent_neighbour(&mut pod, &pod_link, gw, host_mac)?;
+        let default_dst = if gw.is_ipv4() {
+            default_v4()
+        } else {
+            default_v6()
+        };
+        let routes = link::list_routes(&mut pod, gw.is_ipv4())?;
+        if let Some(existing) = routes.iter().find(|r| r.dst == default_dst) {
+            if existing.gateway == Some(gw) && existing.oif == pod_link.index {
+                result_routes.push(default_route(default_dst, gw));
+            }
+            continue;
+        }
+        if gw.is_ipv4() {
+            // fe80::1 is on-link on every interface by definition; 169.254.1.1 needs a route.
+            let onlink = RouteSpec {
+                dst: host_prefix(gw),
+                gateway: None,
+                oif: pod_link.index,
+                scope: RT_SCOPE_LINK,
+            };
+            link::add_route(&mut pod, &onlink, pod_if, RouteMode::Replace)?;
+        }
+        let default = RouteSpec {
+            dst: default_dst,
+            gateway: Some(gw),
+            oif: pod_link.index,
+            scope: RT_SCOPE_UNIVERSE,
+        };
+        link::add_route(&mut pod, &default, pod_if, RouteMode::KeepExisting)?;
+        result_routes.push(default_route(default_dst, gw));
+    }
+    crash_point("pod-routes");
+
+    // 6. Node routes to the pod.
+    for ip in &ips {
+        let scope = if ip.is_ipv4() {
+            RT_SCOPE_LINK
+        } else {
+            RT_SCOPE_UNIVERSE
+        };
+        let route = RouteSpec {
+            dst: host_prefix(*ip),
+            gateway: None,
+            oif: host_link.index,
+            scope,
+        };
+        link::add_route(&mut host, &route, &host_ifname, RouteMode::Replace)?;
+    }
+    crash_point("host-routes");
+
+    // 7. hostPort.
+    if !mappings.is_empty() {
+        undo.hostport = true;
+        hostport::add(
+            &conf.hostport_dir(),
+            &att.container_id,
+            &att.ifname,
+            &ips,
+            mappings,
+        )
+        .map_err(|source| CniError::HostPort {
+            context: "add port mappings",
+            source,
+        })?;
+        crash_point("hostport");
+    }
+
+    // 8. Tell the agent, so the pod's policy is in force before ADD returns.
+    notify_agent(env, conf, att, &host_ifname, &ips)?;
+
+    // 9. The result.
+    let ours = CniResult {
+        interfaces: vec![
+            Interface {
+                name: host_ifname,
+                mac: Some(host_mac.to_string()),
+                mtu: Some(host_link.mtu),
+                ..Default::default()
+            },
+            Interface {
+                name: att.ifname.clone(),
+                mac: pod_link.mac.map(|m| m.to_string()),
+                mtu: Some(pod_link.mtu),
+                sandbox: Some(netns.path.clone()),
+                ..Default::default()
+            },
+        ],
+        ips: ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: host_prefix(*ip),
+                gateway: None,
+                interface: Some(1),
+                extra: Map::new(),
+            })
+            .collect(),
+        routes: result_routes,
+        dns: if conf.dns.is_empty() {
+            reservation.dns
+        } else {
+            conf.dns.clone()
+        },
+    };
+    Ok(match conf.prev_result.clone() {
+        Some(prev) => CniResult::merge_after(prev, ours),
+        None => ours,
+    })
+}
+
+/// Create the pair, or adopt the one a previous ADD of this attachment made.
+fn ensure_veth(
+    conf: &NetConf,
+    att: &Attachment,
+    netns: &Netns,
+    host_ifname: &str,
+    host: &mut Socket,
+    pod: &mut Socket,
+    undo: &mut Undo,
+) -> Result<(Link, Link)> {
+    let existing_host = link::get_link(host, host_ifname)?;
+    let existing_pod = link::get_link(pod, &att.ifname)?;
+    match (existing_host, existing_pod) {
+        // A repeated ADD: the pair is ours (each end names the other as its peer).
+        (Some(h), Some(p)) if h.peer_index == Some(p.index) && p.peer_index == Some(h.index) => {
+            undo.veth = Some(host_ifname.to_string());
+            Ok((h, p))
+        }
+        (_, Some(p)) => Err(CniError::LinkConflict(format!(
+            "interface {} already exists in {} (index {}, kind {}) and is not the peer of {host_ifname}",
+            att.ifname,
+            netns.path,
+            p.index,
+            p.kind.as_deref().unwrap_or("unknown")
+        ))),
+        (stale, None) => {
+            if stale.is_some() {
+                // The host end of an earlier attempt whose pod end died with its netns.
+                link::delete_link(host, host_ifname)?;
+            }
+            let host_end = VethEnd { name: host_ifname, mac: Mac::random(), mtu: conf.mtu };
+            let pod_end = VethEnd { name: &att.ifname, mac: Mac::random(), mtu: conf.mtu };
+            link::create_veth(host, &host_end, &pod_end, netns.fd())?;
+            undo.veth = Some(host_ifname.to_string());
+            crash_point("veth-created");
+            let h = require_link(host, host_ifname, "node")?;
+            let p = require_link(pod, &att.ifname, "pod")?;
+            Ok((h, p))
+        }
+    }
+}
+
+fn notify_agent(
+    env: &Env,
+    conf: &NetConf,
+    att: &Attachment,
+    host_ifname: &str,
+    ips: &[IpAddr],
+) -> Result<()> {
+    let req = AgentRequest::PodAdded {
+        namespace: env.args.pod_namespace.clone().unwrap_or_default(),
+        name: env.args.pod_name.clone().unwrap_or_default(),
+        container_id: att.container_id.clone(),
+        host_ifname: host_ifname.to_string(),
+        ips: ips.to_vec(),
+    };
+    let problem = match agent::call(&conf.agent, &req, conf.agent.timeout) {
+        // Nobody listens: the agent's table keeps the pod fail-closed until it catches up.
+        Outcome::NoAgent => return Ok(()),
+        Outcome::Answered(r) if r.ok => None,
+        Outcome::Answered(r) => Some(format!(
+            "refused pod: {}",
+            r.error.unwrap_or_else(|| "no reason given".into())
+        )),
+        Outcome::Failed(m) => Some(m),
+    };
+    crash_point("agent");
+    match problem {
+        None => Ok(()),
+        Some(m) if conf.agent.required => Err(CniError::Agent(m)),
+        Some(m) => {
+            warn(format!("agent (not required): {m}"));
+            Ok(())
+        }
+    }
+}
+
+fn default_v4() -> IpNet {
+    "0.0.0.0/0".parse().expect("valid")
+}
+
+fn default_v6() -> IpNet {
+    "::/0".parse().expect("valid")
+}
+
+fn default_route(dst: IpNet, gw: IpAddr) -> Route {
+    Route {
+        dst,
+        gw: Some(gw),
+        extra: Map::new(),
+    }
+}

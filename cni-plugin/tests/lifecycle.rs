@@ -1,0 +1,680 @@
+//! ADD / CHECK / DEL / GC / STATUS of the real `palisade` binary on the real kernel, over
+//! every supported spec version and IPv4, IPv6 and dual-stack.
+
+mod common;
+
+use common::*;
+use palisade_testutil::kernel_tests_enabled;
+use serde_json::Value;
+
+/// For every spec version: two pods on one node get addresses of every requested family,
+/// reach the node and each other (TCP), CHECK passes and then fails once a route the plugin
+/// installed is removed, DEL removes everything and is idempotent.
+fn lifecycle(stack: Stack, tag: &str) {
+    let node = Node::new(tag);
+    for version in SPEC_VERSIONS {
+        let ctx = format!("{stack:?} {version}");
+        let conf = node.conf(version, stack);
+        let a = node.pod(&format!("a{}", version.replace('.', "")));
+        let b = node.pod(&format!("b{}", version.replace('.', "")));
+        let ra = node.add(&a, &conf);
+        let rb = node.add(&b, &conf);
+        assert_result_shape(version, &ra, &a, stack);
+        assert_result_shape(version, &rb, &b, stack);
+        let (ips_a, ips_b) = (result_ips(&ra), result_ips(&rb));
+        for ip in ips_a.iter().chain(&ips_b) {
+            assert!(
+                ips_a.iter().chain(&ips_b).filter(|x| *x == ip).count() == 1,
+                "{ctx}: {ip} given twice: {ips_a:?} {ips_b:?}"
+            );
+        }
+
+        // The kernel state matches the result: the node side is a veth with the agreed
+        // prefix, and the pod IPs are on the pod interface.
+        assert!(
+            node.pod_links().contains(&a.host_veth()),
+            "{ctx}: host veth {} missing: {:?}",
+            a.host_veth(),
+            node.pod_links()
+        );
+        let pod_addrs =
+            a.ns.sh(&format!("ip -o addr show dev {}", a.ifname))
+                .unwrap();
+        for ip in &ips_a {
+            assert!(
+                pod_addrs.contains(ip.as_str()),
+                "{ctx}: {ip} not on pod: {pod_addrs}"
+            );
+        }
+
+        assert_pod_reaches_node(&a, stack);
+        assert_pod_reaches_node(&b, stack);
+        for ip in &ips_b {
+            assert_tcp(&b, ip, &a);
+        }
+
+        if version != "0.3.1" {
+            let ok = node.check(&a, &conf, &ra);
+            ok.ok();
+            // Break what the plugin installed in the pod: its default route.
+            let fam = if stack.has_v4() { "-4" } else { "-6" };
+            a.ns.sh(&format!("ip {fam} route del default")).unwrap();
+            let broken = node.check(&a, &conf, &ra);
+            assert_eq!(
+                broken.err_code(),
+                code::CHECK_MISMATCH,
+                "{ctx}: CHECK of a pod without its default route: {broken}"
+            );
+            // b is untouched and still passes.
+            node.check(&b, &conf, &rb).ok();
+        }
+
+        node.del(&a, &conf);
+        node.del(&b, &conf);
+        node.assert_pod_gone(&a, &ips_a, &ctx);
+        node.assert_pod_gone(&b, &ips_b, &ctx);
+        // DEL is idempotent (runtimes call it twice).
+        node.del(&a, &conf);
+        node.assert_no_leak(&ctx);
+    }
+}
+
+#[test]
+fn lifecycle_ipv4_every_version() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    lifecycle(Stack::V4, "lc4");
+}
+
+#[test]
+fn lifecycle_ipv6_every_version() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    lifecycle(Stack::V6, "lc6");
+}
+
+#[test]
+fn lifecycle_dual_stack_every_version() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    lifecycle(Stack::Dual, "lcd");
+}
+
+/// A repeated ADD for a known (container, ifname) returns the same IPs (DESIGN.md, IPAM).
+#[test]
+fn repeated_add_returns_the_same_ips() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("readd");
+    let conf = node.conf("1.0.0", Stack::Dual);
+    let p = node.pod("p");
+    let first = result_ips(&node.add(&p, &conf));
+    let second = result_ips(&node.add(&p, &conf));
+    assert_eq!(first, second, "second ADD changed the IPs");
+    assert_pod_reaches_node(&p, Stack::Dual);
+    node.del(&p, &conf);
+    node.assert_no_leak("repeated ADD");
+}
+
+/// DEL succeeds and frees everything when the pod netns is already gone or `CNI_NETNS` is
+/// empty (containerd sends it empty).
+#[test]
+fn del_with_netns_gone_or_empty() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("delgone");
+    let conf = node.conf("1.0.0", Stack::Dual);
+
+    let gone = node.pod("gone");
+    let ips_gone = result_ips(&node.add(&gone, &conf));
+    let gone_path = gone.netns_path();
+    // Remove the pod netns before DEL (the runtime already tore the sandbox down): the
+    // kernel destroys the veth pair with it. A fresh netns keeps `Pod` usable for the checks.
+    let Pod { ns, cid, ifname } = gone;
+    drop(ns);
+    let gone = Pod {
+        ns: std::sync::Arc::new(palisade_testutil::Netns::new("delgone-tmp").unwrap()),
+        cid,
+        ifname,
+    };
+    assert!(!std::path::Path::new(&gone_path).exists());
+    node.run_env(
+        "DEL",
+        &gone,
+        &conf,
+        &[("CNI_NETNS", Some(gone_path.as_str()))],
+    )
+    .ok();
+    node.assert_pod_gone(&gone, &ips_gone, "DEL with netns gone");
+
+    let empty = node.pod("empty");
+    let ips_empty = result_ips(&node.add(&empty, &conf));
+    node.run_env("DEL", &empty, &conf, &[("CNI_NETNS", Some(""))])
+        .ok();
+    node.assert_pod_gone(&empty, &ips_empty, "DEL with empty CNI_NETNS");
+    // With CNI_NETNS empty the plugin could not enter the pod: the node side must still be
+    // gone (deleting the host veth removes its peer).
+    node.assert_no_leak("DEL without netns");
+}
+
+/// One container with two attachments (eth0, net1): distinct IPs, both work, each DEL
+/// removes only its own.
+#[test]
+fn two_attachments_of_one_container() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("multi");
+    let conf = node.conf("1.0.0", Stack::V4);
+    let a0 = node.pod("a");
+    let a1 = node.second_attachment(&a0, "net1");
+    let r0 = node.add(&a0, &conf);
+    let out = node.run("ADD", &a1, &conf);
+    if !out.success {
+        // Whatever the reason, a failed ADD must leave nothing of net1 behind.
+        node.assert_pod_gone(&a1, &[], "failed ADD of a second attachment");
+        panic!("ADD of a second attachment (net1) of one container failed: {out}");
+    }
+    let r1 = out.ok();
+    assert_result_shape("1.0.0", &r1, &a1, Stack::V4);
+    let (ip0, ip1) = (result_ips(&r0), result_ips(&r1));
+    assert_ne!(ip0, ip1, "two attachments got the same IP");
+    assert_ne!(a0.host_veth(), a1.host_veth());
+    node.del(&a1, &conf);
+    assert!(!a0.ns.sh_ok("ip link show dev net1"), "net1 not removed");
+    assert!(
+        a0.ns.sh_ok("ip link show dev eth0"),
+        "DEL of net1 removed eth0"
+    );
+    assert_pod_reaches_node(&a0, Stack::V4);
+    node.check(&a0, &conf, &r0).ok();
+    node.del(&a0, &conf);
+    node.assert_no_leak("two attachments");
+}
+
+/// GC (CNI 1.1) frees what the runtime no longer lists and keeps what it lists.
+#[test]
+fn gc_frees_only_unlisted_attachments() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("gc");
+    let conf = node.conf("1.1.0", Stack::Dual);
+    let keep = node.pod("keep");
+    let lost = node.pod("lost");
+    let r_keep = node.add(&keep, &conf);
+    let r_lost = node.add(&lost, &conf);
+    node.gc(&conf, &[(&keep.cid, &keep.ifname)]).ok();
+    assert!(
+        node.state_files_mentioning(&lost.cid).is_empty(),
+        "GC kept the IPAM reservation of an unlisted attachment"
+    );
+    assert!(
+        !node.state_files_mentioning(&keep.cid).is_empty(),
+        "GC freed the reservation of a listed attachment"
+    );
+    node.check(&keep, &conf, &r_keep).ok();
+    // A new pod must not get the IPs of the kept one (they are still reserved).
+    let newer = node.pod("newer");
+    let r_new = node.add(&newer, &conf);
+    for ip in result_ips(&r_new) {
+        assert!(
+            !result_ips(&r_keep).contains(&ip),
+            "{ip} handed out twice after GC"
+        );
+    }
+    for p in [&keep, &lost, &newer] {
+        node.del(p, &conf);
+    }
+    let _ = r_lost;
+    node.assert_no_leak("GC");
+}
+
+/// STATUS (CNI 1.1) succeeds on a healthy node, with no pod and no agent.
+#[test]
+fn status_succeeds_on_a_healthy_node() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("status");
+    let conf = node.conf("1.1.0", Stack::Dual);
+    let out = node.run_netless("STATUS", &conf);
+    let v = out.ok();
+    assert!(
+        v.is_null() || v.is_object(),
+        "STATUS prints nothing or an object: {out}"
+    );
+    node.assert_no_leak("STATUS");
+}
+
+/// VERSION lists every version the tests use.
+#[test]
+fn version_lists_supported_versions() {
+    let out = std::process::Command::new(plugin_bin())
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(br#"{"cniVersion":"1.1.0"}"#)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "VERSION failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("VERSION prints JSON");
+    let supported: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .expect("supportedVersions")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for ver in SPEC_VERSIONS {
+        assert!(supported.contains(&ver), "{ver} missing from {supported:?}");
+    }
+}
+
+/// `nc` from `client` to `addr:port` answered by a listener on `server:80`.
+fn reaches_via(server: &Pod, client: &Pod, addr: &str, port: u16) -> bool {
+    let mut listener = server
+        .ns
+        .spawn("busybox", &["nc", "-ll", "-p", "80", "-e", "echo", "pong"])
+        .expect("spawn nc listener");
+    let mut ok = false;
+    for _ in 0..30 {
+        let out = client
+            .ns
+            .sh(&format!("busybox nc -w 2 {addr} {port} </dev/null"))
+            .unwrap_or_default();
+        if out.contains("pong") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    ok
+}
+
+/// hostPort through the plugin binary: ADD programs the mapping (another pod and the pod
+/// itself, hairpin, reach it through the node's address), CHECK passes, DEL removes the map
+/// elements.
+#[test]
+fn host_port_through_the_plugin() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("hport");
+    let base = node.conf("1.0.0", Stack::Dual);
+    let mut with_pm = base.clone();
+    with_pm["capabilities"] = serde_json::json!({ "portMappings": true });
+    with_pm["runtimeConfig"] = serde_json::json!({ "portMappings": [
+        { "hostPort": 18080, "containerPort": 80, "protocol": "tcp" }
+    ]});
+    let web = node.pod("web");
+    let client = node.pod("client");
+    let r_web = node.add(&web, &with_pm);
+    node.add(&client, &base);
+    assert!(
+        !node.hostport_elements().is_empty(),
+        "ADD with portMappings programmed nothing"
+    );
+    assert!(
+        reaches_via(&web, &client, NODE_ADDR_V4, 18080),
+        "client pod cannot reach hostPort {NODE_ADDR_V4}:18080"
+    );
+    assert!(
+        reaches_via(&web, &client, NODE_ADDR_V6, 18080),
+        "client pod cannot reach hostPort [{NODE_ADDR_V6}]:18080"
+    );
+    assert!(
+        reaches_via(&web, &web, NODE_ADDR_V4, 18080),
+        "hairpin: the pod cannot reach itself through its hostPort"
+    );
+    node.check(&web, &with_pm, &r_web).ok();
+    node.del(&web, &with_pm);
+    assert!(
+        node.hostport_elements().is_empty(),
+        "DEL left hostPort elements"
+    );
+    assert!(
+        !reaches_via(&web, &client, NODE_ADDR_V4, 18080),
+        "hostPort still answers after DEL"
+    );
+    node.del(&client, &base);
+    node.assert_no_leak("hostPort");
+}
+
+/// `mtu` reaches both veth ends.
+#[test]
+fn mtu_is_applied_to_both_ends() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("mtu");
+    let mut conf = node.conf("1.1.0", Stack::V4);
+    conf["mtu"] = serde_json::json!(1400);
+    let p = node.pod("p");
+    let r = node.add(&p, &conf);
+    let pod_if = p.ns.sh("ip -o link show dev eth0").unwrap();
+    let host_if = node
+        .ns
+        .sh(&format!("ip -o link show dev {}", p.host_veth()))
+        .unwrap();
+    assert!(pod_if.contains("mtu 1400"), "pod end: {pod_if}");
+    assert!(host_if.contains("mtu 1400"), "host end: {host_if}");
+    let pod_entry = r["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sandbox"].is_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(pod_entry["mtu"], 1400, "1.1.0 result mtu: {r}");
+    node.del(&p, &conf);
+    node.assert_no_leak("mtu");
+}
+
+/// The host veth is strict about source addresses (README: `rp_filter=1`): a pod that adds
+/// an address it was not given cannot use it, its own address works.
+#[test]
+fn pod_cannot_send_from_a_foreign_address() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("spoof");
+    let conf = node.conf("1.0.0", Stack::V4);
+    let p = node.pod("p");
+    let r = node.add(&p, &conf);
+    let own = &result_ips(&r)[0];
+    p.ns.sh("ip addr add 10.244.1.250/32 dev eth0").unwrap();
+    assert!(
+        p.ns.sh_ok(&format!("busybox ping -c1 -W2 -I {own} {NODE_ADDR_V4}")),
+        "own address {own} does not work"
+    );
+    assert!(
+        !p.ns.sh_ok(&format!(
+            "busybox ping -c1 -W2 -I 10.244.1.250 {NODE_ADDR_V4}"
+        )),
+        "a pod reached the node from an address it was not given"
+    );
+    node.del(&p, &conf);
+    node.assert_no_leak("spoof");
+}
+
+/// The pod's IPv6 address is usable at once (DAD off): no `tentative` flag right after ADD,
+/// and `accept_dad=0` on the pod interface (README, "What ADD builds"). The kernel's own
+/// link-local address may still be tentative; nothing uses it (the gateway neighbour is
+/// static).
+#[test]
+fn ipv6_address_is_not_tentative() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("dad");
+    let conf = node.conf("1.0.0", Stack::V6);
+    let p = node.pod("p");
+    node.add(&p, &conf);
+    let addrs = p.ns.sh("ip -6 addr show dev eth0 scope global").unwrap();
+    assert!(
+        addrs.contains("fd00:244:1::"),
+        "no pod IPv6 address: {addrs}"
+    );
+    assert!(
+        !addrs.contains("tentative"),
+        "pod IPv6 address still tentative: {addrs}"
+    );
+    let accept_dad =
+        p.ns.sh("cat /proc/sys/net/ipv6/conf/eth0/accept_dad")
+            .unwrap();
+    assert_eq!(
+        accept_dad.trim(),
+        "0",
+        "README: accept_dad=0 on the pod interface"
+    );
+    node.del(&p, &conf);
+    node.assert_no_leak("dad");
+}
+
+/// DEL of an attachment that was never added succeeds (runtimes DEL after a failed ADD).
+#[test]
+fn del_of_unknown_attachment_succeeds() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("delunk");
+    let conf = node.conf("1.0.0", Stack::Dual);
+    let p = node.pod("p");
+    node.del(&p, &conf);
+    node.assert_no_leak("DEL of unknown attachment");
+}
+
+/// CNI 1.1 `cniVersions` without `cniVersion`: the highest common version is used.
+#[test]
+fn cni_versions_list_negotiates_the_highest_common() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("nego");
+    let mut conf = node.conf("1.1.0", Stack::V4);
+    conf.as_object_mut().unwrap().remove("cniVersion");
+    conf["cniVersions"] = serde_json::json!(["0.4.0", "1.0.0", "1.1.0", "9.9.9"]);
+    let p = node.pod("p");
+    let r = node.add(&p, &conf);
+    assert_result_shape("1.1.0", &r, &p, Stack::V4);
+    node.del(&p, &conf);
+    node.assert_no_leak("cniVersions");
+}
+
+/// A delegated IPAM plugin (Debian's host-local) is executed from `CNI_PATH`; DEL releases
+/// its reservation through it.
+#[test]
+fn delegated_ipam_host_local() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("deleg");
+    let hl_dir = node.dir.path().join("host-local");
+    let mut conf = node.conf("1.0.0", Stack::Dual);
+    conf["ipam"] = serde_json::json!({
+        "type": "host-local",
+        "ranges": [[{ "subnet": POD_SUBNET_V4 }], [{ "subnet": POD_SUBNET_V6 }]],
+        "dataDir": hl_dir,
+    });
+    let a = node.pod("a");
+    let b = node.pod("b");
+    let ra = node.add(&a, &conf);
+    let rb = node.add(&b, &conf);
+    assert_result_shape("1.0.0", &ra, &a, Stack::Dual);
+    assert_pod_reaches_node(&a, Stack::Dual);
+    assert_tcp(&b, &result_ips(&rb)[0], &a);
+    let reserved = std::fs::read_dir(hl_dir.join(format!("palnet-{}", node.tag)))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        reserved >= 4,
+        "host-local holds {reserved} files for two dual-stack pods"
+    );
+    node.check(&a, &conf, &ra).ok();
+    node.del(&a, &conf);
+    node.del(&b, &conf);
+    let mut left = Vec::new();
+    if let Ok(d) = std::fs::read_dir(hl_dir.join(format!("palnet-{}", node.tag))) {
+        for e in d.flatten() {
+            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if content.contains(&a.cid) || content.contains(&b.cid) {
+                left.push(e.path().display().to_string());
+            }
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "host-local reservations not released: {left:?}"
+    );
+    node.assert_no_leak("delegated IPAM");
+}
+
+/// The agent hears about the pod during ADD (namespace/name from `CNI_ARGS`, container ID,
+/// host veth, IPs) and ADD returns only after the agent answered (DESIGN.md: the pod is
+/// programmed before its first packet); DEL tells it the pod is gone.
+#[test]
+fn agent_is_told_before_add_returns() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use palisade_common::AgentRequest;
+    let node = Node::new("agent");
+    let agent = FakeAgent::start_delayed(
+        &node.agent_socket(),
+        FakeAgent::ok(),
+        std::time::Duration::from_millis(300),
+    );
+    let conf = node.conf("1.0.0", Stack::Dual);
+    let p = node.pod("p");
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1";
+    let r = node
+        .run_env("ADD", &p, &conf, &[("CNI_ARGS", Some(args))])
+        .ok();
+    let add_returned = std::time::Instant::now();
+    let mut ips: Vec<std::net::IpAddr> =
+        result_ips(&r).iter().map(|i| i.parse().unwrap()).collect();
+    ips.sort();
+    let added: Vec<AgentRequest> = agent.requests.lock().unwrap().clone();
+    let told = added.iter().find_map(|r| match r {
+        AgentRequest::PodAdded {
+            namespace,
+            name,
+            container_id,
+            host_ifname,
+            ips,
+        } => Some((
+            namespace.clone(),
+            name.clone(),
+            container_id.clone(),
+            host_ifname.clone(),
+            ips.clone(),
+        )),
+        _ => None,
+    });
+    let (ns, name, cid, host_if, mut told_ips) =
+        told.unwrap_or_else(|| panic!("agent got no podAdded: {added:?}"));
+    told_ips.sort();
+    assert_eq!((ns.as_str(), name.as_str()), ("shop", "cart-1"));
+    assert_eq!(cid, p.cid);
+    assert_eq!(host_if, p.host_veth());
+    assert_eq!(told_ips, ips);
+    let answered = agent.answered.lock().unwrap()[0];
+    assert!(
+        answered < add_returned,
+        "ADD returned before the agent answered"
+    );
+
+    node.del(&p, &conf);
+    let all = agent.requests.lock().unwrap().clone();
+    assert!(
+        all.iter().any(
+            |r| matches!(r, AgentRequest::PodDeleted { container_id, .. } if *container_id == p.cid)
+        ),
+        "agent got no podDeleted: {all:?}"
+    );
+    node.assert_no_leak("agent");
+}
+
+/// CHECK notices every kind of drift from what ADD built (code 108), on the pod side, on the
+/// node side and against the IPAM reservation; DEL still cleans up the drifted pod.
+#[test]
+fn check_detects_each_kind_of_drift() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("drift");
+    let conf = node.conf("1.1.0", Stack::Dual);
+    type Drift = fn(&Node, &Pod, &mut Value);
+    let drifts: [(&str, Drift); 8] = [
+        ("pod IPv4 default route removed", |_, p, _| {
+            p.ns.sh("ip -4 route del default").unwrap();
+        }),
+        ("pod IPv6 default route removed", |_, p, _| {
+            p.ns.sh("ip -6 route del default").unwrap();
+        }),
+        ("pod IPv4 address removed", |_, p, r| {
+            let ip = result_ips(r).into_iter().find(|i| !is_v6(i)).unwrap();
+            p.ns.sh(&format!("ip addr del {ip}/32 dev eth0")).unwrap();
+        }),
+        ("pod gateway neighbour removed", |_, p, _| {
+            p.ns.sh("ip neigh del 169.254.1.1 dev eth0").unwrap();
+        }),
+        ("host route removed", |n, _, r| {
+            let ip = result_ips(r).into_iter().find(|i| !is_v6(i)).unwrap();
+            n.ns.sh(&format!("ip route del {ip}/32")).unwrap();
+        }),
+        ("host veth down", |n, p, _| {
+            n.ns.sh(&format!("ip link set {} down", p.host_veth()))
+                .unwrap();
+        }),
+        ("prevResult names another IP", |_, _, r| {
+            let ips = r["ips"].as_array_mut().unwrap();
+            let v4 = ips
+                .iter_mut()
+                .find(|i| !i["address"].as_str().unwrap().contains(':'));
+            v4.unwrap()["address"] = serde_json::json!("10.244.1.251/32");
+        }),
+        ("pod interface removed", |_, p, _| {
+            p.ns.sh("ip link del eth0").unwrap();
+        }),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, drift)) in drifts.iter().enumerate() {
+        let p = node.pod(&format!("d{i}"));
+        let mut r = node.add(&p, &conf);
+        node.check(&p, &conf, &r).ok();
+        drift(&node, &p, &mut r);
+        let out = node.check(&p, &conf, &r);
+        if out.success {
+            failures.push(format!("[{what}] CHECK passed"));
+        } else if out.json().and_then(|j| j["code"].as_u64()) != Some(code::CHECK_MISMATCH) {
+            failures.push(format!("[{what}] want code 108: {out}"));
+        }
+        node.del(&p, &conf);
+    }
+    node.assert_no_leak("drift");
+    assert!(
+        failures.is_empty(),
+        "CHECK missed drift:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Allocation is round-robin (README, "On-disk state"): a just-freed address is not handed
+/// out again at once.
+#[test]
+fn freed_address_is_not_reused_at_once() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("rr");
+    let conf = node.conf("1.0.0", Stack::Dual);
+    let a = node.pod("a");
+    let ips_a = result_ips(&node.add(&a, &conf));
+    node.del(&a, &conf);
+    let b = node.pod("b");
+    let ips_b = result_ips(&node.add(&b, &conf));
+    for ip in &ips_b {
+        assert!(!ips_a.contains(ip), "{ip} reused right after it was freed");
+    }
+    node.del(&b, &conf);
+    node.assert_no_leak("round robin");
+}

@@ -1,0 +1,180 @@
+//! The netns cluster's front end.
+//!
+//! ```text
+//! palisade-scenarios run [--family v4|v6] [--nodes N] [--no-agent] [--routes harness|agent]
+//!                        [--agent-arg ARG]... [--retries N] [-v] PATH...
+//! palisade-scenarios demo [--nodes N] [--family v4|v6] [--pause]
+//! palisade-scenarios cleanup      # remove leftovers of crashed runs
+//! ```
+//! `integration/run-scenarios` builds the binaries and runs `run`; `integration/demo` runs
+//! `demo`.
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade_integration::cluster::{cleanup, netns, Binaries, RouteMode};
+use palisade_integration::runner::{collect_files, run_files, RunOptions};
+use palisade_integration::scenario::Family;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "palisade-scenarios", about = "Run Palisade scenarios on a local netns cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FamilyArg {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoutesArg {
+    Harness,
+    Agent,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenario files (or folders of them) and print `N passed, M failed`.
+    Run {
+        #[arg(long, value_enum, default_value = "v4")]
+        family: FamilyArg,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Run without palisade-agent (wiring only: nothing is enforced).
+        #[arg(long)]
+        no_agent: bool,
+        /// Who installs the routes to other nodes' pod CIDRs.
+        #[arg(long, value_enum, default_value = "harness")]
+        routes: RoutesArg,
+        /// Extra argument for every palisade-agent (repeat).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+        /// Times a cell observed blocked is probed again.
+        #[arg(long, default_value_t = 1)]
+        retries: usize,
+        /// Directory holding palisade, palisade-agent, palisade-testpod (default: next to
+        /// this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// A 2-node cluster, the chapter's policies applied one by one with kubectl.
+    Demo {
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value = "v4")]
+        family: FamilyArg,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Wait for Enter before each policy.
+        #[arg(long)]
+        pause: bool,
+    },
+    /// Remove namespaces and run directories of crashed runs.
+    Cleanup,
+}
+
+fn main() {
+    match real_main() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            cleanup::cleanup_all();
+            eprintln!("palisade-scenarios: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn is_tty() -> bool {
+    // SAFETY: isatty has no preconditions.
+    unsafe { libc::isatty(1) == 1 }
+}
+
+fn bins(dir: Option<PathBuf>, no_agent: bool) -> Result<Binaries> {
+    let mut b = match dir {
+        Some(d) => Binaries::in_dir(&d),
+        None => Binaries::next_to_current_exe()?,
+    };
+    if no_agent {
+        b.agent = None;
+    } else if b.agent.is_none() {
+        bail!("palisade-agent not found next to palisade (use --no-agent for a wiring-only run)");
+    }
+    Ok(b)
+}
+
+fn real_main() -> Result<i32> {
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the netns cluster needs root (network namespaces, veths, nftables)");
+    }
+    cleanup::install_signal_cleanup()?;
+    // A panic anywhere still removes the cluster.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        cleanup::cleanup_all();
+    }));
+    let family = |f: FamilyArg| match f {
+        FamilyArg::V4 => Family::V4,
+        FamilyArg::V6 => Family::V6,
+    };
+    match cli.command {
+        Cmd::Run {
+            family: fam,
+            nodes,
+            no_agent,
+            routes,
+            agent_args,
+            retries,
+            bin_dir,
+            verbose,
+            paths,
+        } => {
+            if nodes == 0 || nodes > 200 {
+                bail!("--nodes must be between 1 and 200");
+            }
+            let opts = RunOptions {
+                family: family(fam),
+                nodes,
+                bins: bins(bin_dir, no_agent)?,
+                routes: match routes {
+                    RoutesArg::Harness => RouteMode::Harness,
+                    RoutesArg::Agent => RouteMode::Agent,
+                },
+                agent_args,
+                colour: is_tty(),
+                verbose,
+                retry_blocked: retries,
+            };
+            let files = collect_files(&paths)?;
+            if files.is_empty() {
+                bail!("no scenario files (*.yaml) found");
+            }
+            Ok(if run_files(&files, &opts) { 0 } else { 1 })
+        }
+        Cmd::Demo {
+            nodes,
+            family: fam,
+            bin_dir,
+            pause,
+        } => {
+            let b = bins(bin_dir, false)?;
+            palisade_integration::demo::run(nodes, family(fam), b, is_tty(), pause)?;
+            Ok(0)
+        }
+        Cmd::Cleanup => {
+            for s in netns::sweep_stale_runs(&std::env::temp_dir()) {
+                println!("removed {s}");
+            }
+            Ok(0)
+        }
+    }
+}

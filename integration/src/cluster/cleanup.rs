@@ -1,0 +1,92 @@
+//! The run's cleanup registry: every process, namespace and directory the harness makes is
+//! recorded here the moment it exists, so that a Ctrl-C (SIGINT), SIGTERM or a panic removes
+//! it as surely as a normal teardown does. The normal path removes things itself and
+//! `forget`s them; [`cleanup_all`] removes whatever is still recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Registry {
+    processes: Vec<u32>,
+    netns: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    processes: Vec::new(),
+    netns: Vec::new(),
+    dirs: Vec::new(),
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn register_process(pid: u32) {
+    registry().processes.push(pid);
+}
+
+pub fn forget_process(pid: u32) {
+    registry().processes.retain(|p| *p != pid);
+}
+
+pub fn register_netns(name: &str) {
+    registry().netns.push(name.to_string());
+}
+
+pub fn forget_netns(name: &str) {
+    registry().netns.retain(|n| n != name);
+}
+
+pub fn register_dir(path: &Path) {
+    registry().dirs.push(path.to_path_buf());
+}
+
+pub fn forget_dir(path: &Path) {
+    registry().dirs.retain(|d| d != path);
+}
+
+/// Kill every recorded process (SIGKILL, by PID: only processes this run started), delete
+/// every recorded namespace (newest first: pods before nodes before the segment) and
+/// directory. Safe to call more than once and from the signal thread.
+pub fn cleanup_all() {
+    let (processes, netns, dirs) = {
+        let mut r = registry();
+        (
+            std::mem::take(&mut r.processes),
+            std::mem::take(&mut r.netns),
+            std::mem::take(&mut r.dirs),
+        )
+    };
+    for pid in processes {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    for name in netns.iter().rev() {
+        super::netns::kill_processes_in(name);
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .status();
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// On SIGINT or SIGTERM: clean up everything recorded, then exit with 128+signal. Call once,
+/// early in `main`.
+pub fn install_signal_cleanup() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("cleanup-on-signal".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                eprintln!("\ninterrupted (signal {sig}): removing the cluster");
+                cleanup_all();
+                std::process::exit(128 + sig);
+            }
+        })?;
+    Ok(())
+}

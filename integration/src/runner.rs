@@ -1,0 +1,314 @@
+//! The scenario runner: one fresh netns cluster per scenario file, the model applied, then
+//! the steps in order, each change waited for on every agent before the next probe.
+
+use crate::apiserver::ApiError;
+use crate::cluster::{Binaries, Cluster, ClusterConfig, RouteMode, ApiWrite};
+use crate::matrix::{compare, render_comparison};
+use crate::scenario::{
+    substitute_templates, Expect, Family, PodRef, Scenario, ScenarioKind, Step,
+    NAMESPACE_NAME_LABEL,
+};
+use anyhow::{anyhow, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How to run scenarios.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub family: Family,
+    pub nodes: usize,
+    pub bins: Binaries,
+    pub routes: RouteMode,
+    pub agent_args: Vec<String>,
+    /// ANSI colours in matrices (only on a terminal).
+    pub colour: bool,
+    pub verbose: bool,
+    /// Times a cell observed blocked is probed again before it counts.
+    pub retry_blocked: usize,
+}
+
+/// The outcome of one scenario.
+#[derive(Debug)]
+pub struct ScenarioResult {
+    pub id: String,
+    pub passed: bool,
+    /// What went wrong (empty when passed).
+    pub report: String,
+    pub duration: Duration,
+    pub probes: usize,
+}
+
+/// Every `*.yaml` under the given files/folders (recursively), sorted per folder.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found)?;
+            found.sort();
+            out.extend(found);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(anyhow!("{} does not exist", p.display()));
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Run one scenario on a fresh cluster.
+pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> ScenarioResult {
+    let t0 = Instant::now();
+    let mut report = String::new();
+    let mut probes = 0;
+    let mut cluster_cfg = ClusterConfig::new(opts.nodes, opts.bins.clone());
+    cluster_cfg.routes = opts.routes;
+    cluster_cfg.agent_args = opts.agent_args.clone();
+    cluster_cfg.verbose = opts.verbose;
+    let outcome = Cluster::start(cluster_cfg).and_then(|mut cluster| {
+        let r = execute(s, opts, &mut cluster, &mut report, &mut probes);
+        if r.is_err() || !report.is_empty() {
+            report.push_str(&cluster.agent_logs_tail(25));
+        }
+        let td = cluster.teardown();
+        r.and(td)
+    });
+    if let Err(e) = outcome {
+        let _ = writeln!(report, "  error: {e:#}");
+    }
+    ScenarioResult {
+        id: s.id.clone(),
+        passed: report.is_empty(),
+        report,
+        duration: t0.elapsed(),
+        probes,
+    }
+}
+
+fn wait(cluster: &mut Cluster, w: ApiWrite, opts: &RunOptions, what: &str) -> Result<()> {
+    let took = cluster
+        .wait_programmed(w)
+        .with_context(|| format!("waiting for `{what}` to be programmed"))?;
+    if opts.verbose {
+        eprintln!("    {what}: programmed on every node {took:?} after the write");
+    }
+    Ok(())
+}
+
+/// Apply the model and run the steps. Expectation failures go to `report`; `Err` is a harness
+/// or cluster failure that ends the scenario.
+fn execute(
+    s: &Scenario,
+    opts: &RunOptions,
+    cluster: &mut Cluster,
+    report: &mut String,
+    probes: &mut usize,
+) -> Result<()> {
+    let mut last_ns = None;
+    for ns in &s.model.namespaces {
+        last_ns = Some(cluster.create_namespace(&ns.name, &ns.effective_labels())?);
+    }
+    if let Some(w) = last_ns {
+        wait(cluster, w, opts, "model namespaces")?;
+    }
+    let mut last_pod = None;
+    for pod in &s.model.pods {
+        let node = cluster.place(pod)?;
+        last_pod = Some(cluster.create_pod(pod, node)?);
+    }
+    if let Some(w) = last_pod {
+        wait(cluster, w, opts, "model pods")?;
+    }
+
+    for (i, step) in s.steps.iter().enumerate() {
+        let what = format!("step {} ({})", i + 1, step.describe());
+        if opts.verbose {
+            eprintln!("  {what}");
+        }
+        match step {
+            Step::ApplyPolicy {
+                expect, policy, ..
+            } => {
+                let family = opts.family;
+                let policy = substitute_templates(policy, &|p: &PodRef| {
+                    cluster.pod_ip(p, family)
+                })
+                .map_err(|e| anyhow!("{what}: {e}"))?;
+                match (cluster.apply_policy(policy)?, expect) {
+                    (Ok((_, w)), Some(Expect::Rejected)) => {
+                        let _ = writeln!(
+                            report,
+                            "  {what}: the API accepted a policy the scenario expects rejected"
+                        );
+                        wait(cluster, w, opts, &what)?;
+                    }
+                    (Ok((_, w)), _) => wait(cluster, w, opts, &what)?,
+                    (Err(e), Some(Expect::Rejected)) if e.code == 422 => {}
+                    (Err(e), Some(Expect::Rejected)) => {
+                        let _ = writeln!(
+                            report,
+                            "  {what}: expected 422 Invalid, the API answered {}",
+                            describe_api_error(&e)
+                        );
+                    }
+                    (Err(e), _) => {
+                        let _ = writeln!(
+                            report,
+                            "  {what}: the API rejected a policy the scenario expects accepted: {}",
+                            describe_api_error(&e)
+                        );
+                        if s.kind == ScenarioKind::Reachability {
+                            // The probes after it would test a different policy set.
+                            let _ = writeln!(report, "  (remaining steps skipped)");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Step::DeletePolicy { namespace, name } => {
+                let w = cluster.delete_policy(namespace, name)?;
+                wait(cluster, w, opts, &what)?;
+            }
+            Step::UpdatePodLabels { pod, change } => {
+                let current = cluster
+                    .pods
+                    .get(pod)
+                    .ok_or_else(|| anyhow!("{what}: no pod {pod}"))?
+                    .labels
+                    .clone();
+                let w = cluster.set_pod_labels(pod, &change.apply_to(&current))?;
+                wait(cluster, w, opts, &what)?;
+            }
+            Step::UpdateNamespaceLabels { namespace, change } => {
+                let current = cluster
+                    .namespace_labels(namespace)
+                    .ok_or_else(|| anyhow!("{what}: no namespace {namespace}"))?
+                    .clone();
+                let mut wanted = change.apply_to(&current);
+                // The API server keeps this label whatever the client asks.
+                wanted.insert(NAMESPACE_NAME_LABEL.to_string(), namespace.clone());
+                let w = cluster.set_namespace_labels(namespace, &wanted)?;
+                wait(cluster, w, opts, &what)?;
+            }
+            Step::CreatePod { pod } => {
+                let node = cluster.place(pod)?;
+                let w = cluster.create_pod(pod, node)?;
+                wait(cluster, w, opts, &what)?;
+            }
+            Step::DeletePod { pod } => {
+                let w = cluster.delete_pod(pod)?;
+                wait(cluster, w, opts, &what)?;
+            }
+            Step::Probe(p) => {
+                *probes += 1;
+                let cells: Vec<(PodRef, PodRef)> = p
+                    .expected
+                    .cells()
+                    .into_iter()
+                    .map(|(a, b, _)| Ok((PodRef::parse(a)?, PodRef::parse(b)?)))
+                    .collect::<Result<_, crate::scenario::ScenarioError>>()?;
+                let t = Instant::now();
+                let observed = cluster.probe(
+                    p.protocol,
+                    p.port,
+                    opts.family,
+                    &cells,
+                    Some(&p.expected),
+                    opts.retry_blocked,
+                )?;
+                if opts.verbose {
+                    eprintln!("    {} cells probed in {:?}", cells.len(), t.elapsed());
+                }
+                let diffs = compare(&p.expected, &observed, s.ignore_loopback);
+                if diffs.iter().any(|d| !d.ignored) {
+                    let _ = writeln!(
+                        report,
+                        "  {what} over {}: {} cell(s) differ",
+                        opts.family,
+                        diffs.iter().filter(|d| !d.ignored).count()
+                    );
+                    for line in render_comparison(
+                        &p.expected,
+                        &observed,
+                        s.ignore_loopback,
+                        opts.colour,
+                    )
+                    .lines()
+                    {
+                        let _ = writeln!(report, "  {line}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe_api_error(e: &ApiError) -> String {
+    let mut s = format!("{} {}: {}", e.code, e.reason, e.message);
+    for c in &e.causes {
+        let _ = write!(s, "; {}: {}", c.field, c.message);
+    }
+    s
+}
+
+/// Run every scenario file, print a line per scenario and the details of failures, and end
+/// with `N passed, M failed`. Returns whether all passed.
+pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
+    let mut passed = 0;
+    let mut failed = 0;
+    let t0 = Instant::now();
+    for f in files {
+        let s = match Scenario::from_file(f) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("FAIL {}: {e}", f.display());
+                failed += 1;
+                continue;
+            }
+        };
+        let r = run_scenario(&s, opts);
+        if r.passed {
+            passed += 1;
+            println!(
+                "ok   {} [{:.1}s, {} probes] {}",
+                r.id,
+                r.duration.as_secs_f64(),
+                r.probes,
+                s.title
+            );
+        } else {
+            failed += 1;
+            println!(
+                "FAIL {} [{:.1}s] {}\n     file: {}",
+                r.id,
+                r.duration.as_secs_f64(),
+                s.title,
+                f.display()
+            );
+            print!("{}", r.report);
+        }
+    }
+    eprintln!(
+        "{} scenario(s) over {} with {} node(s) in {:.1}s",
+        files.len(),
+        opts.family,
+        opts.nodes,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("{passed} passed, {failed} failed");
+    failed == 0
+}

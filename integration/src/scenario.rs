@@ -1,0 +1,1013 @@
+//! Scenario files (`/work/shared/scenario-format.md`, format_version 1): parsing, template
+//! substitution in policies, and the expected reachability matrices.
+//!
+//! Pure on purpose: the only I/O is [`Scenario::from_file`] reading one file. The netns
+//! runner, `palisadectl` tests and the offline reference evaluator all read scenarios through
+//! this module, so they agree on what a file means.
+//!
+//! Unknown top-level and per-step fields are ignored (files carry provenance notes), but a
+//! step with an unknown `action`, or with both or neither of `action` and `probe`, is an error:
+//! a typo there would silently drop a check.
+
+use crate::matrix::Matrix;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Labels of a pod or namespace, sorted by key.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label every namespace carries and that cannot be removed.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A parsed scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub id: String,
+    pub title: String,
+    pub kind: ScenarioKind,
+    /// Cells pod → itself are reported but never fail.
+    pub ignore_loopback: bool,
+    pub model: Model,
+    pub steps: Vec<Step>,
+    /// The file it was read from, for messages.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScenarioKind {
+    #[default]
+    Reachability,
+    /// Only `apply_policy` steps with `expect`: which objects the API accepts.
+    ApiValidation,
+}
+
+/// The cluster the scenario starts from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Model {
+    pub namespaces: Vec<NamespaceSpec>,
+    pub pods: Vec<PodSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceSpec {
+    pub name: String,
+    /// Labels as written; [`NamespaceSpec::effective_labels`] adds the name label.
+    pub labels: Labels,
+}
+
+impl NamespaceSpec {
+    /// The labels the API server stores: always including `kubernetes.io/metadata.name`.
+    pub fn effective_labels(&self) -> Labels {
+        let mut labels = self.labels.clone();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), self.name.clone());
+        labels
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    /// 1-based node number; `None` = spread round-robin by the runner.
+    pub node: Option<usize>,
+    pub labels: Labels,
+    pub ports: Vec<PortSpec>,
+}
+
+impl PodSpec {
+    pub fn key(&self) -> PodRef {
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// One listener of a pod, declared on its main container or on a sidecar init container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub container: ContainerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContainerKind {
+    #[default]
+    Main,
+    /// An init container with `restartPolicy: Always` (a sidecar): its named ports count.
+    InitSidecar,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `namespace/name` of a pod, as scenario files write it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    pub fn parse(s: &str) -> Result<PodRef, ScenarioError> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(PodRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(ScenarioError::Invalid(format!(
+                "pod reference {s:?} is not namespace/name"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How `apply_policy` writes: both upsert by namespace/name; `Update` replaces the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApplyMode {
+    #[default]
+    Create,
+    Update,
+}
+
+/// What the API must answer to an `apply_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Accepted,
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    ApplyPolicy {
+        mode: ApplyMode,
+        /// `None`: the policy must be accepted (the scenario cannot go on otherwise), but the
+        /// file did not say so explicitly.
+        expect: Option<Expect>,
+        /// The NetworkPolicy as written, templates not yet substituted.
+        policy: Value,
+        note: Option<String>,
+    },
+    DeletePolicy {
+        namespace: String,
+        name: String,
+    },
+    UpdatePodLabels {
+        pod: PodRef,
+        change: LabelChange,
+    },
+    UpdateNamespaceLabels {
+        namespace: String,
+        change: LabelChange,
+    },
+    CreatePod {
+        pod: PodSpec,
+    },
+    DeletePod {
+        pod: PodRef,
+    },
+    Probe(Probe),
+}
+
+impl Step {
+    /// A short description for progress lines and error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::ApplyPolicy {
+                mode,
+                expect,
+                policy,
+                ..
+            } => {
+                let meta = &policy["metadata"];
+                let name = meta["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| meta["generateName"].as_str().map(|g| format!("{g}*")))
+                    .unwrap_or_else(|| "?".into());
+                let ns = meta["namespace"].as_str().unwrap_or("?");
+                let mode = match mode {
+                    ApplyMode::Create => "create",
+                    ApplyMode::Update => "update",
+                };
+                let expect = match expect {
+                    Some(Expect::Rejected) => " (expect rejected)",
+                    Some(Expect::Accepted) => " (expect accepted)",
+                    None => "",
+                };
+                format!("apply_policy {mode} {ns}/{name}{expect}")
+            }
+            Step::DeletePolicy { namespace, name } => format!("delete_policy {namespace}/{name}"),
+            Step::UpdatePodLabels { pod, change } => {
+                format!("update_pod_labels {pod} {}", change.describe())
+            }
+            Step::UpdateNamespaceLabels { namespace, change } => {
+                format!("update_namespace_labels {namespace} {}", change.describe())
+            }
+            Step::CreatePod { pod } => format!("create_pod {}", pod.key()),
+            Step::DeletePod { pod } => format!("delete_pod {pod}"),
+            Step::Probe(p) => format!("probe {}/{}", p.protocol, p.port),
+        }
+    }
+}
+
+/// A label change: `replace` (if given) sets the whole set first, then `merge` adds or
+/// overwrites keys, then `remove` deletes keys.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LabelChange {
+    pub replace: Option<Labels>,
+    pub merge: Labels,
+    pub remove: Vec<String>,
+}
+
+impl LabelChange {
+    /// The labels after the change.
+    pub fn apply_to(&self, current: &Labels) -> Labels {
+        let mut labels = self.replace.clone().unwrap_or_else(|| current.clone());
+        for (k, v) in &self.merge {
+            labels.insert(k.clone(), v.clone());
+        }
+        for k in &self.remove {
+            labels.remove(k);
+        }
+        labels
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = &self.replace {
+            parts.push(format!("replace {}", fmt_labels(r)));
+        }
+        if !self.merge.is_empty() {
+            parts.push(format!("merge {}", fmt_labels(&self.merge)));
+        }
+        if !self.remove.is_empty() {
+            parts.push(format!("remove [{}]", self.remove.join(",")));
+        }
+        parts.join(" ")
+    }
+}
+
+/// `{a: 1, b: 2}` → `{a=1,b=2}`.
+pub fn fmt_labels(labels: &Labels) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// A probe step: the expected reachability on one port and protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Only the listed cells are compared.
+    pub expected: Matrix,
+}
+
+#[derive(Debug)]
+pub enum ScenarioError {
+    Read(PathBuf, std::io::Error),
+    Yaml(String),
+    Invalid(String),
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScenarioError::Read(p, e) => write!(f, "read {}: {e}", p.display()),
+            ScenarioError::Yaml(e) => write!(f, "YAML: {e}"),
+            ScenarioError::Invalid(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+impl Scenario {
+    /// Read and parse one scenario file.
+    pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError::Read(path.to_path_buf(), e))?;
+        let mut s = Scenario::parse(&text).map_err(|e| {
+            ScenarioError::Invalid(format!("{}: {e}", path.display()))
+        })?;
+        s.source = Some(path.to_path_buf());
+        Ok(s)
+    }
+
+    /// Parse a scenario from YAML text.
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        let raw: RawScenario =
+            serde_saphyr::from_str(text).map_err(|e| ScenarioError::Yaml(e.to_string()))?;
+        raw.into_scenario()
+    }
+
+    /// Every pod that exists at some point (model pods, then created pods), in order of
+    /// first appearance: the rows and columns a full matrix would have.
+    pub fn all_pods(&self) -> Vec<PodRef> {
+        let mut out: Vec<PodRef> = self.model.pods.iter().map(PodSpec::key).collect();
+        for s in &self.steps {
+            if let Step::CreatePod { pod } = s {
+                if !out.contains(&pod.key()) {
+                    out.push(pod.key());
+                }
+            }
+        }
+        out
+    }
+}
+
+// ---- templates -------------------------------------------------------------------------
+
+/// The address family a run probes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn parse(s: &str) -> Option<Family> {
+        match s {
+            "v4" | "ipv4" | "4" => Some(Family::V4),
+            "v6" | "ipv6" | "6" => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    pub fn matches(self, ip: &IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
+    }
+
+    pub fn max_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        })
+    }
+}
+
+/// Substitute `{{ podIP ns/pod }}`, `{{ podHostCIDR ns/pod }}` and `{{ podCIDR ns/pod N }}`
+/// in every string of `value` (object keys are left alone). `pod_ip` gives a pod's IP in the
+/// probed family.
+pub fn substitute_templates(
+    value: &Value,
+    pod_ip: &dyn Fn(&PodRef) -> Option<IpAddr>,
+) -> Result<Value, ScenarioError> {
+    Ok(match value {
+        Value::String(s) => Value::String(substitute_in_str(s, pod_ip)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| substitute_templates(v, pod_ip))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                out.insert(k.clone(), substitute_templates(v, pod_ip)?);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    })
+}
+
+/// Substitute the templates in one string.
+pub fn substitute_in_str(
+    s: &str,
+    pod_ip: &dyn Fn(&PodRef) -> Option<IpAddr>,
+) -> Result<String, ScenarioError> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| {
+            ScenarioError::Invalid(format!("unterminated template in {s:?}"))
+        })?;
+        out.push_str(&expand_template(after[..end].trim(), pod_ip)?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expand_template(
+    body: &str,
+    pod_ip: &dyn Fn(&PodRef) -> Option<IpAddr>,
+) -> Result<String, ScenarioError> {
+    let words: Vec<&str> = body.split_whitespace().collect();
+    let ip_of = |r: &str| -> Result<IpAddr, ScenarioError> {
+        let pod = PodRef::parse(r)?;
+        pod_ip(&pod).ok_or_else(|| {
+            ScenarioError::Invalid(format!("template {{{{ {body} }}}}: pod {pod} has no IP"))
+        })
+    };
+    match words.as_slice() {
+        ["podIP", pod] => Ok(ip_of(pod)?.to_string()),
+        ["podHostCIDR", pod] => {
+            let ip = ip_of(pod)?;
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            Ok(format!("{ip}/{len}"))
+        }
+        ["podCIDR", pod, len] => {
+            let ip = ip_of(pod)?;
+            let len: u8 = len.parse().map_err(|_| {
+                ScenarioError::Invalid(format!("template {{{{ {body} }}}}: bad prefix length"))
+            })?;
+            let net = network_of(ip, len).ok_or_else(|| {
+                ScenarioError::Invalid(format!(
+                    "template {{{{ {body} }}}}: prefix length {len} too long for {ip}"
+                ))
+            })?;
+            Ok(format!("{net}/{len}"))
+        }
+        _ => Err(ScenarioError::Invalid(format!(
+            "unknown template {{{{ {body} }}}}"
+        ))),
+    }
+}
+
+/// The network address of the prefix of length `len` that contains `ip`.
+pub fn network_of(ip: IpAddr, len: u8) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(v4) if len <= 32 => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            Some(IpAddr::V4((u32::from(v4) & mask).into()))
+        }
+        IpAddr::V6(v6) if len <= 128 => {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            Some(IpAddr::V6((u128::from(v6) & mask).into()))
+        }
+        _ => None,
+    }
+}
+
+// ---- raw YAML shapes ---------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct RawScenario {
+    id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    ignore_loopback: Option<bool>,
+    #[serde(default)]
+    model: Option<RawModel>,
+    #[serde(default)]
+    steps: Option<Vec<RawStep>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawModel {
+    #[serde(default)]
+    namespaces: Option<Vec<RawNamespace>>,
+    #[serde(default)]
+    pods: Option<Vec<RawPod>>,
+}
+
+#[derive(Deserialize)]
+struct RawNamespace {
+    name: String,
+    #[serde(default, deserialize_with = "labels_opt")]
+    labels: Option<Labels>,
+}
+
+#[derive(Deserialize)]
+struct RawPod {
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    node: Option<usize>,
+    #[serde(default, deserialize_with = "labels_opt")]
+    labels: Option<Labels>,
+    #[serde(default)]
+    ports: Option<Vec<RawPort>>,
+}
+
+#[derive(Deserialize)]
+struct RawPort {
+    #[serde(default)]
+    name: Option<String>,
+    port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawStep {
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    probe: Option<RawProbe>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    expect: Option<String>,
+    #[serde(default)]
+    policy: Option<Value>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    /// `ns/name` for update_pod_labels / delete_pod, an object for create_pod.
+    #[serde(default)]
+    pod: Option<Value>,
+    #[serde(default, deserialize_with = "labels_opt")]
+    merge: Option<Labels>,
+    #[serde(default)]
+    remove: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "labels_opt")]
+    replace: Option<Labels>,
+}
+
+#[derive(Deserialize)]
+struct RawProbe {
+    #[serde(default)]
+    protocol: Option<String>,
+    port: u16,
+    matrix: OrderedMap<OrderedMap<bool>>,
+}
+
+/// A YAML mapping with its key order kept (matrices print in the order they were written).
+struct OrderedMap<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V2<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for V2<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, V>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        d.deserialize_map(V2(std::marker::PhantomData))
+    }
+}
+
+/// Labels whose values may be written unquoted (`version: 2`, `canary: true`): a label value
+/// is always a string in the API, so scalars are turned into their YAML spelling.
+fn labels_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Labels>, D::Error> {
+    let v: Option<Value> = Option::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => labels_from_value(&v).map(Some).map_err(de::Error::custom),
+    }
+}
+
+fn labels_from_value(v: &Value) -> Result<Labels, String> {
+    let Value::Object(map) = v else {
+        return Err(format!("labels must be a mapping, got {v}"));
+    };
+    map.iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
+                other => return Err(format!("label {k}: value {other} is not a scalar")),
+            };
+            Ok((k.clone(), s))
+        })
+        .collect()
+}
+
+fn invalid(msg: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid(msg.into())
+}
+
+impl RawScenario {
+    fn into_scenario(self) -> Result<Scenario, ScenarioError> {
+        let id = self.id.ok_or_else(|| invalid("missing `id`"))?;
+        let kind = match self.kind.as_deref() {
+            None | Some("reachability") => ScenarioKind::Reachability,
+            Some("api-validation") => ScenarioKind::ApiValidation,
+            Some(other) => return Err(invalid(format!("unknown kind {other:?}"))),
+        };
+        let raw_model = self.model.unwrap_or_default();
+        let mut model = Model::default();
+        for ns in raw_model.namespaces.unwrap_or_default() {
+            if model.namespaces.iter().any(|n| n.name == ns.name) {
+                return Err(invalid(format!("namespace {} declared twice", ns.name)));
+            }
+            model.namespaces.push(NamespaceSpec {
+                name: ns.name,
+                labels: ns.labels.unwrap_or_default(),
+            });
+        }
+        for p in raw_model.pods.unwrap_or_default() {
+            let pod = p.into_pod()?;
+            if model.pods.iter().any(|q| q.key() == pod.key()) {
+                return Err(invalid(format!("pod {} declared twice", pod.key())));
+            }
+            model.pods.push(pod);
+        }
+        let mut steps = Vec::new();
+        for (i, s) in self.steps.unwrap_or_default().into_iter().enumerate() {
+            steps.push(
+                s.into_step()
+                    .map_err(|e| invalid(format!("step {}: {e}", i + 1)))?,
+            );
+        }
+        if kind == ScenarioKind::ApiValidation {
+            for (i, s) in steps.iter().enumerate() {
+                if !matches!(s, Step::ApplyPolicy { expect: Some(_), .. }) {
+                    return Err(invalid(format!(
+                        "step {}: api-validation scenarios have only apply_policy steps with expect",
+                        i + 1
+                    )));
+                }
+            }
+        }
+        Ok(Scenario {
+            title: self.title.unwrap_or_else(|| id.clone()),
+            id,
+            kind,
+            ignore_loopback: self.ignore_loopback.unwrap_or(false),
+            model,
+            steps,
+            source: None,
+        })
+    }
+}
+
+impl RawPod {
+    fn into_pod(self) -> Result<PodSpec, ScenarioError> {
+        let mut ports = Vec::new();
+        for p in self.ports.unwrap_or_default() {
+            let protocol = match p.protocol.as_deref() {
+                None => Protocol::Tcp,
+                Some(s) => Protocol::parse(s)
+                    .ok_or_else(|| invalid(format!("pod {}/{}: protocol {s:?}", self.namespace, self.name)))?,
+            };
+            let container = match p.container.as_deref() {
+                None | Some("main") => ContainerKind::Main,
+                Some("init-sidecar") => ContainerKind::InitSidecar,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "pod {}/{}: unknown container {other:?} (main or init-sidecar)",
+                        self.namespace, self.name
+                    )))
+                }
+            };
+            if p.port == 0 {
+                return Err(invalid(format!("pod {}/{}: port 0", self.namespace, self.name)));
+            }
+            ports.push(PortSpec {
+                name: p.name,
+                port: p.port,
+                protocol,
+                container,
+            });
+        }
+        if self.node == Some(0) {
+            return Err(invalid(format!(
+                "pod {}/{}: node numbers start at 1",
+                self.namespace, self.name
+            )));
+        }
+        Ok(PodSpec {
+            namespace: self.namespace,
+            name: self.name,
+            node: self.node,
+            labels: self.labels.unwrap_or_default(),
+            ports,
+        })
+    }
+}
+
+impl RawStep {
+    fn into_step(self) -> Result<Step, ScenarioError> {
+        match (self.action.as_deref(), self.probe) {
+            (Some(_), Some(_)) => Err(invalid("a step has either `action` or `probe`, not both")),
+            (None, None) => Err(invalid("a step needs `action` or `probe`")),
+            (None, Some(p)) => {
+                let protocol = match p.protocol.as_deref() {
+                    None => Protocol::Tcp,
+                    Some(s) => Protocol::parse(s)
+                        .ok_or_else(|| invalid(format!("probe protocol {s:?}")))?,
+                };
+                let mut expected = Matrix::default();
+                for (src, row) in p.matrix.0 {
+                    PodRef::parse(&src)?;
+                    for (dst, allowed) in row.0 {
+                        PodRef::parse(&dst)?;
+                        expected.set(&src, &dst, allowed);
+                    }
+                }
+                Ok(Step::Probe(Probe {
+                    protocol,
+                    port: p.port,
+                    expected,
+                }))
+            }
+            (Some(action), None) => {
+                let pod_ref = |v: &Option<Value>| -> Result<PodRef, ScenarioError> {
+                    match v {
+                        Some(Value::String(s)) => PodRef::parse(s),
+                        _ => Err(invalid(format!("{action}: `pod` must be \"namespace/name\""))),
+                    }
+                };
+                match action {
+                    "apply_policy" => {
+                        let mode = match self.mode.as_deref() {
+                            None | Some("create") => ApplyMode::Create,
+                            Some("update") => ApplyMode::Update,
+                            Some(o) => return Err(invalid(format!("apply_policy: mode {o:?}"))),
+                        };
+                        let expect = match self.expect.as_deref() {
+                            None => None,
+                            Some("accepted") => Some(Expect::Accepted),
+                            Some("rejected") => Some(Expect::Rejected),
+                            Some(o) => return Err(invalid(format!("apply_policy: expect {o:?}"))),
+                        };
+                        let policy = self
+                            .policy
+                            .ok_or_else(|| invalid("apply_policy without `policy`"))?;
+                        if !policy.is_object() {
+                            return Err(invalid("apply_policy: `policy` is not a mapping"));
+                        }
+                        Ok(Step::ApplyPolicy {
+                            mode,
+                            expect,
+                            policy,
+                            note: self.note,
+                        })
+                    }
+                    "delete_policy" => Ok(Step::DeletePolicy {
+                        namespace: self
+                            .namespace
+                            .ok_or_else(|| invalid("delete_policy without `namespace`"))?,
+                        name: self
+                            .name
+                            .ok_or_else(|| invalid("delete_policy without `name`"))?,
+                    }),
+                    "update_pod_labels" => Ok(Step::UpdatePodLabels {
+                        pod: pod_ref(&self.pod)?,
+                        change: LabelChange {
+                            replace: self.replace,
+                            merge: self.merge.unwrap_or_default(),
+                            remove: self.remove.unwrap_or_default(),
+                        },
+                    }),
+                    "update_namespace_labels" => {
+                        if self.replace.is_some() {
+                            return Err(invalid(
+                                "update_namespace_labels takes merge and remove, not replace",
+                            ));
+                        }
+                        Ok(Step::UpdateNamespaceLabels {
+                            namespace: self
+                                .namespace
+                                .ok_or_else(|| invalid("update_namespace_labels without `namespace`"))?,
+                            change: LabelChange {
+                                replace: None,
+                                merge: self.merge.unwrap_or_default(),
+                                remove: self.remove.unwrap_or_default(),
+                            },
+                        })
+                    }
+                    "create_pod" => {
+                        let v = self.pod.ok_or_else(|| invalid("create_pod without `pod`"))?;
+                        let raw: RawPod = serde_json::from_value(v)
+                            .map_err(|e| invalid(format!("create_pod: {e}")))?;
+                        Ok(Step::CreatePod {
+                            pod: raw.into_pod()?,
+                        })
+                    }
+                    "delete_pod" => Ok(Step::DeletePod {
+                        pod: pod_ref(&self.pod)?,
+                    }),
+                    other => Err(invalid(format!("unknown action {other:?}"))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+# comment
+id: t1
+title: a test
+kind: reachability
+ignore_loopback: true
+generator: {tool: x}
+model:
+  namespaces:
+  - {name: x, labels: {kubernetes.io/metadata.name: x, team: a, version: 2}}
+  - name: y
+  pods:
+  - namespace: x
+    name: a
+    node: 2
+    labels: {pod: a}
+    ports:
+    - {name: serve-80-tcp, port: 80, protocol: TCP}
+    - {name: dns, port: 53, protocol: UDP}
+    - {name: web, port: 8080, protocol: TCP, container: init-sidecar}
+  - namespace: y
+    name: b
+    ports:
+    - {port: 80}
+steps:
+- action: apply_policy
+  mode: update
+  expect: accepted
+  policy:
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: p, namespace: x}
+    spec:
+      podSelector: {}
+      ingress:
+      - from:
+        - ipBlock: {cidr: '{{ podCIDR y/b 8 }}', except: ['{{podHostCIDR y/b}}']}
+- {action: delete_policy, namespace: x, name: p}
+- {action: update_pod_labels, pod: x/a, merge: {app: web}, remove: [pod]}
+- {action: update_namespace_labels, namespace: y, merge: {team: b}}
+- action: create_pod
+  pod: {namespace: y, name: c, labels: {pod: c}, ports: [{port: 81, protocol: SCTP}]}
+- {action: delete_pod, pod: y/c, extra: ignored}
+- probe:
+    protocol: UDP
+    port: 53
+    built_from: {default: true}
+    matrix:
+      y/b: {x/a: false, y/b: true}
+      x/a: {y/b: true}
+"#;
+
+    #[test]
+    fn parses_every_step_kind_and_keeps_matrix_order() {
+        let s = Scenario::parse(SAMPLE).unwrap();
+        assert_eq!(s.id, "t1");
+        assert!(s.ignore_loopback);
+        assert_eq!(s.model.namespaces[0].labels["version"], "2");
+        assert_eq!(
+            s.model.namespaces[1].effective_labels()[NAMESPACE_NAME_LABEL],
+            "y"
+        );
+        let a = &s.model.pods[0];
+        assert_eq!(a.node, Some(2));
+        assert_eq!(a.ports[2].container, ContainerKind::InitSidecar);
+        assert_eq!(s.model.pods[1].ports[0].protocol, Protocol::Tcp);
+        assert_eq!(s.steps.len(), 7);
+        assert!(matches!(
+            s.steps[0],
+            Step::ApplyPolicy {
+                mode: ApplyMode::Update,
+                expect: Some(Expect::Accepted),
+                ..
+            }
+        ));
+        let Step::UpdatePodLabels { change, .. } = &s.steps[2] else {
+            panic!()
+        };
+        let mut cur = Labels::new();
+        cur.insert("pod".into(), "a".into());
+        let after = change.apply_to(&cur);
+        assert_eq!(after.len(), 1);
+        assert_eq!(after["app"], "web");
+        let Step::CreatePod { pod } = &s.steps[4] else {
+            panic!()
+        };
+        assert_eq!(pod.ports[0].protocol, Protocol::Sctp);
+        let Step::Probe(p) = &s.steps[6] else { panic!() };
+        assert_eq!(p.protocol, Protocol::Udp);
+        assert_eq!(p.expected.sources(), ["y/b", "x/a"]);
+        assert_eq!(p.expected.destinations(), ["x/a", "y/b"]);
+        assert_eq!(p.expected.get("y/b", "x/a"), Some(false));
+        assert_eq!(p.expected.get("x/a", "x/a"), None);
+        assert_eq!(s.all_pods().len(), 3);
+    }
+
+    #[test]
+    fn templates_substitute_per_family() {
+        let s = Scenario::parse(SAMPLE).unwrap();
+        let Step::ApplyPolicy { policy, .. } = &s.steps[0] else {
+            panic!()
+        };
+        let v4 = |p: &PodRef| (p.name == "b").then(|| "10.244.2.7".parse().unwrap());
+        let out = substitute_templates(policy, &v4).unwrap();
+        let block = &out["spec"]["ingress"][0]["from"][0]["ipBlock"];
+        assert_eq!(block["cidr"], "10.0.0.0/8");
+        assert_eq!(block["except"][0], "10.244.2.7/32");
+        let v6 = |_: &PodRef| Some("fd00:10:244:2::7".parse().unwrap());
+        let out = substitute_templates(policy, &v6).unwrap();
+        let block = &out["spec"]["ingress"][0]["from"][0]["ipBlock"];
+        assert_eq!(block["cidr"], "fd00::/8");
+        assert_eq!(block["except"][0], "fd00:10:244:2::7/128");
+        assert_eq!(
+            substitute_in_str("{{ podIP y/b }}", &v6).unwrap(),
+            "fd00:10:244:2::7"
+        );
+        assert!(substitute_in_str("{{ podIP y/zz }}", &|_| None).is_err());
+        assert!(substitute_in_str("{{ nope }}", &v6).is_err());
+        assert!(substitute_in_str("{{ podCIDR y/b 33 }}", &v4).is_err());
+        assert_eq!(substitute_in_str("{{ podCIDR y/b 0 }}", &v4).unwrap(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn rejects_bad_steps() {
+        let base = "id: x\nmodel: {namespaces: [{name: x}]}\nsteps:\n";
+        for bad in [
+            "- {action: frobnicate}",
+            "- {}",
+            "- {action: delete_pod, pod: nopod}",
+            "- {action: apply_policy, probe: {port: 80, matrix: {}}}",
+        ] {
+            assert!(Scenario::parse(&format!("{base}{bad}\n")).is_err(), "{bad}");
+        }
+        let v = "id: x\nkind: api-validation\nsteps:\n- {probe: {port: 80, matrix: {}}}\n";
+        assert!(Scenario::parse(v).is_err());
+    }
+
+    #[test]
+    fn every_checked_in_scenario_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "yaml") {
+                Scenario::from_file(&e.path()).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 40, "only {n} scenarios in {}", dir.display());
+    }
+}

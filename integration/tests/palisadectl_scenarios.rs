@@ -1,0 +1,286 @@
+//! The scenario files as oracles for `palisadectl reach`: for every probe of every
+//! reachability scenario (`integration/scenarios/` and `../shared/scenarios-sample/`), the
+//! cluster state at that step (namespaces, pods with synthetic IPs laid out like the netns
+//! cluster's, policies with templates substituted) is written out as manifests, the real
+//! `palisadectl reach -o json --port P --protocol X` runs on them, and every cell the probe
+//! lists must match (pod → itself skipped with `ignore_loopback`).
+//!
+//! No root, no kernel: this checks the compiler + interpreter path that palisadectl and the
+//! agent share against the expectations of the scenario files, quickly and everywhere.
+//! Build the binary first: `cargo build -p palisade-policy --bin palisadectl` (or set
+//! `PALISADE_BIN_DIR`).
+
+use palisade_integration::scenario::{
+    substitute_templates, ContainerKind, PodRef, PodSpec, Scenario, ScenarioKind, Step,
+    NAMESPACE_NAME_LABEL,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Nodes of the simulated cluster: the runner's default.
+const NODES: usize = 2;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `PALISADE_BIN_DIR`, next to this test binary (`<target>/<profile>/`), or the workspace's
+/// `target/{release,debug}`.
+fn palisadectl() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("PALISADE_BIN_DIR") {
+        candidates.push(PathBuf::from(d).join("palisadectl"));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+            candidates.push(dir.join("palisadectl"));
+        }
+    }
+    for profile in ["release", "debug"] {
+        candidates.push(workspace_root().join("target").join(profile).join("palisadectl"));
+    }
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!(
+            "palisadectl binary not found (looked at {candidates:?}); build it first: \
+             cargo build -p palisade-policy --bin palisadectl, or set PALISADE_BIN_DIR"
+        )
+    })
+}
+
+fn scenario_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [
+        workspace_root().join("integration/scenarios"),
+        workspace_root().join("../shared/scenarios-sample"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("note: no scenario folder {}", dir.display());
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+struct SimPod {
+    spec: PodSpec,
+    node: usize,
+    ip: IpAddr,
+}
+
+/// The cluster as the scenario steps leave it.
+struct Sim {
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pods: BTreeMap<PodRef, SimPod>,
+    policies: BTreeMap<(String, String), Value>,
+    round_robin: usize,
+    next_host: [u8; NODES],
+    generated: usize,
+}
+
+impl Sim {
+    fn new(s: &Scenario) -> Sim {
+        let mut sim = Sim {
+            namespaces: s.model.namespaces.iter().map(|n| (n.name.clone(), n.effective_labels())).collect(),
+            pods: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            round_robin: 0,
+            next_host: [10; NODES],
+            generated: 0,
+        };
+        for p in &s.model.pods {
+            sim.create_pod(p);
+        }
+        sim
+    }
+
+    /// Placement and addresses as the netns cluster makes them: `node` or round-robin,
+    /// node i's pods in 10.244.i.0/24.
+    fn create_pod(&mut self, spec: &PodSpec) {
+        let node = spec.node.unwrap_or_else(|| {
+            let n = self.round_robin % NODES + 1;
+            self.round_robin += 1;
+            n
+        });
+        let slot = (node - 1) % NODES;
+        let host = self.next_host[slot];
+        self.next_host[slot] += 1;
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 244, node as u8, host));
+        self.pods.insert(spec.key(), SimPod { spec: spec.clone(), node, ip });
+    }
+
+    fn apply(&mut self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::ApplyPolicy { expect: Some(palisade_integration::scenario::Expect::Rejected), .. } => {}
+            Step::ApplyPolicy { policy, .. } => {
+                let pods = &self.pods;
+                let mut p = substitute_templates(policy, &|r: &PodRef| pods.get(r).map(|p| p.ip))
+                    .map_err(|e| e.to_string())?;
+                let ns = p["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                if p["metadata"]["name"].as_str().unwrap_or("").is_empty() {
+                    let prefix = p["metadata"]["generateName"].as_str().unwrap_or("policy-").to_string();
+                    self.generated += 1;
+                    p["metadata"]["name"] = json!(format!("{prefix}gen{}", self.generated));
+                }
+                let name = p["metadata"]["name"].as_str().unwrap().to_string();
+                self.policies.insert((ns, name), p);
+            }
+            Step::DeletePolicy { namespace, name } => {
+                self.policies.remove(&(namespace.clone(), name.clone()));
+            }
+            Step::UpdatePodLabels { pod, change } => {
+                let p = self.pods.get_mut(pod).ok_or(format!("no pod {pod}"))?;
+                p.spec.labels = change.apply_to(&p.spec.labels);
+            }
+            Step::UpdateNamespaceLabels { namespace, change } => {
+                let labels = self.namespaces.entry(namespace.clone()).or_default();
+                let mut new = change.apply_to(labels);
+                new.insert(NAMESPACE_NAME_LABEL.into(), namespace.clone());
+                *labels = new;
+            }
+            Step::CreatePod { pod } => self.create_pod(pod),
+            Step::DeletePod { pod } => {
+                self.pods.remove(pod);
+            }
+            Step::Probe(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Every object as one JSON `List` (the policies as written, after substitution).
+    fn manifests(&self) -> Value {
+        let mut items = Vec::new();
+        for (name, labels) in &self.namespaces {
+            items.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}));
+        }
+        for p in self.pods.values() {
+            let ports = |kind: ContainerKind| -> Vec<Value> {
+                p.spec
+                    .ports
+                    .iter()
+                    .filter(|x| x.container == kind)
+                    .map(|x| {
+                        let mut v = json!({"containerPort": x.port, "protocol": x.protocol.as_str()});
+                        if let Some(n) = &x.name {
+                            v["name"] = json!(n);
+                        }
+                        v
+                    })
+                    .collect()
+            };
+            let mut spec = json!({
+                "nodeName": format!("node-{}", p.node),
+                "containers": [{"name": "main", "ports": ports(ContainerKind::Main)}],
+            });
+            let sidecar = ports(ContainerKind::InitSidecar);
+            if !sidecar.is_empty() {
+                spec["initContainers"] = json!([{"name": "init-sidecar", "restartPolicy": "Always", "ports": sidecar}]);
+            }
+            items.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"namespace": p.spec.namespace, "name": p.spec.name, "labels": p.spec.labels},
+                "spec": spec,
+                "status": {"phase": "Running", "podIPs": [{"ip": p.ip.to_string()}]},
+            }));
+        }
+        for p in self.policies.values() {
+            let mut p = p.clone();
+            p["kind"] = json!("NetworkPolicy");
+            items.push(p);
+        }
+        json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn palisadectl_reach_matches_every_scenario_probe() {
+    let bin = palisadectl();
+    let files = scenario_files();
+    assert!(!files.is_empty(), "no scenario files found");
+    let dir = TempDir(std::env::temp_dir().join(format!("palisadectl-scenarios-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let manifest = dir.0.join("state.json");
+    let (mut scenarios, mut probes, mut cells) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for file in &files {
+        let s = Scenario::from_file(file).unwrap_or_else(|e| panic!("{e}"));
+        if s.kind != ScenarioKind::Reachability {
+            continue;
+        }
+        scenarios += 1;
+        let mut sim = Sim::new(&s);
+        for (i, step) in s.steps.iter().enumerate() {
+            let where_ = format!("{} step {} ({})", file.display(), i + 1, step.describe());
+            if let Err(e) = sim.apply(step) {
+                failures.push(format!("{where_}: {e}"));
+                break;
+            }
+            let Step::Probe(probe) = step else { continue };
+            probes += 1;
+            std::fs::write(&manifest, serde_json::to_string_pretty(&sim.manifests()).unwrap()).unwrap();
+            let out = Command::new(&bin)
+                .args(["reach", "-f"])
+                .arg(&manifest)
+                .args(["-o", "json", "--color", "never", "--port"])
+                .arg(probe.port.to_string())
+                .args(["--protocol", probe.protocol.as_str()])
+                .output()
+                .expect("run palisadectl");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                failures.push(format!("{where_}: palisadectl exited {}: {stderr}", out.status));
+                continue;
+            }
+            let got: Value = match serde_json::from_slice(&out.stdout) {
+                Ok(v) => v,
+                Err(e) => {
+                    failures.push(format!("{where_}: output is not JSON: {e}"));
+                    continue;
+                }
+            };
+            let key = format!("{}/{}", probe.port, probe.protocol);
+            for (src, dst, expected) in probe.expected.cells() {
+                if s.ignore_loopback && src == dst {
+                    continue;
+                }
+                cells += 1;
+                match got[&key][src][dst].as_bool() {
+                    Some(v) if v == expected => {}
+                    observed => failures.push(format!(
+                        "{where_}: {key} {src} -> {dst}: expected {}, palisadectl says {}",
+                        if expected { "allowed" } else { "denied" },
+                        match observed {
+                            Some(true) => "allowed".to_string(),
+                            Some(false) => "denied".to_string(),
+                            None => format!("nothing (stderr: {})", stderr.trim()),
+                        }
+                    )),
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{scenarios} reachability scenarios, {probes} probes, {cells} cells checked, {} failures",
+        failures.len()
+    );
+    assert!(probes > 0, "no probe found in {} files", files.len());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -1,0 +1,174 @@
+//! The node agent (`palisade-agent`): watches the API server, compiles the policies that
+//! concern this node, programs them into `inet palisade`, and answers the CNI plugin.
+//!
+//! ```text
+//!  kube::watch (×4) ──ClusterEvent──┐
+//!                                   ├─► sync::SyncWorker ─► Compiler ─► Dataplane (nft)
+//!  cni socket ───────CniCommand─────┘         │                          └─► routes (ip)
+//!                                             └─► status ◄── http (/metrics /status ...)
+//!  nflog thread ◄── NFLOG group (denied packets), reads the compiler's state
+//! ```
+//!
+//! Endpoints on `--listen`: `/metrics` (Prometheus text), `/healthz` (200 while the sync
+//! worker runs), `/readyz` (200 once the first full sync is programmed), `/status` (JSON:
+//! `ready`, `node`, `programmedResourceVersions{pods,namespaces,networkpolicies,nodes}`,
+//! `lastSync{durationMs,commands,full}`, `invalidPolicies[{namespace,name,errors}]`, plus
+//! `lastError`, `malformedObjects`, `pods`, `routes`).
+
+pub mod cni;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod nflog;
+pub mod routes;
+pub mod status;
+pub mod sync;
+
+use crate::compile::{CompileOptions, Compiler};
+use crate::kube::{spawn_watches, Index, WatchTuning};
+use crate::nft::Dataplane;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub use status::AgentShared;
+pub use sync::{CniCommand, SyncTuning, SyncWorker};
+
+/// How new pods are treated until the agent has programmed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NewPods {
+    /// Ingress towards a pod veth whose IP is not programmed yet is dropped.
+    FailClosed,
+    FailOpen,
+}
+
+/// Everything `palisade-agent run` is configured with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub cni_socket: PathBuf,
+    pub listen: SocketAddr,
+    pub new_pods: NewPods,
+    /// `None`: no denied-packet logging.
+    pub nflog_group: Option<u16>,
+    pub deny_log_rate: u32,
+    pub manage_routes: bool,
+    pub table: String,
+    pub nft: PathBuf,
+    pub sync: SyncTuning,
+}
+
+impl AgentConfig {
+    pub fn compile_options(&self) -> CompileOptions {
+        CompileOptions {
+            node: self.node_name.clone(),
+            fail_closed_new_pods: self.new_pods == NewPods::FailClosed,
+            nflog_group: self.nflog_group,
+        }
+    }
+}
+
+/// A kube client from `--kubeconfig`, else as `kubectl` would find one (KUBECONFIG,
+/// ~/.kube/config, in-cluster service account).
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<::kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = ::kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("read kubeconfig {}", path.display()))?;
+            ::kube::Config::from_custom_kubeconfig(kc, &::kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("load kubeconfig {}", path.display()))?
+        }
+        None => ::kube::Config::infer().await.context("infer kube config")?,
+    };
+    ::kube::Client::try_from(config).context("build kube client")
+}
+
+/// A running agent's handles (for tests and the binary).
+pub struct RunningAgent {
+    pub shared: Arc<AgentShared>,
+    pub compiler: Arc<Mutex<Compiler>>,
+    pub listen: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Wait for the sync worker to end (it runs for the life of the process).
+    pub async fn wait(mut self) {
+        if let Some(worker) = self.tasks.pop() {
+            let _ = worker.await;
+        }
+    }
+
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Start the agent on the current tokio runtime with this dataplane.
+pub async fn start(config: AgentConfig, client: ::kube::Client, dataplane: Box<dyn Dataplane + Send>) -> Result<RunningAgent> {
+    let shared = Arc::new(AgentShared::new(&config.node_name));
+    let compiler = Arc::new(Mutex::new(Compiler::new(config.compile_options())));
+    let http_listener = http::bind(config.listen).await?;
+    let listen = http_listener.local_addr().context("metrics listener address")?;
+    let cni_listener = cni::bind(&config.cni_socket)?;
+
+    if let Some(group) = config.nflog_group {
+        // Logging is an aid: an agent that cannot bind the group still enforces policy.
+        if let Err(err) = nflog::spawn(group, config.deny_log_rate, compiler.clone(), shared.clone()) {
+            shared.metrics.error(metrics::error_kind::NFLOG);
+            tracing::error!(error = %format!("{err:#}"), "denied-packet logging disabled");
+        }
+    }
+
+    let (event_tx, event_rx) = mpsc::channel(4096);
+    let (cni_tx, cni_rx) = mpsc::channel(256);
+    let mut tasks = spawn_watches(client, WatchTuning::default(), event_tx);
+    tasks.push(tokio::spawn(http::serve(http_listener, shared.clone())));
+    tasks.push(tokio::spawn(cni::serve(cni_listener, cni_tx, shared.clone())));
+    let routes = config.manage_routes.then(|| routes::NodeRoutes::new(&config.node_name));
+    let worker = SyncWorker::new(
+        Index::new(&config.node_name),
+        compiler.clone(),
+        dataplane,
+        routes,
+        shared.clone(),
+        config.sync.clone(),
+    );
+    tasks.push(tokio::spawn(worker.run(event_rx, cni_rx)));
+    tracing::info!(
+        node = %config.node_name,
+        listen = %listen,
+        cni_socket = %config.cni_socket.display(),
+        table = %config.table,
+        "agent started"
+    );
+    Ok(RunningAgent {
+        shared,
+        compiler,
+        listen,
+        tasks,
+    })
+}
+
+/// Default of `--min-sync-interval-ms` / `--max-sync-interval-ms` as durations.
+pub fn sync_tuning(min_ms: u64, max_ms: u64, test_delay_ms: u64) -> SyncTuning {
+    SyncTuning {
+        min_interval: Duration::from_millis(min_ms),
+        max_interval: Duration::from_millis(max_ms.max(min_ms)),
+        test_delay: Duration::from_millis(test_delay_ms),
+        ..SyncTuning::default()
+    }
+}

@@ -1,0 +1,484 @@
+//! `palisadectl explain`: allowed or denied, and why, from the compiled path.
+//!
+//! The packet is walked through the compiled ruleset of every node it crosses
+//! ([`Reachability::check`]); the rules it hits carry comments naming the policy and rule
+//! (`ns/name ingress[0]`), and class chains name the policies that isolate a pod. That is the
+//! answer. The reference evaluator answers the same question from the API semantics
+//! ([`reference::explain`]); when the two disagree, something is wrong in Palisade and the
+//! report says so loudly. Against a live node, the hops on that node are walked once more
+//! through the table really programmed there, with the nft rule handles and counters.
+
+use super::style::{Colour, Style};
+use crate::compile::{describe_chain, parse_rule_comment, ChainRole};
+use crate::eval::interp::{classify, HopResult, Hit, PathVerdict, Reachability};
+use crate::eval::reference::{self, Direction, DirectionVerdict, Endpoint, Explanation, RuleRef};
+use crate::model::{ClusterState, ObjectKey, Protocol};
+use crate::nft::Listing;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// What one direction (the source's egress, the destination's ingress) decided on the
+/// compiled path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "verdict")]
+pub enum Side {
+    /// No class chain for this pod in this direction: nothing isolates it (or Palisade does
+    /// not enforce there: `reason` from the reference evaluator).
+    NotIsolated { reason: Option<String> },
+    Allowed {
+        isolated_by: Vec<String>,
+        allowed_by: Vec<String>,
+    },
+    Denied { isolated_by: Vec<String> },
+    /// The compiled path ended before this direction was looked at (egress dropped first).
+    NotReached,
+}
+
+impl Side {
+    fn allows(&self) -> bool {
+        !matches!(self, Side::Denied { .. })
+    }
+}
+
+/// One rule a packet hit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleHit {
+    pub chain: String,
+    pub index: usize,
+    pub comment: Option<String>,
+    /// nft rule handle and counters, from the programmed table (live only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hop {
+    pub node: String,
+    pub hook: String,
+    pub accepted: bool,
+    pub rules: Vec<RuleHit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub from: String,
+    pub to: String,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub allowed: bool,
+    pub egress: Side,
+    pub ingress: Side,
+    /// The compiled path, hook by hook.
+    pub hops: Vec<Hop>,
+    /// The same question asked of the programmed table of the live node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<Hop>>,
+    pub reference: Explanation,
+    /// Empty when the compiled path, the reference evaluator (and the programmed table)
+    /// agree.
+    pub disagreements: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(transparent)]
+    Path(#[from] crate::eval::interp::PathError),
+    #[error(transparent)]
+    Endpoint(#[from] reference::EndpointError),
+}
+
+/// `ns/pod`, `pod` (in `default_ns`) or an IP address.
+pub fn parse_endpoint(s: &str, default_ns: &str) -> Endpoint {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Endpoint::Ip(ip);
+    }
+    match s.split_once('/') {
+        Some((ns, name)) => Endpoint::Pod(ObjectKey::new(ns, name)),
+        None => Endpoint::Pod(ObjectKey::new(default_ns, s)),
+    }
+}
+
+/// Explain one packet. `live`: the programmed table of node `.0`, to walk that node's hops
+/// through it as well.
+pub fn explain(
+    state: &ClusterState,
+    src: &Endpoint,
+    dst: &Endpoint,
+    protocol: Protocol,
+    port: u16,
+    live: Option<(&str, &Listing)>,
+) -> Result<Report, ExplainError> {
+    let mut reach = Reachability::with_defaults(state);
+    let path = reach.check(src, dst, protocol, port)?;
+    let family = path
+        .hops
+        .first()
+        .map(|h| crate::ruleset::Family::of(&h.packet.src));
+    let reference = match family {
+        Some(f) => reference::explain_in_family(state, src, dst, protocol, port, f)?,
+        None => reference::explain(state, src, dst, protocol, port)?,
+    };
+    let (egress, ingress) = sides(&mut reach, &path, &reference);
+    let hops: Vec<Hop> = path
+        .hops
+        .iter()
+        .map(|h| Hop {
+            node: h.node.clone(),
+            hook: format!("{:?}", h.hook).to_lowercase(),
+            accepted: h.outcome.accepted,
+            rules: h.outcome.trace.iter().map(rule_hit).collect(),
+        })
+        .collect();
+    let mut disagreements = cross_check(path.allowed, &egress, &ingress, &reference);
+    let live_hops = live.map(|(node, listing)| {
+        walk_programmed(node, listing, &path.hops, &mut disagreements)
+    });
+    Ok(Report {
+        from: src.to_string(),
+        to: dst.to_string(),
+        src_ip: reference.src_ip,
+        dst_ip: reference.dst_ip,
+        protocol,
+        port,
+        allowed: path.allowed,
+        egress,
+        ingress,
+        hops,
+        live: live_hops,
+        reference,
+        disagreements,
+    })
+}
+
+fn rule_hit(h: &Hit) -> RuleHit {
+    RuleHit {
+        chain: h.chain.clone(),
+        index: h.rule,
+        comment: h.comment.clone(),
+        handle: None,
+        packets: None,
+        bytes: None,
+    }
+}
+
+/// Read each direction's story off the trace: class chains name the isolating policies,
+/// rule comments the allowing rule, the last hit of a dropped packet the dropping chain.
+fn sides(reach: &mut Reachability<'_>, path: &PathVerdict, reference: &Explanation) -> (Side, Side) {
+    let mut isolated: [Option<Vec<String>>; 2] = [None, None];
+    let mut allowed_by: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let mut denied = [false, false];
+    let idx = |d: Direction| match d {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    };
+    let mut stopped_early = false;
+    for hop in &path.hops {
+        let ruleset = reach.ruleset(&hop.node).clone();
+        for hit in &hop.outcome.trace {
+            if let Some(desc) = describe_chain(&ruleset, &hit.chain) {
+                if let ChainRole::Class {
+                    direction, policies, ..
+                } = desc.role
+                {
+                    isolated[idx(direction)] = Some(policies.iter().map(|p| p.to_string()).collect());
+                }
+            }
+            if let Some(r) = hit.comment.as_deref().and_then(parse_rule_comment) {
+                allowed_by[idx(r.direction)].push(r.to_string());
+            }
+        }
+        if !hop.outcome.accepted {
+            let last = hop.outcome.trace.last();
+            let class = last
+                .and_then(|h| describe_chain(&ruleset, &h.chain))
+                .and_then(|d| match d.role {
+                    ChainRole::Class { direction, .. } => Some(direction),
+                    _ => None,
+                });
+            match class {
+                Some(d) => {
+                    denied[idx(d)] = true;
+                    if d == Direction::Egress {
+                        stopped_early = same_node_after(path, hop);
+                    }
+                }
+                None => stopped_early = true,
+            }
+        }
+    }
+    let side = |d: Direction, verdict: &DirectionVerdict| -> Side {
+        let i = idx(d);
+        match &isolated[i] {
+            Some(policies) if denied[i] => Side::Denied {
+                isolated_by: policies.clone(),
+            },
+            Some(policies) if !allowed_by[i].is_empty() => Side::Allowed {
+                isolated_by: policies.clone(),
+                allowed_by: allowed_by[i].clone(),
+            },
+            Some(_) => Side::NotReached,
+            None if d == Direction::Ingress && stopped_early => Side::NotReached,
+            None => Side::NotIsolated {
+                reason: match verdict {
+                    DirectionVerdict::NotEnforced { reason } => Some(reason.clone()),
+                    _ => None,
+                },
+            },
+        }
+    };
+    (
+        side(Direction::Egress, &reference.egress),
+        side(Direction::Ingress, &reference.ingress),
+    )
+}
+
+/// An egress drop on a node where the destination's ingress would be checked too (same node,
+/// one forward hook): the ingress side was never reached.
+fn same_node_after(path: &PathVerdict, hop: &HopResult) -> bool {
+    path.hops.len() == 1 || path.hops.iter().all(|h| h.node == hop.node)
+}
+
+fn names(keys: &[ObjectKey]) -> Vec<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+fn cross_check(allowed: bool, egress: &Side, ingress: &Side, reference: &Explanation) -> Vec<String> {
+    let mut out = Vec::new();
+    if allowed != reference.allowed() {
+        out.push(format!(
+            "the compiled ruleset {} the packet but the reference evaluator {} it",
+            if allowed { "allows" } else { "denies" },
+            if reference.allowed() { "allows" } else { "denies" }
+        ));
+    }
+    for (d, side, verdict) in [
+        (Direction::Egress, egress, &reference.egress),
+        (Direction::Ingress, ingress, &reference.ingress),
+    ] {
+        let problem = match (side, verdict) {
+            (Side::NotReached, _) => None,
+            (Side::NotIsolated { .. }, DirectionVerdict::NotIsolated | DirectionVerdict::NotEnforced { .. }) => None,
+            (
+                Side::Allowed {
+                    isolated_by,
+                    allowed_by,
+                },
+                DirectionVerdict::Allowed {
+                    isolated_by: ref_iso,
+                    allowed_by: ref_allowed,
+                },
+            ) => {
+                let refs: BTreeSet<String> = ref_allowed.iter().map(RuleRef::to_string).collect();
+                if sorted(isolated_by) != sorted(&names(ref_iso)) {
+                    Some(format!("isolated by {isolated_by:?} (compiled) vs {:?} (reference)", names(ref_iso)))
+                } else {
+                    allowed_by
+                        .iter()
+                        .find(|r| !refs.contains(*r))
+                        .map(|r| format!("compiled path allowed by {r}, which the reference evaluator does not list ({refs:?})"))
+                }
+            }
+            (Side::Denied { isolated_by }, DirectionVerdict::Denied { isolated_by: ref_iso }) => {
+                (sorted(isolated_by) != sorted(&names(ref_iso))).then(|| {
+                    format!("isolated by {isolated_by:?} (compiled) vs {:?} (reference)", names(ref_iso))
+                })
+            }
+            (side, verdict) => Some(format!(
+                "compiled path says {}, reference evaluator says {}",
+                side_word(side),
+                verdict_word(verdict)
+            )),
+        };
+        if let Some(p) = problem {
+            out.push(format!("{d}: {p}"));
+        }
+    }
+    out
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+fn side_word(s: &Side) -> &'static str {
+    match s {
+        Side::NotIsolated { .. } => "not isolated",
+        Side::Allowed { .. } => "allowed",
+        Side::Denied { .. } => "denied",
+        Side::NotReached => "not reached",
+    }
+}
+
+fn verdict_word(v: &DirectionVerdict) -> &'static str {
+    match v {
+        DirectionVerdict::NotEnforced { .. } => "not enforced",
+        DirectionVerdict::NotIsolated => "not isolated",
+        DirectionVerdict::Allowed { .. } => "allowed",
+        DirectionVerdict::Denied { .. } => "denied",
+    }
+}
+
+/// Walk the hops on `node` through the programmed table, with handles and counters.
+fn walk_programmed(
+    node: &str,
+    listing: &Listing,
+    hops: &[HopResult],
+    disagreements: &mut Vec<String>,
+) -> Vec<Hop> {
+    let mut out = Vec::new();
+    for h in hops.iter().filter(|h| h.node == node) {
+        let hook = format!("{:?}", h.hook).to_lowercase();
+        match classify(&listing.programmed.model, h.hook, &h.packet) {
+            Ok(outcome) => {
+                if outcome.accepted != h.outcome.accepted {
+                    disagreements.push(format!(
+                        "node {node} {hook}: the programmed table {} the packet but the compiled ruleset {} it (is the agent in sync?)",
+                        if outcome.accepted { "accepts" } else { "drops" },
+                        if h.outcome.accepted { "accepts" } else { "drops" },
+                    ));
+                }
+                let rules = outcome
+                    .trace
+                    .iter()
+                    .map(|hit| {
+                        let mut r = rule_hit(hit);
+                        // A rate-limited log and its continuation share one model index: the
+                        // last nft rule of the index carries the verdict.
+                        if let Some(c) = listing
+                            .counters
+                            .iter()
+                            .filter(|c| c.chain == hit.chain && c.rule_index == hit.rule)
+                            .last()
+                        {
+                            r.handle = Some(c.handle);
+                            r.packets = Some(c.packets);
+                            r.bytes = Some(c.bytes);
+                        }
+                        r
+                    })
+                    .collect();
+                out.push(Hop {
+                    node: node.to_string(),
+                    hook,
+                    accepted: outcome.accepted,
+                    rules,
+                });
+            }
+            Err(e) => disagreements.push(format!(
+                "node {node} {hook}: cannot walk the programmed table: {e}"
+            )),
+        }
+    }
+    if out.is_empty() {
+        disagreements.push(format!(
+            "the packet crosses no hook of node {node}: the live table cannot confirm the verdict"
+        ));
+    }
+    out
+}
+
+fn describe_side(d: Direction, who: &str, side: &Side, port: &str, other: &str) -> String {
+    match side {
+        Side::NotIsolated { reason: Some(r) } => {
+            format!("{d} of {who}: not enforced ({r})")
+        }
+        Side::NotIsolated { reason: None } => {
+            format!("{d} of {who}: allowed: no NetworkPolicy selects it for {d}")
+        }
+        Side::Allowed {
+            isolated_by,
+            allowed_by,
+        } => format!(
+            "{d} of {who}: allowed by {} (isolated by {})",
+            allowed_by.join(", "),
+            isolated_by.join(", ")
+        ),
+        Side::Denied { isolated_by } => format!(
+            "{d} of {who}: DENIED: isolated by {}, and no rule of {} allows {port} {} {other}",
+            isolated_by.join(", "),
+            if isolated_by.len() == 1 { "it" } else { "them" },
+            if d == Direction::Egress { "to" } else { "from" },
+        ),
+        Side::NotReached => format!("{d} of {who}: not reached (the packet was dropped before)"),
+    }
+}
+
+fn hop_lines(out: &mut String, hops: &[Hop]) {
+    for h in hops {
+        out.push_str(&format!(
+            "  {} {}: {}\n",
+            h.node,
+            h.hook,
+            if h.accepted { "accepted" } else { "dropped" }
+        ));
+        for r in &h.rules {
+            let mut line = format!("    {}[{}]", r.chain, r.index);
+            if let Some(c) = &r.comment {
+                line.push_str(&format!("  {c:?}"));
+            }
+            if let Some(handle) = r.handle {
+                line.push_str(&format!("  handle {handle}"));
+            }
+            if let (Some(p), Some(b)) = (r.packets, r.bytes) {
+                line.push_str(&format!("  counter packets {p} bytes {b}"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+}
+
+/// The human form.
+pub fn render_text(r: &Report, style: Style) -> String {
+    let port = format!("{}/{}", r.port, r.protocol);
+    let mut out = String::new();
+    let verdict = if r.allowed {
+        style.paint(Colour::Green, "ALLOWED")
+    } else {
+        style.paint(Colour::Red, "DENIED")
+    };
+    out.push_str(&format!("{} -> {} {port}: {verdict}\n", r.from, r.to));
+    out.push_str(&format!("  from {} ({})\n  to   {} ({})\n", r.from, r.src_ip, r.to, r.dst_ip));
+    out.push_str(&describe_side(Direction::Egress, &r.from, &r.egress, &port, &r.to));
+    out.push('\n');
+    out.push_str(&describe_side(Direction::Ingress, &r.to, &r.ingress, &port, &r.from));
+    out.push('\n');
+    out.push_str("compiled path (the rules the agent programs):\n");
+    if r.hops.is_empty() {
+        out.push_str("  no filtered hook on the way\n");
+    }
+    hop_lines(&mut out, &r.hops);
+    if let Some(live) = &r.live {
+        out.push_str("programmed table (nft, live):\n");
+        hop_lines(&mut out, live);
+    }
+    if r.disagreements.is_empty() {
+        out.push_str("reference evaluator: agrees\n");
+    }
+    out
+}
+
+/// The loud warning for stderr (empty when everything agrees).
+pub fn render_disagreements(r: &Report, style: Style) -> String {
+    let mut out = String::new();
+    for d in &r.disagreements {
+        out.push_str(&style.paint(Colour::Red, &format!("WARNING: DISAGREEMENT: {d}")));
+        out.push('\n');
+    }
+    if !r.disagreements.is_empty() {
+        out.push_str("This is a bug in Palisade (compiler, reference evaluator or agent sync); please report it with these manifests.\n");
+    }
+    out
+}

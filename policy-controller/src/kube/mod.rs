@@ -1,0 +1,45 @@
+//! The agent's view of the API server: list/watch of Pods, Namespaces, NetworkPolicies and
+//! Nodes ([`watch`]) decoded into the slim types ([`resource`]) and folded by the slim
+//! [`index`] into [`crate::compile::Change`]s.
+
+pub mod index;
+pub mod resource;
+pub mod watch;
+
+pub use index::{ClusterEvent, Index};
+pub use resource::{ResourceKind, Slim, WatchedKind};
+pub use watch::{run_watch, WatchEvent, WatchTuning};
+
+use crate::model::api;
+use ::kube::{Api, Client};
+use tokio::sync::mpsc;
+
+/// Start the four watches on the current runtime; every event goes to `tx`.
+pub fn spawn_watches(client: Client, tuning: WatchTuning, tx: mpsc::Sender<ClusterEvent>) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(run_watch(
+            Api::<Slim<api::Pod>>::all(client.clone()),
+            tuning.clone(),
+            tx.clone(),
+            ClusterEvent::Pod,
+        )),
+        tokio::spawn(run_watch(
+            Api::<Slim<api::Namespace>>::all(client.clone()),
+            tuning.clone(),
+            tx.clone(),
+            ClusterEvent::Namespace,
+        )),
+        tokio::spawn(run_watch(
+            Api::<Slim<api::NetworkPolicy>>::all(client.clone()),
+            tuning.clone(),
+            tx.clone(),
+            ClusterEvent::Policy,
+        )),
+        tokio::spawn(run_watch(
+            Api::<Slim<api::Node>>::all(client),
+            tuning,
+            tx,
+            ClusterEvent::Node,
+        )),
+    ]
+}

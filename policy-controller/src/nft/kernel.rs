@@ -1,0 +1,216 @@
+//! The real dataplane: runs `nft` as a child process (optionally inside a network namespace
+//! through `nsenter`), sends each transaction as one JSON document on stdin (`nft -j -f -`:
+//! one file is one atomic transaction), and reads the table back as JSON.
+
+use super::parse::{parse_listing, Listing, RuleCounter};
+use super::plan::{plan, Op, Programmed};
+use super::{prepare, text, ApplyStats, Dataplane, DataplaneError};
+use crate::ruleset::Ruleset;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to reach nft.
+#[derive(Debug, Clone)]
+pub struct NftOptions {
+    /// The table (family `inet`) this dataplane owns.
+    pub table: String,
+    /// The nft binary.
+    pub nft: PathBuf,
+    /// Run nft inside this network namespace (`nsenter --net=<path>`); for tests.
+    pub netns: Option<PathBuf>,
+}
+
+impl Default for NftOptions {
+    fn default() -> NftOptions {
+        NftOptions {
+            table: palisade_common::POLICY_TABLE.to_string(),
+            nft: PathBuf::from("nft"),
+            netns: None,
+        }
+    }
+}
+
+/// Timing and size of the last transaction (for metrics and benchmarks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastApply {
+    /// Bytes of JSON sent to nft.
+    pub bytes: usize,
+    /// Wall time of the nft run that applied it.
+    pub nft_time: Duration,
+    /// Wall time of the listing read for a resync (zero for a diff).
+    pub list_time: Duration,
+}
+
+#[derive(Debug)]
+pub struct NftDataplane {
+    opts: NftOptions,
+    programmed: Option<Programmed>,
+    last: LastApply,
+}
+
+impl NftDataplane {
+    pub fn new(opts: NftOptions) -> NftDataplane {
+        NftDataplane {
+            opts,
+            programmed: None,
+            last: LastApply::default(),
+        }
+    }
+
+    /// The table `inet palisade` with the `nft` on PATH.
+    pub fn with_defaults() -> NftDataplane {
+        NftDataplane::new(NftOptions::default())
+    }
+
+    pub fn options(&self) -> &NftOptions {
+        &self.opts
+    }
+
+    pub fn last_apply(&self) -> &LastApply {
+        &self.last
+    }
+
+    fn command(&self) -> Command {
+        match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("--").arg(&self.opts.nft);
+                c
+            }
+            None => Command::new(&self.opts.nft),
+        }
+    }
+
+    /// Runs nft with `args` and `input` on stdin; stdout on success, stderr in the error.
+    fn run(&self, args: &[&str], input: Option<&[u8]>) -> Result<String, DataplaneError> {
+        let what = format!("nft {}", args.join(" "));
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| DataplaneError::Io {
+                context: format!("spawn {what} ({})", self.opts.nft.display()),
+                source,
+            })?;
+        if let Some(input) = input {
+            // nft reads the whole file before it writes anything, so writing all of stdin
+            // before reading its output cannot deadlock.
+            let mut stdin = child.stdin.take().expect("piped");
+            stdin.write_all(input).map_err(|source| DataplaneError::Io {
+                context: format!("write transaction to {what}"),
+                source,
+            })?;
+        }
+        let out = child.wait_with_output().map_err(|source| DataplaneError::Io {
+            context: format!("wait for {what}"),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(DataplaneError::Nft(format!(
+                "{what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Reads the table back; `None` when it does not exist.
+    pub fn list(&self) -> Result<Option<Listing>, DataplaneError> {
+        match self.run(&["-j", "list", "table", "inet", &self.opts.table], None) {
+            Ok(json) => parse_listing(&json, &self.opts.table)
+                .map(Some)
+                .map_err(DataplaneError::Nft),
+            // nft says "No such file or directory" for a missing table.
+            Err(DataplaneError::Nft(e)) if e.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The programmed table as nft's own text listing (for `palisadectl`).
+    pub fn list_text(&self) -> Result<String, DataplaneError> {
+        self.run(&["list", "table", "inet", &self.opts.table], None)
+    }
+
+    /// Every counted rule's packets and bytes, with its chain and comment.
+    pub fn list_rules_with_counters(&self) -> Result<Vec<RuleCounter>, DataplaneError> {
+        Ok(self.list()?.map(|l| l.counters).unwrap_or_default())
+    }
+
+    /// Sends one transaction. On failure nothing changed (nft transactions are atomic); the
+    /// error carries nft's message and the transaction in text form.
+    pub fn send(&mut self, ops: &[Op]) -> Result<(), DataplaneError> {
+        let doc = super::json::transaction(&self.opts.table, ops);
+        self.last.bytes = doc.len();
+        let t = Instant::now();
+        let res = self.run(&["-j", "-f", "-"], Some(doc.as_bytes()));
+        self.last.nft_time = t.elapsed();
+        res.map(|_| ()).map_err(|e| match e {
+            DataplaneError::Nft(msg) => {
+                DataplaneError::Nft(format!("{msg}\ntransaction:\n{}", describe(ops)))
+            }
+            other => other,
+        })
+    }
+
+    /// Deletes the table (everything Palisade programmed); absent is fine.
+    pub fn delete_table(&mut self) -> Result<(), DataplaneError> {
+        self.programmed = None;
+        let doc = serde_json::json!({"nftables": [
+            {"add": {"table": {"family": "inet", "name": &self.opts.table}}},
+            {"delete": {"table": {"family": "inet", "name": &self.opts.table}}},
+        ]});
+        self.run(&["-j", "-f", "-"], Some(doc.to_string().as_bytes()))
+            .map(|_| ())
+    }
+}
+
+/// The commands in readable form, cut after 200 lines (errors go to the log).
+pub fn describe(ops: &[Op]) -> String {
+    const MAX: usize = 200;
+    let mut lines: Vec<String> = Vec::new();
+    for op in ops {
+        if lines.len() >= MAX {
+            lines.push(format!("... ({} commands in all)", ops.len()));
+            break;
+        }
+        lines.push(text::op_text(op));
+    }
+    lines.join("\n")
+}
+
+impl Dataplane for NftDataplane {
+    fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
+        let desired = prepare(desired)?;
+        let full = self.programmed.is_none();
+        self.last = LastApply::default();
+        if full {
+            let t = Instant::now();
+            let listing = self.list()?;
+            self.last.list_time = t.elapsed();
+            self.programmed = listing.map(|l| l.programmed);
+        }
+        let ops = plan(self.programmed.as_ref(), &desired);
+        if !ops.is_empty() {
+            if let Err(e) = self.send(&ops) {
+                // The kernel kept the old table; re-read it before the next attempt.
+                self.programmed = None;
+                return Err(e);
+            }
+        }
+        self.programmed = Some(Programmed::exact(desired));
+        Ok(ApplyStats {
+            commands: ops.len(),
+            full,
+        })
+    }
+
+    fn invalidate(&mut self) {
+        self.programmed = None;
+    }
+}

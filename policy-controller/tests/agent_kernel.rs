@@ -1,0 +1,442 @@
+//! The real agent binary in a node network namespace with the real `nft`, pods wired by hand
+//! the way the CNI plugin wires them (routed veth, node side named `pal…`), and the kube API
+//! stand-in listening inside the node namespace. Root only; every namespace, link and
+//! process is removed at the end (the `Netns` fixture kills what runs inside).
+
+use palisade_common::{host_veth_name, AgentRequest, AgentResponse};
+use palisade_integration::apiserver::{ApiServer, Kind};
+use palisade_testutil::{kernel_tests_enabled, Netns};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+type Job = Box<dyn FnOnce(&ApiServer) + Send>;
+
+/// The API stand-in, bound inside a network namespace: its listener is created on a thread
+/// that entered the namespace (only that thread; it runs its own current-thread runtime and
+/// nothing else), and every call goes through that thread.
+struct ApiInNetns {
+    jobs: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    url: String,
+}
+
+impl ApiInNetns {
+    fn start(netns: &Path) -> ApiInNetns {
+        let ns = std::fs::File::open(netns).unwrap();
+        let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on this dedicated thread only; the fd is a netns file.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+                ready_tx.send(api.url()).unwrap();
+                while let Some(job) = jobs_rx.recv().await {
+                    job(&api);
+                }
+                api.shutdown().await;
+            });
+        });
+        let url = ready_rx.recv().unwrap();
+        ApiInNetns {
+            jobs: Some(jobs_tx),
+            thread: Some(thread),
+            url,
+        }
+    }
+
+    fn run<R: Send + 'static>(&self, f: impl FnOnce(&ApiServer) -> R + Send + 'static) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move |api| {
+                let _ = tx.send(f(api));
+            }))
+            .unwrap();
+        rx.recv().unwrap()
+    }
+
+    fn create(&self, kind: Kind, obj: Value) -> u64 {
+        let v = self.run(move |api| api.create(kind, obj)).unwrap();
+        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn delete(&self, kind: Kind, ns: Option<&'static str>, name: &'static str) -> u64 {
+        let v = self.run(move |api| api.delete(kind, ns, name)).unwrap();
+        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for ApiInNetns {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// HTTP GET from inside the namespace (the agent listens on the node's loopback).
+fn get_in(api: &ApiInNetns, port: u16, path: &'static str) -> Option<(u16, String)> {
+    api.run(move |_| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let (head, body) = buf.split_once("\r\n\r\n")?;
+        Some((head.split(' ').nth(1)?.parse().ok()?, body.to_string()))
+    })
+}
+
+struct NodeFixture {
+    node: Netns,
+    api: ApiInNetns,
+    dir: PathBuf,
+    agent: Option<Child>,
+    port: u16,
+    pods: Vec<Netns>,
+}
+
+const NODE: &str = "node-1";
+
+impl NodeFixture {
+    fn new(tag: &str) -> NodeFixture {
+        let node = Netns::new(&format!("{tag}-node")).unwrap();
+        node.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
+        let api = ApiInNetns::start(node.path());
+        let dir = std::env::temp_dir().join(format!("palisade-agent-kt-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/index.html"), "hello\n").unwrap();
+        let url = api.url.clone();
+        std::fs::write(
+            dir.join("kubeconfig"),
+            palisade_integration::apiserver::kubeconfig_yaml(&url),
+        )
+        .unwrap();
+        api.create(Kind::Namespace, json!({"metadata": {"name": "open"}}));
+        api.create(Kind::Namespace, json!({"metadata": {"name": "locked"}}));
+        api.create(
+            Kind::Node,
+            json!({"metadata": {"name": NODE}, "spec": {"podCIDRs": ["10.244.1.0/24"]},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}}),
+        );
+        // Default deny for ingress in `locked`.
+        api.create(
+            Kind::NetworkPolicy,
+            json!({"metadata": {"namespace": "locked", "name": "default-deny"},
+                   "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+        );
+        NodeFixture {
+            node,
+            api,
+            dir,
+            agent: None,
+            port: 0,
+            pods: Vec::new(),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    fn start_agent(&mut self, extra: &[&str]) {
+        static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let _ = PORT.compare_exchange(0, 19000 + (std::process::id() % 5000) as u16, std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst);
+        self.port = PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut cmd = self.node.command(env!("CARGO_BIN_EXE_palisade-agent"));
+        cmd.args(["run", "--node-name", NODE, "--kubeconfig"])
+            .arg(self.dir.join("kubeconfig"))
+            .arg("--cni-socket")
+            .arg(self.socket())
+            .args(["--listen", &listen, "--nflog-group", "0", "--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.agent = Some(cmd.spawn().unwrap());
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            // nsenter execs the agent, so this is the agent's own pid.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status(&self) -> Option<Value> {
+        let (_, body) = get_in(&self.api, self.port, "/status")?;
+        serde_json::from_str(&body).ok()
+    }
+
+    fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status {:?}\nagent log:\n{}",
+                    self.status(),
+                    std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn wait_ready(&self) {
+        self.wait_status("ready", |s| s["ready"] == true);
+    }
+
+    fn wait_programmed(&self, kind: &str, rv: u64) {
+        self.wait_status(&format!("{kind} >= {rv}"), |s| {
+            s["programmedResourceVersions"][kind]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|v| v >= rv)
+        });
+    }
+
+    /// Wire a pod netns like the CNI plugin does and start a web server in it. Returns the
+    /// index into `self.pods`.
+    fn wire_pod(&mut self, tag: &str, ip: &str) -> usize {
+        let pod = Netns::new(tag).unwrap();
+        let host_if = host_veth_name(&format!("{}-{tag}", pod.name()), "eth0");
+        self.node
+            .sh(&format!(
+                "ip link add {host_if} type veth peer name eth0 netns {pod} && ip link set {host_if} up",
+                pod = pod.name()
+            ))
+            .unwrap();
+        let mac_of = |ns: &Netns, dev: &str| {
+            ns.sh(&format!("ip -br link show dev {dev}"))
+                .unwrap()
+                .split_whitespace()
+                .nth(2)
+                .unwrap()
+                .to_string()
+        };
+        let host_mac = mac_of(&self.node, &host_if);
+        pod.sh(&format!(
+            "ip link set eth0 up && ip addr add {ip}/32 dev eth0 && \
+             ip route add 169.254.1.1 dev eth0 scope link && \
+             ip route add default via 169.254.1.1 dev eth0 && \
+             ip neigh replace 169.254.1.1 lladdr {host_mac} dev eth0 nud permanent"
+        ))
+        .unwrap();
+        let pod_mac = mac_of(&pod, "eth0");
+        self.node
+            .sh(&format!(
+                "ip route add {ip}/32 dev {host_if} && ip neigh replace {ip} lladdr {pod_mac} dev {host_if} nud permanent"
+            ))
+            .unwrap();
+        let www = self.dir.join("www");
+        pod.spawn("busybox", &["httpd", "-f", "-p", "80", "-h", www.to_str().unwrap()])
+            .unwrap();
+        self.pods.push(pod);
+        self.pods.len() - 1
+    }
+
+    /// Create the Pod object (with its IP in the status, as the kubelet would publish it).
+    fn create_pod(&self, ns: &str, name: &str, ip: &str) -> u64 {
+        self.api.create(
+            Kind::Pod,
+            json!({"metadata": {"namespace": ns, "name": name, "labels": {"app": name}},
+                   "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+                   "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+        )
+    }
+
+    fn announce(&self, ns: &str, name: &str, ip: &str) -> AgentResponse {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        let req = AgentRequest::PodAdded {
+            namespace: ns.into(),
+            name: name.into(),
+            container_id: format!("cid-{name}"),
+            host_ifname: "eth0".into(),
+            ips: vec![ip.parse().unwrap()],
+        };
+        let mut line = serde_json::to_string(&req).unwrap();
+        line.push('\n');
+        s.write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap()
+    }
+
+    /// Can pod `from` open an HTTP connection to `ip`?
+    fn reachable(&self, from: usize, ip: &str) -> bool {
+        self.pods[from].sh_ok(&format!("busybox wget -q -O /dev/null -T 1 http://{ip}/"))
+    }
+}
+
+impl Drop for NodeFixture {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn new_pods_are_isolated_before_their_first_packet() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut f = NodeFixture::new("kt-first");
+    let client = f.wire_pod("kt-first-c", "10.244.1.2");
+    f.create_pod("open", "client", "10.244.1.2");
+    let web = f.wire_pod("kt-first-w", "10.244.1.3");
+    f.create_pod("open", "web", "10.244.1.3");
+    // A slow agent: every sync waits 1.5 s before it programs anything.
+    f.start_agent(&["--test-sync-delay-ms", "1500"]);
+    f.wait_ready();
+    assert!(f.reachable(client, "10.244.1.3"), "control: a programmed pod without policy is reachable");
+    let _ = web;
+
+    // A new pod, wired and serving, that the agent does not know yet: no packet gets in, in
+    // an open namespace as in a default-deny one.
+    f.wire_pod("kt-first-n", "10.244.1.4");
+    f.wire_pod("kt-first-l", "10.244.1.5");
+    assert!(!f.reachable(client, "10.244.1.4"), "unprogrammed pod reachable (open ns)");
+    assert!(!f.reachable(client, "10.244.1.5"), "unprogrammed pod reachable (locked ns)");
+    f.create_pod("open", "new", "10.244.1.4");
+    f.create_pod("locked", "isolated", "10.244.1.5");
+    // While the slow sync is under way, still nothing.
+    assert!(!f.reachable(client, "10.244.1.4"));
+    // The CNI ADD answer comes once programmed: from then on policy decides.
+    let r = f.announce("open", "new", "10.244.1.4");
+    assert!(r.ok, "{r:?}");
+    let r = f.announce("locked", "isolated", "10.244.1.5");
+    assert!(r.ok, "{r:?}");
+    assert!(f.reachable(client, "10.244.1.4"), "programmed pod in an open namespace");
+    assert!(!f.reachable(client, "10.244.1.5"), "default deny holds");
+
+    // Agent down: its table stays, the guard keeps a brand-new pod closed, programmed pods
+    // keep their policy.
+    f.kill_agent();
+    f.wire_pod("kt-first-d", "10.244.1.6");
+    f.create_pod("open", "while-down", "10.244.1.6");
+    assert!(!f.reachable(client, "10.244.1.6"), "a pod created while the agent is down is reachable");
+    assert!(f.reachable(client, "10.244.1.3"));
+    assert!(!f.reachable(client, "10.244.1.5"));
+    // Back up: adopts the table and programs the pod.
+    f.start_agent(&[]);
+    f.wait_ready();
+    let r = f.announce("open", "while-down", "10.244.1.6");
+    assert!(r.ok, "{r:?}");
+    assert!(f.reachable(client, "10.244.1.6"));
+}
+
+#[test]
+fn agent_restart_under_a_stream_of_connections_loses_none() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut f = NodeFixture::new("kt-restart");
+    let client = f.wire_pod("kt-restart-c", "10.244.1.2");
+    f.create_pod("open", "client", "10.244.1.2");
+    f.wire_pod("kt-restart-w", "10.244.1.3");
+    f.create_pod("open", "web", "10.244.1.3");
+    f.wire_pod("kt-restart-l", "10.244.1.4");
+    f.create_pod("locked", "db", "10.244.1.4");
+    f.start_agent(&[]);
+    f.wait_ready();
+    assert!(f.reachable(client, "10.244.1.3"));
+    // New connections one after another, each with a 1 s timeout, for about 4 s.
+    let script = "ok=0; fail=0; end=$(( $(date +%s) + 4 )); \
+                  while [ $(date +%s) -lt $end ]; do \
+                    if busybox wget -q -O /dev/null -T 1 http://10.244.1.3/; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
+                  done; echo $ok $fail";
+    let stream = f.pods[client].command("sh").args(["-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    f.kill_agent();
+    std::thread::sleep(Duration::from_millis(300));
+    f.start_agent(&[]);
+    f.wait_ready();
+    let out = stream.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    eprintln!("connections during restart: {} ok, {} failed", counts[0], counts[1]);
+    assert!(counts[0] > 10, "too few connections to mean anything: {text}");
+    assert_eq!(counts[1], 0, "connections lost across the agent restart");
+    assert!(!f.reachable(client, "10.244.1.4"), "policy still enforced after the restart");
+    let s = f.status().unwrap();
+    assert_eq!(s["lastSync"]["full"], true, "the first apply after start adopts the table: {s}");
+}
+
+#[test]
+fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut f = NodeFixture::new("kt-outage");
+    let client = f.wire_pod("kt-outage-c", "10.244.1.2");
+    f.create_pod("open", "client", "10.244.1.2");
+    f.wire_pod("kt-outage-w", "10.244.1.3");
+    f.create_pod("open", "web", "10.244.1.3");
+    f.wire_pod("kt-outage-l", "10.244.1.4");
+    f.create_pod("locked", "db", "10.244.1.4");
+    // A segment for node routes: the node's InternalIP side and a peer node's address.
+    let segment = Netns::new("kt-outage-seg").unwrap();
+    f.node.veth_to("seg0", &segment, "seg1").unwrap();
+    f.node.sh("ip addr add 192.168.77.1/24 dev seg0").unwrap();
+    f.start_agent(&["--manage-routes", "true"]);
+    f.wait_ready();
+    assert!(f.reachable(client, "10.244.1.3"));
+    assert!(!f.reachable(client, "10.244.1.4"));
+
+    let rv = f.api.create(
+        Kind::Node,
+        json!({"metadata": {"name": "node-2"}, "spec": {"podCIDRs": ["10.244.2.0/24"]},
+               "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.2"}]}}),
+    );
+    f.wait_programmed("nodes", rv);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.node.sh("ip route show proto 180").unwrap().contains("10.244.2.0/24 via 192.168.77.2") {
+        assert!(Instant::now() < deadline, "route to node-2's pod CIDR not installed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The API goes away: nothing changes in the dataplane.
+    f.api.run(|api| api.faults().refuse_connections(Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(f.reachable(client, "10.244.1.3"), "allowed traffic broken during the outage");
+    assert!(!f.reachable(client, "10.244.1.4"), "policy lost during the outage");
+    assert_eq!(f.status().unwrap()["ready"], true);
+    // Back: changes made meanwhile converge.
+    let rv = f.api.create(
+        Kind::NetworkPolicy,
+        json!({"metadata": {"namespace": "locked", "name": "allow-open"},
+               "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector":
+                   {"matchLabels": {"kubernetes.io/metadata.name": "open"}}}]}]}}),
+    );
+    f.wait_programmed("networkpolicies", rv);
+    assert!(f.reachable(client, "10.244.1.4"), "policy created after the outage not in force");
+    let rv = f.api.delete(Kind::Node, None, "node-2");
+    f.wait_programmed("nodes", rv);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.node.sh("ip route show proto 180").unwrap().contains("10.244.2.0/24") {
+        assert!(Instant::now() < deadline, "route of a deleted node not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(segment);
+}

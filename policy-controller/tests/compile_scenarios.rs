@@ -1,0 +1,86 @@
+//! The sample scenario files (`shared/scenarios-sample`, and `integration/scenarios` when
+//! present) played offline: every probe cell must agree with the reference evaluator and
+//! with the compiled ruleset walked by the interpreter.
+
+mod compile_support;
+
+use compile_support::play_all;
+use palisade_policy::eval::reference::{self, Endpoint};
+
+#[test]
+fn scenarios_agree_with_reference_evaluator() {
+    let (scenarios, cells, failures) = play_all(|state, cell| {
+        let got = reference::allowed(
+            state,
+            &Endpoint::Pod(cell.src.clone()),
+            &Endpoint::Pod(cell.dst.clone()),
+            cell.proto,
+            cell.port,
+        );
+        if got == cell.expected {
+            Ok(())
+        } else {
+            let why = reference::explain(
+                state,
+                &Endpoint::Pod(cell.src.clone()),
+                &Endpoint::Pod(cell.dst.clone()),
+                cell.proto,
+                cell.port,
+            );
+            Err(format!("expected {}, reference says {got}: {why:?}", cell.expected))
+        }
+    });
+    println!("{scenarios} scenarios, {cells} cells, {} failures", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn scenarios_agree_with_compiled_rulesets() {
+    use palisade_policy::eval::interp::{check_ruleset, Reachability};
+    let (scenarios, cells, failures) = play_all(|state, cell| {
+        let mut reach = Reachability::with_defaults(state);
+        for node in state.nodes.keys() {
+            let problems = check_ruleset(reach.ruleset(node));
+            if !problems.is_empty() {
+                return Err(format!("ruleset of {node} is malformed: {problems:?}"));
+            }
+        }
+        let verdict = reach
+            .check(
+                &Endpoint::Pod(cell.src.clone()),
+                &Endpoint::Pod(cell.dst.clone()),
+                cell.proto,
+                cell.port,
+            )
+            .map_err(|e| e.to_string())?;
+        if verdict.allowed == cell.expected {
+            Ok(())
+        } else {
+            let hits: Vec<String> = verdict
+                .hops
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} {:?} {}: {:?}",
+                        h.node,
+                        h.hook,
+                        if h.outcome.accepted { "accept" } else { "drop" },
+                        h.outcome
+                            .trace
+                            .iter()
+                            .map(|t| format!("{}[{}] {}", t.chain, t.rule, t.comment.clone().unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .collect();
+            Err(format!(
+                "expected {}, compiled says {}: {}",
+                cell.expected,
+                verdict.allowed,
+                hits.join(" | ")
+            ))
+        }
+    });
+    println!("{scenarios} scenarios, {cells} cells, {} failures", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,133 @@
+//! Control-plane benchmark of the nft dataplane (printed, not asserted):
+//! `cargo test -p palisade-policy --release --test nft_bench -- --ignored --nocapture`.
+//!
+//! A synthetic ruleset the size of "10k cluster pods, 1k policies, 110 local pods": ~1k
+//! per-policy chains with peer sets (~15k elements in all), port sets, 110 class chains and
+//! dispatch elements. Measures a cold full apply, one element added/removed, one chain
+//! changed, and a restart (adoption of the full table), each with its transaction size.
+
+mod nft_support;
+
+use nft_support::*;
+use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
+use palisade_policy::ruleset::*;
+use palisade_testutil::{kernel_tests_enabled, Netns};
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore]
+fn nft_apply_bench() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let ns = Netns::new("nft-bench").unwrap();
+    let mut dp = NftDataplane::new(NftOptions {
+        table: format!("palt{}", std::process::id()),
+        netns: Some(ns.path().to_path_buf()),
+        ..NftOptions::default()
+    });
+    let big = synthetic(10_000, 1_000, 110, 15, 20_000);
+    println!(
+        "ruleset: {} chains, {} sets, {} maps, {} elements",
+        big.chains.len(),
+        big.sets.len(),
+        big.maps.len(),
+        element_count(&big)
+    );
+
+    let t = Instant::now();
+    let s = dp.apply(&big).unwrap();
+    let cold = t.elapsed();
+    println!(
+        "cold full apply: {:?} ({} commands, {} KiB JSON, nft {:?})",
+        cold,
+        s.commands,
+        dp.last_apply().bytes / 1024,
+        dp.last_apply().nft_time
+    );
+
+    // One pod appears in a peer set and goes again: one element command each.
+    let mut adds = Vec::new();
+    let mut bytes = 0;
+    for i in 0..21u32 {
+        let mut rs = big.clone();
+        rs.sets
+            .get_mut("peers4-0007")
+            .unwrap()
+            .elements
+            .insert(vec![Value::Addr(pod_ip(50_000 + i))]);
+        let t = Instant::now();
+        let s = dp.apply(&rs).unwrap();
+        adds.push(t.elapsed());
+        assert_eq!(s.commands, 1);
+        bytes = dp.last_apply().bytes;
+        let t = Instant::now();
+        dp.apply(&big).unwrap();
+        adds.push(t.elapsed());
+    }
+    let one = median(adds);
+    println!("one element added/removed: median {one:?} (1 command, {bytes} bytes JSON)");
+
+    // A new local pod: dispatch element + local4 element + a class chain.
+    let mut pod = big.clone();
+    let ip = Value::Addr(pod_ip(30_000));
+    pod.maps
+        .get_mut("ingress4")
+        .unwrap()
+        .elements
+        .insert(vec![ip.clone()], Verdict::Jump("in-0003".into()));
+    pod.sets.get_mut("local4").unwrap().elements.insert(vec![ip]);
+    let mut pods = Vec::new();
+    for _ in 0..11 {
+        let t = Instant::now();
+        dp.apply(&pod).unwrap();
+        pods.push(t.elapsed());
+        dp.apply(&big).unwrap();
+    }
+    let pod_change = median(pods);
+    println!("one local pod added (map + set element): median {pod_change:?}");
+
+    // One chain's rules change.
+    let mut chain = big.clone();
+    chain
+        .chains
+        .get_mut("pi-0500")
+        .unwrap()
+        .rules
+        .insert(0, Rule::new(vec![], Verdict::Accept).with_comment("changed"));
+    let mut chains = Vec::new();
+    for _ in 0..11 {
+        let t = Instant::now();
+        let s = dp.apply(&chain).unwrap();
+        chains.push(t.elapsed());
+        assert_eq!(s.commands, 3);
+        dp.apply(&big).unwrap();
+    }
+    let chain_change = median(chains);
+    println!("one chain changed (flush + 2 rules): median {chain_change:?}");
+
+    // Restart: adopt the full table, nothing to change.
+    dp.invalidate();
+    let t = Instant::now();
+    let s = dp.apply(&big).unwrap();
+    let adopt = t.elapsed();
+    println!(
+        "restart (list + parse + diff, {} commands): {adopt:?} (list {:?})",
+        s.commands,
+        dp.last_apply().list_time
+    );
+
+    println!(
+        "ratios: one element / cold = {:.4}, one pod / cold = {:.4}, one chain / cold = {:.4}, adopt / cold = {:.3}",
+        one.as_secs_f64() / cold.as_secs_f64(),
+        pod_change.as_secs_f64() / cold.as_secs_f64(),
+        chain_change.as_secs_f64() / cold.as_secs_f64(),
+        adopt.as_secs_f64() / cold.as_secs_f64()
+    );
+    println!("targets: cold full <= 1 s, one pod change <= 20 ms median");
+}

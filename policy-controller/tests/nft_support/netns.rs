@@ -1,0 +1,108 @@
+//! Kernel-test helpers: a node namespace routing between two pod namespaces, and sockets
+//! opened inside a namespace from a short-lived thread (setns changes only the calling
+//! thread; a socket stays in the namespace it was created in).
+#![allow(dead_code)]
+
+use palisade_policy::nft::{NftDataplane, NftOptions};
+use palisade_testutil::Netns;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Runs `f` on a fresh thread that entered `ns`'s network namespace.
+pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(ns.path()).expect("open netns");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+/// node ⟷ pod A (`10.70.1.2`, `fd70:1::2`) and node ⟷ pod B (`10.70.2.2`, `fd70:2::2`);
+/// the node forwards. Node-side veths are `pala` and `palb` (the pod prefix).
+pub struct Topology {
+    pub node: Netns,
+    pub a: Netns,
+    pub b: Netns,
+}
+
+pub const A4: &str = "10.70.1.2";
+pub const B4: &str = "10.70.2.2";
+pub const A6: &str = "fd70:1::2";
+pub const B6: &str = "fd70:2::2";
+
+impl Topology {
+    pub fn new(tag: &str) -> Topology {
+        let node = Netns::new(&format!("{tag}-node")).unwrap();
+        let a = Netns::new(&format!("{tag}-a")).unwrap();
+        let b = Netns::new(&format!("{tag}-b")).unwrap();
+        node.veth_to("pala", &a, "eth0").unwrap();
+        node.veth_to("palb", &b, "eth0").unwrap();
+        node.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
+             ip addr add 10.70.1.1/24 dev pala && ip addr add 10.70.2.1/24 dev palb && \
+             ip -6 addr add fd70:1::1/64 dev pala nodad && ip -6 addr add fd70:2::1/64 dev palb nodad",
+        )
+        .unwrap();
+        for (ns, n) in [(&a, 1), (&b, 2)] {
+            ns.sh(&format!(
+                "ip addr add 10.70.{n}.2/24 dev eth0 && ip route add default via 10.70.{n}.1 && \
+                 ip -6 addr add fd70:{n}::2/64 dev eth0 nodad && ip -6 route add default via fd70:{n}::1"
+            ))
+            .unwrap();
+        }
+        Topology { node, a, b }
+    }
+
+    /// A dataplane programming `table` inside the node namespace.
+    pub fn dataplane(&self, table: &str) -> NftDataplane {
+        NftDataplane::new(NftOptions {
+            table: table.to_string(),
+            netns: Some(self.node.path().to_path_buf()),
+            ..NftOptions::default()
+        })
+    }
+}
+
+/// A TCP listener (dual-stack) in `ns` that accepts and closes connections in the background.
+pub fn tcp_server(ns: &Netns, port: u16) -> SocketAddr {
+    let l = in_ns(ns, || TcpListener::bind(("::", port)).expect("bind tcp"));
+    let local = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    local
+}
+
+/// Whether a TCP connection from `ns` to `to` is established within the timeout.
+pub fn tcp_connects(ns: &Netns, to: SocketAddr) -> bool {
+    in_ns(ns, || TcpStream::connect_timeout(&to, Duration::from_millis(700)).is_ok())
+}
+
+/// Whether a UDP datagram from `from` reaches `to_ns` on `to`.
+pub fn udp_reaches(from: &Netns, to_ns: &Netns, to: SocketAddr) -> bool {
+    let rx = in_ns(to_ns, || UdpSocket::bind(("::", to.port())).expect("bind udp"));
+    rx.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let tx = in_ns(from, || {
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+        UdpSocket::bind(any).expect("bind udp client")
+    });
+    let token = format!("probe-{}", std::process::id());
+    tx.send_to(token.as_bytes(), to).expect("send udp");
+    let mut buf = [0u8; 64];
+    loop {
+        match rx.recv_from(&mut buf) {
+            Ok((n, _)) if &buf[..n] == token.as_bytes() => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
