@@ -894,7 +894,6 @@ impl HostPorts {
     /// Record attachments as belonging to CNI network `name`, and scope GC to that network.
     /// The table (and `data_dir`) are node-wide: several networks with hostPorts on one node
     /// need this, or GC of one would drop the records of the others.
-    #[allow(dead_code)] // for callers with several networks per node; the kernel tests use it
     pub fn for_network(mut self, name: &str) -> HostPorts {
         self.network = Some(name.to_string());
         self
@@ -1738,17 +1737,6 @@ fn union(a: &[Element], b: &[Element]) -> Vec<Element> {
         .collect()
 }
 
-/// Program the mappings of one attachment (idempotent: replaces what it had).
-pub fn add(
-    data_dir: &Path,
-    container_id: &str,
-    ifname: &str,
-    pod_ips: &[IpAddr],
-    mappings: &[PortMapping],
-) -> Result<(), HostPortError> {
-    HostPorts::new(data_dir).add(container_id, ifname, pod_ips, mappings)
-}
-
 /// Remove every mapping of one attachment (idempotent).
 pub fn del(data_dir: &Path, container_id: &str, ifname: &str) -> Result<(), HostPortError> {
     HostPorts::new(data_dir).del(container_id, ifname)
@@ -1763,12 +1751,6 @@ pub fn check(
     mappings: &[PortMapping],
 ) -> Result<(), HostPortError> {
     HostPorts::new(data_dir).check(container_id, ifname, pod_ips, mappings)
-}
-
-/// Remove the mappings of every attachment of this network not in `valid`
-/// ((container ID, ifname) pairs).
-pub fn gc(data_dir: &Path, valid: &[(String, String)]) -> Result<(), HostPortError> {
-    HostPorts::new(data_dir).gc(valid)
 }
 
 #[cfg(test)]

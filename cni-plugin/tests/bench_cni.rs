@@ -336,7 +336,7 @@ fn bench_add_del_vs_reference() {
         .map(|_| exec_in_netns(pal_node.ns.path(), Path::new("/bin/true"), &[], &[], b"").elapsed)
         .collect();
 
-    // The floor of any DEL: the kernel deleting one veth pair whose peer is in a pod netns
+    // The floor of any DEL: the kernel deleting one up veth pair whose peer is in a pod netns
     // (`ip link del`, process start included). Both plugins pay it.
     let veth_del: Vec<Duration> = pal_pods[..20]
         .iter()
@@ -344,9 +344,17 @@ fn bench_add_del_vs_reference() {
             pal_node
                 .ns
                 .sh(&format!(
-                    "ip link add vfloor type veth peer name eth9 netns {}",
+                    "ip link add vfloor up type veth peer name eth9 netns {}",
                     p.ns.name()
                 ))
+                .unwrap();
+            // Up on both sides with an address and a route, like a pod's veth: closing an up
+            // device and flushing its routes is part of the kernel's work on DEL.
+            p.ns.sh("ip link set eth9 up && ip addr add 10.99.0.2/32 dev eth9")
+                .unwrap();
+            pal_node
+                .ns
+                .sh("ip route add 10.99.0.2/32 dev vfloor")
                 .unwrap();
             let ip = Path::new("/sbin/ip");
             let out = exec_in_netns(pal_node.ns.path(), ip, &["link", "del", "vfloor"], &[], b"");

@@ -678,3 +678,61 @@ fn freed_address_is_not_reused_at_once() {
     node.del(&b, &conf);
     node.assert_no_leak("round robin");
 }
+
+/// Two palisade networks sharing one `dataDir` (the default path is shared): GC of one
+/// network, whose runtime list naturally omits the other network's pods, must leave the
+/// other network's attachment whole (veth, route, IPAM entry, port mappings).
+#[test]
+fn gc_of_one_network_leaves_another_alone() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("gc2net");
+    let with_ports = |mut c: Value, name: &str, subnet: &str, port: u16| {
+        c["name"] = serde_json::json!(name);
+        c["ipam"]["ranges"] = serde_json::json!([[{ "subnet": subnet }]]);
+        c["capabilities"] = serde_json::json!({ "portMappings": true });
+        c["runtimeConfig"] = serde_json::json!({ "portMappings": [
+            { "hostPort": port, "containerPort": 80, "protocol": "tcp" }
+        ]});
+        c
+    };
+    let net_a = with_ports(
+        node.conf("1.1.0", Stack::V4),
+        "net-a",
+        "10.244.1.0/24",
+        18081,
+    );
+    let net_b = with_ports(
+        node.conf("1.1.0", Stack::V4),
+        "net-b",
+        "10.245.1.0/24",
+        18082,
+    );
+    let pa = node.pod("a");
+    let pb = node.pod("b");
+    node.add(&pa, &net_a);
+    let rb = node.add(&pb, &net_b);
+    let elements_before = node.hostport_elements().len();
+
+    node.gc(&net_a, &[(&pa.cid, &pa.ifname)]).ok();
+
+    assert!(
+        node.pod_links().contains(&pb.host_veth()),
+        "GC of net-a deleted net-b's veth"
+    );
+    node.check(&pb, &net_b, &rb).ok();
+    assert_eq!(
+        node.hostport_elements().len(),
+        elements_before,
+        "GC of net-a changed hostPort elements; net-b's mapping must stay"
+    );
+    let client = node.pod("client");
+    node.add(&client, &node.conf("1.0.0", Stack::V4));
+    assert_tcp(&pb, &result_ips(&rb)[0], &client);
+
+    node.del(&pa, &net_a);
+    node.del(&pb, &net_b);
+    node.del(&client, &node.conf("1.0.0", Stack::V4));
+    node.assert_no_leak("two networks");
+}

@@ -3,7 +3,7 @@
 //! `kubectl` against the API stand-in, each followed by the new matrix (changed cells marked)
 //! and how long it took from the write until every agent had programmed it.
 
-use crate::cluster::{Binaries, Cluster, ClusterConfig, WatchedKind, ApiWrite};
+use crate::cluster::{ApiWrite, Binaries, Cluster, ClusterConfig, WatchedKind};
 use crate::matrix::{render, Mark, Matrix};
 use crate::scenario::{Family, Labels, PodRef, PodSpec, PortSpec, Protocol};
 use anyhow::{bail, Context, Result};
@@ -114,10 +114,18 @@ pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bo
             s.to_string()
         }
     };
-    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
         bail!("kubectl not found in PATH");
     }
-    println!("{}", bold(&format!("Starting a {nodes}-node netns cluster...")));
+    println!(
+        "{}",
+        bold(&format!("Starting a {nodes}-node netns cluster..."))
+    );
     let t0 = Instant::now();
     let mut cluster = Cluster::start(ClusterConfig::new(nodes, bins))?;
     let (_proxy, kubeconfig) = cluster.expose_api_on_loopback()?;
@@ -166,11 +174,13 @@ pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bo
     let cells: Vec<(PodRef, PodRef)> = refs
         .iter()
         .flat_map(|s| refs.iter().map(move |d| (s.clone(), d.clone())))
-        .filter(|(s, d)| s != d)
         .collect();
     let probe = |cluster: &Cluster| cluster.probe(Protocol::Tcp, 80, family, &cells, None, 1);
     let mut matrix = probe(&cluster)?;
-    println!("\n{}", bold("Reachability on TCP/80 (rows: from, columns: to; . = allowed, X = blocked):"));
+    println!(
+        "\n{}",
+        bold("Reachability on TCP/80 (rows: from, columns: to; . = allowed, X = blocked):")
+    );
     print!("{}", render(&matrix, &|_, _| Mark::Plain, colour));
 
     let dir = cluster.dir.join("demo");
@@ -181,9 +191,8 @@ pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bo
             let mut s = String::new();
             std::io::stdin().read_line(&mut s)?;
         }
-        let manifest = crate::scenario::substitute_in_str(manifest, &|p: &PodRef| {
-            cluster.pod_ip(p, family)
-        })?;
+        let manifest =
+            crate::scenario::substitute_in_str(manifest, &|p: &PodRef| cluster.pod_ip(p, family))?;
         let path = dir.join(file);
         std::fs::write(&path, &manifest)?;
         println!("\n{} {what}", bold("==>"));
@@ -232,7 +241,13 @@ fn changed_cells(a: &Matrix, b: &Matrix) -> usize {
 fn kubectl_apply(kubeconfig: &Path, file: &Path) -> Result<u64> {
     let out = Command::new("kubectl")
         .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "--validate=false", "-o", "jsonpath={.metadata.resourceVersion}", "-f"])
+        .args([
+            "apply",
+            "--validate=false",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+            "-f",
+        ])
         .arg(file)
         .output()
         .context("run kubectl")?;

@@ -1,8 +1,7 @@
-
 pub mod apiserver;
-pub mod matrix;
-pub mod scenario;
 pub mod cluster;
 pub mod demo;
+pub mod matrix;
 pub mod runner;
+pub mod scenario;
 pub mod testpod;

@@ -23,7 +23,8 @@ impl Matrix {
         if !self.destinations.iter().any(|d| d == dst) {
             self.destinations.push(dst.to_string());
         }
-        self.cells.insert((src.to_string(), dst.to_string()), allowed);
+        self.cells
+            .insert((src.to_string(), dst.to_string()), allowed);
     }
 
     pub fn get(&self, src: &str, dst: &str) -> Option<bool> {

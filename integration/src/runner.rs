@@ -2,7 +2,7 @@
 //! the steps in order, each change waited for on every agent before the next probe.
 
 use crate::apiserver::ApiError;
-use crate::cluster::{Binaries, Cluster, ClusterConfig, RouteMode, ApiWrite};
+use crate::cluster::{ApiWrite, Binaries, Cluster, ClusterConfig, RouteMode};
 use crate::matrix::{compare, render_comparison};
 use crate::scenario::{
     substitute_templates, Expect, Family, PodRef, Scenario, ScenarioKind, Step,
@@ -139,14 +139,10 @@ fn execute(
             eprintln!("  {what}");
         }
         match step {
-            Step::ApplyPolicy {
-                expect, policy, ..
-            } => {
+            Step::ApplyPolicy { expect, policy, .. } => {
                 let family = opts.family;
-                let policy = substitute_templates(policy, &|p: &PodRef| {
-                    cluster.pod_ip(p, family)
-                })
-                .map_err(|e| anyhow!("{what}: {e}"))?;
+                let policy = substitute_templates(policy, &|p: &PodRef| cluster.pod_ip(p, family))
+                    .map_err(|e| anyhow!("{what}: {e}"))?;
                 match (cluster.apply_policy(policy)?, expect) {
                     (Ok((_, w)), Some(Expect::Rejected)) => {
                         let _ = writeln!(
@@ -240,13 +236,9 @@ fn execute(
                         opts.family,
                         diffs.iter().filter(|d| !d.ignored).count()
                     );
-                    for line in render_comparison(
-                        &p.expected,
-                        &observed,
-                        s.ignore_loopback,
-                        opts.colour,
-                    )
-                    .lines()
+                    for line in
+                        render_comparison(&p.expected, &observed, s.ignore_loopback, opts.colour)
+                            .lines()
                     {
                         let _ = writeln!(report, "  {line}");
                     }
@@ -259,7 +251,7 @@ fn execute(
 
 fn describe_api_error(e: &ApiError) -> String {
     let mut s = format!("{} {}: {}", e.code, e.reason, e.message);
-    for c in &e.causes {
+    for c in &e.details.causes {
         let _ = write!(s, "; {}: {}", c.field, c.message);
     }
     s
@@ -281,6 +273,10 @@ pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
             }
         };
         let r = run_scenario(&s, opts);
+        if crate::cluster::cleanup::interrupted() {
+            // Ctrl-C: this scenario's failure is the interruption; say nothing more.
+            return false;
+        }
         if r.passed {
             passed += 1;
             println!(

@@ -332,17 +332,20 @@ impl Scenario {
     pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ScenarioError::Read(path.to_path_buf(), e))?;
-        let mut s = Scenario::parse(&text).map_err(|e| {
-            ScenarioError::Invalid(format!("{}: {e}", path.display()))
-        })?;
+        let mut s = Scenario::parse(&text)
+            .map_err(|e| ScenarioError::Invalid(format!("{}: {e}", path.display())))?;
         s.source = Some(path.to_path_buf());
         Ok(s)
     }
 
     /// Parse a scenario from YAML text.
     pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
-        let raw: RawScenario =
-            serde_saphyr::from_str(text).map_err(|e| ScenarioError::Yaml(e.to_string()))?;
+        // YAML 1.2 booleans only: under YAML 1.1 rules the namespace `y` or `n` of a policy
+        // (parsed schemaless, as JSON) would turn into `true`/`false`.
+        let mut options = serde_saphyr::Options::default();
+        options.strict_booleans = true;
+        let raw: RawScenario = serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| ScenarioError::Yaml(e.to_string()))?;
         raw.into_scenario()
     }
 
@@ -440,9 +443,9 @@ pub fn substitute_in_str(
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| {
-            ScenarioError::Invalid(format!("unterminated template in {s:?}"))
-        })?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| ScenarioError::Invalid(format!("unterminated template in {s:?}")))?;
         out.push_str(&expand_template(after[..end].trim(), pod_ip)?);
         rest = &after[end + 2..];
     }
@@ -494,7 +497,11 @@ pub fn network_of(ip: IpAddr, len: u8) -> Option<IpAddr> {
             Some(IpAddr::V4((u32::from(v4) & mask).into()))
         }
         IpAddr::V6(v6) if len <= 128 => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             Some(IpAddr::V6((u128::from(v6) & mask).into()))
         }
         _ => None,
@@ -683,7 +690,13 @@ impl RawScenario {
         }
         if kind == ScenarioKind::ApiValidation {
             for (i, s) in steps.iter().enumerate() {
-                if !matches!(s, Step::ApplyPolicy { expect: Some(_), .. }) {
+                if !matches!(
+                    s,
+                    Step::ApplyPolicy {
+                        expect: Some(_),
+                        ..
+                    }
+                ) {
                     return Err(invalid(format!(
                         "step {}: api-validation scenarios have only apply_policy steps with expect",
                         i + 1
@@ -709,8 +722,12 @@ impl RawPod {
         for p in self.ports.unwrap_or_default() {
             let protocol = match p.protocol.as_deref() {
                 None => Protocol::Tcp,
-                Some(s) => Protocol::parse(s)
-                    .ok_or_else(|| invalid(format!("pod {}/{}: protocol {s:?}", self.namespace, self.name)))?,
+                Some(s) => Protocol::parse(s).ok_or_else(|| {
+                    invalid(format!(
+                        "pod {}/{}: protocol {s:?}",
+                        self.namespace, self.name
+                    ))
+                })?,
             };
             let container = match p.container.as_deref() {
                 None | Some("main") => ContainerKind::Main,
@@ -723,7 +740,10 @@ impl RawPod {
                 }
             };
             if p.port == 0 {
-                return Err(invalid(format!("pod {}/{}: port 0", self.namespace, self.name)));
+                return Err(invalid(format!(
+                    "pod {}/{}: port 0",
+                    self.namespace, self.name
+                )));
             }
             ports.push(PortSpec {
                 name: p.name,
@@ -777,7 +797,9 @@ impl RawStep {
                 let pod_ref = |v: &Option<Value>| -> Result<PodRef, ScenarioError> {
                     match v {
                         Some(Value::String(s)) => PodRef::parse(s),
-                        _ => Err(invalid(format!("{action}: `pod` must be \"namespace/name\""))),
+                        _ => Err(invalid(format!(
+                            "{action}: `pod` must be \"namespace/name\""
+                        ))),
                     }
                 };
                 match action {
@@ -829,9 +851,9 @@ impl RawStep {
                             ));
                         }
                         Ok(Step::UpdateNamespaceLabels {
-                            namespace: self
-                                .namespace
-                                .ok_or_else(|| invalid("update_namespace_labels without `namespace`"))?,
+                            namespace: self.namespace.ok_or_else(|| {
+                                invalid("update_namespace_labels without `namespace`")
+                            })?,
                             change: LabelChange {
                                 replace: None,
                                 merge: self.merge.unwrap_or_default(),
@@ -840,7 +862,9 @@ impl RawStep {
                         })
                     }
                     "create_pod" => {
-                        let v = self.pod.ok_or_else(|| invalid("create_pod without `pod`"))?;
+                        let v = self
+                            .pod
+                            .ok_or_else(|| invalid("create_pod without `pod`"))?;
                         let raw: RawPod = serde_json::from_value(v)
                             .map_err(|e| invalid(format!("create_pod: {e}")))?;
                         Ok(Step::CreatePod {
@@ -892,7 +916,7 @@ steps:
   policy:
     apiVersion: networking.k8s.io/v1
     kind: NetworkPolicy
-    metadata: {name: p, namespace: x}
+    metadata: {name: p, namespace: y}
     spec:
       podSelector: {}
       ingress:
@@ -928,6 +952,11 @@ steps:
         assert_eq!(a.ports[2].container, ContainerKind::InitSidecar);
         assert_eq!(s.model.pods[1].ports[0].protocol, Protocol::Tcp);
         assert_eq!(s.steps.len(), 7);
+        let Step::ApplyPolicy { policy, .. } = &s.steps[0] else {
+            panic!()
+        };
+        // `y` is a string in YAML 1.2 (a boolean in 1.1).
+        assert_eq!(policy["metadata"]["namespace"], "y");
         assert!(matches!(
             s.steps[0],
             Step::ApplyPolicy {
@@ -948,7 +977,9 @@ steps:
             panic!()
         };
         assert_eq!(pod.ports[0].protocol, Protocol::Sctp);
-        let Step::Probe(p) = &s.steps[6] else { panic!() };
+        let Step::Probe(p) = &s.steps[6] else {
+            panic!()
+        };
         assert_eq!(p.protocol, Protocol::Udp);
         assert_eq!(p.expected.sources(), ["y/b", "x/a"]);
         assert_eq!(p.expected.destinations(), ["x/a", "y/b"]);
@@ -980,7 +1011,10 @@ steps:
         assert!(substitute_in_str("{{ podIP y/zz }}", &|_| None).is_err());
         assert!(substitute_in_str("{{ nope }}", &v6).is_err());
         assert!(substitute_in_str("{{ podCIDR y/b 33 }}", &v4).is_err());
-        assert_eq!(substitute_in_str("{{ podCIDR y/b 0 }}", &v4).unwrap(), "0.0.0.0/0");
+        assert_eq!(
+            substitute_in_str("{{ podCIDR y/b 0 }}", &v4).unwrap(),
+            "0.0.0.0/0"
+        );
     }
 
     #[test]

@@ -125,7 +125,12 @@ fn answer(line: &str, seen: &Mutex<HashSet<(u16, u32)>>) -> String {
         ["sctp-seen", port, tag] => match (port.parse::<u16>(), tag.parse::<u32>()) {
             (Ok(port), Ok(tag)) => {
                 let s = seen.lock().unwrap_or_else(|e| e.into_inner());
-                if s.contains(&(port, tag)) { "yes" } else { "no" }.into()
+                if s.contains(&(port, tag)) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .into()
             }
             _ => format!("error bad request {line:?}"),
         },
@@ -206,18 +211,11 @@ fn raw_sctp_socket(family: i32) -> Result<OwnedFd> {
 }
 
 /// Record (destination port, initiate tag) of every INIT arriving for one of `ports`.
-fn record_inits(
-    fd: OwnedFd,
-    family: i32,
-    ports: &HashSet<u16>,
-    seen: &Mutex<HashSet<(u16, u32)>>,
-) {
+fn record_inits(fd: OwnedFd, family: i32, ports: &HashSet<u16>, seen: &Mutex<HashSet<(u16, u32)>>) {
     let mut buf = [0u8; 65536];
     loop {
         // SAFETY: buf is valid for its length; no address is requested.
-        let n = unsafe {
-            libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-        };
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
@@ -272,8 +270,8 @@ pub fn sctp_init_packet(src_port: u16, dst_port: u16, initiate_tag: u32) -> Vec<
     p.extend_from_slice(&1u16.to_be_bytes()); // outbound streams
     p.extend_from_slice(&1u16.to_be_bytes()); // inbound streams
     p.extend_from_slice(&initiate_tag.to_be_bytes()); // initial TSN
-    // The CRC32c goes on the wire least significant byte first (RFC 9260 Appendix A; Linux
-    // stores cpu_to_le32 of it).
+                                                      // The CRC32c goes on the wire least significant byte first (RFC 9260 Appendix A; Linux
+                                                      // stores cpu_to_le32 of it).
     let crc = crc32c(&p);
     p[8..12].copy_from_slice(&crc.to_le_bytes());
     p

@@ -48,7 +48,8 @@ impl Http {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call_typed(method, path, "application/json", body).await
+        self.call_typed(method, path, "application/json", body)
+            .await
     }
 
     async fn call_typed(
@@ -60,7 +61,12 @@ impl Http {
     ) -> (u16, Value) {
         let response = self.send(method, path, content_type, body).await;
         let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value)
@@ -172,12 +178,24 @@ async fn watch_from_list_version_sees_changes_in_order() {
     assert_eq!(status, 200);
     assert_eq!(list["kind"], "PodList");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    let list_rv: u64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let list_rv: u64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     let mut watch = http
-        .watch(&format!("/api/v1/namespaces/x/pods?watch=1&resourceVersion={list_rv}"))
+        .watch(&format!(
+            "/api/v1/namespaces/x/pods?watch=1&resourceVersion={list_rv}"
+        ))
         .await;
-    let (status, _) = http.call("POST", "/api/v1/namespaces/x/pods", Some(pod("x", "b", "n2"))).await;
+    let (status, _) = http
+        .call(
+            "POST",
+            "/api/v1/namespaces/x/pods",
+            Some(pod("x", "b", "n2")),
+        )
+        .await;
     assert_eq!(status, 201);
     let (status, _) = http
         .call_typed(
@@ -188,7 +206,9 @@ async fn watch_from_list_version_sees_changes_in_order() {
         )
         .await;
     assert_eq!(status, 200);
-    let (status, deleted) = http.call("DELETE", "/api/v1/namespaces/x/pods/b", None).await;
+    let (status, deleted) = http
+        .call("DELETE", "/api/v1/namespaces/x/pods/b", None)
+        .await;
     assert_eq!(status, 200);
 
     let added = watch.change().await;
@@ -219,13 +239,18 @@ async fn watch_from_list_version_sees_changes_in_order() {
 #[tokio::test]
 async fn watch_without_version_starts_with_current_state() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     server.create(Kind::Pod, pod("x", "a", "n1")).unwrap();
     server.create(Kind::Pod, pod("x", "b", "n1")).unwrap();
     let mut watch = http.watch("/api/v1/pods?watch=1").await;
     let first = watch.change().await;
     let second = watch.change().await;
-    assert_eq!((&first["type"], &second["type"]), (&json!("ADDED"), &json!("ADDED")));
+    assert_eq!(
+        (&first["type"], &second["type"]),
+        (&json!("ADDED"), &json!("ADDED"))
+    );
     assert_eq!(first["object"]["metadata"]["name"], "a");
     assert_eq!(second["object"]["metadata"]["name"], "b");
     server.delete(Kind::Pod, Some("x"), "a").unwrap();
@@ -239,7 +264,9 @@ async fn bookmarks_carry_the_current_version() {
         ..ApiServerConfig::default()
     })
     .await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let rv = server.resource_version();
     let mut watch = http
         .watch(&format!(
@@ -247,7 +274,9 @@ async fn bookmarks_carry_the_current_version() {
         ))
         .await;
     // A change of another kind moves the global version; the bookmark reports it.
-    server.create(Kind::Namespace, json!({"metadata": {"name": "y"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "y"}}))
+        .unwrap();
     let latest = server.resource_version();
     loop {
         let event = watch.event().await;
@@ -263,7 +292,9 @@ async fn bookmarks_carry_the_current_version() {
 #[tokio::test]
 async fn send_initial_events_ends_with_a_marked_bookmark() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let mut watch = http
         .watch("/api/v1/namespaces?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
         .await;
@@ -278,7 +309,12 @@ async fn send_initial_events_ends_with_a_marked_bookmark() {
             break;
         }
         assert_eq!(event["type"], "ADDED");
-        names.push(event["object"]["metadata"]["name"].as_str().unwrap().to_string());
+        names.push(
+            event["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(names, ["default", "x"]);
 }
@@ -286,9 +322,13 @@ async fn send_initial_events_ends_with_a_marked_bookmark() {
 #[tokio::test]
 async fn watch_from_an_expired_version_gets_410() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let old = server.resource_version();
-    server.create(Kind::Namespace, json!({"metadata": {"name": "y"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "y"}}))
+        .unwrap();
     server.faults().expire_history();
     let mut watch = http
         .watch(&format!("/api/v1/namespaces?watch=1&resourceVersion={old}"))
@@ -304,7 +344,9 @@ async fn watch_from_an_expired_version_gets_410() {
     let mut current = http
         .watch(&format!("/api/v1/namespaces?watch=1&resourceVersion={now}"))
         .await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "z"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "z"}}))
+        .unwrap();
     assert_eq!(current.change().await["object"]["metadata"]["name"], "z");
 }
 
@@ -317,15 +359,22 @@ async fn bounded_history_expires_old_versions() {
     .await;
     let start = server.resource_version();
     for name in ["a", "b", "c", "d"] {
-        server.create(Kind::Namespace, json!({"metadata": {"name": name}})).unwrap();
+        server
+            .create(Kind::Namespace, json!({"metadata": {"name": name}}))
+            .unwrap();
     }
     let mut watch = http
-        .watch(&format!("/api/v1/namespaces?watch=1&resourceVersion={start}"))
+        .watch(&format!(
+            "/api/v1/namespaces?watch=1&resourceVersion={start}"
+        ))
         .await;
     assert_eq!(watch.event().await["object"]["code"], 410);
     // One change later than the oldest kept one still resumes.
     let mut watch = http
-        .watch(&format!("/api/v1/namespaces?watch=1&resourceVersion={}", start + 1))
+        .watch(&format!(
+            "/api/v1/namespaces?watch=1&resourceVersion={}",
+            start + 1
+        ))
         .await;
     for name in ["b", "c", "d"] {
         assert_eq!(watch.change().await["object"]["metadata"]["name"], name);
@@ -336,7 +385,10 @@ async fn bounded_history_expires_old_versions() {
 async fn dropped_watches_break_mid_stream() {
     let (server, http) = start().await;
     let mut watch = http.watch("/api/v1/namespaces?watch=1").await;
-    assert_eq!(watch.change().await["object"]["metadata"]["name"], "default");
+    assert_eq!(
+        watch.change().await["object"]["metadata"]["name"],
+        "default"
+    );
     server.faults().drop_watches();
     assert!(matches!(watch.next().await, Next::Broken));
     // The server itself keeps serving.
@@ -360,14 +412,20 @@ async fn watch_timeout_ends_cleanly() {
 #[tokio::test]
 async fn invalid_policy_is_refused_with_422_and_causes() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let policy = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "bad", "namespace": "x"},
         "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]},
     });
     let (status, body) = http
-        .call("POST", "/apis/networking.k8s.io/v1/namespaces/x/networkpolicies", Some(policy))
+        .call(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/x/networkpolicies",
+            Some(policy),
+        )
         .await;
     assert_eq!(status, 422);
     assert_eq!(body["kind"], "Status");
@@ -398,13 +456,15 @@ async fn invalid_policy_is_refused_with_422_and_causes() {
         )
         .unwrap_err();
     assert_eq!(err.code, 422);
-    assert_eq!(err.causes[0].field, "spec.egress[0].to[0]");
+    assert_eq!(err.details.causes[0].field, "spec.egress[0].to[0]");
 }
 
 #[tokio::test]
 async fn policies_get_defaults_and_generation() {
     let (server, _http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let created = server
         .create(
             Kind::NetworkPolicy,
@@ -415,6 +475,12 @@ async fn policies_get_defaults_and_generation() {
     assert_eq!(created["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(created["spec"]["egress"][0]["ports"][0]["protocol"], "TCP");
     assert_eq!(created["metadata"]["generation"], 1);
+    // Nothing the client did not send appears as null.
+    assert!(created["spec"].get("ingress").is_none(), "{created}");
+    assert!(
+        created["spec"]["egress"][0].get("to").is_none(),
+        "{created}"
+    );
     let mut changed = created.clone();
     changed["spec"]["egress"][0]["ports"][0]["port"] = json!(54);
     let updated = server.update(Kind::NetworkPolicy, changed).unwrap();
@@ -424,7 +490,9 @@ async fn policies_get_defaults_and_generation() {
 #[tokio::test]
 async fn generate_name_creates_unique_names() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let policy = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"generateName": "deny-", "namespace": "x"},
@@ -454,9 +522,17 @@ async fn generate_name_creates_unique_names() {
 async fn conflicts_and_missing_objects() {
     let (server, http) = start().await;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
-    assert_eq!(http.call("POST", "/api/v1/namespaces", Some(ns.clone())).await.0, 201);
+    assert_eq!(
+        http.call("POST", "/api/v1/namespaces", Some(ns.clone()))
+            .await
+            .0,
+        201
+    );
     let (status, body) = http.call("POST", "/api/v1/namespaces", Some(ns)).await;
-    assert_eq!((status, body["reason"].as_str()), (409, Some("AlreadyExists")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
     assert_eq!(body["message"], "namespaces \"x\" already exists");
 
     // PUT with a stale resourceVersion: 409 Conflict; with the current one: accepted.
@@ -473,17 +549,30 @@ async fn conflicts_and_missing_objects() {
     assert!(rv_of(&body) > rv_of(&current));
 
     // A no-op PUT does not move the version.
-    let (status, again) = http.call("PUT", "/api/v1/namespaces/x", Some(body.clone())).await;
+    let (status, again) = http
+        .call("PUT", "/api/v1/namespaces/x", Some(body.clone()))
+        .await;
     assert_eq!((status, rv_of(&again)), (200, rv_of(&body)));
 
     // Namespaced writes into a namespace that does not exist: 404 for the namespace.
     let (status, body) = http
-        .call("POST", "/api/v1/namespaces/nope/pods", Some(pod("nope", "a", "n1")))
+        .call(
+            "POST",
+            "/api/v1/namespaces/nope/pods",
+            Some(pod("nope", "a", "n1")),
+        )
         .await;
-    assert_eq!((status, body["message"].as_str()), (404, Some("namespaces \"nope\" not found")));
-    let (status, body) = http.call("GET", "/api/v1/namespaces/x/pods/missing", None).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("namespaces \"nope\" not found"))
+    );
+    let (status, body) = http
+        .call("GET", "/api/v1/namespaces/x/pods/missing", None)
+        .await;
     assert_eq!((status, body["reason"].as_str()), (404, Some("NotFound")));
-    let (status, _) = http.call("DELETE", "/api/v1/namespaces/x/pods/missing", None).await;
+    let (status, _) = http
+        .call("DELETE", "/api/v1/namespaces/x/pods/missing", None)
+        .await;
     assert_eq!(status, 404);
     let (status, _) = http.call("GET", "/api/v1/services", None).await;
     assert_eq!(status, 404);
@@ -493,7 +582,10 @@ async fn conflicts_and_missing_objects() {
 async fn namespace_name_label_is_always_there() {
     let (server, http) = start().await;
     let created = server
-        .create(Kind::Namespace, json!({"metadata": {"name": "x", "labels": {"team": "a"}}}))
+        .create(
+            Kind::Namespace,
+            json!({"metadata": {"name": "x", "labels": {"team": "a"}}}),
+        )
         .unwrap();
     assert_eq!(
         created["metadata"]["labels"],
@@ -508,12 +600,21 @@ async fn namespace_name_label_is_always_there() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(patched["metadata"]["labels"], json!({"kubernetes.io/metadata.name": "x"}));
+    assert_eq!(
+        patched["metadata"]["labels"],
+        json!({"kubernetes.io/metadata.name": "x"})
+    );
     server
-        .patch_labels(Kind::Namespace, None, "x", &[("kubernetes.io/metadata.name", Some("other"))])
+        .patch_labels(
+            Kind::Namespace,
+            None,
+            "x",
+            &[("kubernetes.io/metadata.name", Some("other"))],
+        )
         .unwrap();
     assert_eq!(
-        server.get(Kind::Namespace, None, "x").unwrap()["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        server.get(Kind::Namespace, None, "x").unwrap()["metadata"]["labels"]
+            ["kubernetes.io/metadata.name"],
         "x"
     );
 }
@@ -521,15 +622,25 @@ async fn namespace_name_label_is_always_there() {
 #[tokio::test]
 async fn label_selector_watch_sees_objects_enter_and_leave() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     server.create(Kind::Pod, pod("x", "a", "n1")).unwrap();
     let rv = server.resource_version();
     let mut watch = http
-        .watch(&format!("/api/v1/pods?watch=1&resourceVersion={rv}&labelSelector=role%3Dweb"))
+        .watch(&format!(
+            "/api/v1/pods?watch=1&resourceVersion={rv}&labelSelector=role%3Dweb"
+        ))
         .await;
-    server.patch_labels(Kind::Pod, Some("x"), "a", &[("role", Some("web"))]).unwrap();
-    server.patch_labels(Kind::Pod, Some("x"), "a", &[("other", Some("1"))]).unwrap();
-    server.patch_labels(Kind::Pod, Some("x"), "a", &[("role", None)]).unwrap();
+    server
+        .patch_labels(Kind::Pod, Some("x"), "a", &[("role", Some("web"))])
+        .unwrap();
+    server
+        .patch_labels(Kind::Pod, Some("x"), "a", &[("other", Some("1"))])
+        .unwrap();
+    server
+        .patch_labels(Kind::Pod, Some("x"), "a", &[("role", None)])
+        .unwrap();
     let types: Vec<Value> = [
         watch.change().await,
         watch.change().await,
@@ -544,7 +655,9 @@ async fn label_selector_watch_sees_objects_enter_and_leave() {
 #[tokio::test]
 async fn list_selectors_and_pages() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     for (name, node) in [("a", "n1"), ("b", "n2"), ("c", "n1"), ("d", "n1")] {
         server.create(Kind::Pod, pod("x", name, node)).unwrap();
     }
@@ -556,13 +669,21 @@ async fn list_selectors_and_pages() {
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
             .collect()
     };
-    let (_, on_n1) = http.call("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", None).await;
+    let (_, on_n1) = http
+        .call("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", None)
+        .await;
     assert_eq!(names(&on_n1), ["a", "c", "d"]);
     let (_, by_label) = http
-        .call("GET", "/api/v1/namespaces/x/pods?labelSelector=app+in+%28b%2Cc%29", None)
+        .call(
+            "GET",
+            "/api/v1/namespaces/x/pods?labelSelector=app+in+%28b%2Cc%29",
+            None,
+        )
         .await;
     assert_eq!(names(&by_label), ["b", "c"]);
-    let (status, body) = http.call("GET", "/api/v1/pods?fieldSelector=spec.bogus%3D1", None).await;
+    let (status, body) = http
+        .call("GET", "/api/v1/pods?fieldSelector=spec.bogus%3D1", None)
+        .await;
     assert_eq!((status, body["reason"].as_str()), (400, Some("BadRequest")));
 
     let (_, page1) = http.call("GET", "/api/v1/pods?limit=3", None).await;
@@ -570,7 +691,14 @@ async fn list_selectors_and_pages() {
     assert_eq!(page1["metadata"]["remainingItemCount"], 1);
     let token = page1["metadata"]["continue"].as_str().unwrap();
     let (_, page2) = http
-        .call("GET", &format!("/api/v1/pods?limit=3&continue={}", token.replace('/', "%2F")), None)
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/pods?limit=3&continue={}",
+                token.replace('/', "%2F")
+            ),
+            None,
+        )
         .await;
     assert_eq!(names(&page2), ["d"]);
     assert!(page2["metadata"].get("continue").is_none());
@@ -579,13 +707,17 @@ async fn list_selectors_and_pages() {
 #[tokio::test]
 async fn status_subresource_is_separate_from_the_main_resource() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let created = server.create(Kind::Pod, pod("x", "a", "n1")).unwrap();
     // A main-resource PUT cannot change status...
     let mut changed = created.clone();
     changed["status"]["podIP"] = json!("10.9.9.9");
     changed["metadata"]["labels"]["x"] = json!("y");
-    let (status, body) = http.call("PUT", "/api/v1/namespaces/x/pods/a", Some(changed)).await;
+    let (status, body) = http
+        .call("PUT", "/api/v1/namespaces/x/pods/a", Some(changed))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["status"]["podIP"], "10.244.0.9");
     assert_eq!(body["metadata"]["labels"]["x"], "y");
@@ -606,13 +738,23 @@ async fn status_subresource_is_separate_from_the_main_resource() {
 #[tokio::test]
 async fn deleting_a_namespace_deletes_its_objects() {
     let (server, http) = start().await;
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     server.create(Kind::Pod, pod("x", "a", "n1")).unwrap();
     let rv = server.resource_version();
-    let mut watch = http.watch(&format!("/api/v1/pods?watch=1&resourceVersion={rv}")).await;
+    let mut watch = http
+        .watch(&format!("/api/v1/pods?watch=1&resourceVersion={rv}"))
+        .await;
     server.delete(Kind::Namespace, None, "x").unwrap();
     let event = watch.change().await;
-    assert_eq!((event["type"].as_str(), event["object"]["metadata"]["name"].as_str()), (Some("DELETED"), Some("a")));
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("a"))
+    );
     assert!(server.list(Kind::Pod, None).is_empty());
 }
 
@@ -623,10 +765,15 @@ async fn fault_switches_over_http() {
     assert_eq!(status, 200);
     assert_eq!(rv, json!(server.resource_version()));
 
-    let (status, _) = http.call("POST", "/_standin/unavailable?seconds=30", None).await;
+    let (status, _) = http
+        .call("POST", "/_standin/unavailable?seconds=30", None)
+        .await;
     assert_eq!(status, 200);
     let (status, body) = http.call("GET", "/api/v1/namespaces", None).await;
-    assert_eq!((status, body["reason"].as_str()), (503, Some("ServiceUnavailable")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable"))
+    );
     let (status, _) = http.call("POST", "/_standin/heal", None).await;
     assert_eq!(status, 200);
     assert_eq!(http.call("GET", "/api/v1/namespaces", None).await.0, 200);
@@ -641,7 +788,10 @@ async fn fault_switches_over_http() {
     let refused = tokio::time::timeout(STEP, fresh.client.request(request))
         .await
         .expect("refusal is immediate");
-    assert!(refused.is_err(), "a request got through during the refuse window");
+    assert!(
+        refused.is_err(),
+        "a request got through during the refuse window"
+    );
     server.faults().heal();
     let fresh = Http::new(&server);
     assert_eq!(fresh.call("GET", "/api/v1/namespaces", None).await.0, 200);
@@ -662,12 +812,19 @@ async fn discovery_and_version() {
 
 #[test]
 fn runs_on_its_own_thread_for_blocking_callers() {
-    let server = ApiServer::start_in_thread("127.0.0.1:0".parse().unwrap(), ApiServerConfig::default())
-        .expect("start in thread");
-    server.create(Kind::Namespace, json!({"metadata": {"name": "x"}})).unwrap();
+    let server =
+        ApiServer::start_in_thread("127.0.0.1:0".parse().unwrap(), ApiServerConfig::default())
+            .expect("start in thread");
+    server
+        .create(Kind::Namespace, json!({"metadata": {"name": "x"}}))
+        .unwrap();
     let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
     use std::io::{Read, Write};
-    write!(stream, "GET /api/v1/namespaces/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET /api/v1/namespaces/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

@@ -5,7 +5,11 @@ use palisade_integration::cluster::{netns, Binaries, Cluster, ClusterConfig};
 use palisade_integration::scenario::{Labels, PodSpec, PortSpec, Protocol};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The tests here count namespaces carrying this process's prefix: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn bins() -> Binaries {
     let mut b = match std::env::var_os("PALISADE_BIN_DIR") {
@@ -34,12 +38,15 @@ fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
 fn alive(pid: u32) -> bool {
     // A zombie still has /proc/<pid>; look at its state.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
         .unwrap_or(false)
 }
 
 fn pids_in(ns: &str) -> Vec<u32> {
-    let out = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
@@ -51,6 +58,7 @@ fn teardown_removes_namespaces_processes_and_files() {
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let prefix = format!("{}-", netns::run_prefix());
     let mut cluster = Cluster::start(ClusterConfig::new(2, bins())).unwrap();
     let w = cluster.create_namespace("x", &Labels::new()).unwrap();
@@ -90,6 +98,7 @@ fn sigint_mid_run_removes_everything() {
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = bins();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let file = std::fs::read_dir(&scenario)
@@ -114,16 +123,29 @@ fn sigint_mid_run_removes_everything() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pids: Vec<u32> = namespaces_with_prefix(&prefix).iter().flat_map(|n| pids_in(n)).collect();
+    let pids: Vec<u32> = namespaces_with_prefix(&prefix)
+        .iter()
+        .flat_map(|n| pids_in(n))
+        .collect();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "exit status after SIGINT: {status}");
-    assert!(namespaces_with_prefix(&prefix).is_empty(), "{:?}", namespaces_with_prefix(&prefix));
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after SIGINT: {status}"
+    );
+    assert!(
+        namespaces_with_prefix(&prefix).is_empty(),
+        "{:?}",
+        namespaces_with_prefix(&prefix)
+    );
     for pid in pids {
         assert!(!alive(pid), "process {pid} survived SIGINT");
     }
-    assert!(!std::env::temp_dir().join(format!("pali{}-0", status_pid(&prefix))).exists());
+    assert!(!std::env::temp_dir()
+        .join(format!("pali{}-0", status_pid(&prefix)))
+        .exists());
 }
 
 fn status_pid(prefix: &str) -> &str {
@@ -135,16 +157,24 @@ fn leftovers_of_a_dead_run_are_swept_on_start() {
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // A PID that is certainly dead: a child that has exited and been reaped.
     let mut c = Command::new("true").spawn().unwrap();
     let dead = c.id();
     c.wait().unwrap();
     let name = format!("pali{dead}-0n1");
-    assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success());
     let dir = std::env::temp_dir().join(format!("pali{dead}-0"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cluster = Cluster::start(ClusterConfig::new(1, bins())).unwrap();
-    assert!(!Path::new(netns::NETNS_DIR).join(&name).exists(), "stale netns not swept");
+    assert!(
+        !Path::new(netns::NETNS_DIR).join(&name).exists(),
+        "stale netns not swept"
+    );
     assert!(!dir.exists(), "stale run dir not swept");
     cluster.teardown().unwrap();
 }

@@ -4,9 +4,9 @@
 //! --bins`), or `PALISADE_BIN_DIR`.
 
 use palisade_integration::cluster::Binaries;
+use palisade_integration::cluster::RouteMode;
 use palisade_integration::runner::{run_scenario, RunOptions};
 use palisade_integration::scenario::{Family, Scenario};
-use palisade_integration::cluster::RouteMode;
 use std::path::PathBuf;
 
 fn bins() -> Binaries {
@@ -28,7 +28,7 @@ fn opts(family: Family) -> RunOptions {
         family,
         nodes: 2,
         bins: bins(),
-        routes: RouteMode::Harness,
+        routes: RouteMode::Agent,
         agent_args: Vec::new(),
         colour: false,
         verbose: true,
@@ -94,12 +94,16 @@ fn a_wrong_expectation_fails_with_the_differing_cell() {
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
-    let wrong = SMOKE.replace("x/c: {x/a: false, x/b: true}", "x/c: {x/a: true, x/b: true}");
+    let wrong = SMOKE.replace(
+        "x/c: {x/a: false, x/b: true}",
+        "x/c: {x/a: true, x/b: true}",
+    );
     let s = Scenario::parse(&wrong).unwrap();
     let r = run_scenario(&s, &opts(Family::V4));
     assert!(!r.passed);
     assert!(
-        r.report.contains("x/c -> x/a: expected allowed, observed blocked"),
+        r.report
+            .contains("x/c -> x/a: expected allowed, observed blocked"),
         "{}",
         r.report
     );

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn manifest_files() -> Vec<PathBuf> {
@@ -32,8 +35,8 @@ fn manifests() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for f in manifest_files() {
         let text = std::fs::read_to_string(&f).unwrap();
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         for d in docs.into_iter().filter(|d| !d.is_null()) {
             out.push((f.display().to_string(), d));
         }
@@ -46,7 +49,10 @@ fn pod_specs() -> Vec<(String, Value)> {
         .into_iter()
         .filter(|(_, d)| d["kind"] == "DaemonSet")
         .map(|(f, d)| {
-            (format!("{f}:{}", d["metadata"]["name"]), d["spec"]["template"]["spec"].clone())
+            (
+                format!("{f}:{}", d["metadata"]["name"]),
+                d["spec"]["template"]["spec"].clone(),
+            )
         })
         .collect()
 }
@@ -64,14 +70,21 @@ fn containers(spec: &Value) -> Vec<Value> {
 #[test]
 fn every_container_runs_with_least_privilege() {
     let specs = pod_specs();
-    assert!(specs.len() >= 2, "expected the agent and the uninstall DaemonSets: {specs:?}");
+    assert!(
+        specs.len() >= 2,
+        "expected the agent and the uninstall DaemonSets: {specs:?}"
+    );
     for (name, spec) in specs {
         let pod_seccomp = spec["securityContext"]["seccompProfile"]["type"].as_str();
         for c in containers(&spec) {
             let cname = format!("{name}/{}", c["name"]);
             let sc = &c["securityContext"];
             assert_ne!(sc["privileged"], Value::Bool(true), "{cname}: privileged");
-            assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false), "{cname}");
+            assert_eq!(
+                sc["allowPrivilegeEscalation"],
+                Value::Bool(false),
+                "{cname}"
+            );
             assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true), "{cname}");
             let drop: Vec<&str> = sc["capabilities"]["drop"]
                 .as_array()
@@ -79,7 +92,10 @@ fn every_container_runs_with_least_privilege() {
                 .unwrap_or_default();
             assert_eq!(drop, ["ALL"], "{cname}: must drop ALL capabilities");
             for cap in sc["capabilities"]["add"].as_array().into_iter().flatten() {
-                assert_eq!(cap, "NET_ADMIN", "{cname}: only NET_ADMIN may be added back");
+                assert_eq!(
+                    cap, "NET_ADMIN",
+                    "{cname}: only NET_ADMIN may be added back"
+                );
             }
             let seccomp = sc["seccompProfile"]["type"].as_str().or(pod_seccomp);
             assert_eq!(seccomp, Some("RuntimeDefault"), "{cname}: seccomp");
@@ -108,11 +124,19 @@ fn added_capabilities_and_root_carry_their_reason_in_a_comment() {
                     .iter()
                     .chain(lines.get(i + 1))
                     .any(|l| l.trim_start().starts_with('#'));
-                assert!(commented, "{}:{}: `{t}` without a reason", path.display(), i + 1);
+                assert!(
+                    commented,
+                    "{}:{}: `{t}` without a reason",
+                    path.display(),
+                    i + 1
+                );
             }
         }
     }
-    assert!(checked >= 3, "expected root and NET_ADMIN grants to check, found {checked}");
+    assert!(
+        checked >= 3,
+        "expected root and NET_ADMIN grants to check, found {checked}"
+    );
 }
 
 #[test]
@@ -122,15 +146,25 @@ fn host_paths_are_only_the_ones_used_and_read_only_where_only_read() {
         let mut host_volumes = Vec::new();
         for v in spec["volumes"].as_array().into_iter().flatten() {
             if let Some(path) = v["hostPath"]["path"].as_str() {
-                assert!(allowed.contains(&path), "{name}: unexpected hostPath {path}");
+                assert!(
+                    allowed.contains(&path),
+                    "{name}: unexpected hostPath {path}"
+                );
                 host_volumes.push(v["name"].as_str().unwrap().to_string());
             }
         }
         for vol in &host_volumes {
             let used = containers(&spec).iter().any(|c| {
-                c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["name"] == **vol)
+                c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["name"] == **vol)
             });
-            assert!(used, "{name}: hostPath volume {vol} is mounted by no container");
+            assert!(
+                used,
+                "{name}: hostPath volume {vol} is mounted by no container"
+            );
         }
         for c in containers(&spec) {
             for m in c["volumeMounts"].as_array().into_iter().flatten() {
@@ -144,7 +178,10 @@ fn host_paths_are_only_the_ones_used_and_read_only_where_only_read() {
 
 #[test]
 fn agent_daemonset_runs_everywhere_on_the_host_network() {
-    let (_, spec) = pod_specs().into_iter().find(|(n, _)| n.contains("palisade-agent")).unwrap();
+    let (_, spec) = pod_specs()
+        .into_iter()
+        .find(|(n, _)| n.contains("palisade-agent"))
+        .unwrap();
     assert_eq!(spec["hostNetwork"], Value::Bool(true));
     assert_eq!(spec["priorityClassName"], "system-node-critical");
     let tolerates_all = spec["tolerations"]
@@ -157,11 +194,19 @@ fn agent_daemonset_runs_everywhere_on_the_host_network() {
 
 #[test]
 fn rbac_grants_only_reads_of_what_the_agent_watches() {
-    let role = manifests().into_iter().find(|(_, d)| d["kind"] == "ClusterRole").unwrap().1;
+    let role = manifests()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "ClusterRole")
+        .unwrap()
+        .1;
     let mut granted = Vec::new();
     for rule in role["rules"].as_array().unwrap() {
-        let verbs: Vec<&str> =
-            rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert_eq!(verbs, ["get", "list", "watch"], "{rule}");
         for r in rule["resources"].as_array().unwrap() {
             granted.push(r.as_str().unwrap().to_string());
@@ -189,17 +234,23 @@ fn palisade_binary() -> PathBuf {
 
 #[test]
 fn conflist_template_renders_to_a_config_the_plugin_accepts() {
-    let cm = manifests().into_iter().find(|(_, d)| d["kind"] == "ConfigMap").unwrap().1;
+    let cm = manifests()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "ConfigMap")
+        .unwrap()
+        .1;
     let template = cm["data"]["conflist.template"].as_str().unwrap();
-    let cidrs = ["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()];
+    let cidrs = [
+        "10.244.1.0/24".parse().unwrap(),
+        "fd00:10:244:1::/64".parse().unwrap(),
+    ];
     let rendered = palisade_policy::install::render_conflist(template, "node-1", &cidrs).unwrap();
     let conflist: Value = serde_json::from_str(&rendered).unwrap();
     let plugin = conflist["plugins"][0].clone();
     assert_eq!(plugin["type"], "palisade");
     // The plugin's stdin is the plugin object with the list's name and version, as libcni
     // builds it; a temp dataDir so STATUS checks a directory this test owns.
-    let data_dir =
-        std::env::temp_dir().join(format!("palisade-conf-test-{}", std::process::id()));
+    let data_dir = std::env::temp_dir().join(format!("palisade-conf-test-{}", std::process::id()));
     let mut conf = plugin.clone();
     conf["name"] = conflist["name"].clone();
     conf["cniVersion"] = conflist["cniVersion"].clone();
@@ -217,7 +268,12 @@ fn conflist_template_renders_to_a_config_the_plugin_accepts() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),

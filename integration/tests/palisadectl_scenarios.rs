@@ -24,7 +24,10 @@ use std::process::Command;
 const NODES: usize = 2;
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `PALISADE_BIN_DIR`, next to this test binary (`<target>/<profile>/`), or the workspace's
@@ -36,19 +39,32 @@ fn palisadectl() -> PathBuf {
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+            let dir = if dir.ends_with("deps") {
+                dir.parent().unwrap()
+            } else {
+                dir
+            };
             candidates.push(dir.join("palisadectl"));
         }
     }
     for profile in ["release", "debug"] {
-        candidates.push(workspace_root().join("target").join(profile).join("palisadectl"));
+        candidates.push(
+            workspace_root()
+                .join("target")
+                .join(profile)
+                .join("palisadectl"),
+        );
     }
-    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
-        panic!(
-            "palisadectl binary not found (looked at {candidates:?}); build it first: \
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "palisadectl binary not found (looked at {candidates:?}); build it first: \
              cargo build -p palisade-policy --bin palisadectl, or set PALISADE_BIN_DIR"
-        )
-    })
+            )
+        })
 }
 
 fn scenario_files() -> Vec<PathBuf> {
@@ -91,7 +107,12 @@ struct Sim {
 impl Sim {
     fn new(s: &Scenario) -> Sim {
         let mut sim = Sim {
-            namespaces: s.model.namespaces.iter().map(|n| (n.name.clone(), n.effective_labels())).collect(),
+            namespaces: s
+                .model
+                .namespaces
+                .iter()
+                .map(|n| (n.name.clone(), n.effective_labels()))
+                .collect(),
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
             round_robin: 0,
@@ -116,19 +137,35 @@ impl Sim {
         let host = self.next_host[slot];
         self.next_host[slot] += 1;
         let ip = IpAddr::V4(Ipv4Addr::new(10, 244, node as u8, host));
-        self.pods.insert(spec.key(), SimPod { spec: spec.clone(), node, ip });
+        self.pods.insert(
+            spec.key(),
+            SimPod {
+                spec: spec.clone(),
+                node,
+                ip,
+            },
+        );
     }
 
     fn apply(&mut self, step: &Step) -> Result<(), String> {
         match step {
-            Step::ApplyPolicy { expect: Some(palisade_integration::scenario::Expect::Rejected), .. } => {}
+            Step::ApplyPolicy {
+                expect: Some(palisade_integration::scenario::Expect::Rejected),
+                ..
+            } => {}
             Step::ApplyPolicy { policy, .. } => {
                 let pods = &self.pods;
                 let mut p = substitute_templates(policy, &|r: &PodRef| pods.get(r).map(|p| p.ip))
                     .map_err(|e| e.to_string())?;
-                let ns = p["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                let ns = p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string();
                 if p["metadata"]["name"].as_str().unwrap_or("").is_empty() {
-                    let prefix = p["metadata"]["generateName"].as_str().unwrap_or("policy-").to_string();
+                    let prefix = p["metadata"]["generateName"]
+                        .as_str()
+                        .unwrap_or("policy-")
+                        .to_string();
                     self.generated += 1;
                     p["metadata"]["name"] = json!(format!("{prefix}gen{}", self.generated));
                 }
@@ -170,7 +207,8 @@ impl Sim {
                     .iter()
                     .filter(|x| x.container == kind)
                     .map(|x| {
-                        let mut v = json!({"containerPort": x.port, "protocol": x.protocol.as_str()});
+                        let mut v =
+                            json!({"containerPort": x.port, "protocol": x.protocol.as_str()});
                         if let Some(n) = &x.name {
                             v["name"] = json!(n);
                         }
@@ -184,7 +222,8 @@ impl Sim {
             });
             let sidecar = ports(ContainerKind::InitSidecar);
             if !sidecar.is_empty() {
-                spec["initContainers"] = json!([{"name": "init-sidecar", "restartPolicy": "Always", "ports": sidecar}]);
+                spec["initContainers"] =
+                    json!([{"name": "init-sidecar", "restartPolicy": "Always", "ports": sidecar}]);
             }
             items.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
@@ -215,7 +254,8 @@ fn palisadectl_reach_matches_every_scenario_probe() {
     let bin = palisadectl();
     let files = scenario_files();
     assert!(!files.is_empty(), "no scenario files found");
-    let dir = TempDir(std::env::temp_dir().join(format!("palisadectl-scenarios-{}", std::process::id())));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("palisadectl-scenarios-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let manifest = dir.0.join("state.json");
     let (mut scenarios, mut probes, mut cells) = (0, 0, 0);
@@ -235,7 +275,11 @@ fn palisadectl_reach_matches_every_scenario_probe() {
             }
             let Step::Probe(probe) = step else { continue };
             probes += 1;
-            std::fs::write(&manifest, serde_json::to_string_pretty(&sim.manifests()).unwrap()).unwrap();
+            std::fs::write(
+                &manifest,
+                serde_json::to_string_pretty(&sim.manifests()).unwrap(),
+            )
+            .unwrap();
             let out = Command::new(&bin)
                 .args(["reach", "-f"])
                 .arg(&manifest)
@@ -246,7 +290,10 @@ fn palisadectl_reach_matches_every_scenario_probe() {
                 .expect("run palisadectl");
             let stderr = String::from_utf8_lossy(&out.stderr);
             if !out.status.success() {
-                failures.push(format!("{where_}: palisadectl exited {}: {stderr}", out.status));
+                failures.push(format!(
+                    "{where_}: palisadectl exited {}: {stderr}",
+                    out.status
+                ));
                 continue;
             }
             let got: Value = match serde_json::from_slice(&out.stdout) {
@@ -282,5 +329,111 @@ fn palisadectl_reach_matches_every_scenario_probe() {
         failures.len()
     );
     assert!(probes > 0, "no probe found in {} files", files.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// `reach --kubeconfig`: the objects listed from an API server (the stand-in, on loopback)
+/// give the same matrix as the same objects given as a manifest.
+#[test]
+fn reach_from_the_api_server_equals_reach_from_manifests() {
+    use palisade_integration::apiserver::{ApiServer, ApiServerConfig, Kind};
+    let bin = palisadectl();
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("palisadectl-kubeconfig-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let api =
+        ApiServer::start_in_thread("127.0.0.1:0".parse().unwrap(), ApiServerConfig::default())
+            .unwrap();
+    let kubeconfig = dir.0.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let mut items = Vec::new();
+    for ns in ["x", "y"] {
+        items.push((
+            Kind::Namespace,
+            json!({"metadata": {"name": ns, "labels": {"team": ns}}}),
+        ));
+    }
+    for (ns, name, ip, app) in [
+        ("x", "a", "10.244.1.2", "server"),
+        ("x", "b", "10.244.2.2", "client"),
+        ("y", "c", "10.244.1.3", "client"),
+    ] {
+        items.push((Kind::Pod, json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"app": app}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "main", "ports": [{"containerPort": 80}]}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        })));
+    }
+    items.push((
+        Kind::NetworkPolicy,
+        json!({
+            "metadata": {"namespace": "x", "name": "server"},
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]},
+        }),
+    ));
+    let mut manifest = Vec::new();
+    for (kind, obj) in items {
+        let stored = api
+            .create(kind, obj.clone())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        // The stand-in may drop status on create, as POST does: then set it as kubelet would.
+        if kind == Kind::Pod && stored["status"]["podIPs"].is_null() {
+            let mut with_status = stored.clone();
+            with_status["status"] = obj["status"].clone();
+            api.update(kind, with_status)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        let mut o = obj;
+        o["kind"] = json!(match kind {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Node => "Node",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        });
+        manifest.push(o);
+    }
+    let file = dir.0.join("objects.json");
+    std::fs::write(
+        &file,
+        json!({"kind": "List", "items": manifest}).to_string(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_api = run(&[
+        "reach",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
+    let from_file = run(&[
+        "reach",
+        "-f",
+        file.to_str().unwrap(),
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(from_api, from_file);
+    let v: Value = serde_json::from_str(&from_api).unwrap();
+    assert_eq!(v["80/TCP"]["x/b"]["x/a"], json!(true));
+    assert_eq!(v["80/TCP"]["y/c"]["x/a"], json!(false));
 }

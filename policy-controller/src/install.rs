@@ -52,7 +52,11 @@ pub fn render_conflist(template: &str, node_name: &str, pod_cidrs: &[IpNet]) -> 
         .replace(NODE_NAME_PLACEHOLDER, node_name);
     let parsed: serde_json::Value =
         serde_json::from_str(&rendered).context("rendered conflist is not valid JSON")?;
-    if parsed.get("plugins").and_then(|p| p.as_array()).is_none_or(|p| p.is_empty()) {
+    if parsed
+        .get("plugins")
+        .and_then(|p| p.as_array())
+        .is_none_or(|p| p.is_empty())
+    {
         bail!("rendered conflist has no plugins");
     }
     Ok(serde_json::to_string_pretty(&parsed)? + "\n")
@@ -64,13 +68,18 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("path has no parent directory")?;
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let name = path.file_name().context("path has no file name")?.to_string_lossy();
+    let name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        f.write_all(contents).with_context(|| format!("write {}", tmp.display()))?;
+        f.write_all(contents)
+            .with_context(|| format!("write {}", tmp.display()))?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("fsync {}", tmp.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
         // fsync the directory so the rename itself survives a crash.
@@ -90,7 +99,11 @@ pub fn install_cni(cfg: &InstallConfig, node_name: &str, pod_cidrs: &[IpNet]) ->
     let binary = fs::read(&cfg.plugin_binary)
         .with_context(|| format!("read plugin binary {}", cfg.plugin_binary.display()))?;
     write_atomic(&cfg.cni_bin_dir.join(PLUGIN_NAME), &binary, 0o755)?;
-    write_atomic(&cfg.cni_conf_dir.join(CONFLIST_NAME), conflist.as_bytes(), 0o644)?;
+    write_atomic(
+        &cfg.cni_conf_dir.join(CONFLIST_NAME),
+        conflist.as_bytes(),
+        0o644,
+    )?;
     Ok(())
 }
 
@@ -98,9 +111,17 @@ pub fn install_cni(cfg: &InstallConfig, node_name: &str, pod_cidrs: &[IpNet]) ->
 /// networking), then the plugin binary, then the nftables tables of the agent and of the
 /// plugin's hostPort mappings. Missing pieces are not errors; every step is attempted and
 /// all failures are reported together.
-pub fn uninstall(cni_bin_dir: &Path, cni_conf_dir: &Path, nft: &str, tables: &[&str]) -> Result<()> {
+pub fn uninstall(
+    cni_bin_dir: &Path,
+    cni_conf_dir: &Path,
+    nft: &str,
+    tables: &[&str],
+) -> Result<()> {
     let mut errors = Vec::new();
-    for path in [cni_conf_dir.join(CONFLIST_NAME), cni_bin_dir.join(PLUGIN_NAME)] {
+    for path in [
+        cni_conf_dir.join(CONFLIST_NAME),
+        cni_bin_dir.join(PLUGIN_NAME),
+    ] {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -116,7 +137,10 @@ pub fn uninstall(cni_bin_dir: &Path, cni_conf_dir: &Path, nft: &str, tables: &[&
         if !exists {
             continue;
         }
-        match Command::new(nft).args(["delete", "table", "inet", table]).output() {
+        match Command::new(nft)
+            .args(["delete", "table", "inet", table])
+            .output()
+        {
             Ok(o) if o.status.success() => {}
             Ok(o) => errors.push(format!(
                 "nft delete table inet {table}: {}",
@@ -141,8 +165,10 @@ mod tests {
 
     #[test]
     fn renders_one_range_set_per_pod_cidr() {
-        let cidrs: Vec<IpNet> =
-            vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()];
+        let cidrs: Vec<IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        ];
         let out = render_conflist(TEMPLATE, "n1", &cidrs).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let ranges = &v["plugins"][0]["ipam"]["ranges"];

@@ -33,9 +33,14 @@ impl ApiInNetns {
             // SAFETY: setns on this dedicated thread only; the fd is a netns file.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+                let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
                 ready_tx.send(api.url()).unwrap();
                 while let Some(job) = jobs_rx.recv().await {
                     job(&api);
@@ -65,12 +70,20 @@ impl ApiInNetns {
 
     fn create(&self, kind: Kind, obj: Value) -> u64 {
         let v = self.run(move |api| api.create(kind, obj)).unwrap();
-        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     fn delete(&self, kind: Kind, ns: Option<&'static str>, name: &'static str) -> u64 {
         let v = self.run(move |api| api.delete(kind, ns, name)).unwrap();
-        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -103,6 +116,7 @@ struct NodeFixture {
     agent: Option<Child>,
     port: u16,
     pods: Vec<Netns>,
+    servers: Vec<Child>,
 }
 
 const NODE: &str = "node-1";
@@ -112,7 +126,8 @@ impl NodeFixture {
         let node = Netns::new(&format!("{tag}-node")).unwrap();
         node.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
         let api = ApiInNetns::start(node.path());
-        let dir = std::env::temp_dir().join(format!("palisade-agent-kt-{}-{tag}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("palisade-agent-kt-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::write(dir.join("www/index.html"), "hello\n").unwrap();
         let url = api.url.clone();
@@ -141,6 +156,7 @@ impl NodeFixture {
             agent: None,
             port: 0,
             pods: Vec::new(),
+            servers: Vec::new(),
         }
     }
 
@@ -150,7 +166,12 @@ impl NodeFixture {
 
     fn start_agent(&mut self, extra: &[&str]) {
         static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let _ = PORT.compare_exchange(0, 19000 + (std::process::id() % 5000) as u16, std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst);
+        let _ = PORT.compare_exchange(
+            0,
+            19000 + (std::process::id() % 5000) as u16,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.port = PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -163,7 +184,13 @@ impl NodeFixture {
             .arg(self.dir.join("kubeconfig"))
             .arg("--cni-socket")
             .arg(self.socket())
-            .args(["--listen", &listen, "--nflog-group", "0", "--log-level", "debug"])
+            .args(["--listen", &listen, "--log-level", "debug"])
+            // Denied-packet logging only where a test asks for it.
+            .args(if extra.contains(&"--nflog-group") {
+                &[][..]
+            } else {
+                &["--nflog-group", "0"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -250,8 +277,13 @@ impl NodeFixture {
             ))
             .unwrap();
         let www = self.dir.join("www");
-        pod.spawn("busybox", &["httpd", "-f", "-p", "80", "-h", www.to_str().unwrap()])
+        let server = pod
+            .spawn(
+                "busybox",
+                &["httpd", "-f", "-p", "80", "-h", www.to_str().unwrap()],
+            )
             .unwrap();
+        self.servers.push(server);
         self.pods.push(pod);
         self.pods.len() - 1
     }
@@ -283,15 +315,35 @@ impl NodeFixture {
         serde_json::from_str(&reply).unwrap()
     }
 
+    /// The table and the agent's log, for failure messages.
+    fn debug(&self) -> String {
+        format!(
+            "nft:\n{}\nstatus: {:?}\nagent log:\n{}",
+            self.node.sh("nft list ruleset").unwrap_or_default(),
+            self.status(),
+            std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        )
+    }
+
     /// Can pod `from` open an HTTP connection to `ip`?
     fn reachable(&self, from: usize, ip: &str) -> bool {
-        self.pods[from].sh_ok(&format!("busybox wget -q -O /dev/null -T 1 http://{ip}/"))
+        // busybox wget crashes in these namespaces; a raw HTTP request through nc does not.
+        self.pods[from].sh_ok(&format!("{} | grep -q '200 OK'", http_probe(ip)))
     }
+}
+
+/// A shell pipeline that sends one HTTP request to `ip:80` with a 1 s timeout.
+fn http_probe(ip: &str) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 {ip} 80")
 }
 
 impl Drop for NodeFixture {
     fn drop(&mut self) {
         self.kill_agent();
+        for mut s in self.servers.drain(..) {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -309,15 +361,25 @@ fn new_pods_are_isolated_before_their_first_packet() {
     // A slow agent: every sync waits 1.5 s before it programs anything.
     f.start_agent(&["--test-sync-delay-ms", "1500"]);
     f.wait_ready();
-    assert!(f.reachable(client, "10.244.1.3"), "control: a programmed pod without policy is reachable");
+    assert!(
+        f.reachable(client, "10.244.1.3"),
+        "control: a programmed pod without policy is reachable\n{}",
+        f.debug()
+    );
     let _ = web;
 
     // A new pod, wired and serving, that the agent does not know yet: no packet gets in, in
     // an open namespace as in a default-deny one.
     f.wire_pod("kt-first-n", "10.244.1.4");
     f.wire_pod("kt-first-l", "10.244.1.5");
-    assert!(!f.reachable(client, "10.244.1.4"), "unprogrammed pod reachable (open ns)");
-    assert!(!f.reachable(client, "10.244.1.5"), "unprogrammed pod reachable (locked ns)");
+    assert!(
+        !f.reachable(client, "10.244.1.4"),
+        "unprogrammed pod reachable (open ns)"
+    );
+    assert!(
+        !f.reachable(client, "10.244.1.5"),
+        "unprogrammed pod reachable (locked ns)"
+    );
     f.create_pod("open", "new", "10.244.1.4");
     f.create_pod("locked", "isolated", "10.244.1.5");
     // While the slow sync is under way, still nothing.
@@ -327,7 +389,10 @@ fn new_pods_are_isolated_before_their_first_packet() {
     assert!(r.ok, "{r:?}");
     let r = f.announce("locked", "isolated", "10.244.1.5");
     assert!(r.ok, "{r:?}");
-    assert!(f.reachable(client, "10.244.1.4"), "programmed pod in an open namespace");
+    assert!(
+        f.reachable(client, "10.244.1.4"),
+        "programmed pod in an open namespace"
+    );
     assert!(!f.reachable(client, "10.244.1.5"), "default deny holds");
 
     // Agent down: its table stays, the guard keeps a brand-new pod closed, programmed pods
@@ -335,7 +400,10 @@ fn new_pods_are_isolated_before_their_first_packet() {
     f.kill_agent();
     f.wire_pod("kt-first-d", "10.244.1.6");
     f.create_pod("open", "while-down", "10.244.1.6");
-    assert!(!f.reachable(client, "10.244.1.6"), "a pod created while the agent is down is reachable");
+    assert!(
+        !f.reachable(client, "10.244.1.6"),
+        "a pod created while the agent is down is reachable"
+    );
     assert!(f.reachable(client, "10.244.1.3"));
     assert!(!f.reachable(client, "10.244.1.5"));
     // Back up: adopts the table and programs the pod.
@@ -358,29 +426,72 @@ fn agent_restart_under_a_stream_of_connections_loses_none() {
     f.create_pod("open", "web", "10.244.1.3");
     f.wire_pod("kt-restart-l", "10.244.1.4");
     f.create_pod("locked", "db", "10.244.1.4");
-    f.start_agent(&[]);
+    let logging = ["--nflog-group", "100", "--log-format", "json"];
+    f.start_agent(&logging);
     f.wait_ready();
     assert!(f.reachable(client, "10.244.1.3"));
     // New connections one after another, each with a 1 s timeout, for about 4 s.
     let script = "ok=0; fail=0; end=$(( $(date +%s) + 4 )); \
                   while [ $(date +%s) -lt $end ]; do \
-                    if busybox wget -q -O /dev/null -T 1 http://10.244.1.3/; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
+                    if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 10.244.1.3 80 | grep -q '200 OK'; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
                   done; echo $ok $fail";
-    let stream = f.pods[client].command("sh").args(["-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    let stream = f.pods[client]
+        .command("sh")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     f.kill_agent();
     std::thread::sleep(Duration::from_millis(300));
-    f.start_agent(&[]);
+    f.start_agent(&logging);
     f.wait_ready();
     let out = stream.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let counts: Vec<u64> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
-    eprintln!("connections during restart: {} ok, {} failed", counts[0], counts[1]);
-    assert!(counts[0] > 10, "too few connections to mean anything: {text}");
+    let counts: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    eprintln!(
+        "connections during restart: {} ok, {} failed",
+        counts[0], counts[1]
+    );
+    assert!(
+        counts[0] > 10,
+        "too few connections to mean anything: {text}"
+    );
     assert_eq!(counts[1], 0, "connections lost across the agent restart");
-    assert!(!f.reachable(client, "10.244.1.4"), "policy still enforced after the restart");
+    assert!(
+        !f.reachable(client, "10.244.1.4"),
+        "policy still enforced after the restart"
+    );
+    // The denied attempt is logged by the agent from NFLOG, naming pods and policy.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(f.dir.join("agent.log")).unwrap_or_default();
+        let line = log
+            .lines()
+            .find(|l| l.contains("denied connection attempt"));
+        if let Some(line) = line {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["src_pod"], "open/client", "{line}");
+            assert_eq!(v["dst_pod"], "locked/db", "{line}");
+            assert_eq!(v["direction"], "ingress", "{line}");
+            assert_eq!(v["dst_port"], 80, "{line}");
+            assert_eq!(v["policies"], "locked/default-deny", "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no denied-packet log line; log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let s = f.status().unwrap();
-    assert_eq!(s["lastSync"]["full"], true, "the first apply after start adopts the table: {s}");
+    assert_eq!(
+        s["lastSync"]["full"], true,
+        "the first apply after start adopts the table: {s}"
+    );
 }
 
 #[test]
@@ -411,16 +522,31 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
     );
     f.wait_programmed("nodes", rv);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !f.node.sh("ip route show proto 180").unwrap().contains("10.244.2.0/24 via 192.168.77.2") {
-        assert!(Instant::now() < deadline, "route to node-2's pod CIDR not installed");
+    while !f
+        .node
+        .sh("ip route show proto 180")
+        .unwrap()
+        .contains("10.244.2.0/24 via 192.168.77.2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "route to node-2's pod CIDR not installed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     // The API goes away: nothing changes in the dataplane.
-    f.api.run(|api| api.faults().refuse_connections(Duration::from_secs(4)));
+    f.api
+        .run(|api| api.faults().refuse_connections(Duration::from_secs(4)));
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(f.reachable(client, "10.244.1.3"), "allowed traffic broken during the outage");
-    assert!(!f.reachable(client, "10.244.1.4"), "policy lost during the outage");
+    assert!(
+        f.reachable(client, "10.244.1.3"),
+        "allowed traffic broken during the outage"
+    );
+    assert!(
+        !f.reachable(client, "10.244.1.4"),
+        "policy lost during the outage"
+    );
     assert_eq!(f.status().unwrap()["ready"], true);
     // Back: changes made meanwhile converge.
     let rv = f.api.create(
@@ -430,12 +556,23 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
                    {"matchLabels": {"kubernetes.io/metadata.name": "open"}}}]}]}}),
     );
     f.wait_programmed("networkpolicies", rv);
-    assert!(f.reachable(client, "10.244.1.4"), "policy created after the outage not in force");
+    assert!(
+        f.reachable(client, "10.244.1.4"),
+        "policy created after the outage not in force"
+    );
     let rv = f.api.delete(Kind::Node, None, "node-2");
     f.wait_programmed("nodes", rv);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while f.node.sh("ip route show proto 180").unwrap().contains("10.244.2.0/24") {
-        assert!(Instant::now() < deadline, "route of a deleted node not removed");
+    while f
+        .node
+        .sh("ip route show proto 180")
+        .unwrap()
+        .contains("10.244.2.0/24")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "route of a deleted node not removed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(segment);

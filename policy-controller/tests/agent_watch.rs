@@ -73,7 +73,10 @@ impl TestAgent {
             if pred(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status {s:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status {s:#}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -81,7 +84,8 @@ impl TestAgent {
     /// Wait until every kind's programmed resourceVersion is at least the server's current one
     /// for `kind`.
     async fn wait_programmed(&self, kind: &str, rv: u64) -> Value {
-        self.wait_status(&format!("{kind} >= {rv}"), |s| programmed(s, kind) >= rv).await
+        self.wait_status(&format!("{kind} >= {rv}"), |s| programmed(s, kind) >= rv)
+            .await
     }
 
     fn has_pod(&self, ns: &str, name: &str) -> bool {
@@ -119,7 +123,11 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 fn rv_of(v: &Value) -> u64 {
-    v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn pod(ns: &str, name: &str, node: &str, ip: Option<&str>, labels: Value) -> Value {
@@ -134,18 +142,33 @@ fn pod(ns: &str, name: &str, node: &str, ip: Option<&str>, labels: Value) -> Val
 }
 
 fn seed(api: &ApiServer) {
-    api.create(Kind::Namespace, json!({"metadata": {"name": "x", "labels": {"team": "a"}}}))
-        .unwrap();
+    api.create(
+        Kind::Namespace,
+        json!({"metadata": {"name": "x", "labels": {"team": "a"}}}),
+    )
+    .unwrap();
     api.create(
         Kind::Node,
         json!({"metadata": {"name": "node-1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]},
                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.1"}]}}),
     )
     .unwrap();
-    api.create(Kind::Pod, pod("x", "a", "node-1", Some("10.244.1.2"), json!({"app": "web"})))
-        .unwrap();
-    api.create(Kind::Pod, pod("x", "b", "node-1", Some("10.244.1.3"), json!({"app": "db"})))
-        .unwrap();
+    api.create(
+        Kind::Pod,
+        pod(
+            "x",
+            "a",
+            "node-1",
+            Some("10.244.1.2"),
+            json!({"app": "web"}),
+        ),
+    )
+    .unwrap();
+    api.create(
+        Kind::Pod,
+        pod("x", "b", "node-1", Some("10.244.1.3"), json!({"app": "db"})),
+    )
+    .unwrap();
     api.create(
         Kind::NetworkPolicy,
         json!({"metadata": {"namespace": "x", "name": "deny-all"}, "spec": {"podSelector": {}}}),
@@ -155,7 +178,9 @@ fn seed(api: &ApiServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_programs_the_cluster_and_reports_programmed_versions() {
-    let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     seed(&api);
     let agent = TestAgent::start(&api, "node-1").await;
     let rv = api.resource_version();
@@ -166,6 +191,19 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
     assert_eq!(http_get(agent.running.listen, "/readyz").await.0, 200);
     assert_eq!(http_get(agent.running.listen, "/healthz").await.0, 200);
     assert!(agent.has_pod("x", "a") && agent.has_pod("x", "b"));
+    assert_eq!(
+        agent.pod_ips("x", "a"),
+        vec!["10.244.1.2"],
+        "status.podIPs is read"
+    );
+    {
+        let c = agent.running.compiler.lock().unwrap();
+        assert_eq!(
+            c.state().nodes["node-1"].pod_cidrs.len(),
+            1,
+            "spec.podCIDRs is read"
+        );
+    }
     assert!(s["lastSync"]["durationMs"].as_f64().is_some());
 
     // A label change is programmed and reported with its own resourceVersion.
@@ -175,7 +213,10 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
     agent.wait_programmed("pods", rv_of(&changed)).await;
     {
         let c = agent.running.compiler.lock().unwrap();
-        assert_eq!(c.state().pods[&ObjectKey::new("x", "a")].labels["app"], "api");
+        assert_eq!(
+            c.state().pods[&ObjectKey::new("x", "a")].labels["app"],
+            "api"
+        );
     }
     // A deletion too.
     let deleted = api.delete(Kind::Pod, Some("x"), "b").unwrap();
@@ -191,22 +232,41 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
         )
         .unwrap();
     agent.wait_programmed("networkpolicies", rv_of(&p)).await;
-    assert_eq!(agent.running.compiler.lock().unwrap().state().policies.len(), 2);
+    assert_eq!(
+        agent
+            .running
+            .compiler
+            .lock()
+            .unwrap()
+            .state()
+            .policies
+            .len(),
+        2
+    );
     let ns = api
         .patch_labels(Kind::Namespace, None, "x", &[("team", Some("b"))])
         .unwrap();
     agent.wait_programmed("namespaces", rv_of(&ns)).await;
 
     let metrics = http_get(agent.running.listen, "/metrics").await.1;
-    assert!(metrics.contains("palisade_sync_duration_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("palisade_sync_duration_seconds_count"),
+        "{metrics}"
+    );
     assert!(metrics.contains("palisade_event_to_programmed_seconds_bucket"));
     assert!(metrics.contains("palisade_ready 1"));
+    let (code, body) = http_get(agent.running.listen, "/debug/state").await;
+    assert_eq!(code, 200);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["pods"].as_array().unwrap().len(), 1, "{state}");
     api.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watches_and_expired_history_converge_by_relisting() {
-    let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     seed(&api);
     let agent = TestAgent::start(&api, "node-1").await;
     agent.wait_status("ready", |s| s["ready"] == true).await;
@@ -214,7 +274,10 @@ async fn dropped_watches_and_expired_history_converge_by_relisting() {
     // Watches dropped mid-stream: resumed from the last version, nothing lost.
     api.faults().drop_watches();
     let c = api
-        .create(Kind::Pod, pod("x", "c", "node-1", Some("10.244.1.4"), json!({"app": "c"})))
+        .create(
+            Kind::Pod,
+            pod("x", "c", "node-1", Some("10.244.1.4"), json!({"app": "c"})),
+        )
         .unwrap();
     agent.wait_programmed("pods", rv_of(&c)).await;
     assert!(agent.has_pod("x", "c"));
@@ -224,13 +287,19 @@ async fn dropped_watches_and_expired_history_converge_by_relisting() {
     api.faults().refuse_connections(Duration::from_secs(2));
     api.delete(Kind::Pod, Some("x"), "a").unwrap();
     let d = api
-        .create(Kind::Pod, pod("x", "d", "node-1", Some("10.244.1.5"), json!({"app": "d"})))
+        .create(
+            Kind::Pod,
+            pod("x", "d", "node-1", Some("10.244.1.5"), json!({"app": "d"})),
+        )
         .unwrap();
     api.faults().expire_history();
     // Meanwhile the last programmed state stays (here: the agent stays ready).
     assert_eq!(agent.status().await["ready"], true);
     agent.wait_programmed("pods", rv_of(&d)).await;
-    assert!(!agent.has_pod("x", "a"), "deletion missed during the outage must be found by the relist");
+    assert!(
+        !agent.has_pod("x", "a"),
+        "deletion missed during the outage must be found by the relist"
+    );
     assert!(agent.has_pod("x", "d"));
     let metrics = http_get(agent.running.listen, "/metrics").await.1;
     let watch_errors: u64 = metrics
@@ -245,11 +314,19 @@ async fn dropped_watches_and_expired_history_converge_by_relisting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_that_do_not_decode_are_reported_and_skipped() {
-    let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     seed(&api);
     // A pod whose containerPort is a string: the stand-in (like the real server for some
     // client/server skews) stores it; the slim type cannot parse it.
-    let mut bad = pod("x", "bad", "node-1", Some("10.244.1.9"), json!({"app": "bad"}));
+    let mut bad = pod(
+        "x",
+        "bad",
+        "node-1",
+        Some("10.244.1.9"),
+        json!({"app": "bad"}),
+    );
     bad["spec"]["containers"][0]["ports"][0]["containerPort"] = json!("eighty");
     api.create(Kind::Pod, bad).unwrap();
     let agent = TestAgent::start(&api, "node-1").await;
@@ -257,11 +334,23 @@ async fn objects_that_do_not_decode_are_reported_and_skipped() {
     let malformed = s["malformedObjects"].as_array().unwrap();
     assert_eq!(malformed.len(), 1, "{s}");
     assert_eq!(malformed[0]["key"], "x/bad");
-    assert!(agent.has_pod("x", "a"), "the rest of the list is programmed");
+    assert!(
+        agent.has_pod("x", "a"),
+        "the rest of the list is programmed"
+    );
     assert!(!agent.has_pod("x", "bad"));
     // A later good version of it is taken and the report clears.
     let fixed = api
-        .update(Kind::Pod, pod("x", "bad", "node-1", Some("10.244.1.9"), json!({"app": "bad"})))
+        .update(
+            Kind::Pod,
+            pod(
+                "x",
+                "bad",
+                "node-1",
+                Some("10.244.1.9"),
+                json!({"app": "bad"}),
+            ),
+        )
         .unwrap();
     let s = agent.wait_programmed("pods", rv_of(&fixed)).await;
     assert!(agent.has_pod("x", "bad"));
@@ -282,7 +371,9 @@ async fn cni_request(socket: &std::path::Path, req: &AgentRequest) -> AgentRespo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cni_announcements_are_answered_once_programmed() {
-    let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     seed(&api);
     let agent = TestAgent::start(&api, "node-1").await;
     agent.wait_status("ready", |s| s["ready"] == true).await;
@@ -293,8 +384,11 @@ async fn cni_announcements_are_answered_once_programmed() {
     assert!(status.ok && status.ready);
 
     // The pod exists but the kubelet has not published its IP: the announced IP is merged.
-    api.create(Kind::Pod, pod("x", "early", "node-1", None, json!({"app": "early"})))
-        .unwrap();
+    api.create(
+        Kind::Pod,
+        pod("x", "early", "node-1", None, json!({"app": "early"})),
+    )
+    .unwrap();
     let added = |name: &str, ip: &str, cid: &str| AgentRequest::PodAdded {
         namespace: "x".into(),
         name: name.into(),
@@ -314,12 +408,21 @@ async fn cni_announcements_are_answered_once_programmed() {
 
     // Announced before the watch delivers the pod: the answer waits for it.
     let socket = agent.socket();
-    let pending = tokio::spawn(async move { cni_request(&socket, &added("late", "10.244.1.21", "c-late")).await });
+    let pending =
+        tokio::spawn(
+            async move { cni_request(&socket, &added("late", "10.244.1.21", "c-late")).await },
+        );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pending.is_finished(), "answered before the pod was known");
-    api.create(Kind::Pod, pod("x", "late", "node-1", None, json!({"app": "late"})))
+    api.create(
+        Kind::Pod,
+        pod("x", "late", "node-1", None, json!({"app": "late"})),
+    )
+    .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
         .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), pending).await.unwrap().unwrap();
     assert!(r.ok, "{r:?}");
     assert_eq!(agent.pod_ips("x", "late"), vec!["10.244.1.21"]);
 
@@ -339,12 +442,82 @@ async fn cni_announcements_are_answered_once_programmed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Garbage on the socket gets an error line, not a crash.
-    let s = tokio::net::UnixStream::connect(agent.socket()).await.unwrap();
+    let s = tokio::net::UnixStream::connect(agent.socket())
+        .await
+        .unwrap();
     let (r, mut w) = s.into_split();
     w.write_all(b"{\"op\":\"nope\"}\n").await.unwrap();
     let mut reply = String::new();
     BufReader::new(r).read_line(&mut reply).await.unwrap();
     let reply: AgentResponse = serde_json::from_str(&reply).unwrap();
     assert!(!reply.ok && reply.error.unwrap().contains("bad request"));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_cni_renders_the_node_conflist_and_uninstall_removes_it() {
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    seed(&api);
+    let dir = std::env::temp_dir().join(format!("palisade-agent-install-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    api.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    let template = json!({"cniVersion": "1.0.0", "name": "palisade", "plugins": [
+        {"type": "palisade", "ipam": {"ranges": "__PALISADE_POD_CIDR_RANGES__"}}]});
+    let template = serde_json::to_string(&template).unwrap();
+    std::fs::write(dir.join("template.json"), template).unwrap();
+    std::fs::write(dir.join("plugin"), b"#!/bin/sh\n").unwrap();
+    let exe = env!("CARGO_BIN_EXE_palisade-agent");
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .arg("install-cni")
+            .args(["--node-name", "node-1", "--kubeconfig"])
+            .arg(d.join("kubeconfig"))
+            .arg("--cni-bin-dir")
+            .arg(d.join("bin"))
+            .arg("--cni-conf-dir")
+            .arg(d.join("conf"))
+            .arg("--template")
+            .arg(d.join("template.json"))
+            .arg("--plugin-binary")
+            .arg(d.join("plugin"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conflist = std::fs::read_to_string(dir.join("conf/10-palisade.conflist")).unwrap();
+    assert!(conflist.contains("10.244.1.0/24"), "{conflist}");
+    assert!(dir.join("bin/palisade").exists());
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .arg("uninstall")
+            .arg("--cni-bin-dir")
+            .arg(d.join("bin"))
+            .arg("--cni-conf-dir")
+            .arg(d.join("conf"))
+            // `false` as nft: "no such table", so nothing in the kernel is touched here.
+            .args(["--nft", "false"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.join("conf/10-palisade.conflist").exists());
+    assert!(!dir.join("bin/palisade").exists());
+    let _ = std::fs::remove_dir_all(&dir);
     api.shutdown().await;
 }

@@ -22,16 +22,15 @@ const LOCAL_PODS: usize = 110;
 const APPS: usize = 20;
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn pod(i: usize) -> PodInfo {
     // The first LOCAL_PODS pods are on node-0, the rest spread over 90 other nodes.
-    let node = if i < LOCAL_PODS {
-        0
-    } else {
-        1 + (i % 90)
-    };
+    let node = if i < LOCAL_PODS { 0 } else { 1 + (i % 90) };
     PodInfo {
         key: ObjectKey::new(format!("ns{}", i % NAMESPACES), format!("pod{i}")),
         node: Some(format!("node-{node}")),
@@ -131,10 +130,8 @@ fn cluster() -> ClusterState {
     }
     for i in 0..POLICIES {
         let p = policy(i);
-        s.policies.insert(
-            ObjectKey::new(&p.metadata.namespace, &p.metadata.name),
-            p,
-        );
+        s.policies
+            .insert(ObjectKey::new(&p.metadata.namespace, &p.metadata.name), p);
     }
     s
 }
@@ -168,7 +165,10 @@ fn compile_benchmark() {
     let mut compiler = Compiler::with_state(opts.clone(), state.clone());
     let t = Instant::now();
     let first = compiler.ruleset();
-    println!("Compiler first ruleset (cold, builds caches): {:.1} ms", ms(t.elapsed()));
+    println!(
+        "Compiler first ruleset (cold, builds caches): {:.1} ms",
+        ms(t.elapsed())
+    );
     assert_eq!(first, full);
 
     let mut remote = pod(PODS + 1);
@@ -193,8 +193,14 @@ fn compile_benchmark() {
                 labels: labels(&[("team", "team3".into())]),
             },
         ),
-        ("policy change", Change::UpsertPolicy(Box::new(changed_policy))),
-        ("policy delete", Change::DeletePolicy(ObjectKey::new("ns3", "policy3"))),
+        (
+            "policy change",
+            Change::UpsertPolicy(Box::new(changed_policy)),
+        ),
+        (
+            "policy delete",
+            Change::DeletePolicy(ObjectKey::new("ns3", "policy3")),
+        ),
     ];
     println!(
         "{:<26} {:>14} {:>16} {:>10} {:>12}",

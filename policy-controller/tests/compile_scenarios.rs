@@ -27,10 +27,16 @@ fn scenarios_agree_with_reference_evaluator() {
                 cell.proto,
                 cell.port,
             );
-            Err(format!("expected {}, reference says {got}: {why:?}", cell.expected))
+            Err(format!(
+                "expected {}, reference says {got}: {why:?}",
+                cell.expected
+            ))
         }
     });
-    println!("{scenarios} scenarios, {cells} cells, {} failures", failures.len());
+    println!(
+        "{scenarios} scenarios, {cells} cells, {} failures",
+        failures.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -68,7 +74,12 @@ fn scenarios_agree_with_compiled_rulesets() {
                         h.outcome
                             .trace
                             .iter()
-                            .map(|t| format!("{}[{}] {}", t.chain, t.rule, t.comment.clone().unwrap_or_default()))
+                            .map(|t| format!(
+                                "{}[{}] {}",
+                                t.chain,
+                                t.rule,
+                                t.comment.clone().unwrap_or_default()
+                            ))
                             .collect::<Vec<_>>()
                     )
                 })
@@ -81,6 +92,9 @@ fn scenarios_agree_with_compiled_rulesets() {
             ))
         }
     });
-    println!("{scenarios} scenarios, {cells} cells, {} failures", failures.len());
+    println!(
+        "{scenarios} scenarios, {cells} cells, {} failures",
+        failures.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

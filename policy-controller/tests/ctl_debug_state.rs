@@ -29,7 +29,11 @@ fn the_agent_state_round_trips_through_palisadectl() {
     assert_eq!(doc["node"], "node-1");
     let objects = live::objects_from_debug_state("debug", &doc).unwrap();
     let again = manifests::build_state(&objects);
-    assert!(again.diagnostics.warnings.is_empty(), "{:?}", again.diagnostics);
+    assert!(
+        again.diagnostics.warnings.is_empty(),
+        "{:?}",
+        again.diagnostics
+    );
     assert_eq!(again.state, loaded.state);
     // And so the same matrix (named ports survive, so port 80 by name still resolves).
     let pods = reach::matrix_pods(&again.state, None);

@@ -57,13 +57,13 @@ fn items_of_a_list_are_numbered() {
     let d = TempDir::new("list");
     std::fs::write(
         d.0.join("pods.yaml"),
-        "apiVersion: v1\nkind: List\nitems:\n- {kind: Pod, metadata: {name: a}}\n- {kind: Pod, metadata: {name: b}, status: {podIPs: [{ip: 1}]}}\n",
+        "apiVersion: v1\nkind: List\nitems:\n- {kind: Pod, metadata: {name: a}}\n- {kind: Pod, metadata: {name: b}, spec: {hostNetwork: maybe}}\n",
     )
     .unwrap();
     let (code, _, err) = ctl_in(&d.0, &["reach", "-f", "pods.yaml", "--port", "80"]);
     assert_eq!(code, 1);
     assert!(
-        err.starts_with("error: pods.yaml: document 1: items[1]: status.podIPs[0].ip: invalid type: integer `1`, expected a string"),
+        err.starts_with("error: pods.yaml: document 1: items[1]: spec.hostNetwork: invalid type: string \"maybe\", expected a boolean"),
         "{err}"
     );
 }
@@ -74,7 +74,10 @@ fn missing_kind_missing_file_and_broken_yaml() {
     std::fs::write(d.0.join("a.yaml"), "metadata: {name: a}\n").unwrap();
     let (code, _, err) = ctl_in(&d.0, &["reach", "-f", "a.yaml", "--port", "80"]);
     assert_eq!(code, 1);
-    assert_eq!(err, "error: a.yaml: document 1: kind: missing (every object needs apiVersion and kind)\n");
+    assert_eq!(
+        err,
+        "error: a.yaml: document 1: kind: missing (every object needs apiVersion and kind)\n"
+    );
 
     let (code, _, err) = ctl_in(&d.0, &["reach", "-f", "nope.yaml", "--port", "80"]);
     assert_eq!(code, 1);
@@ -98,7 +101,10 @@ fn invalid_policies_are_reported_and_skipped() {
         ),
     )
     .unwrap();
-    let (code, out, err) = ctl_in(&d.0, &["reach", "-f", "all.yaml", "--port", "80", "-o", "json"]);
+    let (code, out, err) = ctl_in(
+        &d.0,
+        &["reach", "-f", "all.yaml", "--port", "80", "-o", "json"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("warning: all.yaml: document 4: NetworkPolicy x/deny-all is invalid and skipped (the API server would reject it): spec.podSelector.matchExpressions[0].operator: "),
@@ -119,5 +125,8 @@ fn usage_errors() {
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = ctl_in(&d.0, &["status", "--agent", "http://127.0.0.1:1"]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("error: connect to the agent at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.starts_with("error: connect to the agent at http://127.0.0.1:1"),
+        "{err}"
+    );
 }

@@ -31,8 +31,12 @@ fn check_golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).expect("write golden file");
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
     assert!(
         expected == actual,
         "{} differs (UPDATE_GOLDEN=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}",
@@ -50,27 +54,69 @@ fn reach_table_every_declared_port() {
 
 #[test]
 fn reach_one_namespace_one_port() {
-    let (code, out, err) = ctl(&["reach", "-f", "manifests", "-n", "x", "--port", "80", "--color", "never"]);
+    let (code, out, err) = ctl(&[
+        "reach",
+        "-f",
+        "manifests",
+        "-n",
+        "x",
+        "--port",
+        "80",
+        "--color",
+        "never",
+    ]);
     assert_eq!(code, 0, "{err}");
     check_golden("reach-x-80.txt", &out);
 }
 
 #[test]
 fn reach_json_has_the_documented_shape() {
-    let (code, out, err) = ctl(&["reach", "-f", "manifests", "--port", "80", "--protocol", "TCP", "-o", "json"]);
+    let (code, out, err) = ctl(&[
+        "reach",
+        "-f",
+        "manifests",
+        "--port",
+        "80",
+        "--protocol",
+        "TCP",
+        "-o",
+        "json",
+    ]);
     assert_eq!(code, 0, "{err}");
     check_golden("reach-80.json.txt", &out);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["80/TCP"]["x/client"]["x/web"], serde_json::Value::Bool(true));
-    assert_eq!(v["80/TCP"]["z/batch"]["x/web"], serde_json::Value::Bool(false));
+    assert_eq!(
+        v["80/TCP"]["x/client"]["x/web"],
+        serde_json::Value::Bool(true)
+    );
+    assert_eq!(
+        v["80/TCP"]["z/batch"]["x/web"],
+        serde_json::Value::Bool(false)
+    );
     // The probe may only talk to namespace x.
-    assert_eq!(v["80/TCP"]["y/probe"]["z/batch"], serde_json::Value::Bool(false));
-    assert_eq!(v["80/TCP"]["y/probe"]["x/client"], serde_json::Value::Bool(true));
+    assert_eq!(
+        v["80/TCP"]["y/probe"]["z/batch"],
+        serde_json::Value::Bool(false)
+    );
+    assert_eq!(
+        v["80/TCP"]["y/probe"]["x/client"],
+        serde_json::Value::Bool(true)
+    );
 }
 
 #[test]
 fn reach_yaml() {
-    let (code, out, err) = ctl(&["reach", "-f", "manifests", "--port", "53", "--protocol", "udp", "-o", "yaml"]);
+    let (code, out, err) = ctl(&[
+        "reach",
+        "-f",
+        "manifests",
+        "--port",
+        "53",
+        "--protocol",
+        "udp",
+        "-o",
+        "yaml",
+    ]);
     assert_eq!(code, 0, "{err}");
     check_golden("reach-53-udp.yaml.txt", &out);
 }
@@ -79,7 +125,15 @@ fn reach_yaml() {
 fn colour_only_when_asked_for_off_a_terminal() {
     let (_, plain, _) = ctl(&["reach", "-f", "manifests", "--port", "80"]);
     assert!(!plain.contains('\x1b'), "{plain:?}");
-    let (_, coloured, _) = ctl(&["reach", "-f", "manifests", "--port", "80", "--color", "always"]);
+    let (_, coloured, _) = ctl(&[
+        "reach",
+        "-f",
+        "manifests",
+        "--port",
+        "80",
+        "--color",
+        "always",
+    ]);
     assert!(coloured.contains("\x1b[32m✓\x1b[0m"), "{coloured:?}");
     assert!(coloured.contains("\x1b[31m✗\x1b[0m"), "{coloured:?}");
 }
@@ -87,7 +141,17 @@ fn colour_only_when_asked_for_off_a_terminal() {
 #[test]
 fn explain_denied_names_the_isolating_policy() {
     let (code, out, err) = ctl(&[
-        "explain", "-f", "manifests", "--from", "y/probe", "--to", "x/web", "--port", "80", "--color", "never",
+        "explain",
+        "-f",
+        "manifests",
+        "--from",
+        "y/probe",
+        "--to",
+        "x/web",
+        "--port",
+        "80",
+        "--color",
+        "never",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("DENIED"), "{out}");
@@ -99,25 +163,62 @@ fn explain_denied_names_the_isolating_policy() {
 #[test]
 fn explain_allowed_names_the_rule() {
     let (code, out, err) = ctl(&[
-        "explain", "-f", "manifests", "--from", "x/client", "--to", "x/web", "--port", "80", "--color", "never",
+        "explain",
+        "-f",
+        "manifests",
+        "--from",
+        "x/client",
+        "--to",
+        "x/web",
+        "--port",
+        "80",
+        "--color",
+        "never",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ALLOWED"), "{out}");
-    assert!(out.contains("allowed by x/web-from-clients ingress[0]"), "{out}");
+    assert!(
+        out.contains("allowed by x/web-from-clients ingress[0]"),
+        "{out}"
+    );
     check_golden("explain-client-web-80.txt", &out);
 }
 
 #[test]
 fn explain_egress_denial_and_external_endpoints() {
     let (code, out, err) = ctl(&[
-        "explain", "-f", "manifests", "--from", "y/probe", "--to", "203.0.113.7", "--port", "443", "--color", "never",
+        "explain",
+        "-f",
+        "manifests",
+        "--from",
+        "y/probe",
+        "--to",
+        "203.0.113.7",
+        "--port",
+        "443",
+        "--color",
+        "never",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("egress of y/probe: DENIED: isolated by y/probe-egress"), "{out}");
+    assert!(
+        out.contains("egress of y/probe: DENIED: isolated by y/probe-egress"),
+        "{out}"
+    );
     check_golden("explain-probe-external-443.txt", &out);
     let (code, out, err) = ctl(&[
-        "explain", "-f", "manifests", "--from", "203.0.113.7", "--to", "x/web", "--port", "53", "--protocol", "UDP",
-        "-o", "json",
+        "explain",
+        "-f",
+        "manifests",
+        "--from",
+        "203.0.113.7",
+        "--to",
+        "x/web",
+        "--port",
+        "53",
+        "--protocol",
+        "UDP",
+        "-o",
+        "json",
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -16,27 +16,38 @@ use palisade_policy::nft::Dataplane;
 use palisade_policy::ruleset::*;
 use palisade_testutil::kernel_tests_enabled;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const CONNECT_SECONDS: f64 = 3.0;
+const ROUNDS: usize = 3;
 
 fn bench_ruleset() -> Ruleset {
     let mut rs = synthetic(10_000, 1_000, 110, 15, 20_000);
     // Pod B is isolated: its class chain jumps through 8 policies that do not match A, then
     // one that does.
     let b: Value = addr(B4);
-    rs.sets.get_mut("local4").unwrap().elements.insert(vec![b.clone()]);
+    rs.sets
+        .get_mut("local4")
+        .unwrap()
+        .elements
+        .insert(vec![b.clone()]);
     rs.sets.insert(
         "peers4-bench".into(),
-        set(&[KeyType::Ipv4Addr], false, vec![vec![addr(A4)], vec![Value::Addr(pod_ip(1))]]),
+        set(
+            &[KeyType::Ipv4Addr],
+            false,
+            vec![vec![addr(A4)], vec![Value::Addr(pod_ip(1))]],
+        ),
     );
     rs.sets.insert(
         "ports-bench".into(),
         set(
             &[KeyType::InetProto, KeyType::InetService],
             true,
-            vec![vec![Value::Proto(6), Value::PortRange(5201, 5201)], vec![Value::Proto(6), Value::Port(9000)]],
+            vec![
+                vec![Value::Proto(6), Value::PortRange(5201, 5201)],
+                vec![Value::Proto(6), Value::Port(9000)],
+            ],
         ),
     );
     rs.chains.insert(
@@ -52,47 +63,59 @@ fn bench_ruleset() -> Ruleset {
             )],
         },
     );
-    let mut rules: Vec<Rule> = (0..8).map(|p| Rule::new(vec![], Verdict::Jump(format!("pi-{:04}", p * 97)))).collect();
+    let mut rules: Vec<Rule> = (0..8)
+        .map(|p| Rule::new(vec![], Verdict::Jump(format!("pi-{:04}", p * 97))))
+        .collect();
     rules.push(Rule::new(vec![], Verdict::Jump("pi-bench".into())));
     rules.push(Rule::new(vec![], Verdict::Drop));
-    rs.chains.insert("in-bench".into(), Chain { base: None, rules });
-    rs.maps.get_mut("ingress4").unwrap().elements.insert(vec![b], Verdict::Jump("in-bench".into()));
+    rs.chains
+        .insert("in-bench".into(), Chain { base: None, rules });
+    rs.maps
+        .get_mut("ingress4")
+        .unwrap()
+        .elements
+        .insert(vec![b], Verdict::Jump("in-bench".into()));
     rs
 }
 
 fn connection_rate(t: &Topology, to: SocketAddr) -> f64 {
     in_ns(&t.a, || {
         let start = Instant::now();
-        let mut n = 0u64;
+        let (mut n, mut failed) = (0u64, 0u64);
+        let mut first_error = None;
         while start.elapsed().as_secs_f64() < CONNECT_SECONDS {
-            let s = TcpStream::connect_timeout(&to, Duration::from_secs(1)).expect("connect");
-            // Close with RST (SO_LINGER 0): no TIME_WAIT, so the run never runs out of ports.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: valid socket fd and a correctly sized linger struct.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
+            match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                Ok(s) => {
+                    rst_on_close(&s);
+                    n += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
             }
-            drop(s);
-            n += 1;
+        }
+        if failed > 0 {
+            println!("  ({failed} connects failed, first: {first_error:?})");
         }
         n as f64 / start.elapsed().as_secs_f64()
     })
 }
 
 fn throughput_gbit(t: &Topology) -> f64 {
-    let out = t
-        .a
-        .exec("iperf3", &["-c", B4, "-p", "5201", "-t", "5", "-J"])
-        .expect("iperf3 client");
-    assert!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stdout));
+    let out =
+        t.a.exec("iperf3", &["-c", B4, "-p", "5201", "-t", "5", "-J"])
+            .expect("iperf3 client");
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second") / 1e9
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
 }
 
 #[test]
@@ -106,11 +129,14 @@ fn datapath_with_and_without_the_ruleset() {
     let ruleset = bench_ruleset();
     let to: SocketAddr = format!("{B4}:9000").parse().unwrap();
     tcp_server(&t.b, 9000);
-    let mut iperf = t.b.spawn("iperf3", &["-s", "-p", "5201"]).expect("iperf3 server");
+    let mut iperf =
+        t.b.spawn("iperf3", &["-s", "-p", "5201"])
+            .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
 
-    let (mut conn_base, mut conn_rules, mut tput_base, mut tput_rules) = (vec![], vec![], vec![], vec![]);
-    for round in 0..3 {
+    let (mut conn_base, mut conn_rules, mut tput_base, mut tput_rules) =
+        (vec![], vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
         for with_rules in [false, true] {
             if with_rules {
                 dp.apply(&ruleset).unwrap();

@@ -9,7 +9,9 @@
 mod nft_support;
 
 use nft_support::*;
-use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
+use palisade_policy::nft::{
+    canonicalize, plan, transaction_json, validate, Dataplane, NftDataplane, NftOptions, Programmed,
+};
 use palisade_policy::ruleset::*;
 use palisade_testutil::{kernel_tests_enabled, Netns};
 use std::time::{Duration, Instant};
@@ -44,16 +46,18 @@ fn nft_apply_bench() {
     let s = dp.apply(&big).unwrap();
     let cold = t.elapsed();
     println!(
-        "cold full apply: {:?} ({} commands, {} KiB JSON, nft {:?})",
+        "cold full apply: {:?} ({} commands, {} KiB JSON; in-process {:?}, nft run {:?})",
         cold,
         s.commands,
         dp.last_apply().bytes / 1024,
+        dp.last_apply().cpu_time,
         dp.last_apply().nft_time
     );
 
     // One pod appears in a peer set and goes again: one element command each.
     let mut adds = Vec::new();
     let mut bytes = 0;
+    let (mut cpu, mut nft) = (Vec::new(), Vec::new());
     for i in 0..21u32 {
         let mut rs = big.clone();
         rs.sets
@@ -64,6 +68,8 @@ fn nft_apply_bench() {
         let t = Instant::now();
         let s = dp.apply(&rs).unwrap();
         adds.push(t.elapsed());
+        cpu.push(dp.last_apply().cpu_time);
+        nft.push(dp.last_apply().nft_time);
         assert_eq!(s.commands, 1);
         bytes = dp.last_apply().bytes;
         let t = Instant::now();
@@ -71,7 +77,11 @@ fn nft_apply_bench() {
         adds.push(t.elapsed());
     }
     let one = median(adds);
-    println!("one element added/removed: median {one:?} (1 command, {bytes} bytes JSON)");
+    println!(
+        "one element added/removed: median {one:?} (1 command, {bytes} bytes JSON; of which in-process median {:?}, nft run median {:?})",
+        median(cpu),
+        median(nft)
+    );
 
     // A new local pod: dispatch element + local4 element + a class chain.
     let mut pod = big.clone();
@@ -81,7 +91,11 @@ fn nft_apply_bench() {
         .unwrap()
         .elements
         .insert(vec![ip.clone()], Verdict::Jump("in-0003".into()));
-    pod.sets.get_mut("local4").unwrap().elements.insert(vec![ip]);
+    pod.sets
+        .get_mut("local4")
+        .unwrap()
+        .elements
+        .insert(vec![ip]);
     let mut pods = Vec::new();
     for _ in 0..11 {
         let t = Instant::now();
@@ -94,12 +108,10 @@ fn nft_apply_bench() {
 
     // One chain's rules change.
     let mut chain = big.clone();
-    chain
-        .chains
-        .get_mut("pi-0500")
-        .unwrap()
-        .rules
-        .insert(0, Rule::new(vec![], Verdict::Accept).with_comment("changed"));
+    chain.chains.get_mut("pi-0500").unwrap().rules.insert(
+        0,
+        Rule::new(vec![], Verdict::Accept).with_comment("changed"),
+    );
     let mut chains = Vec::new();
     for _ in 0..11 {
         let t = Instant::now();
@@ -130,4 +142,29 @@ fn nft_apply_bench() {
         adopt.as_secs_f64() / cold.as_secs_f64()
     );
     println!("targets: cold full <= 1 s, one pod change <= 20 ms median");
+
+    // Where the in-process time goes (median of 5), without nft.
+    let stage = |f: &dyn Fn()| {
+        median(
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .collect(),
+        )
+    };
+    let canon = canonicalize(&big);
+    let programmed = Programmed::exact(canon.clone());
+    let cold_ops = plan(None, &canon);
+    println!(
+        "in-process stages: validate {:?}, canonicalize {:?}, plan(no change) {:?}, plan(cold) {:?}, JSON(cold) {:?}, clone+drop of the model {:?}",
+        stage(&|| validate(&big).unwrap()),
+        stage(&|| drop(canonicalize(&big))),
+        stage(&|| drop(plan(Some(&programmed), &canon))),
+        stage(&|| drop(plan(None, &canon))),
+        stage(&|| drop(transaction_json("t", &cold_ops))),
+        stage(&|| drop(big.clone())),
+    );
 }

@@ -6,8 +6,8 @@ mod nft_support;
 
 use nft_support::*;
 use palisade_policy::nft::{
-    canonicalize, parse_listing, plan, render_table, transaction_json, Dataplane,
-    DataplaneError, FakeDataplane, Op,
+    canonicalize, parse_listing, plan, render_table, transaction_json, Dataplane, DataplaneError,
+    FakeDataplane, Op,
 };
 use palisade_policy::ruleset::*;
 use proptest::prelude::*;
@@ -23,7 +23,11 @@ fn base_rs() -> Ruleset {
 
 fn apply_ok(dp: &mut FakeDataplane, rs: &Ruleset) -> usize {
     let stats = dp.apply(rs).expect("apply");
-    assert_eq!(dp.table(), Some(&canonicalize(rs)), "fake table equals the desired model");
+    assert_eq!(
+        dp.table(),
+        Some(&canonicalize(rs)),
+        "fake table equals the desired model"
+    );
     stats.commands
 }
 
@@ -47,13 +51,15 @@ fn one_pod_ip_is_one_element_command() {
     let mut dp = FakeDataplane::new("palisade");
     apply_ok(&mut dp, &base_rs());
     let mut rs = base_rs();
-    rs.sets
-        .get_mut("allow4")
-        .unwrap()
-        .elements
-        .insert(vec![addr("10.70.9.9"), Value::Proto(6), Value::Port(8080)]);
+    rs.sets.get_mut("allow4").unwrap().elements.insert(vec![
+        addr("10.70.9.9"),
+        Value::Proto(6),
+        Value::Port(8080),
+    ]);
     assert_eq!(apply_ok(&mut dp, &rs), 1);
-    assert!(matches!(&dp.last_ops()[0], Op::AddElements { set, elements } if set == "allow4" && elements.len() == 1));
+    assert!(
+        matches!(&dp.last_ops()[0], Op::AddElements { set, elements } if set == "allow4" && elements.len() == 1)
+    );
     // ... and removing it again is one delete.
     assert_eq!(apply_ok(&mut dp, &base_rs()), 1);
     assert!(matches!(&dp.last_ops()[0], Op::DeleteElements { .. }));
@@ -74,12 +80,26 @@ fn changing_one_chain_rewrites_only_that_chain() {
     let mut rs = base_rs();
     rs.chains.get_mut("in-b").unwrap().rules.insert(
         0,
-        Rule::new(vec![Match::Cmp { field: Field::L4Proto, op: CmpOp::Eq, value: Value::Proto(1) }], Verdict::Accept),
+        Rule::new(
+            vec![Match::Cmp {
+                field: Field::L4Proto,
+                op: CmpOp::Eq,
+                value: Value::Proto(1),
+            }],
+            Verdict::Accept,
+        ),
     );
     let n = apply_ok(&mut dp, &rs);
     let ops = dp.last_ops();
-    assert_eq!(ops[0], Op::FlushChain { name: "in-b".into() });
-    assert!(ops[1..].iter().all(|o| matches!(o, Op::AddRule { chain, .. } if chain == "in-b")));
+    assert_eq!(
+        ops[0],
+        Op::FlushChain {
+            name: "in-b".into()
+        }
+    );
+    assert!(ops[1..]
+        .iter()
+        .all(|o| matches!(o, Op::AddRule { chain, .. } if chain == "in-b")));
     assert_eq!(n, 1 + 4);
 }
 
@@ -91,52 +111,111 @@ fn a_sequence_of_changes_converges_with_valid_ordering() {
 
     // A new policy chain with its own set, jumped to from in-b, and a new dispatch target.
     let mut rs2 = rs.clone();
-    rs2.sets.insert("peers-x".into(), set(&[KeyType::Ipv4Addr], true, vec![vec![prefix("10.0.0.0/8")], vec![addr("192.168.1.1")]]));
+    rs2.sets.insert(
+        "peers-x".into(),
+        set(
+            &[KeyType::Ipv4Addr],
+            true,
+            vec![vec![prefix("10.0.0.0/8")], vec![addr("192.168.1.1")]],
+        ),
+    );
     rs2.chains.insert(
         "pi-x".into(),
-        Chain { base: None, rules: vec![Rule::new(vec![lookup(&[Field::SrcAddr(Family::Ipv4)], "peers-x")], Verdict::Accept)] },
+        Chain {
+            base: None,
+            rules: vec![Rule::new(
+                vec![lookup(&[Field::SrcAddr(Family::Ipv4)], "peers-x")],
+                Verdict::Accept,
+            )],
+        },
     );
-    rs2.chains.get_mut("in-b").unwrap().rules.insert(0, Rule::new(vec![], Verdict::Jump("pi-x".into())));
-    rs2.chains.insert("in-c".into(), Chain { base: None, rules: vec![Rule::new(vec![], Verdict::Drop)] });
-    rs2.maps.get_mut("ingress4").unwrap().elements.insert(vec![addr("10.70.3.3")], Verdict::Jump("in-c".into()));
+    rs2.chains
+        .get_mut("in-b")
+        .unwrap()
+        .rules
+        .insert(0, Rule::new(vec![], Verdict::Jump("pi-x".into())));
+    rs2.chains.insert(
+        "in-c".into(),
+        Chain {
+            base: None,
+            rules: vec![Rule::new(vec![], Verdict::Drop)],
+        },
+    );
+    rs2.maps
+        .get_mut("ingress4")
+        .unwrap()
+        .elements
+        .insert(vec![addr("10.70.3.3")], Verdict::Jump("in-c".into()));
     apply_ok(&mut dp, &rs2);
 
     // Re-point a dispatch element, then delete the chain it pointed to.
     let mut rs3 = rs2.clone();
-    rs3.maps.get_mut("ingress4").unwrap().elements.insert(vec![addr("10.70.3.3")], Verdict::Jump("in-b".into()));
+    rs3.maps
+        .get_mut("ingress4")
+        .unwrap()
+        .elements
+        .insert(vec![addr("10.70.3.3")], Verdict::Jump("in-b".into()));
     rs3.chains.remove("in-c");
     apply_ok(&mut dp, &rs3);
 
     // Change the type of a set that is in use (interval → not, v4 → v6): delete + recreate
     // after its user is flushed.
     let mut rs4 = rs3.clone();
-    rs4.sets.insert("peers-x".into(), set(&[KeyType::Ipv6Addr], false, vec![vec![addr("fd00::1")]]));
-    rs4.chains.get_mut("pi-x").unwrap().rules[0] =
-        Rule::new(vec![lookup(&[Field::SrcAddr(Family::Ipv6)], "peers-x")], Verdict::Accept);
+    rs4.sets.insert(
+        "peers-x".into(),
+        set(&[KeyType::Ipv6Addr], false, vec![vec![addr("fd00::1")]]),
+    );
+    rs4.chains.get_mut("pi-x").unwrap().rules[0] = Rule::new(
+        vec![lookup(&[Field::SrcAddr(Family::Ipv6)], "peers-x")],
+        Verdict::Accept,
+    );
     apply_ok(&mut dp, &rs4);
-    assert!(dp.last_ops().iter().any(|o| matches!(o, Op::DeleteSet { name, .. } if name == "peers-x")));
+    assert!(dp
+        .last_ops()
+        .iter()
+        .any(|o| matches!(o, Op::DeleteSet { name, .. } if name == "peers-x")));
 
     // Same set type change while the rule text stays the same (a map key change).
     let mut rs5 = rs4.clone();
     rs5.maps.get_mut("ingress6").unwrap().interval = true;
     apply_ok(&mut dp, &rs5);
-    assert!(dp.last_ops().contains(&Op::FlushChain { name: "forward".into() }));
+    assert!(dp.last_ops().contains(&Op::FlushChain {
+        name: "forward".into()
+    }));
 
     // Policy change of the base chain: an update, no flush.
     let mut rs6 = rs5.clone();
-    rs6.chains.get_mut("forward").unwrap().base.as_mut().unwrap().policy = ChainPolicy::Drop;
+    rs6.chains
+        .get_mut("forward")
+        .unwrap()
+        .base
+        .as_mut()
+        .unwrap()
+        .policy = ChainPolicy::Drop;
     assert_eq!(apply_ok(&mut dp, &rs6), 1);
 
     // Hook change: the base chain is recreated.
     let mut rs7 = rs6.clone();
-    rs7.chains.get_mut("forward").unwrap().base.as_mut().unwrap().priority = 10;
+    rs7.chains
+        .get_mut("forward")
+        .unwrap()
+        .base
+        .as_mut()
+        .unwrap()
+        .priority = 10;
     apply_ok(&mut dp, &rs7);
-    assert!(dp.last_ops().contains(&Op::DeleteChain { name: "forward".into() }));
+    assert!(dp.last_ops().contains(&Op::DeleteChain {
+        name: "forward".into()
+    }));
 
     // Remove the policy chain and its set together; then back to the start; then empty.
     apply_ok(&mut dp, &rs);
     apply_ok(&mut dp, &Ruleset::default());
-    assert_eq!(dp.table(), Some(&Ruleset::default()), "the table itself stays");
+    assert_eq!(
+        dp.table(),
+        Some(&Ruleset::default()),
+        "the table itself stays"
+    );
     rs = base_rs();
     apply_ok(&mut dp, &rs);
 }
@@ -145,16 +224,32 @@ fn a_sequence_of_changes_converges_with_valid_ordering() {
 fn adoption_converges_without_recreating_the_table() {
     // The table some earlier agent left: one chain differs, one element is extra.
     let mut old = base_rs();
-    old.sets.get_mut("allow4").unwrap().elements.insert(vec![addr("10.9.9.9"), Value::Proto(17), Value::Port(53)]);
-    old.chains.insert("stale".into(), Chain { base: None, rules: vec![Rule::new(vec![], Verdict::Accept)] });
+    old.sets.get_mut("allow4").unwrap().elements.insert(vec![
+        addr("10.9.9.9"),
+        Value::Proto(17),
+        Value::Port(53),
+    ]);
+    old.chains.insert(
+        "stale".into(),
+        Chain {
+            base: None,
+            rules: vec![Rule::new(vec![], Verdict::Accept)],
+        },
+    );
     let mut dp = FakeDataplane::with_table("palisade", canonicalize(&old));
     let stats = dp.apply(&base_rs()).unwrap();
     assert!(stats.full);
     assert_eq!(dp.table(), Some(&canonicalize(&base_rs())));
     let ops = dp.last_ops();
     assert!(!ops.contains(&Op::AddTable));
-    assert!(!ops.iter().any(|o| matches!(o, Op::FlushChain { name } if name == "forward" || name == "in-b")));
-    assert_eq!(ops.len(), 3, "delete element, flush + delete stale chain: {ops:?}");
+    assert!(!ops
+        .iter()
+        .any(|o| matches!(o, Op::FlushChain { name } if name == "forward" || name == "in-b")));
+    assert_eq!(
+        ops.len(),
+        3,
+        "delete element, flush + delete stale chain: {ops:?}"
+    );
 
     // Adopting an identical table sends nothing at all.
     let mut dp = FakeDataplane::with_table("palisade", canonicalize(&base_rs()));
@@ -172,7 +267,10 @@ fn a_failed_transaction_changes_nothing_and_forces_a_resync() {
     assert!(matches!(dp.apply(&rs), Err(DataplaneError::Nft(_))));
     assert_eq!(dp.dump(), before);
     let stats = dp.apply(&rs).unwrap();
-    assert!(stats.full, "after an error the next apply re-reads the table");
+    assert!(
+        stats.full,
+        "after an error the next apply re-reads the table"
+    );
     assert_eq!(dp.table(), Some(&canonicalize(&rs)));
 }
 
@@ -180,10 +278,17 @@ fn a_failed_transaction_changes_nothing_and_forces_a_resync() {
 fn invalid_models_are_refused_before_sending() {
     let mut dp = FakeDataplane::new("palisade");
     let mut rs = base_rs();
-    rs.chains.get_mut("in-b").unwrap().rules.push(Rule::new(vec![], Verdict::Jump("nowhere".into())));
+    rs.chains
+        .get_mut("in-b")
+        .unwrap()
+        .rules
+        .push(Rule::new(vec![], Verdict::Jump("nowhere".into())));
     assert!(matches!(dp.apply(&rs), Err(DataplaneError::Invalid(_))));
     let mut rs = base_rs();
-    rs.chains.get_mut("in-b").unwrap().rules.push(Rule::new(vec![lookup(&[Field::DstPort], "missing")], Verdict::Accept));
+    rs.chains.get_mut("in-b").unwrap().rules.push(Rule::new(
+        vec![lookup(&[Field::DstPort], "missing")],
+        Verdict::Accept,
+    ));
     assert!(matches!(dp.apply(&rs), Err(DataplaneError::Invalid(_))));
     assert!(dp.transactions.is_empty());
 }
@@ -279,18 +384,37 @@ fn parses_an_nft_1_0_6_listing() {
     assert_eq!(l.table_handle, 1);
     assert_eq!(l.chain_handles["fwd"], 2);
     assert_eq!(m.sets["c3"].elements.len(), 2);
-    assert!(m.sets["c3"].elements.contains(&vec![prefix("10.0.0.0/24"), Value::Proto(6), Value::PortRange(80, 90)]));
-    assert!(m.sets["if"].elements.contains(&vec![Value::IfPrefix("pal".into())]));
-    assert_eq!(m.maps["d4"].elements[&vec![addr("10.0.0.1")]], Verdict::Jump("forward".into()));
+    assert!(m.sets["c3"].elements.contains(&vec![
+        prefix("10.0.0.0/24"),
+        Value::Proto(6),
+        Value::PortRange(80, 90)
+    ]));
+    assert!(m.sets["if"]
+        .elements
+        .contains(&vec![Value::IfPrefix("pal".into())]));
+    assert_eq!(
+        m.maps["d4"].elements[&vec![addr("10.0.0.1")]],
+        Verdict::Jump("forward".into())
+    );
     let fwd = &m.chains["fwd"];
     // 8 nft rules: the limit+log pair merges into one model rule, the mangle rule is foreign.
     assert_eq!(fwd.rules.len(), 6);
     assert_eq!(
         fwd.rules[3].statements,
-        vec![Statement::Log { group: 3, prefix: "deny x: ".into(), rate_per_second: Some(10) }]
+        vec![Statement::Log {
+            group: 3,
+            prefix: "deny x: ".into(),
+            rate_per_second: Some(10)
+        }]
     );
-    assert_eq!(fwd.rules[3].verdict, Some(RuleVerdict::Verdict(Verdict::Drop)));
-    assert!(l.programmed.stale_chains.contains("fwd"), "the mangle rule makes the chain stale");
+    assert_eq!(
+        fwd.rules[3].verdict,
+        Some(RuleVerdict::Verdict(Verdict::Drop))
+    );
+    assert!(
+        l.programmed.stale_chains.contains("fwd"),
+        "the mangle rule makes the chain stale"
+    );
     assert_eq!(l.counters.len(), 1);
     assert_eq!((l.counters[0].packets, l.counters[0].bytes), (3, 180));
     assert_eq!(l.counters[0].comment.as_deref(), Some("hi there"));
@@ -302,62 +426,112 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
     let chain_names = ["c0", "c1", "c2", "c3"];
     (
         proptest::collection::vec(any::<bool>(), 4),
-        proptest::collection::vec((any::<bool>(), any::<bool>(), proptest::collection::vec(0u8..8, 0..4)), 3),
+        proptest::collection::vec(
+            (
+                any::<bool>(),
+                any::<bool>(),
+                proptest::collection::vec(0u8..8, 0..4),
+            ),
+            3,
+        ),
         proptest::collection::vec((0usize..4, 0usize..4, 0usize..3), 0..6),
         proptest::collection::vec((0u8..6, 0usize..4), 0..5),
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(move |(chains_on, sets, rules, map_elems, base_drop, map_interval)| {
-            let mut rs = Ruleset::default();
-            let present: Vec<&str> = chain_names.iter().zip(&chains_on).filter(|(_, on)| **on).map(|(n, _)| *n).collect();
-            let mut set_names = Vec::new();
-            for (i, (on, v6, elems)) in sets.iter().enumerate() {
-                if !on {
-                    continue;
+        .prop_map(
+            move |(chains_on, sets, rules, map_elems, base_drop, map_interval)| {
+                let mut rs = Ruleset::default();
+                let present: Vec<&str> = chain_names
+                    .iter()
+                    .zip(&chains_on)
+                    .filter(|(_, on)| **on)
+                    .map(|(n, _)| *n)
+                    .collect();
+                let mut set_names = Vec::new();
+                for (i, (on, v6, elems)) in sets.iter().enumerate() {
+                    if !on {
+                        continue;
+                    }
+                    let name = format!("s{i}");
+                    let (k, mk): (KeyType, fn(u8) -> Value) = if *v6 {
+                        (KeyType::Ipv6Addr, |x| {
+                            Value::Addr(format!("fd00::{x}").parse().unwrap())
+                        })
+                    } else {
+                        (KeyType::Ipv4Addr, |x| {
+                            Value::Addr(format!("10.0.0.{x}").parse().unwrap())
+                        })
+                    };
+                    rs.sets.insert(
+                        name.clone(),
+                        set(&[k], i == 2, elems.iter().map(|x| vec![mk(*x)]).collect()),
+                    );
+                    set_names.push((name, *v6));
                 }
-                let name = format!("s{i}");
-                let (k, mk): (KeyType, fn(u8) -> Value) = if *v6 {
-                    (KeyType::Ipv6Addr, |x| Value::Addr(format!("fd00::{x}").parse().unwrap()))
-                } else {
-                    (KeyType::Ipv4Addr, |x| Value::Addr(format!("10.0.0.{x}").parse().unwrap()))
-                };
-                rs.sets.insert(name.clone(), set(&[k], i == 2, elems.iter().map(|x| vec![mk(*x)]).collect()));
-                set_names.push((name, *v6));
-            }
-            for c in &present {
-                rs.chains.insert(c.to_string(), Chain::default());
-            }
-            rs.chains.insert(
-                "forward".into(),
-                Chain { base: base(Hook::Forward, if base_drop { ChainPolicy::Drop } else { ChainPolicy::Accept }), rules: vec![] },
-            );
-            for (from, to, s) in rules {
-                let from = if present.is_empty() { "forward" } else { present[from % present.len()] };
-                let mut matches = vec![];
-                if let Some((name, v6)) = set_names.get(s) {
-                    let fam = if *v6 { Family::Ipv6 } else { Family::Ipv4 };
-                    matches.push(lookup(&[Field::SrcAddr(fam)], name));
+                for c in &present {
+                    rs.chains.insert(c.to_string(), Chain::default());
                 }
-                let verdict = match present.get(to) {
-                    Some(t) if *t != from && from != "forward" && t > &from => Verdict::Jump(t.to_string()),
-                    Some(t) if from == "forward" => Verdict::Jump(t.to_string()),
-                    _ => Verdict::Accept,
+                rs.chains.insert(
+                    "forward".into(),
+                    Chain {
+                        base: base(
+                            Hook::Forward,
+                            if base_drop {
+                                ChainPolicy::Drop
+                            } else {
+                                ChainPolicy::Accept
+                            },
+                        ),
+                        rules: vec![],
+                    },
+                );
+                for (from, to, s) in rules {
+                    let from = if present.is_empty() {
+                        "forward"
+                    } else {
+                        present[from % present.len()]
+                    };
+                    let mut matches = vec![];
+                    if let Some((name, v6)) = set_names.get(s) {
+                        let fam = if *v6 { Family::Ipv6 } else { Family::Ipv4 };
+                        matches.push(lookup(&[Field::SrcAddr(fam)], name));
+                    }
+                    let verdict = match present.get(to) {
+                        Some(t) if *t != from && from != "forward" && t > &from => {
+                            Verdict::Jump(t.to_string())
+                        }
+                        Some(t) if from == "forward" => Verdict::Jump(t.to_string()),
+                        _ => Verdict::Accept,
+                    };
+                    rs.chains
+                        .get_mut(from)
+                        .unwrap()
+                        .rules
+                        .push(Rule::new(matches, verdict));
+                }
+                let mut map = VerdictMap {
+                    key: vec![KeyType::Ipv4Addr],
+                    interval: map_interval,
+                    ..VerdictMap::default()
                 };
-                rs.chains.get_mut(from).unwrap().rules.push(Rule::new(matches, verdict));
-            }
-            let mut map = VerdictMap { key: vec![KeyType::Ipv4Addr], interval: map_interval, ..VerdictMap::default() };
-            for (x, t) in map_elems {
-                let v = match present.get(t) {
-                    Some(c) => Verdict::Jump(c.to_string()),
-                    None => Verdict::Drop,
-                };
-                map.elements.insert(vec![Value::Addr(format!("10.1.0.{x}").parse().unwrap())], v);
-            }
-            rs.maps.insert("m".into(), map);
-            rs.chains.get_mut("forward").unwrap().rules.push(vmap(&[Field::DstAddr(Family::Ipv4)], "m"));
-            rs
-        })
+                for (x, t) in map_elems {
+                    let v = match present.get(t) {
+                        Some(c) => Verdict::Jump(c.to_string()),
+                        None => Verdict::Drop,
+                    };
+                    map.elements
+                        .insert(vec![Value::Addr(format!("10.1.0.{x}").parse().unwrap())], v);
+                }
+                rs.maps.insert("m".into(), map);
+                rs.chains
+                    .get_mut("forward")
+                    .unwrap()
+                    .rules
+                    .push(vmap(&[Field::DstAddr(Family::Ipv4)], "m"));
+                rs
+            },
+        )
 }
 
 proptest! {

@@ -29,8 +29,16 @@ fn single(tag: &str) -> (Netns, NftDataplane) {
 /// The table as the kernel holds it equals the model, with nothing left unparsed.
 fn assert_programmed(dp: &NftDataplane, rs: &Ruleset) {
     let l = dp.list().unwrap().expect("table exists");
-    assert!(l.programmed.stale_chains.is_empty(), "unparsed chains {:?}", l.programmed.stale_chains);
-    assert!(l.programmed.stale_sets.is_empty(), "unparsed sets {:?}", l.programmed.stale_sets);
+    assert!(
+        l.programmed.stale_chains.is_empty(),
+        "unparsed chains {:?}",
+        l.programmed.stale_chains
+    );
+    assert!(
+        l.programmed.stale_sets.is_empty(),
+        "unparsed sets {:?}",
+        l.programmed.stale_sets
+    );
     let want = canonicalize(rs);
     if l.programmed.model != want {
         panic!(
@@ -52,7 +60,10 @@ fn rich() -> Ruleset {
             true,
             vec![
                 vec![prefix("10.0.0.0/8")],
-                vec![Value::AddrRange("192.168.1.10".parse().unwrap(), "192.168.1.20".parse().unwrap())],
+                vec![Value::AddrRange(
+                    "192.168.1.10".parse().unwrap(),
+                    "192.168.1.20".parse().unwrap(),
+                )],
                 vec![addr("172.16.0.1")],
             ],
         ),
@@ -63,14 +74,25 @@ fn rich() -> Ruleset {
             &[KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
             true,
             vec![
-                vec![prefix("fd00::/64"), Value::Proto(6), Value::PortRange(80, 90)],
+                vec![
+                    prefix("fd00::/64"),
+                    Value::Proto(6),
+                    Value::PortRange(80, 90),
+                ],
                 vec![addr("fd01::1"), Value::Proto(132), Value::Port(9)],
             ],
         ),
     );
     rs.sets.insert(
         "vethifs".into(),
-        set(&[KeyType::IfName], true, vec![vec![Value::IfPrefix("pal".into())], vec![Value::IfName("eth0".into())]]),
+        set(
+            &[KeyType::IfName],
+            true,
+            vec![
+                vec![Value::IfPrefix("pal".into())],
+                vec![Value::IfName("eth0".into())],
+            ],
+        ),
     );
     rs.maps.insert(
         "portmap".into(),
@@ -78,7 +100,10 @@ fn rich() -> Ruleset {
             key: vec![KeyType::Ipv4Addr, KeyType::InetService],
             interval: true,
             elements: [
-                (vec![prefix("10.1.0.0/16"), Value::PortRange(1, 1023)], Verdict::Jump("in-b".into())),
+                (
+                    vec![prefix("10.1.0.0/16"), Value::PortRange(1, 1023)],
+                    Verdict::Jump("in-b".into()),
+                ),
                 (vec![addr("10.2.0.1"), Value::Port(22)], Verdict::Drop),
             ]
             .into_iter()
@@ -93,44 +118,111 @@ fn rich() -> Ruleset {
             rules: vec![
                 Rule::new(
                     vec![
-                        Match::Cmp { field: Field::NfProto, op: CmpOp::Eq, value: Value::NfProto(Family::Ipv4) },
+                        Match::Cmp {
+                            field: Field::NfProto,
+                            op: CmpOp::Eq,
+                            value: Value::NfProto(Family::Ipv4),
+                        },
                         lookup(&[Field::SrcAddr(Family::Ipv4)], "blocks"),
-                        Match::Cmp { field: Field::DstPort, op: CmpOp::Eq, value: Value::PortRange(1000, 2000) },
+                        Match::Cmp {
+                            field: Field::DstPort,
+                            op: CmpOp::Eq,
+                            value: Value::PortRange(1000, 2000),
+                        },
                     ],
                     Verdict::Return,
                 )
                 .with_comment("ipBlock with endPort"),
-                Rule::new(vec![lookup(&[Field::SrcAddr(Family::Ipv6), Field::L4Proto, Field::DstPort], "blocks-ports")], Verdict::Accept),
+                Rule::new(
+                    vec![lookup(
+                        &[Field::SrcAddr(Family::Ipv6), Field::L4Proto, Field::DstPort],
+                        "blocks-ports",
+                    )],
+                    Verdict::Accept,
+                ),
                 Rule::new(
                     vec![
-                        Match::Cmp { field: Field::OifName, op: CmpOp::Eq, value: Value::IfPrefix("pal".into()) },
-                        Match::Lookup { fields: vec![Field::IifName], set: "vethifs".into(), negate: true },
-                        Match::Cmp { field: Field::L4Proto, op: CmpOp::Ne, value: Value::Proto(17) },
-                        Match::Cmp { field: Field::DstAddr(Family::Ipv6), op: CmpOp::Ne, value: prefix("fe80::/10") },
+                        Match::Cmp {
+                            field: Field::OifName,
+                            op: CmpOp::Eq,
+                            value: Value::IfPrefix("pal".into()),
+                        },
+                        Match::Lookup {
+                            fields: vec![Field::IifName],
+                            set: "vethifs".into(),
+                            negate: true,
+                        },
+                        Match::Cmp {
+                            field: Field::L4Proto,
+                            op: CmpOp::Ne,
+                            value: Value::Proto(17),
+                        },
+                        Match::Cmp {
+                            field: Field::DstAddr(Family::Ipv6),
+                            op: CmpOp::Ne,
+                            value: prefix("fe80::/10"),
+                        },
                     ],
                     Verdict::Goto("in-b".into()),
                 ),
                 Rule {
-                    matches: vec![Match::Cmp { field: Field::NfProto, op: CmpOp::Eq, value: Value::NfProto(Family::Ipv6) }],
-                    statements: vec![Statement::Log { group: 2, prefix: "palisade v6".into(), rate_per_second: None }],
-                    verdict: Some(RuleVerdict::Vmap { fields: vec![Field::DstAddr(Family::Ipv4), Field::DstPort], map: "portmap".into() }),
+                    matches: vec![Match::Cmp {
+                        field: Field::NfProto,
+                        op: CmpOp::Eq,
+                        value: Value::NfProto(Family::Ipv4),
+                    }],
+                    statements: vec![Statement::Log {
+                        group: 2,
+                        prefix: "palisade v4".into(),
+                        rate_per_second: None,
+                    }],
+                    verdict: Some(RuleVerdict::Vmap {
+                        fields: vec![Field::DstAddr(Family::Ipv4), Field::DstPort],
+                        map: "portmap".into(),
+                    }),
                     comment: Some("x".repeat(200)),
                 },
                 Rule {
                     matches: vec![],
-                    statements: vec![Statement::Log { group: 3, prefix: "rate only".into(), rate_per_second: Some(5) }],
+                    statements: vec![Statement::Log {
+                        group: 3,
+                        prefix: "rate only".into(),
+                        rate_per_second: Some(5),
+                    }],
                     verdict: None,
                     comment: Some("log only".into()),
                 },
-                Rule::new(vec![Match::CtState(vec![CtState::New, CtState::Untracked])], Verdict::Drop),
+                Rule::new(
+                    vec![Match::CtState(vec![CtState::New, CtState::Untracked])],
+                    Verdict::Drop,
+                ),
+                Rule::new(
+                    vec![Match::Cmp {
+                        field: Field::NfProto,
+                        op: CmpOp::Eq,
+                        value: Value::NfProto(Family::Ipv6),
+                    }],
+                    Verdict::Accept,
+                ),
             ],
         },
     );
     rs.chains.insert(
         "input".into(),
         Chain {
-            base: Some(BaseChain { hook: Hook::Input, priority: -5, policy: ChainPolicy::Accept }),
-            rules: vec![Rule::new(vec![Match::Cmp { field: Field::IifName, op: CmpOp::Eq, value: Value::IfPrefix("pal".into()) }], Verdict::Jump("extras".into()))],
+            base: Some(BaseChain {
+                hook: Hook::Input,
+                priority: -5,
+                policy: ChainPolicy::Accept,
+            }),
+            rules: vec![Rule::new(
+                vec![Match::Cmp {
+                    field: Field::IifName,
+                    op: CmpOp::Eq,
+                    value: Value::IfPrefix("pal".into()),
+                }],
+                Verdict::Jump("extras".into()),
+            )],
         },
     );
     rs
@@ -143,7 +235,8 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
     }
     let (ns, mut dp) = single("nft-seq");
     // A table someone else owns in the same namespace must survive everything.
-    ns.sh("nft add table inet bystander && nft add chain inet bystander c").unwrap();
+    ns.sh("nft add table inet bystander && nft add chain inet bystander c")
+        .unwrap();
 
     let rs = rich();
     let s = dp.apply(&rs).unwrap();
@@ -152,28 +245,67 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
 
     // One element in: one command.
     let mut rs2 = rs.clone();
-    rs2.sets.get_mut("allow4").unwrap().elements.insert(vec![addr("10.70.9.9"), Value::Proto(6), Value::Port(80)]);
+    rs2.sets.get_mut("allow4").unwrap().elements.insert(vec![
+        addr("10.70.9.9"),
+        Value::Proto(6),
+        Value::Port(80),
+    ]);
     assert_eq!(dp.apply(&rs2).unwrap().commands, 1);
     assert_programmed(&dp, &rs2);
 
     // Interval set: a wider prefix swallowing an element (merged, delete + add in order).
     let mut rs3 = rs2.clone();
-    rs3.sets.get_mut("blocks").unwrap().elements.insert(vec![prefix("172.16.0.0/12")]);
+    rs3.sets
+        .get_mut("blocks")
+        .unwrap()
+        .elements
+        .insert(vec![prefix("172.16.0.0/12")]);
     dp.apply(&rs3).unwrap();
     assert_programmed(&dp, &rs3);
 
     // A chain's rules change; a map element re-points; a set changes type under its user.
     let mut rs4 = rs3.clone();
-    rs4.chains.get_mut("in-b").unwrap().rules.insert(0, Rule::new(vec![Match::Cmp { field: Field::L4Proto, op: CmpOp::Eq, value: Value::Proto(1) }], Verdict::Accept));
-    rs4.maps.get_mut("portmap").unwrap().elements.insert(vec![addr("10.2.0.1"), Value::Port(22)], Verdict::Accept);
-    rs4.sets.insert("vethifs".into(), set(&[KeyType::IfName], false, vec![vec![Value::IfName("eth1".into())]]));
+    rs4.chains.get_mut("in-b").unwrap().rules.insert(
+        0,
+        Rule::new(
+            vec![Match::Cmp {
+                field: Field::L4Proto,
+                op: CmpOp::Eq,
+                value: Value::Proto(1),
+            }],
+            Verdict::Accept,
+        ),
+    );
+    rs4.maps
+        .get_mut("portmap")
+        .unwrap()
+        .elements
+        .insert(vec![addr("10.2.0.1"), Value::Port(22)], Verdict::Accept);
+    rs4.sets.insert(
+        "vethifs".into(),
+        set(
+            &[KeyType::IfName],
+            false,
+            vec![vec![Value::IfName("eth1".into())]],
+        ),
+    );
     dp.apply(&rs4).unwrap();
     assert_programmed(&dp, &rs4);
 
     // Base chain policy and hook priority change.
     let mut rs5 = rs4.clone();
-    rs5.chains.get_mut("input").unwrap().base = Some(BaseChain { hook: Hook::Input, priority: 10, policy: ChainPolicy::Drop });
-    rs5.chains.get_mut("forward").unwrap().base.as_mut().unwrap().policy = ChainPolicy::Drop;
+    rs5.chains.get_mut("input").unwrap().base = Some(BaseChain {
+        hook: Hook::Input,
+        priority: 10,
+        policy: ChainPolicy::Drop,
+    });
+    rs5.chains
+        .get_mut("forward")
+        .unwrap()
+        .base
+        .as_mut()
+        .unwrap()
+        .policy = ChainPolicy::Drop;
     dp.apply(&rs5).unwrap();
     assert_programmed(&dp, &rs5);
 
@@ -193,7 +325,10 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
 
     dp.delete_table().unwrap();
     assert!(dp.list().unwrap().is_none());
-    assert!(ns.sh_ok("nft list chain inet bystander c"), "other tables are never touched");
+    assert!(
+        ns.sh_ok("nft list chain inet bystander c"),
+        "other tables are never touched"
+    );
 }
 
 #[test]
@@ -210,19 +345,40 @@ fn a_restart_adopts_the_table_without_recreating_it() {
     let mut rs2 = rs.clone();
     rs2.chains.get_mut("extras").unwrap().rules.pop();
     rs2.sets.get_mut("allow6").unwrap().elements.clear();
-    rs2.maps.get_mut("ingress4").unwrap().elements.insert(vec![addr("10.70.3.3")], Verdict::Jump("in-b".into()));
+    rs2.maps
+        .get_mut("ingress4")
+        .unwrap()
+        .elements
+        .insert(vec![addr("10.70.3.3")], Verdict::Jump("in-b".into()));
     let mut second = NftDataplane::new(first.options().clone());
     let s = second.apply(&rs2).unwrap();
     assert!(s.full);
-    assert!(s.commands <= 1 + 6 + 2, "flush extras + its 6 rules, 2 element commands: {}", s.commands);
+    assert!(
+        s.commands <= 1 + 7 + 2,
+        "flush extras + its 7 rules, 2 element commands: {}",
+        s.commands
+    );
     assert_programmed(&second, &rs2);
     let after = second.list().unwrap().unwrap();
-    assert_eq!(before.table_handle, after.table_handle, "the table was not recreated");
-    assert_eq!(before.chain_handles, after.chain_handles, "no chain was recreated");
-    assert_eq!(before.set_handles, after.set_handles, "no set was recreated");
+    assert_eq!(
+        before.table_handle, after.table_handle,
+        "the table was not recreated"
+    );
+    assert_eq!(
+        before.chain_handles, after.chain_handles,
+        "no chain was recreated"
+    );
+    assert_eq!(
+        before.set_handles, after.set_handles,
+        "no set was recreated"
+    );
     // The rules of unchanged chains keep their handles: they were not flushed.
     let handles = |l: &palisade_policy::nft::Listing, chain: &str| -> Vec<u64> {
-        l.counters.iter().filter(|c| c.chain == chain).map(|c| c.handle).collect()
+        l.counters
+            .iter()
+            .filter(|c| c.chain == chain)
+            .map(|c| c.handle)
+            .collect()
     };
     assert_eq!(handles(&before, "in-b"), handles(&after, "in-b"));
     assert!(!handles(&after, "in-b").is_empty());
@@ -241,13 +397,22 @@ fn a_rejected_transaction_reports_nft_and_changes_nothing() {
     // kernel refuses them; the same transaction also adds a chain.
     let mut bad = rs.clone();
     let allow = bad.sets.get_mut("allow4").unwrap();
-    allow.elements.insert(vec![prefix("10.0.0.0/8"), Value::Proto(6), Value::Port(80)]);
-    allow.elements.insert(vec![prefix("10.1.0.0/16"), Value::Proto(6), Value::Port(80)]);
+    allow
+        .elements
+        .insert(vec![prefix("10.0.0.0/8"), Value::Proto(6), Value::Port(80)]);
+    allow.elements.insert(vec![
+        prefix("10.1.0.0/16"),
+        Value::Proto(6),
+        Value::Port(80),
+    ]);
     bad.chains.insert("new-chain".into(), Chain::default());
     match dp.apply(&bad) {
         Err(DataplaneError::Nft(msg)) => {
             assert!(msg.contains("Error"), "nft's own message: {msg}");
-            assert!(msg.contains("add element allow4"), "the transaction text: {msg}");
+            assert!(
+                msg.contains("add element allow4"),
+                "the transaction text: {msg}"
+            );
         }
         other => panic!("expected an nft error, got {other:?}"),
     }
@@ -282,12 +447,18 @@ fn packets_follow_the_set_elements() {
     dp.apply(&rs).unwrap();
     assert!(tcp_connects(&t.a, tcp4), "tcp4 allowed");
     assert!(tcp_connects(&t.a, tcp6), "tcp6 allowed");
-    assert!(!tcp_connects(&t.a, tcp4_other), "tcp4 to another port denied");
+    assert!(
+        !tcp_connects(&t.a, tcp4_other),
+        "tcp4 to another port denied"
+    );
     assert!(!udp_reaches(&t.a, &t.b, udp4), "udp4 denied");
     assert!(!udp_reaches(&t.a, &t.b, udp6), "udp6 denied");
     // The reverse direction is not dispatched (A has no ingress chain): allowed.
     let back = tcp_server(&t.a, 8080);
-    assert!(tcp_connects(&t.b, format!("{A4}:{}", back.port()).parse().unwrap()));
+    assert!(tcp_connects(
+        &t.b,
+        format!("{A4}:{}", back.port()).parse().unwrap()
+    ));
 
     // Flip: UDP allowed, TCP denied, by element changes only.
     let rs2 = two_pods(A4, B4, A6, B6, &[(17, 5353)]);

@@ -231,17 +231,13 @@ fn build(
     // 7. hostPort.
     if !mappings.is_empty() {
         undo.hostport = true;
-        hostport::add(
-            &conf.hostport_dir(),
-            &att.container_id,
-            &att.ifname,
-            &ips,
-            mappings,
-        )
-        .map_err(|source| CniError::HostPort {
-            context: "add port mappings",
-            source,
-        })?;
+        hostport::HostPorts::new(&conf.hostport_dir())
+            .for_network(&conf.name)
+            .add(&att.container_id, &att.ifname, &ips, mappings)
+            .map_err(|source| CniError::HostPort {
+                context: "add port mappings",
+                source,
+            })?;
         crash_point("hostport");
     }
 

@@ -41,7 +41,10 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    if let Err(source) = hostport::gc(&conf.hostport_dir(), &pairs) {
+    if let Err(source) = hostport::HostPorts::new(&conf.hostport_dir())
+        .for_network(&conf.name)
+        .gc(&pairs)
+    {
         errors.push(CniError::HostPort {
             context: "garbage-collect port mappings",
             source,

@@ -5,7 +5,9 @@
 use super::store::Kind;
 use serde_json::{json, Value};
 
-const VERBS: [&str; 7] = ["create", "delete", "get", "list", "patch", "update", "watch"];
+const VERBS: [&str; 7] = [
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 const NETWORKING: &str = "networking.k8s.io";
 
@@ -126,7 +128,8 @@ pub fn aggregated(core: bool) -> Value {
         .map(|group| {
             let resources: Vec<Value> = kinds_in(group)
                 .map(|kind| {
-                    let response_kind = json!({"group": group, "version": "v1", "kind": kind.name()});
+                    let response_kind =
+                        json!({"group": group, "version": "v1", "kind": kind.name()});
                     let mut resource = json!({
                         "resource": kind.plural(),
                         "responseKind": response_kind,
@@ -166,6 +169,65 @@ pub fn aggregated(core: bool) -> Value {
     })
 }
 
+/// `GET /openapi/v3`: where each group-version's document is.
+pub fn openapi_v3_root() -> Value {
+    json!({"paths": {
+        "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=palisade-standin-1"},
+        format!("apis/{NETWORKING}/v1"): {
+            "serverRelativeURL": format!("/openapi/v3/apis/{NETWORKING}/v1?hash=palisade-standin-1")
+        },
+    }})
+}
+
+/// `GET /openapi/v3/api/v1` or `/openapi/v3/apis/networking.k8s.io/v1`: a minimal OpenAPI
+/// document, without schemas. kubectl (create/replace with the default `--validate=strict`)
+/// reads it only to learn whether the server validates fields itself (a `fieldValidation`
+/// query parameter on the PATCH of the kind); it then leaves validation to the server and
+/// needs no schema. With a 404 here it would fall back to `/openapi/v2` and refuse to work.
+pub fn openapi_v3_group(group: &str, version: &str) -> Option<Value> {
+    resource_list(group, version)?;
+    let mut paths = serde_json::Map::new();
+    for kind in kinds_in(group) {
+        let prefix = if group.is_empty() {
+            "/api/v1".to_string()
+        } else {
+            format!("/apis/{group}/v1")
+        };
+        let object_path = if kind.namespaced() {
+            format!(
+                "{prefix}/namespaces/{{namespace}}/{}/{{name}}",
+                kind.plural()
+            )
+        } else {
+            format!("{prefix}/{}/{{name}}", kind.plural())
+        };
+        let gvk = json!({"group": group, "version": "v1", "kind": kind.name()});
+        let operation = |action: &str| {
+            json!({
+                "x-kubernetes-group-version-kind": gvk,
+                "x-kubernetes-action": action,
+                "parameters": [{
+                    "name": "fieldValidation",
+                    "in": "query",
+                    "description": "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.",
+                    "schema": {"type": "string", "uniqueItems": true},
+                }],
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(
+            object_path,
+            json!({"put": operation("put"), "patch": operation("patch")}),
+        );
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +254,14 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["namespaces", "namespaces/status", "pods", "pods/status", "nodes", "nodes/status"]
+            [
+                "namespaces",
+                "namespaces/status",
+                "pods",
+                "pods/status",
+                "nodes",
+                "nodes/status"
+            ]
         );
         let net = resource_list(NETWORKING, "v1").unwrap();
         assert_eq!(net["resources"][0]["shortNames"], json!(["netpol"]));

@@ -193,9 +193,10 @@ fn error_response(err: &ApiError) -> Response<Body> {
 fn text_response(status: u16, text: String) -> Response<Body> {
     let mut response = Response::new(full(text));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -225,13 +226,16 @@ fn url_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(b) => {
                         out.push(b);
                         i += 2;
                     }
-                    Err(_) => out.push(b'%'),
+                    None => out.push(b'%'),
                 }
             }
             b => out.push(b),
@@ -245,13 +249,18 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     let mut params = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        params.entry(url_decode(key)).or_insert_with(|| url_decode(value));
+        params
+            .entry(url_decode(key))
+            .or_insert_with(|| url_decode(value));
     }
     params
 }
 
 fn is_true(params: &HashMap<String, String>, key: &str) -> bool {
-    matches!(params.get(key).map(String::as_str), Some("1" | "true" | "True"))
+    matches!(
+        params.get(key).map(String::as_str),
+        Some("1" | "true" | "True")
+    )
 }
 
 /// A REST path resolved to a resource.
@@ -335,10 +344,11 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let get = request.method() == Method::GET;
+    let aggregated = shared.config.aggregated_discovery && discovery::wants_aggregated(&accept);
     match segs.as_slice() {
         ["version"] if get => return json_response(200, &discovery::version()),
         ["api"] if get => {
-            if discovery::wants_aggregated(&accept) {
+            if aggregated {
                 return json_response_typed(
                     200,
                     &discovery::aggregated(true),
@@ -348,7 +358,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             return json_response(200, &discovery::core_versions(&shared.addr.to_string()));
         }
         ["apis"] if get => {
-            if discovery::wants_aggregated(&accept) {
+            if aggregated {
                 return json_response_typed(
                     200,
                     &discovery::aggregated(false),
@@ -363,6 +373,15 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         }
         ["apis", group] if get => {
             return discovery::group(group)
+                .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
+        }
+        ["openapi", "v3"] if get => return json_response(200, &discovery::openapi_v3_root()),
+        ["openapi", "v3", "api", "v1"] if get => {
+            return discovery::openapi_v3_group("", "v1")
+                .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
+        }
+        ["openapi", "v3", "apis", group, version] if get => {
+            return discovery::openapi_v3_group(group, version)
                 .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
         }
         ["apis", group, version] if get => {
@@ -439,14 +458,19 @@ fn handle_admin(
             .map(Duration::from_secs_f64)
     };
     match (method, admin) {
-        (&Method::GET, "rv") => text_response(200, format!("{}\n", shared.store.resource_version())),
+        (&Method::GET, "rv") => {
+            text_response(200, format!("{}\n", shared.store.resource_version()))
+        }
         (&Method::POST, "drop-watches") => {
             shared.drop_watches();
             text_response(200, "watches dropped\n".into())
         }
         (&Method::POST, "expire") => {
             shared.store.expire_history();
-            text_response(200, format!("history expired at {}\n", shared.store.resource_version()))
+            text_response(
+                200,
+                format!("history expired at {}\n", shared.store.resource_version()),
+            )
         }
         (&Method::POST, "heal") => {
             shared.heal();
@@ -474,7 +498,10 @@ fn handle_admin(
             }
             None => text_response(400, "seconds=N required\n".into()),
         },
-        _ => text_response(404, format!("unknown admin endpoint {method} /_standin/{admin}\n")),
+        _ => text_response(
+            404,
+            format!("unknown admin endpoint {method} /_standin/{admin}\n"),
+        ),
     }
 }
 
@@ -496,7 +523,9 @@ async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
 /// Put the URL's namespace and name into the body, refusing a body that names others.
 fn bind_to_path(resource: &ResourcePath, body: &mut Value) -> Result<(), ApiError> {
     if !body.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     if !body["metadata"].is_object() {
         body["metadata"] = json!({});
@@ -528,7 +557,11 @@ fn bind_to_path(resource: &ResourcePath, body: &mut Value) -> Result<(), ApiErro
     Ok(())
 }
 
-fn create(shared: &Shared, resource: &ResourcePath, mut body: Value) -> Result<(u16, Value), ApiError> {
+fn create(
+    shared: &Shared,
+    resource: &ResourcePath,
+    mut body: Value,
+) -> Result<(u16, Value), ApiError> {
     if resource.kind.namespaced() && resource.namespace.is_none() {
         return Err(ApiError::new(
             405,
@@ -548,7 +581,11 @@ fn mode(resource: &ResourcePath) -> WriteMode {
     }
 }
 
-fn update(shared: &Shared, resource: &ResourcePath, mut body: Value) -> Result<(u16, Value), ApiError> {
+fn update(
+    shared: &Shared,
+    resource: &ResourcePath,
+    mut body: Value,
+) -> Result<(u16, Value), ApiError> {
     bind_to_path(resource, &mut body)?;
     shared
         .store
@@ -605,7 +642,12 @@ fn get_object(
         let rv = object["metadata"]["resourceVersion"].clone();
         return Ok((
             200,
-            table::table(resource.kind, &[object], json!({"resourceVersion": rv}), include),
+            table::table(
+                resource.kind,
+                &[object],
+                json!({"resourceVersion": rv}),
+                include,
+            ),
         ));
     }
     Ok((200, object))
@@ -620,7 +662,10 @@ struct Selection {
 }
 
 impl Selection {
-    fn parse(resource: &ResourcePath, params: &HashMap<String, String>) -> Result<Selection, ApiError> {
+    fn parse(
+        resource: &ResourcePath,
+        params: &HashMap<String, String>,
+    ) -> Result<Selection, ApiError> {
         Ok(Selection {
             kind: resource.kind,
             namespace: resource.namespace.clone(),
@@ -704,7 +749,10 @@ fn list_or_watch(
         }
     }
     if let Some(include) = table_include {
-        return json_response(200, &table::table(selection.kind, &items, metadata, include));
+        return json_response(
+            200,
+            &table::table(selection.kind, &items, metadata, include),
+        );
     }
     json_response(
         200,
@@ -778,7 +826,8 @@ fn watch_response(
 }
 
 fn event_line(kind_type: &str, object: Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind_type, "object": object})).unwrap_or_default();
+    let mut line =
+        serde_json::to_vec(&json!({"type": kind_type, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -816,7 +865,16 @@ async fn run_watch(
     let mut shutdown = shared.shutdown.subscribe();
     let mut latest = shared.store.subscribe();
     latest.borrow_and_update();
-    let end = watch_loop(&shared, &selection, &params, &tx, &mut drop_rx, &mut shutdown, &mut latest).await;
+    let end = watch_loop(
+        &shared,
+        &selection,
+        &params,
+        &tx,
+        &mut drop_rx,
+        &mut shutdown,
+        &mut latest,
+    )
+    .await;
     if let End::Abort = end {
         let _ = tx
             .send(Err(std::io::Error::new(
@@ -849,7 +907,12 @@ async fn watch_loop(
         match params.table {
             Some(include) => {
                 let rv = object["metadata"]["resourceVersion"].clone();
-                table::table(kind, std::slice::from_ref(object), json!({"resourceVersion": rv}), include)
+                table::table(
+                    kind,
+                    std::slice::from_ref(object),
+                    json!({"resourceVersion": rv}),
+                    include,
+                )
             }
             None => object.clone(),
         }
@@ -891,7 +954,8 @@ async fn watch_loop(
             Ok((changes, now)) => {
                 for change in changes {
                     if let Some((event, object)) = selection.event(&change) {
-                        if let Err(end) = send(tx, event_line(event.as_str(), render(object))).await {
+                        if let Err(end) = send(tx, event_line(event.as_str(), render(object))).await
+                        {
                             return end;
                         }
                     }
@@ -932,7 +996,10 @@ mod tests {
     use super::*;
 
     fn segs(path: &str) -> Vec<String> {
-        path.split('/').filter(|s| !s.is_empty()).map(String::from).collect()
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -942,7 +1009,12 @@ mod tests {
         assert_eq!(core("pods").unwrap().kind, Kind::Pod);
         let pod = core("namespaces/x/pods/a/status").unwrap();
         assert_eq!(
-            (pod.kind, pod.namespace.as_deref(), pod.name.as_deref(), pod.status),
+            (
+                pod.kind,
+                pod.namespace.as_deref(),
+                pod.name.as_deref(),
+                pod.status
+            ),
             (Kind::Pod, Some("x"), Some("a"), true)
         );
         let ns = core("namespaces/x").unwrap();
@@ -953,7 +1025,10 @@ mod tests {
         assert!(core("pods/a").is_none());
         assert!(core("networkpolicies").is_none());
         let np = net("namespaces/x/networkpolicies/p").unwrap();
-        assert_eq!((np.kind, np.name.as_deref()), (Kind::NetworkPolicy, Some("p")));
+        assert_eq!(
+            (np.kind, np.name.as_deref()),
+            (Kind::NetworkPolicy, Some("p"))
+        );
         assert!(net("namespaces/x/networkpolicies/p/status").is_none());
         assert!(net("namespaces/x/pods").is_none());
     }

@@ -34,8 +34,8 @@ preferences: {{}}
 
 /// Write [`kubeconfig_yaml`] to `path` (mode 0600 like kubectl writes them).
 pub(crate) fn write_kubeconfig(path: &Path, server_url: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

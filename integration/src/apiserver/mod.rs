@@ -28,7 +28,9 @@
 //! Semantics kept from the real server because clients depend on them:
 //! - One global, strictly increasing resourceVersion (etcd revision) over all kinds. Lists
 //!   carry it in `metadata.resourceVersion`; a watch from version V sends every change after V
-//!   in order, then live changes.
+//!   in order, then live changes. Versions start at the wall clock in milliseconds, so a
+//!   restarted stand-in never reuses versions; a watch from a version older than the start
+//!   or newer than the latest gets 410 (clients relist).
 //! - A bounded history of changes ([`ApiServerConfig::history_limit`]); watching from a
 //!   version older than the oldest retained change yields an `ERROR` event with a `Status`
 //!   of code 410, reason `Expired` (kube-rs then relists). [`Faults::expire_history`] drops
@@ -108,8 +110,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use kubeconfig::kubeconfig_yaml;
-pub use store::{ApiError, Kind, StatusCause, NAMESPACE_NAME_LABEL};
 use store::WriteMode;
+pub use store::{ApiError, Kind, StatusCause, StatusDetails, NAMESPACE_NAME_LABEL};
 
 /// Tuning of the stand-in. `Default` is what the binary and the harness use.
 #[derive(Debug, Clone)]
@@ -123,6 +125,9 @@ pub struct ApiServerConfig {
     /// Namespaces that exist from the start (a real cluster has `default`, where kubectl
     /// works without `-n`).
     pub builtin_namespaces: Vec<String>,
+    /// Answer aggregated discovery (`apidiscovery.k8s.io/v2`) when asked. Off: only the
+    /// legacy documents, as an older API server (clients fall back to them).
+    pub aggregated_discovery: bool,
 }
 
 impl Default for ApiServerConfig {
@@ -131,6 +136,7 @@ impl Default for ApiServerConfig {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(5),
             builtin_namespaces: vec!["default".to_string()],
+            aggregated_discovery: true,
         }
     }
 }
@@ -163,7 +169,10 @@ impl ApiServer {
     }
 
     /// [`ApiServer::start`] with explicit tuning.
-    pub async fn start_with(addr: SocketAddr, config: ApiServerConfig) -> anyhow::Result<ApiServer> {
+    pub async fn start_with(
+        addr: SocketAddr,
+        config: ApiServerConfig,
+    ) -> anyhow::Result<ApiServer> {
         let (addr, shared, server) = http::serve(addr, config).await?;
         Ok(ApiServer {
             addr,
@@ -265,7 +274,12 @@ impl ApiServer {
     }
 
     /// Delete an object now; returns the final object (as the DELETED event carries it).
-    pub fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.shared.store.delete(kind, namespace, name)
     }
 
@@ -286,7 +300,9 @@ impl ApiServer {
             );
         }
         let patch = serde_json::json!({"metadata": {"labels": labels}});
-        self.shared.store.merge_patch(kind, namespace, name, &patch, WriteMode::Whole)
+        self.shared
+            .store
+            .merge_patch(kind, namespace, name, &patch, WriteMode::Whole)
     }
 
     /// Apply an RFC 7386 JSON merge patch to an object (PATCH with
@@ -298,7 +314,9 @@ impl ApiServer {
         name: &str,
         patch: &Value,
     ) -> Result<Value, ApiError> {
-        self.shared.store.merge_patch(kind, namespace, name, patch, WriteMode::Whole)
+        self.shared
+            .store
+            .merge_patch(kind, namespace, name, patch, WriteMode::Whole)
     }
 
     /// Get one object.

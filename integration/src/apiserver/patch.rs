@@ -32,7 +32,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
     let ops = patch.as_array().ok_or("a JSON patch must be an array")?;
     for op in ops {
-        let path = op["path"].as_str().ok_or("a JSON patch operation needs a path")?;
+        let path = op["path"]
+            .as_str()
+            .ok_or("a JSON patch operation needs a path")?;
         match op["op"].as_str().unwrap_or("") {
             "add" => add(target, path, op["value"].clone())?,
             "remove" => {
@@ -52,7 +54,10 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
                 let value = if op["op"] == "move" {
                     remove(target, from)?
                 } else {
-                    target.pointer(from).cloned().ok_or(format!("missing {from}"))?
+                    target
+                        .pointer(from)
+                        .cloned()
+                        .ok_or(format!("missing {from}"))?
                 };
                 add(target, path, value)?;
             }
@@ -86,7 +91,8 @@ fn add(target: &mut Value, path: &str, value: Value) -> Result<(), String> {
             let index = if last == "-" {
                 items.len()
             } else {
-                last.parse::<usize>().map_err(|_| format!("bad index in {path:?}"))?
+                last.parse::<usize>()
+                    .map_err(|_| format!("bad index in {path:?}"))?
             };
             if index > items.len() {
                 return Err(format!("index out of range in {path:?}"));
@@ -103,7 +109,9 @@ fn remove(target: &mut Value, path: &str) -> Result<Value, String> {
     match target.pointer_mut(parent) {
         Some(Value::Object(map)) => map.remove(&last).ok_or(format!("missing {path:?}")),
         Some(Value::Array(items)) => {
-            let index = last.parse::<usize>().map_err(|_| format!("bad index in {path:?}"))?;
+            let index = last
+                .parse::<usize>()
+                .map_err(|_| format!("bad index in {path:?}"))?;
             if index >= items.len() {
                 return Err(format!("index out of range in {path:?}"));
             }
@@ -121,7 +129,10 @@ mod tests {
     #[test]
     fn merge_patch_sets_and_removes_labels() {
         let mut pod = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1]}});
-        merge_patch(&mut pod, &json!({"metadata": {"labels": {"a": null, "c": "3"}}}));
+        merge_patch(
+            &mut pod,
+            &json!({"metadata": {"labels": {"a": null, "c": "3"}}}),
+        );
         assert_eq!(pod["metadata"]["labels"], json!({"b": "2", "c": "3"}));
         assert_eq!(pod["spec"], json!({"x": [1]}));
     }
@@ -140,7 +151,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(obj, json!({"metadata": {"labels": {"c": "3"}}, "list": [9, 2, 3]}));
+        assert_eq!(
+            obj,
+            json!({"metadata": {"labels": {"c": "3"}}, "list": [9, 2, 3]})
+        );
         assert!(json_patch(&mut obj, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
 }

@@ -20,7 +20,8 @@ pub struct LabelQuery(Vec<LabelRequirement>);
 
 impl LabelQuery {
     pub fn parse(s: &str) -> Result<LabelQuery, ApiError> {
-        let bad = |why: &str| ApiError::bad_request(format!("unable to parse requirement: {why}: {s:?}"));
+        let bad =
+            |why: &str| ApiError::bad_request(format!("unable to parse requirement: {why}: {s:?}"));
         let mut requirements = Vec::new();
         for term in split_top_level(s) {
             let term = term.trim();
@@ -30,11 +31,20 @@ impl LabelQuery {
             if let Some(key) = term.strip_prefix('!') {
                 requirements.push(LabelRequirement::DoesNotExist(key.trim().to_string()));
             } else if let Some((key, value)) = term.split_once("!=") {
-                requirements.push(LabelRequirement::NotEquals(key.trim().into(), value.trim().into()));
+                requirements.push(LabelRequirement::NotEquals(
+                    key.trim().into(),
+                    value.trim().into(),
+                ));
             } else if let Some((key, value)) = term.split_once("==") {
-                requirements.push(LabelRequirement::Equals(key.trim().into(), value.trim().into()));
+                requirements.push(LabelRequirement::Equals(
+                    key.trim().into(),
+                    value.trim().into(),
+                ));
             } else if let Some((key, value)) = term.split_once('=') {
-                requirements.push(LabelRequirement::Equals(key.trim().into(), value.trim().into()));
+                requirements.push(LabelRequirement::Equals(
+                    key.trim().into(),
+                    value.trim().into(),
+                ));
             } else if let Some(open) = term.find('(') {
                 let close = term.rfind(')').ok_or_else(|| bad("missing ')'"))?;
                 let head: Vec<&str> = term[..open].split_whitespace().collect();
@@ -201,7 +211,17 @@ mod tests {
         assert!(matches("metadata.name==a,metadata.namespace=x"));
         assert!(!matches("spec.nodeName!=n1"));
         assert!(matches("status.phase="));
-        assert_eq!(FieldQuery::parse(Kind::Pod, "spec.bogus=1").unwrap_err().code, 400);
-        assert_eq!(FieldQuery::parse(Kind::Node, "spec.nodeName=a").unwrap_err().code, 400);
+        assert_eq!(
+            FieldQuery::parse(Kind::Pod, "spec.bogus=1")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            FieldQuery::parse(Kind::Node, "spec.nodeName=a")
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 }

@@ -122,9 +122,17 @@ pub struct ApiError {
     pub code: u16,
     pub reason: String,
     pub message: String,
-    pub details_name: String,
-    pub details_group: String,
-    pub details_kind: String,
+    /// Boxed: errors travel in every `Result` here and should stay small.
+    pub details: Box<StatusDetails>,
+}
+
+/// `Status.details`: the object an error is about and, for 422, the field causes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusDetails {
+    pub name: String,
+    pub group: String,
+    /// The resource (`pods`) for most errors, the kind (`NetworkPolicy`) for 422.
+    pub kind: String,
     pub causes: Vec<StatusCause>,
 }
 
@@ -142,10 +150,7 @@ impl ApiError {
             code,
             reason: reason.to_string(),
             message: message.into(),
-            details_name: String::new(),
-            details_group: String::new(),
-            details_kind: String::new(),
-            causes: Vec::new(),
+            details: Box::default(),
         }
     }
 
@@ -154,9 +159,9 @@ impl ApiError {
     }
 
     fn about(mut self, kind: Kind, name: &str) -> ApiError {
-        self.details_name = name.to_string();
-        self.details_group = kind.group().to_string();
-        self.details_kind = kind.plural().to_string();
+        self.details.name = name.to_string();
+        self.details.group = kind.group().to_string();
+        self.details.kind = kind.plural().to_string();
         self
     }
 
@@ -216,10 +221,10 @@ impl ApiError {
             "Invalid",
             format!("{} \"{name}\" is invalid: {summary}", kind.qualified_kind()),
         );
-        err.details_name = name.to_string();
-        err.details_group = kind.group().to_string();
-        err.details_kind = kind.name().to_string();
-        err.causes = causes;
+        err.details.name = name.to_string();
+        err.details.group = kind.group().to_string();
+        err.details.kind = kind.name().to_string();
+        err.details.causes = causes;
         err
     }
 
@@ -235,17 +240,18 @@ impl ApiError {
             "code": self.code,
         });
         let mut details = Map::new();
-        if !self.details_name.is_empty() {
-            details.insert("name".into(), json!(self.details_name));
+        if !self.details.name.is_empty() {
+            details.insert("name".into(), json!(self.details.name));
         }
-        if !self.details_group.is_empty() {
-            details.insert("group".into(), json!(self.details_group));
+        if !self.details.group.is_empty() {
+            details.insert("group".into(), json!(self.details.group));
         }
-        if !self.details_kind.is_empty() {
-            details.insert("kind".into(), json!(self.details_kind));
+        if !self.details.kind.is_empty() {
+            details.insert("kind".into(), json!(self.details.kind));
         }
-        if !self.causes.is_empty() {
+        if !self.details.causes.is_empty() {
             let causes: Vec<Value> = self
+                .details
                 .causes
                 .iter()
                 .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
@@ -324,16 +330,23 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 impl Store {
     pub fn new(history_limit: usize) -> Store {
+        // Versions start at the wall clock in milliseconds, and everything before is
+        // "compacted": a client that kept a version from an earlier stand-in process (the
+        // harness restarting the binary) gets 410 and relists instead of a wrong replay.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Store {
             inner: Mutex::new(Inner {
-                rv: 0,
+                rv: start,
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
-                compacted: 0,
+                compacted: start,
                 history_limit: history_limit.max(1),
                 ids: IdSource::new(),
             }),
-            latest: tokio::sync::watch::channel(0).0,
+            latest: tokio::sync::watch::channel(start).0,
         }
     }
 
@@ -381,7 +394,10 @@ impl Store {
         after: u64,
     ) -> Result<(Vec<Arc<Change>>, u64), ApiError> {
         let inner = self.lock();
-        if after < inner.compacted {
+        // Newer than anything here: a version from another stand-in instance. The real
+        // server would wait and time out ("Too large resource version"); 410 makes clients
+        // relist, which is what they need.
+        if after < inner.compacted || after > inner.rv {
             return Err(ApiError::expired(after, inner.compacted));
         }
         // History is sorted by rv: skip to the first change after `after`.
@@ -479,7 +495,11 @@ impl Store {
         apply: impl FnOnce(&mut Value) -> Result<(), ApiError>,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let key = (kind, ns_for(kind, namespace.unwrap_or("")), name.to_string());
+        let key = (
+            kind,
+            ns_for(kind, namespace.unwrap_or("")),
+            name.to_string(),
+        );
         let mut object = inner
             .objects
             .get(&key)
@@ -501,9 +521,18 @@ impl Store {
 
     /// Delete now. Deleting a namespace deletes what is in it first (what the namespace
     /// controller does after the grace period on a real cluster).
-    pub fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let key = (kind, ns_for(kind, namespace.unwrap_or("")), name.to_string());
+        let key = (
+            kind,
+            ns_for(kind, namespace.unwrap_or("")),
+            name.to_string(),
+        );
         if !inner.objects.contains_key(&key) {
             return Err(ApiError::not_found(kind, name));
         }
@@ -579,7 +608,11 @@ impl Inner {
             meta.remove("namespace");
             String::new()
         };
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let generate_name = meta
             .get("generateName")
             .and_then(Value::as_str)
@@ -604,7 +637,11 @@ impl Inner {
         meta.remove("resourceVersion");
         meta.insert("uid".into(), json!(self.ids.uid()));
         meta.insert("creationTimestamp".into(), json!(rfc3339_now()));
-        for server_set in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for server_set in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(server_set);
         }
         if kind == Kind::NetworkPolicy {
@@ -630,7 +667,12 @@ impl Inner {
         Ok((stored, true))
     }
 
-    fn update(&mut self, kind: Kind, mut object: Value, mode: WriteMode) -> Result<(Value, bool), ApiError> {
+    fn update(
+        &mut self,
+        kind: Kind,
+        mut object: Value,
+        mode: WriteMode,
+    ) -> Result<(Value, bool), ApiError> {
         let Some(map) = object.as_object_mut() else {
             return Err(ApiError::bad_request("the object must be a JSON object"));
         };
@@ -683,7 +725,12 @@ impl Inner {
             let meta = new["metadata"]
                 .as_object_mut()
                 .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-            for owned in ["uid", "creationTimestamp", "resourceVersion", "generateName"] {
+            for owned in [
+                "uid",
+                "creationTimestamp",
+                "resourceVersion",
+                "generateName",
+            ] {
                 match existing["metadata"].get(owned) {
                     Some(v) => meta.insert(owned.into(), v.clone()),
                     None => meta.remove(owned),
@@ -719,7 +766,13 @@ impl Inner {
     }
 
     /// Bump the version, stamp it on the object, store (or drop) it and record the change.
-    fn commit(&mut self, key: Key, event: EventType, mut object: Value, previous: Option<Value>) -> Value {
+    fn commit(
+        &mut self,
+        key: Key,
+        event: EventType,
+        mut object: Value,
+        previous: Option<Value>,
+    ) -> Value {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         if event == EventType::Deleted {
@@ -732,7 +785,11 @@ impl Inner {
             kind: key.0,
             event,
             object: object.clone(),
-            previous: if event == EventType::Modified { previous } else { None },
+            previous: if event == EventType::Modified {
+                previous
+            } else {
+                None
+            },
         }));
         while self.history.len() > self.history_limit {
             if let Some(dropped) = self.history.pop_front() {
@@ -803,15 +860,19 @@ fn apply_defaults(kind: Kind, object: &mut Value, name: &str) {
                 }
                 spec["policyTypes"] = Value::Array(types);
             }
+            // `get_mut`, not `[]`: indexing a JSON map mutably inserts `null` for a missing
+            // key, and `ports: null` is not what the client sent.
             for rules in ["ingress", "egress"] {
-                if let Some(rules) = spec[rules].as_array_mut() {
-                    for rule in rules {
-                        if let Some(ports) = rule["ports"].as_array_mut() {
-                            for port in ports {
-                                if port.is_object() && port["protocol"].is_null() {
-                                    port["protocol"] = json!("TCP");
-                                }
-                            }
+                let Some(rules) = spec.get_mut(rules).and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for rule in rules {
+                    let Some(ports) = rule.get_mut("ports").and_then(Value::as_array_mut) else {
+                        continue;
+                    };
+                    for port in ports.iter_mut().filter(|p| p.is_object()) {
+                        if port.get("protocol").is_none_or(Value::is_null) {
+                            port["protocol"] = json!("TCP");
                         }
                     }
                 }
@@ -965,7 +1026,12 @@ mod tests {
     #[test]
     fn rfc3339_round_trip() {
         for secs in [0, 951_782_400, 1_795_622_287, 4_102_444_800] {
-            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some(secs), "{}", rfc3339(secs));
+            assert_eq!(
+                parse_rfc3339(&rfc3339(secs)),
+                Some(secs),
+                "{}",
+                rfc3339(secs)
+            );
         }
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
@@ -983,14 +1049,20 @@ mod tests {
     #[test]
     fn history_limit_compacts_and_watch_from_before_gets_410() {
         let store = Store::new(2);
-        store.create(Kind::Namespace, json!({"metadata": {"name": "a"}})).unwrap();
-        store.create(Kind::Namespace, json!({"metadata": {"name": "b"}})).unwrap();
-        store.create(Kind::Namespace, json!({"metadata": {"name": "c"}})).unwrap();
-        // Changes 2 and 3 kept; resuming from 1 still sees both, from 0 not.
-        assert_eq!(store.changes_since(Kind::Namespace, 1).unwrap().0.len(), 2);
-        assert_eq!(store.changes_since(Kind::Namespace, 0).unwrap_err().code, 410);
+        let start = store.resource_version();
+        for name in ["a", "b", "c"] {
+            let ns = json!({"metadata": {"name": name}});
+            store.create(Kind::Namespace, ns).unwrap();
+        }
+        let since = |rv: u64| store.changes_since(Kind::Namespace, rv);
+        // Changes 2 and 3 kept: resuming after change 1 sees both, from before it not.
+        assert_eq!(since(start + 1).unwrap().0.len(), 2);
+        assert_eq!(since(start).unwrap_err().code, 410);
+        // Versions from before this store existed, or beyond its latest: 410 too.
+        assert_eq!(since(5).unwrap_err().code, 410);
+        assert_eq!(since(start + 4).unwrap_err().code, 410);
         store.expire_history();
-        assert_eq!(store.changes_since(Kind::Namespace, 2).unwrap_err().code, 410);
-        assert!(store.changes_since(Kind::Namespace, 3).unwrap().0.is_empty());
+        assert_eq!(since(start + 2).unwrap_err().code, 410);
+        assert!(since(start + 3).unwrap().0.is_empty());
     }
 }

@@ -42,7 +42,12 @@ fn column(name: &str, kind: &str, priority: u8, description: &str) -> Value {
 }
 
 fn columns(kind: Kind) -> Vec<Value> {
-    let name = column("Name", "string", 0, "Name must be unique within a namespace.");
+    let name = column(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
     let age = column("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
     match kind {
         Kind::Namespace => vec![
@@ -90,7 +95,10 @@ fn none_or(value: &Value) -> String {
 }
 
 fn age(object: &Value, now: i64) -> String {
-    match object["metadata"]["creationTimestamp"].as_str().and_then(parse_rfc3339) {
+    match object["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(parse_rfc3339)
+    {
         Some(created) => human_duration(now - created),
         None => "<unknown>".into(),
     }
@@ -110,7 +118,11 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -118,7 +130,11 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
@@ -153,7 +169,11 @@ pub fn format_label_selector(selector: &Value) -> String {
             parts.push(format!("{key}={}", value.as_str().unwrap_or("")));
         }
     }
-    for expr in selector["matchExpressions"].as_array().into_iter().flatten() {
+    for expr in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let key = expr["key"].as_str().unwrap_or("");
         let values: Vec<&str> = expr["values"]
             .as_array()
@@ -205,7 +225,9 @@ fn cells(kind: Kind, object: &Value, now: i64) -> Vec<Value> {
                     .unwrap_or("Pending")
                     .to_string()
             };
-            let gates = object["spec"]["readinessGates"].as_array().map_or(0, Vec::len);
+            let gates = object["spec"]["readinessGates"]
+                .as_array()
+                .map_or(0, Vec::len);
             vec![
                 name,
                 json!(format!("{ready}/{containers}")),
@@ -215,7 +237,11 @@ fn cells(kind: Kind, object: &Value, now: i64) -> Vec<Value> {
                 json!(none_or(&object["status"]["podIP"])),
                 json!(none_or(&object["spec"]["nodeName"])),
                 json!(none_or(&object["status"]["nominatedNodeName"])),
-                json!(if gates == 0 { "<none>".to_string() } else { format!("0/{gates}") }),
+                json!(if gates == 0 {
+                    "<none>".to_string()
+                } else {
+                    format!("0/{gates}")
+                }),
             ]
         }
         Kind::Node => {
@@ -224,7 +250,13 @@ fn cells(kind: Kind, object: &Value, now: i64) -> Vec<Value> {
                 .into_iter()
                 .flatten()
                 .find(|c| c["type"] == "Ready")
-                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if c["status"] == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             let mut roles: Vec<String> = object["metadata"]["labels"]
                 .as_object()
@@ -249,7 +281,11 @@ fn cells(kind: Kind, object: &Value, now: i64) -> Vec<Value> {
             vec![
                 name,
                 json!(ready),
-                json!(if roles.is_empty() { "<none>".into() } else { roles.join(",") }),
+                json!(if roles.is_empty() {
+                    "<none>".into()
+                } else {
+                    roles.join(",")
+                }),
                 json!(age(object, now)),
                 json!(text(&info["kubeletVersion"]).unwrap_or("")),
                 json!(address("InternalIP")),

@@ -11,9 +11,8 @@ use serde_json::Value;
 
 /// Decode (400 when the JSON does not have the API's types) and validate a NetworkPolicy.
 pub fn network_policy_causes(object: &Value) -> Result<Vec<StatusCause>, ApiError> {
-    let policy: NetworkPolicy = serde_json::from_value(object.clone()).map_err(|err| {
-        ApiError::bad_request(format!("unable to decode NetworkPolicy: {err}"))
-    })?;
+    let policy: NetworkPolicy = serde_json::from_value(object.clone())
+        .map_err(|err| ApiError::bad_request(format!("unable to decode NetworkPolicy: {err}")))?;
     Ok(validate_network_policy(&policy)
         .into_iter()
         .map(|e| StatusCause {
@@ -57,7 +56,11 @@ pub fn object_meta_causes(kind: Kind, object: &Value) -> Vec<StatusCause> {
                         invalid("metadata.labels", value, msg);
                     }
                 }
-                None => invalid("metadata.labels", &value.to_string(), "must be a string".into()),
+                None => invalid(
+                    "metadata.labels",
+                    &value.to_string(),
+                    "must be a string".into(),
+                ),
             }
         }
     }

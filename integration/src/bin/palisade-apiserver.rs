@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(about = "Local stand-in for the Kubernetes API (namespaces, pods, nodes, networkpolicies)")]
+#[command(
+    about = "Local stand-in for the Kubernetes API (namespaces, pods, nodes, networkpolicies)"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]

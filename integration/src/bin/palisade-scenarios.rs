@@ -17,7 +17,10 @@ use palisade_integration::scenario::Family;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "palisade-scenarios", about = "Run Palisade scenarios on a local netns cluster")]
+#[command(
+    name = "palisade-scenarios",
+    about = "Run Palisade scenarios on a local netns cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -46,8 +49,8 @@ enum Cmd {
         /// Run without palisade-agent (wiring only: nothing is enforced).
         #[arg(long)]
         no_agent: bool,
-        /// Who installs the routes to other nodes' pod CIDRs.
-        #[arg(long, value_enum, default_value = "harness")]
+        /// Who installs the routes to other nodes' pod CIDRs (without agents: the harness).
+        #[arg(long, value_enum, default_value = "agent")]
         routes: RoutesArg,
         /// Extra argument for every palisade-agent (repeat).
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
@@ -81,14 +84,20 @@ enum Cmd {
 }
 
 fn main() {
-    match real_main() {
-        Ok(code) => std::process::exit(code),
+    let code = match real_main() {
+        Ok(code) => code,
         Err(e) => {
             cleanup::cleanup_all();
             eprintln!("palisade-scenarios: {e:#}");
-            std::process::exit(2);
+            2
         }
+    };
+    // After Ctrl-C the work above fails half-way; the signal thread removes everything and
+    // exits with 128+signal. Don't race it with another exit status.
+    while cleanup::interrupted() {
+        std::thread::park();
     }
+    std::process::exit(code);
 }
 
 fn is_tty() -> bool {

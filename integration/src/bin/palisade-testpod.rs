@@ -27,7 +27,11 @@ fn run() -> Result<()> {
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
                 let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-                let port = || value.parse::<u16>().with_context(|| format!("{flag} {value}"));
+                let port = || {
+                    value
+                        .parse::<u16>()
+                        .with_context(|| format!("{flag} {value}"))
+                };
                 match flag.as_str() {
                     "--control" => control = Some(PathBuf::from(value)),
                     "--tcp" => l.tcp.push(port()?),

@@ -11,20 +11,47 @@ struct Registry {
     processes: Vec<u32>,
     netns: Vec<String>,
     dirs: Vec<PathBuf>,
+    /// Set once a signal asked to stop: from then on anything registered (the main thread
+    /// may still be creating a pod) is removed at once instead of recorded.
+    interrupted: bool,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     processes: Vec::new(),
     netns: Vec::new(),
     dirs: Vec::new(),
+    interrupted: false,
 });
+
+/// Whether a SIGINT/SIGTERM is being handled: the main thread must not exit on its own
+/// (the signal thread exits with 128+signal once everything is removed).
+pub fn interrupted() -> bool {
+    registry().interrupted
+}
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn register_process(pid: u32) {
-    registry().processes.push(pid);
+    let mut r = registry();
+    if r.interrupted {
+        kill(pid);
+    } else {
+        r.processes.push(pid);
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+fn delete_netns(name: &str) {
+    super::netns::kill_processes_in(name);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", name])
+        .status();
 }
 
 pub fn forget_process(pid: u32) {
@@ -32,7 +59,12 @@ pub fn forget_process(pid: u32) {
 }
 
 pub fn register_netns(name: &str) {
-    registry().netns.push(name.to_string());
+    let mut r = registry();
+    if r.interrupted {
+        delete_netns(name);
+    } else {
+        r.netns.push(name.to_string());
+    }
 }
 
 pub fn forget_netns(name: &str) {
@@ -40,7 +72,12 @@ pub fn forget_netns(name: &str) {
 }
 
 pub fn register_dir(path: &Path) {
-    registry().dirs.push(path.to_path_buf());
+    let mut r = registry();
+    if r.interrupted {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        r.dirs.push(path.to_path_buf());
+    }
 }
 
 pub fn forget_dir(path: &Path) {
@@ -51,8 +88,13 @@ pub fn forget_dir(path: &Path) {
 /// every recorded namespace (newest first: pods before nodes before the segment) and
 /// directory. Safe to call more than once and from the signal thread.
 pub fn cleanup_all() {
+    cleanup(false);
+}
+
+fn cleanup(interrupt: bool) {
     let (processes, netns, dirs) = {
         let mut r = registry();
+        r.interrupted |= interrupt;
         (
             std::mem::take(&mut r.processes),
             std::mem::take(&mut r.netns),
@@ -60,14 +102,10 @@ pub fn cleanup_all() {
         )
     };
     for pid in processes {
-        // SAFETY: kill has no memory preconditions.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        kill(pid);
     }
     for name in netns.iter().rev() {
-        super::netns::kill_processes_in(name);
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", name])
-            .status();
+        delete_netns(name);
     }
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
@@ -84,7 +122,7 @@ pub fn install_signal_cleanup() -> anyhow::Result<()> {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 eprintln!("\ninterrupted (signal {sig}): removing the cluster");
-                cleanup_all();
+                cleanup(true);
                 std::process::exit(128 + sig);
             }
         })?;

@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -110,7 +110,7 @@ impl ClusterConfig {
     pub fn new(nodes: usize, bins: Binaries) -> ClusterConfig {
         ClusterConfig {
             nodes,
-            routes: RouteMode::Harness,
+            routes: RouteMode::Agent,
             bins,
             agent_args: Vec::new(),
             programming_timeout: Duration::from_secs(30),
@@ -204,6 +204,7 @@ static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn api_err(e: ApiError) -> anyhow::Error {
     let causes: Vec<String> = e
+        .details
         .causes
         .iter()
         .map(|c| format!("{}: {}", c.field, c.message))
@@ -236,9 +237,15 @@ impl Cluster {
         for s in swept {
             eprintln!("removed leftover of a crashed run: {s}");
         }
-        for (what, p) in [("palisade", &config.bins.cni), ("palisade-testpod", &config.bins.testpod)] {
+        for (what, p) in [
+            ("palisade", &config.bins.cni),
+            ("palisade-testpod", &config.bins.testpod),
+        ] {
             if !p.exists() {
-                bail!("{what} binary not found at {} (build it first)", p.display());
+                bail!(
+                    "{what} binary not found at {} (build it first)",
+                    p.display()
+                );
             }
         }
         let k = CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -284,7 +291,10 @@ impl Cluster {
         let seg = self.segment.clone();
         // No DAD anywhere in our namespaces: addresses are ours alone, and DAD would delay
         // every IPv6 address by a second or more.
-        seg.sysctl(&["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        seg.sysctl(&[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ])?;
         seg.ip(&["link", "add", "br0", "type", "bridge"])?;
         seg.ip(&["addr", "add", "192.0.2.254/24", "dev", "br0"])?;
         seg.ip(&["addr", "add", "2001:db8::fe/64", "dev", "br0", "nodad"])?;
@@ -302,7 +312,15 @@ impl Cluster {
             let seg_if = format!("s{i}");
             // Peer created straight in the node namespace (one request, nothing in root).
             seg.ip(&[
-                "link", "add", &seg_if, "type", "veth", "peer", "name", "eth0", "netns",
+                "link",
+                "add",
+                &seg_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
                 ns.name(),
             ])?;
             seg.ip(&["link", "set", &seg_if, "master", "br0", "up"])?;
@@ -360,8 +378,21 @@ impl Cluster {
                     if n.index == m.index {
                         continue;
                     }
-                    n.netns.ip(&["route", "replace", &m.pod_cidr_v4, "via", &m.ipv4.to_string()])?;
-                    n.netns.ip(&["-6", "route", "replace", &m.pod_cidr_v6, "via", &m.ipv6.to_string()])?;
+                    n.netns.ip(&[
+                        "route",
+                        "replace",
+                        &m.pod_cidr_v4,
+                        "via",
+                        &m.ipv4.to_string(),
+                    ])?;
+                    n.netns.ip(&[
+                        "-6",
+                        "route",
+                        "replace",
+                        &m.pod_cidr_v6,
+                        "via",
+                        &m.ipv6.to_string(),
+                    ])?;
                 }
             }
         }
@@ -401,13 +432,49 @@ impl Cluster {
             for i in 0..self.nodes.len() {
                 self.wait_agent_ready(i, deadline)?;
             }
+            if self.config.routes == RouteMode::Agent {
+                self.wait_node_routes(deadline)?;
+            }
             self.log(format!("agents ready after {:?}", t0.elapsed()));
         }
         Ok(())
     }
 
+    /// With the agents in charge of cross-node routes, the cluster is ready only once every
+    /// node has a route to every other node's pod CIDRs (both families).
+    fn wait_node_routes(&self, deadline: Instant) -> Result<()> {
+        for n in &self.nodes {
+            for m in self.nodes.iter().filter(|m| m.index != n.index) {
+                for (fam, cidr, via) in [
+                    ("-4", &m.pod_cidr_v4, m.ipv4.to_string()),
+                    ("-6", &m.pod_cidr_v6, m.ipv6.to_string()),
+                ] {
+                    loop {
+                        let out = n.netns.ip(&[fam, "route", "show", cidr])?;
+                        if out.contains(&via) {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            bail!(
+                                "{}: no route to {cidr} via {via} (agent's job) after {:?}; routes: {}\n{}",
+                                n.name,
+                                self.config.programming_timeout,
+                                n.netns.ip(&[fam, "route"]).unwrap_or_default(),
+                                self.agent_log_tail(n.index, 20)
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn api(&self) -> &ApiServer {
-        self.api.as_ref().expect("the API stand-in runs while the cluster exists")
+        self.api
+            .as_ref()
+            .expect("the API stand-in runs while the cluster exists")
     }
 
     /// The API server URL as seen from the nodes.
@@ -433,7 +500,10 @@ impl Cluster {
             .arg("--listen")
             .arg(format!("127.0.0.1:{AGENT_STATUS_PORT}"))
             .args(&self.config.agent_args)
-            .env("RUST_LOG", std::env::var("PALISADE_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PALISADE_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -514,14 +584,13 @@ impl Cluster {
     }
 
     fn wait_agent_ready(&mut self, i: usize, deadline: Instant) -> Result<()> {
-        let mut last = String::from("no answer yet");
         loop {
             self.agent_alive(i)?;
-            match self.agent_status(i + 1) {
+            let last = match self.agent_status(i + 1) {
                 Ok(v) if v["ready"] == Value::Bool(true) => return Ok(()),
-                Ok(v) => last = v.to_string(),
-                Err(e) => last = format!("{e:#}"),
-            }
+                Ok(v) => v.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
             if Instant::now() > deadline {
                 bail!(
                     "palisade-agent on {} not ready after {:?}: {last}\n{}",
@@ -543,10 +612,9 @@ impl Cluster {
         let deadline = Instant::now() + self.config.programming_timeout;
         let key = write.kind.status_key();
         for i in 0..self.nodes.len() {
-            let mut last = String::from("no answer yet");
             loop {
                 self.agent_alive(i)?;
-                match self.agent_status(i + 1) {
+                let last = match self.agent_status(i + 1) {
                     Ok(v) => {
                         let got = &v["programmedResourceVersions"][key];
                         let got = got
@@ -556,10 +624,10 @@ impl Cluster {
                         if got.is_some_and(|g| g >= write.resource_version) {
                             break;
                         }
-                        last = v.to_string();
+                        v.to_string()
                     }
-                    Err(e) => last = format!("{e:#}"),
-                }
+                    Err(e) => format!("{e:#}"),
+                };
                 if Instant::now() > deadline {
                     bail!(
                         "{} did not program {key} resourceVersion {} within {:?}; its /status: {last}\n{}",
@@ -581,7 +649,10 @@ impl Cluster {
         let at = Instant::now();
         let obj = self
             .api()
-            .create(Kind::Namespace, json!({"metadata": {"name": name, "labels": labels}}))
+            .create(
+                Kind::Namespace,
+                json!({"metadata": {"name": name, "labels": labels}}),
+            )
             .map_err(api_err)
             .with_context(|| format!("create namespace {name}"))?;
         self.namespaces.insert(name.to_string(), labels.clone());
@@ -636,7 +707,12 @@ impl Cluster {
             .api()
             .patch_labels(kind, ns, name, &changes)
             .map_err(api_err)
-            .with_context(|| format!("patch labels of {kind:?} {}{name}", ns.map(|n| format!("{n}/")).unwrap_or_default()))?;
+            .with_context(|| {
+                format!(
+                    "patch labels of {kind:?} {}{name}",
+                    ns.map(|n| format!("{n}/")).unwrap_or_default()
+                )
+            })?;
         Ok((obj, at))
     }
 
@@ -698,7 +774,10 @@ impl Cluster {
 
         // 2. The sandbox: a network namespace, wired by CNI ADD run inside the node.
         let k = self.prefix.rsplit('-').next().unwrap_or("0");
-        let netns = Netns::create(&format!("{k}p{seq}-{}", sanitize(&format!("{}-{}", spec.namespace, spec.name))))?;
+        let netns = Netns::create(&format!(
+            "{k}p{seq}-{}",
+            sanitize(&format!("{}-{}", spec.namespace, spec.name))
+        ))?;
         let control = self.dir.join("pods").join(format!("{seq}.sock"));
         std::fs::create_dir_all(control.parent().unwrap_or(&self.dir))?;
         let mut pod = Pod {
@@ -717,7 +796,9 @@ impl Cluster {
             Ok(r) => r,
             Err(e) => {
                 let _ = pod.netns.remove();
-                let _ = self.api().delete(Kind::Pod, Some(&spec.namespace), &spec.name);
+                let _ = self
+                    .api()
+                    .delete(Kind::Pod, Some(&spec.namespace), &spec.name);
                 return Err(e.context(format!("CNI ADD for pod {key} on {node_name}")));
             }
         };
@@ -773,7 +854,11 @@ impl Cluster {
         }
 
         // 4. Status: Running with the pod IPs (what peers' selectors need).
-        let ips: Vec<Value> = pod.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+        let ips: Vec<Value> = pod
+            .ips
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect();
         let at = Instant::now();
         let obj = self
             .api()
@@ -908,7 +993,9 @@ impl Cluster {
     /// API's refusal (e.g. 422 Invalid), which scenarios may expect.
     pub fn apply_policy(&self, policy: Value) -> Result<Result<(Value, ApiWrite), ApiError>> {
         let at = Instant::now();
-        let has_name = policy["metadata"]["name"].as_str().is_some_and(|n| !n.is_empty());
+        let has_name = policy["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
         let r = if has_name {
             self.api().apply(Kind::NetworkPolicy, policy)
         } else {
@@ -955,8 +1042,14 @@ impl Cluster {
     ) -> Result<Matrix> {
         let mut jobs = Vec::new();
         for (s, d) in cells {
-            let src = self.pods.get(s).ok_or_else(|| anyhow!("probe from unknown pod {s}"))?;
-            let dst = self.pods.get(d).ok_or_else(|| anyhow!("probe to unknown pod {d}"))?;
+            let src = self
+                .pods
+                .get(s)
+                .ok_or_else(|| anyhow!("probe from unknown pod {s}"))?;
+            let dst = self
+                .pods
+                .get(d)
+                .ok_or_else(|| anyhow!("probe to unknown pod {d}"))?;
             let ip = dst
                 .ip(family)
                 .ok_or_else(|| anyhow!("pod {d} has no {family} address"))?;
@@ -1076,7 +1169,13 @@ fn pod_containers(spec: &PodSpec) -> (Vec<Value>, Vec<Value>) {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect()
 }

@@ -90,7 +90,10 @@ impl Netns {
         let mut c = self.command("sysctl");
         c.arg("-q").arg("-w").args(settings).stdin(Stdio::null());
         let out = c.output().context("run sysctl")?;
-        check(&out, &format!("sysctl -w {} in {}", settings.join(" "), self.name))?;
+        check(
+            &out,
+            &format!("sysctl -w {} in {}", settings.join(" "), self.name),
+        )?;
         Ok(())
     }
 
@@ -225,10 +228,11 @@ pub fn sweep_stale_runs(run_dir_parent: &Path) -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir(run_dir_parent) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if stale_pid(&name).is_some() && e.path().is_dir() {
-                if std::fs::remove_dir_all(e.path()).is_ok() {
-                    removed.push(format!("dir {}", e.path().display()));
-                }
+            if stale_pid(&name).is_some()
+                && e.path().is_dir()
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                removed.push(format!("dir {}", e.path().display()));
             }
         }
     }

@@ -102,7 +102,11 @@ pub fn probe_cell(c: &Cell, protocol: Protocol, port: u16, timeout: Duration) ->
     let mut src = Control::connect(&c.src_control)?;
     match protocol {
         Protocol::Tcp | Protocol::Udp => {
-            let verb = if protocol == Protocol::Tcp { "tcp" } else { "udp" };
+            let verb = if protocol == Protocol::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            };
             let answer = src.request(&format!("{verb} {} {port} {ms}", c.dst_ip))?;
             verdict(&answer)
         }

@@ -34,7 +34,11 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Serve connections until the worker is gone.
-pub async fn serve(listener: UnixListener, worker: mpsc::Sender<CniCommand>, shared: Arc<AgentShared>) {
+pub async fn serve(
+    listener: UnixListener,
+    worker: mpsc::Sender<CniCommand>,
+    shared: Arc<AgentShared>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -56,7 +60,11 @@ pub async fn serve(listener: UnixListener, worker: mpsc::Sender<CniCommand>, sha
     }
 }
 
-async fn connection(stream: UnixStream, worker: mpsc::Sender<CniCommand>, shared: Arc<AgentShared>) -> Result<()> {
+async fn connection(
+    stream: UnixStream,
+    worker: mpsc::Sender<CniCommand>,
+    shared: Arc<AgentShared>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await.context("read request")? {
@@ -78,7 +86,11 @@ async fn connection(stream: UnixStream, worker: mpsc::Sender<CniCommand>, shared
     Ok(())
 }
 
-async fn handle(req: AgentRequest, worker: &mpsc::Sender<CniCommand>, shared: &AgentShared) -> AgentResponse {
+async fn handle(
+    req: AgentRequest,
+    worker: &mpsc::Sender<CniCommand>,
+    shared: &AgentShared,
+) -> AgentResponse {
     let gone = || AgentResponse {
         ok: false,
         error: Some("agent is shutting down".into()),
@@ -112,7 +124,11 @@ async fn handle(req: AgentRequest, worker: &mpsc::Sender<CniCommand>, shared: &A
         }
         AgentRequest::PodDeleted { container_id, .. } => {
             tracing::info!(%container_id, "CNI DEL");
-            if worker.send(CniCommand::PodDeleted { container_id }).await.is_err() {
+            if worker
+                .send(CniCommand::PodDeleted { container_id })
+                .await
+                .is_err()
+            {
                 return gone();
             }
             AgentResponse {

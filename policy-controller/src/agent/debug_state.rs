@@ -47,7 +47,8 @@ pub fn debug_state(node: &str, state: &ClusterState) -> Value {
         .values()
         .map(|p| {
             let mut p = p.clone();
-            p.api_version.get_or_insert_with(|| "networking.k8s.io/v1".into());
+            p.api_version
+                .get_or_insert_with(|| "networking.k8s.io/v1".into());
             p.kind.get_or_insert_with(|| "NetworkPolicy".into());
             serde_json::to_value(&p).unwrap_or(Value::Null)
         })
@@ -70,7 +71,10 @@ pub fn debug_state(node: &str, state: &ClusterState) -> Value {
 pub fn debug_state_body(compiler: &std::sync::Mutex<crate::compile::Compiler>) -> String {
     let compiler = compiler.lock().unwrap_or_else(|e| e.into_inner());
     let doc = debug_state(&compiler.options().node, compiler.state());
-    format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
 }
 
 fn with_kind<T: serde::Serialize>(api_version: &str, kind: &str, object: &T) -> Value {
@@ -78,6 +82,20 @@ fn with_kind<T: serde::Serialize>(api_version: &str, kind: &str, object: &T) -> 
     if let Some(o) = v.as_object_mut() {
         o.insert("apiVersion".into(), api_version.into());
         o.insert("kind".into(), kind.into());
+        // model::api's `rename_all = "camelCase"` spells these `podIps`, `podCidr`, ...:
+        // write the API's names so that the document reads like the API server's objects.
+        for (section, from, to) in [
+            ("status", "podIp", "podIP"),
+            ("status", "podIps", "podIPs"),
+            ("spec", "podCidr", "podCIDR"),
+            ("spec", "podCidrs", "podCIDRs"),
+        ] {
+            if let Some(sec) = o.get_mut(section).and_then(Value::as_object_mut) {
+                if let Some(x) = sec.remove(from) {
+                    sec.insert(to.into(), x);
+                }
+            }
+        }
     }
     v
 }
@@ -116,7 +134,11 @@ pub fn pod_object(p: &PodInfo) -> Pod {
         status: PodStatus {
             phase: None,
             pod_ip: p.ips.first().map(|ip| ip.to_string()),
-            pod_ips: p.ips.iter().map(|ip| PodIp { ip: ip.to_string() }).collect(),
+            pod_ips: p
+                .ips
+                .iter()
+                .map(|ip| PodIp { ip: ip.to_string() })
+                .collect(),
         },
     }
 }

@@ -150,7 +150,11 @@ impl Metrics {
     }
 
     pub fn denied(&self, policy: &str, direction: &'static str) {
-        *self.lock().denied.entry((policy.to_string(), direction)).or_default() += 1;
+        *self
+            .lock()
+            .denied
+            .entry((policy.to_string(), direction))
+            .or_default() += 1;
     }
 
     pub fn deny_log_dropped(&self) {
@@ -190,7 +194,10 @@ impl Metrics {
             "palisade_event_to_programmed_seconds",
             "Time from receiving a watch event (or CNI announcement) to its effect being programmed.",
         );
-        let _ = writeln!(out, "# HELP palisade_syncs_total Syncs by result.\n# TYPE palisade_syncs_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP palisade_syncs_total Syncs by result.\n# TYPE palisade_syncs_total counter"
+        );
         for result in ["ok", "error"] {
             let _ = writeln!(
                 out,
@@ -199,18 +206,46 @@ impl Metrics {
             );
         }
         let gauges: [(&str, &str, usize); 8] = [
-            ("palisade_ruleset_chains", "Chains in the desired ruleset.", m.ruleset.chains),
-            ("palisade_ruleset_rules", "Rules in the desired ruleset.", m.ruleset.rules),
-            ("palisade_ruleset_sets", "Named sets in the desired ruleset.", m.ruleset.sets),
-            ("palisade_ruleset_maps", "Verdict maps in the desired ruleset.", m.ruleset.maps),
+            (
+                "palisade_ruleset_chains",
+                "Chains in the desired ruleset.",
+                m.ruleset.chains,
+            ),
+            (
+                "palisade_ruleset_rules",
+                "Rules in the desired ruleset.",
+                m.ruleset.rules,
+            ),
+            (
+                "palisade_ruleset_sets",
+                "Named sets in the desired ruleset.",
+                m.ruleset.sets,
+            ),
+            (
+                "palisade_ruleset_maps",
+                "Verdict maps in the desired ruleset.",
+                m.ruleset.maps,
+            ),
             (
                 "palisade_ruleset_elements",
                 "Elements in all sets and maps of the desired ruleset.",
                 m.ruleset.elements,
             ),
-            ("palisade_invalid_policies", "NetworkPolicies that fail validation and are not enforced.", m.invalid_policies),
-            ("palisade_malformed_objects", "Watched objects that do not decode (skipped).", m.malformed_objects),
-            ("palisade_pods", "Pods in the agent's index (cluster-wide).", m.pods),
+            (
+                "palisade_invalid_policies",
+                "NetworkPolicies that fail validation and are not enforced.",
+                m.invalid_policies,
+            ),
+            (
+                "palisade_malformed_objects",
+                "Watched objects that do not decode (skipped).",
+                m.malformed_objects,
+            ),
+            (
+                "palisade_pods",
+                "Pods in the agent's index (cluster-wide).",
+                m.pods,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -225,7 +260,10 @@ impl Metrics {
             "# HELP palisade_ready Whether the first full sync is programmed.\n# TYPE palisade_ready gauge\npalisade_ready {}",
             u8::from(m.ready)
         );
-        let _ = writeln!(out, "# HELP palisade_errors_total Errors by kind.\n# TYPE palisade_errors_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP palisade_errors_total Errors by kind.\n# TYPE palisade_errors_total counter"
+        );
         for kind in [
             error_kind::WATCH,
             error_kind::MALFORMED_OBJECT,
@@ -261,7 +299,9 @@ impl Metrics {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -275,9 +315,13 @@ mod tests {
         m.observe_sync(Duration::from_millis(30), true, None);
         m.denied("x/\"p\"", "ingress");
         let text = m.render();
-        assert!(text.contains("palisade_sync_duration_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(
+            text.contains("palisade_sync_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("palisade_sync_duration_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("palisade_sync_duration_seconds_count 2"));
-        assert!(text.contains(r#"palisade_denied_packets_total{policy="x/\"p\"",direction="ingress"} 1"#));
+        assert!(text
+            .contains(r#"palisade_denied_packets_total{policy="x/\"p\"",direction="ingress"} 1"#));
     }
 }

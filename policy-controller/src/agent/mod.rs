@@ -13,9 +13,11 @@
 //! worker runs), `/readyz` (200 once the first full sync is programmed), `/status` (JSON:
 //! `ready`, `node`, `programmedResourceVersions{pods,namespaces,networkpolicies,nodes}`,
 //! `lastSync{durationMs,commands,full}`, `invalidPolicies[{namespace,name,errors}]`, plus
-//! `lastError`, `malformedObjects`, `pods`, `routes`).
+//! `lastError`, `malformedObjects`, `pods`, `routes`), `/debug/state` (the cluster state the
+//! agent compiles from, as API objects, for `palisadectl --agent`).
 
 pub mod cni;
+pub mod debug_state;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -79,9 +81,12 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<::kube:
         Some(path) => {
             let kc = ::kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("read kubeconfig {}", path.display()))?;
-            ::kube::Config::from_custom_kubeconfig(kc, &::kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("load kubeconfig {}", path.display()))?
+            ::kube::Config::from_custom_kubeconfig(
+                kc,
+                &::kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("load kubeconfig {}", path.display()))?
         }
         None => ::kube::Config::infer().await.context("infer kube config")?,
     };
@@ -118,16 +123,27 @@ impl Drop for RunningAgent {
 }
 
 /// Start the agent on the current tokio runtime with this dataplane.
-pub async fn start(config: AgentConfig, client: ::kube::Client, dataplane: Box<dyn Dataplane + Send>) -> Result<RunningAgent> {
+pub async fn start(
+    config: AgentConfig,
+    client: ::kube::Client,
+    dataplane: Box<dyn Dataplane + Send>,
+) -> Result<RunningAgent> {
     let shared = Arc::new(AgentShared::new(&config.node_name));
     let compiler = Arc::new(Mutex::new(Compiler::new(config.compile_options())));
     let http_listener = http::bind(config.listen).await?;
-    let listen = http_listener.local_addr().context("metrics listener address")?;
+    let listen = http_listener
+        .local_addr()
+        .context("metrics listener address")?;
     let cni_listener = cni::bind(&config.cni_socket)?;
 
     if let Some(group) = config.nflog_group {
         // Logging is an aid: an agent that cannot bind the group still enforces policy.
-        if let Err(err) = nflog::spawn(group, config.deny_log_rate, compiler.clone(), shared.clone()) {
+        if let Err(err) = nflog::spawn(
+            group,
+            config.deny_log_rate,
+            compiler.clone(),
+            shared.clone(),
+        ) {
             shared.metrics.error(metrics::error_kind::NFLOG);
             tracing::error!(error = %format!("{err:#}"), "denied-packet logging disabled");
         }
@@ -136,9 +152,19 @@ pub async fn start(config: AgentConfig, client: ::kube::Client, dataplane: Box<d
     let (event_tx, event_rx) = mpsc::channel(4096);
     let (cni_tx, cni_rx) = mpsc::channel(256);
     let mut tasks = spawn_watches(client, WatchTuning::default(), event_tx);
-    tasks.push(tokio::spawn(http::serve(http_listener, shared.clone())));
-    tasks.push(tokio::spawn(cni::serve(cni_listener, cni_tx, shared.clone())));
-    let routes = config.manage_routes.then(|| routes::NodeRoutes::new(&config.node_name));
+    tasks.push(tokio::spawn(http::serve(
+        http_listener,
+        shared.clone(),
+        compiler.clone(),
+    )));
+    tasks.push(tokio::spawn(cni::serve(
+        cni_listener,
+        cni_tx,
+        shared.clone(),
+    )));
+    let routes = config
+        .manage_routes
+        .then(|| routes::NodeRoutes::new(&config.node_name));
     let worker = SyncWorker::new(
         Index::new(&config.node_name),
         compiler.clone(),

@@ -110,10 +110,12 @@ pub fn parse_datagram(mut buf: &[u8]) -> Result<Vec<LoggedPacket>> {
                     }
                     NFULA_PAYLOAD => p.payload = data.to_vec(),
                     NFULA_IFINDEX_INDEV if data.len() >= 4 => {
-                        p.in_ifindex = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
+                        p.in_ifindex =
+                            Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
                     }
                     NFULA_IFINDEX_OUTDEV if data.len() >= 4 => {
-                        p.out_ifindex = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
+                        p.out_ifindex =
+                            Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
                     }
                     NFULA_PACKET_HDR => {}
                     _ => {}
@@ -137,7 +139,12 @@ pub fn parse_flow(ip: &[u8]) -> Option<Flow> {
             }
             let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
             let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-            (src.into(), dst.into(), ip[9], ip.get(ihl..).unwrap_or_default())
+            (
+                src.into(),
+                dst.into(),
+                ip[9],
+                ip.get(ihl..).unwrap_or_default(),
+            )
         }
         6 => {
             if ip.len() < 40 {
@@ -145,7 +152,12 @@ pub fn parse_flow(ip: &[u8]) -> Option<Flow> {
             }
             let a: [u8; 16] = ip[8..24].try_into().ok()?;
             let b: [u8; 16] = ip[24..40].try_into().ok()?;
-            (Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into(), ip[6], &ip[40..])
+            (
+                Ipv6Addr::from(a).into(),
+                Ipv6Addr::from(b).into(),
+                ip[6],
+                &ip[40..],
+            )
         }
         _ => return None,
     };
@@ -232,7 +244,8 @@ impl LogLimiter {
         }
         self.tokens -= 1.0;
         if self.recent.len() > 4096 {
-            self.recent.retain(|_, t| now.duration_since(*t) < REPEAT_WINDOW);
+            self.recent
+                .retain(|_, t| now.duration_since(*t) < REPEAT_WINDOW);
         }
         self.recent.insert(*flow, now);
         true
@@ -269,9 +282,18 @@ pub struct NflogSocket {
 impl NflogSocket {
     pub fn bind(group: u16) -> Result<NflogSocket> {
         // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
         if raw < 0 {
-            bail!("socket(AF_NETLINK, NETLINK_NETFILTER): {}", io::Error::last_os_error());
+            bail!(
+                "socket(AF_NETLINK, NETLINK_NETFILTER): {}",
+                io::Error::last_os_error()
+            );
         }
         // SAFETY: `raw` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -303,8 +325,13 @@ impl NflogSocket {
         let sock = NflogSocket { fd };
         let ty = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
         let flags = NLM_F_REQUEST | NLM_F_ACK;
-        sock.request(&nl_message(ty, flags, group, &[(NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND])]))
-            .map_err(|e| anyhow::anyhow!("bind NFLOG group {group}: {e}"))?;
+        sock.request(&nl_message(
+            ty,
+            flags,
+            group,
+            &[(NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND])],
+        ))
+        .map_err(|e| anyhow::anyhow!("bind NFLOG group {group}: {e}"))?;
         let mut mode = COPY_RANGE.to_be_bytes().to_vec();
         mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
         // Deliver each packet at once (queue threshold 1), not batched for a second.
@@ -341,16 +368,30 @@ impl NflogSocket {
 }
 
 /// Start the reader thread. Returns an error at once when the group cannot be bound.
-pub fn spawn(group: u16, lines_per_second: u32, compiler: Arc<Mutex<Compiler>>, shared: Arc<AgentShared>) -> Result<()> {
+pub fn spawn(
+    group: u16,
+    lines_per_second: u32,
+    compiler: Arc<Mutex<Compiler>>,
+    shared: Arc<AgentShared>,
+) -> Result<()> {
     let sock = NflogSocket::bind(group)?;
     std::thread::Builder::new()
         .name("palisade-nflog".into())
         .spawn(move || read_loop(sock, lines_per_second, compiler, shared))?;
-    tracing::info!(group, lines_per_second, "denied-packet logging on NFLOG group");
+    tracing::info!(
+        group,
+        lines_per_second,
+        "denied-packet logging on NFLOG group"
+    );
     Ok(())
 }
 
-fn read_loop(sock: NflogSocket, lines_per_second: u32, compiler: Arc<Mutex<Compiler>>, shared: Arc<AgentShared>) {
+fn read_loop(
+    sock: NflogSocket,
+    lines_per_second: u32,
+    compiler: Arc<Mutex<Compiler>>,
+    shared: Arc<AgentShared>,
+) {
     let mut buf = vec![0u8; 256 * 1024];
     let mut limiter = LogLimiter::new(lines_per_second);
     loop {
@@ -382,7 +423,12 @@ fn read_loop(sock: NflogSocket, lines_per_second: u32, compiler: Arc<Mutex<Compi
     }
 }
 
-fn report(p: &LoggedPacket, limiter: &mut LogLimiter, compiler: &Mutex<Compiler>, shared: &AgentShared) {
+fn report(
+    p: &LoggedPacket,
+    limiter: &mut LogLimiter,
+    compiler: &Mutex<Compiler>,
+    shared: &AgentShared,
+) {
     let Some(flow) = parse_flow(&p.payload) else {
         return;
     };
@@ -422,7 +468,12 @@ pub struct DeniedPacket {
 }
 
 impl DeniedPacket {
-    pub fn describe(flow: &Flow, direction: &str, prefix: &str, compiler: &Mutex<Compiler>) -> DeniedPacket {
+    pub fn describe(
+        flow: &Flow,
+        direction: &str,
+        prefix: &str,
+        compiler: &Mutex<Compiler>,
+    ) -> DeniedPacket {
         let compiler = compiler.lock().unwrap_or_else(|e| e.into_inner());
         let state = compiler.state();
         let src = pod_by_ip(state, &flow.src);
@@ -504,7 +555,10 @@ mod tests {
         p.extend_from_slice(&dst.octets());
         p.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
         let flow = parse_flow(&p).unwrap();
-        assert_eq!((flow.dst, flow.proto, flow.src_port, flow.dst_port), (IpAddr::V6(dst), 17, Some(5000), Some(53)));
+        assert_eq!(
+            (flow.dst, flow.proto, flow.src_port, flow.dst_port),
+            (IpAddr::V6(dst), 17, Some(5000), Some(53))
+        );
     }
 
     #[test]
@@ -515,7 +569,10 @@ mod tests {
         msg.extend_from_slice(&[0; 10]);
         msg.extend_from_slice(&(-libc::EBUSY).to_ne_bytes());
         msg.extend_from_slice(&[0; 16]);
-        assert!(parse_datagram(&msg).unwrap_err().to_string().contains("busy"));
+        assert!(parse_datagram(&msg)
+            .unwrap_err()
+            .to_string()
+            .contains("busy"));
     }
 
     #[test]
@@ -530,7 +587,10 @@ mod tests {
             dst_port: Some(80),
         };
         assert!(l.admit(&flow(1), t0));
-        assert!(!l.admit(&flow(1), t0 + Duration::from_millis(500)), "retransmit");
+        assert!(
+            !l.admit(&flow(1), t0 + Duration::from_millis(500)),
+            "retransmit"
+        );
         assert!(l.admit(&flow(2), t0));
         assert!(!l.admit(&flow(3), t0), "over the rate");
         assert!(l.admit(&flow(4), t0 + Duration::from_secs(1)));

@@ -80,7 +80,8 @@ impl NodeRoutes {
         let mut routes = BTreeSet::new();
         for family in ["-4", "-6"] {
             let json = self.run(&["-j", family, "route", "show", "proto", &proto])?;
-            let parsed: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or(serde_json::Value::Null);
+            let parsed: serde_json::Value =
+                serde_json::from_str(json.trim()).unwrap_or(serde_json::Value::Null);
             for r in parsed.as_array().into_iter().flatten() {
                 let (Some(dst), Some(gw)) = (r["dst"].as_str(), r["gateway"].as_str()) else {
                     continue;
@@ -119,7 +120,15 @@ impl NodeRoutes {
             }
         }
         for r in desired.difference(&current) {
-            let args = ["route", "replace", &r.cidr.to_string(), "via", &r.via.to_string(), "proto", &proto];
+            let args = [
+                "route",
+                "replace",
+                &r.cidr.to_string(),
+                "via",
+                &r.via.to_string(),
+                "proto",
+                &proto,
+            ];
             if let Err(e) = self.run(&args) {
                 errors.push(format!("{e:#}"));
             } else {
@@ -152,7 +161,11 @@ mod tests {
     fn routes_go_to_other_nodes_by_family() {
         let nodes: BTreeMap<_, _> = [
             node("n1", &["192.168.0.1"], &["10.244.1.0/24"]),
-            node("n2", &["192.168.0.2", "fd00::2"], &["10.244.2.0/24", "fd10:2::/64"]),
+            node(
+                "n2",
+                &["192.168.0.2", "fd00::2"],
+                &["10.244.2.0/24", "fd10:2::/64"],
+            ),
             node("n3", &["192.168.0.3"], &["fd10:3::/64"]),
             node("n4", &[], &["10.244.4.0/24"]),
         ]
@@ -163,6 +176,9 @@ mod tests {
             .iter()
             .map(|r| format!("{} via {}", r.cidr, r.via))
             .collect();
-        assert_eq!(got, vec!["10.244.2.0/24 via 192.168.0.2", "fd10:2::/64 via fd00::2"]);
+        assert_eq!(
+            got,
+            vec!["10.244.2.0/24 via 192.168.0.2", "fd10:2::/64 via fd00::2"]
+        );
     }
 }

@@ -75,7 +75,10 @@ impl AgentShared {
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The `/status` document.

@@ -155,7 +155,11 @@ impl SyncWorker {
     }
 
     /// Run until both inputs are closed.
-    pub async fn run(mut self, mut events: mpsc::Receiver<ClusterEvent>, mut cni: mpsc::Receiver<CniCommand>) {
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<ClusterEvent>,
+        mut cni: mpsc::Receiver<CniCommand>,
+    ) {
         let (mut events_open, mut cni_open) = (true, true);
         while events_open || cni_open {
             let deadline = self.next_deadline();
@@ -244,7 +248,9 @@ impl SyncWorker {
                 reply,
             } => {
                 tracing::debug!(pod = %key, %container_id, ?ips, "CNI announced pod");
-                let announced = self.index.pod_announced(key.clone(), container_id, ips, &mut self.changes);
+                let announced =
+                    self.index
+                        .pod_announced(key.clone(), container_id, ips, &mut self.changes);
                 let wait = match announced {
                     Announced::Known => WaitFor::Sync(self.next_sync_id),
                     Announced::Pending => WaitFor::Pod,
@@ -302,7 +308,12 @@ impl SyncWorker {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut deadline = self.waiters.iter().map(|w| w.deadline).chain(self.routes_retry_at).min();
+        let mut deadline = self
+            .waiters
+            .iter()
+            .map(|w| w.deadline)
+            .chain(self.routes_retry_at)
+            .min();
         if let (Some(since), true) = (self.dirty_since, self.index.initial_list_done()) {
             let mut at = if self.urgent {
                 Instant::now()
@@ -324,8 +335,14 @@ impl SyncWorker {
             if self.waiters[i].deadline <= now {
                 let w = self.waiters.swap_remove(i);
                 let error = match w.wait {
-                    WaitFor::Pod => format!("pod {} not seen in the API watch within {:?}", w.key, self.tuning.announce_timeout),
-                    WaitFor::Sync(_) => format!("pod {} not programmed within {:?}", w.key, self.tuning.announce_timeout),
+                    WaitFor::Pod => format!(
+                        "pod {} not seen in the API watch within {:?}",
+                        w.key, self.tuning.announce_timeout
+                    ),
+                    WaitFor::Sync(_) => format!(
+                        "pod {} not programmed within {:?}",
+                        w.key, self.tuning.announce_timeout
+                    ),
                 };
                 tracing::warn!("{error}");
                 self.index.announcement_settled(&w.key);
@@ -367,9 +384,11 @@ impl SyncWorker {
                 let programmed = Instant::now();
                 self.retry = None;
                 self.shared.metrics.observe_sync(duration, true, Some(size));
-                self.shared
-                    .metrics
-                    .observe_event_latencies(events.iter().map(|t| programmed.saturating_duration_since(*t)));
+                self.shared.metrics.observe_event_latencies(
+                    events
+                        .iter()
+                        .map(|t| programmed.saturating_duration_since(*t)),
+                );
                 let first = !self.shared.ready();
                 self.shared.update(|s| {
                     s.programmed_resource_versions = versions;
@@ -411,9 +430,9 @@ impl SyncWorker {
                 self.answer_waiters(sync_id);
             }
             Err(err) => {
-                let backoff = self
-                    .retry
-                    .map_or(self.tuning.retry_min, |(_, d)| (d * 2).min(self.tuning.retry_max));
+                let backoff = self.retry.map_or(self.tuning.retry_min, |(_, d)| {
+                    (d * 2).min(self.tuning.retry_max)
+                });
                 tracing::error!(error = %err, retry_in_ms = backoff.as_millis() as u64, "sync failed; rules last programmed stay in force");
                 self.shared.metrics.observe_sync(duration, false, None);
                 self.shared.metrics.error(error_kind::NFT);
@@ -500,7 +519,10 @@ mod tests {
                 return Err(DataplaneError::Nft("injected".into()));
             }
             self.applies.lock().unwrap().push(Instant::now());
-            Ok(ApplyStats { commands: 1, full: false })
+            Ok(ApplyStats {
+                commands: 1,
+                full: false,
+            })
         }
         fn invalidate(&mut self) {
             *self.invalidations.lock().unwrap() += 1;
@@ -523,7 +545,14 @@ mod tests {
             fail_closed_new_pods: true,
             nflog_group: None,
         })));
-        let worker = SyncWorker::new(Index::new("n1"), compiler, Box::new(dp.clone()), None, shared.clone(), tuning);
+        let worker = SyncWorker::new(
+            Index::new("n1"),
+            compiler,
+            Box::new(dp.clone()),
+            None,
+            shared.clone(),
+            tuning,
+        );
         let (events, erx) = mpsc::channel(1024);
         let (cni, crx) = mpsc::channel(16);
         Harness {
@@ -537,17 +566,38 @@ mod tests {
 
     fn pod_event(name: &str, rv: u64, ip: Option<&str>) -> ClusterEvent {
         ClusterEvent::Pod(WatchEvent::Applied {
-            object: Slim::new(name, "x", &rv.to_string(), Ok(mk_pod("x", name, "n1", ip, &[("app", name)]))),
+            object: Slim::new(
+                name,
+                "x",
+                &rv.to_string(),
+                Ok(mk_pod("x", name, "n1", ip, &[("app", name)])),
+            ),
             initial: false,
         })
     }
 
     async fn list_everything(h: &Harness, rv: u64) {
         let wrap: [fn(String) -> ClusterEvent; 4] = [
-            |rv| ClusterEvent::Pod(WatchEvent::Listed { resource_version: rv }),
-            |rv| ClusterEvent::Namespace(WatchEvent::Listed { resource_version: rv }),
-            |rv| ClusterEvent::Policy(WatchEvent::Listed { resource_version: rv }),
-            |rv| ClusterEvent::Node(WatchEvent::Listed { resource_version: rv }),
+            |rv| {
+                ClusterEvent::Pod(WatchEvent::Listed {
+                    resource_version: rv,
+                })
+            },
+            |rv| {
+                ClusterEvent::Namespace(WatchEvent::Listed {
+                    resource_version: rv,
+                })
+            },
+            |rv| {
+                ClusterEvent::Policy(WatchEvent::Listed {
+                    resource_version: rv,
+                })
+            },
+            |rv| {
+                ClusterEvent::Node(WatchEvent::Listed {
+                    resource_version: rv,
+                })
+            },
         ];
         for w in wrap {
             h.events.send(w(rv.to_string())).await.unwrap();
@@ -561,10 +611,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nothing_is_programmed_before_every_kind_is_listed() {
         let h = start(SyncTuning::default());
-        h.events.send(pod_event("a", 3, Some("10.0.0.1"))).await.unwrap();
-        h.events.send(ClusterEvent::Pod(WatchEvent::Listed { resource_version: "3".into() })).await.unwrap();
+        h.events
+            .send(pod_event("a", 3, Some("10.0.0.1")))
+            .await
+            .unwrap();
+        h.events
+            .send(ClusterEvent::Pod(WatchEvent::Listed {
+                resource_version: "3".into(),
+            }))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(applies(&h).is_empty(), "partial state must not be programmed");
+        assert!(
+            applies(&h).is_empty(),
+            "partial state must not be programmed"
+        );
         assert!(!h.shared.ready());
         list_everything(&h, 7).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -583,7 +644,10 @@ mod tests {
         assert_eq!(applies(&h).len(), 1);
         let t0 = Instant::now();
         for i in 0..200u64 {
-            h.events.send(pod_event(&format!("p{i}"), 10 + i, Some("10.0.0.1"))).await.unwrap();
+            h.events
+                .send(pod_event(&format!("p{i}"), 10 + i, Some("10.0.0.1")))
+                .await
+                .unwrap();
             if i % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -592,8 +656,14 @@ mod tests {
         let a = applies(&h);
         assert_eq!(a.len(), 2, "200 events in 4 ms coalesce into one sync");
         let waited = a[1] - t0;
-        assert!(waited >= Duration::from_millis(10) && waited < Duration::from_millis(20), "{waited:?}");
-        assert_eq!(h.shared.status_json()["programmedResourceVersions"]["pods"], "209");
+        assert!(
+            waited >= Duration::from_millis(10) && waited < Duration::from_millis(20),
+            "{waited:?}"
+        );
+        assert_eq!(
+            h.shared.status_json()["programmedResourceVersions"]["pods"],
+            "209"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -606,13 +676,19 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // One event every 5 ms for a second: batching must not starve programming.
         for i in 0..200u64 {
-            h.events.send(pod_event(&format!("p{i}"), 10 + i, Some("10.0.0.1"))).await.unwrap();
+            h.events
+                .send(pod_event(&format!("p{i}"), 10 + i, Some("10.0.0.1")))
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let a = applies(&h);
         let gaps: Vec<Duration> = a.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
         assert!(a.len() >= 15 && a.len() <= 25, "{} syncs", a.len());
-        assert!(gaps.iter().all(|g| *g <= Duration::from_millis(60)), "{gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_millis(60)),
+            "{gaps:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -621,17 +697,32 @@ mod tests {
         list_everything(&h, 1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         h.dp.fail.store(true, Ordering::SeqCst);
-        h.events.send(pod_event("a", 5, Some("10.0.0.1"))).await.unwrap();
+        h.events
+            .send(pod_event("a", 5, Some("10.0.0.1")))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let invalidations = *h.dp.invalidations.lock().unwrap();
         // Retries at 200, 400, 800 ms … after the first failure: a handful, not hundreds.
         assert!((2..=5).contains(&invalidations), "{invalidations}");
-        assert_eq!(h.shared.status_json()["programmedResourceVersions"]["pods"], "1");
-        assert!(h.shared.status_json()["lastError"].as_str().unwrap().contains("injected"));
+        assert_eq!(
+            h.shared.status_json()["programmedResourceVersions"]["pods"],
+            "1"
+        );
+        assert!(h.shared.status_json()["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("injected"));
         h.dp.fail.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(h.shared.status_json()["programmedResourceVersions"]["pods"], "5");
-        assert_eq!(h.shared.metrics.errors(error_kind::NFT) as usize, invalidations);
+        assert_eq!(
+            h.shared.status_json()["programmedResourceVersions"]["pods"],
+            "5"
+        );
+        assert_eq!(
+            h.shared.metrics.errors(error_kind::NFT) as usize,
+            invalidations
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "palisade-agent", version, about = "Palisade node agent: NetworkPolicy enforced with nftables")]
+#[command(
+    name = "palisade-agent",
+    version,
+    about = "Palisade node agent: NetworkPolicy enforced with nftables"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -171,7 +175,11 @@ fn run(args: RunArgs) -> Result<()> {
         manage_routes: args.manage_routes,
         table: args.table.clone(),
         nft: args.nft.clone(),
-        sync: agent::sync_tuning(args.min_sync_interval_ms, args.max_sync_interval_ms, args.test_sync_delay_ms),
+        sync: agent::sync_tuning(
+            args.min_sync_interval_ms,
+            args.max_sync_interval_ms,
+            args.test_sync_delay_ms,
+        ),
     };
     runtime()?.block_on(async move {
         let client = agent::kube_client(config.kubeconfig.as_deref()).await?;
@@ -195,7 +203,10 @@ fn run(args: RunArgs) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -223,7 +234,11 @@ async fn install_cni(args: InstallArgs) -> Result<()> {
             Err(e) => tracing::warn!(node = %args.node_name, error = %e, "get node"),
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("node {} got no spec.podCIDRs within {}s", args.node_name, args.wait_seconds);
+            bail!(
+                "node {} got no spec.podCIDRs within {}s",
+                args.node_name,
+                args.wait_seconds
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };

@@ -104,7 +104,11 @@ pub fn range_to_prefixes(lo: u128, hi: u128, v4: bool) -> Vec<IpNet> {
     let mut cur = lo;
     loop {
         // Largest aligned block starting at `cur` that does not pass `hi`.
-        let align = if cur == 0 { bits } else { cur.trailing_zeros().min(bits) };
+        let align = if cur == 0 {
+            bits
+        } else {
+            cur.trailing_zeros().min(bits)
+        };
         let mut size_bits = align;
         while size_bits > 0 {
             let last = if size_bits == 128 {
@@ -168,7 +172,10 @@ mod tests {
     #[test]
     fn cidr_minus_excepts() {
         let cidr: IpNet = "10.0.0.0/24".parse().unwrap();
-        let r = block_ranges(&cidr, &nets(&["10.0.0.128/25", "10.0.0.5/32", "192.168.0.0/16"]));
+        let r = block_ranges(
+            &cidr,
+            &nets(&["10.0.0.128/25", "10.0.0.5/32", "192.168.0.0/16"]),
+        );
         let mut prefixes = Vec::new();
         for &(lo, hi) in r.ranges() {
             prefixes.extend(range_to_prefixes(lo, hi, true));
@@ -196,7 +203,10 @@ mod tests {
         assert!(r.contains(u128::from(u32::from(Ipv4Addr::new(11, 0, 0, 0)))));
         let all6: IpNet = "::/0".parse().unwrap();
         let r = block_ranges(&all6, &[]);
-        assert_eq!(range_to_prefixes(r.ranges()[0].0, r.ranges()[0].1, false), vec![all6]);
+        assert_eq!(
+            range_to_prefixes(r.ranges()[0].0, r.ranges()[0].1, false),
+            vec![all6]
+        );
         assert_eq!(
             range_to_prefixes(0, u128::from(u32::MAX), true),
             vec!["0.0.0.0/0".parse::<IpNet>().unwrap()]
@@ -205,7 +215,13 @@ mod tests {
 
     #[test]
     fn prefixes_cover_exactly_the_range() {
-        for (lo, hi) in [(1u128, 1u128), (3, 17), (0, 255), (255, 256), (7, 4_000_000)] {
+        for (lo, hi) in [
+            (1u128, 1u128),
+            (3, 17),
+            (0, 255),
+            (255, 256),
+            (7, 4_000_000),
+        ] {
             let ps = range_to_prefixes(lo, hi, true);
             let mut covered = RangeSet::new();
             for p in &ps {
@@ -222,6 +238,9 @@ mod tests {
             merge_port_ranges(vec![(80, 80), (81, 90), (85, 100), (200, 300), (1, 2)]),
             vec![(1, 2), (80, 100), (200, 300)]
         );
-        assert_eq!(merge_port_ranges(vec![(0, 65535), (5, 6)]), vec![(0, 65535)]);
+        assert_eq!(
+            merge_port_ranges(vec![(0, 65535), (5, 6)]),
+            vec![(0, 65535)]
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use super::intervals::{block_ranges, merge_port_ranges, range_to_prefixes};
 use super::{select_pods, CompileOptions, Index};
-use crate::eval::reference::{is_enforced_pod, is_policy_pod, Direction};
+use crate::eval::reference::{is_enforced_pod, is_policy_pod, policy_types, Direction};
 use crate::model::api::{IntOrString, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use crate::model::selector::{selector_matches, NamespaceScope, PodSelection};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
@@ -66,7 +66,9 @@ impl SetSpec {
             SetSpec::PodAddrs { selection, family } => {
                 format!("pods{}-{}", fam(*family), hash_of(selection))
             }
-            SetSpec::NamedPorts { family, .. } => format!("named{}-{}", fam(*family), hash_of(self)),
+            SetSpec::NamedPorts { family, .. } => {
+                format!("named{}-{}", fam(*family), hash_of(self))
+            }
             SetSpec::Block { cidr, .. } => {
                 format!("block{}-{}", fam(family_of_net(cidr)), hash_of(self))
             }
@@ -140,6 +142,16 @@ pub(crate) struct Cache {
     dirty: HashSet<PodSelection>,
     /// The sets of the current structure, by name.
     specs: BTreeMap<String, SetSpec>,
+    /// Per-policy chains as last built, reused while the policy's spec is unchanged (they
+    /// depend on nothing else: the sets they use are named by what they stand for).
+    policy_chains: HashMap<(Direction, ObjectKey), CachedPolicyChain>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedPolicyChain {
+    spec: crate::model::api::NetworkPolicySpec,
+    rules: Vec<Rule>,
+    sets: Vec<(String, SetSpec)>,
 }
 
 impl Cache {
@@ -153,7 +165,9 @@ impl Cache {
     ) {
         let ns_labels = state.namespaces.get(&key.namespace);
         let content_changed = match (old, new) {
-            (Some(o), Some(n)) => o.ips != n.ips || o.named_ports != n.named_ports || o.node != n.node,
+            (Some(o), Some(n)) => {
+                o.ips != n.ips || o.named_ports != n.named_ports || o.node != n.node
+            }
             _ => true,
         };
         for (selection, members) in self.members.iter_mut() {
@@ -250,10 +264,21 @@ impl Cache {
             opts,
             specs: BTreeMap::new(),
             chains: BTreeMap::new(),
+            recording: None,
+            policy_cache: std::mem::take(&mut self.policy_chains),
+            used_policies: HashSet::new(),
         };
         let maps = b.dispatch(index);
         b.base_chains();
-        let Builder { specs, chains, .. } = b;
+        let Builder {
+            specs,
+            chains,
+            mut policy_cache,
+            used_policies,
+            ..
+        } = b;
+        policy_cache.retain(|k, _| used_policies.contains(k));
+        self.policy_chains = policy_cache;
 
         let mut sets = BTreeMap::new();
         for (name, spec) in &specs {
@@ -262,8 +287,8 @@ impl Cache {
                 SetSpec::NamedPorts { local_only, .. } => *local_only,
                 _ => false,
             };
-            let stale = depends_on_local_pods
-                || spec.selection().is_some_and(|s| self.dirty.contains(s));
+            let stale =
+                depends_on_local_pods || spec.selection().is_some_and(|s| self.dirty.contains(s));
             let set = match previous.sets.remove(name) {
                 Some(set) if !stale => set,
                 _ => self.materialise(state, index, opts, spec),
@@ -295,7 +320,11 @@ impl Cache {
                 set.key = vec![addr_key(*family)];
                 let members = self.members(state, index, selection);
                 for key in members {
-                    for ip in state.pods[key].ips.iter().filter(|ip| Family::of(ip) == *family) {
+                    for ip in state.pods[key]
+                        .ips
+                        .iter()
+                        .filter(|ip| Family::of(ip) == *family)
+                    {
                         set.elements.insert(vec![Value::Addr(*ip)]);
                     }
                 }
@@ -346,7 +375,8 @@ impl Cache {
                     } else {
                         Value::PortRange(lo, hi)
                     };
-                    set.elements.insert(vec![Value::Proto(proto.number()), port]);
+                    set.elements
+                        .insert(vec![Value::Proto(proto.number()), port]);
                 }
             }
             SetSpec::LocalPods(family) => {
@@ -375,7 +405,11 @@ fn set_comment(spec: &SetSpec) -> String {
             selection, ports, ..
         } => {
             let names: Vec<String> = ports.iter().map(|(n, p)| format!("{p}/{n}")).collect();
-            format!("named ports {} on {}", names.join(","), selection.describe())
+            format!(
+                "named ports {} on {}",
+                names.join(","),
+                selection.describe()
+            )
         }
         SetSpec::Block { cidr, except } => {
             let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
@@ -421,7 +455,17 @@ struct Builder<'a> {
     opts: &'a CompileOptions,
     specs: BTreeMap<String, SetSpec>,
     chains: BTreeMap<String, Chain>,
+    /// While building one policy's chain: the sets it uses, for the cache.
+    recording: Option<Vec<(String, SetSpec)>>,
+    policy_cache: HashMap<(Direction, ObjectKey), CachedPolicyChain>,
+    used_policies: HashSet<(Direction, ObjectKey)>,
 }
+
+/// One rule's peers (`from` / `to`) and ports, as written.
+type RuleSection<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
 
 /// One alternative for the far end of a rule.
 enum PeerAlt {
@@ -442,8 +486,44 @@ struct PortAlts {
 impl Builder<'_> {
     fn set(&mut self, spec: SetSpec) -> String {
         let name = spec.name();
+        if let Some(rec) = self.recording.as_mut() {
+            rec.push((name.clone(), spec.clone()));
+        }
         self.specs.entry(name.clone()).or_insert(spec);
         name
+    }
+
+    /// A policy's chain rules, from the cache when its spec is unchanged.
+    fn cached_policy_rules(
+        &mut self,
+        direction: Direction,
+        key: &ObjectKey,
+        policy: &NetworkPolicy,
+    ) -> Vec<Rule> {
+        let cache_key = (direction, key.clone());
+        self.used_policies.insert(cache_key.clone());
+        if let Some(cached) = self.policy_cache.get(&cache_key) {
+            if cached.spec == policy.spec {
+                for (name, spec) in &cached.sets {
+                    self.specs
+                        .entry(name.clone())
+                        .or_insert_with(|| spec.clone());
+                }
+                return cached.rules.clone();
+            }
+        }
+        self.recording = Some(Vec::new());
+        let rules = self.policy_rules(direction, key, policy);
+        let sets = self.recording.take().unwrap_or_default();
+        self.policy_cache.insert(
+            cache_key,
+            CachedPolicyChain {
+                spec: policy.spec.clone(),
+                rules: rules.clone(),
+                sets,
+            },
+        );
+        rules
     }
 
     /// Class chains, policy chains and the dispatch maps for the enforced pods of this node.
@@ -472,9 +552,14 @@ impl Builder<'_> {
             }
             let mut ingress = Vec::new();
             let mut egress = Vec::new();
-            for pkey in index.policies_by_ns.get(&key.namespace).into_iter().flatten() {
+            for pkey in index
+                .policies_by_ns
+                .get(&key.namespace)
+                .into_iter()
+                .flatten()
+            {
                 let policy = &self.state.policies[pkey];
-                let (i, e) = policy.spec.effective_policy_types();
+                let (i, e) = policy_types(&policy.spec);
                 if !(i || e) || !selector_matches(&policy.spec.pod_selector, &pod.labels) {
                     continue;
                 }
@@ -485,7 +570,8 @@ impl Builder<'_> {
                     egress.push(pkey.clone());
                 }
             }
-            for (direction, policies) in [(Direction::Ingress, ingress), (Direction::Egress, egress)]
+            for (direction, policies) in
+                [(Direction::Ingress, ingress), (Direction::Egress, egress)]
             {
                 if policies.is_empty() {
                     continue;
@@ -530,16 +616,19 @@ impl Builder<'_> {
                     comment: Some(format!("log {direction} denied by default")),
                 });
             }
-            rules.push(
-                Rule::new(vec![], Verdict::Drop)
-                    .with_comment(format!("{direction} denied: no rule of these policies allows it")),
-            );
+            // Counted, so that `palisadectl explain --agent` can show how many packets this
+            // default deny dropped.
+            let mut drop = Rule::new(vec![], Verdict::Drop).with_comment(format!(
+                "{direction} denied: no rule of these policies allows it"
+            ));
+            drop.statements.push(Statement::Counter);
+            rules.push(drop);
             self.chains
                 .insert(chain.clone(), Chain { base: None, rules });
         }
         for (direction, key) in policy_chains {
             let policy = &self.state.policies[&key];
-            let rules = self.policy_rules(direction, &key, policy);
+            let rules = self.cached_policy_rules(direction, &key, policy);
             self.chains.insert(
                 policy_chain_name(direction, &key),
                 Chain { base: None, rules },
@@ -679,23 +768,22 @@ impl Builder<'_> {
         policy: &NetworkPolicy,
     ) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let sections: Vec<(Option<&[NetworkPolicyPeer]>, Option<&[NetworkPolicyPort]>)> =
-            match direction {
-                Direction::Ingress => policy
-                    .spec
-                    .ingress
-                    .iter()
-                    .flatten()
-                    .map(|r| (r.from.as_deref(), r.ports.as_deref()))
-                    .collect(),
-                Direction::Egress => policy
-                    .spec
-                    .egress
-                    .iter()
-                    .flatten()
-                    .map(|r| (r.to.as_deref(), r.ports.as_deref()))
-                    .collect(),
-            };
+        let sections: Vec<RuleSection<'_>> = match direction {
+            Direction::Ingress => policy
+                .spec
+                .ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect(),
+            Direction::Egress => policy
+                .spec
+                .egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+        };
         let verdict = match direction {
             Direction::Ingress => Verdict::Accept,
             Direction::Egress => Verdict::Goto(INGRESS_DISPATCH_CHAIN.into()),

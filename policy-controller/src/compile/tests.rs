@@ -2,12 +2,15 @@
 //! for a small cluster, and incremental == from-scratch after every kind of change.
 
 use super::*;
+use crate::compile::plan::class_chain_name;
 use crate::eval::interp::{check_ruleset, classify, Packet};
+use crate::eval::reference::Direction;
 use crate::model::api::{
     IntOrString, IpBlock, LabelSelector, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
     NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ObjectMeta,
 };
 use crate::model::{NamedPort, Protocol};
+use crate::ruleset::Statement;
 use crate::ruleset::{CtState, Hook, RuleVerdict, Value, Verdict};
 use std::fmt::Write;
 
@@ -80,7 +83,13 @@ fn small_cluster() -> ClusterState {
     let mut s = ClusterState::default();
     s.upsert_namespace("x", labels(&[("team", "a")]));
     s.upsert_namespace("y", labels(&[]));
-    let mut web = mk_pod("x", "web", "n1", &["10.0.1.2", "fd00:1::2"], &[("app", "web")]);
+    let mut web = mk_pod(
+        "x",
+        "web",
+        "n1",
+        &["10.0.1.2", "fd00:1::2"],
+        &[("app", "web")],
+    );
     web.named_ports.push(NamedPort {
         name: "http".into(),
         port: 8080,
@@ -89,7 +98,13 @@ fn small_cluster() -> ClusterState {
     for p in [
         web,
         mk_pod("x", "db", "n1", &["10.0.1.3"], &[("app", "db")]),
-        mk_pod("x", "db2", "n2", &["10.0.2.3", "fd00:2::3"], &[("app", "db")]),
+        mk_pod(
+            "x",
+            "db2",
+            "n2",
+            &["10.0.2.3", "fd00:2::3"],
+            &[("app", "db")],
+        ),
         mk_pod("y", "other", "n2", &["10.0.2.4"], &[("app", "db")]),
     ] {
         s.pods.insert(p.key.clone(), p);
@@ -146,7 +161,11 @@ fn dump(r: &Ruleset) -> String {
     let mut out = String::new();
     for (name, c) in &r.chains {
         match &c.base {
-            Some(b) => writeln!(out, "chain {name} {:?} {} {:?}", b.hook, b.priority, b.policy),
+            Some(b) => writeln!(
+                out,
+                "chain {name} {:?} {} {:?}",
+                b.hook, b.priority, b.policy
+            ),
             None => writeln!(out, "chain {name}"),
         }
         .unwrap();
@@ -231,11 +250,10 @@ fn golden_node_1() {
     let rules = &r.chains[&class].rules;
     assert_eq!(rules.len(), 3);
     assert_eq!(rules[0].comment.as_deref(), Some("x/web-from-db"));
-    assert!(matches!(&rules[1].statements[0], Statement::Log { group: 5, prefix, .. } if *prefix == format!("palisade drop ingress {class}")));
-    assert_eq!(
-        rules[2].verdict,
-        Some(RuleVerdict::Verdict(Verdict::Drop))
+    assert!(
+        matches!(&rules[1].statements[0], Statement::Log { group: 5, prefix, .. } if *prefix == format!("palisade drop ingress {class}"))
     );
+    assert_eq!(rules[2].verdict, Some(RuleVerdict::Verdict(Verdict::Drop)));
     // Policy chain: per family, one numeric-port rule and one named-port rule.
     let prules = &r.chains[&policy].rules;
     assert_eq!(prules.len(), 4, "{text}");
@@ -254,7 +272,12 @@ fn golden_node_1() {
         kinds,
         vec!["local4", "local6", "named4", "named6", "pods4", "pods6", "ports"]
     );
-    let pods4 = r.sets.iter().find(|(n, _)| n.starts_with("pods4-")).unwrap().1;
+    let pods4 = r
+        .sets
+        .iter()
+        .find(|(n, _)| n.starts_with("pods4-"))
+        .unwrap()
+        .1;
     assert_eq!(
         pods4.elements,
         ["10.0.1.3", "10.0.2.3"]
@@ -262,7 +285,12 @@ fn golden_node_1() {
             .map(|a| vec![Value::Addr(a.parse().unwrap())])
             .collect()
     );
-    let named4 = r.sets.iter().find(|(n, _)| n.starts_with("named4-")).unwrap().1;
+    let named4 = r
+        .sets
+        .iter()
+        .find(|(n, _)| n.starts_with("named4-"))
+        .unwrap()
+        .1;
     assert_eq!(
         named4.elements,
         [vec![
@@ -273,11 +301,18 @@ fn golden_node_1() {
         .into_iter()
         .collect()
     );
-    let ports = r.sets.iter().find(|(n, _)| n.starts_with("ports-")).unwrap().1;
+    let ports = r
+        .sets
+        .iter()
+        .find(|(n, _)| n.starts_with("ports-"))
+        .unwrap()
+        .1;
     assert!(ports.interval);
     assert_eq!(
         ports.elements,
-        [vec![Value::Proto(6), Value::Port(80)]].into_iter().collect()
+        [vec![Value::Proto(6), Value::Port(80)]]
+            .into_iter()
+            .collect()
     );
     assert_eq!(r.sets["local4"].elements.len(), 2);
 }
@@ -287,7 +322,12 @@ fn golden_node_2_ip_block_and_end_port() {
     let r = compile(&small_cluster(), &opts("n2"));
     assert!(check_ruleset(&r).is_empty(), "{:?}", check_ruleset(&r));
     println!("{}", dump(&r));
-    let block = r.sets.iter().find(|(n, _)| n.starts_with("block4-")).unwrap().1;
+    let block = r
+        .sets
+        .iter()
+        .find(|(n, _)| n.starts_with("block4-"))
+        .unwrap()
+        .1;
     assert!(block.interval);
     let prefixes: Vec<String> = block
         .elements
@@ -319,7 +359,12 @@ fn golden_node_2_ip_block_and_end_port() {
             "10.128.0.0/9"
         ]
     );
-    let ports = r.sets.iter().find(|(n, _)| n.starts_with("ports-")).unwrap().1;
+    let ports = r
+        .sets
+        .iter()
+        .find(|(n, _)| n.starts_with("ports-"))
+        .unwrap()
+        .1;
     assert_eq!(
         ports.elements,
         [vec![Value::Proto(17), Value::PortRange(53, 60)]]
@@ -345,7 +390,14 @@ fn golden_node_2_ip_block_and_end_port() {
     let to_node = classify(
         &r,
         Hook::Input,
-        &packet("10.0.2.4", "192.168.0.2", Protocol::Tcp, 22, "pal0000000004", ""),
+        &packet(
+            "10.0.2.4",
+            "192.168.0.2",
+            Protocol::Tcp,
+            22,
+            "pal0000000004",
+            "",
+        ),
     )
     .unwrap();
     assert!(!to_node.accepted);
@@ -353,7 +405,14 @@ fn golden_node_2_ip_block_and_end_port() {
     let nd = classify(
         &r,
         Hook::Input,
-        &packet("fd00:2::4", "ff02::1:ff00:1", Protocol::Udp, 0, "pal0000000004", ""),
+        &packet(
+            "fd00:2::4",
+            "ff02::1:ff00:1",
+            Protocol::Udp,
+            0,
+            "pal0000000004",
+            "",
+        ),
     )
     .unwrap();
     assert!(nd.accepted);
@@ -369,12 +428,26 @@ fn node_traffic_and_replies_pass() {
         .filter_map(|c| c.base.as_ref())
         .all(|b| b.hook != Hook::Output));
     // A reply towards an isolated pod passes on conntrack.
-    let mut p = packet("10.0.2.4", "10.0.1.2", Protocol::Tcp, 5555, "eth0", "pal0000000002");
+    let mut p = packet(
+        "10.0.2.4",
+        "10.0.1.2",
+        Protocol::Tcp,
+        5555,
+        "eth0",
+        "pal0000000002",
+    );
     assert!(!classify(&r, Hook::Forward, &p).unwrap().accepted);
     p.ct_state = CtState::Established;
     assert!(classify(&r, Hook::Forward, &p).unwrap().accepted);
     // Fail-closed: a pod veth whose address the agent does not know.
-    let unknown = packet("10.0.2.4", "10.0.1.99", Protocol::Tcp, 80, "eth0", "pal0000000099");
+    let unknown = packet(
+        "10.0.2.4",
+        "10.0.1.99",
+        Protocol::Tcp,
+        80,
+        "eth0",
+        "pal0000000099",
+    );
     let out = classify(&r, Hook::Forward, &unknown).unwrap();
     assert!(!out.accepted);
     assert_eq!(
@@ -481,7 +554,10 @@ fn equal_selectors_share_one_set_and_names_are_stable() {
     // Two policies select x/web: one class chain jumping to both.
     let class = class_chain_name(
         Direction::Ingress,
-        &[ObjectKey::new("x", "again"), ObjectKey::new("x", "web-from-db")],
+        &[
+            ObjectKey::new("x", "again"),
+            ObjectKey::new("x", "web-from-db"),
+        ],
     );
     assert_eq!(r.chains[&class].rules.len(), 4);
 }
@@ -493,7 +569,7 @@ fn incremental_equals_full_compile() {
     for node in ["n1", "n2"] {
         let o = opts(node);
         let mut c = Compiler::with_state(o.clone(), base.clone());
-        let mut check = |c: &mut Compiler, what: &str| {
+        let check = |c: &mut Compiler, what: &str| {
             let full = compile(c.state(), &o);
             assert_eq!(c.ruleset(), full, "{node}: after {what}");
         };

@@ -10,7 +10,7 @@
 
 use super::style::{Colour, Style};
 use crate::compile::{describe_chain, parse_rule_comment, ChainRole};
-use crate::eval::interp::{classify, HopResult, Hit, PathVerdict, Reachability};
+use crate::eval::interp::{classify, Hit, HopResult, PathVerdict, Reachability};
 use crate::eval::reference::{self, Direction, DirectionVerdict, Endpoint, Explanation, RuleRef};
 use crate::model::{ClusterState, ObjectKey, Protocol};
 use crate::nft::Listing;
@@ -21,24 +21,26 @@ use std::net::IpAddr;
 /// What one direction (the source's egress, the destination's ingress) decided on the
 /// compiled path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "verdict")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "verdict"
+)]
 pub enum Side {
     /// No class chain for this pod in this direction: nothing isolates it (or Palisade does
     /// not enforce there: `reason` from the reference evaluator).
-    NotIsolated { reason: Option<String> },
+    NotIsolated {
+        reason: Option<String>,
+    },
     Allowed {
         isolated_by: Vec<String>,
         allowed_by: Vec<String>,
     },
-    Denied { isolated_by: Vec<String> },
+    Denied {
+        isolated_by: Vec<String>,
+    },
     /// The compiled path ended before this direction was looked at (egress dropped first).
     NotReached,
-}
-
-impl Side {
-    fn allows(&self) -> bool {
-        !matches!(self, Side::Denied { .. })
-    }
 }
 
 /// One rule a packet hit.
@@ -78,6 +80,9 @@ pub struct Report {
     pub allowed: bool,
     pub egress: Side,
     pub ingress: Side,
+    /// Where the compiled path dropped the packet: `node hook: chain[i] "comment"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_at: Option<String>,
     /// The compiled path, hook by hook.
     pub hops: Vec<Hop>,
     /// The same question asked of the programmed table of the live node.
@@ -139,10 +144,20 @@ pub fn explain(
             rules: h.outcome.trace.iter().map(rule_hit).collect(),
         })
         .collect();
-    let mut disagreements = cross_check(path.allowed, &egress, &ingress, &reference);
-    let live_hops = live.map(|(node, listing)| {
-        walk_programmed(node, listing, &path.hops, &mut disagreements)
+    let dropped_at = path.hops.iter().find(|h| !h.outcome.accepted).map(|h| {
+        let rule = match h.outcome.trace.last() {
+            Some(hit) => match &hit.comment {
+                Some(c) => format!("{}[{}] {c:?}", hit.chain, hit.rule),
+                None => format!("{}[{}]", hit.chain, hit.rule),
+            },
+            None => "the chain policy".to_string(),
+        };
+        let hook = format!("{:?}", h.hook).to_lowercase();
+        format!("{} {hook}: {rule}", h.node)
     });
+    let mut disagreements = cross_check(path.allowed, &egress, &ingress, &reference);
+    let live_hops =
+        live.map(|(node, listing)| walk_programmed(node, listing, &path.hops, &mut disagreements));
     Ok(Report {
         from: src.to_string(),
         to: dst.to_string(),
@@ -153,6 +168,7 @@ pub fn explain(
         allowed: path.allowed,
         egress,
         ingress,
+        dropped_at,
         hops,
         live: live_hops,
         reference,
@@ -173,7 +189,11 @@ fn rule_hit(h: &Hit) -> RuleHit {
 
 /// Read each direction's story off the trace: class chains name the isolating policies,
 /// rule comments the allowing rule, the last hit of a dropped packet the dropping chain.
-fn sides(reach: &mut Reachability<'_>, path: &PathVerdict, reference: &Explanation) -> (Side, Side) {
+fn sides(
+    reach: &mut Reachability<'_>,
+    path: &PathVerdict,
+    reference: &Explanation,
+) -> (Side, Side) {
     let mut isolated: [Option<Vec<String>>; 2] = [None, None];
     let mut allowed_by: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     let mut denied = [false, false];
@@ -187,10 +207,13 @@ fn sides(reach: &mut Reachability<'_>, path: &PathVerdict, reference: &Explanati
         for hit in &hop.outcome.trace {
             if let Some(desc) = describe_chain(&ruleset, &hit.chain) {
                 if let ChainRole::Class {
-                    direction, policies, ..
+                    direction,
+                    policies,
+                    ..
                 } = desc.role
                 {
-                    isolated[idx(direction)] = Some(policies.iter().map(|p| p.to_string()).collect());
+                    isolated[idx(direction)] =
+                        Some(policies.iter().map(|p| p.to_string()).collect());
                 }
             }
             if let Some(r) = hit.comment.as_deref().and_then(parse_rule_comment) {
@@ -227,7 +250,12 @@ fn sides(reach: &mut Reachability<'_>, path: &PathVerdict, reference: &Explanati
                 allowed_by: allowed_by[i].clone(),
             },
             Some(_) => Side::NotReached,
-            None if d == Direction::Ingress && stopped_early => Side::NotReached,
+            None if d == Direction::Ingress
+                && stopped_early
+                && !matches!(verdict, DirectionVerdict::NotEnforced { .. }) =>
+            {
+                Side::NotReached
+            }
             None => Side::NotIsolated {
                 reason: match verdict {
                     DirectionVerdict::NotEnforced { reason } => Some(reason.clone()),
@@ -252,13 +280,22 @@ fn names(keys: &[ObjectKey]) -> Vec<String> {
     keys.iter().map(|k| k.to_string()).collect()
 }
 
-fn cross_check(allowed: bool, egress: &Side, ingress: &Side, reference: &Explanation) -> Vec<String> {
+fn cross_check(
+    allowed: bool,
+    egress: &Side,
+    ingress: &Side,
+    reference: &Explanation,
+) -> Vec<String> {
     let mut out = Vec::new();
     if allowed != reference.allowed() {
         out.push(format!(
             "the compiled ruleset {} the packet but the reference evaluator {} it",
             if allowed { "allows" } else { "denies" },
-            if reference.allowed() { "allows" } else { "denies" }
+            if reference.allowed() {
+                "allows"
+            } else {
+                "denies"
+            }
         ));
     }
     for (d, side, verdict) in [
@@ -267,7 +304,10 @@ fn cross_check(allowed: bool, egress: &Side, ingress: &Side, reference: &Explana
     ] {
         let problem = match (side, verdict) {
             (Side::NotReached, _) => None,
-            (Side::NotIsolated { .. }, DirectionVerdict::NotIsolated | DirectionVerdict::NotEnforced { .. }) => None,
+            (
+                Side::NotIsolated { .. },
+                DirectionVerdict::NotIsolated | DirectionVerdict::NotEnforced { .. },
+            ) => None,
             (
                 Side::Allowed {
                     isolated_by,
@@ -280,7 +320,10 @@ fn cross_check(allowed: bool, egress: &Side, ingress: &Side, reference: &Explana
             ) => {
                 let refs: BTreeSet<String> = ref_allowed.iter().map(RuleRef::to_string).collect();
                 if sorted(isolated_by) != sorted(&names(ref_iso)) {
-                    Some(format!("isolated by {isolated_by:?} (compiled) vs {:?} (reference)", names(ref_iso)))
+                    Some(format!(
+                        "isolated by {isolated_by:?} (compiled) vs {:?} (reference)",
+                        names(ref_iso)
+                    ))
                 } else {
                     allowed_by
                         .iter()
@@ -288,11 +331,17 @@ fn cross_check(allowed: bool, egress: &Side, ingress: &Side, reference: &Explana
                         .map(|r| format!("compiled path allowed by {r}, which the reference evaluator does not list ({refs:?})"))
                 }
             }
-            (Side::Denied { isolated_by }, DirectionVerdict::Denied { isolated_by: ref_iso }) => {
-                (sorted(isolated_by) != sorted(&names(ref_iso))).then(|| {
-                    format!("isolated by {isolated_by:?} (compiled) vs {:?} (reference)", names(ref_iso))
-                })
-            }
+            (
+                Side::Denied { isolated_by },
+                DirectionVerdict::Denied {
+                    isolated_by: ref_iso,
+                },
+            ) => (sorted(isolated_by) != sorted(&names(ref_iso))).then(|| {
+                format!(
+                    "isolated by {isolated_by:?} (compiled) vs {:?} (reference)",
+                    names(ref_iso)
+                )
+            }),
             (side, verdict) => Some(format!(
                 "compiled path says {}, reference evaluator says {}",
                 side_word(side),
@@ -359,8 +408,8 @@ fn walk_programmed(
                         if let Some(c) = listing
                             .counters
                             .iter()
-                            .filter(|c| c.chain == hit.chain && c.rule_index == hit.rule)
-                            .last()
+                            .rev()
+                            .find(|c| c.chain == hit.chain && c.rule_index == hit.rule)
                         {
                             r.handle = Some(c.handle);
                             r.packets = Some(c.packets);
@@ -450,11 +499,29 @@ pub fn render_text(r: &Report, style: Style) -> String {
         style.paint(Colour::Red, "DENIED")
     };
     out.push_str(&format!("{} -> {} {port}: {verdict}\n", r.from, r.to));
-    out.push_str(&format!("  from {} ({})\n  to   {} ({})\n", r.from, r.src_ip, r.to, r.dst_ip));
-    out.push_str(&describe_side(Direction::Egress, &r.from, &r.egress, &port, &r.to));
+    out.push_str(&format!(
+        "  from {} ({})\n  to   {} ({})\n",
+        r.from, r.src_ip, r.to, r.dst_ip
+    ));
+    out.push_str(&describe_side(
+        Direction::Egress,
+        &r.from,
+        &r.egress,
+        &port,
+        &r.to,
+    ));
     out.push('\n');
-    out.push_str(&describe_side(Direction::Ingress, &r.to, &r.ingress, &port, &r.from));
+    out.push_str(&describe_side(
+        Direction::Ingress,
+        &r.to,
+        &r.ingress,
+        &port,
+        &r.from,
+    ));
     out.push('\n');
+    if let Some(d) = &r.dropped_at {
+        out.push_str(&format!("dropped at {d}\n"));
+    }
     out.push_str("compiled path (the rules the agent programs):\n");
     if r.hops.is_empty() {
         out.push_str("  no filtered hook on the way\n");

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 /// `GET base + path`; the body on 200.
 pub fn http_get(base: &str, path: &str) -> Result<String> {
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--agent {base}: only http:// URLs (the agent's node-local endpoint)"))?;
+    let rest = base.strip_prefix("http://").ok_or_else(|| {
+        anyhow!("--agent {base}: only http:// URLs (the agent's node-local endpoint)")
+    })?;
     let (authority, prefix) = match rest.split_once('/') {
         Some((a, p)) => (a, format!("/{}", p.trim_end_matches('/'))),
         None => (rest, String::new()),
@@ -32,8 +32,11 @@ pub fn http_get(base: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("connect to the agent at {base}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {target} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n")
-        .with_context(|| format!("send GET {target} to {base}"))?;
+    write!(
+        s,
+        "GET {target} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n"
+    )
+    .with_context(|| format!("send GET {target} to {base}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .with_context(|| format!("read the answer to GET {target} from {base}"))?;
@@ -91,7 +94,8 @@ pub fn objects_from_debug_state(source: &str, doc: &Value) -> Result<Objects, Ma
         for (i, item) in items.iter().enumerate() {
             let mut item = item.clone();
             if let Some(obj) = item.as_object_mut() {
-                obj.entry("kind").or_insert_with(|| Value::String(kind.into()));
+                obj.entry("kind")
+                    .or_insert_with(|| Value::String(kind.into()));
             }
             let origin = Origin {
                 source: format!("{source}: {field}[{i}]"),
@@ -106,11 +110,19 @@ pub fn objects_from_debug_state(source: &str, doc: &Value) -> Result<Objects, Ma
 
 /// The programmed table, read with nft (inside `netns` if given); `None`: no table.
 pub fn read_table(netns: Option<PathBuf>) -> Result<Option<Listing>> {
+    // Checked here: nsenter's "No such file or directory" for a missing namespace would
+    // otherwise read as nft's answer for a missing table.
+    if let Some(ns) = &netns {
+        if !ns.exists() {
+            bail!("--nft-netns {}: no such network namespace", ns.display());
+        }
+    }
     let nft = NftDataplane::new(NftOptions {
         netns,
         ..NftOptions::default()
     });
-    nft.list().map_err(|e| anyhow!("read table inet {}: {e}", nft.options().table))
+    nft.list()
+        .map_err(|e| anyhow!("read table inet {}: {e}", nft.options().table))
 }
 
 /// Chains, sets + maps, and their elements.
@@ -122,17 +134,29 @@ pub fn table_counts(listing: &Listing) -> (usize, usize, usize) {
 }
 
 /// `palisadectl status` in text form. `table`: the listing, or why it could not be read.
-pub fn render_status(agent: &str, status: &Value, table: &Result<Option<Listing>, String>) -> String {
+pub fn render_status(
+    agent: &str,
+    status: &Value,
+    table: &Result<Option<Listing>, String>,
+) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     let s = |v: &Value| match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
     };
-    rows.push(("agent".into(), format!("{agent} (node {})", s(&status["node"]))));
+    rows.push((
+        "agent".into(),
+        format!("{agent} (node {})", s(&status["node"])),
+    ));
     rows.push((
         "ready".into(),
-        if status["ready"] == Value::Bool(true) { "yes" } else { "no" }.into(),
+        if status["ready"] == Value::Bool(true) {
+            "yes"
+        } else {
+            "no"
+        }
+        .into(),
     ));
     rows.push((
         "last sync".into(),
@@ -141,7 +165,11 @@ pub fn render_status(agent: &str, status: &Value, table: &Result<Option<Listing>
                 "{} ms, {} commands{}",
                 l.get("durationMs").map(s).unwrap_or_default(),
                 l.get("commands").map(s).unwrap_or_default(),
-                if l.get("full") == Some(&Value::Bool(true)) { ", full resync" } else { "" }
+                if l.get("full") == Some(&Value::Bool(true)) {
+                    ", full resync"
+                } else {
+                    ""
+                }
             ),
             _ => "none yet".into(),
         },
@@ -160,7 +188,11 @@ pub fn render_status(agent: &str, status: &Value, table: &Result<Option<Listing>
         .unwrap_or_default();
     rows.push((
         "invalid policies".into(),
-        if invalid.is_empty() { "none".into() } else { invalid.len().to_string() },
+        if invalid.is_empty() {
+            "none".into()
+        } else {
+            invalid.len().to_string()
+        },
     ));
     rows.push((
         format!("table inet {}", crate::nft::NftOptions::default().table),
@@ -225,11 +257,11 @@ pub fn list_from_api_server(kubeconfig: &std::path::Path) -> Result<Objects> {
             let req = hyper::Request::get(path)
                 .body(Vec::new())
                 .with_context(|| format!("build GET {path}"))?;
-            let text = client
-                .request_text(req)
-                .await
-                .with_context(|| format!("GET {path} from the API server of {}", kubeconfig.display()))?;
-            let doc: Value = serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))?;
+            let text = client.request_text(req).await.with_context(|| {
+                format!("GET {path} from the API server of {}", kubeconfig.display())
+            })?;
+            let doc: Value =
+                serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))?;
             let origin = Origin {
                 source: format!("GET {path}"),
                 document: None,

@@ -8,6 +8,7 @@
 //! ([`crate::model::validate::validate_network_policy`]) is reported and skipped, as the agent
 //! does.
 
+use crate::kube::WatchedKind;
 use crate::model::api::{self, Namespace, NetworkPolicy, Node, Pod};
 use crate::model::validate::validate_network_policy;
 use crate::model::{ClusterState, NodeInfo, ObjectKey, PodInfo, Protocol};
@@ -134,11 +135,26 @@ pub fn load_text(
         serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
             .enumerate()
-            .map(|(i, r)| r.map_err(|e| error(format!("{source}: document {}", i + 1), format!("invalid JSON: {e}"))))
+            .map(|(i, r)| {
+                r.map_err(|e| {
+                    error(
+                        format!("{source}: document {}", i + 1),
+                        format!("invalid JSON: {e}"),
+                    )
+                })
+            })
             .collect::<Result<_, _>>()?
     } else {
-        serde_saphyr::from_multiple::<Option<Value>>(text)
-            .map_err(|e| error(source, format!("invalid YAML: {}", one_line(&e.to_string()))))?
+        // YAML 1.2 booleans only: under YAML 1.1 rules `name: y` (a namespace called y)
+        // or `n`, `on`, `off` would be read as booleans.
+        let options = serde_saphyr::options! { strict_booleans: true };
+        serde_saphyr::from_multiple_with_options::<Option<Value>>(text, options)
+            .map_err(|e| {
+                error(
+                    source,
+                    format!("invalid YAML: {}", one_line(&e.to_string())),
+                )
+            })?
             .into_iter()
             .map(|d| d.unwrap_or(Value::Null))
             .collect()
@@ -155,34 +171,52 @@ pub fn load_text(
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One document: an object, a `List`, or empty (skipped).
-pub fn add_document(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), ManifestError> {
+pub fn add_document(
+    origin: Origin,
+    doc: Value,
+    objects: &mut Objects,
+) -> Result<(), ManifestError> {
     if doc.is_null() {
         return Ok(());
     }
     let Some(kind) = doc.get("kind").and_then(Value::as_str).map(str::to_string) else {
-        return Err(error(&origin, "kind: missing (every object needs apiVersion and kind)"));
+        return Err(error(
+            &origin,
+            "kind: missing (every object needs apiVersion and kind)",
+        ));
     };
     if kind == "List" || (kind.ends_with("List") && doc.get("items").is_some()) {
         let items = match doc.get("items") {
             None | Some(Value::Null) => return Ok(()),
             Some(Value::Array(items)) => items.clone(),
             Some(other) => {
-                return Err(error(&origin, format!("items: invalid type: {} (expected a list)", kind_of(other))))
+                return Err(error(
+                    &origin,
+                    format!("items: invalid type: {} (expected a list)", kind_of(other)),
+                ))
             }
         };
         // `PodList` items carry no kind of their own.
-        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty()).map(str::to_string);
+        let item_kind = kind
+            .strip_suffix("List")
+            .filter(|k| !k.is_empty())
+            .map(str::to_string);
         for (i, mut item) in items.into_iter().enumerate() {
             let o = Origin {
                 item: Some(i),
                 ..origin.clone()
             };
             if let (Some(k), Some(obj)) = (&item_kind, item.as_object_mut()) {
-                obj.entry("kind").or_insert_with(|| Value::String(k.clone()));
+                obj.entry("kind")
+                    .or_insert_with(|| Value::String(k.clone()));
             }
             add_object(o, item, objects)?;
         }
@@ -192,11 +226,18 @@ pub fn add_document(origin: Origin, doc: Value, objects: &mut Objects) -> Result
 }
 
 fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), ManifestError> {
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     match kind.as_str() {
         "Namespace" => objects.namespaces.push(decode(&origin, doc)?),
         "Pod" => {
-            let mut pod: Pod = decode(&origin, doc)?;
+            let mut pod: Pod = decode(&origin, doc.clone())?;
+            // `status.podIP(s)`: model::api's serde names miss the API's spelling; read them
+            // as the agent's watch does.
+            pod.fill_from_raw(&doc);
             if pod.metadata.namespace.is_empty() {
                 pod.metadata.namespace = DEFAULT_NAMESPACE.into();
             }
@@ -212,8 +253,17 @@ fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), M
             }
             objects.policies.push((origin, policy));
         }
-        "Node" => objects.nodes.push(decode(&origin, doc)?),
-        "" => return Err(error(&origin, "kind: missing (every object needs apiVersion and kind)")),
+        "Node" => {
+            let mut node: Node = decode(&origin, doc.clone())?;
+            node.fill_from_raw(&doc);
+            objects.nodes.push(node);
+        }
+        "" => {
+            return Err(error(
+                &origin,
+                "kind: missing (every object needs apiVersion and kind)",
+            ))
+        }
         other => *objects.ignored_kinds.entry(other.to_string()).or_default() += 1,
     }
     Ok(())
@@ -236,7 +286,9 @@ fn decode<T: DeserializeOwned>(origin: &Origin, doc: Value) -> Result<T, Manifes
         let path = e.path().to_string();
         let inner = e.inner().to_string();
         let message = if inner.contains("untagged enum IntOrString") {
-            let got = value_at(&doc, e.path()).map(|v| kind_of(&v)).unwrap_or_default();
+            let got = value_at(&doc, e.path())
+                .map(|v| kind_of(&v))
+                .unwrap_or_default();
             format!("invalid type: {got} (expected a port number or a port name)")
         } else {
             inner
@@ -300,7 +352,9 @@ pub fn build_state(objects: &Objects) -> Loaded {
             continue;
         }
         if state.policies.insert(key.clone(), policy.clone()).is_some() {
-            diag.notes.push(format!("{origin}: NetworkPolicy {key} defined again: the last one counts"));
+            diag.notes.push(format!(
+                "{origin}: NetworkPolicy {key} defined again: the last one counts"
+            ));
         }
     }
     let mut unscheduled = Vec::new();
@@ -334,7 +388,10 @@ pub fn build_state(objects: &Objects) -> Loaded {
             }
         }
         if state.pods.insert(info.key.clone(), info.clone()).is_some() {
-            diag.notes.push(format!("pod {} defined again: the last one counts", info.key));
+            diag.notes.push(format!(
+                "pod {} defined again: the last one counts",
+                info.key
+            ));
         }
     }
     if !unscheduled.is_empty() {
@@ -363,7 +420,9 @@ pub fn build_state(objects: &Objects) -> Loaded {
         }
     }
     for (kind, n) in &objects.ignored_kinds {
-        diag.notes.push(format!("ignored {n} object(s) of kind {kind} (not used by NetworkPolicy)"));
+        diag.notes.push(format!(
+            "ignored {n} object(s) of kind {kind} (not used by NetworkPolicy)"
+        ));
     }
     out
 }
@@ -373,7 +432,11 @@ fn abbreviate(items: &[String]) -> String {
     if items.len() <= MAX {
         items.join(", ")
     } else {
-        format!("{}, ... ({} more)", items[..MAX].join(", "), items.len() - MAX)
+        format!(
+            "{}, ... ({} more)",
+            items[..MAX].join(", "),
+            items.len() - MAX
+        )
     }
 }
 
@@ -397,6 +460,20 @@ mod tests {
         assert_eq!(o.namespaces.len(), 1);
         assert_eq!(o.pods.len(), 1);
         assert_eq!(o.ignored_kinds.get("Service"), Some(&1));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_strings() {
+        let o = load("kind: Namespace\nmetadata: {name: y, labels: {on: n}}\n").unwrap();
+        assert_eq!(o.namespaces[0].metadata.name, "y");
+        assert_eq!(
+            o.namespaces[0]
+                .metadata
+                .labels
+                .get("on")
+                .map(String::as_str),
+            Some("n")
+        );
     }
 
     #[test]
@@ -434,7 +511,9 @@ mod tests {
             load("metadata: {name: a}\n").unwrap_err().to_string(),
             "policies.yaml: document 1: kind: missing (every object needs apiVersion and kind)"
         );
-        let e = load("kind: Pod\nmetadata: {name: [a\n").unwrap_err().to_string();
+        let e = load("kind: Pod\nmetadata: {name: [a\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("policies.yaml: invalid YAML"), "{e}");
     }
 
@@ -450,7 +529,11 @@ mod tests {
         .unwrap();
         assert_eq!((o.namespaces.len(), o.pods.len()), (1, 1));
         let e = load_text("objs.json", r#"{"kind":"Pod"} {"#, true, &mut o).unwrap_err();
-        assert!(e.to_string().starts_with("objs.json: document 2: invalid JSON"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("objs.json: document 2: invalid JSON"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -466,12 +549,30 @@ mod tests {
         assert_eq!(l.state.policies.len(), 1);
         assert!(l.state.policies.contains_key(&ObjectKey::new("y", "good")));
         assert_eq!(l.diagnostics.warnings.len(), 1);
-        assert!(l.diagnostics.warnings[0].contains("policies.yaml: document 2: NetworkPolicy y/bad is invalid"), "{:?}", l.diagnostics);
-        assert!(l.diagnostics.warnings[0].contains("spec.ingress[0].ports[0].port"), "{:?}", l.diagnostics);
+        assert!(
+            l.diagnostics.warnings[0]
+                .contains("policies.yaml: document 2: NetworkPolicy y/bad is invalid"),
+            "{:?}",
+            l.diagnostics
+        );
+        assert!(
+            l.diagnostics.warnings[0].contains("spec.ingress[0].ports[0].port"),
+            "{:?}",
+            l.diagnostics
+        );
         let pod = &l.state.pods[&ObjectKey::new("y", "a")];
         assert_eq!(pod.node.as_deref(), Some(SYNTHETIC_NODE));
-        assert_eq!(l.state.namespaces["y"].get("kubernetes.io/metadata.name").map(String::as_str), Some("y"));
-        assert!(l.diagnostics.notes.iter().any(|n| n.starts_with("namespace y is not in the manifests")));
+        assert_eq!(
+            l.state.namespaces["y"]
+                .get("kubernetes.io/metadata.name")
+                .map(String::as_str),
+            Some("y")
+        );
+        assert!(l
+            .diagnostics
+            .notes
+            .iter()
+            .any(|n| n.starts_with("namespace y is not in the manifests")));
         assert_eq!(
             l.declared_ports.iter().copied().collect::<Vec<_>>(),
             vec![(53, Protocol::Udp), (80, Protocol::Tcp)]

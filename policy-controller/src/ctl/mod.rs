@@ -228,7 +228,11 @@ pub fn reach_targets(
 ) -> Vec<(u16, Protocol)> {
     match (port, protocol) {
         (Some(p), proto) => vec![(p, proto.unwrap_or(Protocol::Tcp))],
-        (None, Some(proto)) => declared.iter().filter(|(_, q)| *q == proto).copied().collect(),
+        (None, Some(proto)) => declared
+            .iter()
+            .filter(|(_, q)| *q == proto)
+            .copied()
+            .collect(),
         (None, None) => declared.iter().copied().collect(),
     }
 }
@@ -239,10 +243,19 @@ fn reach_cmd(a: &ReachArgs, out: Style, err: Style) -> Result<u8> {
     if targets.is_empty() {
         bail!("no port to ask about: the pods declare no container ports (of that protocol); pass --port");
     }
-    let namespace = if a.all_namespaces { None } else { a.namespace.as_deref() };
+    let namespace = if a.all_namespaces {
+        None
+    } else {
+        a.namespace.as_deref()
+    };
     let pods = reach::matrix_pods(&loaded.state, namespace);
     if pods.is_empty() {
-        eprintln!("note: no pod with an address{}", namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default());
+        eprintln!(
+            "note: no pod with an address{}",
+            namespace
+                .map(|n| format!(" in namespace {n}"))
+                .unwrap_or_default()
+        );
     }
     let (matrices, disagreements) = reach::compute(&loaded.state, &pods, &targets);
     for u in reach::unknown_cells(&matrices) {
@@ -256,7 +269,10 @@ fn reach_cmd(a: &ReachArgs, out: Style, err: Style) -> Result<u8> {
         return Ok(0);
     }
     for d in &disagreements {
-        eprintln!("{}", err.paint(Colour::Red, &format!("WARNING: DISAGREEMENT: {d}")));
+        eprintln!(
+            "{}",
+            err.paint(Colour::Red, &format!("WARNING: DISAGREEMENT: {d}"))
+        );
     }
     eprintln!("This is a bug in Palisade (compiler or reference evaluator); please report it with these manifests.");
     Ok(EXIT_DISAGREEMENT)
@@ -270,7 +286,10 @@ fn explain_cmd(a: &ExplainArgs, out: Style, err: Style) -> Result<u8> {
         Some(_) => match live::read_table(a.source.nft_netns.clone())? {
             Some(l) => Some(l),
             None => {
-                eprintln!("{} table inet palisade is not programmed on this node", err.paint(Colour::Yellow, "warning:"));
+                eprintln!(
+                    "{} table inet palisade is not programmed on this node",
+                    err.paint(Colour::Yellow, "warning:")
+                );
                 None
             }
         },
@@ -287,7 +306,11 @@ fn explain_cmd(a: &ExplainArgs, out: Style, err: Style) -> Result<u8> {
         other => print_structured(&serde_json::to_value(&report)?, other)?,
     }
     eprint!("{}", explain::render_disagreements(&report, err));
-    Ok(if report.disagreements.is_empty() { 0 } else { EXIT_DISAGREEMENT })
+    Ok(if report.disagreements.is_empty() {
+        0
+    } else {
+        EXIT_DISAGREEMENT
+    })
 }
 
 fn status_cmd(a: &StatusArgs, _out: Style) -> Result<u8> {
@@ -297,5 +320,9 @@ fn status_cmd(a: &StatusArgs, _out: Style) -> Result<u8> {
         Output::Table => print!("{}", live::render_status(&a.agent, &status, &table)),
         other => print_structured(&live::status_document(&status, &table), other)?,
     }
-    Ok(if status["ready"] == serde_json::Value::Bool(true) { 0 } else { 1 })
+    Ok(if status["ready"] == serde_json::Value::Bool(true) {
+        0
+    } else {
+        1
+    })
 }

@@ -125,8 +125,16 @@ mod tests {
     #[test]
     fn columns_align_on_text_width_not_escape_codes() {
         let rows = vec![
-            vec![Cell::plain("FROM\\TO"), Cell::plain("x/a"), Cell::plain("x/bb")],
-            vec![Cell::plain("x/a"), Cell::coloured("✓", Colour::Green), Cell::plain("✗")],
+            vec![
+                Cell::plain("FROM\\TO"),
+                Cell::plain("x/a"),
+                Cell::plain("x/bb"),
+            ],
+            vec![
+                Cell::plain("x/a"),
+                Cell::coloured("✓", Colour::Green),
+                Cell::plain("✗"),
+            ],
         ];
         assert_eq!(
             table(&rows, Style { colour: false }),

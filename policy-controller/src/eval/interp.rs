@@ -237,11 +237,7 @@ impl Walker<'_> {
                     return Ok(false);
                 };
                 if !comparable(*field, value) {
-                    return Err(InterpError::BadValue(
-                        "cmp".into(),
-                        value.clone(),
-                        *field,
-                    ));
+                    return Err(InterpError::BadValue("cmp".into(), value.clone(), *field));
                 }
                 let inside = value_contains(value, &actual);
                 Ok(match op {
@@ -277,7 +273,11 @@ impl Walker<'_> {
 fn check_key(name: &str, fields: &[Field], key: &[KeyType]) -> Result<(), InterpError> {
     let types: Vec<KeyType> = fields.iter().map(|f| f.key_type()).collect();
     if types != key {
-        return Err(InterpError::KeyMismatch(name.to_string(), types, key.to_vec()));
+        return Err(InterpError::KeyMismatch(
+            name.to_string(),
+            types,
+            key.to_vec(),
+        ));
     }
     Ok(())
 }
@@ -326,11 +326,23 @@ pub fn check_ruleset(ruleset: &Ruleset) -> Vec<String> {
     };
     for (name, set) in &ruleset.sets {
         long("set", name, &mut problems);
-        check_elements(name, &set.key, set.interval, set.elements.iter(), &mut problems);
+        check_elements(
+            name,
+            &set.key,
+            set.interval,
+            set.elements.iter(),
+            &mut problems,
+        );
     }
     for (name, map) in &ruleset.maps {
         long("map", name, &mut problems);
-        check_elements(name, &map.key, map.interval, map.elements.keys(), &mut problems);
+        check_elements(
+            name,
+            &map.key,
+            map.interval,
+            map.elements.keys(),
+            &mut problems,
+        );
         for v in map.elements.values() {
             if let Verdict::Jump(c) | Verdict::Goto(c) = v {
                 if !ruleset.chains.contains_key(c) {
@@ -369,10 +381,10 @@ pub fn check_ruleset(ruleset: &Ruleset) -> Vec<String> {
                 }
             }
             match &rule.verdict {
-                Some(RuleVerdict::Verdict(Verdict::Jump(c) | Verdict::Goto(c))) => {
-                    if !ruleset.chains.contains_key(c) {
-                        problems.push(format!("{at}: jump to missing chain {c}"));
-                    }
+                Some(RuleVerdict::Verdict(Verdict::Jump(c) | Verdict::Goto(c)))
+                    if !ruleset.chains.contains_key(c) =>
+                {
+                    problems.push(format!("{at}: jump to missing chain {c}"));
                 }
                 Some(RuleVerdict::Vmap { fields, map }) => match ruleset.maps.get(map) {
                     None => problems.push(format!("{at}: missing map {map}")),
@@ -623,7 +635,9 @@ fn far_end(
     packet: &impl Fn(&str, &str) -> Packet,
 ) {
     match dst {
-        Place::Pod { node, veth } => hops.push((node.to_string(), Hook::Forward, packet(UPLINK, veth))),
+        Place::Pod { node, veth } => {
+            hops.push((node.to_string(), Hook::Forward, packet(UPLINK, veth)))
+        }
         Place::Node(node) => hops.push((node.to_string(), Hook::Input, packet(UPLINK, ""))),
         Place::External => {}
     }
@@ -706,9 +720,7 @@ pub fn reachable(
 }
 
 /// The policy rules (`ns/name ingress[i]`) that allowed a packet in a walk, per direction.
-pub fn allowing_rules(
-    outcome: &Outcome,
-) -> Vec<(Direction, crate::eval::reference::RuleRef)> {
+pub fn allowing_rules(outcome: &Outcome) -> Vec<(Direction, crate::eval::reference::RuleRef)> {
     outcome
         .trace
         .iter()

@@ -2,5 +2,5 @@
 //! NetworkPolicy API semantics directly, [`interp`] walks a compiled ruleset. Property tests
 //! and the scenario files require them to agree.
 
-pub mod reference;
 pub mod interp;
+pub mod reference;

@@ -25,7 +25,9 @@
 //! node, egress on the source's node. Traffic a host-network pod sends to a pod of its own node
 //! comes from the node itself (kubelet probes and the like) and is always allowed.
 
-use crate::model::api::{IntOrString, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use crate::model::api::{
+    IntOrString, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use crate::model::selector::PodSelection;
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::Family;
@@ -307,6 +309,20 @@ pub fn pod_by_ip<'a>(state: &'a ClusterState, ip: &IpAddr) -> Option<&'a PodInfo
         .find(|p| is_policy_pod(p) && p.ips.contains(ip))
 }
 
+/// A policy's effective `policyTypes` as (ingress, egress), with the API server's defaulting
+/// when the field is absent or empty: `Ingress` always, `Egress` iff the policy has a
+/// NON-EMPTY `egress` list (`SetDefaults_NetworkPolicySpec` tests `len(spec.Egress) != 0`, so
+/// `egress: []` alone does not make a policy egress-isolating).
+pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
+    match &spec.policy_types {
+        Some(types) if !types.is_empty() => (
+            types.iter().any(|t| t == "Ingress"),
+            types.iter().any(|t| t == "Egress"),
+        ),
+        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+    }
+}
+
 /// The policies that isolate `pod` in `direction`.
 pub fn isolating_policies<'a>(
     state: &'a ClusterState,
@@ -319,7 +335,7 @@ pub fn isolating_policies<'a>(
         .iter()
         .filter(|(key, policy)| {
             key.namespace == pod.key.namespace && {
-                let (ingress, egress) = policy.spec.effective_policy_types();
+                let (ingress, egress) = policy_types(&policy.spec);
                 let has = match direction {
                     Direction::Ingress => ingress,
                     Direction::Egress => egress,
@@ -489,4 +505,162 @@ pub fn ip_block_contains(cidr: &str, except: &[String], ip: IpAddr) -> bool {
             e.parse::<ipnet::IpNet>()
                 .is_ok_and(|n| n.trunc().contains(&ip))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::api::{
+        IpBlock, LabelSelector, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+        ObjectMeta,
+    };
+    use crate::model::{Labels, NamedPort};
+
+    fn pod(ns: &str, name: &str, node: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            key: ObjectKey::new(ns, name),
+            node: Some(node.into()),
+            labels: Labels::new(),
+            ips: vec![ip.parse().unwrap()],
+            host_network: false,
+            terminating: false,
+            named_ports: vec![NamedPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+        }
+    }
+
+    fn state(spec: NetworkPolicySpec) -> ClusterState {
+        let mut s = ClusterState::default();
+        s.upsert_namespace("x", Labels::new());
+        for p in [
+            pod("x", "a", "n1", "10.0.0.1"),
+            pod("x", "b", "n2", "10.0.0.2"),
+        ] {
+            s.pods.insert(p.key.clone(), p);
+        }
+        s.policies.insert(
+            ObjectKey::new("x", "p"),
+            NetworkPolicy {
+                metadata: ObjectMeta {
+                    namespace: "x".into(),
+                    name: "p".into(),
+                    ..Default::default()
+                },
+                spec,
+                ..Default::default()
+            },
+        );
+        s
+    }
+
+    fn a_to_b(s: &ClusterState, port: u16) -> Explanation {
+        explain(
+            s,
+            &Endpoint::Pod(ObjectKey::new("x", "a")),
+            &Endpoint::Pod(ObjectKey::new("x", "b")),
+            Protocol::Tcp,
+            port,
+        )
+        .unwrap()
+    }
+
+    /// Upstream defaulting adds Egress only for a non-empty `egress` list (found by the
+    /// scenario `policytypes-empty-egress-list`; `effective_policy_types` gets it wrong).
+    #[test]
+    fn empty_egress_list_without_policy_types_is_ingress_only() {
+        let s = state(NetworkPolicySpec {
+            egress: Some(vec![]),
+            ..Default::default()
+        });
+        let e = a_to_b(&s, 80);
+        assert_eq!(e.egress, DirectionVerdict::NotIsolated);
+        assert!(matches!(e.ingress, DirectionVerdict::Denied { .. }));
+        assert_eq!(
+            policy_types(&s.policies[&ObjectKey::new("x", "p")].spec),
+            (true, false)
+        );
+    }
+
+    #[test]
+    fn egress_named_port_needs_a_selector_peer() {
+        let rule = |peer: NetworkPolicyPeer| NetworkPolicySpec {
+            policy_types: Some(vec!["Egress".into()]),
+            egress: Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![peer]),
+                ports: Some(vec![NetworkPolicyPort {
+                    protocol: None,
+                    port: Some(IntOrString::String("http".into())),
+                    end_port: None,
+                }]),
+            }]),
+            ..Default::default()
+        };
+        let by_block = state(rule(NetworkPolicyPeer {
+            ip_block: Some(IpBlock {
+                cidr: "10.0.0.0/8".into(),
+                except: None,
+            }),
+            ..Default::default()
+        }));
+        assert!(!a_to_b(&by_block, 8080).allowed());
+        let by_selector = state(rule(NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }));
+        assert!(a_to_b(&by_selector, 8080).allowed());
+        assert!(!a_to_b(&by_selector, 80).allowed());
+    }
+
+    #[test]
+    fn ip_block_uses_the_network_of_a_cidr_with_host_bits() {
+        assert!(ip_block_contains(
+            "10.0.0.5/8",
+            &[],
+            "10.9.9.9".parse().unwrap()
+        ));
+        assert!(!ip_block_contains(
+            "10.0.0.0/8",
+            &["10.9.0.0/16".into()],
+            "10.9.9.9".parse().unwrap()
+        ));
+        assert!(!ip_block_contains(
+            "10.0.0.0/8",
+            &[],
+            "fd00::1".parse().unwrap()
+        ));
+        assert!(!ip_block_contains(
+            "bogus",
+            &[],
+            "10.0.0.1".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn host_network_pod_reaches_pods_of_its_own_node() {
+        let mut s = state(NetworkPolicySpec::default()); // deny all ingress in x
+        let mut host = pod("kube-system", "agent", "n2", "192.168.0.2");
+        host.host_network = true;
+        s.pods.insert(host.key.clone(), host.clone());
+        let to_b = |s: &ClusterState| {
+            explain(
+                s,
+                &Endpoint::Pod(host.key.clone()),
+                &Endpoint::Pod(ObjectKey::new("x", "b")),
+                Protocol::Tcp,
+                80,
+            )
+            .unwrap()
+        };
+        assert!(to_b(&s).allowed(), "same node: from the node itself");
+        let mut other = host.clone();
+        other.node = Some("n1".into());
+        s.pods.insert(other.key.clone(), other);
+        assert!(
+            !to_b(&s).allowed(),
+            "another node: isolated ingress applies"
+        );
+    }
 }

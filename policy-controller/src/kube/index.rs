@@ -155,7 +155,9 @@ impl Index {
     }
 
     pub fn malformed_objects(&self) -> impl Iterator<Item = (ResourceKind, &ObjectKey, &str)> {
-        self.malformed.iter().map(|((k, key), e)| (*k, key, e.as_str()))
+        self.malformed
+            .iter()
+            .map(|((k, key), e)| (*k, key, e.as_str()))
     }
 
     pub fn nodes(&self) -> &BTreeMap<String, NodeInfo> {
@@ -188,7 +190,14 @@ impl Index {
         let kind = event.kind();
         let mut folded = Folded::default();
         match event {
-            ClusterEvent::Pod(ev) => self.fold_kind(kind, ev, out, &mut folded, Self::pod_applied, Self::pod_deleted),
+            ClusterEvent::Pod(ev) => self.fold_kind(
+                kind,
+                ev,
+                out,
+                &mut folded,
+                Self::pod_applied,
+                Self::pod_deleted,
+            ),
             ClusterEvent::Namespace(ev) => self.fold_kind(
                 kind,
                 ev,
@@ -205,7 +214,14 @@ impl Index {
                 Self::policy_applied,
                 Self::policy_deleted,
             ),
-            ClusterEvent::Node(ev) => self.fold_kind(kind, ev, out, &mut folded, Self::node_applied, Self::node_deleted),
+            ClusterEvent::Node(ev) => self.fold_kind(
+                kind,
+                ev,
+                out,
+                &mut folded,
+                Self::node_applied,
+                Self::node_deleted,
+            ),
         }
         folded
     }
@@ -239,7 +255,8 @@ impl Index {
                         // would change what its policies allow.
                         let msg = format!("{kind} {key}: cannot decode: {error}");
                         if kind == ResourceKind::NetworkPolicies {
-                            self.invalid_policies.insert(key.clone(), vec![format!("cannot decode: {error}")]);
+                            self.invalid_policies
+                                .insert(key.clone(), vec![format!("cannot decode: {error}")]);
                             if self.policies.remove(&key).is_some() {
                                 out.push(Change::DeletePolicy(key.clone()));
                             }
@@ -297,7 +314,13 @@ impl Index {
 
     // ---- pods ----
 
-    fn pod_applied(&mut self, key: ObjectKey, pod: api::Pod, out: &mut Vec<Change>, folded: &mut Folded) {
+    fn pod_applied(
+        &mut self,
+        key: ObjectKey,
+        pod: api::Pod,
+        out: &mut Vec<Change>,
+        folded: &mut Folded,
+    ) {
         let mut info = PodInfo::from_api(&pod);
         // The key from the object's own metadata (same as `key`) keeps one spelling.
         info.key = key.clone();
@@ -351,7 +374,8 @@ impl Index {
         ips: Vec<IpAddr>,
         out: &mut Vec<Change>,
     ) -> Announced {
-        self.cni.insert(key.clone(), CniAttachment { container_id, ips });
+        self.cni
+            .insert(key.clone(), CniAttachment { container_id, ips });
         self.cni_waiting.insert(key.clone());
         if let Some(info) = self.local_pods.get(&key).cloned() {
             let info = self.with_announced_ips(info);
@@ -391,7 +415,13 @@ impl Index {
 
     // ---- namespaces, policies, nodes ----
 
-    fn namespace_applied(&mut self, key: ObjectKey, ns: api::Namespace, out: &mut Vec<Change>, _: &mut Folded) {
+    fn namespace_applied(
+        &mut self,
+        key: ObjectKey,
+        ns: api::Namespace,
+        out: &mut Vec<Change>,
+        _: &mut Folded,
+    ) {
         let fp = fingerprint(&ns.metadata.labels);
         if self.namespaces.get(&key.name) == Some(&fp) {
             return;
@@ -453,7 +483,13 @@ impl Index {
         }
     }
 
-    fn node_applied(&mut self, key: ObjectKey, node: api::Node, out: &mut Vec<Change>, _: &mut Folded) {
+    fn node_applied(
+        &mut self,
+        key: ObjectKey,
+        node: api::Node,
+        out: &mut Vec<Change>,
+        _: &mut Folded,
+    ) {
         let mut info = NodeInfo::from_api(&node);
         info.name = key.name.clone();
         if self.nodes.get(&key.name) == Some(&info) {
@@ -475,12 +511,21 @@ pub(crate) mod tests {
     use super::*;
     use crate::model::api::{Container, ContainerPort, PodIp};
 
-    pub fn mk_pod(ns: &str, name: &str, node: &str, ip: Option<&str>, labels: &[(&str, &str)]) -> api::Pod {
+    pub fn mk_pod(
+        ns: &str,
+        name: &str,
+        node: &str,
+        ip: Option<&str>,
+        labels: &[(&str, &str)],
+    ) -> api::Pod {
         let mut pod = api::Pod::default();
         pod.metadata.namespace = ns.into();
         pod.metadata.name = name.into();
         pod.metadata.resource_version = "1".into();
-        pod.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        pod.metadata.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         pod.spec.node_name = Some(node.into());
         pod.spec.containers = vec![Container {
             name: "main".into(),
@@ -534,8 +579,14 @@ pub(crate) mod tests {
     #[test]
     fn relist_deletes_what_is_not_listed_again() {
         let mut index = Index::new("n1");
-        fold(&mut index, applied(mk_pod("x", "a", "n1", Some("10.0.0.1"), &[]), 2));
-        fold(&mut index, applied(mk_pod("x", "b", "n1", Some("10.0.0.2"), &[]), 3));
+        fold(
+            &mut index,
+            applied(mk_pod("x", "a", "n1", Some("10.0.0.1"), &[]), 2),
+        );
+        fold(
+            &mut index,
+            applied(mk_pod("x", "b", "n1", Some("10.0.0.2"), &[]), 3),
+        );
         fold(&mut index, ClusterEvent::Pod(WatchEvent::Relisting));
         let b = mk_pod("x", "b", "n1", Some("10.0.0.2"), &[]);
         let listed = fold(
@@ -570,12 +621,25 @@ pub(crate) mod tests {
             Announced::Pending
         );
         assert!(out.is_empty());
-        let changes = fold(&mut index, applied(mk_pod("x", "a", "n1", None, &[("app", "db")]), 3));
+        let changes = fold(
+            &mut index,
+            applied(mk_pod("x", "a", "n1", None, &[("app", "db")]), 3),
+        );
         assert!(matches!(&changes[..], [Change::UpsertPod(p)] if p.ips == vec![ip]));
         // The kubelet publishes the same IP: nothing to do.
-        assert!(fold(&mut index, applied(mk_pod("x", "a", "n1", Some("10.0.0.9"), &[("app", "db")]), 4)).is_empty());
+        assert!(fold(
+            &mut index,
+            applied(
+                mk_pod("x", "a", "n1", Some("10.0.0.9"), &[("app", "db")]),
+                4
+            )
+        )
+        .is_empty());
         // CNI DEL with the status still empty again drops the announced IPs.
-        fold(&mut index, applied(mk_pod("x", "a", "n1", None, &[("app", "db")]), 5));
+        fold(
+            &mut index,
+            applied(mk_pod("x", "a", "n1", None, &[("app", "db")]), 5),
+        );
         index.announcement_settled(&key);
         let mut out = Vec::new();
         index.pod_unannounced("c1", &mut out);
@@ -597,22 +661,36 @@ pub(crate) mod tests {
     fn a_deletion_of_the_same_name_keeps_a_waiting_announcement() {
         let mut index = Index::new("n1");
         let key = ObjectKey::new("x", "web-0");
-        fold(&mut index, applied(mk_pod("x", "web-0", "n1", Some("10.0.0.1"), &[]), 3));
+        fold(
+            &mut index,
+            applied(mk_pod("x", "web-0", "n1", Some("10.0.0.1"), &[]), 3),
+        );
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
         index.pod_announced(key.clone(), "new".into(), vec![ip], &mut Vec::new());
         let del = fold(
             &mut index,
-            ClusterEvent::Pod(WatchEvent::Deleted(slim("x", "web-0", 4, mk_pod("x", "web-0", "n1", None, &[])))),
+            ClusterEvent::Pod(WatchEvent::Deleted(slim(
+                "x",
+                "web-0",
+                4,
+                mk_pod("x", "web-0", "n1", None, &[]),
+            ))),
         );
         assert_eq!(del, vec![Change::DeletePod(key.clone())]);
-        let changes = fold(&mut index, applied(mk_pod("x", "web-0", "n1", None, &[]), 5));
+        let changes = fold(
+            &mut index,
+            applied(mk_pod("x", "web-0", "n1", None, &[]), 5),
+        );
         assert!(matches!(&changes[..], [Change::UpsertPod(p)] if p.ips == vec![ip]));
     }
 
     #[test]
     fn malformed_objects_are_reported_and_keep_the_last_state() {
         let mut index = Index::new("n1");
-        fold(&mut index, applied(mk_pod("x", "a", "n1", Some("10.0.0.1"), &[]), 2));
+        fold(
+            &mut index,
+            applied(mk_pod("x", "a", "n1", Some("10.0.0.1"), &[]), 2),
+        );
         let bad: Slim<api::Pod> = Slim::new("a", "x", "3", Err("invalid type".into()));
         let mut out = Vec::new();
         let folded = index.fold(
@@ -650,11 +728,19 @@ pub(crate) mod tests {
                 initial: false,
             }),
         );
-        assert_eq!(changes, vec![Change::DeletePolicy(ObjectKey::new("x", "p"))]);
+        assert_eq!(
+            changes,
+            vec![Change::DeletePolicy(ObjectKey::new("x", "p"))]
+        );
         assert_eq!(index.invalid_policies().len(), 1);
         let gone = fold(
             &mut index,
-            ClusterEvent::Policy(WatchEvent::Deleted(Slim::new("p", "x", "4", Err("bad port".into())))),
+            ClusterEvent::Policy(WatchEvent::Deleted(Slim::new(
+                "p",
+                "x",
+                "4",
+                Err("bad port".into()),
+            ))),
         );
         assert!(gone.is_empty());
         assert!(index.invalid_policies().is_empty());
@@ -670,26 +756,44 @@ pub(crate) mod tests {
             kind: "InternalIP".into(),
             address: "192.168.0.2".into(),
         }];
-        let ev = || ClusterEvent::Node(WatchEvent::Applied {
-            object: slim("", "n2", 2, node.clone()),
-            initial: false,
-        });
+        let ev = || {
+            ClusterEvent::Node(WatchEvent::Applied {
+                object: slim("", "n2", 2, node.clone()),
+                initial: false,
+            })
+        };
         assert_eq!(fold(&mut index, ev()).len(), 1);
         assert!(fold(&mut index, ev()).is_empty());
-        assert_eq!(index.nodes()["n2"].pod_cidrs[0].to_string(), "10.244.2.0/24");
+        assert_eq!(
+            index.nodes()["n2"].pod_cidrs[0].to_string(),
+            "10.244.2.0/24"
+        );
         let mut ns = api::Namespace::default();
         ns.metadata.name = "x".into();
-        let nev = || ClusterEvent::Namespace(WatchEvent::Applied {
-            object: slim("", "x", 3, ns.clone()),
-            initial: true,
-        });
-        assert!(matches!(&fold(&mut index, nev())[..], [Change::UpsertNamespace { name, .. }] if name == "x"));
+        let nev = || {
+            ClusterEvent::Namespace(WatchEvent::Applied {
+                object: slim("", "x", 3, ns.clone()),
+                initial: true,
+            })
+        };
+        assert!(
+            matches!(&fold(&mut index, nev())[..], [Change::UpsertNamespace { name, .. }] if name == "x")
+        );
         assert!(fold(&mut index, nev()).is_empty());
-        for kind in [ClusterEvent::Pod(WatchEvent::Listed { resource_version: "9".into() }),
-            ClusterEvent::Namespace(WatchEvent::Listed { resource_version: "9".into() }),
-            ClusterEvent::Policy(WatchEvent::Listed { resource_version: "9".into() }),
-            ClusterEvent::Node(WatchEvent::Listed { resource_version: "9".into() })]
-        {
+        for kind in [
+            ClusterEvent::Pod(WatchEvent::Listed {
+                resource_version: "9".into(),
+            }),
+            ClusterEvent::Namespace(WatchEvent::Listed {
+                resource_version: "9".into(),
+            }),
+            ClusterEvent::Policy(WatchEvent::Listed {
+                resource_version: "9".into(),
+            }),
+            ClusterEvent::Node(WatchEvent::Listed {
+                resource_version: "9".into(),
+            }),
+        ] {
             fold(&mut index, kind);
         }
         assert!(index.initial_list_done());

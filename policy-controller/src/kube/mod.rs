@@ -15,7 +15,11 @@ use ::kube::{Api, Client};
 use tokio::sync::mpsc;
 
 /// Start the four watches on the current runtime; every event goes to `tx`.
-pub fn spawn_watches(client: Client, tuning: WatchTuning, tx: mpsc::Sender<ClusterEvent>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_watches(
+    client: Client,
+    tuning: WatchTuning,
+    tx: mpsc::Sender<ClusterEvent>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(run_watch(
             Api::<Slim<api::Pod>>::all(client.clone()),

@@ -61,6 +61,19 @@ pub trait WatchedKind: DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'st
     const KIND: &'static str;
     const GROUP: &'static str;
     const VERSION: &'static str;
+
+    /// Fill in from the raw JSON what the slim type's serde names miss. `model::api` spells
+    /// `podIP`/`podIPs`/`podCIDR`/`podCIDRs` with `rename_all = "camelCase"`, which yields
+    /// `podIp`/`podIps`/`podCidr`/`podCidrs`: until that is fixed there, the fields are read
+    /// here when the slim decoding left them empty (harmless once it is fixed).
+    fn fill_from_raw(&mut self, _raw: &serde_json::Value) {}
+}
+
+fn strings(v: &serde_json::Value) -> impl Iterator<Item = String> + '_ {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
 }
 
 impl WatchedKind for api::Pod {
@@ -68,6 +81,22 @@ impl WatchedKind for api::Pod {
     const KIND: &'static str = "Pod";
     const GROUP: &'static str = "";
     const VERSION: &'static str = "v1";
+
+    fn fill_from_raw(&mut self, raw: &serde_json::Value) {
+        let status = &raw["status"];
+        if self.status.pod_ip.is_none() {
+            self.status.pod_ip = status["podIP"].as_str().map(str::to_string);
+        }
+        if self.status.pod_ips.is_empty() {
+            self.status.pod_ips = status["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["ip"].as_str())
+                .map(|ip| api::PodIp { ip: ip.to_string() })
+                .collect();
+        }
+    }
 }
 
 impl WatchedKind for api::Namespace {
@@ -89,6 +118,16 @@ impl WatchedKind for api::Node {
     const KIND: &'static str = "Node";
     const GROUP: &'static str = "";
     const VERSION: &'static str = "v1";
+
+    fn fill_from_raw(&mut self, raw: &serde_json::Value) {
+        let spec = &raw["spec"];
+        if self.spec.pod_cidr.is_none() {
+            self.spec.pod_cidr = spec["podCIDR"].as_str().map(str::to_string);
+        }
+        if self.spec.pod_cidrs.is_empty() {
+            self.spec.pod_cidrs = strings(&spec["podCIDRs"]).collect();
+        }
+    }
 }
 
 /// One object as received: identity and resourceVersion always, the slim body when it decoded.
@@ -101,7 +140,12 @@ pub struct Slim<T> {
 }
 
 impl<T> Slim<T> {
-    pub fn new(name: &str, namespace: &str, resource_version: &str, body: Result<T, String>) -> Self {
+    pub fn new(
+        name: &str,
+        namespace: &str,
+        resource_version: &str,
+        body: Result<T, String>,
+    ) -> Self {
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Slim {
             meta: KubeMeta {
@@ -139,7 +183,7 @@ struct Identity {
     resource_version: Option<String>,
 }
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for Slim<T> {
+impl<'de, T: WatchedKind> Deserialize<'de> for Slim<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Through a `Value` so that a body error is caught per object instead of failing the
         // enclosing list or watch event.
@@ -148,7 +192,12 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Slim<T> {
             .get("metadata")
             .and_then(|m| Identity::deserialize(m).ok())
             .unwrap_or_default();
-        let body = T::deserialize(value).map_err(|e| e.to_string());
+        let body = T::deserialize(&value)
+            .map(|mut body| {
+                body.fill_from_raw(&value);
+                body
+            })
+            .map_err(|e| e.to_string());
         Ok(Slim {
             meta: KubeMeta {
                 name: identity.name,
@@ -205,8 +254,37 @@ mod tests {
         let pods: Vec<Slim<api::Pod>> = serde_json::from_value(list).unwrap();
         assert_eq!(pods[0].name(), "a");
         assert_eq!(pods[0].body.as_ref().unwrap().metadata.labels["app"], "web");
-        assert_eq!((pods[1].namespace(), pods[1].name(), pods[1].resource_version()), ("x", "b", "6"));
+        assert_eq!(
+            (
+                pods[1].namespace(),
+                pods[1].name(),
+                pods[1].resource_version()
+            ),
+            ("x", "b", "6")
+        );
         assert!(pods[1].body.is_err());
+    }
+
+    #[test]
+    fn pod_ips_and_node_cidrs_use_the_api_spelling() {
+        let pod: Slim<api::Pod> = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "x"},
+            "status": {"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}
+        }))
+        .unwrap();
+        let info = crate::model::PodInfo::from_api(pod.body.as_ref().unwrap());
+        assert_eq!(info.ips.len(), 2);
+        let node: Slim<api::Node> = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd10::/64"]}
+        }))
+        .unwrap();
+        assert_eq!(
+            crate::model::NodeInfo::from_api(node.body.as_ref().unwrap())
+                .pod_cidrs
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -20,14 +20,23 @@ pub enum WatchEvent<T> {
     /// A (re)list begins: every object not listed again before `Listed` is gone.
     Relisting,
     /// An object was listed (`initial`) or added/modified by the watch.
-    Applied { object: Slim<T>, initial: bool },
+    Applied {
+        object: Slim<T>,
+        initial: bool,
+    },
     Deleted(Slim<T>),
     /// The list is complete, as of this resourceVersion.
-    Listed { resource_version: String },
+    Listed {
+        resource_version: String,
+    },
     /// The server's BOOKMARK: nothing changed up to this resourceVersion.
-    Bookmark { resource_version: String },
+    Bookmark {
+        resource_version: String,
+    },
     /// A list or watch failed (it is retried with backoff); for logs and metrics.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// Tuning of the retry loop.
@@ -113,7 +122,16 @@ pub async fn run_watch<T, E>(
         };
         backoff.reset();
         loop {
-            match watch_from(&api, &tuning, &tx, wrap, &mut resource_version, &mut backoff).await {
+            match watch_from(
+                &api,
+                &tuning,
+                &tx,
+                wrap,
+                &mut resource_version,
+                &mut backoff,
+            )
+            .await
+            {
                 WatchOutcome::Resume => continue,
                 WatchOutcome::Relist => continue 'relist,
                 WatchOutcome::ReceiverGone => return,
@@ -158,7 +176,16 @@ async fn list_all<T: WatchedKind, E>(
             }
         };
         for object in page.items {
-            if !send(tx, wrap, WatchEvent::Applied { object, initial: true }).await {
+            if !send(
+                tx,
+                wrap,
+                WatchEvent::Applied {
+                    object,
+                    initial: true,
+                },
+            )
+            .await
+            {
                 return ListOutcome::ReceiverGone;
             }
         }
@@ -202,7 +229,11 @@ async fn watch_from<T: WatchedKind, E>(
                 return WatchOutcome::ReceiverGone;
             }
             backoff.wait().await;
-            return if gone { WatchOutcome::Relist } else { WatchOutcome::Resume };
+            return if gone {
+                WatchOutcome::Relist
+            } else {
+                WatchOutcome::Resume
+            };
         }
     };
     let mut stream = std::pin::pin!(stream);

@@ -75,7 +75,7 @@ pub struct NetworkPolicy {
 pub struct NetworkPolicySpec {
     #[serde(default)]
     pub pod_selector: LabelSelector,
-    /// `Ingress` and/or `Egress`. When absent: Ingress always, Egress iff `egress` is present
+    /// `Ingress` and/or `Egress`. When absent: Ingress always, Egress iff `egress` is non-empty
     /// (see [`NetworkPolicySpec::effective_policy_types`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_types: Option<Vec<String>>,
@@ -138,14 +138,16 @@ pub struct NetworkPolicyPort {
 
 impl NetworkPolicySpec {
     /// `policyTypes` with the API server's defaulting applied: when absent, `Ingress` always
-    /// and `Egress` iff the policy has an `egress` section.
+    /// and `Egress` iff the policy has a non-empty `egress` list.
     pub fn effective_policy_types(&self) -> (bool, bool) {
         match &self.policy_types {
             Some(types) if !types.is_empty() => (
                 types.iter().any(|t| t == "Ingress"),
                 types.iter().any(|t| t == "Egress"),
             ),
-            _ => (true, self.egress.is_some()),
+            // Upstream defaulting checks `len(spec.Egress) != 0`: `egress: []` alone does not
+            // make a policy egress-isolating.
+            _ => (true, self.egress.as_ref().is_some_and(|e| !e.is_empty())),
         }
     }
 }
@@ -210,9 +212,10 @@ pub struct ContainerPort {
 pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The API spells these `podIP`/`podIPs`, which camelCase renaming would not produce.
+    #[serde(rename = "podIP", default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "podIPs", default, skip_serializing_if = "Vec::is_empty")]
     pub pod_ips: Vec<PodIp>,
 }
 
@@ -235,9 +238,10 @@ pub struct Node {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // `podCIDR`/`podCIDRs` in the API, not what camelCase renaming would produce.
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
     pub pod_cidrs: Vec<String>,
 }
 

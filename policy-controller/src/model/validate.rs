@@ -489,7 +489,11 @@ fn validate_requirement(requirement: &LabelSelectorRequirement, path: &str, errs
         ),
     }
     for msg in qualified_name_errors(&requirement.key) {
-        errs.invalid(&format!("{path}.key"), BadValue::Str(&requirement.key), &msg);
+        errs.invalid(
+            &format!("{path}.key"),
+            BadValue::Str(&requirement.key),
+            &msg,
+        );
     }
     for (i, value) in values.iter().enumerate() {
         for msg in label_value_errors(value) {
@@ -511,7 +515,8 @@ fn validate_labels(labels: &BTreeMap<String, String>, path: &str, errs: &mut Err
 
 // ---- the string syntaxes (apimachinery util/validation), with upstream's messages ----
 
-/// `RegexError`: the message, examples and the regex, as upstream words it.
+/// `RegexError`: the message, examples and the regex, as upstream words it (with its double
+/// space before "or": `'MyValue',  or 'my_value'`).
 fn regex_error(msg: &str, regex: &str, examples: &[&str]) -> String {
     let mut out = format!("{msg} (e.g. ");
     for (i, example) in examples.iter().enumerate() {
@@ -742,8 +747,16 @@ mod tests {
     #[test]
     fn protocol_must_be_tcp_udp_or_sctp() {
         check(vec![
-            ("TCP", ingress_port(json!({"protocol": "TCP", "port": 80})), vec![]),
-            ("UDP", ingress_port(json!({"protocol": "UDP", "port": 53})), vec![]),
+            (
+                "TCP",
+                ingress_port(json!({"protocol": "TCP", "port": 80})),
+                vec![],
+            ),
+            (
+                "UDP",
+                ingress_port(json!({"protocol": "UDP", "port": 53})),
+                vec![],
+            ),
             ("SCTP", ingress_port(json!({"protocol": "SCTP"})), vec![]),
             ("absent", ingress_port(json!({"port": 80})), vec![]),
             (
@@ -787,15 +800,51 @@ mod tests {
         let port = "spec.ingress[0].ports[0].port";
         check(vec![
             ("http", ingress_port(json!({"port": "http"})), vec![]),
-            ("web-8080", ingress_port(json!({"port": "web-8080"})), vec![]),
-            ("15 chars", ingress_port(json!({"port": "abcdefghijklmno"})), vec![]),
-            ("16 chars", ingress_port(json!({"port": "abcdefghijklmnop"})), vec![port]),
-            ("uppercase", ingress_port(json!({"port": "HTTP"})), vec![port, port]),
-            ("digits only", ingress_port(json!({"port": "8080"})), vec![port]),
-            ("double hyphen", ingress_port(json!({"port": "a--b"})), vec![port]),
-            ("leading hyphen", ingress_port(json!({"port": "-ab"})), vec![port]),
-            ("trailing hyphen", ingress_port(json!({"port": "ab-"})), vec![port]),
-            ("underscore", ingress_port(json!({"port": "a_b"})), vec![port]),
+            (
+                "web-8080",
+                ingress_port(json!({"port": "web-8080"})),
+                vec![],
+            ),
+            (
+                "15 chars",
+                ingress_port(json!({"port": "abcdefghijklmno"})),
+                vec![],
+            ),
+            (
+                "16 chars",
+                ingress_port(json!({"port": "abcdefghijklmnop"})),
+                vec![port],
+            ),
+            (
+                "uppercase",
+                ingress_port(json!({"port": "HTTP"})),
+                vec![port, port],
+            ),
+            (
+                "digits only",
+                ingress_port(json!({"port": "8080"})),
+                vec![port],
+            ),
+            (
+                "double hyphen",
+                ingress_port(json!({"port": "a--b"})),
+                vec![port],
+            ),
+            (
+                "leading hyphen",
+                ingress_port(json!({"port": "-ab"})),
+                vec![port],
+            ),
+            (
+                "trailing hyphen",
+                ingress_port(json!({"port": "ab-"})),
+                vec![port],
+            ),
+            (
+                "underscore",
+                ingress_port(json!({"port": "a_b"})),
+                vec![port],
+            ),
             ("empty", ingress_port(json!({"port": ""})), vec![port, port]),
         ]);
         let errs = validate_network_policy(&ingress_port(json!({"port": "8080"})));
@@ -809,9 +858,21 @@ mod tests {
     fn end_port_rules() {
         let end = "spec.ingress[0].ports[0].endPort";
         check(vec![
-            ("range", ingress_port(json!({"port": 80, "endPort": 90})), vec![]),
-            ("equal", ingress_port(json!({"port": 80, "endPort": 80})), vec![]),
-            ("below port", ingress_port(json!({"port": 80, "endPort": 79})), vec![end]),
+            (
+                "range",
+                ingress_port(json!({"port": 80, "endPort": 90})),
+                vec![],
+            ),
+            (
+                "equal",
+                ingress_port(json!({"port": 80, "endPort": 80})),
+                vec![],
+            ),
+            (
+                "below port",
+                ingress_port(json!({"port": 80, "endPort": 79})),
+                vec![end],
+            ),
             (
                 "above 65535",
                 ingress_port(json!({"port": 80, "endPort": 65536})),
@@ -822,7 +883,11 @@ mod tests {
                 ingress_port(json!({"port": "http", "endPort": 90})),
                 vec![end],
             ),
-            ("without port", ingress_port(json!({"endPort": 90})), vec![end]),
+            (
+                "without port",
+                ingress_port(json!({"endPort": 90})),
+                vec![end],
+            ),
             (
                 "zero below port and out of range",
                 ingress_port(json!({"port": 80, "endPort": 0})),
@@ -858,14 +923,26 @@ mod tests {
     fn peer_needs_a_selector_or_an_ip_block_and_ip_block_is_alone() {
         let peer = "spec.ingress[0].from[0]";
         check(vec![
-            ("pod selector", ingress_peer(json!({"podSelector": {}})), vec![]),
-            ("ns selector", ingress_peer(json!({"namespaceSelector": {}})), vec![]),
+            (
+                "pod selector",
+                ingress_peer(json!({"podSelector": {}})),
+                vec![],
+            ),
+            (
+                "ns selector",
+                ingress_peer(json!({"namespaceSelector": {}})),
+                vec![],
+            ),
             (
                 "both selectors",
                 ingress_peer(json!({"podSelector": {}, "namespaceSelector": {}})),
                 vec![],
             ),
-            ("ip block", ingress_peer(json!({"ipBlock": {"cidr": "10.0.0.0/8"}})), vec![]),
+            (
+                "ip block",
+                ingress_peer(json!({"ipBlock": {"cidr": "10.0.0.0/8"}})),
+                vec![],
+            ),
             ("empty peer", ingress_peer(json!({})), vec![peer]),
             (
                 "ip block and pod selector",
@@ -925,12 +1002,24 @@ mod tests {
         let e1 = "spec.ingress[0].from[0].ipBlock.except[1]";
         check(vec![
             ("inside", block("10.0.0.0/8", &["10.1.0.0/16"]), vec![]),
-            ("inside, host bits", block("10.0.0.0/8", &["10.1.2.3/16"]), vec![]),
-            ("v6 inside", block("2001:db8::/32", &["2001:db8:1::/48"]), vec![]),
+            (
+                "inside, host bits",
+                block("10.0.0.0/8", &["10.1.2.3/16"]),
+                vec![],
+            ),
+            (
+                "v6 inside",
+                block("2001:db8::/32", &["2001:db8:1::/48"]),
+                vec![],
+            ),
             ("equal", block("10.0.0.0/8", &["10.0.0.0/8"]), vec![e0]),
             ("wider", block("10.0.0.0/16", &["10.0.0.0/8"]), vec![e0]),
             ("outside", block("10.0.0.0/8", &["11.0.0.0/16"]), vec![e0]),
-            ("other family", block("10.0.0.0/8", &["2001:db8::/64"]), vec![e0]),
+            (
+                "other family",
+                block("10.0.0.0/8", &["2001:db8::/64"]),
+                vec![e0],
+            ),
             ("invalid", block("10.0.0.0/8", &["10.1.0.0/40"]), vec![e0]),
             (
                 "second bad",
@@ -959,8 +1048,16 @@ mod tests {
             ("empty", types(json!([])), vec![]),
             // No duplicate check upstream: accepted as the API server accepts it.
             ("duplicate", types(json!(["Egress", "Egress"])), vec![]),
-            ("lowercase", types(json!(["ingress"])), vec!["spec.policyTypes[0]"]),
-            ("other", types(json!(["Egress", "All"])), vec!["spec.policyTypes[1]"]),
+            (
+                "lowercase",
+                types(json!(["ingress"])),
+                vec!["spec.policyTypes[0]"],
+            ),
+            (
+                "other",
+                types(json!(["Egress", "All"])),
+                vec!["spec.policyTypes[1]"],
+            ),
             (
                 "three",
                 types(json!(["Ingress", "Egress", "Ingress"])),
@@ -976,23 +1073,42 @@ mod tests {
 
     #[test]
     fn label_selector_operators_and_values() {
-        let sel = |expr: serde_json::Value| {
-            policy(json!({"podSelector": {"matchExpressions": [expr]}}))
-        };
+        let sel =
+            |expr: serde_json::Value| policy(json!({"podSelector": {"matchExpressions": [expr]}}));
         let base = "spec.podSelector.matchExpressions[0]";
         let values = format!("{base}.values");
         let operator = format!("{base}.operator");
         check(vec![
-            ("In", sel(json!({"key": "a", "operator": "In", "values": ["x"]})), vec![]),
-            ("NotIn", sel(json!({"key": "a", "operator": "NotIn", "values": ["x"]})), vec![]),
-            ("Exists", sel(json!({"key": "a", "operator": "Exists"})), vec![]),
+            (
+                "In",
+                sel(json!({"key": "a", "operator": "In", "values": ["x"]})),
+                vec![],
+            ),
+            (
+                "NotIn",
+                sel(json!({"key": "a", "operator": "NotIn", "values": ["x"]})),
+                vec![],
+            ),
+            (
+                "Exists",
+                sel(json!({"key": "a", "operator": "Exists"})),
+                vec![],
+            ),
             (
                 "Exists, empty values",
                 sel(json!({"key": "a", "operator": "Exists", "values": []})),
                 vec![],
             ),
-            ("DoesNotExist", sel(json!({"key": "a", "operator": "DoesNotExist"})), vec![]),
-            ("In without values", sel(json!({"key": "a", "operator": "In"})), vec![&values]),
+            (
+                "DoesNotExist",
+                sel(json!({"key": "a", "operator": "DoesNotExist"})),
+                vec![],
+            ),
+            (
+                "In without values",
+                sel(json!({"key": "a", "operator": "In"})),
+                vec![&values],
+            ),
             (
                 "NotIn, empty values",
                 sel(json!({"key": "a", "operator": "NotIn", "values": []})),
@@ -1008,7 +1124,11 @@ mod tests {
                 sel(json!({"key": "a", "operator": "DoesNotExist", "values": ["x"]})),
                 vec![&values],
             ),
-            ("unknown operator", sel(json!({"key": "a", "operator": "Equals"})), vec![&operator]),
+            (
+                "unknown operator",
+                sel(json!({"key": "a", "operator": "Equals"})),
+                vec![&operator],
+            ),
             (
                 "bad key",
                 sel(json!({"key": "-a", "operator": "Exists"})),
@@ -1054,18 +1174,38 @@ mod tests {
         let long = "a".repeat(64);
         check(vec![
             ("simple", labels(json!({"app": "web"})), vec![]),
-            ("prefixed", labels(json!({"example.com/app": "web"})), vec![]),
+            (
+                "prefixed",
+                labels(json!({"example.com/app": "web"})),
+                vec![],
+            ),
             ("empty value", labels(json!({"app": ""})), vec![]),
-            ("dots and underscores", labels(json!({"a_b.c": "x_y.z-1"})), vec![]),
+            (
+                "dots and underscores",
+                labels(json!({"a_b.c": "x_y.z-1"})),
+                vec![],
+            ),
             ("uppercase", labels(json!({"App": "Web"})), vec![]),
             ("value with space", labels(json!({"app": "a b"})), vec![ml]),
             ("value too long", labels(json!({"app": long})), vec![ml]),
             ("key too long", labels(json!({long.clone(): "x"})), vec![ml]),
             ("empty prefix", labels(json!({"/app": "x"})), vec![ml]),
-            ("bad prefix", labels(json!({"Example.com/app": "x"})), vec![ml]),
+            (
+                "bad prefix",
+                labels(json!({"Example.com/app": "x"})),
+                vec![ml],
+            ),
             ("two slashes", labels(json!({"a/b/c": "x"})), vec![ml]),
-            ("empty name", labels(json!({"example.com/": "x"})), vec![ml, ml]),
-            ("value leading dash", labels(json!({"app": "-web"})), vec![ml]),
+            (
+                "empty name",
+                labels(json!({"example.com/": "x"})),
+                vec![ml, ml],
+            ),
+            (
+                "value leading dash",
+                labels(json!({"app": "-web"})),
+                vec![ml],
+            ),
         ]);
         let errs = validate_network_policy(&labels(json!({"app": "a b"})));
         assert_eq!(
@@ -1083,7 +1223,11 @@ mod tests {
             serde_json::from_value(json!({"metadata": meta, "spec": {"podSelector": {}}})).unwrap()
         };
         check(vec![
-            ("ok", with_meta(json!({"name": "a.b-c", "namespace": "x"})), vec![]),
+            (
+                "ok",
+                with_meta(json!({"name": "a.b-c", "namespace": "x"})),
+                vec![],
+            ),
             (
                 "generateName only",
                 with_meta(json!({"generateName": "deny-", "namespace": "x"})),
@@ -1104,7 +1248,11 @@ mod tests {
                 with_meta(json!({"generateName": "Deny-", "namespace": "x"})),
                 vec!["metadata.generateName"],
             ),
-            ("no namespace", with_meta(json!({"name": "a"})), vec!["metadata.namespace"]),
+            (
+                "no namespace",
+                with_meta(json!({"name": "a"})),
+                vec!["metadata.namespace"],
+            ),
             (
                 "namespace with dot",
                 with_meta(json!({"name": "a", "namespace": "x.y"})),

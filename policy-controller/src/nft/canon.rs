@@ -18,7 +18,7 @@
 //! - `meta nfproto ipv4` followed later in the rule by an `ip` field (or `ipv6` / `ip6`) is
 //!   dropped: nft inserts that dependency itself in an `inet` table and hides it when listing.
 
-use crate::ruleset::{CmpOp, Field, Family, Match, Rule, RuleVerdict, Ruleset, Value, VerdictMap};
+use crate::ruleset::{CmpOp, Family, Field, Match, Rule, RuleVerdict, Ruleset, Value, VerdictMap};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -86,7 +86,10 @@ fn canonicalize_rule(r: &mut Rule) {
                 .iter()
                 .flat_map(match_fields)
                 .chain(vmap_fields(&r.verdict));
-            if later_fields.into_iter().any(|fld| field_family(fld) == Some(f)) {
+            if later_fields
+                .into_iter()
+                .any(|fld| field_family(fld) == Some(f))
+            {
                 r.matches.remove(i);
                 continue;
             }
@@ -261,11 +264,7 @@ fn interval_of(v: &Value) -> Option<(Kind, u128, u128)> {
             Some((k, lo.min(hi), lo.max(hi)))
         }
         Value::Port(p) => Some((Kind::Port, u128::from(*p), u128::from(*p))),
-        Value::PortRange(a, b) => Some((
-            Kind::Port,
-            u128::from(*a.min(b)),
-            u128::from(*a.max(b)),
-        )),
+        Value::PortRange(a, b) => Some((Kind::Port, u128::from(*a.min(b)), u128::from(*a.max(b)))),
         _ => None,
     }
 }
@@ -298,7 +297,9 @@ fn addr_interval_value(lo: IpAddr, hi: IpAddr) -> Value {
 /// The CIDR whose first and last addresses are `lo` and `hi`, if there is one.
 fn as_prefix(lo: IpAddr, hi: IpAddr) -> Option<IpNet> {
     let (bits, a, b) = match (lo, hi) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => (32u32, u128::from(u32::from(a)), u128::from(u32::from(b))),
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (32u32, u128::from(u32::from(a)), u128::from(u32::from(b)))
+        }
         (IpAddr::V6(a), IpAddr::V6(b)) => (128u32, u128::from(a), u128::from(b)),
         _ => return None,
     };
@@ -308,7 +309,11 @@ fn as_prefix(lo: IpAddr, hi: IpAddr) -> Option<IpNet> {
     // host bits: the positions where lo has zeros and hi has ones, forming a low suffix.
     let diff = a ^ b;
     let host_bits = 128 - diff.leading_zeros();
-    let mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let mask = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
     if a & mask != 0 || b & mask != mask {
         return None;
     }
@@ -366,7 +371,9 @@ mod tests {
         );
         assert_eq!(
             interval_set(&["10.0.0.1/32", "10.0.0.3-10.0.0.3"]),
-            [vec![v("10.0.0.1")], vec![v("10.0.0.3")]].into_iter().collect()
+            [vec![v("10.0.0.1")], vec![v("10.0.0.3")]]
+                .into_iter()
+                .collect()
         );
         assert_eq!(
             interval_set(&["10.0.0.1-10.0.0.5", "10.0.0.5/24"]),
@@ -385,10 +392,19 @@ mod tests {
     #[test]
     fn prefix_detection() {
         let p = |a: &str, b: &str| as_prefix(a.parse().unwrap(), b.parse().unwrap());
-        assert_eq!(p("10.0.0.0", "10.0.0.255"), Some("10.0.0.0/24".parse().unwrap()));
+        assert_eq!(
+            p("10.0.0.0", "10.0.0.255"),
+            Some("10.0.0.0/24".parse().unwrap())
+        );
         assert_eq!(p("10.0.0.0", "10.0.1.127"), None);
-        assert_eq!(p("0.0.0.0", "255.255.255.255"), Some("0.0.0.0/0".parse().unwrap()));
-        assert_eq!(p("fd00::", "fd00::ffff"), Some("fd00::/112".parse().unwrap()));
+        assert_eq!(
+            p("0.0.0.0", "255.255.255.255"),
+            Some("0.0.0.0/0".parse().unwrap())
+        );
+        assert_eq!(
+            p("fd00::", "fd00::ffff"),
+            Some("fd00::/112".parse().unwrap())
+        );
     }
 
     #[test]
@@ -403,7 +419,10 @@ mod tests {
             op: CmpOp::Eq,
             value: v("10.0.0.1/32"),
         };
-        let mut r = Rule::new(vec![nf(Family::Ipv4), saddr.clone()], crate::ruleset::Verdict::Accept);
+        let mut r = Rule::new(
+            vec![nf(Family::Ipv4), saddr.clone()],
+            crate::ruleset::Verdict::Accept,
+        );
         canonicalize_rule(&mut r);
         assert_eq!(r.matches.len(), 1);
         assert_eq!(
@@ -414,7 +433,10 @@ mod tests {
                 value: v("10.0.0.1")
             }
         );
-        let mut r = Rule::new(vec![saddr, nf(Family::Ipv4)], crate::ruleset::Verdict::Accept);
+        let mut r = Rule::new(
+            vec![saddr, nf(Family::Ipv4)],
+            crate::ruleset::Verdict::Accept,
+        );
         canonicalize_rule(&mut r);
         assert_eq!(r.matches.len(), 2);
         let mut r = Rule::new(vec![nf(Family::Ipv6)], crate::ruleset::Verdict::Accept);

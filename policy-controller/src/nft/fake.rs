@@ -62,7 +62,8 @@ impl FakeDataplane {
     pub fn commit(&mut self, ops: &[Op]) -> Result<(), DataplaneError> {
         let mut t = self.table.clone();
         for (i, op) in ops.iter().enumerate() {
-            apply_op(&mut t, op).map_err(|e| DataplaneError::Nft(format!("command {i} ({op:?}): {e}")))?;
+            apply_op(&mut t, op)
+                .map_err(|e| DataplaneError::Nft(format!("command {i} ({op:?}): {e}")))?;
         }
         self.table = t;
         Ok(())
@@ -137,7 +138,9 @@ fn chain_in_use(rs: &Ruleset, name: &str) -> bool {
 fn check_target(rs: &Ruleset, target: &str) -> Result<(), String> {
     match rs.chains.get(target) {
         None => Err(format!("No such file or directory: chain {target}")),
-        Some(c) if c.base.is_some() => Err(format!("Operation not supported: jump to base chain {target}")),
+        Some(c) if c.base.is_some() => Err(format!(
+            "Operation not supported: jump to base chain {target}"
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -171,10 +174,11 @@ fn overlaps(set: &Set, e: &[Value]) -> bool {
     if !set.interval || e.len() != 1 {
         return false;
     }
-    let Some((k, lo, hi)) = span(&e[0]) else { return false };
+    let Some((k, lo, hi)) = span(&e[0]) else {
+        return false;
+    };
     set.elements.iter().any(|x| {
-        x != e
-            && span(&x[0]).is_some_and(|(k2, lo2, hi2)| k2 == k && lo2 <= hi && lo <= hi2)
+        x != e && span(&x[0]).is_some_and(|(k2, lo2, hi2)| k2 == k && lo2 <= hi && lo <= hi2)
     })
 }
 
@@ -192,7 +196,11 @@ fn apply_op(table: &mut Option<Ruleset>, op: &Op) -> Result<(), String> {
                 (Some(a), Some(b)) if a.hook == b.hook && a.priority == b.priority => {
                     c.base = Some(b.clone())
                 }
-                _ => return Err(format!("Device or resource busy: chain {name} changes hook")),
+                _ => {
+                    return Err(format!(
+                        "Device or resource busy: chain {name} changes hook"
+                    ))
+                }
             },
             None => {
                 rs.chains.insert(
@@ -216,12 +224,15 @@ fn apply_op(table: &mut Option<Ruleset>, op: &Op) -> Result<(), String> {
                 return Err(format!("No such file or directory: chain {name}"));
             }
             if chain_in_use(rs, name) {
-                return Err(format!("Device or resource busy: chain {name} is jumped to"));
+                return Err(format!(
+                    "Device or resource busy: chain {name} is jumped to"
+                ));
             }
             rs.chains.remove(name);
         }
         Op::AddSet { name, spec } => match set_kind_spec(rs, name) {
-            Some(old) if old.key == spec.key && old.interval == spec.interval && old.map == spec.map => {}
+            Some(old)
+                if old.key == spec.key && old.interval == spec.interval && old.map == spec.map => {}
             Some(_) => return Err(format!("File exists: set {name} with another type")),
             None if spec.map => {
                 rs.maps.insert(
@@ -265,7 +276,9 @@ fn apply_op(table: &mut Option<Ruleset>, op: &Op) -> Result<(), String> {
                     return Err(format!("Invalid argument: element arity in {set}"));
                 }
                 if overlaps(s, e) {
-                    return Err(format!("interval overlaps with an existing one: {e:?} in {set}"));
+                    return Err(format!(
+                        "interval overlaps with an existing one: {e:?} in {set}"
+                    ));
                 }
                 s.elements.insert(e.clone());
             }

@@ -52,12 +52,12 @@ fn op_json(table: &str, op: &Op, out: &mut Vec<Json>) {
             }
             out.push(json!({"add": {"chain": c}}));
         }
-        Op::FlushChain { name } => out.push(
-            json!({"flush": {"chain": {"family": FAMILY, "table": table, "name": name}}}),
-        ),
-        Op::DeleteChain { name } => out.push(
-            json!({"delete": {"chain": {"family": FAMILY, "table": table, "name": name}}}),
-        ),
+        Op::FlushChain { name } => {
+            out.push(json!({"flush": {"chain": {"family": FAMILY, "table": table, "name": name}}}))
+        }
+        Op::DeleteChain { name } => {
+            out.push(json!({"delete": {"chain": {"family": FAMILY, "table": table, "name": name}}}))
+        }
         Op::AddSet { name, spec } => {
             let kind = if spec.map { "map" } else { "set" };
             out.push(json!({"add": {kind: set_json(table, name, spec)}}));
@@ -101,7 +101,11 @@ fn set_json(table: &str, name: &str, spec: &SetSpec) -> Json {
     let ty: Json = if spec.key.len() == 1 {
         json!(key_type_name(spec.key[0]))
     } else {
-        json!(spec.key.iter().map(|k| key_type_name(*k)).collect::<Vec<_>>())
+        json!(spec
+            .key
+            .iter()
+            .map(|k| key_type_name(*k))
+            .collect::<Vec<_>>())
     };
     let mut s = json!({"family": FAMILY, "table": table, "name": name, "type": ty});
     if spec.map {
@@ -154,7 +158,9 @@ fn key_json(key: &[Value]) -> Json {
 fn value_json(v: &Value) -> Json {
     match v {
         Value::Addr(a) => json!(a.to_string()),
-        Value::Prefix(n) => json!({"prefix": {"addr": n.addr().to_string(), "len": n.prefix_len()}}),
+        Value::Prefix(n) => {
+            json!({"prefix": {"addr": n.addr().to_string(), "len": n.prefix_len()}})
+        }
         Value::AddrRange(a, b) => json!({"range": [a.to_string(), b.to_string()]}),
         Value::Proto(p) => json!(p),
         Value::Port(p) => json!(p),
@@ -169,7 +175,8 @@ fn value_json(v: &Value) -> Json {
 }
 
 fn field_json(f: Field) -> Json {
-    let payload = |proto: &str, field: &str| json!({"payload": {"protocol": proto, "field": field}});
+    let payload =
+        |proto: &str, field: &str| json!({"payload": {"protocol": proto, "field": field}});
     match f {
         Field::SrcAddr(Family::Ipv4) => payload("ip", "saddr"),
         Field::DstAddr(Family::Ipv4) => payload("ip", "daddr"),
@@ -198,7 +205,11 @@ fn match_json(m: &Match) -> Json {
             "left": field_json(*field),
             "right": value_json(value),
         }}),
-        Match::Lookup { fields, set, negate } => json!({"match": {
+        Match::Lookup {
+            fields,
+            set,
+            negate,
+        } => json!({"match": {
             "op": if *negate { "!=" } else { "==" },
             "left": fields_json(fields),
             "right": format!("@{set}"),

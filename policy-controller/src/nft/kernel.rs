@@ -39,8 +39,10 @@ pub struct LastApply {
     pub bytes: usize,
     /// Wall time of the nft run that applied it.
     pub nft_time: Duration,
-    /// Wall time of the listing read for a resync (zero for a diff).
+    /// Wall time of the listing read and parse for a resync (zero for a diff).
     pub list_time: Duration,
+    /// Time spent in this process: validate, canonicalize, diff, render JSON.
+    pub cpu_time: Duration,
 }
 
 #[derive(Debug)]
@@ -76,7 +78,9 @@ impl NftDataplane {
         match &self.opts.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("--").arg(&self.opts.nft);
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(&self.opts.nft);
                 c
             }
             None => Command::new(&self.opts.nft),
@@ -89,7 +93,11 @@ impl NftDataplane {
         let mut child = self
             .command()
             .args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -101,15 +109,19 @@ impl NftDataplane {
             // nft reads the whole file before it writes anything, so writing all of stdin
             // before reading its output cannot deadlock.
             let mut stdin = child.stdin.take().expect("piped");
-            stdin.write_all(input).map_err(|source| DataplaneError::Io {
-                context: format!("write transaction to {what}"),
+            stdin
+                .write_all(input)
+                .map_err(|source| DataplaneError::Io {
+                    context: format!("write transaction to {what}"),
+                    source,
+                })?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| DataplaneError::Io {
+                context: format!("wait for {what}"),
                 source,
             })?;
-        }
-        let out = child.wait_with_output().map_err(|source| DataplaneError::Io {
-            context: format!("wait for {what}"),
-            source,
-        })?;
         if !out.status.success() {
             return Err(DataplaneError::Nft(format!(
                 "{what} failed ({}): {}",
@@ -145,7 +157,9 @@ impl NftDataplane {
     /// Sends one transaction. On failure nothing changed (nft transactions are atomic); the
     /// error carries nft's message and the transaction in text form.
     pub fn send(&mut self, ops: &[Op]) -> Result<(), DataplaneError> {
+        let t = Instant::now();
         let doc = super::json::transaction(&self.opts.table, ops);
+        self.last.cpu_time += t.elapsed();
         self.last.bytes = doc.len();
         let t = Instant::now();
         let res = self.run(&["-j", "-f", "-"], Some(doc.as_bytes()));
@@ -186,16 +200,20 @@ pub fn describe(ops: &[Op]) -> String {
 
 impl Dataplane for NftDataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
-        let desired = prepare(desired)?;
-        let full = self.programmed.is_none();
         self.last = LastApply::default();
+        let t = Instant::now();
+        let desired = prepare(desired)?;
+        self.last.cpu_time = t.elapsed();
+        let full = self.programmed.is_none();
         if full {
             let t = Instant::now();
             let listing = self.list()?;
             self.last.list_time = t.elapsed();
             self.programmed = listing.map(|l| l.programmed);
         }
+        let t = Instant::now();
         let ops = plan(self.programmed.as_ref(), &desired);
+        self.last.cpu_time += t.elapsed();
         if !ops.is_empty() {
             if let Err(e) = self.send(&ops) {
                 // The kernel kept the old table; re-read it before the next attempt.

@@ -59,12 +59,11 @@ pub fn parse_listing(json: &str, table: &str) -> Result<Listing, String> {
         let in_table = obj.get("family").and_then(Json::as_str) == Some("inet")
             && obj.get("table").and_then(Json::as_str) == Some(table);
         match kind.as_str() {
-            "table" => {
+            "table"
                 if obj.get("family").and_then(Json::as_str) == Some("inet")
-                    && obj.get("name").and_then(Json::as_str) == Some(table)
-                {
-                    out.table_handle = handle(obj);
-                }
+                    && obj.get("name").and_then(Json::as_str) == Some(table) =>
+            {
+                out.table_handle = handle(obj);
             }
             "set" | "map" if in_table => {
                 let name = str_field(obj, "name")?;
@@ -116,7 +115,9 @@ pub fn parse_listing(json: &str, table: &str) -> Result<Listing, String> {
                 continue;
             };
             let merged = match rules.last_mut() {
-                Some(last) if open && last.matches == rule.matches && last.comment == rule.comment => {
+                Some(last)
+                    if open && last.matches == rule.matches && last.comment == rule.comment =>
+                {
                     last.statements.extend(rule.statements.iter().cloned());
                     last.verdict = rule.verdict.clone();
                     true
@@ -221,7 +222,10 @@ fn parse_set(is_map: bool, name: &str, obj: &Json, p: &mut Programmed) {
     let interval = flags.contains(&"interval");
     let flags_ok = flags.iter().all(|f| *f == "interval");
     let verdict_map = obj.get("map").and_then(Json::as_str) == Some("verdict");
-    let comment = obj.get("comment").and_then(Json::as_str).map(str::to_string);
+    let comment = obj
+        .get("comment")
+        .and_then(Json::as_str)
+        .map(str::to_string);
     let elems = obj
         .get("elem")
         .and_then(Json::as_array)
@@ -237,9 +241,10 @@ fn parse_set(is_map: bool, name: &str, obj: &Json, p: &mut Programmed) {
             ..VerdictMap::default()
         };
         for e in &elems {
-            let parsed = e.as_array().filter(|a| a.len() == 2).and_then(|a| {
-                Some((parse_key(&key, interval, &a[0])?, parse_verdict(&a[1])?))
-            });
+            let parsed = e
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .and_then(|a| Some((parse_key(&key, interval, &a[0])?, parse_verdict(&a[1])?)));
             match parsed {
                 Some((k, v)) => {
                     m.elements.insert(k, v);
@@ -413,7 +418,12 @@ fn parse_ct_states(v: &Json) -> Option<Vec<CtState>> {
                 (8, CtState::New),
                 (64, CtState::Untracked),
             ];
-            return Some(all.iter().filter(|(b, _)| bits & b != 0).map(|(_, s)| *s).collect());
+            return Some(
+                all.iter()
+                    .filter(|(b, _)| bits & b != 0)
+                    .map(|(_, s)| *s)
+                    .collect(),
+            );
         }
         Some(vec![match x.as_str()? {
             "new" => CtState::New,
@@ -448,7 +458,12 @@ fn parse_match(m: &Json) -> Option<Match> {
     let op = m.get("op")?.as_str()?;
     let left = m.get("left")?;
     let right = m.get("right")?;
-    if left.get("ct").and_then(|c| c.get("key")).and_then(Json::as_str) == Some("state") {
+    if left
+        .get("ct")
+        .and_then(|c| c.get("key"))
+        .and_then(Json::as_str)
+        == Some("state")
+    {
         if op != "in" && op != "==" {
             return None;
         }
@@ -495,7 +510,10 @@ fn parse_rule(obj: &Json) -> RawRule {
             matches: Vec::new(),
             statements: Vec::new(),
             verdict: None,
-            comment: obj.get("comment").and_then(Json::as_str).map(str::to_string),
+            comment: obj
+                .get("comment")
+                .and_then(Json::as_str)
+                .map(str::to_string),
         };
         let mut pending_limit: Option<u32> = None;
         for e in exprs {
@@ -525,7 +543,11 @@ fn parse_rule(obj: &Json) -> RawRule {
                 }
                 "log" => {
                     let group = u16::try_from(v.get("group")?.as_u64()?).ok()?;
-                    let prefix = v.get("prefix").and_then(Json::as_str).unwrap_or("").to_string();
+                    let prefix = v
+                        .get("prefix")
+                        .and_then(Json::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     r.statements.push(Statement::Log {
                         group,
                         prefix,

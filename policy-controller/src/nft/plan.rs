@@ -19,7 +19,9 @@
 //! chain empty, so this is how a chain's rules are replaced without opening or closing
 //! traffic.
 
-use crate::ruleset::{BaseChain, Chain, KeyType, Match, Rule, RuleVerdict, Ruleset, Value, Verdict};
+use crate::ruleset::{
+    BaseChain, Chain, KeyType, Match, Rule, RuleVerdict, Ruleset, Value, Verdict,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One command of a transaction: the dataplane's internal command list. The real dataplane
@@ -355,7 +357,11 @@ pub fn plan(current: Option<&Programmed>, desired: &Ruleset) -> Vec<Op> {
             }),
             SetLike::Map(m) if !m.elements.is_empty() => adds.push(Op::AddMapElements {
                 map: name.to_string(),
-                elements: m.elements.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                elements: m
+                    .elements
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             }),
             _ => {}
         }
@@ -393,9 +399,7 @@ pub fn validate(rs: &Ruleset) -> Result<(), String> {
     let check_target = |from: &str, target: &str| -> Result<(), String> {
         match rs.chains.get(target) {
             None => Err(format!("{from} jumps to missing chain {target:?}")),
-            Some(c) if c.base.is_some() => {
-                Err(format!("{from} jumps to base chain {target:?}"))
-            }
+            Some(c) if c.base.is_some() => Err(format!("{from} jumps to base chain {target:?}")),
             Some(_) => Ok(()),
         }
     };
@@ -409,7 +413,11 @@ pub fn validate(rs: &Ruleset) -> Result<(), String> {
                         .get(set)
                         .ok_or_else(|| format!("{at} looks up missing set {set:?}"))?;
                     if s.key.len() != fields.len() {
-                        return Err(format!("{at}: {} fields for set {set:?} of {} key components", fields.len(), s.key.len()));
+                        return Err(format!(
+                            "{at}: {} fields for set {set:?} of {} key components",
+                            fields.len(),
+                            s.key.len()
+                        ));
                     }
                 }
             }

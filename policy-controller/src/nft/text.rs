@@ -231,7 +231,11 @@ pub fn op_text(op: &super::plan::Op) -> String {
             "add chain {name} {{ type filter hook {} priority {}; policy {}; }}",
             hook_name(b.hook),
             b.priority,
-            if b.policy == ChainPolicy::Drop { "drop" } else { "accept" }
+            if b.policy == ChainPolicy::Drop {
+                "drop"
+            } else {
+                "accept"
+            }
         ),
         Op::FlushChain { name } => format!("flush chain {name}"),
         Op::DeleteChain { name } => format!("delete chain {name}"),
@@ -261,7 +265,9 @@ pub fn op_text(op: &super::plan::Op) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Op::DeleteMapElements { map, keys } => format!("delete element {map} {{ {} }}", elems(keys)),
+        Op::DeleteMapElements { map, keys } => {
+            format!("delete element {map} {{ {} }}", elems(keys))
+        }
         Op::AddRule { chain, rule } => rule_lines(rule)
             .into_iter()
             .map(|l| format!("add rule {chain} {l}"))

@@ -125,7 +125,10 @@ impl Player {
             "status": {"phase": "Running", "podIPs": [{"ip": ip}]},
         }))
         .expect("pod");
-        let info = PodInfo::from_api(&api_pod);
+        let mut info = PodInfo::from_api(&api_pod);
+        // Set directly: `model::api::PodStatus` spells the field `podIps` (camelCase of the
+        // Rust name) where the API says `podIPs`; this runner is not about that parsing.
+        info.ips = vec![ip.parse().expect("synthetic IP")];
         self.state.pods.insert(info.key.clone(), info);
     }
 
@@ -182,8 +185,7 @@ impl Player {
                     return false;
                 }
                 let raw = self.substitute_value(&step["policy"]);
-                let mut policy: NetworkPolicy =
-                    serde_json::from_value(raw).expect("policy parses");
+                let mut policy: NetworkPolicy = serde_json::from_value(raw).expect("policy parses");
                 if policy.metadata.namespace.is_empty() {
                     policy.metadata.namespace = "default".into();
                 }
@@ -279,7 +281,10 @@ fn update_labels(labels: &mut Labels, step: &Value) {
 /// Parse a scenario file into JSON.
 pub fn load(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_saphyr::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    // YAML 1.1 booleans would turn a namespace named `y` or `n` into `true`/`false`.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options::<Value>(&text, options)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Play every scenario found, calling `check` on each probe cell with the state at that

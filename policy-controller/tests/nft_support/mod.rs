@@ -136,11 +136,15 @@ pub fn two_pods(a4: &str, b4: &str, a6: &str, b6: &str, allowed: &[(u8, u16)]) -
     let map = |k: KeyType, ip: &str| VerdictMap {
         key: vec![k],
         interval: false,
-        elements: [(vec![addr(ip)], Verdict::Jump("in-b".into()))].into_iter().collect(),
+        elements: [(vec![addr(ip)], Verdict::Jump("in-b".into()))]
+            .into_iter()
+            .collect(),
         comment: Some("ingress dispatch".into()),
     };
-    rs.maps.insert("ingress4".into(), map(KeyType::Ipv4Addr, b4));
-    rs.maps.insert("ingress6".into(), map(KeyType::Ipv6Addr, b6));
+    rs.maps
+        .insert("ingress4".into(), map(KeyType::Ipv4Addr, b4));
+    rs.maps
+        .insert("ingress6".into(), map(KeyType::Ipv6Addr, b6));
     rs
 }
 
@@ -150,7 +154,9 @@ pub fn pod_ip(i: u32) -> IpAddr {
 }
 
 pub fn pod_ip6(i: u32) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i)))
+    IpAddr::V6(Ipv6Addr::from(
+        0xfd00_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+    ))
 }
 
 /// A ruleset the size of "`cluster_pods` pods, `policies` policies, `local_pods` pods on

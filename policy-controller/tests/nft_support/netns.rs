@@ -42,6 +42,12 @@ impl Topology {
         let node = Netns::new(&format!("{tag}-node")).unwrap();
         let a = Netns::new(&format!("{tag}-a")).unwrap();
         let b = Netns::new(&format!("{tag}-b")).unwrap();
+        // No DAD anywhere (also for link-local addresses): a tentative address delays the
+        // first IPv6 packets by about a second.
+        for ns in [&node, &a, &b] {
+            ns.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0")
+                .unwrap();
+        }
         node.veth_to("pala", &a, "eth0").unwrap();
         node.veth_to("palb", &b, "eth0").unwrap();
         node.sh(
@@ -57,6 +63,9 @@ impl Topology {
             ))
             .unwrap();
         }
+        // Resolve neighbours once so that the first probe is not slowed by it.
+        a.sh("busybox ping -c1 -W2 10.70.2.2 >/dev/null && busybox ping -c1 -W2 fd70:2::2 >/dev/null")
+            .unwrap();
         Topology { node, a, b }
     }
 
@@ -75,24 +84,58 @@ pub fn tcp_server(ns: &Netns, port: u16) -> SocketAddr {
     let l = in_ns(ns, || TcpListener::bind(("::", port)).expect("bind tcp"));
     let local = l.local_addr().unwrap();
     std::thread::spawn(move || {
-        for s in l.incoming() {
-            drop(s);
+        // Keep accepted connections open for a while: closing at once would reset a
+        // connection before a busy client has even seen it established. The client closes
+        // first (with RST), so dropping them later is quiet.
+        let mut open = std::collections::VecDeque::new();
+        for s in l.incoming().flatten() {
+            rst_on_close(&s);
+            open.push_back(s);
+            if open.len() > 4096 {
+                open.pop_front();
+            }
         }
     });
     local
 }
 
+/// Close with RST (SO_LINGER 0): no TIME_WAIT on either side, so connection loops never run
+/// into a 4-tuple that is still waiting.
+pub fn rst_on_close(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Whether a TCP connection from `ns` to `to` is established within the timeout.
 pub fn tcp_connects(ns: &Netns, to: SocketAddr) -> bool {
-    in_ns(ns, || TcpStream::connect_timeout(&to, Duration::from_millis(700)).is_ok())
+    in_ns(ns, || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(700)).is_ok()
+    })
 }
 
 /// Whether a UDP datagram from `from` reaches `to_ns` on `to`.
 pub fn udp_reaches(from: &Netns, to_ns: &Netns, to: SocketAddr) -> bool {
-    let rx = in_ns(to_ns, || UdpSocket::bind(("::", to.port())).expect("bind udp"));
-    rx.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let rx = in_ns(to_ns, || {
+        UdpSocket::bind(("::", to.port())).expect("bind udp")
+    });
+    rx.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
     let tx = in_ns(from, || {
-        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .unwrap();
         UdpSocket::bind(any).expect("bind udp client")
     });
     let token = format!("probe-{}", std::process::id());

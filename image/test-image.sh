@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Build Palisade's image as an OCI layout (image/build-oci.sh) and run its entry points from
+# the image's own file tree, the way the DaemonSet does, inside a network namespace made
+# here (nothing is configured in the root network namespace):
+#   - the plugin is static and answers VERSION;
+#   - nft from the image runs;
+#   - `palisade-agent install-cni` reads the Node from a kube API stand-in and writes the
+#     plugin and the conflist atomically into the "host" directories;
+#   - `palisade-agent run` becomes ready and programs table inet palisade;
+#   - `palisade-agent uninstall` leaves no file or table behind.
+# usage: image/test-image.sh WORK_DIR
+set -euo pipefail
+work=${1:?usage: test-image.sh WORK_DIR}
+root=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+ns=palimg$$
+rootfs=$work/rootfs
+pids=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "image test FAILED: $*" >&2; exit 1; }
+pass=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+
+bash "$root/image/build-oci.sh" "$work"
+umoci ls --layout "$work/oci" | grep -qx "palisade-dev" || fail "OCI layout lacks palisade-dev"
+umoci stat --image "$work/oci:palisade-dev" >/dev/null || fail "umoci stat"
+ok "OCI layout $work/oci has palisade-dev"
+
+# Run a command inside the test netns, chrooted into the image tree, with /proc mounted in a
+# private mount namespace (so nothing is mounted on the host).
+in_image() {
+  # shellcheck disable=SC2016 # "$0" and "$@" expand in the inner shell
+  ip netns exec "$ns" unshare -m sh -c \
+    'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' "$rootfs" "$@"
+}
+mkdir -p "$rootfs/proc" "$rootfs/host/opt/cni/bin" "$rootfs/host/etc/cni/net.d"
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+
+file_out=$(ldd "$rootfs/usr/local/bin/palisade" 2>&1 || true)
+case $file_out in *"not a dynamic executable"*|*"statically linked"*) ;; *) fail "plugin is not static: $file_out" ;; esac
+ver=$(echo '{"cniVersion":"1.1.0"}' | CNI_COMMAND=VERSION in_image /usr/local/bin/palisade)
+echo "$ver" | grep -q '"1.1.0"' || fail "plugin VERSION: $ver"
+ok "static plugin answers VERSION: $ver"
+
+in_image /usr/sbin/nft --version | grep -q nftables || fail "nft from the image does not run"
+ok "nft from the image runs"
+
+# A kube API stand-in inside the netns, with a Node that has pod CIDRs.
+ip netns exec "$ns" "$target/release/palisade-apiserver" --listen 127.0.0.1:0 \
+  --kubeconfig-out "$rootfs/tmp/kubeconfig" >"$work/apiserver.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do [ -s "$rootfs/tmp/kubeconfig" ] && break; sleep 0.1; done
+[ -s "$rootfs/tmp/kubeconfig" ] || fail "API stand-in did not start: $(cat "$work/apiserver.log")"
+kc() { ip netns exec "$ns" kubectl --kubeconfig "$rootfs/tmp/kubeconfig" "$@"; }
+kc create -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
+status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
+YAML
+
+# The conflist template, exactly as the ConfigMap mounts it.
+mkdir -p "$rootfs/etc/palisade"
+"${PALISADE_VENV:-/opt/palisade-venv}/bin/python" - "$root/conf/20-configmap.yaml" \
+  >"$rootfs/etc/palisade/conflist.template" <<'PY'
+import sys, yaml
+print(yaml.safe_load(open(sys.argv[1]))["data"]["conflist.template"], end="")
+PY
+
+in_image /usr/local/bin/palisade-agent install-cni --node-name node-1 \
+  --kubeconfig /tmp/kubeconfig --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d \
+  --template /etc/palisade/conflist.template --plugin-binary /usr/local/bin/palisade
+conflist=$rootfs/host/etc/cni/net.d/10-palisade.conflist
+[ -x "$rootfs/host/opt/cni/bin/palisade" ] || fail "install-cni did not install the plugin"
+jq -e '.plugins[0].ipam.ranges == [[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:10:244:1::/64"}]]' \
+  "$conflist" >/dev/null || fail "conflist ranges: $(cat "$conflist")"
+[ "$(ls -A "$rootfs/host/etc/cni/net.d")" = 10-palisade.conflist ] || fail "temp files left in net.d"
+ok "install-cni wrote the plugin and the dual-stack conflist"
+
+in_image /usr/local/bin/palisade-agent run --node-name node-1 --kubeconfig /tmp/kubeconfig \
+  --cni-socket /run/palisade/agent.sock --listen 127.0.0.1:9464 --manage-routes false \
+  >"$work/agent.log" 2>&1 &
+pids+=($!)
+ready=no
+for _ in $(seq 100); do
+  if ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /readyz HTTP/1.0\r\n\r\n" >&3 && head -1 <&3' 2>/dev/null | grep -q " 200"; then
+    ready=yes; break
+  fi
+  sleep 0.2
+done
+[ $ready = yes ] || fail "agent from the image never became ready: $(tail -20 "$work/agent.log")"
+ip netns exec "$ns" nft list table inet palisade >/dev/null || fail "agent did not program inet palisade"
+ok "palisade-agent run from the image is ready and programmed inet palisade"
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+in_image /usr/local/bin/palisade-agent uninstall --cni-bin-dir /host/opt/cni/bin \
+  --cni-conf-dir /host/etc/cni/net.d
+[ -z "$(ls -A "$rootfs/host/etc/cni/net.d" "$rootfs/host/opt/cni/bin")" ] || fail "uninstall left files"
+if ip netns exec "$ns" nft list table inet palisade >/dev/null 2>&1; then fail "uninstall left the table"; fi
+ok "uninstall left no file and no table"
+
+echo "image: $pass passed, 0 failed"

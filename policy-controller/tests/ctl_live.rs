@@ -1,0 +1,223 @@
+//! `palisadectl reach|status --agent URL` against a stand-in agent endpoint that serves
+//! `/status` and `/debug/state` (the document `agent/debug_state.rs` produces, compiled here
+//! through `#[path]`). No root: the programmed table is asked for in a namespace path that
+//! does not exist, which `status` must report as unreadable rather than fail on.
+
+#![allow(dead_code)]
+
+mod model {
+    pub use palisade_policy::model::*;
+}
+mod compile {
+    pub use palisade_policy::compile::*;
+}
+#[path = "../src/agent/debug_state.rs"]
+mod debug_state;
+
+use palisade_policy::ctl::manifests;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+/// Serves `routes` (path → JSON body) until the test process ends.
+fn stand_in_agent(routes: Vec<(&'static str, String)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            // Read the headers to the blank line.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut stream = stream;
+            let reply = match routes.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => format!(
+                    "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+                None => "HTTP/1.0 404 Not Found\r\ncontent-length: 10\r\n\r\nnot found\n".to_string(),
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    url
+}
+
+fn golden_manifests() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ctl/manifests")
+}
+
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn reach_from_the_agent_state_equals_reach_from_the_manifests() {
+    let loaded = manifests::build_state(&manifests::load_paths(&[golden_manifests()]).unwrap());
+    let state = debug_state::debug_state("node-1", &loaded.state).to_string();
+    let url = stand_in_agent(vec![("/debug/state", state)]);
+    let files = golden_manifests();
+    let (code, from_files, err) = ctl(&[
+        "reach",
+        "-f",
+        files.to_str().unwrap(),
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, from_agent, err) = ctl(&["reach", "--agent", &url, "--port", "80", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(from_agent, from_files);
+    assert!(from_agent.contains("\"x/web\""), "{from_agent}");
+}
+
+#[test]
+fn an_agent_without_debug_state_is_a_clear_error() {
+    let url = stand_in_agent(vec![]);
+    let (code, _, err) = ctl(&["reach", "--agent", &url, "--port", "80"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("HTTP 404") && err.contains("no /debug/state endpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_prints_readiness_versions_and_invalid_policies() {
+    let status = serde_json::json!({
+        "ready": true, "node": "node-1",
+        "programmedResourceVersions": {"pods": "12", "namespaces": "3", "networkpolicies": "7", "nodes": "2"},
+        "lastSync": {"durationMs": 4.5, "commands": 9, "full": false},
+        "lastError": null,
+        "invalidPolicies": [{"namespace": "x", "name": "bad", "errors": ["spec.ingress[0].ports[0].port: Invalid value: 0"]}],
+    });
+    let url = stand_in_agent(vec![("/status", status.to_string())]);
+    let (code, out, err) = ctl(&[
+        "status",
+        "--agent",
+        &url,
+        "--nft-netns",
+        "/nonexistent/palisadectl-test-netns",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "ready                yes",
+        "last sync            4.5 ms, 9 commands",
+        "programmed versions  namespaces=3 networkpolicies=7 nodes=2 pods=12",
+        "invalid policies     1",
+        "  x/bad: spec.ingress[0].ports[0].port: Invalid value: 0",
+        "table inet palisade  not readable: ",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let (code, out, _) = ctl(&[
+        "status",
+        "--agent",
+        &url,
+        "--nft-netns",
+        "/nonexistent/x",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["agent"]["ready"], true);
+    assert!(v["table"]["error"].is_string(), "{v}");
+}
+
+/// Kernel test: the compiled ruleset of node-1 programmed with the real nft into a test
+/// namespace; `explain --agent ... --nft-netns` walks the packet through the table read back
+/// from the kernel, with the nft rule handles, and finds it agrees with the compiled path.
+#[test]
+fn explain_walks_the_programmed_table() {
+    if !palisade_testutil::kernel_tests_enabled() {
+        return;
+    }
+    use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
+    let loaded = manifests::build_state(&manifests::load_paths(&[golden_manifests()]).unwrap());
+    let netns = palisade_testutil::Netns::new("ctl").unwrap();
+    let ruleset = palisade_policy::compile::compile(
+        &loaded.state,
+        &palisade_policy::compile::CompileOptions {
+            node: "node-1".into(),
+            fail_closed_new_pods: true,
+            nflog_group: None,
+        },
+    );
+    let mut nft = NftDataplane::new(NftOptions {
+        netns: Some(netns.path().to_path_buf()),
+        ..NftOptions::default()
+    });
+    nft.apply(&ruleset).unwrap();
+    let state = debug_state::debug_state("node-1", &loaded.state).to_string();
+    let url = stand_in_agent(vec![("/debug/state", state)]);
+    let (code, out, err) = ctl(&[
+        "explain",
+        "--agent",
+        &url,
+        "--nft-netns",
+        netns.path().to_str().unwrap(),
+        "--from",
+        "y/probe",
+        "--to",
+        "x/web",
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}\n{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["allowed"], false);
+    assert_eq!(
+        r["ingress"]["isolatedBy"],
+        serde_json::json!(["x/web-from-clients"])
+    );
+    assert_eq!(r["disagreements"], serde_json::json!([]), "{err}");
+    let live = r["live"].as_array().expect("live hops");
+    assert_eq!(live.len(), 1, "{r:#}");
+    assert_eq!(live[0]["accepted"], false);
+    // The programmed walk hits the same rules as the compiled one, and every rule it names
+    // was found in the kernel's listing by its handle.
+    assert_eq!(
+        live[0]["rules"].as_array().unwrap().len(),
+        r["hops"][0]["rules"].as_array().unwrap().len()
+    );
+    let (code, text, _) = ctl(&[
+        "explain",
+        "--agent",
+        &url,
+        "--nft-netns",
+        netns.path().to_str().unwrap(),
+        "--from",
+        "y/probe",
+        "--to",
+        "x/web",
+        "--port",
+        "80",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 0);
+    assert!(text.contains("programmed table (nft, live):"), "{text}");
+}
