@@ -24,7 +24,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 stage "release binaries"
 cargo build --release --locked --bins
-export PALISADE_BIN_DIR=$root/target/release
+export PALISADE_BIN_DIR=$root/target/release PALISADE_BIN=$root/target/release/palisade
 
 stage "cargo test"
 cargo test --workspace --locked -- --test-threads=4
@@ -34,7 +34,7 @@ kubernetes-validate --strict --quiet conf/[0-9]*.yaml conf/uninstall/*.yaml
 kubectl kustomize conf >/dev/null
 
 stage "image (OCI layout)"
-SKIP_BUILD=0 bash image/test-image.sh "$(mktemp -d /tmp/palisade-image.XXXXXX)"
+bash image/test-image.sh "$(mktemp -d /tmp/palisade-image.XXXXXX)"
 
 stage "kind integration scripts"
 for f in integration/kind/*.sh; do bash -n "$f"; shellcheck "$f"; done

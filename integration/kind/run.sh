@@ -69,6 +69,6 @@ else
   echo "E2E_TEST not set: skipping the upstream e2e suite (see integration/kind/README.md)" >&2
 fi
 
-echo "== Palisade's scenario files on this cluster"
-"$root/integration/run-scenarios" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
-  --family "$([ "$variant" = dualstack ] && echo v6 || echo v4)" "$root/integration/scenarios"
+# Palisade's own scenario files run on the netns cluster (integration/run-scenarios); the
+# runner has no mode yet that drives a real cluster, so they are not repeated here.
+echo "== done: Palisade installed and the upstream NetworkPolicy suite finished"

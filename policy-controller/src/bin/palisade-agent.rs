@@ -34,6 +34,10 @@ enum Command {
     InstallCni(InstallArgs),
     /// Remove the conflist, the plugin binary and Palisade's nftables tables.
     Uninstall(UninstallArgs),
+    /// Do nothing until terminated: keeps the uninstall DaemonSet's pod Ready after its init
+    /// container cleaned the node (the image has no shell or `sleep`).
+    #[command(hide = true)]
+    SleepForever,
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -139,6 +143,9 @@ fn main() -> std::process::ExitCode {
                 &[&args.table, palisade_common::HOSTPORT_TABLE],
             )
         }
+        Some(Command::SleepForever) => loop {
+            std::thread::park();
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
