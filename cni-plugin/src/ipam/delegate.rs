@@ -52,15 +52,28 @@ pub fn exec(
         plugin: plugin.to_string(),
         reason,
     };
-    let mut child = Command::new(&bin)
-        .env("CNI_COMMAND", command)
-        // Our own crash hook must not fire inside the delegate (it does not know it anyway).
-        .env_remove("PALISADE_TEST_CRASH_AT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("exec {}: {e}", bin.display())))?;
+    let spawn = || {
+        Command::new(&bin)
+            .env("CNI_COMMAND", command)
+            // Our own crash hook must not fire inside the delegate (it does not know it anyway).
+            .env_remove("PALISADE_TEST_CRASH_AT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // ETXTBSY: the binary was just written and some process forked while it was open for
+    // writing. libcni retries the same way (5 times, 1 s apart); shorter waits suffice here.
+    let mut attempt = 0;
+    let mut child = loop {
+        match spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 5 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            }
+            other => break other.map_err(|e| fail(format!("exec {}: {e}", bin.display())))?,
+        }
+    };
     // A delegate that exits without reading stdin gives EPIPE here; its exit status tells more.
     let _ = child.stdin.take().expect("piped").write_all(stdin);
     let out = child

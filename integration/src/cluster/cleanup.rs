@@ -43,8 +43,7 @@ pub fn register_process(pid: u32) {
 }
 
 fn kill(pid: u32) {
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    super::netns::kill_and_wait(pid);
 }
 
 fn delete_netns(name: &str) {

@@ -175,11 +175,36 @@ fn check(out: &Output, what: &str) -> Result<String> {
 pub fn kill_processes_in(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Ok(pid) = pid.parse::<u32>() {
+                kill_and_wait(pid);
             }
         }
+    }
+}
+
+/// SIGKILL `pid` and wait (up to 5 s) until it has really died: SIGKILL is delivered
+/// asynchronously, and a caller that removes a namespace or exits right after `kill` would
+/// otherwise leave a process still tearing down. Reaps it when it is our child.
+pub fn kill_and_wait(pid: u32) {
+    // SAFETY: kill and waitpid have no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // SAFETY: as above; WNOHANG never blocks, ECHILD (not our child) is fine.
+        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let dead = match state {
+            None => true,
+            // Field 3 (after the parenthesised comm) is the state; Z and X are dead.
+            Some(s) => s
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|st| st == "Z" || st == "X"),
+        };
+        if dead || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
