@@ -17,13 +17,16 @@ RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
 
 FROM debian:bookworm-slim AS nft
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables \
+ && apt-get install -y --no-install-recommends nftables ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 FROM debian:bookworm-slim
 # nft and the libraries it links (libnftables, libmnl, libnftnl, libjansson, libgmp, ...).
 COPY --from=nft /usr/sbin/nft /usr/sbin/nft
 COPY --from=nft /usr/lib/x86_64-linux-gnu/ /usr/lib/x86_64-linux-gnu/
+# The kube client's TLS verifier loads the system roots even when the kubeconfig (or the
+# in-cluster service account) names its own CA; without a bundle it refuses to start.
+COPY --from=nft /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/palisade /usr/local/bin/palisade
 COPY --from=build /src/target/release/palisade-agent /usr/local/bin/palisade-agent
 COPY --from=build /src/target/release/palisadectl /usr/local/bin/palisadectl

@@ -36,16 +36,19 @@ install -D -m 0644 "$root/conf/20-configmap.yaml" "$rootfs/usr/share/palisade/co
 # nft, the agent's dataplane tool, with every library it and the dynamically linked agent
 # load (the Dockerfile takes the same from Debian's nftables package).
 copy_with_libs() {
-  local bin=$1 lib
-  install -D -m 0755 "$bin" "$rootfs$bin"
-  for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\s*\/lib/{print $1}'); do
-    [ -e "$rootfs$lib" ] || install -D -m 0644 "$(readlink -f "$lib")" "$rootfs$lib"
+  local bin=$1 dest=${2:-$1} lib
+  install -D -m 0755 "$bin" "$rootfs$dest"
+  for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^[[:space:]]*\/lib/{print $1}'); do
+    [ -e "$rootfs$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
   done
 }
 copy_with_libs "$(command -v nft)"
-copy_with_libs "$target/release/palisade-agent"
+copy_with_libs "$target/release/palisade-agent" /usr/local/bin/palisade-agent
 # nft reads /etc/iproute2 tables and resolves protocol/service names from these.
 for f in /etc/protocols /etc/services; do install -D -m 0644 "$f" "$rootfs$f"; done
+# The kube client's TLS verifier loads the system roots even when the kubeconfig names its
+# own CA (as the Dockerfile, from Debian's ca-certificates).
+install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
 mkdir -p "$rootfs/etc/palisade" "$rootfs/run/palisade" "$rootfs/tmp"
 
 umoci repack --image "$out/oci:palisade-$tag" "$out/bundle" >/dev/null

@@ -24,7 +24,7 @@ cleanup() {
   wait 2>/dev/null || true
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 fail() { echo "image test FAILED: $*" >&2; exit 1; }
@@ -36,14 +36,21 @@ umoci ls --layout "$work/oci" | grep -qx "palisade-dev" || fail "OCI layout lack
 umoci stat --image "$work/oci:palisade-dev" >/dev/null || fail "umoci stat"
 ok "OCI layout $work/oci has palisade-dev"
 
-# Run a command inside the test netns, chrooted into the image tree, with /proc mounted in a
+# Run a command inside the test netns, chrooted into the image tree, with /proc and the
+# device nodes and links every OCI runtime provides (/dev/null, zero, random, urandom,
+# fd, stdin, stdout, stderr: nft -f - opens /dev/stdin) mounted in a
 # private mount namespace (so nothing is mounted on the host).
 in_image() {
   # shellcheck disable=SC2016 # "$0" and "$@" expand in the inner shell
-  ip netns exec "$ns" unshare -m sh -c \
-    'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' "$rootfs" "$@"
+  ip netns exec "$ns" unshare -m sh -c '
+    mount -t proc proc "$0/proc" && mount -t tmpfs -o mode=755 dev "$0/dev" &&
+    mknod -m 666 "$0/dev/null" c 1 3 && mknod -m 666 "$0/dev/zero" c 1 5 &&
+    mknod -m 666 "$0/dev/random" c 1 8 && mknod -m 666 "$0/dev/urandom" c 1 9 &&
+    ln -s /proc/self/fd "$0/dev/fd" && ln -s /proc/self/fd/0 "$0/dev/stdin" &&
+    ln -s /proc/self/fd/1 "$0/dev/stdout" && ln -s /proc/self/fd/2 "$0/dev/stderr" &&
+    exec chroot "$0" "$@"' "$rootfs" "$@"
 }
-mkdir -p "$rootfs/proc" "$rootfs/host/opt/cni/bin" "$rootfs/host/etc/cni/net.d"
+mkdir -p "$rootfs/proc" "$rootfs/dev" "$rootfs/host/opt/cni/bin" "$rootfs/host/etc/cni/net.d"
 ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
 
@@ -107,7 +114,8 @@ kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 in_image /usr/local/bin/palisade-agent uninstall --cni-bin-dir /host/opt/cni/bin \
   --cni-conf-dir /host/etc/cni/net.d
-[ -z "$(ls -A "$rootfs/host/etc/cni/net.d" "$rootfs/host/opt/cni/bin")" ] || fail "uninstall left files"
+left=$(find "$rootfs/host/etc/cni/net.d" "$rootfs/host/opt/cni/bin" -mindepth 1)
+[ -z "$left" ] || fail "uninstall left files: $left"
 if ip netns exec "$ns" nft list table inet palisade >/dev/null 2>&1; then fail "uninstall left the table"; fi
 ok "uninstall left no file and no table"
 
