@@ -40,7 +40,11 @@ stage "kind integration scripts"
 for f in integration/kind/*.sh; do bash -n "$f"; shellcheck "$f"; done
 echo "kind scripts: syntax and shellcheck clean"
 
+# The project's scenarios, and the shared sample set in the same format when this checkout
+# sits beside it (../shared); they must run unchanged.
+scenarios=(integration/scenarios)
+if [ -d ../shared/scenarios-sample ]; then scenarios+=(../shared/scenarios-sample); fi
 stage "scenarios, IPv4"
-integration/run-scenarios --family v4 integration/scenarios ../shared/scenarios-sample
+integration/run-scenarios --family v4 "${scenarios[@]}"
 stage "scenarios, IPv6"
-integration/run-scenarios --family v6 integration/scenarios ../shared/scenarios-sample
+integration/run-scenarios --family v6 "${scenarios[@]}"

@@ -474,6 +474,15 @@ async fn policies_get_defaults_and_generation() {
         .unwrap();
     assert_eq!(created["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(created["spec"]["egress"][0]["ports"][0]["protocol"], "TCP");
+    // `len(spec.Egress) != 0` upstream: an empty egress list does not add Egress.
+    let empty = server
+        .create(
+            Kind::NetworkPolicy,
+            json!({"metadata": {"name": "q", "namespace": "x"},
+                   "spec": {"podSelector": {}, "egress": []}}),
+        )
+        .unwrap();
+    assert_eq!(empty["spec"]["policyTypes"], json!(["Ingress"]));
     assert_eq!(created["metadata"]["generation"], 1);
     // Nothing the client did not send appears as null.
     assert!(created["spec"].get("ingress").is_none(), "{created}");

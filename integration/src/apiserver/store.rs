@@ -855,7 +855,8 @@ fn apply_defaults(kind: Kind, object: &mut Value, name: &str) {
                 .is_none_or(|types| types.is_empty());
             if absent {
                 let mut types = vec![json!("Ingress")];
-                if spec["egress"].is_array() {
+                // `len(spec.Egress) != 0` upstream: `egress: []` alone adds nothing.
+                if spec["egress"].as_array().is_some_and(|e| !e.is_empty()) {
                     types.push(json!("Egress"));
                 }
                 spec["policyTypes"] = Value::Array(types);
