@@ -226,4 +226,31 @@ fn compile_benchmark() {
             incremental.as_secs_f64() / full.as_secs_f64()
         );
     }
+
+    // The same pod changes repeated (medians of 21 rounds; single samples above are noisy).
+    let round = |compiler: &mut Compiler, change: Change| {
+        compiler.apply(change);
+        let t = Instant::now();
+        compiler.ruleset_ref();
+        t.elapsed()
+    };
+    let (mut local_add, mut local_del, mut remote_add, mut remote_del) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..21 {
+        local_add.push(round(&mut compiler, Change::UpsertPod(local.clone())));
+        local_del.push(round(&mut compiler, Change::DeletePod(local.key.clone())));
+        remote_add.push(round(&mut compiler, Change::UpsertPod(remote.clone())));
+        remote_del.push(round(&mut compiler, Change::DeletePod(remote.key.clone())));
+    }
+    let median = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        ms(v[v.len() / 2])
+    };
+    println!(
+        "medians of 21: local pod add {:.2} ms, local pod remove {:.2} ms, remote pod add {:.2} ms, remote pod remove {:.2} ms",
+        median(local_add),
+        median(local_del),
+        median(remote_add),
+        median(remote_del)
+    );
 }

@@ -143,6 +143,57 @@ fn nft_apply_bench() {
     );
     println!("targets: cold full <= 1 s, one pod change <= 20 ms median");
 
+    // The same one-pod change with the netlink fast path off (every transaction through
+    // nft), side by side, to show what the fast path buys.
+    let mut plain = NftDataplane::new(NftOptions {
+        table: format!("palt{}n", std::process::id()),
+        netns: Some(ns.path().to_path_buf()),
+        netlink_elements: false,
+        ..NftOptions::default()
+    });
+    plain.apply(&big).unwrap();
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    for _ in 0..11 {
+        let t = Instant::now();
+        dp.apply(&pod).unwrap();
+        fast.push(t.elapsed());
+        assert!(dp.last_apply().via_netlink);
+        dp.apply(&big).unwrap();
+        let t = Instant::now();
+        plain.apply(&pod).unwrap();
+        slow.push(t.elapsed());
+        plain.apply(&big).unwrap();
+    }
+    let (fast, slow) = (median(fast), median(slow));
+    println!(
+        "one local pod added, side by side: netlink batch {fast:?} vs nft process {slow:?} (ratio {:.3})",
+        fast.as_secs_f64() / slow.as_secs_f64()
+    );
+    plain.delete_table().unwrap();
+
+    // The cold table as nft text instead of JSON (what nft parses faster), side by side.
+    let text = palisade_policy::nft::render_table(&format!("palt{}t", std::process::id()), &big);
+    let t = Instant::now();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    let text_cold = t.elapsed();
+    assert!(out.success());
+    println!(
+        "cold full apply as nft text: {text_cold:?} ({} KiB) vs JSON {cold:?} (ratio {:.3})",
+        text.len() / 1024,
+        text_cold.as_secs_f64() / cold.as_secs_f64()
+    );
+
     // Where the in-process time goes (median of 5), without nft.
     let stage = |f: &dyn Fn()| {
         median(

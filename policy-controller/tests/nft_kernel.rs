@@ -484,3 +484,161 @@ fn packets_follow_the_set_elements() {
     assert!(tcp_connects(&t.a, tcp4), "not isolated: allowed");
     assert!(!tcp_connects(&t.a, tcp6), "v6 still isolated");
 }
+
+/// A model with every kind of set the element fast path encodes: plain v4 and v6 address
+/// sets, a concatenated `addr . proto . port` set, and v4/v6 dispatch verdict maps with every
+/// verdict; plus an interval set, which always goes through nft.
+fn churn_model(pods: &[u32]) -> Ruleset {
+    let mut rs = rich();
+    let v4: Vec<Vec<Value>> = pods.iter().map(|&i| vec![Value::Addr(pod_ip(i))]).collect();
+    let v6: Vec<Vec<Value>> = pods
+        .iter()
+        .map(|&i| vec![Value::Addr(pod_ip6(i))])
+        .collect();
+    rs.sets.insert(
+        "peers4".into(),
+        set(&[KeyType::Ipv4Addr], false, v4.clone()),
+    );
+    rs.sets.insert(
+        "peers6".into(),
+        set(&[KeyType::Ipv6Addr], false, v6.clone()),
+    );
+    rs.sets.insert(
+        "named4".into(),
+        set(
+            &[KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+            false,
+            pods.iter()
+                .map(|&i| {
+                    vec![
+                        Value::Addr(pod_ip(i)),
+                        Value::Proto([6, 17, 132][i as usize % 3]),
+                        Value::Port(8000 + i as u16),
+                    ]
+                })
+                .collect(),
+        ),
+    );
+    let verdicts = [
+        Verdict::Jump("in-b".into()),
+        Verdict::Goto("extras".into()),
+        Verdict::Accept,
+        Verdict::Drop,
+        Verdict::Return,
+    ];
+    for (name, keys) in [("ingress4", &v4), ("ingress6", &v6)] {
+        let m = rs.maps.get_mut(name).unwrap();
+        for (n, k) in keys.iter().enumerate() {
+            m.elements
+                .insert(k.clone(), verdicts[n % verdicts.len()].clone());
+        }
+    }
+    for (family, set) in [(Family::Ipv4, "peers4"), (Family::Ipv6, "peers6")] {
+        rs.chains.get_mut("extras").unwrap().rules.push(Rule::new(
+            vec![lookup(&[Field::SrcAddr(family)], set)],
+            Verdict::Accept,
+        ));
+    }
+    rs.chains.get_mut("extras").unwrap().rules.push(Rule::new(
+        vec![lookup(
+            &[Field::DstAddr(Family::Ipv4), Field::L4Proto, Field::DstPort],
+            "named4",
+        )],
+        Verdict::Accept,
+    ));
+    rs
+}
+
+#[test]
+fn element_churn_goes_as_a_netlink_batch_and_matches_the_model() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (_ns, mut dp) = single("nft-netlink");
+    let mut pods: Vec<u32> = (1..=12).collect();
+    let rs = churn_model(&pods);
+    dp.apply(&rs).unwrap();
+    assert!(!dp.last_apply().via_netlink, "the cold apply runs nft");
+    assert_programmed(&dp, &rs);
+
+    // Pods come and go: every change is element-only, every one goes as a batch, and the
+    // kernel's table equals the model after each.
+    for step in 0..8u32 {
+        pods.retain(|p| (p + step) % 5 != 0);
+        pods.extend([100 + step * 3, 101 + step * 3]);
+        let rs = churn_model(&pods);
+        let s = dp.apply(&rs).unwrap();
+        assert!(s.commands > 0, "step {step} changed nothing");
+        assert!(dp.last_apply().via_netlink, "step {step} ran nft");
+        assert!(dp.last_apply().netlink_refused.is_none());
+        assert_programmed(&dp, &rs);
+    }
+    // A changed verdict of an existing map element: delete + add in one batch.
+    let mut rs = churn_model(&pods);
+    let key = vec![Value::Addr(pod_ip(pods[0]))];
+    let m = rs.maps.get_mut("ingress4").unwrap();
+    let other = match m.elements[&key] {
+        Verdict::Drop => Verdict::Accept,
+        _ => Verdict::Drop,
+    };
+    m.elements.insert(key, other);
+    dp.apply(&rs).unwrap();
+    assert!(dp.last_apply().via_netlink);
+    assert_programmed(&dp, &rs);
+
+    // An interval set's elements go through nft.
+    let mut with_block = rs.clone();
+    with_block
+        .sets
+        .get_mut("blocks")
+        .unwrap()
+        .elements
+        .insert(vec![prefix("100.64.0.0/10")]);
+    dp.apply(&with_block).unwrap();
+    assert!(!dp.last_apply().via_netlink, "interval sets run nft");
+    assert_programmed(&dp, &with_block);
+
+    // Someone else removed an element behind our back: the batch deleting it is refused,
+    // nothing changes, the same commands through nft fail too, and the next apply re-reads
+    // the table and converges.
+    let gone = pod_ip(pods[1]);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", _ns.path().display()))
+        .args(["nft", "delete", "element", "inet", &table_name(), "peers4"])
+        .arg(format!("{{ {gone} }}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    let mut fewer = with_block.clone();
+    fewer
+        .sets
+        .get_mut("peers4")
+        .unwrap()
+        .elements
+        .remove(&vec![Value::Addr(gone)]);
+    fewer
+        .sets
+        .get_mut("peers4")
+        .unwrap()
+        .elements
+        .insert(vec![Value::Addr(pod_ip(999))]);
+    assert!(dp.apply(&fewer).is_err(), "deleting a missing element");
+    let refused = dp
+        .last_apply()
+        .netlink_refused
+        .clone()
+        .expect("refusal noted");
+    assert!(refused.contains("delete element peers4"), "{refused}");
+    // Nothing of that batch was applied (the add of pod 999 neither).
+    let mut expect_now = with_block.clone();
+    expect_now
+        .sets
+        .get_mut("peers4")
+        .unwrap()
+        .elements
+        .remove(&vec![Value::Addr(gone)]);
+    assert_programmed(&dp, &expect_now);
+    let s = dp.apply(&fewer).unwrap();
+    assert!(s.full, "re-read after the error");
+    assert_programmed(&dp, &fewer);
+}

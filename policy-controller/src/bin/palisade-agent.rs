@@ -87,6 +87,10 @@ struct RunArgs {
     table: String,
     #[arg(long, default_value = "/usr/sbin/nft")]
     nft: PathBuf,
+    /// Send transactions that only add or remove set and map elements (pod churn) as one
+    /// nf_tables netlink batch instead of running nft; everything else always runs nft.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    netlink_elements: bool,
     /// Test hook: delay every sync by this long (a slow agent).
     #[arg(long, default_value_t = 0, hide = true)]
     test_sync_delay_ms: u64,
@@ -194,6 +198,7 @@ fn run(args: RunArgs) -> Result<()> {
             table: config.table.clone(),
             nft: config.nft.clone(),
             netns: None,
+            netlink_elements: args.netlink_elements,
         });
         let running = agent::start(config, client, Box::new(dataplane)).await?;
         tokio::select! {

@@ -267,6 +267,7 @@ impl Cache {
             recording: None,
             policy_cache: std::mem::take(&mut self.policy_chains),
             used_policies: HashSet::new(),
+            previous_chains: std::mem::take(&mut previous.chains),
         };
         let maps = b.dispatch(index);
         b.base_chains();
@@ -459,6 +460,8 @@ struct Builder<'a> {
     recording: Option<Vec<(String, SetSpec)>>,
     policy_cache: HashMap<(Direction, ObjectKey), CachedPolicyChain>,
     used_policies: HashSet<(Direction, ObjectKey)>,
+    /// The chains of the previous output, reused for policy chains served from the cache.
+    previous_chains: BTreeMap<String, Chain>,
 }
 
 /// One rule's peers (`from` / `to`) and ports, as written.
@@ -505,11 +508,19 @@ impl Builder<'_> {
         if let Some(cached) = self.policy_cache.get(&cache_key) {
             if cached.spec == policy.spec {
                 for (name, spec) in &cached.sets {
-                    self.specs
-                        .entry(name.clone())
-                        .or_insert_with(|| spec.clone());
+                    if !self.specs.contains_key(name) {
+                        self.specs.insert(name.clone(), spec.clone());
+                    }
                 }
-                return cached.rules.clone();
+                // The previous output holds exactly these rules: move them instead of
+                // cloning.
+                return match self
+                    .previous_chains
+                    .remove(&policy_chain_name(direction, key))
+                {
+                    Some(chain) if chain.rules == cached.rules => chain.rules,
+                    _ => cached.rules.clone(),
+                };
             }
         }
         self.recording = Some(Vec::new());

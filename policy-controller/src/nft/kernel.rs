@@ -1,6 +1,7 @@
 //! The real dataplane: runs `nft` as a child process (optionally inside a network namespace
 //! through `nsenter`), sends each transaction as one JSON document on stdin (`nft -j -f -`:
-//! one file is one atomic transaction), and reads the table back as JSON.
+//! one file is one atomic transaction), and reads the table back as JSON. A transaction of
+//! element changes only (pod churn) goes as one netlink batch instead ([`super::netlink`]).
 
 use super::parse::{parse_listing, Listing, RuleCounter};
 use super::plan::{plan, Op, Programmed};
@@ -20,6 +21,8 @@ pub struct NftOptions {
     pub nft: PathBuf,
     /// Run nft inside this network namespace (`nsenter --net=<path>`); for tests.
     pub netns: Option<PathBuf>,
+    /// Send element-only transactions as a netlink batch rather than through nft.
+    pub netlink_elements: bool,
 }
 
 impl Default for NftOptions {
@@ -28,6 +31,7 @@ impl Default for NftOptions {
             table: palisade_common::POLICY_TABLE.to_string(),
             nft: PathBuf::from("nft"),
             netns: None,
+            netlink_elements: true,
         }
     }
 }
@@ -43,6 +47,11 @@ pub struct LastApply {
     pub list_time: Duration,
     /// Time spent in this process: validate, canonicalize, diff, render JSON.
     pub cpu_time: Duration,
+    /// The transaction went as a netlink batch (element changes only), not through nft.
+    pub via_netlink: bool,
+    /// The kernel refused the netlink batch and the same commands went through nft: the
+    /// refusal, for the log (a bug in the batch encoder if nft then succeeded).
+    pub netlink_refused: Option<String>,
 }
 
 #[derive(Debug)]
@@ -172,6 +181,34 @@ impl NftDataplane {
         })
     }
 
+    /// Tries the element fast path; `false` when the commands must go through nft (not
+    /// element-only, netlink unavailable, or refused by the kernel).
+    fn send_netlink(&mut self, desired: &Ruleset, ops: &[Op]) -> bool {
+        let t = Instant::now();
+        let Some(batch) = super::netlink::encode(&self.opts.table, desired, ops) else {
+            self.last.cpu_time += t.elapsed();
+            return false;
+        };
+        self.last.cpu_time += t.elapsed();
+        self.last.bytes = batch.len();
+        let t = Instant::now();
+        let res = super::netlink::send(self.opts.netns.as_deref(), &batch);
+        self.last.nft_time = t.elapsed();
+        match res {
+            Ok(()) => {
+                self.last.via_netlink = true;
+                true
+            }
+            Err(super::netlink::BatchError::Unavailable(_)) => false,
+            Err(e @ super::netlink::BatchError::Refused(_)) => {
+                let msg = format!("{e}; commands sent through nft instead:\n{}", describe(ops));
+                tracing::warn!(error = %msg, "netlink element batch refused");
+                self.last.netlink_refused = Some(msg);
+                false
+            }
+        }
+    }
+
     /// Deletes the table (everything Palisade programmed); absent is fine.
     pub fn delete_table(&mut self) -> Result<(), DataplaneError> {
         self.programmed = None;
@@ -215,6 +252,13 @@ impl Dataplane for NftDataplane {
         let ops = plan(self.programmed.as_ref(), &desired);
         self.last.cpu_time += t.elapsed();
         if !ops.is_empty() {
+            if self.opts.netlink_elements && self.send_netlink(&desired, &ops) {
+                self.programmed = Some(Programmed::exact(desired));
+                return Ok(ApplyStats {
+                    commands: ops.len(),
+                    full,
+                });
+            }
             if let Err(e) = self.send(&ops) {
                 // The kernel kept the old table; re-read it before the next attempt.
                 self.programmed = None;

@@ -6,7 +6,8 @@
 //! - `json`: commands → nft JSON (what is sent), `text`: models and commands → nft text
 //!   (what is shown);
 //! - [`parse`]: nft's JSON listing → model (adoption on start, counters);
-//! - [`NftDataplane`] runs nft; [`FakeDataplane`] applies the same commands in memory.
+//! - [`NftDataplane`] runs nft (element-only transactions go as a netlink batch, see
+//!   `netlink`); [`FakeDataplane`] applies the same commands in memory.
 //!
 //! Both dataplanes keep what they believe is programmed. The first apply (and the first after
 //! an error or [`Dataplane::invalidate`]) reads the table back and converges from what is
@@ -17,6 +18,7 @@ pub mod canon;
 mod fake;
 mod json;
 mod kernel;
+mod netlink;
 pub mod parse;
 pub mod plan;
 mod text;
