@@ -115,8 +115,8 @@ pub fn pod_object(p: &PodInfo) -> Pod {
         .collect();
     Pod {
         metadata: ObjectMeta {
-            name: p.key.name.clone(),
-            namespace: p.key.namespace.clone(),
+            name: p.key.name.to_string(),
+            namespace: p.key.namespace.to_string(),
             labels: p.labels.clone(),
             deletion_timestamp: p.terminating.then(|| TERMINATING_MARK.to_string()),
             ..ObjectMeta::default()

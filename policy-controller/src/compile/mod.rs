@@ -91,7 +91,7 @@ pub use plan::{
 use crate::model::api::NetworkPolicy;
 use crate::model::selector::{NamespaceScope, PodSelection};
 use crate::model::Labels;
-use crate::model::{ClusterState, NodeInfo, ObjectKey, PodInfo};
+use crate::model::{ClusterState, Name, NodeInfo, ObjectKey, PodInfo};
 use crate::ruleset::Ruleset;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -143,8 +143,8 @@ pub struct Compiler {
 /// Lookup structures over [`ClusterState`], maintained per change.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Index {
-    pub pods_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
-    pub policies_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
+    pub pods_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
+    pub policies_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
     /// Pods on this node (whatever their state).
     pub local_pods: BTreeSet<ObjectKey>,
 }
@@ -176,10 +176,10 @@ impl Index {
     }
 
     fn remove_pod(&mut self, key: &ObjectKey) {
-        if let Some(pods) = self.pods_by_ns.get_mut(&key.namespace) {
+        if let Some(pods) = self.pods_by_ns.get_mut(key.namespace.as_str()) {
             pods.remove(key);
             if pods.is_empty() {
-                self.pods_by_ns.remove(&key.namespace);
+                self.pods_by_ns.remove(key.namespace.as_str());
             }
         }
         self.local_pods.remove(key);
@@ -265,10 +265,10 @@ impl Compiler {
             }
             Change::DeletePolicy(key) => {
                 if self.state.policies.remove(&key).is_some() {
-                    if let Some(set) = self.index.policies_by_ns.get_mut(&key.namespace) {
+                    if let Some(set) = self.index.policies_by_ns.get_mut(key.namespace.as_str()) {
                         set.remove(&key);
                         if set.is_empty() {
-                            self.index.policies_by_ns.remove(&key.namespace);
+                            self.index.policies_by_ns.remove(key.namespace.as_str());
                         }
                     }
                     self.structure_dirty = true;
@@ -341,7 +341,7 @@ pub(crate) fn select_pods(
     match &selection.namespaces {
         NamespaceScope::Named(ns) => scan(ns),
         NamespaceScope::Matching(_) => {
-            let namespaces: HashSet<&String> = index.pods_by_ns.keys().collect();
+            let namespaces: HashSet<&Name> = index.pods_by_ns.keys().collect();
             for ns in namespaces {
                 scan(ns);
             }

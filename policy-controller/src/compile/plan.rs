@@ -163,7 +163,7 @@ impl Cache {
         old: Option<&PodInfo>,
         new: Option<&PodInfo>,
     ) {
-        let ns_labels = state.namespaces.get(&key.namespace);
+        let ns_labels = state.namespaces.get(key.namespace.as_str());
         let content_changed = match (old, new) {
             (Some(o), Some(n)) => {
                 o.ips != n.ips || o.named_ports != n.named_ports || o.node != n.node
@@ -565,7 +565,7 @@ impl Builder<'_> {
             let mut egress = Vec::new();
             for pkey in index
                 .policies_by_ns
-                .get(&key.namespace)
+                .get(key.namespace.as_str())
                 .into_iter()
                 .flatten()
             {

@@ -409,7 +409,7 @@ pub fn build_state(objects: &Objects) -> Loaded {
         .pods
         .keys()
         .chain(state.policies.keys())
-        .map(|k| k.namespace.clone())
+        .map(|k| k.namespace.to_string())
         .collect();
     for ns in referenced {
         if !state.namespaces.contains_key(&ns) {

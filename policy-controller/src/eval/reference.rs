@@ -329,7 +329,7 @@ pub fn isolating_policies<'a>(
     pod: &PodInfo,
     direction: Direction,
 ) -> Vec<(&'a ObjectKey, &'a NetworkPolicy)> {
-    let ns_labels = state.namespaces.get(&pod.key.namespace);
+    let ns_labels = state.namespaces.get(pod.key.namespace.as_str());
     state
         .policies
         .iter()
@@ -488,7 +488,7 @@ fn peer_matches(
     pod.is_some_and(|p| {
         selection.matches(
             &p.key.namespace,
-            state.namespaces.get(&p.key.namespace),
+            state.namespaces.get(p.key.namespace.as_str()),
             &p.labels,
         )
     })

@@ -423,19 +423,19 @@ impl Index {
         _: &mut Folded,
     ) {
         let fp = fingerprint(&ns.metadata.labels);
-        if self.namespaces.get(&key.name) == Some(&fp) {
+        if self.namespaces.get(key.name.as_str()) == Some(&fp) {
             return;
         }
-        self.namespaces.insert(key.name.clone(), fp);
+        self.namespaces.insert(key.name.to_string(), fp);
         out.push(Change::UpsertNamespace {
-            name: key.name,
+            name: key.name.into(),
             labels: ns.metadata.labels,
         });
     }
 
     fn namespace_deleted(&mut self, key: &ObjectKey, out: &mut Vec<Change>) {
-        if self.namespaces.remove(&key.name).is_some() {
-            out.push(Change::DeleteNamespace(key.name.clone()));
+        if self.namespaces.remove(key.name.as_str()).is_some() {
+            out.push(Change::DeleteNamespace(key.name.to_string()));
         }
     }
 
@@ -467,8 +467,8 @@ impl Index {
         self.policies.insert(key.clone(), fp);
         // Only what the compiler reads: the identity and the spec.
         policy.metadata = api::ObjectMeta {
-            name: key.name,
-            namespace: key.namespace,
+            name: key.name.into(),
+            namespace: key.namespace.into(),
             ..api::ObjectMeta::default()
         };
         policy.api_version = None;
@@ -491,17 +491,17 @@ impl Index {
         _: &mut Folded,
     ) {
         let mut info = NodeInfo::from_api(&node);
-        info.name = key.name.clone();
-        if self.nodes.get(&key.name) == Some(&info) {
+        info.name = key.name.to_string();
+        if self.nodes.get(key.name.as_str()) == Some(&info) {
             return;
         }
-        self.nodes.insert(key.name, info.clone());
+        self.nodes.insert(key.name.into(), info.clone());
         out.push(Change::UpsertNode(info));
     }
 
     fn node_deleted(&mut self, key: &ObjectKey, out: &mut Vec<Change>) {
-        if self.nodes.remove(&key.name).is_some() {
-            out.push(Change::DeleteNode(key.name.clone()));
+        if self.nodes.remove(key.name.as_str()).is_some() {
+            out.push(Change::DeleteNode(key.name.to_string()));
         }
     }
 }

@@ -67,17 +67,148 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// An immutable, cheaply cloned string: object keys are copied into the index, the cluster
+/// state, every selection that holds the pod and the dispatch bookkeeping, and each copy of
+/// a `String` would be its own allocation. Namespace names are also interned (there are few
+/// of them and every pod repeats one).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(std::sync::Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared copy of a namespace name.
+    pub fn interned(s: &str) -> Name {
+        use std::collections::HashSet;
+        use std::sync::{Arc, Mutex};
+        static POOL: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pool.get_or_insert_with(HashSet::new);
+        if let Some(found) = pool.get(s) {
+            return Name(found.clone());
+        }
+        let arc: Arc<str> = Arc::from(s);
+        pool.insert(arc.clone());
+        Name(arc)
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Name {
+        Name(s.as_str().into())
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0.to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        &*self.0 == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == &*other.0
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        String::deserialize(d).map(Name::from)
+    }
+}
+
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl Into<Name>) -> Self {
         ObjectKey {
-            namespace: namespace.into(),
+            namespace: Name::interned(namespace.as_ref()),
             name: name.into(),
         }
     }
@@ -225,5 +356,32 @@ impl ClusterState {
     pub fn upsert_namespace(&mut self, name: &str, mut labels: Labels) {
         labels.insert("kubernetes.io/metadata.name".into(), name.into());
         self.namespaces.insert(name.into(), labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_their_strings_and_compare_like_strings() {
+        let a = ObjectKey::new("team-a", "web-1");
+        let b = ObjectKey::new(String::from("team-a"), "web-2");
+        // One copy of a namespace name, however many keys name it.
+        assert!(std::sync::Arc::ptr_eq(&a.namespace.0, &b.namespace.0));
+        // A cloned key shares its name too.
+        let c = a.clone();
+        assert!(std::sync::Arc::ptr_eq(&a.name.0, &c.name.0));
+        assert_eq!(a.namespace, "team-a");
+        assert_eq!(a.name, String::from("web-1"));
+        assert!(a < b);
+        assert_eq!(a.to_string(), "team-a/web-1");
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"namespace":"team-a","name":"web-1"}"#);
+        assert_eq!(serde_json::from_str::<ObjectKey>(&json).unwrap(), a);
+        // Borrow<str>: maps keyed by names are looked up with plain strings.
+        let mut m = std::collections::HashMap::new();
+        m.insert(a.namespace.clone(), 1);
+        assert_eq!(m.get("team-a"), Some(&1));
     }
 }
