@@ -254,6 +254,7 @@ impl Compiler {
             Change::UpsertPolicy(policy) => {
                 let key = ObjectKey::new(&policy.metadata.namespace, &policy.metadata.name);
                 if self.state.policies.get(&key) != Some(&*policy) {
+                    self.cache.forget_policy(&key);
                     self.index
                         .policies_by_ns
                         .entry(key.namespace.clone())
@@ -265,6 +266,7 @@ impl Compiler {
             }
             Change::DeletePolicy(key) => {
                 if self.state.policies.remove(&key).is_some() {
+                    self.cache.forget_policy(&key);
                     if let Some(set) = self.index.policies_by_ns.get_mut(key.namespace.as_str()) {
                         set.remove(&key);
                         if set.is_empty() {

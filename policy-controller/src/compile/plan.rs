@@ -155,6 +155,13 @@ struct CachedPolicyChain {
 }
 
 impl Cache {
+    /// A policy changed or went away: its cached chains are no longer current.
+    pub fn forget_policy(&mut self, key: &ObjectKey) {
+        for direction in [Direction::Ingress, Direction::Egress] {
+            self.policy_chains.remove(&(direction, key.clone()));
+        }
+    }
+
     /// A pod was added, changed or removed: keep memberships exact and mark what changed.
     pub fn pod_changed(
         &mut self,
@@ -283,13 +290,11 @@ impl Cache {
 
         let mut sets = BTreeMap::new();
         for (name, spec) in &specs {
-            let depends_on_local_pods = match spec {
-                SetSpec::LocalPods(_) => true,
-                SetSpec::NamedPorts { local_only, .. } => *local_only,
-                _ => false,
-            };
-            let stale =
-                depends_on_local_pods || spec.selection().is_some_and(|s| self.dirty.contains(s));
+            // The local-pods set follows the node's pods directly. Every other set follows
+            // its selection: a pod joining, leaving, or changing IPs, named ports or node
+            // (which decides membership of a `local_only` set) marks the selection dirty.
+            let stale = matches!(spec, SetSpec::LocalPods(_))
+                || spec.selection().is_some_and(|s| self.dirty.contains(s));
             let set = match previous.sets.remove(name) {
                 Some(set) if !stale => set,
                 _ => self.materialise(state, index, opts, spec),
@@ -505,23 +510,30 @@ impl Builder<'_> {
     ) -> Vec<Rule> {
         let cache_key = (direction, key.clone());
         self.used_policies.insert(cache_key.clone());
+        // An entry is dropped whenever its policy changes ([`Cache::forget_policy`]), so a
+        // hit is current; debug builds (every test) check that.
         if let Some(cached) = self.policy_cache.get(&cache_key) {
-            if cached.spec == policy.spec {
-                for (name, spec) in &cached.sets {
-                    if !self.specs.contains_key(name) {
-                        self.specs.insert(name.clone(), spec.clone());
-                    }
+            debug_assert!(
+                cached.spec == policy.spec,
+                "stale policy chain cache: {key}"
+            );
+            for (name, spec) in &cached.sets {
+                if !self.specs.contains_key(name) {
+                    self.specs.insert(name.clone(), spec.clone());
                 }
-                // The previous output holds exactly these rules: move them instead of
-                // cloning.
-                return match self
-                    .previous_chains
-                    .remove(&policy_chain_name(direction, key))
-                {
-                    Some(chain) if chain.rules == cached.rules => chain.rules,
-                    _ => cached.rules.clone(),
-                };
             }
+            // The previous output holds exactly these rules (built from this entry): move
+            // them instead of cloning.
+            return match self
+                .previous_chains
+                .remove(&policy_chain_name(direction, key))
+            {
+                Some(chain) => {
+                    debug_assert!(chain.rules == cached.rules, "previous chain of {key}");
+                    chain.rules
+                }
+                None => cached.rules.clone(),
+            };
         }
         self.recording = Some(Vec::new());
         let rules = self.policy_rules(direction, key, policy);
