@@ -254,3 +254,72 @@ fn compile_benchmark() {
         median(remote_del)
     );
 }
+
+/// The whole path the agent takes for one change, on the real kernel in a test namespace:
+/// incremental compile of the same 10k-pod cluster, then diff and program the table (element
+/// changes as a netlink batch). Prints the cold full sync and medians of 21 rounds per change.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture, preferably --release (root)"]
+fn pod_change_compiled_and_applied() {
+    use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
+    if !palisade_testutil::kernel_tests_enabled() {
+        return;
+    }
+    let ns = palisade_testutil::Netns::new("e2e-bench").unwrap();
+    let mut dp = NftDataplane::new(NftOptions {
+        table: format!("palt{}", std::process::id()),
+        netns: Some(ns.path().to_path_buf()),
+        ..NftOptions::default()
+    });
+    let opts = CompileOptions {
+        node: "node-0".into(),
+        fail_closed_new_pods: true,
+        nflog_group: Some(1),
+    };
+    let mut compiler = Compiler::with_state(opts, cluster());
+    let t = Instant::now();
+    dp.apply(compiler.ruleset_ref()).unwrap();
+    println!(
+        "cold full sync (compile + apply): {:.1} ms (target <= 1000 ms)",
+        ms(t.elapsed())
+    );
+
+    let mut remote = pod(PODS + 1);
+    remote.node = Some("node-5".into());
+    let mut local = pod(PODS + 2);
+    local.node = Some("node-0".into());
+    let mut round = |change: Change| {
+        let t = Instant::now();
+        compiler.apply(change);
+        let rs = compiler.ruleset_ref();
+        let compiled = t.elapsed();
+        dp.apply(rs).unwrap();
+        (compiled, t.elapsed(), dp.last_apply().via_netlink)
+    };
+    let mut rows: Vec<(&str, Vec<(Duration, Duration, bool)>)> = vec![
+        ("local pod add", Vec::new()),
+        ("local pod remove", Vec::new()),
+        ("remote pod add", Vec::new()),
+        ("remote pod remove", Vec::new()),
+    ];
+    for _ in 0..21 {
+        rows[0].1.push(round(Change::UpsertPod(local.clone())));
+        rows[1].1.push(round(Change::DeletePod(local.key.clone())));
+        rows[2].1.push(round(Change::UpsertPod(remote.clone())));
+        rows[3].1.push(round(Change::DeletePod(remote.key.clone())));
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        ms(v[v.len() / 2])
+    };
+    println!("one pod change, compiled and applied (medians of 21; target <= 20 ms):");
+    for (what, samples) in rows {
+        let netlink = samples.iter().filter(|s| s.2).count();
+        println!(
+            "  {what:<18} total {:>6.2} ms  (compile {:>6.2} ms)  netlink batch in {netlink}/21",
+            median(samples.iter().map(|s| s.1).collect()),
+            median(samples.iter().map(|s| s.0).collect()),
+        );
+    }
+    dp.delete_table().unwrap();
+}
