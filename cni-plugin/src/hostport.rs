@@ -1180,13 +1180,12 @@ fn udp_flows(elements: &[&Element]) -> Vec<(&'static str, u16, Option<IpAddr>)> 
     out
 }
 
-/// Element additions and deletions as one nf_tables netlink batch (linux/netfilter/
-/// nf_tables.h), byte for byte what `nft -f` sends for [`fast_path_script`]: NEWSETELEM /
-/// DELSETELEM messages between BATCH_BEGIN and BATCH_END. The kernel processes the batch
-/// inside `sendmsg` and queues an error message for each refused request, so errors are read
-/// back without blocking.
+/// Element additions and deletions as one nf_tables netlink batch, byte for byte what
+/// `nft -f` sends for [`fast_path_script`] (built and sent by `palisade_common::nfnetlink`,
+/// which the agent's dataplane uses too); this module encodes our elements' keys and values.
 mod element_batch {
     use super::{Element, HOSTPORT_TABLE, LAYOUT_VERSION};
+    use palisade_common::nfnetlink::{self, ElementBatch, ElementData, SendError};
     use std::io;
     use std::net::IpAddr;
 
@@ -1196,38 +1195,6 @@ mod element_batch {
         Netlink(io::Error),
         /// The kernel refused the batch; nothing was changed.
         Refused(io::Error),
-    }
-
-    const NETLINK_NETFILTER: i32 = 12;
-    const NLM_F_REQUEST: u16 = 0x1;
-    const NLM_F_CREATE: u16 = 0x400;
-    const NLMSG_ERROR: u16 = 2;
-    const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-    const NFNL_MSG_BATCH_END: u16 = 0x11;
-    const NFNL_SUBSYS_NFTABLES: u16 = 10;
-    const NFT_MSG_NEWSETELEM: u16 = 12;
-    const NFT_MSG_DELSETELEM: u16 = 14;
-    const NFPROTO_INET: u8 = 1;
-    const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-    const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-    const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-    const NFTA_LIST_ELEM: u16 = 1;
-    const NFTA_SET_ELEM_KEY: u16 = 1;
-    const NFTA_SET_ELEM_DATA: u16 = 2;
-    const NFTA_DATA_VALUE: u16 = 1;
-    const NLA_F_NESTED: u16 = 0x8000;
-
-    fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(payload);
-        out.resize((out.len() + 3) & !3, 0);
-    }
-
-    fn cstr(s: &str) -> Vec<u8> {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        v
     }
 
     /// nft's register layout of a concatenation: each field padded to 4 bytes. Addresses and
@@ -1273,165 +1240,48 @@ mod element_batch {
         }
     }
 
-    fn setelem_msg(out: &mut Vec<u8>, seq: u32, msg: u16, e: &Element) -> Option<()> {
+    /// Adds (`add`) or deletes one element.
+    fn push(b: &mut ElementBatch, add: bool, e: &Element) -> Option<()> {
         let key = encode(&e.set, &e.key)?;
-        let mut elem = Vec::new();
-        let mut k = Vec::new();
-        attr(&mut k, NFTA_DATA_VALUE, &key);
-        attr(&mut elem, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &k);
-        if let (Some(v), NFT_MSG_NEWSETELEM) = (&e.value, msg) {
+        if add {
             // A map value is `ip . port`: encode as a value of the same family.
-            let data = encode("value", v)?;
-            let mut d = Vec::new();
-            attr(&mut d, NFTA_DATA_VALUE, &data);
-            attr(&mut elem, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &d);
-        }
-        let mut list = Vec::new();
-        attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
-        let mut body = Vec::new();
-        attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(HOSTPORT_TABLE));
-        attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(&e.set));
-        attr(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
-        let flags = NLM_F_REQUEST
-            | if msg == NFT_MSG_NEWSETELEM {
-                NLM_F_CREATE
-            } else {
-                0
+            let data = match &e.value {
+                Some(v) => Some(ElementData::Value(encode("value", v)?)),
+                None => None,
             };
-        header(
-            out,
-            (NFNL_SUBSYS_NFTABLES << 8) | msg,
-            flags,
-            seq,
-            NFPROTO_INET,
-            0,
-            &body,
-        );
+            b.add(&e.set, &[(key, data)]);
+        } else {
+            b.delete(&e.set, &[key]);
+        }
         Some(())
-    }
-
-    fn header(
-        out: &mut Vec<u8>,
-        kind: u16,
-        flags: u16,
-        seq: u32,
-        family: u8,
-        res_id: u16,
-        body: &[u8],
-    ) {
-        let len = 16 + 4 + body.len();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(&flags.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(&[family, 0]);
-        out.extend_from_slice(&res_id.to_be_bytes());
-        out.extend_from_slice(body);
     }
 
     /// The batch for `fast_path_script(remove, add)`; `None` if an element cannot be encoded.
     pub fn batch(remove: &[Element], add: &[Element]) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut seq = 0u32;
-        header(
-            &mut out,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
+        let mut b = ElementBatch::new(HOSTPORT_TABLE);
         let guard = Element {
             set: format!("layout_v{LAYOUT_VERSION}"),
             key: "1".into(),
             value: None,
         };
-        let mut push = |msg: u16, e: &Element| {
-            seq += 1;
-            setelem_msg(&mut out, seq, msg, e)
-        };
-        push(NFT_MSG_NEWSETELEM, &guard)?;
+        push(&mut b, true, &guard)?;
         for e in remove {
-            push(NFT_MSG_NEWSETELEM, e)?;
-            push(NFT_MSG_DELSETELEM, e)?;
+            push(&mut b, true, e)?;
+            push(&mut b, false, e)?;
         }
         for e in add {
-            push(NFT_MSG_NEWSETELEM, e)?;
+            push(&mut b, true, e)?;
         }
-        seq += 1;
-        header(
-            &mut out,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        Some(out)
+        Some(b.finish_batch())
     }
 
     pub fn apply(remove: &[Element], add: &[Element]) -> Result<(), BatchError> {
         let msg = batch(remove, add)
             .ok_or_else(|| BatchError::Netlink(io::Error::other("element not encodable")))?;
-        // SAFETY: plain socket(2); closed below by OwnedFd.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(BatchError::Netlink(io::Error::last_os_error()));
-        }
-        // SAFETY: fd is fresh and owned here.
-        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data; zeroed (pid 0 = the kernel) is valid.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: valid fd, buffer and address of the stated sizes.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(BatchError::Netlink(io::Error::last_os_error()));
-        }
-        // Errors are queued by the time sendto returns: drain without blocking.
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            // SAFETY: valid fd and buffer.
-            let n =
-                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n <= 0 {
-                drop(sock);
-                return Ok(());
-            }
-            let mut msgs = &buf[..n as usize];
-            while msgs.len() >= 20 {
-                let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap_or_default()) as usize;
-                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-                if kind == NLMSG_ERROR {
-                    let code = i32::from_ne_bytes(msgs[16..20].try_into().unwrap_or_default());
-                    if code != 0 {
-                        return Err(BatchError::Refused(io::Error::from_raw_os_error(-code)));
-                    }
-                }
-                if len < 16 || len > msgs.len() {
-                    break;
-                }
-                msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
-            }
-        }
+        nfnetlink::send(&msg).map_err(|e| match e {
+            SendError::Unavailable(e) => BatchError::Netlink(e),
+            SendError::Refused(e) => BatchError::Refused(e),
+        })
     }
 
     #[cfg(test)]

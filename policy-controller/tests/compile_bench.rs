@@ -296,7 +296,9 @@ fn pod_change_compiled_and_applied() {
         dp.apply(rs).unwrap();
         (compiled, t.elapsed(), dp.last_apply().via_netlink)
     };
-    let mut rows: Vec<(&str, Vec<(Duration, Duration, bool)>)> = vec![
+    // Per change: (compile time, compile + apply time, sent as a netlink batch).
+    type Sample = (Duration, Duration, bool);
+    let mut rows: Vec<(&str, Vec<Sample>)> = vec![
         ("local pod add", Vec::new()),
         ("local pod remove", Vec::new()),
         ("remote pod add", Vec::new()),
