@@ -262,20 +262,28 @@ pub fn send(batch: &[u8]) -> Result<(), SendError> {
     }
 }
 
+/// The message types of a batch, in order (`None` if the message lengths do not add up to
+/// the batch): for tests and logs.
+pub fn message_kinds(batch: &[u8]) -> Option<Vec<u16>> {
+    let mut at = 0;
+    let mut kinds = Vec::new();
+    while at + 16 <= batch.len() {
+        let len = u32::from_ne_bytes(batch[at..at + 4].try_into().ok()?) as usize;
+        if len < 16 {
+            return None;
+        }
+        kinds.push(u16::from_ne_bytes([batch[at + 4], batch[at + 5]]));
+        at += len;
+    }
+    (at == batch.len()).then_some(kinds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn kinds(batch: &[u8]) -> Vec<u16> {
-        let mut at = 0;
-        let mut kinds = Vec::new();
-        while at < batch.len() {
-            let len = u32::from_ne_bytes(batch[at..at + 4].try_into().unwrap()) as usize;
-            kinds.push(u16::from_ne_bytes([batch[at + 4], batch[at + 5]]));
-            at += len;
-        }
-        assert_eq!(at, batch.len(), "message lengths add up");
-        kinds
+        message_kinds(batch).expect("message lengths add up")
     }
 
     #[test]

@@ -213,14 +213,7 @@ mod tests {
         ];
         let batch = encode("palisade", &rs, &ok).unwrap();
         // BATCH_BEGIN, two commands, BATCH_END; every message's length adds up.
-        let mut at = 0;
-        let mut kinds = Vec::new();
-        while at < batch.len() {
-            let len = u32::from_ne_bytes(batch[at..at + 4].try_into().unwrap()) as usize;
-            kinds.push(u16::from_ne_bytes([batch[at + 4], batch[at + 5]]));
-            at += len;
-        }
-        assert_eq!(at, batch.len());
+        let kinds = nfnetlink::message_kinds(&batch).unwrap();
         // BATCH_BEGIN 0x10, DELSETELEM and NEWSETELEM of nf_tables (subsystem 10), BATCH_END.
         assert_eq!(kinds, vec![0x10, (10 << 8) | 14, (10 << 8) | 12, 0x11]);
         // The jump target is in the batch.
