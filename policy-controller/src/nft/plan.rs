@@ -396,25 +396,29 @@ pub fn validate(rs: &Ruleset) -> Result<(), String> {
     if let Some(n) = rs.sets.keys().find(|n| rs.maps.contains_key(*n)) {
         return Err(format!("{n:?} is both a set and a map"));
     }
-    let check_target = |from: &str, target: &str| -> Result<(), String> {
+    let check_target = |from: &dyn Fn() -> String, target: &str| -> Result<(), String> {
         match rs.chains.get(target) {
-            None => Err(format!("{from} jumps to missing chain {target:?}")),
-            Some(c) if c.base.is_some() => Err(format!("{from} jumps to base chain {target:?}")),
+            None => Err(format!("{} jumps to missing chain {target:?}", from())),
+            Some(c) if c.base.is_some() => {
+                Err(format!("{} jumps to base chain {target:?}", from()))
+            }
             Some(_) => Ok(()),
         }
     };
     for (cname, c) in &rs.chains {
         for (i, r) in c.rules.iter().enumerate() {
-            let at = format!("chain {cname:?} rule {i}");
+            // Only built for an error message: thousands of rules are checked per apply.
+            let at = || format!("chain {cname:?} rule {i}");
             for m in &r.matches {
                 if let Match::Lookup { fields, set, .. } = m {
                     let s = rs
                         .sets
                         .get(set)
-                        .ok_or_else(|| format!("{at} looks up missing set {set:?}"))?;
+                        .ok_or_else(|| format!("{} looks up missing set {set:?}", at()))?;
                     if s.key.len() != fields.len() {
                         return Err(format!(
-                            "{at}: {} fields for set {set:?} of {} key components",
+                            "{}: {} fields for set {set:?} of {} key components",
+                            at(),
                             fields.len(),
                             s.key.len()
                         ));
@@ -423,7 +427,7 @@ pub fn validate(rs: &Ruleset) -> Result<(), String> {
             }
             if let Some(RuleVerdict::Vmap { map, .. }) = &r.verdict {
                 if !rs.maps.contains_key(map) {
-                    return Err(format!("{at} uses missing map {map:?}"));
+                    return Err(format!("{} uses missing map {map:?}", at()));
                 }
             }
             if let Some(t) = rule_chain_refs(r) {
@@ -434,7 +438,7 @@ pub fn validate(rs: &Ruleset) -> Result<(), String> {
     for (mname, m) in &rs.maps {
         for v in m.elements.values() {
             if let Verdict::Jump(t) | Verdict::Goto(t) = v {
-                check_target(&format!("map {mname:?}"), t)?;
+                check_target(&|| format!("map {mname:?}"), t)?;
             }
         }
     }
