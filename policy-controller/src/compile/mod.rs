@@ -93,7 +93,7 @@ use crate::model::selector::{NamespaceScope, PodSelection};
 use crate::model::Labels;
 use crate::model::{ClusterState, Name, NodeInfo, ObjectKey, PodInfo};
 use crate::ruleset::Ruleset;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// What the compiler needs to know besides cluster state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,8 +343,7 @@ pub(crate) fn select_pods(
     match &selection.namespaces {
         NamespaceScope::Named(ns) => scan(ns),
         NamespaceScope::Matching(_) => {
-            let namespaces: HashSet<&Name> = index.pods_by_ns.keys().collect();
-            for ns in namespaces {
+            for ns in index.pods_by_ns.keys() {
                 scan(ns);
             }
         }

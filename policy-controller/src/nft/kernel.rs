@@ -251,14 +251,9 @@ impl Dataplane for NftDataplane {
         let t = Instant::now();
         let ops = plan(self.programmed.as_ref(), &desired);
         self.last.cpu_time += t.elapsed();
-        if !ops.is_empty() {
-            if self.opts.netlink_elements && self.send_netlink(&desired, &ops) {
-                self.programmed = Some(Programmed::exact(desired));
-                return Ok(ApplyStats {
-                    commands: ops.len(),
-                    full,
-                });
-            }
+        let via_netlink =
+            !ops.is_empty() && self.opts.netlink_elements && self.send_netlink(&desired, &ops);
+        if !ops.is_empty() && !via_netlink {
             if let Err(e) = self.send(&ops) {
                 // The kernel kept the old table; re-read it before the next attempt.
                 self.programmed = None;
