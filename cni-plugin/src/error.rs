@@ -21,6 +21,7 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
     pub const NOT_AVAILABLE: u32 = 50;
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
     // Plugin-specific codes (100+).
     pub const LINK: u32 = 100;
     pub const IPAM_EXHAUSTED: u32 = 101;
@@ -53,6 +54,13 @@ pub enum CniError {
     TryAgain(String),
     #[error("plugin not available: {0}")]
     NotAvailable(String),
+    /// STATUS: something on the node breaks the pods that already run (code 51). `reasons`
+    /// lists every such finding; `details` says what to do about them.
+    #[error("plugin not available, existing pods may have limited connectivity: {}", reasons.join("; "))]
+    LimitedConnectivity {
+        reasons: Vec<String>,
+        details: String,
+    },
     /// A netlink request failed; `context` names the object ("add route 10.244.1.5/32 dev x").
     #[error("{context}: {source}{}", kernel_msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Netlink {
@@ -107,6 +115,7 @@ impl CniError {
             InvalidConfig(_) => code::INVALID_CONFIG,
             TryAgain(_) => code::TRY_AGAIN,
             NotAvailable(_) => code::NOT_AVAILABLE,
+            LimitedConnectivity { .. } => code::LIMITED_CONNECTIVITY,
             Netlink { .. } | LinkConflict(_) => code::LINK,
             IpamExhausted { .. } => code::IPAM_EXHAUSTED,
             IpamStore { .. } => code::IPAM_STORE,
@@ -132,6 +141,7 @@ impl CniError {
             CheckFailed { diffs } => diffs.join("; "),
             DelegateFailed { details, .. } => details.clone(),
             HostPort { source, .. } => source.details.clone(),
+            LimitedConnectivity { details, .. } => details.clone(),
             Netlink { source, .. }
             | Io { source, .. }
             | Netns { source, .. }
@@ -199,6 +209,13 @@ mod tests {
             (CniError::TryAgain("x".into()), 11),
             (CniError::NotAvailable("x".into()), 50),
             (
+                CniError::LimitedConnectivity {
+                    reasons: vec!["x".into()],
+                    details: String::new(),
+                },
+                51,
+            ),
+            (
                 CniError::Netlink {
                     context: "add link".into(),
                     source: io::Error::from_raw_os_error(libc::EEXIST),
@@ -247,6 +264,22 @@ mod tests {
         assert!(m.starts_with("add route 10.244.1.5/32 dev pal0: "), "{m}");
         assert!(m.contains("Nexthop device is not up"), "{m}");
         assert_eq!(e.details(), format!("errno {}", libc::EEXIST));
+    }
+
+    #[test]
+    fn limited_connectivity_lists_every_reason_and_says_what_to_do() {
+        let e = CniError::LimitedConnectivity {
+            reasons: vec!["IPv4 forwarding is off".into(), "table missing".into()],
+            details: "turn it back on".into(),
+        };
+        let j = e.to_json("1.1.0");
+        assert_eq!(j["code"], 51);
+        assert_eq!(
+            j["msg"],
+            "plugin not available, existing pods may have limited connectivity: \
+             IPv4 forwarding is off; table missing"
+        );
+        assert_eq!(j["details"], "turn it back on");
     }
 
     #[test]

@@ -47,8 +47,14 @@
 //! naming the holder. After ADD of a UDP mapping, conntrack entries of earlier UDP flows to
 //! that port are deleted (see `forget_udp_flows`).
 //!
-//! One `nft` run per ADD or DEL (plus, for UDP mappings, one in-process ctnetlink dump);
-//! CHECK reads the table with `nft -j -p list table`; GC rebuilds it in one transaction.
+//! ADD and DEL change elements with one in-process nf_tables netlink batch (`nft` only when
+//! netlink cannot be used or the table must be rebuilt), plus, for UDP mappings, one
+//! in-process ctnetlink dump; DEL of the last attachment removes the table with one netlink
+//! batch too, and DEL of an attachment without a record touches nothing (one `stat`). DEL
+//! hands the netlink socket back ([`Pending`]) so closing it, which waits for an RCU grace
+//! period after deletions, can wait until the caller's own kernel work is done. CHECK reads
+//! the table with `nft -j -p list table`; GC rebuilds it in one transaction; STATUS asks
+//! netlink whether the table exists ([`HostPorts::lost_mappings`]).
 //!
 //! # What is supported
 //!
@@ -160,6 +166,24 @@ impl fmt::Display for HostPortError {
 }
 
 impl std::error::Error for HostPortError {}
+
+/// What a removal of elements or of the table leaves to finish: the nf_tables netlink socket
+/// that did it. The removal itself is complete (committed) already; closing the socket waits
+/// until the kernel has freed what was removed, one RCU grace period after the commit (about
+/// 10 ms here; `palisade_common::nfnetlink::socket`), and it waits holding the namespace's
+/// nf_tables commit mutex, which deleting a network device needs too. Dropped after the
+/// caller's own slow kernel work (DEL: the veth), the wait has passed and closing is free.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Held for its `Drop` (the close).
+    _socket: Option<std::os::fd::OwnedFd>,
+}
+
+impl Pending {
+    fn socket(s: std::os::fd::OwnedFd) -> Pending {
+        Pending { _socket: Some(s) }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Parsing runtimeConfig.portMappings
@@ -592,20 +616,44 @@ impl NftRunner {
     /// sends for the same script. When netlink itself cannot be used, falls back to `nft`;
     /// when the kernel refuses the batch (table missing, another layout, a key held by an
     /// element nobody recorded), the error goes to the caller, which rebuilds the table.
-    fn apply_elements(&self, remove: &[Element], add: &[Element]) -> Result<(), HostPortError> {
+    ///
+    /// The netlink socket comes back in the [`Pending`]: see there.
+    fn apply_elements(
+        &self,
+        remove: &[Element],
+        add: &[Element],
+    ) -> Result<Pending, HostPortError> {
         let (remove_owned, add_owned) = (remove.to_vec(), add.to_vec());
         match self.run_in_netns(move || element_batch::apply(&remove_owned, &add_owned)) {
-            Ok(()) => Ok(()),
+            Ok(sock) => Ok(Pending::socket(sock)),
             Err(element_batch::BatchError::Refused(e)) => Err(HostPortError::new(
                 format!("nf_tables element update on table inet {HOSTPORT_TABLE} refused"),
                 e.to_string(),
             )),
             Err(element_batch::BatchError::Netlink(netlink_err)) => self
                 .apply(&fast_path_script(remove, add))
+                .map(|()| Pending::default())
                 .map_err(|e| HostPortError {
                     details: format!("{} (netlink was not usable: {netlink_err})", e.details),
                     ..e
                 }),
+        }
+    }
+
+    /// Remove the whole table (idempotent): one nf_tables netlink batch (`delete table`),
+    /// or `nft` when netlink cannot be used or the kernel refuses for another reason than
+    /// "no such table" (nft then says why). The socket comes back in the [`Pending`].
+    fn delete_table(&self) -> Result<Pending, HostPortError> {
+        match self.run_in_netns(element_batch::delete_table) {
+            Ok(sock) => Ok(Pending::socket(sock)),
+            Err(element_batch::BatchError::Refused(e))
+                if e.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(Pending::default())
+            }
+            Err(_) => self
+                .apply(&delete_table_script())
+                .map(|()| Pending::default()),
         }
     }
 
@@ -692,6 +740,18 @@ impl NftRunner {
         }
         Listing::parse(&String::from_utf8_lossy(&out.stdout)).map(Some)
     }
+
+    /// Whether our table exists: one netlink question, or `nft list table` when netlink
+    /// cannot be used.
+    fn table_exists(&self) -> Result<bool, HostPortError> {
+        let asked = self.run_in_netns(|| {
+            nft_query::inet_table_exists(HOSTPORT_TABLE).map_err(element_batch::BatchError::Netlink)
+        });
+        match asked {
+            Ok(exists) => Ok(exists),
+            Err(_) => self.list_table().map(|l| l.is_some()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -769,8 +829,7 @@ impl RecordDir {
     }
 
     fn path_of(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}@{}.json", escape(container_id), escape(ifname)))
+        self.dir.join(record_file_name(container_id, ifname))
     }
 
     fn read(
@@ -835,6 +894,11 @@ impl RecordDir {
             )),
         }
     }
+}
+
+/// The record file of one attachment, in `<data_dir>/hostport/`.
+fn record_file_name(container_id: &str, ifname: &str) -> String {
+    format!("{}@{}.json", escape(container_id), escape(ifname))
 }
 
 fn read_record(path: &Path) -> Result<Option<AttachmentRecord>, HostPortError> {
@@ -968,6 +1032,7 @@ impl HostPorts {
         let result = self
             .nft
             .apply_elements(&stale, &wanted)
+            .map(drop)
             .or_else(|fast_err| {
                 let mut everything: Vec<Element> = others
                     .iter()
@@ -1010,20 +1075,38 @@ impl HostPorts {
 
     /// Remove every mapping of one attachment (idempotent; removes the table with the last).
     pub fn del(&self, container_id: &str, ifname: &str) -> Result<(), HostPortError> {
+        self.del_pending(container_id, ifname).map(drop)
+    }
+
+    /// [`HostPorts::del`], leaving the netlink socket that did it to the caller ([`Pending`]).
+    pub fn del_pending(&self, container_id: &str, ifname: &str) -> Result<Pending, HostPortError> {
+        // Most attachments have no mappings: then there is nothing to lock, create or ask
+        // nftables. Looking without the lock is safe: a record is written before its elements
+        // reach the kernel and removed only after they left it, so "no record now" means "no
+        // element now", exactly what a DEL ordered before a concurrent ADD would find.
+        let path = self
+            .data_dir
+            .join("hostport")
+            .join(record_file_name(container_id, ifname));
+        if matches!(fs::symlink_metadata(&path), Err(e) if e.kind() == ErrorKind::NotFound) {
+            return Ok(Pending::default());
+        }
         let records = RecordDir::open(&self.data_dir)?;
         let _lock = records.lock()?;
         let Some(mine) = records.read(container_id, ifname)? else {
-            return Ok(());
+            return Ok(Pending::default());
         };
+        let mut pending = Pending::default();
         if records.is_current(&mine) {
             let others: Vec<AttachmentRecord> = records
                 .read_all()?
                 .into_iter()
                 .filter(|r| records.is_current(r) && r.owner() != mine.owner())
                 .collect();
-            self.remove_elements(&mine.elements, &others)?;
+            pending = self.remove_elements(&mine.elements, &others)?;
         }
-        records.remove(container_id, ifname)
+        records.remove(container_id, ifname)?;
+        Ok(pending)
     }
 
     /// Remove `elements`; `remaining` are the records that stay programmed. An element that a
@@ -1033,9 +1116,9 @@ impl HostPorts {
         &self,
         elements: &[Element],
         remaining: &[AttachmentRecord],
-    ) -> Result<(), HostPortError> {
+    ) -> Result<Pending, HostPortError> {
         if remaining.iter().all(|r| r.elements.is_empty()) {
-            return self.nft.apply(&delete_table_script());
+            return self.nft.delete_table();
         }
         let held = |e: &&Element| remaining.iter().any(|r| r.elements.contains(e));
         let removable: Vec<Element> = elements.iter().filter(|e| !held(e)).cloned().collect();
@@ -1044,7 +1127,9 @@ impl HostPorts {
                 .iter()
                 .flat_map(|r| r.elements.iter().cloned())
                 .collect();
-            self.nft.apply(&full_table_script(&everything))
+            self.nft
+                .apply(&full_table_script(&everything))
+                .map(|()| Pending::default())
         })
     }
 
@@ -1127,6 +1212,36 @@ impl HostPorts {
         Ok(())
     }
 
+    /// STATUS: the attachments (container ID/ifname) whose mappings are recorded as
+    /// programmed in this boot while the table is gone (someone flushed the ruleset, e.g. a
+    /// firewall reload): their host ports do not reach the pods until the table is rebuilt
+    /// (by the next ADD with port mappings, or GC). Empty when the table exists or nothing is
+    /// recorded. With [`HostPorts::for_network`], records of other networks are not counted.
+    /// Changes nothing (at most it creates the lock file of an existing record directory).
+    pub fn lost_mappings(&self) -> Result<Vec<String>, HostPortError> {
+        if !self.data_dir.join("hostport").is_dir() {
+            return Ok(Vec::new());
+        }
+        let records = RecordDir::open(&self.data_dir)?;
+        // Under the lock: an ADD between its record write and its table creation, or a DEL
+        // between its table removal and its record removal, is not mistaken for a loss.
+        let _lock = records.lock()?;
+        let held: Vec<String> = records
+            .read_all()?
+            .into_iter()
+            .filter(|r| {
+                records.is_current(r)
+                    && !r.elements.is_empty()
+                    && (self.network.is_none() || r.network.is_none() || r.network == self.network)
+            })
+            .map(|r| r.owner())
+            .collect();
+        if held.is_empty() || self.nft.table_exists()? {
+            return Ok(Vec::new());
+        }
+        Ok(held)
+    }
+
     /// Remove the mappings of every attachment not in `valid` ((container ID, ifname) pairs),
     /// and every element no record owns: the table is rebuilt from the remaining records in
     /// one transaction (or removed when none remain). With [`HostPorts::for_network`], records
@@ -1188,6 +1303,7 @@ mod element_batch {
     use palisade_common::nfnetlink::{self, ElementBatch, ElementData, SendError};
     use std::io;
     use std::net::IpAddr;
+    use std::os::fd::OwnedFd;
 
     #[derive(Debug)]
     pub enum BatchError {
@@ -1275,13 +1391,65 @@ mod element_batch {
         Some(b.finish_batch())
     }
 
-    pub fn apply(remove: &[Element], add: &[Element]) -> Result<(), BatchError> {
+    /// Sends the batch; the socket that sent it comes back open (see `Pending`).
+    pub fn apply(remove: &[Element], add: &[Element]) -> Result<OwnedFd, BatchError> {
         let msg = batch(remove, add)
             .ok_or_else(|| BatchError::Netlink(io::Error::other("element not encodable")))?;
-        nfnetlink::send(&msg).map_err(|e| match e {
+        send(&msg)
+    }
+
+    fn send(msg: &[u8]) -> Result<OwnedFd, BatchError> {
+        let sock = nfnetlink::socket().map_err(BatchError::Netlink)?;
+        nfnetlink::send_on(&sock, msg).map_err(|e| match e {
             SendError::Unavailable(e) => BatchError::Netlink(e),
             SendError::Refused(e) => BatchError::Refused(e),
-        })
+        })?;
+        Ok(sock)
+    }
+
+    /// `delete table inet <HOSTPORT_TABLE>` as nft sends it: one NFT_MSG_DELTABLE in a batch
+    /// (everything in the table goes with it).
+    pub fn delete_table_batch() -> Vec<u8> {
+        const NLM_F_REQUEST: u16 = 0x1;
+        const NFNL_SUBSYS_NFTABLES: u16 = 10;
+        const NFT_MSG_DELTABLE: u16 = 2;
+        const NFTA_TABLE_NAME: u16 = 1;
+        const NFPROTO_INET: u8 = 1;
+        let mut name = Vec::new();
+        let payload = HOSTPORT_TABLE.len() + 1;
+        name.extend_from_slice(&((4 + payload) as u16).to_ne_bytes());
+        name.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+        name.extend_from_slice(HOSTPORT_TABLE.as_bytes());
+        name.push(0);
+        name.resize((name.len() + 3) & !3, 0);
+        let mut out = Vec::new();
+        // (type, family, res_id, attributes) of BATCH_BEGIN, DELTABLE, BATCH_END.
+        let msgs: [(u16, u8, u16, &[u8]); 3] = [
+            (0x10, 0, NFNL_SUBSYS_NFTABLES, &[]),
+            (
+                (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE,
+                NFPROTO_INET,
+                0,
+                &name,
+            ),
+            (0x11, 0, NFNL_SUBSYS_NFTABLES, &[]),
+        ];
+        for (seq, (kind, family, res_id, attrs)) in msgs.into_iter().enumerate() {
+            out.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
+            out.extend_from_slice(&kind.to_ne_bytes());
+            out.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+            out.extend_from_slice(&(seq as u32).to_ne_bytes());
+            out.extend_from_slice(&0u32.to_ne_bytes());
+            out.extend_from_slice(&[family, 0]);
+            out.extend_from_slice(&res_id.to_be_bytes());
+            out.extend_from_slice(attrs);
+        }
+        out
+    }
+
+    /// Sends [`delete_table_batch`]; the socket comes back open (see `Pending`).
+    pub fn delete_table() -> Result<OwnedFd, BatchError> {
+        send(&delete_table_batch())
     }
 
     #[cfg(test)]
@@ -1317,6 +1485,17 @@ mod element_batch {
             );
             assert_eq!(encode("layout_v1", "1"), Some(1u32.to_ne_bytes().to_vec()));
         }
+
+        #[test]
+        fn delete_table_is_one_deltable_in_a_batch() {
+            let b = delete_table_batch();
+            assert_eq!(
+                nfnetlink::message_kinds(&b),
+                Some(vec![0x10, (10 << 8) | 2, 0x11])
+            );
+            let name = format!("{HOSTPORT_TABLE}\0");
+            assert!(b.windows(name.len()).any(|w| w == name.as_bytes()));
+        }
     }
 }
 
@@ -1345,7 +1524,7 @@ mod conntrack {
     const CTA_PROTO_DST_PORT: u16 = 3;
     const IPPROTO_UDP: u8 = 17;
 
-    struct Socket(i32);
+    pub(super) struct Socket(i32);
 
     impl Drop for Socket {
         fn drop(&mut self) {
@@ -1355,7 +1534,7 @@ mod conntrack {
     }
 
     impl Socket {
-        fn open() -> io::Result<Socket> {
+        pub(super) fn open() -> io::Result<Socket> {
             // SAFETY: plain socket(2); the fd is owned by the returned Socket.
             let fd = unsafe {
                 libc::socket(
@@ -1385,7 +1564,7 @@ mod conntrack {
             Ok(s)
         }
 
-        fn send(&self, msg: &[u8]) -> io::Result<()> {
+        pub(super) fn send(&self, msg: &[u8]) -> io::Result<()> {
             // SAFETY: sockaddr_nl is plain data; zeroed (pid 0 = the kernel) is valid.
             let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
             kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -1406,7 +1585,7 @@ mod conntrack {
             Ok(())
         }
 
-        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        pub(super) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
             // SAFETY: valid fd and buffer.
             let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
@@ -1416,7 +1595,13 @@ mod conntrack {
         }
     }
 
-    fn message(msg_type: u16, flags: u16, family: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn message(
+        msg_type: u16,
+        flags: u16,
+        family: u8,
+        seq: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let len = 16 + 4 + payload.len();
         let mut m = Vec::with_capacity(len);
         m.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -1578,6 +1763,69 @@ mod conntrack {
     }
 }
 
+/// A read-only nf_tables question over netlink: does a table exist? (`NFT_MSG_GETTABLE` for
+/// one table: the kernel answers with the table, or with ENOENT.) STATUS asks it; an `nft`
+/// process would cost its start-up and a fetch of the whole ruleset.
+mod nft_query {
+    use super::conntrack::{message, Socket};
+    use std::io;
+
+    const NLM_F_REQUEST: u16 = 0x1;
+    const NLM_F_ACK: u16 = 0x4;
+    const NLMSG_ERROR: u16 = 2;
+    /// (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
+    const GET_TABLE: u16 = (10 << 8) | 1;
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFPROTO_INET: u8 = 1;
+
+    /// Whether table `inet <name>` exists in the calling thread's network namespace.
+    pub fn inet_table_exists(name: &str) -> io::Result<bool> {
+        let mut attr = Vec::new();
+        let payload_len = name.len() + 1;
+        attr.extend_from_slice(&((4 + payload_len) as u16).to_ne_bytes());
+        attr.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+        attr.extend_from_slice(name.as_bytes());
+        attr.push(0);
+        attr.resize((attr.len() + 3) & !3, 0);
+        let sock = Socket::open()?;
+        sock.send(&message(
+            GET_TABLE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            NFPROTO_INET,
+            1,
+            &attr,
+        ))?;
+        // The table (NFT_MSG_NEWTABLE) and then the ack, or only an error.
+        let mut buf = vec![0u8; 1 << 14];
+        loop {
+            let n = sock.recv(&mut buf)?;
+            let mut msgs = &buf[..n];
+            while msgs.len() >= 16 {
+                let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+                if kind == NLMSG_ERROR && msgs.len() >= 20 {
+                    let code = i32::from_ne_bytes([msgs[16], msgs[17], msgs[18], msgs[19]]);
+                    return match -code {
+                        0 => Ok(true),
+                        libc::ENOENT => Ok(false),
+                        errno => Err(io::Error::from_raw_os_error(errno)),
+                    };
+                }
+                if len < 16 || len > msgs.len() {
+                    break;
+                }
+                msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "no answer from nf_tables",
+                ));
+            }
+        }
+    }
+}
+
 fn union(a: &[Element], b: &[Element]) -> Vec<Element> {
     a.iter()
         .chain(b)
@@ -1590,6 +1838,15 @@ fn union(a: &[Element], b: &[Element]) -> Vec<Element> {
 /// Remove every mapping of one attachment (idempotent).
 pub fn del(data_dir: &Path, container_id: &str, ifname: &str) -> Result<(), HostPortError> {
     HostPorts::new(data_dir).del(container_id, ifname)
+}
+
+/// [`del`], leaving the netlink socket that did it to the caller ([`Pending`]).
+pub fn del_pending(
+    data_dir: &Path,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Pending, HostPortError> {
+    HostPorts::new(data_dir).del_pending(container_id, ifname)
 }
 
 /// Verify the mappings of one attachment are programmed as given.

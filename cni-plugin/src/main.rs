@@ -165,17 +165,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    // STATUS reads the forwarding switches of the namespace it runs in: these run on a node
+    // of their own (a private netns with forwarding on), whatever the host's settings.
     #[test]
     fn status_is_ready_with_a_writable_state_dir_and_no_required_agent() {
         let d = tmpdir("status");
-        assert!(dispatch(&env(Command::Status), &conf("1.1.0", &d))
-            .unwrap()
-            .is_none());
-        // Agent required but absent: not available (50).
-        let mut c: Value = serde_json::from_slice(&conf("1.1.0", &d)).unwrap();
-        c["agent"]["required"] = json!(true);
-        let e = dispatch(&env(Command::Status), c.to_string().as_bytes()).unwrap_err();
-        assert_eq!(e.code(), 50);
+        commands::status::on_forwarding_node(|| {
+            assert!(dispatch(&env(Command::Status), &conf("1.1.0", &d))
+                .unwrap()
+                .is_none());
+            // Agent required but absent: not available (50).
+            let mut c: Value = serde_json::from_slice(&conf("1.1.0", &d)).unwrap();
+            c["agent"]["required"] = json!(true);
+            let e = dispatch(&env(Command::Status), c.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.code(), 50);
+        });
         let _ = std::fs::remove_dir_all(d);
     }
 
@@ -194,9 +198,11 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let e = dispatch(&env(Command::Status), &conf("1.1.0", &d)).unwrap_err();
-        assert_eq!(e.code(), 50);
-        assert!(e.msg().contains("exhausted"), "{}", e.msg());
+        commands::status::on_forwarding_node(|| {
+            let e = dispatch(&env(Command::Status), &conf("1.1.0", &d)).unwrap_err();
+            assert_eq!(e.code(), 50);
+            assert!(e.msg().contains("exhausted"), "{}", e.msg());
+        });
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -27,6 +27,15 @@ pub fn ensure_path(path: &str, value: &str) -> Result<(), CniError> {
     std::fs::write(path, value).map_err(err)
 }
 
+/// The value of a dotted key such as `net.ipv4.ip_forward`, without the trailing newline.
+pub fn read(key: &str) -> Result<String, CniError> {
+    let path = path_of(key);
+    match std::fs::read_to_string(&path) {
+        Ok(v) => Ok(v.trim().to_string()),
+        Err(source) => Err(CniError::Sysctl { path, source }),
+    }
+}
+
 /// [`ensure_path`] for a dotted key such as `net.ipv4.ip_forward`.
 pub fn ensure(key: &str, value: &str) -> Result<(), CniError> {
     ensure_path(&path_of(key), value)

@@ -733,6 +733,87 @@ fn crash_between_record_and_nft_is_cleaned_by_del() {
     assert!(node.records().is_empty(), "{:?}", node.records());
 }
 
+/// DEL of an attachment that never had mappings touches nothing: no record directory is
+/// created and the table is neither made nor removed. DEL of the last recorded attachment
+/// removes the table (over netlink), also when someone removed it already.
+#[test]
+fn del_without_mappings_touches_nothing_and_the_last_del_removes_the_table() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("delnone");
+    let hp = node.hostports();
+    let ips: [IpAddr; 1] = ["10.244.0.40".parse().unwrap()];
+    hp.del("never-added", "eth0").unwrap();
+    assert!(
+        !node.data_dir.join("hostport").exists(),
+        "DEL without mappings created the record directory"
+    );
+    hp.add("c40", "eth0", &ips, &[tcp(8040, 80)]).unwrap();
+    hp.del("never-added", "eth0").unwrap();
+    assert!(
+        node.table_exists(),
+        "DEL of another attachment removed the table"
+    );
+    hp.del("c40", "eth0").unwrap();
+    assert!(!node.table_exists(), "{}", node.nft_list());
+    assert!(node.records().is_empty());
+
+    hp.add("c40", "eth0", &ips, &[tcp(8040, 80)]).unwrap();
+    node.ns
+        .sh(&format!("nft delete table inet {TABLE}"))
+        .unwrap();
+    hp.del("c40", "eth0").unwrap();
+    assert!(!node.table_exists());
+    assert!(node.records().is_empty(), "{:?}", node.records());
+}
+
+/// STATUS's question: which attachments have mappings recorded (this boot, this network)
+/// while the table is gone. Asking reads only.
+#[test]
+fn lost_mappings_are_recorded_mappings_without_a_table() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("lost");
+    let net_a = node.hostports().for_network("net-a");
+    let net_b = node.hostports().for_network("net-b");
+    let ips: [IpAddr; 1] = ["10.244.0.41".parse().unwrap()];
+    assert!(net_a.lost_mappings().unwrap().is_empty());
+    assert!(
+        !node.data_dir.join("hostport").exists(),
+        "asking created the record directory"
+    );
+    net_a.add("c41", "eth0", &ips, &[tcp(8041, 80)]).unwrap();
+    assert!(net_a.lost_mappings().unwrap().is_empty(), "table present");
+
+    node.ns
+        .sh(&format!("nft delete table inet {TABLE}"))
+        .unwrap();
+    assert_eq!(net_a.lost_mappings().unwrap(), vec!["c41/eth0".to_string()]);
+    assert!(
+        net_b.lost_mappings().unwrap().is_empty(),
+        "another network's mappings counted"
+    );
+    assert_eq!(
+        node.hostports().lost_mappings().unwrap(),
+        vec!["c41/eth0".to_string()],
+        "without a network, every record counts"
+    );
+    assert!(!node.table_exists(), "asking must not rebuild the table");
+
+    // A record of an earlier boot describes nothing in the kernel: not a loss.
+    let path = node.data_dir.join("hostport/c41@eth0.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["bootId"] = serde_json::json!("an-earlier-boot");
+    std::fs::write(&path, record.to_string()).unwrap();
+    assert!(net_a.lost_mappings().unwrap().is_empty());
+
+    net_a.del("c41", "eth0").unwrap();
+    assert!(node.records().is_empty());
+}
+
 /// The table removed behind the plugin's back (`nft flush ruleset`, a restarted firewall):
 /// the element-only update is refused by the kernel and the next ADD rebuilds the whole
 /// table from every record, so earlier pods' hostPorts come back too.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// For every spec version: two pods on one node get addresses of every requested family,
 /// reach the node and each other (TCP), CHECK passes and then fails once a route the plugin
@@ -250,6 +250,159 @@ fn status_succeeds_on_a_healthy_node() {
         "STATUS prints nothing or an object: {out}"
     );
     node.assert_no_leak("STATUS");
+}
+
+/// An ICMP echo from `from` to `ip` is answered (three tries of 1 s: the first packet of a
+/// path may wait for neighbour resolution).
+fn pings(from: &Pod, ip: &str) -> bool {
+    (0..3).any(|_| from.ns.sh_ok(&format!("busybox ping -c 1 -W 1 {ip}")))
+}
+
+/// STATUS is 51 exactly while the node does not forward a family the network uses: two
+/// running pods then lose pod-to-pod traffic of that family (it is routed through the node),
+/// and STATUS names the switch. A network without pods is not affected; STATUS
+/// only reads (the switch stays off); forwarding on again → success and traffic flows. The
+/// switches flipped are the test node's own (its netns), never the root namespace's.
+#[test]
+fn status_is_51_while_the_node_does_not_forward() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("st51fwd");
+    let dual = node.conf("1.1.0", Stack::Dual);
+    // A second network with no pod yet: forwarding off costs it nothing (its first ADD
+    // turns forwarding on), so it stays available.
+    let mut fresh = node.conf("1.1.0", Stack::Dual);
+    fresh["name"] = json!(format!("{}-fresh", fresh["name"].as_str().unwrap()));
+    let a = node.pod("a");
+    let b = node.pod("b");
+    node.add(&a, &dual);
+    let ips_b = result_ips(&node.add(&b, &dual));
+    let (b4, b6) = (
+        ips_b.iter().find(|ip| !is_v6(ip)).unwrap().clone(),
+        ips_b.iter().find(|ip| is_v6(ip)).unwrap().clone(),
+    );
+    let status = |conf: &Value| node.run_netless("STATUS", conf);
+    let sysctl = |kv: &str| node.ns.sh(&format!("sysctl -qw {kv}")).unwrap();
+    let read = |k: &str| {
+        node.ns
+            .sh(&format!("sysctl -n {k}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    status(&dual).ok();
+    assert!(pings(&a, &b4) && pings(&a, &b6), "pods must talk before");
+
+    // IPv4 forwarding off.
+    sysctl("net.ipv4.ip_forward=0");
+    let out = status(&dual);
+    assert_eq!(out.err_code(), code::LIMITED_CONNECTIVITY, "{out}");
+    let err = out.json().unwrap();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("IPv4 forwarding is off"), "{out}");
+    assert!(!msg.contains("IPv6"), "only IPv4 is off: {out}");
+    assert!(
+        err["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("net.ipv4.ip_forward=1")),
+        "details say what to do: {out}"
+    );
+    status(&fresh).ok();
+    assert_eq!(read("net.ipv4.ip_forward"), "0", "STATUS must not write");
+    assert!(!pings(&a, &b4), "IPv4 pod-to-pod works without forwarding?");
+    assert!(pings(&a, &b6), "IPv6 is still forwarded");
+    sysctl("net.ipv4.ip_forward=1");
+    status(&dual).ok();
+    assert!(pings(&a, &b4), "IPv4 back with forwarding");
+
+    // IPv6 forwarding off, then both.
+    sysctl("net.ipv6.conf.all.forwarding=0");
+    let out = status(&dual);
+    assert_eq!(out.err_code(), code::LIMITED_CONNECTIVITY, "{out}");
+    assert!(out.stdout.contains("IPv6 forwarding is off"), "{out}");
+    assert!(!pings(&a, &b6), "IPv6 pod-to-pod works without forwarding?");
+    sysctl("net.ipv4.ip_forward=0");
+    let out = status(&dual);
+    assert_eq!(out.err_code(), code::LIMITED_CONNECTIVITY, "{out}");
+    assert!(
+        out.stdout.contains("IPv4 forwarding is off")
+            && out.stdout.contains("IPv6 forwarding is off"),
+        "both listed: {out}"
+    );
+
+    sysctl("net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+    status(&dual).ok();
+    assert!(pings(&a, &b4) && pings(&a, &b6), "pods talk again");
+    node.del(&a, &dual);
+    node.del(&b, &dual);
+    node.assert_no_leak("STATUS 51, forwarding");
+}
+
+/// STATUS is 51 while this network's port mappings are recorded but the table
+/// `inet palisade-hostport` is gone (as after `nft flush ruleset`): the host port then stops
+/// answering. Another network without mappings is not affected. GC rebuilds the table from
+/// the records → success, and the host port answers again. With no mapping recorded, a
+/// missing table is no problem.
+#[test]
+fn status_is_51_while_the_host_port_table_is_missing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("st51hp");
+    let base = node.conf("1.1.0", Stack::V4);
+    let mut with_pm = base.clone();
+    with_pm["capabilities"] = serde_json::json!({ "portMappings": true });
+    with_pm["runtimeConfig"] = serde_json::json!({ "portMappings": [
+        { "hostPort": 18090, "containerPort": 80, "protocol": "tcp" }
+    ]});
+    let mut other = base.clone();
+    other["name"] = serde_json::json!("palnet-st51hp-other");
+    let web = node.pod("web");
+    let client = node.pod("client");
+    node.add(&web, &with_pm);
+    node.add(&client, &base);
+    node.run_netless("STATUS", &base).ok();
+    assert!(
+        reaches_via(&web, &client, NODE_ADDR_V4, 18090),
+        "hostPort before"
+    );
+
+    node.ns
+        .sh(&format!(
+            "nft delete table inet {}",
+            palisade_common::HOSTPORT_TABLE
+        ))
+        .unwrap();
+    let out = node.run_netless("STATUS", &base);
+    assert_eq!(out.err_code(), code::LIMITED_CONNECTIVITY, "{out}");
+    assert!(
+        out.stdout.contains(palisade_common::HOSTPORT_TABLE) && out.stdout.contains(&web.cid),
+        "msg names the table and the attachment: {out}"
+    );
+    node.run_netless("STATUS", &other).ok();
+    assert!(
+        !reaches_via(&web, &client, NODE_ADDR_V4, 18090),
+        "hostPort answers without its table?"
+    );
+
+    node.gc(
+        &base,
+        &[(&web.cid, &web.ifname), (&client.cid, &client.ifname)],
+    )
+    .ok();
+    node.run_netless("STATUS", &base).ok();
+    assert!(
+        reaches_via(&web, &client, NODE_ADDR_V4, 18090),
+        "hostPort after GC rebuilt the table"
+    );
+
+    node.del(&web, &with_pm);
+    node.del(&client, &base);
+    assert!(node.hostport_elements().is_empty());
+    node.run_netless("STATUS", &base).ok();
+    node.assert_no_leak("STATUS 51, hostPort");
 }
 
 /// VERSION lists every version the tests use.

@@ -194,7 +194,20 @@ impl std::fmt::Display for SendError {
 /// Sends a finished batch on a fresh NETLINK_NETFILTER socket of the calling thread's network
 /// namespace and reports the kernel's verdict.
 pub fn send(batch: &[u8]) -> Result<(), SendError> {
-    // SAFETY: plain socket(2); the fd is owned by `sock` from here on.
+    let sock = socket().map_err(SendError::Unavailable)?;
+    send_on(&sock, batch)
+}
+
+/// A fresh NETLINK_NETFILTER socket of the calling thread's network namespace, for
+/// [`send_on`].
+///
+/// Why a caller may want to hold on to it: closing a socket that has sent nf_tables commands
+/// waits (under the nf_tables commit mutex of its namespace) until objects deleted by recent
+/// transactions are freed, which happens one RCU grace period after their commit, about
+/// 10 ms. A caller with other slow kernel work to do can send, do that work, and close the
+/// socket afterwards: by then the grace period has passed and closing costs nothing.
+pub fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd from here on.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
@@ -203,10 +216,15 @@ pub fn send(batch: &[u8]) -> Result<(), SendError> {
         )
     };
     if fd < 0 {
-        return Err(SendError::Unavailable(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is fresh and owned here.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends a finished batch on `sock` (from [`socket`], used for nothing else) and reports the
+/// kernel's verdict.
+pub fn send_on(sock: &OwnedFd, batch: &[u8]) -> Result<(), SendError> {
     // SAFETY: sockaddr_nl is plain data; zeroed (pid 0 = the kernel) is valid.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
