@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Palisade on a real Kubernetes cluster made by kind: build the image, load it, install
 # Palisade from conf/, wait for every node and agent to be ready, run the upstream
-# NetworkPolicy e2e suite, and collect logs on failure.
+# NetworkPolicy e2e suite, then Palisade's own scenarios (palisade-scenarios kube), and
+# collect logs on failure.
 #
 # usage: integration/kind/run.sh [ipv4|dualstack]
-# needs: docker (a running engine), kind, kubectl, and the upstream e2e binary:
+# needs: docker (a running engine), kind, kubectl, cargo (builds palisade-scenarios on the
+#   host), and for the upstream suite its e2e binary:
 #   E2E_TEST=/path/to/e2e.test  (from kubernetes-test-linux-amd64.tar.gz of the cluster's version)
 # env:   KEEP_CLUSTER=1 keeps the cluster afterwards; E2E_FOCUS overrides the ginkgo focus;
-#        E2E_SKIP the skip regex; ARTIFACTS (default ./_artifacts) receives logs.
+#        E2E_SKIP the skip regex; ARTIFACTS (default ./_artifacts) receives logs;
+#        SKIP_SCENARIOS=1 skips the scenarios; SCENARIO_FAMILIES (default: v4 for ipv4,
+#        "v4 v6" for dualstack) the families they probe; AGNHOST_IMAGE the probe image.
 set -euo pipefail
 
 variant=${1:-ipv4}
@@ -22,12 +26,17 @@ focus=${E2E_FOCUS:-\[sig-network\].*Netpol}
 # Upstream marks tests of features an implementation may lack; Palisade implements them
 # all, so only the serial/disruptive ones are skipped by default.
 skip=${E2E_SKIP:-\[Serial\]|\[Disruptive\]}
+case $variant in
+  dualstack) families=${SCENARIO_FAMILIES:-v4 v6} ;;
+  *) families=${SCENARIO_FAMILIES:-v4} ;;
+esac
 
 need() { command -v "$1" >/dev/null || { echo "missing: $1 ($2)" >&2; exit 2; }; }
 need docker "a container engine to build and run kind nodes"
 need kind "https://kind.sigs.k8s.io"
 need kubectl "the Kubernetes client"
 docker info >/dev/null 2>&1 || { echo "docker is installed but no engine answers" >&2; exit 2; }
+[ "${SKIP_SCENARIOS:-}" = 1 ] || need cargo "builds palisade-scenarios (or set SKIP_SCENARIOS=1)"
 
 collect_logs() {
   mkdir -p "$artifacts"
@@ -45,6 +54,12 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+
+if [ "${SKIP_SCENARIOS:-}" != 1 ]; then
+  # Before the cluster exists: a build failure should not cost a cluster.
+  echo "== building palisade-scenarios"
+  (cd "$root" && cargo build --release --quiet -p palisade-integration --bin palisade-scenarios)
+fi
 
 echo "== building $image"
 docker build -t "$image" "$root"
@@ -69,6 +84,26 @@ else
   echo "E2E_TEST not set: skipping the upstream e2e suite (see integration/kind/README.md)" >&2
 fi
 
-# Palisade's own scenario files run on the netns cluster (integration/run-scenarios); the
-# runner has no mode yet that drives a real cluster, so they are not repeated here.
-echo "== done: Palisade installed and the upstream NetworkPolicy suite finished"
+# Palisade's own scenario files, the ones the netns cluster runs (integration/run-scenarios),
+# on this cluster: namespaces with the scenarios' names, agnhost pods, probes by kubectl exec.
+if [ "${SKIP_SCENARIOS:-}" = 1 ]; then
+  echo "SKIP_SCENARIOS=1: skipping Palisade's scenarios" >&2
+else
+  scenarios=${CARGO_TARGET_DIR:-$root/target}/release/palisade-scenarios
+  image_args=()
+  [ -z "${AGNHOST_IMAGE:-}" ] || image_args=(--image "$AGNHOST_IMAGE")
+  mkdir -p "$artifacts"
+  failed=""
+  for family in $families; do
+    echo "== Palisade scenarios over $family"
+    # Every family runs even if one fails; the script fails at the end.
+    "$scenarios" kube --context "kind-$cluster" --family "$family" "${image_args[@]}" \
+      "$root/integration/scenarios" 2>&1 | tee "$artifacts/scenarios-$family.log" \
+      || failed="$failed $family"
+  done
+  if [ -n "$failed" ]; then
+    echo "scenarios failed over:$failed (see $artifacts/scenarios-*.log)" >&2
+    exit 1
+  fi
+fi
+echo "== done: Palisade installed; the upstream suite and the scenarios as reported above"

@@ -257,9 +257,28 @@ fn describe_api_error(e: &ApiError) -> String {
     s
 }
 
-/// Run every scenario file, print a line per scenario and the details of failures, and end
-/// with `N passed, M failed`. Returns whether all passed.
+/// Run every scenario file on a fresh netns cluster; see [`run_all`] for the output.
+/// Returns whether all passed.
 pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
+    let setup = format!("over {} with {} node(s)", opts.family, opts.nodes);
+    run_all(
+        files,
+        &setup,
+        &crate::cluster::cleanup::interrupted,
+        &mut |s| run_scenario(s, opts),
+    )
+}
+
+/// Run every scenario file with `run`, print a line per scenario and the details of
+/// failures, and end with `N passed, M failed`. `setup` describes where they ran (for the
+/// timing line on stderr). Stops quietly once `interrupted` says so. Returns whether all
+/// passed.
+pub fn run_all(
+    files: &[PathBuf],
+    setup: &str,
+    interrupted: &dyn Fn() -> bool,
+    run: &mut dyn FnMut(&Scenario) -> ScenarioResult,
+) -> bool {
     let mut passed = 0;
     let mut failed = 0;
     let t0 = Instant::now();
@@ -272,8 +291,8 @@ pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
                 continue;
             }
         };
-        let r = run_scenario(&s, opts);
-        if crate::cluster::cleanup::interrupted() {
+        let r = run(&s);
+        if interrupted() {
             // Ctrl-C: this scenario's failure is the interruption; say nothing more.
             return false;
         }
@@ -299,10 +318,8 @@ pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
         }
     }
     eprintln!(
-        "{} scenario(s) over {} with {} node(s) in {:.1}s",
+        "{} scenario(s) {setup} in {:.1}s",
         files.len(),
-        opts.family,
-        opts.nodes,
         t0.elapsed().as_secs_f64()
     );
     println!("{passed} passed, {failed} failed");

@@ -5,16 +5,21 @@
 //!                        [--agent-arg ARG]... [--retries N] [-v] PATH...
 //! palisade-scenarios demo [--nodes N] [--family v4|v6] [--pause]
 //! palisade-scenarios cleanup      # remove leftovers of crashed runs
+//! palisade-scenarios kube [--kubeconfig F] [--context C] [--family v4|v6] [--image I]
+//!                         [--timeout SECS] [--ready-timeout SECS] [--parallel N] [-v] PATH...
 //! ```
 //! `integration/run-scenarios` builds the binaries and runs `run`; `integration/demo` runs
-//! `demo`.
+//! `demo`; `integration/kind/run.sh` runs `kube` on a kind cluster. `kube` drives a real
+//! cluster with `kubectl` and needs no root.
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade_integration::cluster::{cleanup, netns, Binaries, RouteMode};
+use palisade_integration::kube::{self, kubectl::Kubectl, KubeOptions};
 use palisade_integration::runner::{collect_files, run_files, RunOptions};
 use palisade_integration::scenario::Family;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +86,36 @@ enum Cmd {
     },
     /// Remove namespaces and run directories of crashed runs.
     Cleanup,
+    /// Run scenario files on the real cluster kubectl points at (namespaces with the
+    /// scenarios' exact names, agnhost pods, probes with `kubectl exec`).
+    Kube {
+        /// kubectl's --kubeconfig (default: kubectl's own choice, e.g. $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// kubectl's --context.
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long, default_value = "kubectl")]
+        kubectl: PathBuf,
+        #[arg(long, value_enum, default_value = "v4")]
+        family: FamilyArg,
+        /// The agnhost image pods run.
+        #[arg(long, default_value = kube::manifest::DEFAULT_AGNHOST_IMAGE)]
+        image: String,
+        /// Seconds a probe step retries until the observed matrix matches.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Seconds pods may take to be Ready (image pulls), and namespaces to be deleted.
+        #[arg(long, default_value_t = 300)]
+        ready_timeout: u64,
+        /// Probes (`kubectl exec`) run at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn main() {
@@ -120,6 +155,9 @@ fn bins(dir: Option<PathBuf>, no_agent: bool) -> Result<Binaries> {
 
 fn real_main() -> Result<i32> {
     let cli = Cli::parse();
+    if let Cmd::Kube { .. } = cli.command {
+        return kube_main(cli.command);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the netns cluster needs root (network namespaces, veths, nftables)");
@@ -185,5 +223,59 @@ fn real_main() -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Kube { .. } => unreachable!("handled before the root check"),
     }
+}
+
+/// `kube`: no root, no netns cluster; this run's namespaces are deleted on Ctrl-C.
+fn kube_main(command: Cmd) -> Result<i32> {
+    let Cmd::Kube {
+        kubeconfig,
+        context,
+        kubectl,
+        family,
+        image,
+        timeout,
+        ready_timeout,
+        parallel,
+        verbose,
+        paths,
+    } = command
+    else {
+        unreachable!("only called with Cmd::Kube")
+    };
+    let files = collect_files(&paths)?;
+    if files.is_empty() {
+        bail!("no scenario files (*.yaml) found");
+    }
+    let mut k = Kubectl::new(kubectl);
+    k.kubeconfig = kubeconfig;
+    k.context = context;
+    let opts = KubeOptions {
+        kubectl: k,
+        family: match family {
+            FamilyArg::V4 => Family::V4,
+            FamilyArg::V6 => Family::V6,
+        },
+        image,
+        converge_timeout: Duration::from_secs(timeout),
+        ready_timeout: Duration::from_secs(ready_timeout),
+        connect_timeout: Duration::from_secs(1),
+        parallel: parallel.max(1),
+        settle: Duration::from_secs(1),
+        run_id: kube::runner::new_run_id(),
+        colour: is_tty(),
+        verbose,
+    };
+    kube::runner::install_signal_cleanup(
+        opts.kubectl.clone(),
+        opts.run_id.clone(),
+        opts.ready_timeout,
+    )?;
+    let ok = kube::run_files(&files, &opts);
+    while kube::runner::interrupted() {
+        // The signal thread deletes the namespaces and exits.
+        std::thread::park();
+    }
+    Ok(if ok { 0 } else { 1 })
 }
