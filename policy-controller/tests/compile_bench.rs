@@ -279,9 +279,15 @@ fn pod_change_compiled_and_applied() {
     let mut compiler = Compiler::with_state(opts, cluster());
     let t = Instant::now();
     dp.apply(compiler.ruleset_ref()).unwrap();
+    let last = dp.last_apply();
     println!(
-        "cold full sync (compile + apply): {:.1} ms (target <= 1000 ms)",
-        ms(t.elapsed())
+        "cold full sync (compile + apply): {:.1} ms (target <= 1000 ms): in process {:.1} ms, \
+         listing {:.1} ms, nft {:.1} ms, {} KiB sent",
+        ms(t.elapsed()),
+        ms(last.cpu_time),
+        ms(last.list_time),
+        ms(last.nft_time),
+        last.bytes / 1024
     );
 
     let mut remote = pod(PODS + 1);
@@ -294,10 +300,18 @@ fn pod_change_compiled_and_applied() {
         let rs = compiler.ruleset_ref();
         let compiled = t.elapsed();
         dp.apply(rs).unwrap();
-        (compiled, t.elapsed(), dp.last_apply().via_netlink)
+        let last = dp.last_apply();
+        (
+            compiled,
+            t.elapsed(),
+            last.via_netlink,
+            last.cpu_time,
+            last.nft_time,
+        )
     };
-    // Per change: (compile time, compile + apply time, sent as a netlink batch).
-    type Sample = (Duration, Duration, bool);
+    // Per change: (compile time, compile + apply time, sent as a netlink batch, dataplane
+    // time in process, time sending to the kernel).
+    type Sample = (Duration, Duration, bool, Duration, Duration);
     let mut rows: Vec<(&str, Vec<Sample>)> = vec![
         ("local pod add", Vec::new()),
         ("local pod remove", Vec::new()),
@@ -318,9 +332,12 @@ fn pod_change_compiled_and_applied() {
     for (what, samples) in rows {
         let netlink = samples.iter().filter(|s| s.2).count();
         println!(
-            "  {what:<18} total {:>6.2} ms  (compile {:>6.2} ms)  netlink batch in {netlink}/21",
+            "  {what:<18} total {:>6.2} ms  (compile {:>6.2} ms, dataplane in process {:>6.2} ms, \
+             send {:>6.2} ms)  netlink batch in {netlink}/21",
             median(samples.iter().map(|s| s.1).collect()),
             median(samples.iter().map(|s| s.0).collect()),
+            median(samples.iter().map(|s| s.3).collect()),
+            median(samples.iter().map(|s| s.4).collect()),
         );
     }
     dp.delete_table().unwrap();

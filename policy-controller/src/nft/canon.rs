@@ -18,9 +18,11 @@
 //! - `meta nfproto ipv4` followed later in the rule by an `ip` field (or `ipv6` / `ip6`) is
 //!   dropped: nft inserts that dependency itself in an `inet` table and hides it when listing.
 
-use crate::ruleset::{CmpOp, Family, Field, Match, Rule, RuleVerdict, Ruleset, Value, VerdictMap};
+use crate::ruleset::{
+    Chain, CmpOp, Family, Field, Match, Rule, RuleVerdict, Ruleset, Set, Value, VerdictMap,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// nft's limit for a rule comment (NFTNL_UDATA_COMMENT_MAXLEN).
@@ -28,37 +30,56 @@ pub const MAX_COMMENT_LEN: usize = 128;
 
 /// The canonical form of `rs` (see the module docs).
 pub fn canonicalize(rs: &Ruleset) -> Ruleset {
-    let mut out = Ruleset::default();
-    for (name, set) in &rs.sets {
-        let mut s = set.clone();
-        s.comment = None;
-        s.elements = canonical_elements(set.interval, set.key.len(), set.elements.iter().cloned());
-        out.sets.insert(name.clone(), s);
+    Ruleset {
+        sets: rs
+            .sets
+            .iter()
+            .map(|(n, s)| (n.clone(), canonical_set(s)))
+            .collect(),
+        maps: rs
+            .maps
+            .iter()
+            .map(|(n, m)| (n.clone(), canonical_map(m)))
+            .collect(),
+        chains: rs
+            .chains
+            .iter()
+            .map(|(n, c)| (n.clone(), canonical_chain(c)))
+            .collect(),
     }
-    for (name, map) in &rs.maps {
-        let elements: BTreeMap<Vec<Value>, _> = map
+}
+
+/// The canonical form of one set.
+pub fn canonical_set(set: &Set) -> Set {
+    Set {
+        key: set.key.clone(),
+        interval: set.interval,
+        elements: canonical_elements(set.interval, set.key.len(), set.elements.iter().cloned()),
+        comment: None,
+    }
+}
+
+/// The canonical form of one verdict map.
+pub fn canonical_map(map: &VerdictMap) -> VerdictMap {
+    VerdictMap {
+        key: map.key.clone(),
+        interval: map.interval,
+        elements: map
             .elements
             .iter()
             .map(|(k, v)| (canonical_key(map.interval, k), v.clone()))
-            .collect();
-        out.maps.insert(
-            name.clone(),
-            VerdictMap {
-                key: map.key.clone(),
-                interval: map.interval,
-                elements,
-                comment: None,
-            },
-        );
+            .collect(),
+        comment: None,
     }
-    for (name, chain) in &rs.chains {
-        let mut c = chain.clone();
-        for r in &mut c.rules {
-            canonicalize_rule(r);
-        }
-        out.chains.insert(name.clone(), c);
+}
+
+/// The canonical form of one chain.
+pub fn canonical_chain(chain: &Chain) -> Chain {
+    let mut c = chain.clone();
+    for r in &mut c.rules {
+        canonicalize_rule(r);
     }
-    out
+    c
 }
 
 fn canonicalize_rule(r: &mut Rule) {

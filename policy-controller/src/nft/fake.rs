@@ -5,7 +5,8 @@
 //! without root: the dump is canonical nft text.
 
 use super::plan::{chain_set_refs, rule_chain_refs, Op, Programmed, SetSpec};
-use super::{prepare, text, ApplyStats, Dataplane, DataplaneError};
+use super::tracker::Tracker;
+use super::{text, ApplyStats, Dataplane, DataplaneError};
 use crate::ruleset::{Chain, Match, RuleVerdict, Ruleset, Set, Value, Verdict, VerdictMap};
 
 #[derive(Debug, Clone)]
@@ -13,9 +14,9 @@ pub struct FakeDataplane {
     table_name: String,
     /// The table as the "kernel" holds it; `None`: no table.
     table: Option<Ruleset>,
-    /// What the dataplane believes is programmed (like the real one): `None` means the next
-    /// apply adopts `table` first.
-    programmed: Option<Programmed>,
+    /// What the dataplane believes is programmed (like the real one): unknown means the
+    /// next apply adopts `table` first.
+    tracker: Tracker,
     /// Every transaction sent, in order.
     pub transactions: Vec<Vec<Op>>,
     /// Make the next transaction fail (as if nft rejected it).
@@ -27,7 +28,7 @@ impl FakeDataplane {
         FakeDataplane {
             table_name: table_name.to_string(),
             table: None,
-            programmed: None,
+            tracker: Tracker::new(),
             transactions: Vec::new(),
             fail_next: false,
         }
@@ -72,33 +73,35 @@ impl FakeDataplane {
 
 impl Dataplane for FakeDataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
-        let desired = prepare(desired)?;
-        let full = self.programmed.is_none();
+        let full = !self.tracker.known();
         if full {
             // Adoption: what the kernel holds, as a listing would show it.
-            self.programmed = self.table.clone().map(Programmed::exact);
+            self.tracker
+                .adopt(self.table.clone().map(Programmed::exact));
         }
-        let ops = super::plan::plan(self.programmed.as_ref(), &desired);
-        let n = ops.len();
-        if !ops.is_empty() {
+        let diff = self.tracker.diff(desired)?;
+        let n = diff.ops.len();
+        if n > 0 {
             let fail = std::mem::take(&mut self.fail_next);
             let res = if fail {
                 Err(DataplaneError::Nft("injected failure".into()))
             } else {
-                self.commit(&ops)
+                self.commit(&diff.ops)
             };
-            self.transactions.push(ops);
+            self.transactions.push(diff.ops.clone());
             if let Err(e) = res {
-                self.programmed = None;
+                self.tracker.invalidate();
                 return Err(e);
             }
         }
-        self.programmed = Some(Programmed::exact(desired));
+        self.tracker.commit(diff);
+        #[cfg(debug_assertions)]
+        self.tracker.check(desired);
         Ok(ApplyStats { commands: n, full })
     }
 
     fn invalidate(&mut self) {
-        self.programmed = None;
+        self.tracker.invalidate();
     }
 }
 

@@ -4,8 +4,9 @@
 //! element changes only (pod churn) goes as one netlink batch instead ([`super::netlink`]).
 
 use super::parse::{parse_listing, Listing, RuleCounter};
-use super::plan::{plan, Op, Programmed};
-use super::{prepare, text, ApplyStats, Dataplane, DataplaneError};
+use super::plan::Op;
+use super::tracker::Tracker;
+use super::{text, ApplyStats, Dataplane, DataplaneError};
 use crate::ruleset::Ruleset;
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,16 +58,20 @@ pub struct LastApply {
 #[derive(Debug)]
 pub struct NftDataplane {
     opts: NftOptions,
-    programmed: Option<Programmed>,
+    tracker: Tracker,
     last: LastApply,
+    /// The netlink socket element batches go on, kept open (see [`super::netlink::socket`]);
+    /// dropped after any error, so a fresh one starts clean.
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl NftDataplane {
     pub fn new(opts: NftOptions) -> NftDataplane {
         NftDataplane {
             opts,
-            programmed: None,
+            tracker: Tracker::new(),
             last: LastApply::default(),
+            socket: None,
         }
     }
 
@@ -192,8 +197,13 @@ impl NftDataplane {
         self.last.cpu_time += t.elapsed();
         self.last.bytes = batch.len();
         let t = Instant::now();
-        let res = super::netlink::send(self.opts.netns.as_deref(), &batch);
+        let res = match self.socket.take() {
+            Some(s) => Ok(s),
+            None => super::netlink::socket(self.opts.netns.as_deref()),
+        }
+        .and_then(|sock| super::netlink::send(&sock, &batch).map(|()| sock));
         self.last.nft_time = t.elapsed();
+        let res = res.map(|sock| self.socket = Some(sock));
         match res {
             Ok(()) => {
                 self.last.via_netlink = true;
@@ -211,7 +221,7 @@ impl NftDataplane {
 
     /// Deletes the table (everything Palisade programmed); absent is fine.
     pub fn delete_table(&mut self) -> Result<(), DataplaneError> {
-        self.programmed = None;
+        self.tracker.invalidate();
         let doc = serde_json::json!({"nftables": [
             {"add": {"table": {"family": "inet", "name": &self.opts.table}}},
             {"delete": {"table": {"family": "inet", "name": &self.opts.table}}},
@@ -238,36 +248,33 @@ pub fn describe(ops: &[Op]) -> String {
 impl Dataplane for NftDataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
         self.last = LastApply::default();
-        let t = Instant::now();
-        let desired = prepare(desired)?;
-        self.last.cpu_time = t.elapsed();
-        let full = self.programmed.is_none();
+        let full = !self.tracker.known();
         if full {
             let t = Instant::now();
             let listing = self.list()?;
             self.last.list_time = t.elapsed();
-            self.programmed = listing.map(|l| l.programmed);
+            self.tracker.adopt(listing.map(|l| l.programmed));
         }
         let t = Instant::now();
-        let ops = plan(self.programmed.as_ref(), &desired);
-        self.last.cpu_time += t.elapsed();
+        let diff = self.tracker.diff(desired)?;
+        self.last.cpu_time = t.elapsed();
+        let commands = diff.ops.len();
         let via_netlink =
-            !ops.is_empty() && self.opts.netlink_elements && self.send_netlink(&desired, &ops);
-        if !ops.is_empty() && !via_netlink {
-            if let Err(e) = self.send(&ops) {
+            commands > 0 && self.opts.netlink_elements && self.send_netlink(&diff.model, &diff.ops);
+        if commands > 0 && !via_netlink {
+            if let Err(e) = self.send(&diff.ops) {
                 // The kernel kept the old table; re-read it before the next attempt.
-                self.programmed = None;
+                self.tracker.invalidate();
                 return Err(e);
             }
         }
-        self.programmed = Some(Programmed::exact(desired));
-        Ok(ApplyStats {
-            commands: ops.len(),
-            full,
-        })
+        self.tracker.commit(diff);
+        #[cfg(debug_assertions)]
+        self.tracker.check(desired);
+        Ok(ApplyStats { commands, full })
     }
 
     fn invalidate(&mut self) {
-        self.programmed = None;
+        self.tracker.invalidate();
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`canon`]: the canonical form of a model (the model as nft lists it back);
 //! - [`plan`]: the diff, an ordered list of [`Op`]s forming one transaction;
+//! - `tracker`: what is programmed, and which objects changed since (only those are
+//!   canonicalized, validated and diffed);
 //! - `json`: commands → nft JSON (what is sent), `text`: models and commands → nft text
 //!   (what is shown);
 //! - [`parse`]: nft's JSON listing → model (adoption on start, counters);
@@ -22,6 +24,7 @@ mod netlink;
 pub mod parse;
 pub mod plan;
 mod text;
+mod tracker;
 
 pub use canon::canonicalize;
 pub use fake::FakeDataplane;
@@ -64,10 +67,4 @@ pub trait Dataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError>;
     /// Forget what is believed programmed; the next apply re-reads the table and converges.
     fn invalidate(&mut self);
-}
-
-/// Validates and canonicalizes a desired model before diffing.
-fn prepare(desired: &Ruleset) -> Result<Ruleset, DataplaneError> {
-    validate(desired).map_err(DataplaneError::Invalid)?;
-    Ok(canonicalize(desired))
 }

@@ -16,7 +16,7 @@ use super::plan::Op;
 use crate::ruleset::{KeyType, Ruleset, Value, Verdict};
 use palisade_common::nfnetlink::{self, ElementBatch, ElementData};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 pub use palisade_common::nfnetlink::SendError as BatchError;
@@ -106,11 +106,13 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<u8>> {
     Some(batch.finish_batch())
 }
 
-/// Sends one batch, in the network namespace at `netns` when given (from a short-lived
-/// thread that enters it: the socket is made there), and reports the kernel's verdict.
-pub fn send(netns: Option<&Path>, batch: &[u8]) -> Result<(), BatchError> {
+/// A NETLINK_NETFILTER socket of the network namespace at `netns` (made on a short-lived
+/// thread that enters it; a socket stays in the namespace it was made in), or of this
+/// process's namespace. The dataplane keeps it open across batches: closing a socket that
+/// deleted elements waits for an RCU grace period (about 10 ms) under the nf_tables mutex.
+pub fn socket(netns: Option<&Path>) -> Result<OwnedFd, BatchError> {
     let Some(path) = netns else {
-        return nfnetlink::send(batch);
+        return nfnetlink::socket().map_err(BatchError::Unavailable);
     };
     let ns = std::fs::File::open(path).map_err(BatchError::Unavailable)?;
     std::thread::scope(|s| {
@@ -119,7 +121,7 @@ pub fn send(netns: Option<&Path>, batch: &[u8]) -> Result<(), BatchError> {
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(BatchError::Unavailable(io::Error::last_os_error()));
             }
-            nfnetlink::send(batch)
+            nfnetlink::socket().map_err(BatchError::Unavailable)
         })
         .join()
         .unwrap_or_else(|_| {
@@ -128,6 +130,11 @@ pub fn send(netns: Option<&Path>, batch: &[u8]) -> Result<(), BatchError> {
             )))
         })
     })
+}
+
+/// Sends one batch on a socket from [`socket`] and reports the kernel's verdict.
+pub fn send(sock: &OwnedFd, batch: &[u8]) -> Result<(), BatchError> {
+    nfnetlink::send_on(sock, batch)
 }
 
 #[cfg(test)]

@@ -387,59 +387,102 @@ pub fn plan(current: Option<&Programmed>, desired: &Ruleset) -> Vec<Op> {
 /// Checks that `rs` can be programmed: every referenced set, map and chain exists with the
 /// right kind, no name is both a set and a map, and names fit nft's limits.
 pub fn validate(rs: &Ruleset) -> Result<(), String> {
-    const MAX_NAME: usize = 255;
     for n in rs.chains.keys().chain(rs.sets.keys()).chain(rs.maps.keys()) {
-        if n.is_empty() || n.len() > MAX_NAME {
-            return Err(format!("invalid object name {n:?} (1..=255 bytes)"));
-        }
+        check_name(n)?;
     }
     if let Some(n) = rs.sets.keys().find(|n| rs.maps.contains_key(*n)) {
         return Err(format!("{n:?} is both a set and a map"));
     }
-    let check_target = |from: &dyn Fn() -> String, target: &str| -> Result<(), String> {
-        match rs.chains.get(target) {
-            None => Err(format!("{} jumps to missing chain {target:?}", from())),
-            Some(c) if c.base.is_some() => {
-                Err(format!("{} jumps to base chain {target:?}", from()))
-            }
-            Some(_) => Ok(()),
-        }
-    };
-    for (cname, c) in &rs.chains {
-        for (i, r) in c.rules.iter().enumerate() {
-            // Only built for an error message: thousands of rules are checked per apply.
-            let at = || format!("chain {cname:?} rule {i}");
-            for m in &r.matches {
-                if let Match::Lookup { fields, set, .. } = m {
-                    let s = rs
-                        .sets
-                        .get(set)
-                        .ok_or_else(|| format!("{} looks up missing set {set:?}", at()))?;
-                    if s.key.len() != fields.len() {
-                        return Err(format!(
-                            "{}: {} fields for set {set:?} of {} key components",
-                            at(),
-                            fields.len(),
-                            s.key.len()
-                        ));
-                    }
-                }
-            }
-            if let Some(RuleVerdict::Vmap { map, .. }) = &r.verdict {
-                if !rs.maps.contains_key(map) {
-                    return Err(format!("{} uses missing map {map:?}", at()));
-                }
-            }
-            if let Some(t) = rule_chain_refs(r) {
-                check_target(&at, t)?;
-            }
+    for (name, c) in &rs.chains {
+        check_chain(rs, name, c)?;
+    }
+    for (name, m) in &rs.maps {
+        check_map(rs, name, m)?;
+    }
+    Ok(())
+}
+
+/// [`validate`] for a model whose other objects were validated before and still exist with
+/// the same kind, key and base-ness: checks only the named objects (new or changed).
+pub(crate) fn validate_objects<'a>(
+    rs: &Ruleset,
+    chains: impl IntoIterator<Item = &'a str>,
+    sets: impl IntoIterator<Item = &'a str>,
+    maps: impl IntoIterator<Item = &'a str>,
+) -> Result<(), String> {
+    for name in chains {
+        check_name(name)?;
+        check_chain(rs, name, &rs.chains[name])?;
+    }
+    for name in sets {
+        check_name(name)?;
+        if rs.maps.contains_key(name) {
+            return Err(format!("{name:?} is both a set and a map"));
         }
     }
-    for (mname, m) in &rs.maps {
-        for v in m.elements.values() {
-            if let Verdict::Jump(t) | Verdict::Goto(t) = v {
-                check_target(&|| format!("map {mname:?}"), t)?;
+    for name in maps {
+        check_name(name)?;
+        if rs.sets.contains_key(name) {
+            return Err(format!("{name:?} is both a set and a map"));
+        }
+        check_map(rs, name, &rs.maps[name])?;
+    }
+    Ok(())
+}
+
+fn check_name(n: &str) -> Result<(), String> {
+    const MAX_NAME: usize = 255;
+    if n.is_empty() || n.len() > MAX_NAME {
+        return Err(format!("invalid object name {n:?} (1..=255 bytes)"));
+    }
+    Ok(())
+}
+
+/// A jump or goto target must be a regular chain of the model.
+fn check_target(rs: &Ruleset, from: &dyn Fn() -> String, target: &str) -> Result<(), String> {
+    match rs.chains.get(target) {
+        None => Err(format!("{} jumps to missing chain {target:?}", from())),
+        Some(c) if c.base.is_some() => Err(format!("{} jumps to base chain {target:?}", from())),
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_chain(rs: &Ruleset, cname: &str, c: &Chain) -> Result<(), String> {
+    for (i, r) in c.rules.iter().enumerate() {
+        // Only built for an error message: thousands of rules are checked per apply.
+        let at = || format!("chain {cname:?} rule {i}");
+        for m in &r.matches {
+            if let Match::Lookup { fields, set, .. } = m {
+                let s = rs
+                    .sets
+                    .get(set)
+                    .ok_or_else(|| format!("{} looks up missing set {set:?}", at()))?;
+                if s.key.len() != fields.len() {
+                    return Err(format!(
+                        "{}: {} fields for set {set:?} of {} key components",
+                        at(),
+                        fields.len(),
+                        s.key.len()
+                    ));
+                }
             }
+        }
+        if let Some(RuleVerdict::Vmap { map, .. }) = &r.verdict {
+            if !rs.maps.contains_key(map) {
+                return Err(format!("{} uses missing map {map:?}", at()));
+            }
+        }
+        if let Some(t) = rule_chain_refs(r) {
+            check_target(rs, &at, t)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_map(rs: &Ruleset, mname: &str, m: &crate::ruleset::VerdictMap) -> Result<(), String> {
+    for v in m.elements.values() {
+        if let Verdict::Jump(t) | Verdict::Goto(t) = v {
+            check_target(rs, &|| format!("map {mname:?}"), t)?;
         }
     }
     Ok(())

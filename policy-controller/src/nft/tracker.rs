@@ -1,0 +1,471 @@
+//! What a dataplane believes is programmed, and the diff of a new desired model against it.
+//!
+//! A pod change touches a handful of sets, maps and chains out of thousands. Canonicalizing
+//! and diffing the whole model per change would cost more than the change itself, so the
+//! tracker remembers a fingerprint of every object of the last desired model it programmed
+//! (a 64-bit foldhash digest under a random seed, so no fixed pair of inputs collides: a
+//! changed object passes for unchanged with a chance of about 2^-64) and canonicalizes,
+//! validates and diffs only the objects whose fingerprint changed, appeared or went. The result is the same transaction the full diff
+//! would give (debug builds check that after every apply).
+//!
+//! The whole model is diffed instead when there is nothing to compare against (adoption of
+//! a table read back from the kernel, or after an error) and when an object changes kind
+//! (a set's type, a set becoming a map, a chain becoming a base chain): that makes every user
+//! of the object part of the change, which only the full diff sees.
+
+use super::canon::{canonical_chain, canonical_map, canonical_set, canonicalize};
+use super::plan::{plan, validate, validate_objects, Op, Programmed};
+use super::DataplaneError;
+use crate::ruleset::{Chain, Ruleset, Set, VerdictMap};
+use foldhash::quality::{FoldHasher, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+type Print = u64;
+
+/// Fingerprints of the objects of one (raw, not canonical) desired model.
+#[derive(Debug, Clone, Default)]
+struct Prints {
+    chains: HashMap<String, Print>,
+    sets: HashMap<String, Print>,
+    maps: HashMap<String, Print>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Tracker {
+    /// `None`: unknown (the next apply lists the table first) or no table.
+    programmed: Option<Programmed>,
+    /// Fingerprints of the desired model `programmed` was made from; `None` after adoption.
+    prints: Option<Prints>,
+    /// Random per tracker: no fixed pair of inputs collides.
+    seed: RandomState,
+}
+
+/// A diff, to be committed once the kernel took its commands.
+#[derive(Debug)]
+pub(crate) struct Diff {
+    /// The commands of the transaction.
+    pub ops: Vec<Op>,
+    /// The canonical desired objects the commands were planned for: the whole model, or only
+    /// the objects that changed (element commands only ever name sets and maps in it).
+    pub model: Ruleset,
+    /// Whether the whole model was diffed.
+    pub whole: bool,
+    prints: Prints,
+    /// Names of the objects that went (already taken out of the programmed model).
+    gone: Vec<Gone>,
+}
+
+#[derive(Debug)]
+enum Gone {
+    Chain(String),
+    Set(String),
+    Map(String),
+}
+
+impl Tracker {
+    pub fn new() -> Tracker {
+        Tracker {
+            programmed: None,
+            prints: None,
+            seed: RandomState::default(),
+        }
+    }
+
+    /// Whether the programmed state is known (else the caller reads the table and adopts it).
+    pub fn known(&self) -> bool {
+        self.programmed.is_some()
+    }
+
+    /// Start from what was read back (`None`: the table does not exist).
+    pub fn adopt(&mut self, programmed: Option<Programmed>) {
+        self.programmed = programmed;
+        self.prints = None;
+    }
+
+    /// Forget everything: the next apply lists the table again.
+    pub fn invalidate(&mut self) {
+        self.programmed = None;
+        self.prints = None;
+    }
+
+    fn print(&self, f: impl Fn(&mut FoldHasher<'static>)) -> Print {
+        let mut h = self.seed.build_hasher();
+        f(&mut h);
+        h.finish()
+    }
+
+    fn prints_of(&self, rs: &Ruleset) -> Prints {
+        Prints {
+            chains: rs
+                .chains
+                .iter()
+                .map(|(n, c)| (n.clone(), self.print(|h| hash_chain(c, h))))
+                .collect(),
+            sets: rs
+                .sets
+                .iter()
+                .map(|(n, s)| (n.clone(), self.print(|h| hash_set(s, h))))
+                .collect(),
+            maps: rs
+                .maps
+                .iter()
+                .map(|(n, m)| (n.clone(), self.print(|h| hash_map(m, h))))
+                .collect(),
+        }
+    }
+
+    /// Validates `desired` and plans the transaction from what is programmed to it. Nothing
+    /// changes in the tracker until [`Tracker::commit`] (after an error from the kernel, call
+    /// [`Tracker::invalidate`]).
+    pub fn diff(&mut self, desired: &Ruleset) -> Result<Diff, DataplaneError> {
+        let prints = self.prints_of(desired);
+        let prints = match (&self.prints, &self.programmed) {
+            (Some(old), Some(programmed)) => match partial(old, prints, programmed, desired)? {
+                Ok(diff) => return Ok(diff),
+                // An object changed kind: diff the whole model.
+                Err(prints) => prints,
+            },
+            _ => prints,
+        };
+        self.whole(desired, prints)
+    }
+
+    fn whole(&self, desired: &Ruleset, prints: Prints) -> Result<Diff, DataplaneError> {
+        validate(desired).map_err(DataplaneError::Invalid)?;
+        let model = canonicalize(desired);
+        let ops = plan(self.programmed.as_ref(), &model);
+        Ok(Diff {
+            ops,
+            model,
+            whole: true,
+            prints,
+            gone: Vec::new(),
+        })
+    }
+
+    /// The kernel took the diff's commands: it is what is programmed now.
+    pub fn commit(&mut self, diff: Diff) {
+        if diff.whole {
+            self.programmed = Some(Programmed::exact(diff.model));
+        } else {
+            // A partial diff is only made against a programmed model.
+            if let Some(p) = &mut self.programmed {
+                for g in diff.gone {
+                    match g {
+                        Gone::Chain(n) => drop(p.model.chains.remove(&n)),
+                        Gone::Set(n) => drop(p.model.sets.remove(&n)),
+                        Gone::Map(n) => drop(p.model.maps.remove(&n)),
+                    }
+                }
+                p.model.chains.extend(diff.model.chains);
+                p.model.sets.extend(diff.model.sets);
+                p.model.maps.extend(diff.model.maps);
+            }
+        }
+        self.prints = Some(diff.prints);
+    }
+
+    /// Debug check: the programmed model is the canonical form of `desired`.
+    pub fn check(&self, desired: &Ruleset) {
+        if let Some(p) = &self.programmed {
+            assert!(
+                p.model == canonicalize(desired),
+                "incremental dataplane diverged from the desired model"
+            );
+        }
+    }
+}
+
+/// The diff of only the changed objects, or `Err(prints)` back when an object changed kind.
+fn partial(
+    old: &Prints,
+    prints: Prints,
+    programmed: &Programmed,
+    desired: &Ruleset,
+) -> Result<Result<Diff, Prints>, DataplaneError> {
+    let changed = |new: &HashMap<String, Print>, old: &HashMap<String, Print>| -> Vec<String> {
+        new.iter()
+            .filter(|(n, p)| old.get(*n) != Some(*p))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let gone = |new: &HashMap<String, Print>, old: &HashMap<String, Print>| -> Vec<String> {
+        old.keys()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect()
+    };
+    let chains = changed(&prints.chains, &old.chains);
+    let sets = changed(&prints.sets, &old.sets);
+    let maps = changed(&prints.maps, &old.maps);
+    let gone_chains = gone(&prints.chains, &old.chains);
+    let gone_sets = gone(&prints.sets, &old.sets);
+    let gone_maps = gone(&prints.maps, &old.maps);
+
+    let cur = &programmed.model;
+    let kind_changed = chains.iter().any(|n| {
+        cur.chains
+            .get(n)
+            .is_some_and(|c| c.base.is_some() != desired.chains[n].base.is_some())
+    }) || sets.iter().any(|n| {
+        cur.maps.contains_key(n)
+            || cur
+                .sets
+                .get(n)
+                .is_some_and(|s| !same_set_type(s, &desired.sets[n]))
+    }) || maps.iter().any(|n| {
+        cur.sets.contains_key(n)
+            || cur.maps.get(n).is_some_and(|m| {
+                m.key != desired.maps[n].key || m.interval != desired.maps[n].interval
+            })
+    });
+    if kind_changed {
+        return Ok(Err(prints));
+    }
+    // Something went: an unchanged object may still name it, which only the whole check sees.
+    if gone_chains.is_empty() && gone_sets.is_empty() && gone_maps.is_empty() {
+        validate_objects(
+            desired,
+            chains.iter().map(String::as_str),
+            sets.iter().map(String::as_str),
+            maps.iter().map(String::as_str),
+        )
+    } else {
+        validate(desired)
+    }
+    .map_err(DataplaneError::Invalid)?;
+
+    // The programmed and desired versions of every object that changed or went.
+    let mut before = Programmed::default();
+    let mut after = Ruleset::default();
+    for n in &chains {
+        if let Some(c) = cur.chains.get(n) {
+            before.model.chains.insert(n.clone(), c.clone());
+        }
+        after
+            .chains
+            .insert(n.clone(), canonical_chain(&desired.chains[n]));
+    }
+    for n in &sets {
+        if let Some(s) = cur.sets.get(n) {
+            before.model.sets.insert(n.clone(), s.clone());
+        }
+        after
+            .sets
+            .insert(n.clone(), canonical_set(&desired.sets[n]));
+    }
+    for n in &maps {
+        if let Some(m) = cur.maps.get(n) {
+            before.model.maps.insert(n.clone(), m.clone());
+        }
+        after
+            .maps
+            .insert(n.clone(), canonical_map(&desired.maps[n]));
+    }
+    let mut gone = Vec::new();
+    for n in gone_chains {
+        if let Some(c) = cur.chains.get(&n) {
+            before.model.chains.insert(n.clone(), c.clone());
+        }
+        gone.push(Gone::Chain(n));
+    }
+    for n in gone_sets {
+        if let Some(s) = cur.sets.get(&n) {
+            before.model.sets.insert(n.clone(), s.clone());
+        }
+        gone.push(Gone::Set(n));
+    }
+    for n in gone_maps {
+        if let Some(m) = cur.maps.get(&n) {
+            before.model.maps.insert(n.clone(), m.clone());
+        }
+        gone.push(Gone::Map(n));
+    }
+    let ops = plan(Some(&before), &after);
+    Ok(Ok(Diff {
+        ops,
+        model: after,
+        whole: false,
+        prints,
+        gone,
+    }))
+}
+
+fn same_set_type(a: &Set, b: &Set) -> bool {
+    a.key == b.key && a.interval == b.interval
+}
+
+fn hash_chain(c: &Chain, h: &mut FoldHasher<'static>) {
+    c.base.hash(h);
+    c.rules.hash(h);
+}
+
+fn hash_set(s: &Set, h: &mut FoldHasher<'static>) {
+    s.key.hash(h);
+    s.interval.hash(h);
+    s.elements.hash(h);
+    s.comment.hash(h);
+}
+
+fn hash_map(m: &VerdictMap, h: &mut FoldHasher<'static>) {
+    m.key.hash(h);
+    m.interval.hash(h);
+    m.elements.hash(h);
+    m.comment.hash(h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::{
+        BaseChain, ChainPolicy, Family, Field, Hook, KeyType, Match, Rule, Value, Verdict,
+    };
+
+    fn ip(s: &str) -> Vec<Value> {
+        vec![Value::Addr(s.parse().unwrap())]
+    }
+
+    /// A base chain jumping to `pods` for sources in `peers`; `pods` accepts sources in
+    /// `others`; a map dispatching to `pods`.
+    fn model() -> Ruleset {
+        let mut rs = Ruleset::default();
+        for (name, elems) in [
+            ("peers", ["10.0.0.1", "10.0.0.2"]),
+            ("others", ["10.0.1.1", "10.0.1.2"]),
+        ] {
+            rs.sets.insert(
+                name.into(),
+                Set {
+                    key: vec![KeyType::Ipv4Addr],
+                    elements: elems.iter().map(|e| ip(e)).collect(),
+                    ..Set::default()
+                },
+            );
+        }
+        let from = |set: &str| Match::Lookup {
+            fields: vec![Field::SrcAddr(Family::Ipv4)],
+            set: set.into(),
+            negate: false,
+        };
+        rs.chains.insert(
+            "forward".into(),
+            Chain {
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    priority: 0,
+                    policy: ChainPolicy::Accept,
+                }),
+                rules: vec![Rule::new(vec![from("peers")], Verdict::Jump("pods".into()))],
+            },
+        );
+        rs.chains.insert(
+            "pods".into(),
+            Chain {
+                base: None,
+                rules: vec![Rule::new(vec![from("others")], Verdict::Accept)],
+            },
+        );
+        rs.maps.insert(
+            "dispatch".into(),
+            VerdictMap {
+                key: vec![KeyType::Ipv4Addr],
+                elements: [(ip("10.0.2.1"), Verdict::Jump("pods".into()))].into(),
+                ..VerdictMap::default()
+            },
+        );
+        rs
+    }
+
+    fn programmed(rs: &Ruleset) -> Tracker {
+        let mut t = Tracker::new();
+        t.adopt(None);
+        let d = t.diff(rs).unwrap();
+        assert!(d.whole, "the first diff has nothing to compare against");
+        t.commit(d);
+        t
+    }
+
+    #[test]
+    fn only_a_changed_object_is_diffed() {
+        let rs = model();
+        let mut t = programmed(&rs);
+        let mut next = rs.clone();
+        next.sets
+            .get_mut("peers")
+            .unwrap()
+            .elements
+            .insert(ip("10.0.0.3"));
+        let d = t.diff(&next).unwrap();
+        assert!(!d.whole);
+        assert_eq!(d.model.sets.keys().collect::<Vec<_>>(), ["peers"]);
+        assert!(d.model.chains.is_empty() && d.model.maps.is_empty());
+        assert_eq!(
+            d.ops,
+            vec![Op::AddElements {
+                set: "peers".into(),
+                elements: vec![ip("10.0.0.3")]
+            }]
+        );
+        t.commit(d);
+        t.check(&next);
+        // Nothing changed: nothing to do.
+        let d = t.diff(&next).unwrap();
+        assert!(!d.whole && d.ops.is_empty());
+    }
+
+    #[test]
+    fn an_object_that_goes_is_deleted_and_forgotten() {
+        let rs = model();
+        let mut t = programmed(&rs);
+        let mut next = rs.clone();
+        next.maps.remove("dispatch");
+        let d = t.diff(&next).unwrap();
+        assert!(!d.whole);
+        assert!(
+            matches!(d.ops.as_slice(), [Op::DeleteSet { name, spec }] if name == "dispatch" && spec.map)
+        );
+        t.commit(d);
+        t.check(&next);
+    }
+
+    #[test]
+    fn a_set_that_goes_while_an_unchanged_chain_uses_it_is_refused() {
+        let rs = model();
+        let mut t = programmed(&rs);
+        let mut next = rs.clone();
+        next.sets.remove("others"); // "pods" (unchanged) still looks it up
+        assert!(matches!(t.diff(&next), Err(DataplaneError::Invalid(m)) if m.contains("others")));
+        // A chain that changes to jump to a base chain is refused by the partial check too.
+        let mut next = rs.clone();
+        next.chains.get_mut("pods").unwrap().rules[0].verdict = Some(
+            crate::ruleset::RuleVerdict::Verdict(Verdict::Jump("forward".into())),
+        );
+        assert!(
+            matches!(t.diff(&next), Err(DataplaneError::Invalid(m)) if m.contains("base chain"))
+        );
+        // The tracker is unchanged: the model still diffs to nothing.
+        assert!(t.diff(&rs).unwrap().ops.is_empty());
+    }
+
+    #[test]
+    fn a_change_of_kind_diffs_the_whole_model() {
+        let rs = model();
+        let mut t = programmed(&rs);
+        // "others" becomes an interval set: recreated, so the unchanged chain "pods" that
+        // uses it must be flushed and refilled around it, which only the whole diff sees.
+        let mut next = rs.clone();
+        next.sets.get_mut("others").unwrap().interval = true;
+        let d = t.diff(&next).unwrap();
+        assert!(d.whole);
+        assert!(
+            d.ops.contains(&Op::FlushChain {
+                name: "pods".into()
+            }),
+            "{:?}",
+            d.ops
+        );
+        t.commit(d);
+        t.check(&next);
+    }
+}
