@@ -18,7 +18,7 @@ use super::plan::{plan, validate, validate_objects, Op, Programmed};
 use super::DataplaneError;
 use crate::ruleset::{Chain, Ruleset, Set, VerdictMap};
 use foldhash::quality::{FoldHasher, RandomState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
 
 type Print = u64;
@@ -51,8 +51,18 @@ pub(crate) struct Diff {
     pub model: Ruleset,
     /// Whether the whole model was diffed.
     pub whole: bool,
+    /// The fingerprints after the diff: all of them (whole), or those of the changed objects
+    /// (partial; the rest stay).
     prints: Prints,
-    /// Names of the objects that went (already taken out of the programmed model).
+    /// Names of the objects that went.
+    gone: Vec<Gone>,
+}
+
+/// What changed between the fingerprints of the last programmed model and a new one.
+struct Changes {
+    chains: Vec<(String, Print)>,
+    sets: Vec<(String, Print)>,
+    maps: Vec<(String, Print)>,
     gone: Vec<Gone>,
 }
 
@@ -115,20 +125,64 @@ impl Tracker {
         }
     }
 
+    /// The objects of `objs` whose fingerprint differs from `old` or is new, and the names
+    /// in `old` that `objs` lacks. Allocates only for those.
+    fn changed<T>(
+        &self,
+        objs: &BTreeMap<String, T>,
+        old: &HashMap<String, Print>,
+        hash: impl Fn(&T, &mut FoldHasher<'static>),
+        gone: impl Fn(String) -> Gone,
+        out_gone: &mut Vec<Gone>,
+    ) -> Vec<(String, Print)> {
+        let mut changed = Vec::new();
+        let mut kept = 0;
+        for (name, obj) in objs {
+            let p = self.print(|h| hash(obj, h));
+            match old.get(name.as_str()) {
+                Some(q) => {
+                    kept += 1;
+                    if *q != p {
+                        changed.push((name.clone(), p));
+                    }
+                }
+                None => changed.push((name.clone(), p)),
+            }
+        }
+        if kept < old.len() {
+            out_gone.extend(
+                old.keys()
+                    .filter(|n| !objs.contains_key(n.as_str()))
+                    .map(|n| gone(n.clone())),
+            );
+        }
+        changed
+    }
+
     /// Validates `desired` and plans the transaction from what is programmed to it. Nothing
     /// changes in the tracker until [`Tracker::commit`] (after an error from the kernel, call
     /// [`Tracker::invalidate`]).
     pub fn diff(&mut self, desired: &Ruleset) -> Result<Diff, DataplaneError> {
-        let prints = self.prints_of(desired);
-        let prints = match (&self.prints, &self.programmed) {
-            (Some(old), Some(programmed)) => match partial(old, prints, programmed, desired)? {
-                Ok(diff) => return Ok(diff),
-                // An object changed kind: diff the whole model.
-                Err(prints) => prints,
-            },
-            _ => prints,
-        };
-        self.whole(desired, prints)
+        if let (Some(old), Some(programmed)) = (&self.prints, &self.programmed) {
+            let mut gone = Vec::new();
+            let changes = Changes {
+                chains: self.changed(
+                    &desired.chains,
+                    &old.chains,
+                    hash_chain,
+                    Gone::Chain,
+                    &mut gone,
+                ),
+                sets: self.changed(&desired.sets, &old.sets, hash_set, Gone::Set, &mut gone),
+                maps: self.changed(&desired.maps, &old.maps, hash_map, Gone::Map, &mut gone),
+                gone,
+            };
+            if let Some(diff) = partial(changes, programmed, desired)? {
+                return Ok(diff);
+            }
+            // An object changed kind: diff the whole model.
+        }
+        self.whole(desired, self.prints_of(desired))
     }
 
     fn whole(&self, desired: &Ruleset, prints: Prints) -> Result<Diff, DataplaneError> {
@@ -148,25 +202,39 @@ impl Tracker {
     pub fn commit(&mut self, diff: Diff) {
         if diff.whole {
             self.programmed = Some(Programmed::exact(diff.model));
-        } else {
-            // A partial diff is only made against a programmed model.
-            if let Some(p) = &mut self.programmed {
-                for g in diff.gone {
-                    match g {
-                        Gone::Chain(n) => drop(p.model.chains.remove(&n)),
-                        Gone::Set(n) => drop(p.model.sets.remove(&n)),
-                        Gone::Map(n) => drop(p.model.maps.remove(&n)),
-                    }
+            self.prints = Some(diff.prints);
+            return;
+        }
+        // A partial diff is only made against a programmed model and its fingerprints.
+        let (Some(p), Some(prints)) = (&mut self.programmed, &mut self.prints) else {
+            return;
+        };
+        for g in diff.gone {
+            match g {
+                Gone::Chain(n) => {
+                    p.model.chains.remove(&n);
+                    prints.chains.remove(&n);
                 }
-                p.model.chains.extend(diff.model.chains);
-                p.model.sets.extend(diff.model.sets);
-                p.model.maps.extend(diff.model.maps);
+                Gone::Set(n) => {
+                    p.model.sets.remove(&n);
+                    prints.sets.remove(&n);
+                }
+                Gone::Map(n) => {
+                    p.model.maps.remove(&n);
+                    prints.maps.remove(&n);
+                }
             }
         }
-        self.prints = Some(diff.prints);
+        p.model.chains.extend(diff.model.chains);
+        p.model.sets.extend(diff.model.sets);
+        p.model.maps.extend(diff.model.maps);
+        prints.chains.extend(diff.prints.chains);
+        prints.sets.extend(diff.prints.sets);
+        prints.maps.extend(diff.prints.maps);
     }
 
     /// Debug check: the programmed model is the canonical form of `desired`.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub fn check(&self, desired: &Ruleset) {
         if let Some(p) = &self.programmed {
             assert!(
@@ -177,59 +245,45 @@ impl Tracker {
     }
 }
 
-/// The diff of only the changed objects, or `Err(prints)` back when an object changed kind.
+/// The diff of only the changed objects, or `None` when an object changed kind.
 fn partial(
-    old: &Prints,
-    prints: Prints,
+    changes: Changes,
     programmed: &Programmed,
     desired: &Ruleset,
-) -> Result<Result<Diff, Prints>, DataplaneError> {
-    let changed = |new: &HashMap<String, Print>, old: &HashMap<String, Print>| -> Vec<String> {
-        new.iter()
-            .filter(|(n, p)| old.get(*n) != Some(*p))
-            .map(|(n, _)| n.clone())
-            .collect()
-    };
-    let gone = |new: &HashMap<String, Print>, old: &HashMap<String, Print>| -> Vec<String> {
-        old.keys()
-            .filter(|n| !new.contains_key(*n))
-            .cloned()
-            .collect()
-    };
-    let chains = changed(&prints.chains, &old.chains);
-    let sets = changed(&prints.sets, &old.sets);
-    let maps = changed(&prints.maps, &old.maps);
-    let gone_chains = gone(&prints.chains, &old.chains);
-    let gone_sets = gone(&prints.sets, &old.sets);
-    let gone_maps = gone(&prints.maps, &old.maps);
-
+) -> Result<Option<Diff>, DataplaneError> {
+    let Changes {
+        chains,
+        sets,
+        maps,
+        gone,
+    } = changes;
     let cur = &programmed.model;
-    let kind_changed = chains.iter().any(|n| {
+    let kind_changed = chains.iter().any(|(n, _)| {
         cur.chains
             .get(n)
             .is_some_and(|c| c.base.is_some() != desired.chains[n].base.is_some())
-    }) || sets.iter().any(|n| {
+    }) || sets.iter().any(|(n, _)| {
         cur.maps.contains_key(n)
             || cur
                 .sets
                 .get(n)
                 .is_some_and(|s| !same_set_type(s, &desired.sets[n]))
-    }) || maps.iter().any(|n| {
+    }) || maps.iter().any(|(n, _)| {
         cur.sets.contains_key(n)
             || cur.maps.get(n).is_some_and(|m| {
                 m.key != desired.maps[n].key || m.interval != desired.maps[n].interval
             })
     });
     if kind_changed {
-        return Ok(Err(prints));
+        return Ok(None);
     }
     // Something went: an unchanged object may still name it, which only the whole check sees.
-    if gone_chains.is_empty() && gone_sets.is_empty() && gone_maps.is_empty() {
+    if gone.is_empty() {
         validate_objects(
             desired,
-            chains.iter().map(String::as_str),
-            sets.iter().map(String::as_str),
-            maps.iter().map(String::as_str),
+            chains.iter().map(|(n, _)| n.as_str()),
+            sets.iter().map(|(n, _)| n.as_str()),
+            maps.iter().map(|(n, _)| n.as_str()),
         )
     } else {
         validate(desired)
@@ -239,51 +293,55 @@ fn partial(
     // The programmed and desired versions of every object that changed or went.
     let mut before = Programmed::default();
     let mut after = Ruleset::default();
-    for n in &chains {
-        if let Some(c) = cur.chains.get(n) {
+    let mut prints = Prints::default();
+    for (n, p) in chains {
+        if let Some(c) = cur.chains.get(&n) {
             before.model.chains.insert(n.clone(), c.clone());
         }
         after
             .chains
-            .insert(n.clone(), canonical_chain(&desired.chains[n]));
+            .insert(n.clone(), canonical_chain(&desired.chains[&n]));
+        prints.chains.insert(n, p);
     }
-    for n in &sets {
-        if let Some(s) = cur.sets.get(n) {
+    for (n, p) in sets {
+        if let Some(s) = cur.sets.get(&n) {
             before.model.sets.insert(n.clone(), s.clone());
         }
         after
             .sets
-            .insert(n.clone(), canonical_set(&desired.sets[n]));
+            .insert(n.clone(), canonical_set(&desired.sets[&n]));
+        prints.sets.insert(n, p);
     }
-    for n in &maps {
-        if let Some(m) = cur.maps.get(n) {
+    for (n, p) in maps {
+        if let Some(m) = cur.maps.get(&n) {
             before.model.maps.insert(n.clone(), m.clone());
         }
         after
             .maps
-            .insert(n.clone(), canonical_map(&desired.maps[n]));
+            .insert(n.clone(), canonical_map(&desired.maps[&n]));
+        prints.maps.insert(n, p);
     }
-    let mut gone = Vec::new();
-    for n in gone_chains {
-        if let Some(c) = cur.chains.get(&n) {
-            before.model.chains.insert(n.clone(), c.clone());
+    for g in &gone {
+        match g {
+            Gone::Chain(n) => {
+                if let Some(c) = cur.chains.get(n) {
+                    before.model.chains.insert(n.clone(), c.clone());
+                }
+            }
+            Gone::Set(n) => {
+                if let Some(s) = cur.sets.get(n) {
+                    before.model.sets.insert(n.clone(), s.clone());
+                }
+            }
+            Gone::Map(n) => {
+                if let Some(m) = cur.maps.get(n) {
+                    before.model.maps.insert(n.clone(), m.clone());
+                }
+            }
         }
-        gone.push(Gone::Chain(n));
-    }
-    for n in gone_sets {
-        if let Some(s) = cur.sets.get(&n) {
-            before.model.sets.insert(n.clone(), s.clone());
-        }
-        gone.push(Gone::Set(n));
-    }
-    for n in gone_maps {
-        if let Some(m) = cur.maps.get(&n) {
-            before.model.maps.insert(n.clone(), m.clone());
-        }
-        gone.push(Gone::Map(n));
     }
     let ops = plan(Some(&before), &after);
-    Ok(Ok(Diff {
+    Ok(Some(Diff {
         ops,
         model: after,
         whole: false,
