@@ -1505,8 +1505,8 @@ mod element_batch {
 mod conntrack {
     use std::io;
     use std::net::IpAddr;
+    use std::os::fd::{AsRawFd, OwnedFd};
 
-    const NETLINK_NETFILTER: i32 = 12;
     const NLM_F_REQUEST: u16 = 0x1;
     const NLM_F_ACK: u16 = 0x4;
     const NLM_F_DUMP: u16 = 0x300;
@@ -1524,29 +1524,14 @@ mod conntrack {
     const CTA_PROTO_DST_PORT: u16 = 3;
     const IPPROTO_UDP: u8 = 17;
 
-    pub(super) struct Socket(i32);
-
-    impl Drop for Socket {
-        fn drop(&mut self) {
-            // SAFETY: closing the descriptor this struct owns.
-            unsafe { libc::close(self.0) };
-        }
-    }
+    /// A NETLINK_NETFILTER socket ([`palisade_common::nfnetlink::socket`]) with a receive
+    /// timeout.
+    pub(super) struct Socket(OwnedFd);
 
     impl Socket {
         pub(super) fn open() -> io::Result<Socket> {
-            // SAFETY: plain socket(2); the fd is owned by the returned Socket.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    NETLINK_NETFILTER,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let s = Socket(fd);
+            let s = Socket(palisade_common::nfnetlink::socket()?);
+            let fd = s.0.as_raw_fd();
             let tv = libc::timeval {
                 tv_sec: 2,
                 tv_usec: 0,
@@ -1571,7 +1556,7 @@ mod conntrack {
             // SAFETY: valid fd, buffer and address of the stated sizes.
             let n = unsafe {
                 libc::sendto(
-                    self.0,
+                    self.0.as_raw_fd(),
                     msg.as_ptr().cast(),
                     msg.len(),
                     0,
@@ -1587,7 +1572,8 @@ mod conntrack {
 
         pub(super) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
             // SAFETY: valid fd and buffer.
-            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
