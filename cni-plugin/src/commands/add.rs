@@ -111,8 +111,9 @@ fn build(
     let host_ifname = att.host_ifname();
 
     // 1. Addresses, and the attachment on disk before anything exists in the kernel.
-    undo.ipam = true;
-    let reservation = ipam::reserve(conf, env, att)?;
+    // Undo releases the addresses only if this invocation recorded them: a concurrent ADD
+    // of the same attachment that loses must not free the winner's record.
+    let reservation = ipam::reserve(conf, env, att, &mut undo.ipam)?;
     crash_point("ipam-reserved");
     let ips = reservation.ips.clone();
     let has_v4 = ips.iter().any(IpAddr::is_ipv4);

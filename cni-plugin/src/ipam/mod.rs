@@ -26,11 +26,20 @@ pub fn store(conf: &NetConf) -> Store {
 }
 
 /// Reserve the attachment's addresses (the same ones again on a repeated ADD) and record it.
-pub fn reserve(conf: &NetConf, env: &Env, att: &Attachment) -> Result<Reservation> {
+/// `*created` is set, under the state lock, when this call made the record (else it already
+/// existed: a repeated or concurrent ADD of the same attachment, whose undo must not release
+/// what another invocation holds).
+pub fn reserve(
+    conf: &NetConf,
+    env: &Env,
+    att: &Attachment,
+    created: &mut bool,
+) -> Result<Reservation> {
     let store = store(conf);
     match &conf.ipam {
         Ipam::Builtin { range_sets } => {
             let mut locked = store.lock()?;
+            *created = locked.state.find(&att.container_id, &att.ifname).is_none();
             let ips = allocator::reserve(&mut locked.state, range_sets, att, &att.host_ifname())?;
             locked.commit()?;
             Ok(Reservation {
@@ -41,7 +50,8 @@ pub fn reserve(conf: &NetConf, env: &Env, att: &Attachment) -> Result<Reservatio
         Ipam::Delegated { plugin } => {
             {
                 let mut locked = store.lock()?;
-                if locked.state.find(&att.container_id, &att.ifname).is_none() {
+                *created = locked.state.find(&att.container_id, &att.ifname).is_none();
+                if *created {
                     locked.state.attachments.push(AttachmentRecord {
                         container_id: att.container_id.clone(),
                         ifname: att.ifname.clone(),
