@@ -54,6 +54,11 @@ impl Netns {
         self.file.as_raw_fd()
     }
 
+    /// The open namespace file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Run `f` on a fresh thread inside this namespace and return its result. The thread
     /// exits afterwards, so the namespace switch cannot leak into later work.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {

@@ -13,6 +13,7 @@ use crate::config::{Attachment, Env, NetConf};
 use crate::error::{CniError, Result};
 use crate::hostport::{self, PortMapping};
 use crate::ipam;
+use crate::ipam::store::LOCK_TIMEOUT;
 use crate::link::{
     self, Link, Mac, RouteMode, RouteSpec, VethEnd, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
 };
@@ -29,6 +30,21 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
     let att = env.attachment();
     let netns = open_netns(env.netns.as_deref().expect("CNI_NETNS validated for ADD"))?;
     let mappings = conf.port_mappings()?;
+    // Concurrent ADDs of one pod (a runtime retrying while the first still runs) go one
+    // after the other: each holds an exclusive lock on the pod's namespace file for its whole
+    // run, so one's undo cannot take back what another built. The kernel drops the lock when
+    // the process ends, also on kill -9.
+    match crate::ipam::store::flock_with_timeout(netns.file(), LOCK_TIMEOUT) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(CniError::TryAgain(format!(
+                "another ADD of a pod in {} has run for more than {}s",
+                netns.path,
+                LOCK_TIMEOUT.as_secs()
+            )))
+        }
+        Err(e) => warn(format!("cannot lock {}: {e}", netns.path)),
+    }
     let mut undo = Undo::default();
     let result = build(env, conf, att, &netns, &mappings, &mut undo);
     if result.is_err() {

@@ -176,7 +176,7 @@ impl Locked {
     }
 }
 
-fn flock_with_timeout(f: &File, timeout: Duration) -> std::io::Result<()> {
+pub(crate) fn flock_with_timeout(f: &File, timeout: Duration) -> std::io::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_micros(200);
     loop {
