@@ -244,3 +244,55 @@ impl Rule {
         self
     }
 }
+
+/// Which objects of a ruleset may differ from an earlier version of it: what its producer
+/// (the incremental compiler) rebuilt since that version. A dataplane given this diffs only
+/// these objects and those that appeared or went, instead of looking at every object.
+///
+/// Over-reporting is harmless (an object named here but unchanged produces no command);
+/// under-reporting would leave a change unprogrammed, so whoever cannot tell says `all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    /// Anything may have changed.
+    pub all: bool,
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+    pub maps: BTreeSet<String>,
+}
+
+impl Touched {
+    /// Anything may have changed.
+    pub fn all() -> Touched {
+        Touched {
+            all: true,
+            chains: BTreeSet::new(),
+            sets: BTreeSet::new(),
+            maps: BTreeSet::new(),
+        }
+    }
+
+    /// Nothing changed (yet).
+    pub fn none() -> Touched {
+        Touched {
+            all: false,
+            ..Touched::all()
+        }
+    }
+
+    /// Everything `other` names too (changes since an earlier point).
+    pub fn merge(&mut self, other: Touched) {
+        if self.all || other.all {
+            *self = Touched::all();
+            return;
+        }
+        self.chains.extend(other.chains);
+        self.sets.extend(other.sets);
+        self.maps.extend(other.maps);
+    }
+}
+
+impl Default for Touched {
+    fn default() -> Touched {
+        Touched::all()
+    }
+}

@@ -125,7 +125,7 @@ fn datapath_with_and_without_the_ruleset() {
         return;
     }
     let t = Topology::new("dp-bench");
-    let mut dp = t.dataplane(&format!("palt{}", std::process::id()));
+    let mut dp = t.dataplane(&format!("palt-{}", std::process::id()));
     let ruleset = bench_ruleset();
     let to: SocketAddr = format!("{B4}:9000").parse().unwrap();
     tcp_server(&t.b, 9000);

@@ -29,7 +29,7 @@ fn nft_apply_bench() {
     }
     let ns = Netns::new("nft-bench").unwrap();
     let mut dp = NftDataplane::new(NftOptions {
-        table: format!("palt{}", std::process::id()),
+        table: format!("palt-{}", std::process::id()),
         netns: Some(ns.path().to_path_buf()),
         ..NftOptions::default()
     });

@@ -13,13 +13,65 @@ use palisade_testutil::{kernel_tests_enabled, Netns};
 use std::net::SocketAddr;
 
 fn table_name() -> String {
-    format!("palt{}", std::process::id())
+    format!("palt-{}", std::process::id())
+}
+
+/// `rs` with every object renamed `t-<name>` (and every reference with it): names the
+/// dataplane can send in nft's own syntax, where the plain test names (`allow4`, `blocks`,
+/// ...) make it fall back to JSON.
+fn hyphenated(rs: &Ruleset) -> Ruleset {
+    let n = |s: &String| format!("t-{s}");
+    let verdict = |v: &Verdict| match v {
+        Verdict::Jump(c) => Verdict::Jump(n(c)),
+        Verdict::Goto(c) => Verdict::Goto(n(c)),
+        v => v.clone(),
+    };
+    let chain = |c: &Chain| {
+        let mut c = c.clone();
+        for r in &mut c.rules {
+            for m in &mut r.matches {
+                if let Match::Lookup { set, .. } = m {
+                    *set = n(set);
+                }
+            }
+            r.verdict = match r.verdict.take() {
+                Some(RuleVerdict::Verdict(v)) => Some(RuleVerdict::Verdict(verdict(&v))),
+                Some(RuleVerdict::Vmap { fields, map }) => Some(RuleVerdict::Vmap {
+                    fields,
+                    map: n(&map),
+                }),
+                None => None,
+            };
+        }
+        c
+    };
+    Ruleset {
+        chains: rs.chains.iter().map(|(k, c)| (n(k), chain(c))).collect(),
+        sets: rs.sets.iter().map(|(k, v)| (n(k), v.clone())).collect(),
+        maps: rs
+            .maps
+            .iter()
+            .map(|(k, m)| {
+                let mut m = m.clone();
+                m.elements = m
+                    .elements
+                    .iter()
+                    .map(|(e, v)| (e.clone(), verdict(v)))
+                    .collect();
+                (n(k), m)
+            })
+            .collect(),
+    }
 }
 
 fn single(tag: &str) -> (Netns, NftDataplane) {
+    single_with_table(tag, table_name())
+}
+
+fn single_with_table(tag: &str, table: String) -> (Netns, NftDataplane) {
     let ns = Netns::new(tag).unwrap();
     let dp = NftDataplane::new(palisade_policy::nft::NftOptions {
-        table: table_name(),
+        table,
         netns: Some(ns.path().to_path_buf()),
         ..Default::default()
     });
@@ -229,19 +281,59 @@ fn rich() -> Ruleset {
 }
 
 #[test]
-fn programs_reads_back_and_follows_a_sequence_of_changes() {
+fn programs_reads_back_and_follows_a_sequence_of_changes_as_json() {
+    sequence_of_changes(false);
+}
+
+/// The same sequence with names nft's own syntax can carry: every transaction goes as an nft
+/// script instead of JSON.
+#[test]
+fn programs_reads_back_and_follows_a_sequence_of_changes_as_script() {
+    sequence_of_changes(true);
+}
+
+fn sequence_of_changes(script: bool) {
     if !kernel_tests_enabled() {
         return;
     }
-    let (ns, mut dp) = single("nft-seq");
+    // A table name without a hyphen cannot go in nft's syntax: everything goes as JSON.
+    // The script variant also starts cold in three steps (see `staged_cold_start`), whatever
+    // the number of elements.
+    let (ns, mut dp) = if script {
+        let ns = Netns::new("nft-seqs").unwrap();
+        let dp = NftDataplane::new(palisade_policy::nft::NftOptions {
+            table: table_name(),
+            netns: Some(ns.path().to_path_buf()),
+            staged_min_elements: 1,
+            ..Default::default()
+        });
+        (ns, dp)
+    } else {
+        single_with_table("nft-seqj", format!("paltj{}", std::process::id()))
+    };
+    let m = |rs: &Ruleset| if script { hyphenated(rs) } else { rs.clone() };
+    // Applies a model and checks what the kernel then holds and which syntax carried it.
+    let apply = |dp: &mut NftDataplane, rs: &Ruleset| {
+        let stats = dp.apply(&m(rs)).unwrap();
+        let last = dp.last_apply();
+        if stats.commands > 0 && !last.via_netlink {
+            assert_eq!(last.script, script, "sent as an nft script: {stats:?}");
+        }
+        assert_programmed(dp, &m(rs));
+        stats
+    };
     // A table someone else owns in the same namespace must survive everything.
     ns.sh("nft add table inet bystander && nft add chain inet bystander c")
         .unwrap();
 
     let rs = rich();
-    let s = dp.apply(&rs).unwrap();
+    let s = apply(&mut dp, &rs);
     assert!(s.full);
-    assert_programmed(&dp, &rs);
+    assert_eq!(
+        dp.last_apply().staged,
+        script,
+        "a cold start in three steps"
+    );
 
     // One element in: one command.
     let mut rs2 = rs.clone();
@@ -250,8 +342,7 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
         Value::Proto(6),
         Value::Port(80),
     ]);
-    assert_eq!(dp.apply(&rs2).unwrap().commands, 1);
-    assert_programmed(&dp, &rs2);
+    assert_eq!(apply(&mut dp, &rs2).commands, 1);
 
     // Interval set: a wider prefix swallowing an element (merged, delete + add in order).
     let mut rs3 = rs2.clone();
@@ -260,8 +351,7 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
         .unwrap()
         .elements
         .insert(vec![prefix("172.16.0.0/12")]);
-    dp.apply(&rs3).unwrap();
-    assert_programmed(&dp, &rs3);
+    apply(&mut dp, &rs3);
 
     // A chain's rules change; a map element re-points; a set changes type under its user.
     let mut rs4 = rs3.clone();
@@ -289,8 +379,7 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
             vec![vec![Value::IfName("eth1".into())]],
         ),
     );
-    dp.apply(&rs4).unwrap();
-    assert_programmed(&dp, &rs4);
+    apply(&mut dp, &rs4);
 
     // Base chain policy and hook priority change.
     let mut rs5 = rs4.clone();
@@ -306,20 +395,17 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
         .as_mut()
         .unwrap()
         .policy = ChainPolicy::Drop;
-    dp.apply(&rs5).unwrap();
-    assert_programmed(&dp, &rs5);
+    apply(&mut dp, &rs5);
 
     // Drop the extras: chains, sets and maps deleted after their users.
     let rs6 = two_pods(A4, B4, A6, B6, &[(6, 8080)]);
-    dp.apply(&rs6).unwrap();
-    assert_programmed(&dp, &rs6);
-    dp.apply(&Ruleset::default()).unwrap();
-    assert_programmed(&dp, &Ruleset::default());
+    apply(&mut dp, &rs6);
+    apply(&mut dp, &Ruleset::default());
 
     // Resync from what is programmed after invalidate: nothing to do.
-    dp.apply(&rs).unwrap();
+    apply(&mut dp, &rs);
     dp.invalidate();
-    let s = dp.apply(&rs).unwrap();
+    let s = dp.apply(&m(&rs)).unwrap();
     assert!(s.full);
     assert_eq!(s.commands, 0, "adopting an identical table sends nothing");
 
@@ -329,6 +415,133 @@ fn programs_reads_back_and_follows_a_sequence_of_changes() {
         ns.sh_ok("nft list chain inet bystander c"),
         "other tables are never touched"
     );
+}
+
+/// Every whole-word name the dataplane sends in nft's own syntax
+/// (`palisade_policy::nft::SCRIPT_WORDS`) really is an identifier there: as the table, as
+/// chains (jumped to), as sets (looked up) and as verdict maps, and nft holds exactly that.
+#[test]
+fn script_names_are_identifiers() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let words = palisade_policy::nft::SCRIPT_WORDS;
+    for table in words {
+        let (_ns, mut dp) = single_with_table("nft-words", table.to_string());
+        for as_map in [false, true] {
+            let mut rs = Ruleset::default();
+            let mut user = Chain::default();
+            for w in words {
+                rs.chains.insert(w.to_string(), Chain::default());
+                user.rules
+                    .push(Rule::new(vec![], Verdict::Jump(w.to_string())));
+                if as_map {
+                    let mut m = VerdictMap {
+                        key: vec![KeyType::Ipv4Addr],
+                        ..VerdictMap::default()
+                    };
+                    m.elements
+                        .insert(vec![addr("10.9.0.1")], Verdict::Goto(w.to_string()));
+                    rs.maps.insert(w.to_string(), m);
+                    user.rules.push(vmap(&[Field::SrcAddr(Family::Ipv4)], w));
+                } else {
+                    rs.sets.insert(
+                        w.to_string(),
+                        set(&[KeyType::Ipv4Addr], false, vec![vec![addr("10.9.0.1")]]),
+                    );
+                    user.rules.push(Rule::new(
+                        vec![lookup(&[Field::SrcAddr(Family::Ipv4)], w)],
+                        Verdict::Accept,
+                    ));
+                }
+            }
+            rs.chains.insert("t-user".into(), user);
+            dp.apply(&rs)
+                .unwrap_or_else(|e| panic!("table {table}, maps {as_map}: {e}"));
+            assert!(dp.last_apply().script, "table {table} went as a script");
+            assert_programmed(&dp, &rs);
+            // Deleting everything: every name also in a delete command.
+            dp.apply(&Ruleset::default()).unwrap();
+            assert!(dp.last_apply().script);
+            assert_programmed(&dp, &Ruleset::default());
+        }
+    }
+}
+
+/// A directory removed when dropped (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cold start in three steps whose last step (attaching the base chains) fails: what was
+/// made has no base chain, so no hook and no effect on any packet; the next apply reads it
+/// back and converges.
+#[test]
+fn a_cold_start_in_steps_attaches_nothing_until_its_last_step() {
+    use std::os::unix::fs::PermissionsExt;
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("{}-nftwrap", table_name())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let refuse = dir.0.join("refuse");
+    let wrapper = dir.0.join("nft");
+    // nft, except that while `refuse` exists it refuses any input that names a hook.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nin=$(cat)\nif [ -e {r} ] && printf '%s' \"$in\" | grep -q hook; then\n  \
+             echo 'refused by the test' >&2; exit 1\nfi\nprintf '%s' \"$in\" | exec nft \"$@\"\n",
+            r = refuse.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&refuse, "").unwrap();
+
+    let ns = Netns::new("nft-staged").unwrap();
+    let mut dp = NftDataplane::new(palisade_policy::nft::NftOptions {
+        table: table_name(),
+        nft: wrapper.clone(),
+        netns: Some(ns.path().to_path_buf()),
+        staged_min_elements: 1,
+        ..Default::default()
+    });
+    let rs = hyphenated(&rich());
+    match dp.apply(&rs) {
+        Err(DataplaneError::Nft(msg)) => assert!(msg.contains("refused by the test"), "{msg}"),
+        other => panic!("the last step must fail: {other:?}"),
+    }
+    assert!(dp.last_apply().staged);
+    let made = dp.list().unwrap().expect("the first steps made the table");
+    let model = &made.programmed.model;
+    assert!(
+        model.chains.values().all(|c| c.base.is_none()),
+        "no base chain before the last step"
+    );
+    assert!(
+        model.chains.contains_key("t-in-b"),
+        "regular chains were made"
+    );
+    assert_eq!(
+        model.sets["t-allow4"].elements,
+        canonicalize(&rs).sets["t-allow4"].elements,
+        "elements went in as netlink batches"
+    );
+    assert!(
+        !ns.sh("nft list ruleset").unwrap().contains("hook"),
+        "nothing is attached to a hook"
+    );
+
+    std::fs::remove_file(&refuse).unwrap();
+    let s = dp.apply(&rs).unwrap();
+    assert!(s.full, "after an error the table is read back");
+    assert!(!dp.last_apply().staged, "the table exists: one transaction");
+    assert_programmed(&dp, &rs);
 }
 
 #[test]

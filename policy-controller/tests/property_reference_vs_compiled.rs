@@ -491,10 +491,42 @@ proptest! {
     }
 }
 
+/// Whether `touched` names every object of `now` that differs from (or is absent in) `before`.
+fn touched_covers(
+    before: &palisade_policy::ruleset::Ruleset,
+    now: &palisade_policy::ruleset::Ruleset,
+    touched: &palisade_policy::ruleset::Touched,
+) -> Result<(), String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    fn check<T: PartialEq>(
+        kind: &str,
+        before: &BTreeMap<String, T>,
+        now: &BTreeMap<String, T>,
+        named: &BTreeSet<String>,
+    ) -> Result<(), String> {
+        match now
+            .iter()
+            .find(|(n, o)| before.get(*n) != Some(*o) && !named.contains(*n))
+        {
+            Some((n, _)) => Err(format!("{kind} {n} changed but is not reported as touched")),
+            None => Ok(()),
+        }
+    }
+    if touched.all {
+        return Ok(());
+    }
+    check("chain", &before.chains, &now.chains, &touched.chains)?;
+    check("set", &before.sets, &now.sets, &touched.sets)?;
+    check("map", &before.maps, &now.maps, &touched.maps)
+}
+
 /// Morph cluster A into cluster B one change at a time; after every change the incremental
-/// compiler's ruleset equals a full compile of the same state.
+/// compiler's ruleset equals a full compile of the same state. Every compile's report of
+/// what it rebuilt ([`Compiler::ruleset_and_touched`]) covers every object that changed, and
+/// a fake dataplane told only that stays equal to the full compile.
 fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
     use palisade_policy::compile::{compile, Change, Compiler};
+    use palisade_policy::nft::{canonicalize, Dataplane, FakeDataplane};
     let a = gen_cluster(&mut Choices {
         bytes: bytes_a,
         at: 0,
@@ -540,10 +572,15 @@ fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
     // Interleave: pods and policies changing in an order that is not the natural one.
     let rotation = bytes_b.first().copied().unwrap_or(0) as usize % changes.len().max(1);
     changes.rotate_left(rotation);
+    let mut dp = FakeDataplane::new("palisade");
+    let mut last = palisade_policy::ruleset::Ruleset::default();
+    let mut first = true;
     for (i, change) in changes.into_iter().enumerate() {
         let what = format!("{change:?}");
         compiler.apply(change);
-        // Compile only every other step too, so that changes also accumulate between compiles.
+        // Compile only every other step too, so that changes also accumulate between compiles;
+        // take the report of what was rebuilt every third step, so that it accumulates over
+        // several compiles as well.
         if i % 2 == 0 {
             let want = compile(compiler.state(), &opts);
             if compiler.ruleset() != want {
@@ -551,6 +588,24 @@ fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
                     "after change {i} ({what}): incremental differs from full"
                 ));
             }
+        }
+        if i % 3 == 0 {
+            let (now, touched) = compiler.ruleset_and_touched();
+            if first && !touched.all {
+                return Err("the first report must say everything".into());
+            }
+            first = false;
+            touched_covers(&last, now, &touched)
+                .map_err(|e| format!("after change {i} ({what}): {e}"))?;
+            dp.apply_touched(now, &touched)
+                .map_err(|e| format!("after change {i} ({what}): apply: {e}"))?;
+            if dp.table() != Some(&canonicalize(now)) {
+                return Err(format!(
+                    "after change {i} ({what}): the fake dataplane, told what was touched, \
+                     differs from the model"
+                ));
+            }
+            last = now.clone();
         }
     }
     let want = compile(compiler.state(), &opts);

@@ -373,9 +373,11 @@ impl SyncWorker {
         let (result, size) = blocking(|| {
             // Borrowed, not cloned: at 10k pods the copy would cost more than the diff.
             let mut compiler = lock(&compiler);
-            let ruleset = compiler.ruleset_ref();
+            // Only what the compiler rebuilt since the last apply is diffed; a failed apply
+            // makes the dataplane resync in full next time, so the hint is never lost.
+            let (ruleset, touched) = compiler.ruleset_and_touched();
             let size = RulesetSize::of(ruleset);
-            (dataplane.apply(ruleset), size)
+            (dataplane.apply_touched(ruleset, &touched), size)
         });
         let duration = started.elapsed();
         self.last_sync_duration = duration;

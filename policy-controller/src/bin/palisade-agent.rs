@@ -199,6 +199,7 @@ fn run(args: RunArgs) -> Result<()> {
             nft: config.nft.clone(),
             netns: None,
             netlink_elements: args.netlink_elements,
+            ..NftOptions::default()
         });
         let running = agent::start(config, client, Box::new(dataplane)).await?;
         tokio::select! {

@@ -92,7 +92,7 @@ use crate::model::api::NetworkPolicy;
 use crate::model::selector::{NamespaceScope, PodSelection};
 use crate::model::Labels;
 use crate::model::{ClusterState, Name, NodeInfo, ObjectKey, PodInfo};
-use crate::ruleset::Ruleset;
+use crate::ruleset::{Ruleset, Touched};
 use std::collections::{BTreeSet, HashMap};
 
 /// What the compiler needs to know besides cluster state.
@@ -138,6 +138,8 @@ pub struct Compiler {
     /// Chains, maps or the set list must be rebuilt (a local pod, a policy changed).
     structure_dirty: bool,
     output: Ruleset,
+    /// The objects of `output` rebuilt since [`Compiler::take_touched`] was last called.
+    touched: Touched,
 }
 
 /// Lookup structures over [`ClusterState`], maintained per change.
@@ -201,6 +203,7 @@ impl Compiler {
             cache: plan::Cache::default(),
             structure_dirty: true,
             output: Ruleset::default(),
+            touched: Touched::all(),
         }
     }
 
@@ -298,16 +301,33 @@ impl Compiler {
         &self.output
     }
 
+    /// The current ruleset, and which of its objects were rebuilt since the last call (all of
+    /// them the first time): what the dataplane needs to look at, see [`Touched`].
+    pub fn ruleset_and_touched(&mut self) -> (&Ruleset, Touched) {
+        self.refresh();
+        let touched = std::mem::replace(&mut self.touched, Touched::none());
+        (&self.output, touched)
+    }
+
     fn refresh(&mut self) {
         if self.structure_dirty {
             let previous = std::mem::take(&mut self.output);
-            self.output = self
-                .cache
-                .rebuild(&self.state, &self.index, &self.opts, previous);
+            self.output = self.cache.rebuild(
+                &self.state,
+                &self.index,
+                &self.opts,
+                previous,
+                &mut self.touched,
+            );
             self.structure_dirty = false;
         } else {
-            self.cache
-                .refresh_sets(&self.state, &self.index, &self.opts, &mut self.output);
+            self.cache.refresh_sets(
+                &self.state,
+                &self.index,
+                &self.opts,
+                &mut self.output,
+                &mut self.touched,
+            );
         }
     }
 }
@@ -315,7 +335,7 @@ impl Compiler {
 /// Full compile from scratch.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     let index = Index::build(state, &opts.node);
-    plan::Cache::default().rebuild(state, &index, opts, Ruleset::default())
+    plan::Cache::default().rebuild(state, &index, opts, Ruleset::default(), &mut Touched::all())
 }
 
 /// The pods a selection holds: live, non-host-network pods with IPs (anywhere in the cluster)

@@ -9,13 +9,18 @@ use crate::model::selector::{selector_matches, NamespaceScope, PodSelection};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
     BaseChain, Chain, ChainPolicy, CmpOp, CtState, Family, Field, Hook, KeyType, Match, Rule,
-    RuleVerdict, Ruleset, Set, Statement, Value, Verdict, VerdictMap,
+    RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict, VerdictMap,
 };
 use ipnet::IpNet;
 use palisade_common::HOST_VETH_PREFIX;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+
+/// A fast hasher for the compiler's name- and key-indexed caches (looked up thousands of times
+/// per structural rebuild; their keys are not attacker-chosen beyond what the API server
+/// admits, and foldhash seeds per process).
+type Fast = foldhash::fast::RandomState;
 
 pub const FORWARD_CHAIN: &str = "forward";
 pub const INPUT_CHAIN: &str = "input";
@@ -141,16 +146,19 @@ pub(crate) struct Cache {
     /// sets were last materialised.
     dirty: HashSet<PodSelection>,
     /// The sets of the current structure, by name.
-    specs: BTreeMap<String, SetSpec>,
+    specs: HashMap<String, SetSpec, Fast>,
     /// Per-policy chains as last built, reused while the policy's spec is unchanged (they
     /// depend on nothing else: the sets they use are named by what they stand for).
-    policy_chains: HashMap<(Direction, ObjectKey), CachedPolicyChain>,
+    policy_chains: HashMap<(Direction, ObjectKey), CachedPolicyChain, Fast>,
+    /// [`policy_chain_name`] of the policies in use (a hash of a JSON text: worth keeping).
+    chain_names: HashMap<(Direction, ObjectKey), String, Fast>,
 }
 
 #[derive(Debug, Clone)]
 struct CachedPolicyChain {
     spec: crate::model::api::NetworkPolicySpec,
     rules: Vec<Rule>,
+    /// The sets the rules use, each once.
     sets: Vec<(String, SetSpec)>,
 }
 
@@ -239,6 +247,7 @@ impl Cache {
         index: &Index,
         opts: &CompileOptions,
         out: &mut Ruleset,
+        touched: &mut Touched,
     ) {
         if self.dirty.is_empty() {
             return;
@@ -251,6 +260,9 @@ impl Cache {
             .collect();
         for (name, spec) in stale {
             let set = self.materialise(state, index, opts, &spec);
+            if !touched.all {
+                touched.sets.insert(name.clone());
+            }
             out.sets.insert(name, set);
         }
         self.dirty.clear();
@@ -265,16 +277,19 @@ impl Cache {
         index: &Index,
         opts: &CompileOptions,
         mut previous: Ruleset,
+        touched: &mut Touched,
     ) -> Ruleset {
         let mut b = Builder {
             state,
             opts,
-            specs: BTreeMap::new(),
+            specs: HashMap::default(),
             chains: BTreeMap::new(),
             recording: None,
             policy_cache: std::mem::take(&mut self.policy_chains),
-            used_policies: HashSet::new(),
+            chain_names: std::mem::take(&mut self.chain_names),
+            used_policies: HashSet::default(),
             previous_chains: std::mem::take(&mut previous.chains),
+            reused: HashSet::default(),
         };
         let maps = b.dispatch(index);
         b.base_chains();
@@ -282,11 +297,29 @@ impl Cache {
             specs,
             chains,
             mut policy_cache,
+            mut chain_names,
             used_policies,
+            previous_chains,
+            reused,
             ..
         } = b;
         policy_cache.retain(|k, _| used_policies.contains(k));
+        chain_names.retain(|k, _| used_policies.contains(k));
         self.policy_chains = policy_cache;
+        self.chain_names = chain_names;
+        // What differs from the previous output (what went, the dataplane sees by name).
+        if !touched.all {
+            for (name, chain) in &chains {
+                if !reused.contains(name) && previous_chains.get(name) != Some(chain) {
+                    touched.chains.insert(name.clone());
+                }
+            }
+            for (name, map) in &maps {
+                if previous.maps.get(name) != Some(map) {
+                    touched.maps.insert(name.clone());
+                }
+            }
+        }
 
         let mut sets = BTreeMap::new();
         for (name, spec) in &specs {
@@ -297,7 +330,12 @@ impl Cache {
                 || spec.selection().is_some_and(|s| self.dirty.contains(s));
             let set = match previous.sets.remove(name) {
                 Some(set) if !stale => set,
-                _ => self.materialise(state, index, opts, spec),
+                _ => {
+                    if !touched.all {
+                        touched.sets.insert(name.clone());
+                    }
+                    self.materialise(state, index, opts, spec)
+                }
             };
             sets.insert(name.clone(), set);
         }
@@ -459,14 +497,17 @@ fn truncate(mut s: String, max: usize) -> String {
 struct Builder<'a> {
     state: &'a ClusterState,
     opts: &'a CompileOptions,
-    specs: BTreeMap<String, SetSpec>,
+    specs: HashMap<String, SetSpec, Fast>,
     chains: BTreeMap<String, Chain>,
     /// While building one policy's chain: the sets it uses, for the cache.
     recording: Option<Vec<(String, SetSpec)>>,
-    policy_cache: HashMap<(Direction, ObjectKey), CachedPolicyChain>,
-    used_policies: HashSet<(Direction, ObjectKey)>,
+    policy_cache: HashMap<(Direction, ObjectKey), CachedPolicyChain, Fast>,
+    chain_names: HashMap<(Direction, ObjectKey), String, Fast>,
+    used_policies: HashSet<(Direction, ObjectKey), Fast>,
     /// The chains of the previous output, reused for policy chains served from the cache.
     previous_chains: BTreeMap<String, Chain>,
+    /// Chains moved unchanged from the previous output.
+    reused: HashSet<String, Fast>,
 }
 
 /// One rule's peers (`from` / `to`) and ports, as written.
@@ -492,6 +533,16 @@ struct PortAlts {
 }
 
 impl Builder<'_> {
+    /// [`policy_chain_name`], remembered across compiles.
+    fn policy_chain(&mut self, direction: Direction, key: &ObjectKey) -> String {
+        if let Some(n) = self.chain_names.get(&(direction, key.clone())) {
+            return n.clone();
+        }
+        let n = policy_chain_name(direction, key);
+        self.chain_names.insert((direction, key.clone()), n.clone());
+        n
+    }
+
     fn set(&mut self, spec: SetSpec) -> String {
         let name = spec.name();
         if let Some(rec) = self.recording.as_mut() {
@@ -506,6 +557,7 @@ impl Builder<'_> {
         &mut self,
         direction: Direction,
         key: &ObjectKey,
+        name: &str,
         policy: &NetworkPolicy,
     ) -> Vec<Rule> {
         let cache_key = (direction, key.clone());
@@ -524,12 +576,10 @@ impl Builder<'_> {
             }
             // The previous output holds exactly these rules (built from this entry): move
             // them instead of cloning.
-            return match self
-                .previous_chains
-                .remove(&policy_chain_name(direction, key))
-            {
+            return match self.previous_chains.remove(name) {
                 Some(chain) => {
                     debug_assert!(chain.rules == cached.rules, "previous chain of {key}");
+                    self.reused.insert(name.to_string());
                     chain.rules
                 }
                 None => cached.rules.clone(),
@@ -537,7 +587,9 @@ impl Builder<'_> {
         }
         self.recording = Some(Vec::new());
         let rules = self.policy_rules(direction, key, policy);
-        let sets = self.recording.take().unwrap_or_default();
+        let mut sets = self.recording.take().unwrap_or_default();
+        sets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sets.dedup_by(|a, b| a.0 == b.0);
         self.policy_cache.insert(
             cache_key,
             CachedPolicyChain {
@@ -617,14 +669,14 @@ impl Builder<'_> {
         }
         let mut policy_chains: BTreeSet<(Direction, ObjectKey)> = BTreeSet::new();
         for ((direction, policies), chain) in &classes {
-            let mut rules: Vec<Rule> = policies
-                .iter()
-                .map(|p| {
-                    policy_chains.insert((*direction, p.clone()));
-                    Rule::new(vec![], Verdict::Jump(policy_chain_name(*direction, p)))
-                        .with_comment(p.to_string())
-                })
-                .collect();
+            let mut rules: Vec<Rule> = Vec::with_capacity(policies.len() + 2);
+            for p in policies {
+                policy_chains.insert((*direction, p.clone()));
+                rules.push(
+                    Rule::new(vec![], Verdict::Jump(self.policy_chain(*direction, p)))
+                        .with_comment(p.to_string()),
+                );
+            }
             if let Some(group) = self.opts.nflog_group {
                 // A rule of its own: a rate limit that is exceeded ends the rule, and must not
                 // skip the drop.
@@ -651,11 +703,9 @@ impl Builder<'_> {
         }
         for (direction, key) in policy_chains {
             let policy = &self.state.policies[&key];
-            let rules = self.cached_policy_rules(direction, &key, policy);
-            self.chains.insert(
-                policy_chain_name(direction, &key),
-                Chain { base: None, rules },
-            );
+            let name = self.policy_chain(direction, &key);
+            let rules = self.cached_policy_rules(direction, &key, &name, policy);
+            self.chains.insert(name, Chain { base: None, rules });
         }
         maps
     }

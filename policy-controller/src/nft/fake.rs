@@ -7,7 +7,9 @@
 use super::plan::{chain_set_refs, rule_chain_refs, Op, Programmed, SetSpec};
 use super::tracker::Tracker;
 use super::{text, ApplyStats, Dataplane, DataplaneError};
-use crate::ruleset::{Chain, Match, RuleVerdict, Ruleset, Set, Value, Verdict, VerdictMap};
+use crate::ruleset::{
+    Chain, Match, RuleVerdict, Ruleset, Set, Touched, Value, Verdict, VerdictMap,
+};
 
 #[derive(Debug, Clone)]
 pub struct FakeDataplane {
@@ -73,13 +75,27 @@ impl FakeDataplane {
 
 impl Dataplane for FakeDataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
+        self.apply_touched(desired, &Touched::all())
+    }
+
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &Touched,
+    ) -> Result<ApplyStats, DataplaneError> {
         let full = !self.tracker.known();
         if full {
             // Adoption: what the kernel holds, as a listing would show it.
             self.tracker
                 .adopt(self.table.clone().map(Programmed::exact));
         }
-        let diff = self.tracker.diff(desired)?;
+        let diff = match self.tracker.diff(desired, touched) {
+            Ok(d) => d,
+            Err(e) => {
+                self.tracker.invalidate();
+                return Err(e);
+            }
+        };
         let n = diff.ops.len();
         if n > 0 {
             let fail = std::mem::take(&mut self.fail_next);

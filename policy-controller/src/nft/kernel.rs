@@ -1,13 +1,15 @@
 //! The real dataplane: runs `nft` as a child process (optionally inside a network namespace
-//! through `nsenter`), sends each transaction as one JSON document on stdin (`nft -j -f -`:
-//! one file is one atomic transaction), and reads the table back as JSON. A transaction of
-//! element changes only (pod churn) goes as one netlink batch instead ([`super::netlink`]).
+//! through `nsenter`), sends each transaction as one document on stdin (`nft -f -`: one file
+//! is one atomic transaction) and reads the table back as JSON. The document is nft's own
+//! syntax ([`super::text::script`]), or JSON when a name or string cannot be written in that
+//! syntax. A transaction of element changes only (pod churn) goes as one netlink batch
+//! instead ([`super::netlink`]).
 
 use super::parse::{parse_listing, Listing, RuleCounter};
 use super::plan::Op;
 use super::tracker::Tracker;
 use super::{text, ApplyStats, Dataplane, DataplaneError};
-use crate::ruleset::Ruleset;
+use crate::ruleset::{Ruleset, Touched};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -24,6 +26,10 @@ pub struct NftOptions {
     pub netns: Option<PathBuf>,
     /// Send element-only transactions as a netlink batch rather than through nft.
     pub netlink_elements: bool,
+    /// A cold start (no table yet) with at least this many set elements goes in three
+    /// steps, its elements as netlink batches (`NftDataplane::staged_cold_start`); needs
+    /// `netlink_elements`.
+    pub staged_min_elements: usize,
 }
 
 impl Default for NftOptions {
@@ -33,6 +39,7 @@ impl Default for NftOptions {
             nft: PathBuf::from("nft"),
             netns: None,
             netlink_elements: true,
+            staged_min_elements: 4096,
         }
     }
 }
@@ -40,16 +47,22 @@ impl Default for NftOptions {
 /// Timing and size of the last transaction (for metrics and benchmarks).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LastApply {
-    /// Bytes of JSON sent to nft.
+    /// Bytes sent (nft script, nft JSON or netlink batch).
     pub bytes: usize,
+    /// The transaction went to nft in its own syntax rather than JSON (see
+    /// [`super::text::script`]).
+    pub script: bool,
     /// Wall time of the nft run that applied it.
     pub nft_time: Duration,
     /// Wall time of the listing read and parse for a resync (zero for a diff).
     pub list_time: Duration,
-    /// Time spent in this process: validate, canonicalize, diff, render JSON.
+    /// Time spent in this process: validate, canonicalize, diff, render the transaction.
     pub cpu_time: Duration,
     /// The transaction went as a netlink batch (element changes only), not through nft.
     pub via_netlink: bool,
+    /// The transaction was a cold start in three steps (see
+    /// `NftDataplane::staged_cold_start`).
+    pub staged: bool,
     /// The kernel refused the netlink batch and the same commands went through nft: the
     /// refusal, for the log (a bug in the batch encoder if nft then succeeded).
     pub netlink_refused: Option<String>,
@@ -172,12 +185,21 @@ impl NftDataplane {
     /// error carries nft's message and the transaction in text form.
     pub fn send(&mut self, ops: &[Op]) -> Result<(), DataplaneError> {
         let t = Instant::now();
-        let doc = super::json::transaction(&self.opts.table, ops);
+        // nft's own syntax when every name allows it (always, for the compiler's names),
+        // JSON otherwise.
+        let (args, doc): (&[&str], String) = match text::script(&self.opts.table, ops) {
+            Some(script) => (&["-f", "-"], script),
+            None => (
+                &["-j", "-f", "-"],
+                super::json::transaction(&self.opts.table, ops),
+            ),
+        };
         self.last.cpu_time += t.elapsed();
-        self.last.bytes = doc.len();
+        self.last.bytes += doc.len();
+        self.last.script = args.len() == 2;
         let t = Instant::now();
-        let res = self.run(&["-j", "-f", "-"], Some(doc.as_bytes()));
-        self.last.nft_time = t.elapsed();
+        let res = self.run(args, Some(doc.as_bytes()));
+        self.last.nft_time += t.elapsed();
         res.map(|_| ()).map_err(|e| match e {
             DataplaneError::Nft(msg) => {
                 DataplaneError::Nft(format!("{msg}\ntransaction:\n{}", describe(ops)))
@@ -219,6 +241,105 @@ impl NftDataplane {
         }
     }
 
+    /// A cold start (no table yet) with many set elements, in three steps instead of one nft
+    /// transaction: (1) through nft, the table, its sets and maps (empty), its regular chains
+    /// and their rules, and the elements of interval sets; (2) as netlink batches, every
+    /// other element (nft parses tens of thousands of elements far slower than the kernel
+    /// takes them); (3) through nft, the base chains and their rules.
+    ///
+    /// Traffic sees exactly what one transaction would give: until (3) the table has no base
+    /// chain, so no hook, and packets pass as if it did not exist (as they did before it
+    /// existed); (3) attaches the complete table at once. If a step fails, the error is
+    /// returned and the next apply reads back what was made and converges in one transaction
+    /// as after any error.
+    ///
+    /// Takes the commands out of `diff` when it applies (`None` when it does not, and `diff`
+    /// is sent as usual).
+    fn staged_cold_start(
+        &mut self,
+        diff: &mut super::tracker::Diff,
+    ) -> Option<Result<(), DataplaneError>> {
+        if !self.opts.netlink_elements || !diff.whole || diff.ops.first() != Some(&Op::AddTable) {
+            return None;
+        }
+        let model = &diff.model;
+        let plain = |op: &Op| match op {
+            Op::AddElements { set, elements } => model
+                .sets
+                .get(set)
+                .filter(|s| !s.interval)
+                .map(|_| elements.len()),
+            Op::AddMapElements { map, elements } => model
+                .maps
+                .get(map)
+                .filter(|m| !m.interval)
+                .map(|_| elements.len()),
+            _ => None,
+        };
+        if diff.ops.iter().filter_map(plain).sum::<usize>() < self.opts.staged_min_elements {
+            return None;
+        }
+        let t = Instant::now();
+        let (mut structure, mut elements, mut hooks) = (Vec::new(), Vec::new(), Vec::new());
+        for op in std::mem::take(&mut diff.ops) {
+            let base = |chain: &str| model.chains.get(chain).is_some_and(|c| c.base.is_some());
+            match &op {
+                Op::AddChain { name, .. } | Op::AddRule { chain: name, .. } if base(name) => {
+                    hooks.push(op)
+                }
+                _ if plain(&op).is_some() => elements.push(op),
+                _ => structure.push(op),
+            }
+        }
+        let batches = super::netlink::encode_additions(&self.opts.table, model, &elements);
+        self.last.cpu_time += t.elapsed();
+        self.last.staged = true;
+        Some((|| {
+            self.send(&structure)?;
+            let sent = match batches {
+                Some(batches) => self.send_batches(&batches),
+                None => false,
+            };
+            if !sent {
+                self.send(&elements)?;
+            }
+            if hooks.is_empty() {
+                Ok(())
+            } else {
+                self.send(&hooks)
+            }
+        })())
+    }
+
+    /// Sends element batches one by one on the kept socket; `false` when netlink is not
+    /// usable or the kernel refused one (already sent ones are harmless to send again
+    /// through nft: adding an element that exists is no error).
+    fn send_batches(&mut self, batches: &[Vec<u8>]) -> bool {
+        let t = Instant::now();
+        let sock = match self.socket.take() {
+            Some(s) => Ok(s),
+            None => super::netlink::socket(self.opts.netns.as_deref()),
+        };
+        let res = sock.and_then(|s| {
+            for b in batches {
+                self.last.bytes += b.len();
+                super::netlink::send(&s, b)?;
+            }
+            Ok(s)
+        });
+        self.last.nft_time += t.elapsed();
+        match res {
+            Ok(s) => {
+                self.socket = Some(s);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "element batches of a cold start; sending them through nft");
+                false
+            }
+        }
+    }
+
     /// Deletes the table (everything Palisade programmed); absent is fine.
     pub fn delete_table(&mut self) -> Result<(), DataplaneError> {
         self.tracker.invalidate();
@@ -247,6 +368,14 @@ pub fn describe(ops: &[Op]) -> String {
 
 impl Dataplane for NftDataplane {
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
+        self.apply_touched(desired, &Touched::all())
+    }
+
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &Touched,
+    ) -> Result<ApplyStats, DataplaneError> {
         self.last = LastApply::default();
         let full = !self.tracker.known();
         if full {
@@ -256,12 +385,24 @@ impl Dataplane for NftDataplane {
             self.tracker.adopt(listing.map(|l| l.programmed));
         }
         let t = Instant::now();
-        let diff = self.tracker.diff(desired)?;
+        let mut diff = match self.tracker.diff(desired, touched) {
+            Ok(d) => d,
+            Err(e) => {
+                self.tracker.invalidate();
+                return Err(e);
+            }
+        };
         self.last.cpu_time = t.elapsed();
         let commands = diff.ops.len();
-        let via_netlink =
-            commands > 0 && self.opts.netlink_elements && self.send_netlink(&diff.model, &diff.ops);
-        if commands > 0 && !via_netlink {
+        if let Some(Err(e)) = self.staged_cold_start(&mut diff) {
+            self.tracker.invalidate();
+            return Err(e);
+        }
+        let commands_left = diff.ops.len();
+        let via_netlink = commands_left > 0
+            && self.opts.netlink_elements
+            && self.send_netlink(&diff.model, &diff.ops);
+        if commands_left > 0 && !via_netlink {
             if let Err(e) = self.send(&diff.ops) {
                 // The kernel kept the old table; re-read it before the next attempt.
                 self.tracker.invalidate();

@@ -5,8 +5,8 @@
 //! - [`plan`]: the diff, an ordered list of [`Op`]s forming one transaction;
 //! - `tracker`: what is programmed, and which objects changed since (only those are
 //!   canonicalized, validated and diffed);
-//! - `json`: commands → nft JSON (what is sent), `text`: models and commands → nft text
-//!   (what is shown);
+//! - `text`: models and commands → nft's own syntax (what is shown, and what is sent when
+//!   the names allow), `json`: commands → nft JSON (what is sent otherwise);
 //! - [`parse`]: nft's JSON listing → model (adoption on start, counters);
 //! - [`NftDataplane`] runs nft (element-only transactions go as a netlink batch, see
 //!   `netlink`); [`FakeDataplane`] applies the same commands in memory.
@@ -32,9 +32,9 @@ pub use json::transaction as transaction_json;
 pub use kernel::{describe, LastApply, NftDataplane, NftOptions};
 pub use parse::{parse_listing, Listing, RuleCounter};
 pub use plan::{plan, validate, Op, Programmed, SetSpec};
-pub use text::{op_text, render_full, render_table};
+pub use text::{op_text, render_full, render_table, script as transaction_script, SCRIPT_WORDS};
 
-use crate::ruleset::Ruleset;
+use crate::ruleset::{Ruleset, Touched};
 
 /// What one apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,6 +65,17 @@ pub enum DataplaneError {
 pub trait Dataplane {
     /// Make the programmed table equal `desired`, in one atomic transaction.
     fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError>;
+    /// [`Dataplane::apply`], told which objects may differ from the model of the last apply
+    /// ([`Touched`], from the compiler): the others are not even looked at. Any error makes
+    /// the next apply a full resync, so a hint is never lost with a failed apply.
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &Touched,
+    ) -> Result<ApplyStats, DataplaneError> {
+        let _ = touched;
+        self.apply(desired)
+    }
     /// Forget what is believed programmed; the next apply re-reads the table and converges.
     fn invalidate(&mut self);
 }

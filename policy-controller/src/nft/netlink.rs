@@ -106,6 +106,55 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<u8>> {
     Some(batch.finish_batch())
 }
 
+/// The element additions of `ops` for the non-interval sets and maps of `model` as
+/// batches of at most about 160 KiB each (a netlink message must fit the socket's send
+/// buffer, 208 KiB by default), for filling the sets of a table nothing uses yet (see `kernel`'s staged cold
+/// start): each batch is a transaction of its own. `None` when some command is not such an
+/// addition.
+pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Vec<u8>>> {
+    /// Elements per command (at most about 64 bytes each) and the size from which a batch
+    /// is sent: together at most about 160 KiB.
+    const CHUNK: usize = 1024;
+    const FULL: usize = 96 * 1024;
+    let mut batches = Vec::new();
+    let mut batch = ElementBatch::new(table);
+    let mut flush = |batch: &mut ElementBatch, force: bool| {
+        if !batch.is_empty() && (force || batch.len() > FULL) {
+            let full = std::mem::replace(batch, ElementBatch::new(table));
+            batches.push(full.finish_batch());
+        }
+    };
+    for op in ops {
+        match op {
+            Op::AddElements { set, elements } => {
+                let s = model.sets.get(set).filter(|s| !s.interval)?;
+                for chunk in elements.chunks(CHUNK) {
+                    let elems = chunk
+                        .iter()
+                        .map(|e| key_bytes(&s.key, e).map(|k| (k, None)))
+                        .collect::<Option<Vec<_>>>()?;
+                    batch.add(set, &elems);
+                    flush(&mut batch, false);
+                }
+            }
+            Op::AddMapElements { map, elements } => {
+                let m = model.maps.get(map).filter(|m| !m.interval)?;
+                for chunk in elements.chunks(CHUNK) {
+                    let elems = chunk
+                        .iter()
+                        .map(|(k, v)| key_bytes(&m.key, k).map(|k| (k, Some(verdict_data(v)))))
+                        .collect::<Option<Vec<_>>>()?;
+                    batch.add(map, &elems);
+                    flush(&mut batch, false);
+                }
+            }
+            _ => return None,
+        }
+    }
+    flush(&mut batch, true);
+    Some(batches)
+}
+
 /// A NETLINK_NETFILTER socket of the network namespace at `netns` (made on a short-lived
 /// thread that enters it; a socket stays in the namespace it was made in), or of this
 /// process's namespace. The dataplane keeps it open across batches: closing a socket that

@@ -345,7 +345,15 @@ pub fn plan(current: Option<&Programmed>, desired: &Ruleset) -> Vec<Op> {
             base: desired.chains[*name].base.clone(),
         });
     }
-    for name in new_sets.iter().chain(recreate_sets.iter()) {
+    let mut created: Vec<&str> = new_sets
+        .iter()
+        .chain(recreate_sets.iter())
+        .copied()
+        .collect();
+    if created.len() > MANY_SETS {
+        most_used_first(desired, &mut created);
+    }
+    for name in &created {
         ops.push(Op::AddSet {
             name: name.to_string(),
             spec: new_sl[name].spec(),
@@ -382,6 +390,34 @@ pub fn plan(current: Option<&Programmed>, desired: &Ruleset) -> Vec<Op> {
         }
     }
     ops
+}
+
+/// From how many created sets on [`most_used_first`] orders them (a cold start).
+const MANY_SETS: usize = 64;
+
+/// Orders sets to be created by how many rules of `desired` use them, most first (ties by
+/// name). The kernel finds the set a rule names by walking the table's sets in creation
+/// order, comparing names, for every rule it adds: with hundreds of sets and thousands of
+/// rules, that walk is a fifth of a cold start's time in nft, and most rules name a few
+/// shared sets (ports, node-local pods).
+fn most_used_first(desired: &Ruleset, sets: &mut [&str]) {
+    let mut uses: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in desired.chains.values() {
+        for r in &c.rules {
+            for m in &r.matches {
+                if let Match::Lookup { set, .. } = m {
+                    *uses.entry(set).or_default() += 1;
+                }
+            }
+            if let Some(RuleVerdict::Vmap { map, .. }) = &r.verdict {
+                *uses.entry(map).or_default() += 1;
+            }
+        }
+    }
+    sets.sort_by(|a, b| {
+        let (ua, ub) = (uses.get(a).copied(), uses.get(b).copied());
+        ub.cmp(&ua).then(a.cmp(b))
+    });
 }
 
 /// Checks that `rs` can be programmed: every referenced set, map and chain exists with the

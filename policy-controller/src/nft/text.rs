@@ -1,6 +1,6 @@
 //! The canonical nft text of a model: sorted, one element per line, rate-limited logs split
 //! exactly as they are programmed (see `json`). For logs, `palisadectl` and golden files;
-//! what is sent to nft is JSON (see `json` for why).
+//! what is sent to nft is [`script`] when every name allows, JSON otherwise (see `json`).
 
 use super::json::{ct_state_name, hook_name, key_type_name};
 use crate::ruleset::{
@@ -273,5 +273,354 @@ pub fn op_text(op: &super::plan::Op) -> String {
             .map(|l| format!("add rule {chain} {l}"))
             .collect::<Vec<_>>()
             .join("\n"),
+    }
+}
+
+/// Names the compiler gives objects that are whole words (everything else it names
+/// `<kind>-<hash>`), and the agent's table: checked to be plain identifiers for nft's lexer
+/// by the kernel test `script_names_are_identifiers`.
+pub const SCRIPT_WORDS: &[&str] = &[
+    palisade_common::POLICY_TABLE,
+    "forward",
+    "input",
+    "output",
+    "local4",
+    "local6",
+    "egress4",
+    "egress6",
+    "ingress4",
+    "ingress6",
+];
+
+/// Whether `name` reaches nft's parser as a plain identifier. nft's text syntax cannot quote
+/// a name, and a name that is a keyword (`fwd`, `ip6`, `ct`, ...) is a syntax error or worse.
+/// No nft keyword contains `-`, and flex takes the longest match, so a lower-case name with a
+/// hyphen that starts with a letter is always one identifier token.
+fn script_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let plain = !b.is_empty()
+        && b.len() <= 255
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && !name.ends_with('-');
+    plain && (name.contains('-') || SCRIPT_WORDS.contains(&name))
+}
+
+/// Whether a quoted string survives nft's lexer unchanged: it has no escapes, so no `"`, and
+/// nothing that is not printable ASCII.
+fn script_string(s: &str) -> bool {
+    s.bytes()
+        .all(|c| (b' '..=b'~').contains(&c) && c != b'"' && c != b'\\')
+}
+
+fn script_values(v: &[Value]) -> bool {
+    v.iter().all(|v| match v {
+        Value::IfName(n) | Value::IfPrefix(n) => script_string(n),
+        _ => true,
+    })
+}
+
+fn script_verdict(v: &Verdict) -> bool {
+    match v {
+        Verdict::Jump(c) | Verdict::Goto(c) => script_name(c),
+        _ => true,
+    }
+}
+
+fn script_rule(r: &Rule) -> bool {
+    r.comment.as_deref().is_none_or(script_string)
+        && r.matches.iter().all(|m| match m {
+            Match::Cmp { value, .. } => script_values(std::slice::from_ref(value)),
+            Match::Lookup { set, .. } => script_name(set),
+            Match::CtState(_) => true,
+        })
+        && r.statements.iter().all(|s| match s {
+            Statement::Counter => true,
+            Statement::Log { prefix, .. } => script_string(prefix),
+        })
+        && match &r.verdict {
+            Some(RuleVerdict::Verdict(v)) => script_verdict(v),
+            Some(RuleVerdict::Vmap { map, .. }) => script_name(map),
+            None => true,
+        }
+}
+
+fn script_op(op: &super::plan::Op) -> bool {
+    use super::plan::Op;
+    match op {
+        Op::AddTable => true,
+        Op::AddChain { name, .. } | Op::FlushChain { name } | Op::DeleteChain { name } => {
+            script_name(name)
+        }
+        Op::AddSet { name, .. } | Op::DeleteSet { name, .. } => script_name(name),
+        Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
+            script_name(set) && elements.iter().all(|e| script_values(e))
+        }
+        Op::AddMapElements { map, elements } => {
+            script_name(map)
+                && elements
+                    .iter()
+                    .all(|(k, v)| script_values(k) && script_verdict(v))
+        }
+        Op::DeleteMapElements { map, keys } => {
+            script_name(map) && keys.iter().all(|k| script_values(k))
+        }
+        Op::AddRule { chain, rule } => script_name(chain) && script_rule(rule),
+    }
+}
+
+/// The transaction in nft's own syntax, for `nft -f -`: what is sent when every name and
+/// string in it passes through nft's lexer unchanged (`None` otherwise; the caller sends
+/// JSON then). nft parses this about a third faster than the same transaction as JSON, and
+/// it is a fraction of the size. Set and map comments are left out, as in JSON (nft 1.0.6's
+/// JSON input drops them, and [`super::canon`] expects them absent).
+pub fn script(table: &str, ops: &[super::plan::Op]) -> Option<String> {
+    use super::plan::Op;
+    if !script_name(table) || !ops.iter().all(script_op) {
+        return None;
+    }
+    let t = format!("inet {table}");
+    let mut s = String::with_capacity(64 * ops.len());
+    let elements = |s: &mut String, items: &mut dyn Iterator<Item = String>| {
+        let mut first = true;
+        for e in items {
+            s.push_str(if first { " { " } else { ", " });
+            s.push_str(&e);
+            first = false;
+        }
+        s.push_str(" }\n");
+    };
+    for op in ops {
+        match op {
+            Op::AddTable => {
+                let _ = writeln!(s, "add table {t}");
+            }
+            Op::AddChain { name, base: None } => {
+                let _ = writeln!(s, "add chain {t} {name}");
+            }
+            Op::AddChain {
+                name,
+                base: Some(b),
+            } => {
+                let _ = writeln!(
+                    s,
+                    "add chain {t} {name} {{ type filter hook {} priority {}; policy {}; }}",
+                    hook_name(b.hook),
+                    b.priority,
+                    match b.policy {
+                        ChainPolicy::Accept => "accept",
+                        ChainPolicy::Drop => "drop",
+                    }
+                );
+            }
+            Op::FlushChain { name } => {
+                let _ = writeln!(s, "flush chain {t} {name}");
+            }
+            Op::DeleteChain { name } => {
+                let _ = writeln!(s, "delete chain {t} {name}");
+            }
+            Op::AddSet { name, spec } => {
+                let kind = if spec.map { "map" } else { "set" };
+                let verdict = if spec.map { " : verdict" } else { "" };
+                let flags = if spec.interval {
+                    " flags interval;"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    s,
+                    "add {kind} {t} {name} {{ type {}{verdict};{flags} }}",
+                    key_types(&spec.key)
+                );
+            }
+            Op::DeleteSet { name, spec } => {
+                let kind = if spec.map { "map" } else { "set" };
+                let _ = writeln!(s, "delete {kind} {t} {name}");
+            }
+            Op::AddElements { set, elements: e } | Op::DeleteElements { set, elements: e } => {
+                if e.is_empty() {
+                    continue;
+                }
+                let verb = if matches!(op, Op::AddElements { .. }) {
+                    "add"
+                } else {
+                    "delete"
+                };
+                let _ = write!(s, "{verb} element {t} {set}");
+                elements(&mut s, &mut e.iter().map(|k| key_text(k)));
+            }
+            Op::AddMapElements { map, elements: e } => {
+                if e.is_empty() {
+                    continue;
+                }
+                let _ = write!(s, "add element {t} {map}");
+                elements(
+                    &mut s,
+                    &mut e
+                        .iter()
+                        .map(|(k, v)| format!("{} : {}", key_text(k), verdict_text(v))),
+                );
+            }
+            Op::DeleteMapElements { map, keys } => {
+                if keys.is_empty() {
+                    continue;
+                }
+                let _ = write!(s, "delete element {t} {map}");
+                elements(&mut s, &mut keys.iter().map(|k| key_text(k)));
+            }
+            Op::AddRule { chain, rule } => {
+                for line in rule_lines(rule) {
+                    let _ = writeln!(s, "add rule {t} {chain} {line}");
+                }
+            }
+        }
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::plan::{Op, SetSpec};
+    use crate::ruleset::{BaseChain, Hook, KeyType};
+
+    fn rule(chain: &str, r: Rule) -> Op {
+        Op::AddRule {
+            chain: chain.into(),
+            rule: r,
+        }
+    }
+
+    #[test]
+    fn a_transaction_is_fully_qualified_nft_syntax() {
+        let ops = vec![
+            Op::AddTable,
+            Op::AddChain {
+                name: "forward".into(),
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    priority: -5,
+                    policy: ChainPolicy::Accept,
+                }),
+            },
+            Op::AddChain {
+                name: "pi-00ab".into(),
+                base: None,
+            },
+            Op::AddSet {
+                name: "ports-01".into(),
+                spec: SetSpec {
+                    key: vec![KeyType::InetProto, KeyType::InetService],
+                    interval: true,
+                    map: false,
+                    comment: Some("not sent".into()),
+                },
+            },
+            Op::AddSet {
+                name: "ingress4".into(),
+                spec: SetSpec {
+                    key: vec![KeyType::Ipv4Addr],
+                    interval: false,
+                    map: true,
+                    comment: None,
+                },
+            },
+            Op::AddElements {
+                set: "ports-01".into(),
+                elements: vec![
+                    vec![Value::Proto(6), Value::Port(80)],
+                    vec![Value::Proto(17), Value::PortRange(53, 60)],
+                ],
+            },
+            Op::AddMapElements {
+                map: "ingress4".into(),
+                elements: vec![(
+                    vec![Value::Addr("10.0.0.1".parse().unwrap())],
+                    Verdict::Jump("pi-00ab".into()),
+                )],
+            },
+            Op::DeleteElements {
+                set: "ports-01".into(),
+                elements: vec![],
+            },
+            rule(
+                "pi-00ab",
+                Rule::new(
+                    vec![Match::Lookup {
+                        fields: vec![Field::L4Proto, Field::DstPort],
+                        set: "ports-01".into(),
+                        negate: false,
+                    }],
+                    Verdict::Accept,
+                )
+                .with_comment("ns/p ingress[0]"),
+            ),
+            Op::FlushChain {
+                name: "pi-00ab".into(),
+            },
+            Op::DeleteSet {
+                name: "ingress4".into(),
+                spec: SetSpec {
+                    key: vec![KeyType::Ipv4Addr],
+                    interval: false,
+                    map: true,
+                    comment: None,
+                },
+            },
+        ];
+        let s = script("palt-1", &ops).unwrap();
+        assert_eq!(
+            s,
+            "add table inet palt-1\n\
+             add chain inet palt-1 forward { type filter hook forward priority -5; policy accept; }\n\
+             add chain inet palt-1 pi-00ab\n\
+             add set inet palt-1 ports-01 { type inet_proto . inet_service; flags interval; }\n\
+             add map inet palt-1 ingress4 { type ipv4_addr : verdict; }\n\
+             add element inet palt-1 ports-01 { 6 . 80, 17 . 53-60 }\n\
+             add element inet palt-1 ingress4 { 10.0.0.1 : jump pi-00ab }\n\
+             add rule inet palt-1 pi-00ab meta l4proto . th dport @ports-01 accept comment \"ns/p ingress[0]\"\n\
+             flush chain inet palt-1 pi-00ab\n\
+             delete map inet palt-1 ingress4\n"
+        );
+    }
+
+    #[test]
+    fn names_and_strings_the_lexer_would_change_make_it_json() {
+        let chain = |name: &str| {
+            vec![Op::AddChain {
+                name: name.into(),
+                base: None,
+            }]
+        };
+        assert!(script("palisade", &chain("pe-1f")).is_some());
+        assert!(script("palisade", &chain("local4")).is_some());
+        // Keywords, words not known to be plain, odd characters, a trailing hyphen.
+        for bad in [
+            "fwd", "ip6", "allow4", "Pi-1", "pi_1", "pi-1-", "pi 1", "1-a", "",
+        ] {
+            assert!(script("palisade", &chain(bad)).is_none(), "{bad:?}");
+        }
+        assert!(script("palt1", &chain("pe-1f")).is_none(), "table name");
+        let commented = |c: &str| {
+            vec![rule(
+                "pe-1f",
+                Rule::new(vec![], Verdict::Accept).with_comment(c),
+            )]
+        };
+        assert!(script("palisade", &commented("ns/p egress[0]")).is_some());
+        for bad in ["say \"hi\"", "back\\slash", "new\nline", "naïve"] {
+            assert!(script("palisade", &commented(bad)).is_none(), "{bad:?}");
+        }
+        let jump = vec![rule(
+            "pe-1f",
+            Rule::new(vec![], Verdict::Goto("fwd".into())),
+        )];
+        assert!(script("palisade", &jump).is_none(), "jump target");
+        let ifname = vec![Op::AddElements {
+            set: "ifs-1".into(),
+            elements: vec![vec![Value::IfName("we\"ird".into())]],
+        }];
+        assert!(script("palisade", &ifname).is_none(), "interface name");
     }
 }
