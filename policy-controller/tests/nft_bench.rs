@@ -10,7 +10,8 @@ mod nft_support;
 
 use nft_support::*;
 use palisade_policy::nft::{
-    canonicalize, plan, transaction_json, validate, Dataplane, NftDataplane, NftOptions, Programmed,
+    canonicalize, plan, transaction_json, transaction_script, validate, Dataplane, NftDataplane,
+    NftOptions, Programmed,
 };
 use palisade_policy::ruleset::*;
 use palisade_testutil::{kernel_tests_enabled, Netns};
@@ -45,13 +46,16 @@ fn nft_apply_bench() {
     let t = Instant::now();
     let s = dp.apply(&big).unwrap();
     let cold = t.elapsed();
+    let last = dp.last_apply();
     println!(
-        "cold full apply: {:?} ({} commands, {} KiB JSON; in-process {:?}, nft run {:?})",
+        "cold full apply: {:?} ({} commands, {} KiB sent, {}{}; in-process {:?}, nft and netlink {:?})",
         cold,
         s.commands,
-        dp.last_apply().bytes / 1024,
-        dp.last_apply().cpu_time,
-        dp.last_apply().nft_time
+        last.bytes / 1024,
+        if last.script { "nft syntax" } else { "JSON" },
+        if last.staged { ", in three steps" } else { "" },
+        last.cpu_time,
+        last.nft_time
     );
 
     // One pod appears in a peer set and goes again: one element command each.
@@ -78,7 +82,7 @@ fn nft_apply_bench() {
     }
     let one = median(adds);
     println!(
-        "one element added/removed: median {one:?} (1 command, {bytes} bytes JSON; of which in-process median {:?}, nft run median {:?})",
+        "one element added/removed: median {one:?} (1 command, {bytes} bytes sent; of which in-process median {:?}, sending median {:?})",
         median(cpu),
         median(nft)
     );
@@ -146,7 +150,7 @@ fn nft_apply_bench() {
     // The same one-pod change with the netlink fast path off (every transaction through
     // nft), side by side, to show what the fast path buys.
     let mut plain = NftDataplane::new(NftOptions {
-        table: format!("palt{}n", std::process::id()),
+        table: format!("palt-{}-n", std::process::id()),
         netns: Some(ns.path().to_path_buf()),
         netlink_elements: false,
         ..NftOptions::default()
@@ -171,28 +175,38 @@ fn nft_apply_bench() {
     );
     plain.delete_table().unwrap();
 
-    // The cold table as nft text instead of JSON (what nft parses faster), side by side.
-    let text = palisade_policy::nft::render_table(&format!("palt{}t", std::process::id()), &big);
-    let t = Instant::now();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(text.as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    let text_cold = t.elapsed();
-    assert!(out.success());
-    println!(
-        "cold full apply as nft text: {text_cold:?} ({} KiB) vs JSON {cold:?} (ratio {:.3})",
-        text.len() / 1024,
-        text_cold.as_secs_f64() / cold.as_secs_f64()
-    );
+    // The same cold start as one nft transaction (what it was before the three steps), in
+    // nft's syntax and as JSON (a table name with no hyphen makes the dataplane use JSON),
+    // side by side in the same namespace.
+    for (what, table) in [
+        (
+            "one transaction, nft syntax",
+            format!("palt-{}-one", std::process::id()),
+        ),
+        (
+            "one transaction, JSON",
+            format!("paltj{}", std::process::id()),
+        ),
+    ] {
+        let mut other = NftDataplane::new(NftOptions {
+            table,
+            netns: Some(ns.path().to_path_buf()),
+            staged_min_elements: usize::MAX,
+            ..NftOptions::default()
+        });
+        let t = Instant::now();
+        other.apply(&big).unwrap();
+        let took = t.elapsed();
+        let last = other.last_apply();
+        println!(
+            "cold full apply as {what}: {took:?} ({} KiB; in-process {:?}, nft {:?}); three steps / this = {:.3}",
+            last.bytes / 1024,
+            last.cpu_time,
+            last.nft_time,
+            cold.as_secs_f64() / took.as_secs_f64()
+        );
+        other.delete_table().unwrap();
+    }
 
     // Where the in-process time goes (median of 5), without nft.
     let stage = |f: &dyn Fn()| {
@@ -210,12 +224,13 @@ fn nft_apply_bench() {
     let programmed = Programmed::exact(canon.clone());
     let cold_ops = plan(None, &canon);
     println!(
-        "in-process stages: validate {:?}, canonicalize {:?}, plan(no change) {:?}, plan(cold) {:?}, JSON(cold) {:?}, clone+drop of the model {:?}",
+        "in-process stages: validate {:?}, canonicalize {:?}, plan(no change) {:?}, plan(cold) {:?}, JSON(cold) {:?}, nft syntax(cold) {:?}, clone+drop of the model {:?}",
         stage(&|| validate(&big).unwrap()),
         stage(&|| drop(canonicalize(&big))),
         stage(&|| drop(plan(Some(&programmed), &canon))),
         stage(&|| drop(plan(None, &canon))),
         stage(&|| drop(transaction_json("t", &cold_ops))),
+        stage(&|| drop(transaction_script("t-1", &cold_ops))),
         stage(&|| drop(big.clone())),
     );
 }
