@@ -504,7 +504,7 @@ mod tests {
     use crate::kube::index::tests::mk_pod;
     use crate::kube::{ResourceKind, Slim, WatchEvent};
     use crate::nft::{ApplyStats, DataplaneError};
-    use crate::ruleset::Ruleset;
+    use crate::ruleset::{Ruleset, Touched};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Records when each apply happened; fails while `fail` is set.
@@ -516,7 +516,11 @@ mod tests {
     }
 
     impl Dataplane for Recorder {
-        fn apply(&mut self, _desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
+        fn apply_touched(
+            &mut self,
+            _desired: &Ruleset,
+            _touched: &Touched,
+        ) -> Result<ApplyStats, DataplaneError> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(DataplaneError::Nft("injected".into()));
             }

@@ -74,10 +74,6 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
-        self.apply_touched(desired, &Touched::all())
-    }
-
     fn apply_touched(
         &mut self,
         desired: &Ruleset,
@@ -89,13 +85,7 @@ impl Dataplane for FakeDataplane {
             self.tracker
                 .adopt(self.table.clone().map(Programmed::exact));
         }
-        let diff = match self.tracker.diff(desired, touched) {
-            Ok(d) => d,
-            Err(e) => {
-                self.tracker.invalidate();
-                return Err(e);
-            }
-        };
+        let diff = self.tracker.diff(desired, touched)?;
         let n = diff.ops.len();
         if n > 0 {
             let fail = std::mem::take(&mut self.fail_next);

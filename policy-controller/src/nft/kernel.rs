@@ -367,10 +367,6 @@ pub fn describe(ops: &[Op]) -> String {
 }
 
 impl Dataplane for NftDataplane {
-    fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
-        self.apply_touched(desired, &Touched::all())
-    }
-
     fn apply_touched(
         &mut self,
         desired: &Ruleset,
@@ -385,13 +381,7 @@ impl Dataplane for NftDataplane {
             self.tracker.adopt(listing.map(|l| l.programmed));
         }
         let t = Instant::now();
-        let mut diff = match self.tracker.diff(desired, touched) {
-            Ok(d) => d,
-            Err(e) => {
-                self.tracker.invalidate();
-                return Err(e);
-            }
-        };
+        let mut diff = self.tracker.diff(desired, touched)?;
         self.last.cpu_time = t.elapsed();
         let commands = diff.ops.len();
         if let Some(Err(e)) = self.staged_cold_start(&mut diff) {

@@ -64,7 +64,9 @@ pub enum DataplaneError {
 /// A programmable dataplane: the real one runs `nft`, the fake applies in memory.
 pub trait Dataplane {
     /// Make the programmed table equal `desired`, in one atomic transaction.
-    fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError>;
+    fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, DataplaneError> {
+        self.apply_touched(desired, &Touched::all())
+    }
     /// [`Dataplane::apply`], told which objects may differ from the model of the last apply
     /// ([`Touched`], from the compiler): the others are not even looked at. Any error makes
     /// the next apply a full resync, so a hint is never lost with a failed apply.
@@ -72,10 +74,7 @@ pub trait Dataplane {
         &mut self,
         desired: &Ruleset,
         touched: &Touched,
-    ) -> Result<ApplyStats, DataplaneError> {
-        let _ = touched;
-        self.apply(desired)
-    }
+    ) -> Result<ApplyStats, DataplaneError>;
     /// Forget what is believed programmed; the next apply re-reads the table and converges.
     fn invalidate(&mut self);
 }

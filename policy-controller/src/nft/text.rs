@@ -494,6 +494,12 @@ mod tests {
 
     #[test]
     fn a_transaction_is_fully_qualified_nft_syntax() {
+        let dispatch = SetSpec {
+            key: vec![KeyType::Ipv4Addr],
+            interval: false,
+            map: true,
+            comment: None,
+        };
         let ops = vec![
             Op::AddTable,
             Op::AddChain {
@@ -519,12 +525,7 @@ mod tests {
             },
             Op::AddSet {
                 name: "ingress4".into(),
-                spec: SetSpec {
-                    key: vec![KeyType::Ipv4Addr],
-                    interval: false,
-                    map: true,
-                    comment: None,
-                },
+                spec: dispatch.clone(),
             },
             Op::AddElements {
                 set: "ports-01".into(),
@@ -561,12 +562,7 @@ mod tests {
             },
             Op::DeleteSet {
                 name: "ingress4".into(),
-                spec: SetSpec {
-                    key: vec![KeyType::Ipv4Addr],
-                    interval: false,
-                    map: true,
-                    comment: None,
-                },
+                spec: dispatch.clone(),
             },
         ];
         let s = script("palt-1", &ops).unwrap();

@@ -174,11 +174,21 @@ impl Tracker {
 
     /// Validates `desired` and plans the transaction from what is programmed to it. Nothing
     /// changes in the tracker until [`Tracker::commit`] (after an error from the kernel, call
-    /// [`Tracker::invalidate`]).
+    /// [`Tracker::invalidate`]), except that an invalid model makes the tracker forget
+    /// everything, as any error does.
     ///
     /// `touched` names the objects that may differ from the last model given (see
-    /// [`Touched`]); the others are taken as unchanged without looking at them.
+    /// [`Touched`]); the others are taken as unchanged without looking at them. After an
+    /// error that report is gone, hence the full resync next time.
     pub fn diff(&mut self, desired: &Ruleset, touched: &Touched) -> Result<Diff, DataplaneError> {
+        let res = self.diff_inner(desired, touched);
+        if res.is_err() {
+            self.invalidate();
+        }
+        res
+    }
+
+    fn diff_inner(&mut self, desired: &Ruleset, touched: &Touched) -> Result<Diff, DataplaneError> {
         if let (Some(old), Some(programmed)) = (&self.prints, &self.programmed) {
             let mut gone = Vec::new();
             let only = |names| (!touched.all).then_some(names);
@@ -528,7 +538,10 @@ mod tests {
         assert!(
             matches!(t.diff(&next, &Touched::all()), Err(DataplaneError::Invalid(m)) if m.contains("others"))
         );
+        // Any error makes the tracker forget what is programmed (a full resync follows).
+        assert!(!t.known());
         // A chain that changes to jump to a base chain is refused by the partial check too.
+        let mut t = programmed(&rs);
         let mut next = rs.clone();
         next.chains.get_mut("pods").unwrap().rules[0].verdict = Some(
             crate::ruleset::RuleVerdict::Verdict(Verdict::Jump("forward".into())),
@@ -536,8 +549,7 @@ mod tests {
         assert!(
             matches!(t.diff(&next, &Touched::all()), Err(DataplaneError::Invalid(m)) if m.contains("base chain"))
         );
-        // The tracker is unchanged: the model still diffs to nothing.
-        assert!(t.diff(&rs, &Touched::all()).unwrap().ops.is_empty());
+        assert!(!t.known());
     }
 
     #[test]
