@@ -82,6 +82,13 @@ impl Topology {
 /// A TCP listener (dual-stack) in `ns` that accepts and closes connections in the background.
 pub fn tcp_server(ns: &Netns, port: u16) -> SocketAddr {
     let l = in_ns(ns, || TcpListener::bind(("::", port)).expect("bind tcp"));
+    // std listens with a backlog of 128: a client looping on connect outruns this accept
+    // thread, the queue overflows, and the dropped SYN costs a one-second retransmit. Listen
+    // again with a deep queue (Linux updates the backlog of a listening socket).
+    // SAFETY: a valid listening socket fd.
+    unsafe {
+        libc::listen(l.as_raw_fd(), 4096);
+    }
     let local = l.local_addr().unwrap();
     std::thread::spawn(move || {
         // Keep accepted connections open for a while: closing at once would reset a
