@@ -217,62 +217,117 @@ pub(crate) fn rule_lines(rule: &Rule) -> Vec<String> {
     out
 }
 
-/// One command as nft-like text (for logs and error messages).
+/// One command as nft-like text (for logs and error messages): as in [`script`], without
+/// the table.
 pub fn op_text(op: &super::plan::Op) -> String {
+    let mut s = String::new();
+    write_op(&mut s, "", op);
+    s.pop(); // the last newline
+    s
+}
+
+/// One command in nft's syntax, each nft command on a line of its own (a rule with a
+/// rate-limited log is several). `table` is what names the table before every object name,
+/// `inet <table> ` in a script, empty for a log line. An empty element list, which nft
+/// refuses, is left out of a script and shown as `{  }` in a log line.
+fn write_op(s: &mut String, table: &str, op: &super::plan::Op) {
     use super::plan::Op;
-    let elems = |v: &[Vec<Value>]| v.iter().map(|e| key_text(e)).collect::<Vec<_>>().join(", ");
+    let t = table;
+    let elements = |s: &mut String, command: String, items: &mut dyn Iterator<Item = String>| {
+        let mut items = items.peekable();
+        if items.peek().is_none() {
+            if t.is_empty() {
+                let _ = writeln!(s, "{command} {{  }}");
+            }
+            return;
+        }
+        s.push_str(&command);
+        let mut first = true;
+        for e in items {
+            s.push_str(if first { " { " } else { ", " });
+            s.push_str(&e);
+            first = false;
+        }
+        s.push_str(" }\n");
+    };
     match op {
-        Op::AddTable => "add table".into(),
-        Op::AddChain { name, base: None } => format!("add chain {name}"),
+        Op::AddTable => {
+            s.push_str("add table");
+            if !t.is_empty() {
+                s.push(' ');
+                s.push_str(t.trim_end());
+            }
+            s.push('\n');
+        }
+        Op::AddChain { name, base: None } => {
+            let _ = writeln!(s, "add chain {t}{name}");
+        }
         Op::AddChain {
             name,
             base: Some(b),
-        } => format!(
-            "add chain {name} {{ type filter hook {} priority {}; policy {}; }}",
-            hook_name(b.hook),
-            b.priority,
-            if b.policy == ChainPolicy::Drop {
-                "drop"
+        } => {
+            let _ = writeln!(
+                s,
+                "add chain {t}{name} {{ type filter hook {} priority {}; policy {}; }}",
+                hook_name(b.hook),
+                b.priority,
+                match b.policy {
+                    ChainPolicy::Accept => "accept",
+                    ChainPolicy::Drop => "drop",
+                }
+            );
+        }
+        Op::FlushChain { name } => {
+            let _ = writeln!(s, "flush chain {t}{name}");
+        }
+        Op::DeleteChain { name } => {
+            let _ = writeln!(s, "delete chain {t}{name}");
+        }
+        Op::AddSet { name, spec } => {
+            let kind = if spec.map { "map" } else { "set" };
+            let verdict = if spec.map { " : verdict" } else { "" };
+            let flags = if spec.interval {
+                " flags interval;"
             } else {
-                "accept"
-            }
-        ),
-        Op::FlushChain { name } => format!("flush chain {name}"),
-        Op::DeleteChain { name } => format!("delete chain {name}"),
-        Op::AddSet { name, spec } => format!(
-            "add {} {name} {{ type {}{}; }}",
-            if spec.map { "map" } else { "set" },
-            key_types(&spec.key),
-            match (spec.map, spec.interval) {
-                (true, true) => " : verdict; flags interval",
-                (true, false) => " : verdict",
-                (false, true) => "; flags interval",
-                (false, false) => "",
-            }
-        ),
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "add {kind} {t}{name} {{ type {}{verdict};{flags} }}",
+                key_types(&spec.key)
+            );
+        }
         Op::DeleteSet { name, spec } => {
-            format!("delete {} {name}", if spec.map { "map" } else { "set" })
+            let kind = if spec.map { "map" } else { "set" };
+            let _ = writeln!(s, "delete {kind} {t}{name}");
         }
-        Op::AddElements { set, elements } => format!("add element {set} {{ {} }}", elems(elements)),
-        Op::DeleteElements { set, elements } => {
-            format!("delete element {set} {{ {} }}", elems(elements))
-        }
-        Op::AddMapElements { map, elements } => format!(
-            "add element {map} {{ {} }}",
-            elements
-                .iter()
-                .map(|(k, v)| format!("{} : {}", key_text(k), verdict_text(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
+        Op::AddElements { set, elements: e } => elements(
+            s,
+            format!("add element {t}{set}"),
+            &mut e.iter().map(|k| key_text(k)),
         ),
-        Op::DeleteMapElements { map, keys } => {
-            format!("delete element {map} {{ {} }}", elems(keys))
+        Op::DeleteElements { set, elements: e } => elements(
+            s,
+            format!("delete element {t}{set}"),
+            &mut e.iter().map(|k| key_text(k)),
+        ),
+        Op::AddMapElements { map, elements: e } => elements(
+            s,
+            format!("add element {t}{map}"),
+            &mut e
+                .iter()
+                .map(|(k, v)| format!("{} : {}", key_text(k), verdict_text(v))),
+        ),
+        Op::DeleteMapElements { map, keys } => elements(
+            s,
+            format!("delete element {t}{map}"),
+            &mut keys.iter().map(|k| key_text(k)),
+        ),
+        Op::AddRule { chain, rule } => {
+            for line in rule_lines(rule) {
+                let _ = writeln!(s, "add rule {t}{chain} {line}");
+            }
         }
-        Op::AddRule { chain, rule } => rule_lines(rule)
-            .into_iter()
-            .map(|l| format!("add rule {chain} {l}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
     }
 }
 
@@ -376,105 +431,13 @@ fn script_op(op: &super::plan::Op) -> bool {
 /// it is a fraction of the size. Set and map comments are left out, as in JSON (nft 1.0.6's
 /// JSON input drops them, and [`super::canon`] expects them absent).
 pub fn script(table: &str, ops: &[super::plan::Op]) -> Option<String> {
-    use super::plan::Op;
     if !script_name(table) || !ops.iter().all(script_op) {
         return None;
     }
-    let t = format!("inet {table}");
+    let t = format!("inet {table} ");
     let mut s = String::with_capacity(64 * ops.len());
-    let elements = |s: &mut String, items: &mut dyn Iterator<Item = String>| {
-        let mut first = true;
-        for e in items {
-            s.push_str(if first { " { " } else { ", " });
-            s.push_str(&e);
-            first = false;
-        }
-        s.push_str(" }\n");
-    };
     for op in ops {
-        match op {
-            Op::AddTable => {
-                let _ = writeln!(s, "add table {t}");
-            }
-            Op::AddChain { name, base: None } => {
-                let _ = writeln!(s, "add chain {t} {name}");
-            }
-            Op::AddChain {
-                name,
-                base: Some(b),
-            } => {
-                let _ = writeln!(
-                    s,
-                    "add chain {t} {name} {{ type filter hook {} priority {}; policy {}; }}",
-                    hook_name(b.hook),
-                    b.priority,
-                    match b.policy {
-                        ChainPolicy::Accept => "accept",
-                        ChainPolicy::Drop => "drop",
-                    }
-                );
-            }
-            Op::FlushChain { name } => {
-                let _ = writeln!(s, "flush chain {t} {name}");
-            }
-            Op::DeleteChain { name } => {
-                let _ = writeln!(s, "delete chain {t} {name}");
-            }
-            Op::AddSet { name, spec } => {
-                let kind = if spec.map { "map" } else { "set" };
-                let verdict = if spec.map { " : verdict" } else { "" };
-                let flags = if spec.interval {
-                    " flags interval;"
-                } else {
-                    ""
-                };
-                let _ = writeln!(
-                    s,
-                    "add {kind} {t} {name} {{ type {}{verdict};{flags} }}",
-                    key_types(&spec.key)
-                );
-            }
-            Op::DeleteSet { name, spec } => {
-                let kind = if spec.map { "map" } else { "set" };
-                let _ = writeln!(s, "delete {kind} {t} {name}");
-            }
-            Op::AddElements { set, elements: e } | Op::DeleteElements { set, elements: e } => {
-                if e.is_empty() {
-                    continue;
-                }
-                let verb = if matches!(op, Op::AddElements { .. }) {
-                    "add"
-                } else {
-                    "delete"
-                };
-                let _ = write!(s, "{verb} element {t} {set}");
-                elements(&mut s, &mut e.iter().map(|k| key_text(k)));
-            }
-            Op::AddMapElements { map, elements: e } => {
-                if e.is_empty() {
-                    continue;
-                }
-                let _ = write!(s, "add element {t} {map}");
-                elements(
-                    &mut s,
-                    &mut e
-                        .iter()
-                        .map(|(k, v)| format!("{} : {}", key_text(k), verdict_text(v))),
-                );
-            }
-            Op::DeleteMapElements { map, keys } => {
-                if keys.is_empty() {
-                    continue;
-                }
-                let _ = write!(s, "delete element {t} {map}");
-                elements(&mut s, &mut keys.iter().map(|k| key_text(k)));
-            }
-            Op::AddRule { chain, rule } => {
-                for line in rule_lines(rule) {
-                    let _ = writeln!(s, "add rule {t} {chain} {line}");
-                }
-            }
-        }
+        write_op(&mut s, &t, op);
     }
     Some(s)
 }
@@ -565,6 +528,24 @@ mod tests {
                 spec: dispatch.clone(),
             },
         ];
+        // The log form: the same commands without the table, one per op.
+        let logged: Vec<String> = ops.iter().map(op_text).collect();
+        assert_eq!(
+            logged,
+            [
+                "add table",
+                "add chain forward { type filter hook forward priority -5; policy accept; }",
+                "add chain pi-00ab",
+                "add set ports-01 { type inet_proto . inet_service; flags interval; }",
+                "add map ingress4 { type ipv4_addr : verdict; }",
+                "add element ports-01 { 6 . 80, 17 . 53-60 }",
+                "add element ingress4 { 10.0.0.1 : jump pi-00ab }",
+                "delete element ports-01 {  }",
+                "add rule pi-00ab meta l4proto . th dport @ports-01 accept comment \"ns/p ingress[0]\"",
+                "flush chain pi-00ab",
+                "delete map ingress4",
+            ]
+        );
         let s = script("palt-1", &ops).unwrap();
         assert_eq!(
             s,
