@@ -187,7 +187,9 @@ impl NftDataplane {
         let t = Instant::now();
         // nft's own syntax when every name allows it (always, for the compiler's names),
         // JSON otherwise.
-        let (args, doc): (&[&str], String) = match text::script(&self.opts.table, ops) {
+        let script = text::script(&self.opts.table, ops);
+        self.last.script = script.is_some();
+        let (args, doc): (&[&str], String) = match script {
             Some(script) => (&["-f", "-"], script),
             None => (
                 &["-j", "-f", "-"],
@@ -196,7 +198,6 @@ impl NftDataplane {
         };
         self.last.cpu_time += t.elapsed();
         self.last.bytes += doc.len();
-        self.last.script = args.len() == 2;
         let t = Instant::now();
         let res = self.run(args, Some(doc.as_bytes()));
         self.last.nft_time += t.elapsed();
@@ -206,6 +207,14 @@ impl NftDataplane {
             }
             other => other,
         })
+    }
+
+    /// The kept netlink socket, or a new one; the caller puts it back after a success.
+    fn take_socket(&mut self) -> Result<std::os::fd::OwnedFd, super::netlink::BatchError> {
+        match self.socket.take() {
+            Some(s) => Ok(s),
+            None => super::netlink::socket(self.opts.netns.as_deref()),
+        }
     }
 
     /// Tries the element fast path; `false` when the commands must go through nft (not
@@ -219,11 +228,9 @@ impl NftDataplane {
         self.last.cpu_time += t.elapsed();
         self.last.bytes = batch.len();
         let t = Instant::now();
-        let res = match self.socket.take() {
-            Some(s) => Ok(s),
-            None => super::netlink::socket(self.opts.netns.as_deref()),
-        }
-        .and_then(|sock| super::netlink::send(&sock, &batch).map(|()| sock));
+        let res = self
+            .take_socket()
+            .and_then(|sock| super::netlink::send(&sock, &batch).map(|()| sock));
         self.last.nft_time = t.elapsed();
         let res = res.map(|sock| self.socket = Some(sock));
         match res {
@@ -263,19 +270,7 @@ impl NftDataplane {
             return None;
         }
         let model = &diff.model;
-        let plain = |op: &Op| match op {
-            Op::AddElements { set, elements } => model
-                .sets
-                .get(set)
-                .filter(|s| !s.interval)
-                .map(|_| elements.len()),
-            Op::AddMapElements { map, elements } => model
-                .maps
-                .get(map)
-                .filter(|m| !m.interval)
-                .map(|_| elements.len()),
-            _ => None,
-        };
+        let plain = |op: &Op| super::netlink::plain_additions(model, op);
         if diff.ops.iter().filter_map(plain).sum::<usize>() < self.opts.staged_min_elements {
             return None;
         }
@@ -316,11 +311,7 @@ impl NftDataplane {
     /// through nft: adding an element that exists is no error).
     fn send_batches(&mut self, batches: &[Vec<u8>]) -> bool {
         let t = Instant::now();
-        let sock = match self.socket.take() {
-            Some(s) => Ok(s),
-            None => super::netlink::socket(self.opts.netns.as_deref()),
-        };
-        let res = sock.and_then(|s| {
+        let res = self.take_socket().and_then(|s| {
             for b in batches {
                 self.last.bytes += b.len();
                 super::netlink::send(&s, b)?;

@@ -61,6 +61,57 @@ fn verdict_data(v: &Verdict) -> ElementData<'_> {
     }
 }
 
+/// Elements in the batch's layout.
+type Elements<'a> = Vec<(Vec<u8>, Option<ElementData<'a>>)>;
+
+/// The key types of set `name` of `model`, if its elements can go in a batch here (it
+/// exists and has no `flags interval`).
+fn set_key<'m>(model: &'m Ruleset, name: &str) -> Option<&'m [KeyType]> {
+    model
+        .sets
+        .get(name)
+        .filter(|s| !s.interval)
+        .map(|s| s.key.as_slice())
+}
+
+/// [`set_key`] for a verdict map.
+fn map_key<'m>(model: &'m Ruleset, name: &str) -> Option<&'m [KeyType]> {
+    model
+        .maps
+        .get(name)
+        .filter(|m| !m.interval)
+        .map(|m| m.key.as_slice())
+}
+
+/// Keys in register layout; `None` if one cannot be encoded.
+fn keys<'v>(
+    types: &[KeyType],
+    values: impl IntoIterator<Item = &'v Vec<Value>>,
+) -> Option<Vec<Vec<u8>>> {
+    values.into_iter().map(|v| key_bytes(types, v)).collect()
+}
+
+/// Set elements to add; `None` if a key cannot be encoded.
+fn set_additions(types: &[KeyType], elements: &[Vec<Value>]) -> Option<Elements<'static>> {
+    Some(
+        keys(types, elements)?
+            .into_iter()
+            .map(|k| (k, None))
+            .collect(),
+    )
+}
+
+/// Verdict map elements to add; `None` if a key cannot be encoded.
+fn map_additions<'a>(
+    types: &[KeyType],
+    elements: &'a [(Vec<Value>, Verdict)],
+) -> Option<Elements<'a>> {
+    elements
+        .iter()
+        .map(|(k, v)| key_bytes(types, k).map(|k| (k, Some(verdict_data(v)))))
+        .collect()
+}
+
 /// The batch for `ops` against the sets and maps of `model` (the desired model: element
 /// commands of a diff only ever name sets and maps that exist in it), or `None` when some
 /// command is not an element command of a non-interval set or map of known key types.
@@ -68,34 +119,17 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<u8>> {
     let mut batch = ElementBatch::new(table);
     for op in ops {
         match op {
-            Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
-                let s = model.sets.get(set).filter(|s| !s.interval)?;
-                let keys = elements
-                    .iter()
-                    .map(|e| key_bytes(&s.key, e))
-                    .collect::<Option<Vec<_>>>()?;
-                if matches!(op, Op::AddElements { .. }) {
-                    let elems: Vec<_> = keys.into_iter().map(|k| (k, None)).collect();
-                    batch.add(set, &elems);
-                } else {
-                    batch.delete(set, &keys);
-                }
+            Op::AddElements { set, elements } => {
+                batch.add(set, &set_additions(set_key(model, set)?, elements)?)
+            }
+            Op::DeleteElements { set, elements } => {
+                batch.delete(set, &keys(set_key(model, set)?, elements)?)
             }
             Op::AddMapElements { map, elements } => {
-                let m = model.maps.get(map).filter(|m| !m.interval)?;
-                let elems = elements
-                    .iter()
-                    .map(|(k, v)| key_bytes(&m.key, k).map(|k| (k, Some(verdict_data(v)))))
-                    .collect::<Option<Vec<_>>>()?;
-                batch.add(map, &elems);
+                batch.add(map, &map_additions(map_key(model, map)?, elements)?)
             }
-            Op::DeleteMapElements { map, keys } => {
-                let m = model.maps.get(map).filter(|m| !m.interval)?;
-                let keys = keys
-                    .iter()
-                    .map(|k| key_bytes(&m.key, k))
-                    .collect::<Option<Vec<_>>>()?;
-                batch.delete(map, &keys);
+            Op::DeleteMapElements { map, keys: k } => {
+                batch.delete(map, &keys(map_key(model, map)?, k)?)
             }
             _ => return None,
         }
@@ -104,6 +138,16 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<u8>> {
         }
     }
     Some(batch.finish_batch())
+}
+
+/// How many elements `op` adds to a set or map of `model` that [`encode_additions`] can
+/// carry; `None` for any other command.
+pub fn plain_additions(model: &Ruleset, op: &Op) -> Option<usize> {
+    match op {
+        Op::AddElements { set, elements } => set_key(model, set).map(|_| elements.len()),
+        Op::AddMapElements { map, elements } => map_key(model, map).map(|_| elements.len()),
+        _ => None,
+    }
 }
 
 /// The element additions of `ops` for the non-interval sets and maps of `model` as
@@ -118,40 +162,31 @@ pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<
     const FULL: usize = 96 * 1024;
     let mut batches = Vec::new();
     let mut batch = ElementBatch::new(table);
-    let mut flush = |batch: &mut ElementBatch, force: bool| {
-        if !batch.is_empty() && (force || batch.len() > FULL) {
-            let full = std::mem::replace(batch, ElementBatch::new(table));
-            batches.push(full.finish_batch());
-        }
-    };
     for op in ops {
-        match op {
+        let (name, chunks): (&str, Vec<Elements<'_>>) = match op {
             Op::AddElements { set, elements } => {
-                let s = model.sets.get(set).filter(|s| !s.interval)?;
-                for chunk in elements.chunks(CHUNK) {
-                    let elems = chunk
-                        .iter()
-                        .map(|e| key_bytes(&s.key, e).map(|k| (k, None)))
-                        .collect::<Option<Vec<_>>>()?;
-                    batch.add(set, &elems);
-                    flush(&mut batch, false);
-                }
+                let types = set_key(model, set)?;
+                let chunks = elements.chunks(CHUNK).map(|c| set_additions(types, c));
+                (set, chunks.collect::<Option<_>>()?)
             }
             Op::AddMapElements { map, elements } => {
-                let m = model.maps.get(map).filter(|m| !m.interval)?;
-                for chunk in elements.chunks(CHUNK) {
-                    let elems = chunk
-                        .iter()
-                        .map(|(k, v)| key_bytes(&m.key, k).map(|k| (k, Some(verdict_data(v)))))
-                        .collect::<Option<Vec<_>>>()?;
-                    batch.add(map, &elems);
-                    flush(&mut batch, false);
-                }
+                let types = map_key(model, map)?;
+                let chunks = elements.chunks(CHUNK).map(|c| map_additions(types, c));
+                (map, chunks.collect::<Option<_>>()?)
             }
             _ => return None,
+        };
+        for chunk in chunks {
+            batch.add(name, &chunk);
+            if batch.len() > FULL {
+                batches
+                    .push(std::mem::replace(&mut batch, ElementBatch::new(table)).finish_batch());
+            }
         }
     }
-    flush(&mut batch, true);
+    if !batch.is_empty() {
+        batches.push(batch.finish_batch());
+    }
     Some(batches)
 }
 
@@ -287,5 +322,52 @@ mod tests {
             elements: vec![ip("10.0.0.1")],
         }];
         assert!(encode("palisade", &rs, &unknown).is_none());
+    }
+
+    #[test]
+    fn a_cold_start_s_additions_are_split_into_batches_that_fit_a_socket() {
+        let rs = model();
+        let v6 = |i: u32| {
+            vec![
+                Value::Addr(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i)).into()),
+                Value::Proto(6),
+                Value::Port(80),
+            ]
+        };
+        let ops = [
+            Op::AddElements {
+                set: "named6".into(),
+                elements: (0..10_000).map(v6).collect(),
+            },
+            Op::AddMapElements {
+                map: "ingress4".into(),
+                elements: vec![(
+                    vec![Value::Addr("10.0.0.2".parse().unwrap())],
+                    Verdict::Jump("in-0001".into()),
+                )],
+            },
+        ];
+        let batches = encode_additions("palisade", &rs, &ops).unwrap();
+        assert!(batches.len() > 1, "{} batches", batches.len());
+        let mut commands = 0;
+        for b in &batches {
+            assert!(b.len() < 160 * 1024, "a batch of {} bytes", b.len());
+            let kinds = nfnetlink::message_kinds(b).unwrap();
+            assert_eq!((kinds[0], kinds[kinds.len() - 1]), (0x10, 0x11));
+            commands += kinds.len() - 2;
+        }
+        // 10 commands of at most 1024 elements for the set, one for the map.
+        assert_eq!(commands, 11);
+        // Only additions of plain sets and maps.
+        let interval = [Op::AddElements {
+            set: "block".into(),
+            elements: vec![vec![Value::Addr("10.0.0.1".parse().unwrap())]],
+        }];
+        assert!(encode_additions("palisade", &rs, &interval).is_none());
+        let delete = [Op::DeleteElements {
+            set: "peers".into(),
+            elements: vec![vec![Value::Addr("10.0.0.1".parse().unwrap())]],
+        }];
+        assert!(encode_additions("palisade", &rs, &delete).is_none());
     }
 }
