@@ -279,6 +279,27 @@ impl Touched {
         }
     }
 
+    /// Records that chain `name` was rebuilt (nothing to record when `all`).
+    pub fn chain(&mut self, name: &str) {
+        if !self.all {
+            self.chains.insert(name.to_string());
+        }
+    }
+
+    /// Records that set `name` was rebuilt.
+    pub fn set(&mut self, name: &str) {
+        if !self.all {
+            self.sets.insert(name.to_string());
+        }
+    }
+
+    /// Records that map `name` was rebuilt.
+    pub fn map(&mut self, name: &str) {
+        if !self.all {
+            self.maps.insert(name.to_string());
+        }
+    }
+
     /// Everything `other` names too (changes since an earlier point).
     pub fn merge(&mut self, other: Touched) {
         if self.all || other.all {

@@ -260,9 +260,7 @@ impl Cache {
             .collect();
         for (name, spec) in stale {
             let set = self.materialise(state, index, opts, &spec);
-            if !touched.all {
-                touched.sets.insert(name.clone());
-            }
+            touched.set(&name);
             out.sets.insert(name, set);
         }
         self.dirty.clear();
@@ -308,15 +306,16 @@ impl Cache {
         self.policy_chains = policy_cache;
         self.chain_names = chain_names;
         // What differs from the previous output (what went, the dataplane sees by name).
+        // Comparing costs: not when everything counts as touched anyway.
         if !touched.all {
             for (name, chain) in &chains {
                 if !reused.contains(name) && previous_chains.get(name) != Some(chain) {
-                    touched.chains.insert(name.clone());
+                    touched.chain(name);
                 }
             }
             for (name, map) in &maps {
                 if previous.maps.get(name) != Some(map) {
-                    touched.maps.insert(name.clone());
+                    touched.map(name);
                 }
             }
         }
@@ -331,9 +330,7 @@ impl Cache {
             let set = match previous.sets.remove(name) {
                 Some(set) if !stale => set,
                 _ => {
-                    if !touched.all {
-                        touched.sets.insert(name.clone());
-                    }
+                    touched.set(name);
                     self.materialise(state, index, opts, spec)
                 }
             };
@@ -535,12 +532,10 @@ struct PortAlts {
 impl Builder<'_> {
     /// [`policy_chain_name`], remembered across compiles.
     fn policy_chain(&mut self, direction: Direction, key: &ObjectKey) -> String {
-        if let Some(n) = self.chain_names.get(&(direction, key.clone())) {
-            return n.clone();
-        }
-        let n = policy_chain_name(direction, key);
-        self.chain_names.insert((direction, key.clone()), n.clone());
-        n
+        self.chain_names
+            .entry((direction, key.clone()))
+            .or_insert_with(|| policy_chain_name(direction, key))
+            .clone()
     }
 
     fn set(&mut self, spec: SetSpec) -> String {

@@ -146,18 +146,20 @@ fn set_likes(rs: &Ruleset) -> BTreeMap<&str, SetLike<'_>> {
 
 /// The sets and maps a chain's rules reference.
 pub(crate) fn chain_set_refs(chain: &Chain) -> BTreeSet<&str> {
-    let mut out = BTreeSet::new();
-    for r in &chain.rules {
-        for m in &r.matches {
-            if let Match::Lookup { set, .. } = m {
-                out.insert(set.as_str());
-            }
-        }
-        if let Some(RuleVerdict::Vmap { map, .. }) = &r.verdict {
-            out.insert(map.as_str());
-        }
-    }
-    out
+    chain.rules.iter().flat_map(rule_set_refs).collect()
+}
+
+/// The sets and maps one rule names (lookups, then a verdict map), in rule order.
+fn rule_set_refs(rule: &Rule) -> impl Iterator<Item = &str> {
+    let lookups = rule.matches.iter().filter_map(|m| match m {
+        Match::Lookup { set, .. } => Some(set.as_str()),
+        _ => None,
+    });
+    let vmap = match &rule.verdict {
+        Some(RuleVerdict::Vmap { map, .. }) => Some(map.as_str()),
+        _ => None,
+    };
+    lookups.chain(vmap)
 }
 
 /// The chains a rule jumps or goes to.
@@ -402,16 +404,9 @@ const MANY_SETS: usize = 64;
 /// shared sets (ports, node-local pods).
 fn most_used_first(desired: &Ruleset, sets: &mut [&str]) {
     let mut uses: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in desired.chains.values() {
-        for r in &c.rules {
-            for m in &r.matches {
-                if let Match::Lookup { set, .. } = m {
-                    *uses.entry(set).or_default() += 1;
-                }
-            }
-            if let Some(RuleVerdict::Vmap { map, .. }) = &r.verdict {
-                *uses.entry(map).or_default() += 1;
-            }
+    for r in desired.chains.values().flat_map(|c| &c.rules) {
+        for set in rule_set_refs(r) {
+            *uses.entry(set).or_default() += 1;
         }
     }
     sets.sort_by(|a, b| {
