@@ -287,6 +287,9 @@ pub struct NetConf {
     pub version: CniVersion,
     pub name: String,
     pub mtu: u32,
+    /// `deleteVethInBackground`: DEL leaves the kernel's freeing of the (already down) veth
+    /// pair to a detached process ([`crate::teardown`]) instead of waiting for it.
+    pub delete_veth_in_background: bool,
     pub ipam: Ipam,
     /// `ipam.dataDir`: shared by every network on the node.
     pub data_dir: PathBuf,
@@ -331,6 +334,7 @@ struct RawConf {
     #[serde(rename = "type")]
     plugin_type: Option<String>,
     mtu: Option<u32>,
+    delete_veth_in_background: Option<bool>,
     ipam: Option<RawIpam>,
     dns: Option<Dns>,
     agent: Option<RawAgent>,
@@ -478,6 +482,7 @@ pub fn parse_netconf(raw: &[u8]) -> Result<NetConf> {
         data_dir,
         name,
         mtu,
+        delete_veth_in_background: conf.delete_veth_in_background.unwrap_or(true),
         ipam,
         dns: conf.dns.unwrap_or_default(),
         agent,
@@ -809,6 +814,7 @@ mod tests {
     fn every_documented_key_is_read() {
         let mut j = base();
         j["mtu"] = 9000.into();
+        j["deleteVethInBackground"] = false.into();
         j["ipam"]["dataDir"] = "/tmp/x".into();
         j["ipam"]["ranges"][0][0] = serde_json::json!({"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.20", "gateway": "10.0.0.1"});
         j["agent"] =
@@ -816,6 +822,8 @@ mod tests {
         j["dns"] = serde_json::json!({"nameservers": ["10.96.0.10"]});
         let c = conf(j).unwrap();
         assert_eq!(c.mtu, 9000);
+        assert!(!c.delete_veth_in_background);
+        assert!(conf(base()).unwrap().delete_veth_in_background, "default");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x/pnet"));
         assert_eq!(c.agent.timeout, Duration::from_millis(50));
         assert!(c.agent.required);
@@ -867,6 +875,7 @@ mod tests {
             (Box::new(|j| j["name"] = "hostport".into()), 7),
             (Box::new(|j| j["mtu"] = "big".into()), 7),
             (Box::new(|j| j["mtu"] = 10.into()), 7),
+            (Box::new(|j| j["deleteVethInBackground"] = "yes".into()), 7),
             (
                 Box::new(|j| {
                     j.as_object_mut().unwrap().remove("ipam");

@@ -175,13 +175,19 @@ impl std::error::Error for HostPortError {}
 /// caller's own slow kernel work (DEL: the veth), the wait has passed and closing is free.
 #[derive(Debug, Default)]
 pub struct Pending {
-    /// Held for its `Drop` (the close).
-    _socket: Option<std::os::fd::OwnedFd>,
+    /// Held for its `Drop` (the close), or handed to [`crate::teardown`].
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl Pending {
     fn socket(s: std::os::fd::OwnedFd) -> Pending {
-        Pending { _socket: Some(s) }
+        Pending { socket: Some(s) }
+    }
+
+    /// The socket, for a process that takes over the wait (DEL's background teardown).
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.socket.as_ref().map(|s| s.as_raw_fd())
     }
 }
 

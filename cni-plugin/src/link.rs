@@ -24,6 +24,7 @@ const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
+const IFLA_IFALIAS: u16 = 20;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
@@ -107,6 +108,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// For a veth: the peer's ifindex (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// `ifalias` (DEL marks the pairs it takes down: `commands/del.rs`).
+    pub alias: Option<String>,
 }
 
 /// One end of a veth pair to create.
@@ -193,6 +196,7 @@ fn parse_link(p: &[u8]) -> Option<Link> {
         up: flags & IFF_UP != 0,
         kind: None,
         peer_index: None,
+        alias: None,
     };
     for (ty, data) in Attrs::new(p.get(16..)?) {
         match ty {
@@ -200,6 +204,7 @@ fn parse_link(p: &[u8]) -> Option<Link> {
             IFLA_ADDRESS if data.len() == 6 => link.mac = Some(Mac(data.try_into().ok()?)),
             IFLA_MTU => link.mtu = netlink::u32_of(data).unwrap_or(0),
             IFLA_LINK => link.peer_index = netlink::u32_of(data),
+            IFLA_IFALIAS => link.alias = Some(netlink::c_string(data)),
             IFLA_LINKINFO => {
                 for (t, d) in Attrs::new(data) {
                     if t == IFLA_INFO_KIND {
@@ -223,6 +228,42 @@ pub fn delete_link(sock: &mut Socket, name: &str) -> Result<bool, CniError> {
         Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
         Err(e) => Err(nl_err(format!("delete link {name}"))(e)),
     }
+}
+
+/// Delete the link with this index; `Ok(false)` when there is none. Unlike a name, an index
+/// is never handed to another link soon (the kernel allocates them cyclically), so this
+/// cannot hit a pair that a later ADD created under the same name.
+pub fn delete_link_index(sock: &mut Socket, index: u32) -> Result<bool, CniError> {
+    let mut r = Request::new(RTM_DELLINK, 0);
+    r.bytes(&ifinfomsg(index as i32, 0, 0));
+    match sock.execute(r) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(nl_err(format!("delete link index {index}"))(e)),
+    }
+}
+
+/// Take a link down and set its `ifalias`, in one request. For a veth this stops the pair
+/// at once: the peer loses its carrier and whatever it sends is dropped. The kernel removes
+/// every IPv4 and IPv6 route through a link that goes down, in the same step (and its IPv6
+/// addresses, `fe80::1` here).
+pub fn set_down(sock: &mut Socket, link: &Link, alias: &str) -> Result<(), CniError> {
+    let mut r = Request::new(RTM_NEWLINK, 0);
+    r.bytes(&ifinfomsg(link.index as i32, 0, IFF_UP))
+        .attr_str(IFLA_IFALIAS, alias);
+    sock.execute(r)
+        .map_err(nl_err(format!("set link {} down", link.name)))
+}
+
+/// Every link of the socket's namespace.
+pub fn list_links(sock: &mut Socket) -> Result<Vec<Link>, CniError> {
+    let mut r = Request::new(RTM_GETLINK, NLM_F_DUMP);
+    r.bytes(&ifinfomsg(0, 0, 0));
+    let replies = sock.dump(r).map_err(nl_err("list links"))?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| parse_link(&r.payload))
+        .collect())
 }
 
 /// Bring a link up (a no-op when it is).

@@ -13,6 +13,7 @@ mod link;
 mod netlink;
 mod netns;
 mod sysctl;
+mod teardown;
 mod types;
 mod version;
 

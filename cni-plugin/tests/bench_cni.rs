@@ -8,6 +8,10 @@
 //! - palisade with `portMappings` vs `ptp` + `host-local` + `portmap`: 100 pods in sequence,
 //!   interleaved.
 //!
+//! palisade's DEL leaves the deletion of the (down, unrouted) pair to a detached process
+//! (`src/teardown.rs`); the run also prints how often the pair was still listed right after
+//! DEL returned, and how long it stayed listed.
+//!
 //! Prints medians, p99 and palisade/reference ratios next to the targets; asserts nothing
 //! about time (machines are noisy). Run it optimised:
 //! `cni-plugin/bench/cni-bench.sh` or
@@ -193,7 +197,11 @@ fn series(node: &Node, net: &Network, pods: &[Pod], workers: usize, ports: bool)
 /// the machine falls on both alike. Returns ((pal ADD, pal DEL), (ref ADD, ref DEL)).
 // Index loops: `i` walks two parallel lists (one per side) at once.
 #[allow(clippy::needless_range_loop)]
-fn interleaved(sides: [(&Node, &Network, &[Pod]); 2], ports: bool) -> [Samples; 2] {
+fn interleaved(
+    sides: [(&Node, &Network, &[Pod]); 2],
+    ports: bool,
+    mut watch: Option<&mut Teardown>,
+) -> [Samples; 2] {
     let attach: Vec<Vec<Pod>> = sides
         .iter()
         .map(|(node, _, pods)| {
@@ -225,9 +233,58 @@ fn interleaved(sides: [(&Node, &Network, &[Pod]); 2], ports: bool) -> [Samples; 
             out[s]
                 .1
                 .push(net.del(node, &attach[s][i], &added[s][i], port(i)));
+            if let (0, Some(w)) = (s, watch.as_deref_mut()) {
+                w.observe(node, &attach[s][i].host_veth());
+            }
         }
     }
     out
+}
+
+/// What palisade's DEL leaves to its detached process (`teardown.rs`), observed from the
+/// node netns right after each DEL returned (a thread there reads `/proc/thread-self/net/dev`
+/// every 50 µs): whether the pair was still listed at the first look, when that look was,
+/// and when the pair left the listing.
+#[derive(Default)]
+struct Teardown {
+    listed_at_first_look: usize,
+    first_look: Vec<Duration>,
+    gone_after: Vec<Duration>,
+}
+
+impl Teardown {
+    fn observe(&mut self, node: &Node, name: &str) {
+        let returned = Instant::now();
+        let ns = std::fs::File::open(node.ns.path()).expect("open node netns");
+        let name = format!(" {name}:");
+        let (listed, gone) = std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: moves only this short-lived thread into the node netns.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                let listed = |name: &str| {
+                    std::fs::read_to_string("/proc/thread-self/net/dev")
+                        .map(|d| {
+                            d.lines()
+                                .any(|l| format!(" {}", l.trim_start()).starts_with(name))
+                        })
+                        .unwrap_or(false)
+                };
+                let at_first_look = listed(&name);
+                let first_look = returned.elapsed();
+                while listed(&name) && returned.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                ((at_first_look, first_look), returned.elapsed())
+            })
+            .join()
+            .unwrap()
+        });
+        self.listed_at_first_look += usize::from(listed.0);
+        self.first_look.push(listed.1);
+        self.gone_after.push(gone);
+    }
 }
 
 /// Parallel series in the order palisade, reference, reference, palisade (samples merged),
@@ -382,12 +439,14 @@ fn bench_add_del_vs_reference() {
     let (pal_net, ref_net) = (palisade(&pal_node, false), reference(&ref_node, false));
     let (pal_pm, ref_pm) = (palisade(&pal_node, true), reference(&ref_node, true));
 
+    let mut teardown = Teardown::default();
     let [pal, rf] = interleaved(
         [
             (&pal_node, &pal_net, &pal_pods),
             (&ref_node, &ref_net, &ref_pods),
         ],
         false,
+        Some(&mut teardown),
     );
     push(
         "sequential (ptp+host-local)",
@@ -415,6 +474,7 @@ fn bench_add_del_vs_reference() {
             (&ref_node, &ref_pm, &ref_pods),
         ],
         true,
+        None,
     );
     push(
         "sequential, hostPort (+portmap)",
@@ -437,6 +497,23 @@ fn bench_add_del_vs_reference() {
          (the kernel part of every DEL) {:.2} ms median",
         ms(stats(&true_exec).median),
         ms(stats(&veth_del).median)
+    );
+
+    println!(
+        "palisade DEL returns with the pair down and no route to it; a detached process \
+         deletes it (the kernel's wait in that, the `ip link del` floor above, is not in \
+         DEL's time). Sequential DELs: pair still listed at the first look ({:.2} ms after \
+         DEL returned, median) {}/{} times; out of the listing {:.2} ms after return at the \
+         latest",
+        ms(stats(&teardown.first_look).median),
+        teardown.listed_at_first_look,
+        teardown.gone_after.len(),
+        ms(teardown
+            .gone_after
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()),
     );
 
     // The benchmark cleans up like any test: nothing may remain of 600 attachments.

@@ -3,6 +3,8 @@
 //! - For every ADD step of `cni-plugin/README.md` "Testing hooks", ADD aborts right after
 //!   that step (`PALISADE_TEST_CRASH_AT`, like `kill -9` there); then DEL, or GC without the
 //!   attachment, must leave no IP, link, route or hostPort element behind.
+//! - DEL's detached deletion of the pair killed before it runs: the pod is cut off all the
+//!   same, and an ADD of the attachment or GC of its network removes the left pair.
 //! - 200 pods on one node, ADD with 24 concurrent processes then DEL with 24: no address is
 //!   handed out twice and nothing leaks.
 
@@ -166,6 +168,87 @@ fn crash_at_every_add_step_then_gc() {
         return;
     }
     crash_then("GC", "crgc");
+}
+
+/// DEL's detached process killed before it deletes the pair (`PALISADE_TEST_CRASH_AT=
+/// veth-teardown`): DEL still succeeds and the pod is cut off (host end down and marked, no
+/// route to its addresses, pod end without carrier, addresses released); an ADD of the same
+/// attachment replaces the left pair with a working one; GC of another network leaves a
+/// left pair alone and GC of its own network deletes it.
+#[test]
+fn del_whose_background_deletion_never_ran() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("tdkill");
+    let conf = node.conf("1.1.0", Stack::Dual);
+    let mut other = conf.clone();
+    other["name"] = json!("another-network");
+    let kill = [("PALISADE_TEST_CRASH_AT", Some("veth-teardown"))];
+    let p = node.pod("p");
+    // The interface index ("12: palabc...@if3: <...>"), or None when there is no such link.
+    let index = |name: &str| {
+        node.ns
+            .sh(&format!("ip -o link show dev {name}"))
+            .ok()
+            .and_then(|l| l.split(':').next().map(|i| i.trim().to_string()))
+    };
+
+    let ips = result_ips(&node.add(&p, &conf));
+    let first = index(&p.host_veth()).expect("host veth after ADD");
+    node.run_env("DEL", &p, &conf, &kill).ok();
+    // Long enough for the detached process to have deleted the pair, had it not died.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let host = node
+        .ns
+        .sh(&format!("ip -d -o link show dev {}", p.host_veth()))
+        .expect("the pair stays when its deletion never ran");
+    assert!(!node.link_is_up(&p.host_veth()), "host end up: {host}");
+    assert!(
+        host.contains(&format!(
+            "alias palisade: deleted from network {}",
+            conf["name"].as_str().unwrap()
+        )),
+        "host end not marked: {host}"
+    );
+    let pod_end =
+        p.ns.sh(&format!("ip -o link show dev {}", p.ifname))
+            .unwrap();
+    assert!(
+        pod_end.contains("NO-CARRIER"),
+        "pod end still has a carrier: {pod_end}"
+    );
+    for ip in &ips {
+        let len = if is_v6(ip) { 128 } else { 32 };
+        let r = node
+            .ns
+            .sh(&format!("ip route show table all exact {ip}/{len}"))
+            .unwrap();
+        assert!(r.trim().is_empty(), "route to {ip} remains: {r}");
+    }
+    assert_eq!(node.ipam_attachments(), 0, "addresses not released");
+
+    // The same attachment again: the left pair is replaced, the new one works.
+    node.add(&p, &conf);
+    let second = index(&p.host_veth()).expect("host veth after the second ADD");
+    assert_ne!(first, second, "the second ADD adopted the down pair");
+    assert!(node.link_is_up(&p.host_veth()), "the new pair is down");
+    assert_pod_reaches_node(&p, Stack::Dual);
+
+    // Left again: GC of another network does not touch it, GC of its own deletes it.
+    node.run_env("DEL", &p, &conf, &kill).ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    node.gc(&other, &[]).ok();
+    assert!(
+        index(&p.host_veth()).is_some(),
+        "GC of another network deleted the pair"
+    );
+    node.gc(&conf, &[]).ok();
+    assert!(
+        index(&p.host_veth()).is_none(),
+        "GC of its network left the pair"
+    );
+    node.assert_no_leak("DEL whose background deletion never ran");
 }
 
 /// Runs `f` over `items` with `workers` threads (each spawning plugin processes).

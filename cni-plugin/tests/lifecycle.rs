@@ -162,6 +162,90 @@ fn del_with_netns_gone_or_empty() {
     node.assert_no_leak("DEL without netns");
 }
 
+/// DEL cuts the pod off before it returns: in the first snapshot after it, the host end is
+/// down (or gone), no route leads to the pod's addresses, the pod end has no carrier and the
+/// addresses are released. The pair itself goes after that, deleted by the detached process
+/// (the pod netns stays, so nothing else would delete it). With `deleteVethInBackground`
+/// false the pair is gone when DEL returns.
+#[test]
+fn del_cuts_the_pod_off_before_it_returns() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("delcut");
+    let conf = node.conf("1.1.0", Stack::Dual);
+    for (round, background) in [(0, true), (1, false), (2, true)] {
+        let ctx = format!("round {round}, background {background}");
+        let mut conf = conf.clone();
+        conf["deleteVethInBackground"] = background.into();
+        let p = node.pod(&format!("p{round}"));
+        let ips = result_ips(&node.add(&p, &conf));
+        assert_pod_reaches_node(&p, Stack::Dual);
+        node.del(&p, &conf);
+
+        let host_end = node
+            .ns
+            .sh(&format!("ip -o link show dev {}", p.host_veth()));
+        let pod_end = p.ns.sh(&format!("ip -o link show dev {}", p.ifname));
+        let routes = node.ns.sh("ip -4 route; ip -6 route").unwrap();
+        if !background {
+            assert!(
+                host_end.is_err(),
+                "{ctx}: host end still there: {host_end:?}"
+            );
+            assert!(pod_end.is_err(), "{ctx}: pod end still there: {pod_end:?}");
+        }
+        if let Ok(l) = &host_end {
+            assert!(!node.link_is_up(&p.host_veth()), "{ctx}: host end up: {l}");
+        }
+        if let Ok(l) = &pod_end {
+            assert!(
+                l.contains("NO-CARRIER") || !l.contains("LOWER_UP"),
+                "{ctx}: pod end still has a carrier: {l}"
+            );
+        }
+        for ip in &ips {
+            assert!(
+                !routes.contains(&format!("{ip} dev")),
+                "{ctx}: route to {ip} remains:\n{routes}"
+            );
+        }
+        assert_eq!(node.ipam_attachments(), 0, "{ctx}: addresses not released");
+        node.assert_pod_gone(&p, &ips, &ctx);
+    }
+    node.assert_no_leak("DEL cuts off");
+}
+
+/// An ADD of the same attachment right after its DEL (a runtime re-creating a sandbox with
+/// the same container ID in the same netns) gets a working pair, and the background
+/// deletion of the old pair (by interface index, not by the name the new pair reuses) never
+/// takes it. The kernel unlists the old pair as soon as that deletion starts, well before it
+/// returns, so the ADD rarely sees it: `del_whose_background_deletion_never_ran`
+/// (crash_safety.rs) covers an ADD that finds it.
+#[test]
+fn add_right_after_del_of_the_same_attachment() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("readel");
+    let conf = node.conf("1.0.0", Stack::Dual);
+    let p = node.pod("p");
+    node.add(&p, &conf);
+    for round in 0..5 {
+        node.del(&p, &conf);
+        node.add(&p, &conf);
+        // Longer than the background deletion of the old pair takes (15-45 ms).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            node.link_is_up(&p.host_veth()),
+            "round {round}: the new host end is gone or down"
+        );
+        assert_pod_reaches_node(&p, Stack::Dual);
+    }
+    node.del(&p, &conf);
+    node.assert_no_leak("ADD after DEL");
+}
+
 /// One container with two attachments (eth0, net1): distinct IPs, both work, each DEL
 /// removes only its own.
 #[test]

@@ -312,11 +312,18 @@ fn ensure_veth(
 ) -> Result<(Link, Link)> {
     let existing_host = link::get_link(host, host_ifname)?;
     let existing_pod = link::get_link(pod, &att.ifname)?;
+    let pair = |h: &Link, p: &Link| h.peer_index == Some(p.index) && p.peer_index == Some(h.index);
     match (existing_host, existing_pod) {
-        // A repeated ADD: the pair is ours (each end names the other as its peer).
-        (Some(h), Some(p)) if h.peer_index == Some(p.index) && p.peer_index == Some(h.index) => {
+        // A repeated ADD: the pair is ours (each end names the other as its peer), and up.
+        (Some(h), Some(p)) if pair(&h, &p) && h.up => {
             undo.veth = Some(host_ifname.to_string());
             Ok((h, p))
+        }
+        // Our pair, but down: a DEL of this attachment took it down and its deletion is
+        // still under way (`teardown`). It is on its way out: replace it.
+        (Some(h), Some(p)) if pair(&h, &p) => {
+            link::delete_link_index(host, h.index)?;
+            create_veth(conf, att, netns, host_ifname, host, pod, undo)
         }
         (_, Some(p)) => Err(CniError::LinkConflict(format!(
             "interface {} already exists in {} (index {}, kind {}) and is not the peer of {host_ifname}",
@@ -327,19 +334,40 @@ fn ensure_veth(
         ))),
         (stale, None) => {
             if stale.is_some() {
-                // The host end of an earlier attempt whose pod end died with its netns.
+                // The host end of an earlier attempt whose pod end died with its netns (or
+                // of a DEL whose background deletion has not run yet).
                 link::delete_link(host, host_ifname)?;
             }
-            let host_end = VethEnd { name: host_ifname, mac: Mac::random(), mtu: conf.mtu };
-            let pod_end = VethEnd { name: &att.ifname, mac: Mac::random(), mtu: conf.mtu };
-            link::create_veth(host, &host_end, &pod_end, netns.fd())?;
-            undo.veth = Some(host_ifname.to_string());
-            crash_point("veth-created");
-            let h = require_link(host, host_ifname, "node")?;
-            let p = require_link(pod, &att.ifname, "pod")?;
-            Ok((h, p))
+            create_veth(conf, att, netns, host_ifname, host, pod, undo)
         }
     }
+}
+
+fn create_veth(
+    conf: &NetConf,
+    att: &Attachment,
+    netns: &Netns,
+    host_ifname: &str,
+    host: &mut Socket,
+    pod: &mut Socket,
+    undo: &mut Undo,
+) -> Result<(Link, Link)> {
+    let host_end = VethEnd {
+        name: host_ifname,
+        mac: Mac::random(),
+        mtu: conf.mtu,
+    };
+    let pod_end = VethEnd {
+        name: &att.ifname,
+        mac: Mac::random(),
+        mtu: conf.mtu,
+    };
+    link::create_veth(host, &host_end, &pod_end, netns.fd())?;
+    undo.veth = Some(host_ifname.to_string());
+    crash_point("veth-created");
+    let h = require_link(host, host_ifname, "node")?;
+    let p = require_link(pod, &att.ifname, "pod")?;
+    Ok((h, p))
 }
 
 fn notify_agent(

@@ -1,13 +1,15 @@
 //! GC (CNI 1.1): release every attachment of this network that the runtime no longer knows:
 //! its host veth, IPAM entry and port mappings. The host veth names come from the IPAM
 //! store (recorded before each veth was created), so GC never guesses which `pal*` link is
-//! whose, and never touches another network's links.
+//! whose, and never touches another network's links. It also deletes the down pairs a DEL
+//! of this network marked and left to a detached process that did not finish
+//! (`teardown.rs`): their `ifalias` names the network.
 
 use super::add::open_host_socket;
 use super::warn;
 use crate::config::{Env, NetConf};
 use crate::error::{CniError, Result};
-use crate::{hostport, ipam, link};
+use crate::{hostport, ipam, link, teardown};
 
 pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
     if !conf.version.supports_gc_and_status() {
@@ -31,6 +33,26 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
             Ok(())
         }
     })?;
+    match link::list_links(&mut sock) {
+        Ok(links) => {
+            let mark = teardown::deleted_alias(&conf.name);
+            for l in links {
+                if l.alias.as_deref() == Some(mark.as_str())
+                    && !l.up
+                    && l.kind.as_deref() == Some("veth")
+                {
+                    warn(format!(
+                        "GC of network {}: deleting {} (left by a DEL)",
+                        conf.name, l.name
+                    ));
+                    if let Err(e) = link::delete_link_index(&mut sock, l.index) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
     for rec in &released {
         warn(format!(
             "GC of network {}: released {}/{} ({}, {:?})",

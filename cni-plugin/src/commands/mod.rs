@@ -31,10 +31,17 @@ pub const ADD_STEPS: [&str; 8] = [
     "agent",
 ];
 
+/// The one DEL step: in the detached process of `teardown`, before it deletes the pair (as
+/// if it were killed before doing its work).
+pub const TEARDOWN_STEP: &str = "veth-teardown";
+
 /// Abort the process, exactly like a `kill -9` would stop it, if the tests asked for a crash
 /// right after `step`.
 pub fn crash_point(step: &str) {
-    debug_assert!(ADD_STEPS.contains(&step), "undocumented crash step {step}");
+    debug_assert!(
+        ADD_STEPS.contains(&step) || step == TEARDOWN_STEP,
+        "undocumented crash step {step}"
+    );
     if std::env::var_os(CRASH_ENV).is_some_and(|v| v == step) {
         eprintln!("palisade: {CRASH_ENV}={step}: aborting");
         std::process::abort();

@@ -290,6 +290,10 @@ impl Pod {
     }
 }
 
+/// How long after DEL returns its (down) veth pair may still exist: the detached process
+/// that deletes it needs 15–45 ms here; the margin is for a loaded CI machine.
+pub const TEARDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The kernel state of a node that pods must not change once they are deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSnapshot {
@@ -586,13 +590,25 @@ impl Node {
 
     /// The node is back to its state before the first pod: same links and routes, no
     /// hostPort element, no IPAM file naming any container ID this node has seen.
+    ///
+    /// A DEL returns before the kernel has freed the pair it took down (`teardown.rs`), so a
+    /// pod's host veth may still be listed for a few milliseconds: it must be down at once
+    /// (its routes are checked at once too) and gone within [`TEARDOWN_DEADLINE`].
     pub fn assert_no_leak(&self, context: &str) {
         let now = self.snapshot();
+        for l in now.links.difference(&self.baseline.links) {
+            assert!(
+                !self.link_is_up(l),
+                "{context}: {l} is still up after its DEL"
+            );
+        }
+        let now = self.wait_for_links(|links| *links == self.baseline.links);
         let extra_links: Vec<_> = now.links.difference(&self.baseline.links).collect();
         let gone_links: Vec<_> = self.baseline.links.difference(&now.links).collect();
         assert!(
             extra_links.is_empty() && gone_links.is_empty(),
-            "{context}: node links changed: leaked {extra_links:?}, removed {gone_links:?}"
+            "{context}: node links changed {TEARDOWN_DEADLINE:?} after the last DEL: \
+             leaked {extra_links:?}, removed {gone_links:?}"
         );
         let extra_routes: Vec<_> = now.routes.difference(&self.baseline.routes).collect();
         let gone_routes: Vec<_> = self.baseline.routes.difference(&now.routes).collect();
@@ -622,11 +638,12 @@ impl Node {
 
     /// Only `pod` is gone: no host veth, no route to its IPs, no IPAM file naming it, and
     /// its interface is gone from the pod netns.
+    /// Everything but the pair is checked at once; the host veth must be down at once and
+    /// gone within [`TEARDOWN_DEADLINE`], the pod interface too (see `assert_no_leak`).
     pub fn assert_pod_gone(&self, pod: &Pod, ips: &[String], context: &str) {
-        let links = self.snapshot().links;
         assert!(
-            !links.contains(&pod.host_veth()),
-            "{context}: host veth {} of {} still exists",
+            !self.link_is_up(&pod.host_veth()),
+            "{context}: host veth {} of {} is still up after its DEL",
             pod.host_veth(),
             pod.cid
         );
@@ -644,12 +661,44 @@ impl Node {
             "{context}: IPAM state still names {}: {hits:?}",
             pod.cid
         );
+        let links = self.wait_for_links(|links| !links.contains(&pod.host_veth()));
+        assert!(
+            !links.links.contains(&pod.host_veth()),
+            "{context}: host veth {} of {} still exists {TEARDOWN_DEADLINE:?} after DEL",
+            pod.host_veth(),
+            pod.cid
+        );
         if pod.ns.path().exists() {
             assert!(
                 !pod.ns.sh_ok(&format!("ip link show dev {}", pod.ifname)),
                 "{context}: {} still exists in the pod netns",
                 pod.ifname
             );
+        }
+    }
+
+    /// `name` exists in the node netns and is administratively up.
+    pub fn link_is_up(&self, name: &str) -> bool {
+        self.ns
+            .sh(&format!("ip -o link show dev {name}"))
+            .ok()
+            .and_then(|l| {
+                let flags = l.split('<').nth(1)?.split('>').next()?.to_string();
+                Some(flags.split(',').any(|f| f == "UP"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Snapshots until `done` holds for its links or [`TEARDOWN_DEADLINE`] has passed; the
+    /// last snapshot.
+    pub fn wait_for_links(&self, done: impl Fn(&BTreeSet<String>) -> bool) -> NodeSnapshot {
+        let deadline = std::time::Instant::now() + TEARDOWN_DEADLINE;
+        loop {
+            let now = self.snapshot();
+            if done(&now.links) || std::time::Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
