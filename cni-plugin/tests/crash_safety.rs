@@ -218,14 +218,7 @@ fn del_whose_background_deletion_never_ran() {
         pod_end.contains("NO-CARRIER"),
         "pod end still has a carrier: {pod_end}"
     );
-    for ip in &ips {
-        let len = if is_v6(ip) { 128 } else { 32 };
-        let r = node
-            .ns
-            .sh(&format!("ip route show table all exact {ip}/{len}"))
-            .unwrap();
-        assert!(r.trim().is_empty(), "route to {ip} remains: {r}");
-    }
+    node.assert_no_route_to(&ips, "background deletion killed");
     assert_eq!(node.ipam_attachments(), 0, "addresses not released");
 
     // The same attachment again: the left pair is replaced, the new one works.

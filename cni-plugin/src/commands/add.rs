@@ -317,41 +317,29 @@ fn ensure_veth(
         // A repeated ADD: the pair is ours (each end names the other as its peer), and up.
         (Some(h), Some(p)) if pair(&h, &p) && h.up => {
             undo.veth = Some(host_ifname.to_string());
-            Ok((h, p))
+            return Ok((h, p));
         }
         // Our pair, but down: a DEL of this attachment took it down and its deletion is
-        // still under way (`teardown`). It is on its way out: replace it.
+        // still under way (`teardown`), or never ran. It is on its way out: replace it.
         (Some(h), Some(p)) if pair(&h, &p) => {
             link::delete_link_index(host, h.index)?;
-            create_veth(conf, att, netns, host_ifname, host, pod, undo)
         }
-        (_, Some(p)) => Err(CniError::LinkConflict(format!(
-            "interface {} already exists in {} (index {}, kind {}) and is not the peer of {host_ifname}",
-            att.ifname,
-            netns.path,
-            p.index,
-            p.kind.as_deref().unwrap_or("unknown")
-        ))),
-        (stale, None) => {
-            if stale.is_some() {
-                // The host end of an earlier attempt whose pod end died with its netns (or
-                // of a DEL whose background deletion has not run yet).
-                link::delete_link(host, host_ifname)?;
-            }
-            create_veth(conf, att, netns, host_ifname, host, pod, undo)
+        (_, Some(p)) => {
+            return Err(CniError::LinkConflict(format!(
+                "interface {} already exists in {} (index {}, kind {}) and is not the peer of {host_ifname}",
+                att.ifname,
+                netns.path,
+                p.index,
+                p.kind.as_deref().unwrap_or("unknown")
+            )))
         }
+        // The host end of an earlier attempt whose pod end died with its netns (or of a DEL
+        // whose background deletion has not run yet).
+        (Some(_), None) => {
+            link::delete_link(host, host_ifname)?;
+        }
+        (None, None) => {}
     }
-}
-
-fn create_veth(
-    conf: &NetConf,
-    att: &Attachment,
-    netns: &Netns,
-    host_ifname: &str,
-    host: &mut Socket,
-    pod: &mut Socket,
-    undo: &mut Undo,
-) -> Result<(Link, Link)> {
     let host_end = VethEnd {
         name: host_ifname,
         mac: Mac::random(),

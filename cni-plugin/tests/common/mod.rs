@@ -647,14 +647,7 @@ impl Node {
             pod.host_veth(),
             pod.cid
         );
-        for ip in ips {
-            let len = if is_v6(ip) { 128 } else { 32 };
-            let r = self
-                .ns
-                .sh(&format!("ip route show table all exact {ip}/{len}"))
-                .unwrap();
-            assert!(r.trim().is_empty(), "{context}: route to {ip} remains: {r}");
-        }
+        self.assert_no_route_to(ips, context);
         let hits = self.state_files_mentioning(&pod.cid);
         assert!(
             hits.is_empty(),
@@ -674,6 +667,18 @@ impl Node {
                 "{context}: {} still exists in the pod netns",
                 pod.ifname
             );
+        }
+    }
+
+    /// No route in any table of the node leads to one of `ips` (host routes are /32, /128).
+    pub fn assert_no_route_to(&self, ips: &[String], context: &str) {
+        for ip in ips {
+            let len = if is_v6(ip) { 128 } else { 32 };
+            let r = self
+                .ns
+                .sh(&format!("ip route show table all exact {ip}/{len}"))
+                .unwrap();
+            assert!(r.trim().is_empty(), "{context}: route to {ip} remains: {r}");
         }
     }
 
