@@ -132,11 +132,28 @@ pub fn tcp_connects(ns: &Netns, to: SocketAddr) -> bool {
     })
 }
 
+/// Bind `[::]:port`, retrying for up to a second while it is in use. The previous probe's
+/// socket on the same port is closed when its `udp_reaches` returns, but a process another
+/// test thread is spawning at that instant holds a copy of every descriptor until its exec
+/// (close-on-exec), and keeps the port bound that long: a one-off "Address already in use".
+fn bind_udp_retrying(port: u16) -> UdpSocket {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match UdpSocket::bind(("::", port)) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            r => return r.expect("bind udp"),
+        }
+    }
+}
+
 /// Whether a UDP datagram from `from` reaches `to_ns` on `to`.
 pub fn udp_reaches(from: &Netns, to_ns: &Netns, to: SocketAddr) -> bool {
-    let rx = in_ns(to_ns, || {
-        UdpSocket::bind(("::", to.port())).expect("bind udp")
-    });
+    let rx = in_ns(to_ns, || bind_udp_retrying(to.port()));
     rx.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
     let tx = in_ns(from, || {
