@@ -255,31 +255,22 @@ struct Teardown {
 impl Teardown {
     fn observe(&mut self, node: &Node, name: &str) {
         let returned = Instant::now();
-        let ns = std::fs::File::open(node.ns.path()).expect("open node netns");
         let name = format!(" {name}:");
-        let (listed, gone) = std::thread::scope(|s| {
-            s.spawn(|| {
-                use std::os::fd::AsRawFd;
-                // SAFETY: moves only this short-lived thread into the node netns.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                let listed = |name: &str| {
-                    std::fs::read_to_string("/proc/thread-self/net/dev")
-                        .map(|d| {
-                            d.lines()
-                                .any(|l| format!(" {}", l.trim_start()).starts_with(name))
-                        })
-                        .unwrap_or(false)
-                };
-                let at_first_look = listed(&name);
-                let first_look = returned.elapsed();
-                while listed(&name) && returned.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                ((at_first_look, first_look), returned.elapsed())
-            })
-            .join()
-            .unwrap()
+        let (listed, gone) = node.ns.run(|| {
+            let listed = |name: &str| {
+                std::fs::read_to_string("/proc/thread-self/net/dev")
+                    .map(|d| {
+                        d.lines()
+                            .any(|l| format!(" {}", l.trim_start()).starts_with(name))
+                    })
+                    .unwrap_or(false)
+            };
+            let at_first_look = listed(&name);
+            let first_look = returned.elapsed();
+            while listed(&name) && returned.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            ((at_first_look, first_look), returned.elapsed())
         });
         self.listed_at_first_look += usize::from(listed.0);
         self.first_look.push(listed.1);

@@ -20,12 +20,11 @@
 mod hostport;
 
 use hostport::{HostPorts, NftRunner, PortMapping, Proto};
-use palisade_testutil::{kernel_tests_enabled, run_prefix, unique_link_name, Netns};
-use std::fs::File;
+use palisade_testutil::{in_netns, kernel_tests_enabled, run_prefix, unique_link_name, Netns};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,27 +40,6 @@ const TABLE: &str = palisade_common::HOSTPORT_TABLE;
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------------------
-
-/// Run `f` on a fresh thread inside the network namespace at `ns`.
-fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.to_path_buf();
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        // SAFETY: setns on a valid namespace fd; it affects only this thread, which ends
-        // after `f`.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join()
-    .expect("thread in netns panicked")
-}
 
 /// A node namespace on a segment with a "remote node" namespace, plus a record directory.
 struct Node {

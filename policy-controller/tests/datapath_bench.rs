@@ -79,7 +79,7 @@ fn bench_ruleset() -> Ruleset {
 }
 
 fn connection_rate(t: &Topology, to: SocketAddr) -> f64 {
-    in_ns(&t.a, || {
+    t.a.run(|| {
         let start = Instant::now();
         let (mut n, mut failed) = (0u64, 0u64);
         let mut first_error = None;

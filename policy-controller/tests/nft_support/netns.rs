@@ -9,21 +9,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Runs `f` on a fresh thread that entered `ns`'s network namespace.
-pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(ns.path()).expect("open netns");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
 /// node ⟷ pod A (`10.70.1.2`, `fd70:1::2`) and node ⟷ pod B (`10.70.2.2`, `fd70:2::2`);
 /// the node forwards. Node-side veths are `pala` and `palb` (the pod prefix).
 pub struct Topology {
@@ -81,7 +66,7 @@ impl Topology {
 
 /// A TCP listener (dual-stack) in `ns` that accepts and closes connections in the background.
 pub fn tcp_server(ns: &Netns, port: u16) -> SocketAddr {
-    let l = in_ns(ns, || TcpListener::bind(("::", port)).expect("bind tcp"));
+    let l = ns.run(|| TcpListener::bind(("::", port)).expect("bind tcp"));
     // std listens with a backlog of 128: a client looping on connect outruns this accept
     // thread, the queue overflows, and the dropped SYN costs a one-second retransmit. Listen
     // again with a deep queue (Linux updates the backlog of a listening socket).
@@ -127,9 +112,7 @@ pub fn rst_on_close(s: &TcpStream) {
 
 /// Whether a TCP connection from `ns` to `to` is established within the timeout.
 pub fn tcp_connects(ns: &Netns, to: SocketAddr) -> bool {
-    in_ns(ns, || {
-        TcpStream::connect_timeout(&to, Duration::from_millis(700)).is_ok()
-    })
+    ns.run(|| TcpStream::connect_timeout(&to, Duration::from_millis(700)).is_ok())
 }
 
 /// Bind `[::]:port`, retrying for up to a second while it is in use. The previous probe's
@@ -153,10 +136,10 @@ fn bind_udp_retrying(port: u16) -> UdpSocket {
 
 /// Whether a UDP datagram from `from` reaches `to_ns` on `to`.
 pub fn udp_reaches(from: &Netns, to_ns: &Netns, to: SocketAddr) -> bool {
-    let rx = in_ns(to_ns, || bind_udp_retrying(to.port()));
+    let rx = to_ns.run(|| bind_udp_retrying(to.port()));
     rx.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
-    let tx = in_ns(from, || {
+    let tx = from.run(|| {
         let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
             .parse()
             .unwrap();

@@ -10,6 +10,7 @@
 //! longer exists, so a run killed with SIGKILL is cleaned up by the next one.
 
 use anyhow::{bail, Context, Result};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -90,6 +91,30 @@ fn kill_netns_processes(name: &str) {
     }
 }
 
+/// Run `f` on a fresh thread that entered the network namespace at `path`, and return what
+/// it returns. `setns` changes only the calling thread, and a socket stays in the namespace
+/// it was created in, so sockets opened by `f` belong to `path`'s namespace. Panics if the
+/// namespace cannot be entered, or with `f`.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns with a valid namespace fd, on this short-lived thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
 /// A network namespace owned by the test; removed (with every process inside) on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -122,6 +147,11 @@ impl Netns {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// [`in_netns`] for this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.path, f)
     }
 
     /// A command that runs inside this namespace (`nsenter --net=...`, which unlike
