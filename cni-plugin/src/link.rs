@@ -223,11 +223,7 @@ fn parse_link(p: &[u8]) -> Option<Link> {
 pub fn delete_link(sock: &mut Socket, name: &str) -> Result<bool, CniError> {
     let mut r = Request::new(RTM_DELLINK, 0);
     r.bytes(&ifinfomsg(0, 0, 0)).attr_str(IFLA_IFNAME, name);
-    match sock.execute(r) {
-        Ok(()) => Ok(true),
-        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-        Err(e) => Err(nl_err(format!("delete link {name}"))(e)),
-    }
+    execute_delete(sock, r, format!("delete link {name}"))
 }
 
 /// Delete the link with this index; `Ok(false)` when there is none. Unlike a name, an index
@@ -236,10 +232,15 @@ pub fn delete_link(sock: &mut Socket, name: &str) -> Result<bool, CniError> {
 pub fn delete_link_index(sock: &mut Socket, index: u32) -> Result<bool, CniError> {
     let mut r = Request::new(RTM_DELLINK, 0);
     r.bytes(&ifinfomsg(index as i32, 0, 0));
+    execute_delete(sock, r, format!("delete link index {index}"))
+}
+
+/// Run an RTM_DELLINK: `Ok(false)` when the link does not exist.
+fn execute_delete(sock: &mut Socket, r: Request, what: String) -> Result<bool, CniError> {
     match sock.execute(r) {
         Ok(()) => Ok(true),
         Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-        Err(e) => Err(nl_err(format!("delete link index {index}"))(e)),
+        Err(e) => Err(nl_err(what)(e)),
     }
 }
 

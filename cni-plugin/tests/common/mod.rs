@@ -638,6 +638,7 @@ impl Node {
 
     /// Only `pod` is gone: no host veth, no route to its IPs, no IPAM file naming it, and
     /// its interface is gone from the pod netns.
+    ///
     /// Everything but the pair is checked at once; the host veth must be down at once and
     /// gone within [`TEARDOWN_DEADLINE`], the pod interface too (see `assert_no_leak`).
     pub fn assert_pod_gone(&self, pod: &Pod, ips: &[String], context: &str) {
