@@ -647,6 +647,7 @@ fn pod_cannot_send_from_a_foreign_address() {
 }
 
 /// The pod's IPv6 address is usable at once (DAD off): no `tentative` flag right after ADD,
+/// solicited-node group joined and local route in place, first echo answered,
 /// and `accept_dad=0` on the pod interface (README, "What ADD builds"). The kernel's own
 /// link-local address may still be tentative; nothing uses it (the gateway neighbour is
 /// static).
@@ -656,9 +657,44 @@ fn ipv6_address_is_not_tentative() {
         return;
     }
     let node = Node::new("dad");
-    let conf = node.conf("1.0.0", Stack::V6);
+    let conf = node.conf("1.0.0", Stack::Dual);
     let p = node.pod("p");
-    node.add(&p, &conf);
+    let ips = result_ips(&node.add(&p, &conf));
+    let ip: std::net::Ipv6Addr = ips.iter().find(|ip| is_v6(ip)).unwrap().parse().unwrap();
+    // Live the moment ADD returns. The first echo to the node makes the node solicit the
+    // pod's address; an address added while the pod link was still down joined its
+    // solicited-node group a few milliseconds after ADD returned, that first solicitation
+    // was dropped, and the answer came after the 1 s retransmit (0 of 30 first echoes
+    // answered within 1 s then, 30 of 30 now). So ping first, at once.
+    let first =
+        p.ns.exec("busybox", &["ping", "-c", "1", "-W", "1", NODE_ADDR_V6])
+            .unwrap();
+    assert!(
+        first.status.success(),
+        "the first echo to the node got no answer within 1 s (ND retransmits after 1 s)"
+    );
+    let o = ip.octets();
+    let solicited = std::net::Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let state =
+        p.ns.sh("ip -6 maddr show dev eth0; ip -6 route show table local")
+            .unwrap();
+    assert!(
+        state.contains(&format!("inet6 {solicited}\n")),
+        "pod has not joined {solicited}:\n{state}"
+    );
+    assert!(
+        state.contains(&format!("local {ip} dev eth0")),
+        "no local route to {ip}:\n{state}"
+    );
     let addrs = p.ns.sh("ip -6 addr show dev eth0 scope global").unwrap();
     assert!(
         addrs.contains("fd00:244:1::"),

@@ -172,11 +172,15 @@ fn build(
                 source,
             })??;
     }
-    for ip in &ips {
-        link::add_address(&mut pod, &pod_link, host_prefix(*ip), ip.is_ipv6())?;
-    }
+    // Up before the addresses: an IPv6 address added to a down link joins its solicited-node
+    // group only some milliseconds after the link comes up, so the node's first neighbour
+    // solicitation for a just-added pod was lost and its first packet waited for the 1 s
+    // retransmit (lifecycle.rs, `ipv6_address_is_not_tentative`).
     if !pod_link.up {
         link::set_up(&mut pod, &pod_link)?;
+    }
+    for ip in &ips {
+        link::add_address(&mut pod, &pod_link, host_prefix(*ip), ip.is_ipv6())?;
     }
     crash_point("pod-addresses");
 
