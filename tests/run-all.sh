@@ -40,10 +40,17 @@ stage "kind integration scripts"
 for f in integration/kind/*.sh; do bash -n "$f"; shellcheck "$f"; done
 echo "kind scripts: syntax and shellcheck clean"
 
-# The project's scenarios, and the shared sample set in the same format when this checkout
-# sits beside it (../shared); they must run unchanged.
-scenarios=(integration/scenarios)
-if [ -d ../shared/scenarios-sample ]; then scenarios+=(../shared/scenarios-sample); fi
+# The project's scenarios, and the shared samples in the same format, which must run
+# unchanged: ../shared/<folder> when this checkout sits beside it, else the copies in
+# integration/shared-samples (a clean clone on a fresh machine).
+shared_samples() {
+  local d
+  for d in "$@"; do
+    if [ -d "../shared/$d" ]; then echo "../shared/$d"; else echo "integration/shared-samples/$d"; fi
+  done
+}
+mapfile -t samples < <(shared_samples scenarios-sample)
+scenarios=(integration/scenarios "${samples[@]}")
 stage "scenarios, IPv4"
 integration/run-scenarios --family v4 "${scenarios[@]}"
 stage "scenarios, IPv6"
