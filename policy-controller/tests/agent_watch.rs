@@ -239,7 +239,7 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
             .lock()
             .unwrap()
             .state()
-            .policies
+            .network_policies
             .len(),
         2
     );

@@ -130,7 +130,7 @@ fn cluster() -> ClusterState {
     }
     for i in 0..POLICIES {
         let p = policy(i);
-        s.policies
+        s.network_policies
             .insert(ObjectKey::new(&p.metadata.namespace, &p.metadata.name), p);
     }
     s

@@ -174,9 +174,9 @@ pub fn parse_flow(ip: &[u8]) -> Option<Flow> {
 /// Direction of the drop as named by the log prefix the compiler writes
 /// (`palisade drop <direction> <chain>`); `unknown` for any other prefix.
 pub fn direction_of(prefix: &str) -> &'static str {
-    match crate::compile::parse_log_prefix(prefix) {
-        Some((crate::eval::reference::Direction::Ingress, _)) => "ingress",
-        Some((crate::eval::reference::Direction::Egress, _)) => "egress",
+    match crate::compile::parse_log_prefix(prefix).map(|p| p.direction) {
+        Some(crate::model::policy::Direction::Ingress) => "ingress",
+        Some(crate::model::policy::Direction::Egress) => "egress",
         None => "unknown",
     }
 }
@@ -191,7 +191,7 @@ fn pod_by_ip<'a>(state: &'a ClusterState, ip: &IpAddr) -> Option<&'a PodInfo> {
 /// Policies that isolate `pod` in `direction` (select it and have that policy type).
 pub fn isolating_policies(state: &ClusterState, pod: &PodInfo, direction: &str) -> Vec<ObjectKey> {
     state
-        .policies
+        .network_policies
         .iter()
         .filter(|(key, p)| {
             let (ingress, egress) = p.spec.effective_policy_types();
@@ -482,17 +482,26 @@ impl DeniedPacket {
             "egress" => src,
             _ => dst,
         };
-        let mut policies: Vec<String> = isolated
-            .map(|pod| isolating_policies(state, pod, direction))
-            .unwrap_or_default()
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+        let parsed = crate::compile::parse_log_prefix(prefix);
+        // A ClusterNetworkPolicy's Deny names its chain and rule.
+        let cluster_rule = parsed.as_ref().and_then(|p| {
+            let policy = crate::compile::names::cluster_policy_of_chain(state, &p.chain)?;
+            Some(format!("{policy} {}[{}]", p.direction, p.rule?))
+        });
+        let mut policies: Vec<String> = match cluster_rule {
+            Some(rule) => vec![rule],
+            None => isolated
+                .map(|pod| isolating_policies(state, pod, direction))
+                .unwrap_or_default()
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+        };
         if policies.is_empty() {
             // No policy selects the pod: the drop is the new-pod guard (its IP is not
             // programmed yet) or a class chain named in the prefix.
-            if let Some((_, chain)) = crate::compile::parse_log_prefix(prefix) {
-                policies.push(format!("chain {chain}"));
+            if let Some(p) = parsed {
+                policies.push(format!("chain {}", p.chain));
             }
         }
         DeniedPacket {

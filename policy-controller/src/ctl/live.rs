@@ -78,8 +78,9 @@ pub fn fetch_state(base: &str) -> Result<(String, Objects)> {
     Ok((node, objects))
 }
 
-/// `{"namespaces": [...], "pods": [...], "networkpolicies": [...], "nodes": [...]}` →
-/// objects. Items without `kind` get the one their list implies.
+/// `{"namespaces": [...], "pods": [...], "networkpolicies": [...], "nodes": [...],
+/// "clusternetworkpolicies": [...]}` → objects. Items without `kind` get the one their list
+/// implies.
 pub fn objects_from_debug_state(source: &str, doc: &Value) -> Result<Objects, ManifestError> {
     let mut objects = Objects::default();
     for (field, kind) in [
@@ -87,6 +88,7 @@ pub fn objects_from_debug_state(source: &str, doc: &Value) -> Result<Objects, Ma
         ("pods", "Pod"),
         ("networkpolicies", "NetworkPolicy"),
         ("nodes", "Node"),
+        ("clusternetworkpolicies", "ClusterNetworkPolicy"),
     ] {
         let Some(items) = doc.get(field).and_then(Value::as_array) else {
             continue;
@@ -240,6 +242,9 @@ pub fn status_document(status: &Value, table: &Result<Option<Listing>, String>) 
 
 /// List Namespaces, Pods, NetworkPolicies and Nodes from the API server of `kubeconfig`,
 /// once (no watch), through the same decoder as manifests.
+const CLUSTER_POLICIES_PATH: &str =
+    "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
+
 pub fn list_from_api_server(kubeconfig: &std::path::Path) -> Result<Objects> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -253,13 +258,26 @@ pub fn list_from_api_server(kubeconfig: &std::path::Path) -> Result<Objects> {
             "/api/v1/pods",
             "/apis/networking.k8s.io/v1/networkpolicies",
             "/api/v1/nodes",
+            CLUSTER_POLICIES_PATH,
         ] {
             let req = hyper::Request::get(path)
                 .body(Vec::new())
                 .with_context(|| format!("build GET {path}"))?;
-            let text = client.request_text(req).await.with_context(|| {
-                format!("GET {path} from the API server of {}", kubeconfig.display())
-            })?;
+            let text = match client.request_text(req).await {
+                Ok(text) => text,
+                // No ClusterNetworkPolicy CRD in this cluster: none.
+                Err(::kube::Error::Api(status))
+                    if status.code == 404 && path == CLUSTER_POLICIES_PATH =>
+                {
+                    continue
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "GET {path} from the API server of {}",
+                        kubeconfig.display()
+                    )))
+                }
+            };
             let doc: Value =
                 serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))?;
             let origin = Origin {

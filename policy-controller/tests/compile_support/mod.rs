@@ -4,19 +4,30 @@
 
 #![allow(dead_code)]
 
-use palisade_policy::model::api::{self, NetworkPolicy};
+use palisade_policy::model::api::{self, ClusterNetworkPolicy, NetworkPolicy};
+use palisade_policy::model::validate::prune_cluster_network_policy;
 use palisade_policy::model::{ClusterState, Labels, NodeInfo, ObjectKey, PodInfo, Protocol};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// Where scenario files live: the shared samples beside the workspace and the project's own.
+/// Where scenario files live: the shared samples (beside the workspace when the checkout sits
+/// there, else the copies in `integration/shared-samples`) and the project's own.
 pub fn scenario_dirs() -> Vec<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    vec![
-        manifest.join("../../shared/scenarios-sample"),
-        manifest.join("../integration/scenarios"),
-    ]
+    let mut dirs: Vec<PathBuf> = ["scenarios-sample", "scenarios-sample-cnp"]
+        .into_iter()
+        .map(|folder| {
+            let beside = manifest.join("../../shared").join(folder);
+            if beside.is_dir() {
+                beside
+            } else {
+                manifest.join("../integration/shared-samples").join(folder)
+            }
+        })
+        .collect();
+    dirs.push(manifest.join("../integration/scenarios"));
+    dirs
 }
 
 /// Every `*.yaml` under `dir`, recursively, sorted.
@@ -82,6 +93,9 @@ impl Player {
                     name: node_name(n),
                     internal_ips: vec![format!("192.168.0.{n}").parse().unwrap()],
                     pod_cidrs: vec![format!("10.{n}.0.0/16").parse().unwrap()],
+                    // As the netns cluster publishes its nodes.
+                    labels: [("kubernetes.io/hostname".to_string(), node_name(n))].into(),
+                    addresses: vec![format!("192.168.0.{n}").parse().unwrap()],
                 },
             );
         }
@@ -185,6 +199,16 @@ impl Player {
                     return false;
                 }
                 let raw = self.substitute_value(&step["policy"]);
+                if raw["kind"] == "ClusterNetworkPolicy" {
+                    let mut policy: ClusterNetworkPolicy =
+                        serde_json::from_value(raw).expect("policy parses");
+                    // As the API server stores it.
+                    prune_cluster_network_policy(&mut policy);
+                    self.state
+                        .cluster_network_policies
+                        .insert(policy.metadata.name.clone(), policy);
+                    return true;
+                }
                 let mut policy: NetworkPolicy = serde_json::from_value(raw).expect("policy parses");
                 if policy.metadata.namespace.is_empty() {
                     policy.metadata.namespace = "default".into();
@@ -198,14 +222,18 @@ impl Player {
                     );
                 }
                 let key = ObjectKey::new(&policy.metadata.namespace, &policy.metadata.name);
-                self.state.policies.insert(key, policy);
+                self.state.network_policies.insert(key, policy);
+            }
+            "delete_policy" if step["kind"] == "ClusterNetworkPolicy" => {
+                let name = step["name"].as_str().unwrap();
+                self.state.cluster_network_policies.remove(name);
             }
             "delete_policy" => {
                 let key = ObjectKey::new(
                     step["namespace"].as_str().unwrap(),
                     step["name"].as_str().unwrap(),
                 );
-                self.state.policies.remove(&key);
+                self.state.network_policies.remove(&key);
             }
             "update_pod_labels" => {
                 let (ns, name) = step["pod"].as_str().unwrap().split_once('/').unwrap();
