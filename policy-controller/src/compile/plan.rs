@@ -480,10 +480,10 @@ impl Builder<'_> {
                 );
             }
         }
-        forward.push(Rule::new(
-            vec![],
-            Verdict::Goto(first_stage(Direction::Egress).into()),
-        ));
+        forward.push(
+            Rule::new(vec![], Verdict::Goto(first_stage(Direction::Egress).into()))
+                .with_comment("the source's egress, then the destination's ingress"),
+        );
         self.chains.insert(
             FORWARD_CHAIN.into(),
             Chain {
@@ -523,10 +523,10 @@ impl Builder<'_> {
         }
         // A pod talking to its own node: egress policy applies (the node's address has no
         // ingress class, so the ingress stages accept).
-        input.push(Rule::new(
-            vec![],
-            Verdict::Goto(first_stage(Direction::Egress).into()),
-        ));
+        input.push(
+            Rule::new(vec![], Verdict::Goto(first_stage(Direction::Egress).into()))
+                .with_comment("a pod to its node: its egress"),
+        );
         self.chains.insert(
             INPUT_CHAIN.into(),
             Chain {
@@ -556,6 +556,7 @@ impl Builder<'_> {
                 rules.push(match Tier::ALL.get(i + 1) {
                     Some(next) => {
                         Rule::new(vec![], Verdict::Goto(stage_chain(direction, *next).into()))
+                            .with_comment(format!("{direction}: on to the {next} tier"))
                     }
                     None => tier_done(direction)
                         .with_comment(format!("{direction}: no policy decided: allowed")),
