@@ -231,9 +231,27 @@ fn explain_egress_denial_and_external_endpoints() {
 #[test]
 fn explain_names_the_tier_policy_and_rule_of_cluster_policies() {
     for (golden, from, to, port, protocol) in [
-        ("explain-cnp-pass-then-networkpolicy.txt", "y/probe", "x/web", "80", "TCP"),
-        ("explain-cnp-admin-deny.txt", "y/probe", "x/web", "53", "UDP"),
-        ("explain-cnp-baseline-deny.txt", "x/client", "203.0.113.7", "443", "TCP"),
+        (
+            "explain-cnp-pass-then-networkpolicy.txt",
+            "y/probe",
+            "x/web",
+            "80",
+            "TCP",
+        ),
+        (
+            "explain-cnp-admin-deny.txt",
+            "y/probe",
+            "x/web",
+            "53",
+            "UDP",
+        ),
+        (
+            "explain-cnp-baseline-deny.txt",
+            "x/client",
+            "203.0.113.7",
+            "443",
+            "TCP",
+        ),
     ] {
         let (code, out, err) = ctl(&[
             "explain",

@@ -1,6 +1,6 @@
 //! ClusterNetworkPolicy validation: what the API server checks for this custom resource,
-//! from its CRD (`conf/05-crd-clusternetworkpolicies.yaml`, upstream's v1alpha2 experimental
-//! schema with `nodes` and without `domainNames`): the OpenAPI schema (required fields,
+//! from its CRD (`conf/05-crd-clusternetworkpolicies.yaml`: upstream's v1alpha2 API with
+//! `nodes` and without `domainNames`): the OpenAPI schema (required fields,
 //! enums, bounds, item and property counts) and the CEL rules (`start < end`, `isCIDR`,
 //! no named port towards `networks`/`nodes`). Messages as the apiextensions server words them,
 //! so that the stand-in's 422 reads like a real cluster's.
@@ -26,7 +26,11 @@ use crate::model::api::{
 const MAX_ITEMS: usize = 25;
 const MAX_RULE_NAME: usize = 100;
 const MAX_CIDR_LEN: usize = 43;
-const NAMED_PORT_RULE: &str = "networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts for networks/nodes/domainNames";
+/// The messages of the CRD's CEL rules (`conf/05-crd-clusternetworkpolicies.yaml`; a test
+/// there holds them equal).
+pub const NAMED_PORT_RULE: &str = "networks/nodes peer cannot be set with namedPorts since there are no namedPorts for networks/nodes";
+pub const RANGE_RULE: &str = "Start port must be less than End port";
+pub const CIDR_RULE: &str = "Invalid CIDR format provided";
 
 /// Drop what the CRD's schema does not have, as the API server's pruning does: `to` of
 /// ingress rules, `from` of egress rules, and `nodes`/`networks` of ingress peers.
@@ -277,11 +281,7 @@ fn validate_port(errs: &mut Errors, path: &str, port: &CnpPort) {
         }
         if let (Some(start), Some(end)) = (range.start, range.end) {
             if start >= end {
-                errs.invalid(
-                    &range_path,
-                    BadValue::Str("object"),
-                    "Start port must be less than End port",
-                );
+                errs.invalid(&range_path, BadValue::Str("object"), RANGE_RULE);
             }
         }
     }

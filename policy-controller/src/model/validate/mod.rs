@@ -26,7 +26,7 @@ mod cluster_network_policy;
 
 pub use cluster_network_policy::{
     prune_cluster_network_policy, selector_errors as cluster_network_policy_selector_errors,
-    validate_cluster_network_policy,
+    validate_cluster_network_policy, CIDR_RULE, NAMED_PORT_RULE, RANGE_RULE,
 };
 
 use super::api::{IntOrString, IpBlock, LabelSelector, NetworkPolicy, NetworkPolicyPeer};
