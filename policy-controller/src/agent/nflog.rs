@@ -604,4 +604,57 @@ mod tests {
         assert!(!l.admit(&flow(3), t0), "over the rate");
         assert!(l.admit(&flow(4), t0 + Duration::from_secs(1)));
     }
+
+    /// A ClusterNetworkPolicy's Deny logs its chain and rule: the line names that rule.
+    #[test]
+    fn a_cluster_policy_deny_names_its_rule() {
+        use crate::compile::names::{log_prefix, policy_chain_name};
+        use crate::compile::{CompileOptions, Compiler};
+        use crate::model::policy::{Direction, PolicyRef};
+        let mut state = ClusterState::default();
+        state.upsert_namespace("x", Default::default());
+        let mut pod = |name: &str, ip: &str| {
+            let p = PodInfo {
+                key: ObjectKey::new("x", name),
+                node: Some("n1".into()),
+                labels: Default::default(),
+                ips: vec![ip.parse().unwrap()],
+                host_network: false,
+                terminating: false,
+                named_ports: vec![],
+            };
+            state.pods.insert(p.key.clone(), p);
+        };
+        pod("a", "10.0.0.1");
+        pod("b", "10.0.0.2");
+        let cnp: crate::model::api::ClusterNetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny-x"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Pass", "from": [{"pods": {"podSelector": {"matchLabels": {"a": "b"}}}}]},
+                                 {"action": "Deny", "from": [{"namespaces": {}}]}]},
+        }))
+        .unwrap();
+        state.cluster_network_policies.insert("deny-x".into(), cnp);
+        let compiler = Mutex::new(Compiler::with_state(
+            CompileOptions {
+                node: "n1".into(),
+                fail_closed_new_pods: true,
+                nflog_group: Some(100),
+            },
+            state,
+        ));
+        let chain = policy_chain_name(Direction::Ingress, &PolicyRef::cluster("deny-x"));
+        let prefix = log_prefix(Direction::Ingress, &chain, Some(1));
+        let flow = Flow {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            proto: 6,
+            src_port: Some(40000),
+            dst_port: Some(80),
+        };
+        let denied = DeniedPacket::describe(&flow, "ingress", &prefix, &compiler);
+        assert_eq!(denied.policies, ["ClusterNetworkPolicy/deny-x ingress[1]"]);
+        assert_eq!(denied.src_pod.as_deref(), Some("x/a"));
+        assert_eq!(direction_of(&prefix), "ingress");
+    }
 }

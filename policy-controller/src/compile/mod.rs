@@ -300,6 +300,7 @@ impl Compiler {
                     .as_ref()
                     .is_some_and(|o| o.node.as_deref() == Some(self.opts.node.as_str()));
                 self.index.remove_pod(&key);
+                self.cache.forget_pod(&key);
                 let new = &self.state.pods[&key];
                 self.index.add_pod(&key, new, &self.opts.node);
                 if new_local || old_local {
@@ -312,6 +313,7 @@ impl Compiler {
             Change::DeletePod(key) => {
                 if let Some(old) = self.state.pods.remove(&key) {
                     self.index.remove_pod(&key);
+                    self.cache.forget_pod(&key);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
                         self.structure_dirty = true;
                     }
@@ -388,6 +390,7 @@ impl Compiler {
         self.cache
             .memberships
             .namespace_changed(&self.state, &self.index, name);
+        self.cache.forget_namespace(name);
         let local_pods_here = self
             .index
             .pods_by_ns

@@ -11,7 +11,7 @@ use super::sets::{addr_key, family_of_net, Memberships, SetSpec};
 use super::{enforced, CompileOptions, Index};
 use crate::model::policy::{Action, Direction, Peer, Policy, PolicyRef, PortMatch, RuleRef, Tier};
 use crate::model::selector::PodSelection;
-use crate::model::{ClusterState, PodInfo, Protocol};
+use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
     BaseChain, Chain, ChainPolicy, CmpOp, CtState, Family, Field, Hook, Match, Rule, RuleVerdict,
     Ruleset, Statement, Touched, Value, Verdict, VerdictMap,
@@ -40,6 +40,11 @@ pub(crate) struct Cache {
     policy_chains: HashMap<(Direction, PolicyRef), CachedPolicyChain, Fast>,
     /// [`policy_chain_name`] of the policies in use (a hash of a JSON text: worth keeping).
     chain_names: HashMap<(Direction, PolicyRef), String, Fast>,
+    /// Per local pod, the policies that select it: a local pod change recomputes its own
+    /// entry only (every ClusterNetworkPolicy is a candidate for every pod). Dropped for a pod
+    /// that changes, for the pods of a namespace whose labels change, and entirely when a
+    /// policy changes.
+    selecting: HashMap<ObjectKey, Selecting, Fast>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,11 +57,23 @@ struct CachedPolicyChain {
 }
 
 impl Cache {
-    /// A policy changed or went away: its cached chains are no longer current.
+    /// A policy changed or went away: its cached chains are no longer current, and which
+    /// policies select which pod may have changed.
     pub fn forget_policy(&mut self, policy: &PolicyRef) {
         for direction in Direction::BOTH {
             self.policy_chains.remove(&(direction, policy.clone()));
         }
+        self.selecting.clear();
+    }
+
+    /// A pod changed or went away: the policies selecting it must be found again.
+    pub fn forget_pod(&mut self, pod: &ObjectKey) {
+        self.selecting.remove(pod);
+    }
+
+    /// A namespace's labels changed: so may the policies selecting its pods.
+    pub fn forget_namespace(&mut self, namespace: &str) {
+        self.selecting.retain(|k, _| k.namespace != namespace);
     }
 
     /// A node was added, changed or removed: the node address sets follow.
@@ -118,6 +135,7 @@ impl Cache {
             recording: None,
             policy_cache: std::mem::take(&mut self.policy_chains),
             chain_names: std::mem::take(&mut self.chain_names),
+            selecting: std::mem::take(&mut self.selecting),
             used_policies: HashSet::default(),
             previous_chains: std::mem::take(&mut previous.chains),
             reused: HashSet::default(),
@@ -129,11 +147,14 @@ impl Cache {
             chains,
             mut policy_cache,
             mut chain_names,
+            mut selecting,
             used_policies,
             previous_chains,
             reused,
             ..
         } = b;
+        selecting.retain(|k, _| index.local_pods.contains(k));
+        self.selecting = selecting;
         policy_cache.retain(|k, _| used_policies.contains(k));
         chain_names.retain(|k, _| used_policies.contains(k));
         self.policy_chains = policy_cache;
@@ -187,6 +208,7 @@ struct Builder<'a> {
     recording: Option<Vec<(String, SetSpec)>>,
     policy_cache: HashMap<(Direction, PolicyRef), CachedPolicyChain, Fast>,
     chain_names: HashMap<(Direction, PolicyRef), String, Fast>,
+    selecting: HashMap<ObjectKey, Selecting, Fast>,
     used_policies: HashSet<(Direction, PolicyRef), Fast>,
     /// The chains of the previous output, reused for policy chains served from the cache.
     previous_chains: BTreeMap<String, Chain>,
@@ -329,7 +351,7 @@ impl Builder<'_> {
 
     /// The policies of every tier that select a local pod, per direction and tier, in
     /// evaluation order.
-    fn selecting(&self, pod: &PodInfo) -> Selecting {
+    fn find_selecting(&self, pod: &PodInfo) -> Selecting {
         let index = self.index;
         let ns = pod.key.namespace.as_str();
         let ns_labels = self.state.namespaces.get(ns);
@@ -379,24 +401,34 @@ impl Builder<'_> {
                 }
             }
         }
-        let mut classes: BTreeMap<(Direction, Tier, Vec<PolicyRef>), String> = BTreeMap::new();
+        // Per direction and tier: the distinct lists of policies selecting local pods, and
+        // their class chains.
+        let mut classes: [[HashMap<Vec<PolicyRef>, String, Fast>; 3]; 2] = Default::default();
         let state = self.state;
         for key in &self.index.local_pods {
             let pod = &state.pods[key];
             if !enforced(pod) {
                 continue;
             }
-            let selecting = self.selecting(pod);
+            let selecting = match self.selecting.remove(key) {
+                Some(cached) => cached,
+                None => self.find_selecting(pod),
+            };
             for direction in Direction::BOTH {
                 for tier in Tier::ALL {
                     let policies = &selecting[direction_slot(direction)][tier_slot(tier)];
                     if policies.is_empty() {
                         continue;
                     }
-                    let chain = classes
-                        .entry((direction, tier, policies.clone()))
-                        .or_insert_with(|| class_chain_name(direction, tier, policies))
-                        .clone();
+                    let known = &mut classes[direction_slot(direction)][tier_slot(tier)];
+                    let chain = match known.get(policies.as_slice()) {
+                        Some(chain) => chain.clone(),
+                        None => {
+                            let chain = class_chain_name(direction, tier, policies);
+                            known.insert(policies.clone(), chain.clone());
+                            chain
+                        }
+                    };
                     for ip in &pod.ips {
                         maps.get_mut(&dispatch_map_name(direction, tier, Family::of(ip)))
                             .expect("dispatch map")
@@ -405,34 +437,19 @@ impl Builder<'_> {
                     }
                 }
             }
+            self.selecting.insert(key.clone(), selecting);
         }
         let mut policy_chains: BTreeSet<(Direction, PolicyRef)> = BTreeSet::new();
-        for ((direction, tier, policies), chain) in &classes {
-            let mut rules: Vec<Rule> = Vec::with_capacity(policies.len() + 2);
-            for p in policies {
-                policy_chains.insert((*direction, p.clone()));
-                rules.push(
-                    Rule::new(vec![], Verdict::Jump(self.policy_chain(*direction, p)))
-                        .with_comment(p.to_string()),
-                );
-            }
-            // Admin and Baseline class chains fall off the end when no rule matched: the
-            // stage chain goes on with the next tier. A NetworkPolicy class is final: what no
-            // rule of its policies allows is denied.
-            if *tier == Tier::NetworkPolicy {
-                if let Some(group) = self.opts.nflog_group {
-                    rules.push(log_rule(vec![], group, log_prefix(*direction, chain, None)));
+        for direction in Direction::BOTH {
+            for tier in Tier::ALL {
+                let tier_classes =
+                    std::mem::take(&mut classes[direction_slot(direction)][tier_slot(tier)]);
+                for (policies, chain) in tier_classes {
+                    let rules = self.class_rules(direction, tier, &chain, &policies);
+                    policy_chains.extend(policies.into_iter().map(|p| (direction, p)));
+                    self.chains.insert(chain, Chain { base: None, rules });
                 }
-                // Counted, so that `palisadectl explain --agent` can show how many packets
-                // this default deny dropped.
-                let mut drop = Rule::new(vec![], Verdict::Drop).with_comment(format!(
-                    "{direction} denied: no rule of these policies allows it"
-                ));
-                drop.statements.push(Statement::Counter);
-                rules.push(drop);
             }
-            self.chains
-                .insert(chain.clone(), Chain { base: None, rules });
         }
         for (direction, id) in policy_chains {
             let policy = &self.index.policies[&id];
@@ -441,6 +458,39 @@ impl Builder<'_> {
             self.chains.insert(name, Chain { base: None, rules });
         }
         maps
+    }
+
+    /// The rules of a class chain: a jump to the chain of each policy, in evaluation order.
+    /// Admin and Baseline class chains fall off the end when no rule matched: the stage
+    /// chain goes on with the next tier. A NetworkPolicy class is final: what no rule of its
+    /// policies allows is denied.
+    fn class_rules(
+        &mut self,
+        direction: Direction,
+        tier: Tier,
+        chain: &str,
+        policies: &[PolicyRef],
+    ) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = Vec::with_capacity(policies.len() + 2);
+        for p in policies {
+            rules.push(
+                Rule::new(vec![], Verdict::Jump(self.policy_chain(direction, p)))
+                    .with_comment(p.to_string()),
+            );
+        }
+        if tier == Tier::NetworkPolicy {
+            if let Some(group) = self.opts.nflog_group {
+                rules.push(log_rule(vec![], group, log_prefix(direction, chain, None)));
+            }
+            // Counted, so that `palisadectl explain --agent` can show how many packets this
+            // default deny dropped.
+            let mut drop = Rule::new(vec![], Verdict::Drop).with_comment(format!(
+                "{direction} denied: no rule of these policies allows it"
+            ));
+            drop.statements.push(Statement::Counter);
+            rules.push(drop);
+        }
+        rules
     }
 
     /// `forward`, `input` and the stage chains: for each direction (egress first, then
