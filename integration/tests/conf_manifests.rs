@@ -279,24 +279,20 @@ fn cluster_network_policy_crd_matches_what_palisade_serves_and_checks() {
         egress["properties"]["action"]["enum"],
         serde_json::json!(["Accept", "Deny", "Pass"])
     );
-    let peer = &egress["properties"]["to"]["items"]["properties"];
-    let mut peers: Vec<&str> = peer
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    peers.sort();
-    assert_eq!(peers, ["namespaces", "networks", "nodes", "pods"]);
-    let ingress_peer = &schema["properties"]["ingress"]["items"]["properties"]["from"]["items"];
-    let mut peers: Vec<&str> = ingress_peer["properties"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    peers.sort();
-    assert_eq!(peers, ["namespaces", "pods"]);
+    let keys = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&egress["properties"]["to"]["items"]["properties"]),
+        ["namespaces", "networks", "nodes", "pods"]
+    );
+    let ingress = &schema["properties"]["ingress"]["items"]["properties"];
+    assert_eq!(
+        keys(&ingress["from"]["items"]["properties"]),
+        ["namespaces", "pods"]
+    );
     // Every CEL message the CRD carries is one the validator reports.
     let text = serde_json::to_string(&crd).unwrap();
     for message in [NAMED_PORT_RULE, RANGE_RULE, CIDR_RULE] {

@@ -88,6 +88,12 @@ impl TestAgent {
             .await
     }
 
+    /// The names of the ClusterNetworkPolicies the agent compiles from.
+    fn cluster_policies(&self) -> Vec<String> {
+        let c = self.running.compiler.lock().unwrap();
+        c.state().cluster_network_policies.keys().cloned().collect()
+    }
+
     fn has_pod(&self, ns: &str, name: &str) -> bool {
         let c = self.running.compiler.lock().unwrap();
         c.state().pods.contains_key(&ObjectKey::new(ns, name))
@@ -544,13 +550,7 @@ async fn cluster_network_policies_are_watched_and_invalid_ones_reported() {
     agent
         .wait_programmed("clusternetworkpolicies", rv_of(&cnp))
         .await;
-    {
-        let c = agent.running.compiler.lock().unwrap();
-        assert!(c
-            .state()
-            .cluster_network_policies
-            .contains_key("admin-deny"));
-    }
+    assert_eq!(agent.cluster_policies(), ["admin-deny"]);
     let bad = api
         .create(
             Kind::ClusterNetworkPolicy,
@@ -571,13 +571,11 @@ async fn cluster_network_policies_are_watched_and_invalid_ones_reported() {
         .as_str()
         .unwrap()
         .contains("spec.subject.pods.podSelector.matchExpressions[0].operator"));
-    {
-        let c = agent.running.compiler.lock().unwrap();
-        assert!(!c
-            .state()
-            .cluster_network_policies
-            .contains_key("bad-operator"));
-    }
+    assert_eq!(
+        agent.cluster_policies(),
+        ["admin-deny"],
+        "the invalid one skipped"
+    );
     let (_, body) = http_get(agent.running.listen, "/debug/state").await;
     let state: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -590,14 +588,7 @@ async fn cluster_network_policies_are_watched_and_invalid_ones_reported() {
     agent
         .wait_programmed("clusternetworkpolicies", rv_of(&gone))
         .await;
-    assert!(agent
-        .running
-        .compiler
-        .lock()
-        .unwrap()
-        .state()
-        .cluster_network_policies
-        .is_empty());
+    assert!(agent.cluster_policies().is_empty());
     api.shutdown().await;
 }
 
@@ -624,13 +615,6 @@ async fn a_missing_cluster_network_policy_crd_means_none() {
         )
         .unwrap();
     agent.wait_programmed("networkpolicies", rv_of(&p)).await;
-    assert!(agent
-        .running
-        .compiler
-        .lock()
-        .unwrap()
-        .state()
-        .cluster_network_policies
-        .is_empty());
+    assert!(agent.cluster_policies().is_empty());
     api.shutdown().await;
 }

@@ -206,6 +206,17 @@ fn cluster() -> ClusterState {
     s
 }
 
+fn heading(cluster_policies: bool) {
+    println!(
+        "\n=== {}",
+        if cluster_policies {
+            "with 100 ClusterNetworkPolicies"
+        } else {
+            "NetworkPolicies only (the baseline)"
+        }
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -214,14 +225,7 @@ fn ms(d: Duration) -> f64 {
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
 fn compile_benchmark() {
     for cluster_policies in [false, true] {
-        println!(
-            "\n=== {}",
-            if cluster_policies {
-                "with 100 ClusterNetworkPolicies"
-            } else {
-                "NetworkPolicies only (the baseline)"
-            }
-        );
+        heading(cluster_policies);
         compile_benchmark_of(cluster_with(cluster_policies), cluster_policies);
     }
 }
@@ -370,14 +374,7 @@ fn pod_change_compiled_and_applied() {
         return;
     }
     for cluster_policies in [false, true] {
-        println!(
-            "\n=== {}",
-            if cluster_policies {
-                "with 100 ClusterNetworkPolicies"
-            } else {
-                "NetworkPolicies only (the baseline)"
-            }
-        );
+        heading(cluster_policies);
         pod_change_compiled_and_applied_in(cluster_with(cluster_policies));
     }
 }

@@ -503,30 +503,43 @@ struct Coverage {
     node_peer_decided: usize,
 }
 
-fn rule_has_block_peer(state: &ClusterState, r: &RuleRef) -> bool {
-    r.policy.kind == PolicyKind::NetworkPolicy
-        && r.direction == Direction::Egress
-        && state.network_policies[&r.policy.object_key().unwrap()]
+/// The kinds of the peers of an egress rule (`ipBlock`, `selector`; `networks`, `nodes`,
+/// `namespaces`, `pods`); none for an ingress rule.
+fn egress_peer_kinds(state: &ClusterState, r: &RuleRef) -> Vec<&'static str> {
+    if r.direction != Direction::Egress {
+        return Vec::new();
+    }
+    match r.policy.kind {
+        PolicyKind::NetworkPolicy => state.network_policies[&r.policy.object_key().unwrap()]
             .spec
             .egress
             .as_ref()
             .and_then(|v| v[r.index].to.clone())
             .into_iter()
             .flatten()
-            .any(|p| p.ip_block.is_some())
-}
-
-fn rule_has_nodes_peer(state: &ClusterState, r: &RuleRef) -> bool {
-    r.policy.kind == PolicyKind::ClusterNetworkPolicy
-        && r.direction == Direction::Egress
-        && state.cluster_network_policies[r.policy.name.as_str()]
+            .map(|p| {
+                if p.ip_block.is_some() {
+                    "ipBlock"
+                } else {
+                    "selector"
+                }
+            })
+            .collect(),
+        PolicyKind::ClusterNetworkPolicy => state.cluster_network_policies[r.policy.name.as_str()]
             .spec
             .egress
             .as_ref()
             .and_then(|v| v[r.index].to.clone())
             .into_iter()
             .flatten()
-            .any(|p| p.nodes.is_some())
+            .map(|p| match p {
+                _ if p.networks.is_some() => "networks",
+                _ if p.nodes.is_some() => "nodes",
+                _ if p.pods.is_some() => "pods",
+                _ => "namespaces",
+            })
+            .collect(),
+    }
 }
 
 fn rule_has_named_port(state: &ClusterState, r: &RuleRef) -> bool {
@@ -636,13 +649,14 @@ fn check_case_coverage(bytes: &[u8]) -> Result<Coverage, String> {
                         if rule_has_named_port(&g.state, rule) {
                             cov.cluster_named += 1;
                         }
-                        if rule_has_nodes_peer(&g.state, rule) {
+                        if egress_peer_kinds(&g.state, rule).contains(&"nodes") {
                             cov.node_peer_decided += 1;
                         }
                     }
                     if let reference::DirectionVerdict::Allowed { allowed_by, .. } = verdict {
                         if allowed_by.iter().any(|r| {
-                            rule_has_named_port(&g.state, r) && rule_has_block_peer(&g.state, r)
+                            rule_has_named_port(&g.state, r)
+                                && egress_peer_kinds(&g.state, r).contains(&"ipBlock")
                         }) {
                             cov.named_port_through_block += 1;
                         }

@@ -662,6 +662,22 @@ impl Builder<'_> {
         out
     }
 
+    /// The far end's address looked up in the set `spec` stands for, per family.
+    fn peer_lookups(
+        &mut self,
+        direction: Direction,
+        families: &[Family],
+        spec: impl Fn(Family) -> SetSpec,
+    ) -> Vec<(Option<Family>, Vec<Match>)> {
+        families
+            .iter()
+            .map(|&f| {
+                let set = self.set(spec(f));
+                (Some(f), vec![lookup(far_side(direction, f, true), set)])
+            })
+            .collect()
+    }
+
     /// The match lists of one rule: the packet matches the rule iff it matches one of them.
     fn rule_alternatives(
         &mut self,
@@ -680,36 +696,27 @@ impl Builder<'_> {
         };
         for peer in peers {
             // The peer's address match, per family (`None`: no match needed).
+            let both = [Family::Ipv4, Family::Ipv6];
             let peer_matches: Vec<(Option<Family>, Vec<Match>)> = match peer {
                 None => vec![(None, vec![])],
-                Some(Peer::Pods(selection)) => [Family::Ipv4, Family::Ipv6]
-                    .into_iter()
-                    .map(|f| {
-                        let set = self.set(SetSpec::PodAddrs {
-                            selection: selection.clone(),
-                            family: f,
-                        });
-                        (Some(f), vec![lookup(far_side(direction, f, true), set)])
+                Some(Peer::Pods(selection)) => {
+                    self.peer_lookups(direction, &both, |family| SetSpec::PodAddrs {
+                        selection: selection.clone(),
+                        family,
                     })
-                    .collect(),
+                }
                 Some(Peer::Network { cidr, except }) => {
-                    let f = family_of_net(cidr);
-                    let set = self.set(SetSpec::Block {
+                    self.peer_lookups(direction, &[family_of_net(cidr)], |_| SetSpec::Block {
                         cidr: *cidr,
                         except: except.clone(),
-                    });
-                    vec![(Some(f), vec![lookup(far_side(direction, f, true), set)])]
-                }
-                Some(Peer::Nodes(selector)) => [Family::Ipv4, Family::Ipv6]
-                    .into_iter()
-                    .map(|f| {
-                        let set = self.set(SetSpec::NodeAddrs {
-                            selector: selector.clone(),
-                            family: f,
-                        });
-                        (Some(f), vec![lookup(far_side(direction, f, true), set)])
                     })
-                    .collect(),
+                }
+                Some(Peer::Nodes(selector)) => {
+                    self.peer_lookups(direction, &both, |family| SetSpec::NodeAddrs {
+                        selector: selector.clone(),
+                        family,
+                    })
+                }
             };
             if ports.any {
                 out.extend(peer_matches.into_iter().map(|(_, m)| m));

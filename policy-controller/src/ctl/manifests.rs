@@ -10,10 +10,7 @@
 
 use crate::kube::WatchedKind;
 use crate::model::api::{self, ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod};
-use crate::model::validate::{
-    cluster_network_policy_selector_errors, prune_cluster_network_policy,
-    validate_cluster_network_policy, validate_network_policy,
-};
+use crate::model::validate::{cluster_network_policy_errors, validate_network_policy};
 use crate::model::{ClusterState, NodeInfo, ObjectKey, PodInfo, Protocol};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -371,11 +368,9 @@ pub fn build_state(objects: &Objects) -> Loaded {
     }
     for (origin, policy) in &objects.cluster_policies {
         let mut policy = policy.clone();
-        // As the API server stores it: without what the CRD's schema does not know.
-        prune_cluster_network_policy(&mut policy);
+        // Pruned as the API server stores it: without what the CRD's schema does not know.
+        let errors = cluster_network_policy_errors(&mut policy);
         let name = policy.metadata.name.clone();
-        let mut errors = validate_cluster_network_policy(&policy);
-        errors.extend(cluster_network_policy_selector_errors(&policy));
         if !errors.is_empty() {
             let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             diag.warnings.push(format!(

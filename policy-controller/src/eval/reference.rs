@@ -366,6 +366,12 @@ fn is_empty(selector: &LabelSelector) -> bool {
             .is_none_or(|e| e.is_empty())
 }
 
+/// A NetworkPolicy rule's peers and ports.
+type NpRule<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
+
 /// A packet with both ends resolved. `*_pod` is the pod at that address, if any (also
 /// host-network and terminating pods: enforcement decides what to do with them).
 struct Packet<'a> {
@@ -630,45 +636,32 @@ impl Packet<'_> {
         let mut out = Vec::new();
         for (key, policy) in policies {
             let spec = &policy.spec;
-            let matching: Vec<usize> = match direction {
+            // A rule as (peers, ports): `from` or `to`.
+            let rules: Vec<NpRule> = match direction {
                 Direction::Ingress => spec
                     .ingress
                     .iter()
                     .flatten()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        self.np_rule_matches(key, r.from.as_deref(), r.ports.as_deref(), direction)
-                    })
-                    .map(|(i, _)| i)
+                    .map(|r| (r.from.as_deref(), r.ports.as_deref()))
                     .collect(),
                 Direction::Egress => spec
                     .egress
                     .iter()
                     .flatten()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        self.np_rule_matches(key, r.to.as_deref(), r.ports.as_deref(), direction)
-                    })
-                    .map(|(i, _)| i)
+                    .map(|r| (r.to.as_deref(), r.ports.as_deref()))
                     .collect(),
             };
-            out.extend(matching.into_iter().map(|index| RuleRef {
-                policy: PolicyRef::network(key),
-                direction,
-                index,
-            }));
+            for (index, (peers, ports)) in rules.into_iter().enumerate() {
+                if self.np_peers_match(key, peers, direction) && self.np_ports_match(ports) {
+                    out.push(RuleRef {
+                        policy: PolicyRef::network(key),
+                        direction,
+                        index,
+                    });
+                }
+            }
         }
         out
-    }
-
-    fn np_rule_matches(
-        &self,
-        policy: &ObjectKey,
-        peers: Option<&[NetworkPolicyPeer]>,
-        ports: Option<&[NetworkPolicyPort]>,
-        direction: Direction,
-    ) -> bool {
-        self.np_peers_match(policy, peers, direction) && self.np_ports_match(ports)
     }
 
     fn np_peers_match(

@@ -12,10 +12,7 @@ use super::resource::{ResourceKind, Slim};
 use super::watch::WatchEvent;
 use crate::compile::Change;
 use crate::model::policy::PolicyRef;
-use crate::model::validate::{
-    cluster_network_policy_selector_errors, prune_cluster_network_policy,
-    validate_cluster_network_policy, validate_network_policy, FieldError,
-};
+use crate::model::validate::{cluster_network_policy_errors, validate_network_policy, FieldError};
 use crate::model::{api, NodeInfo, ObjectKey, PodInfo};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -552,9 +549,7 @@ impl Index {
         let id = PolicyRef::cluster(key.name.clone());
         // What a real API server stores is pruned already; the stand-in's too. Pruning again
         // is harmless and keeps the agent's reading the schema's.
-        prune_cluster_network_policy(&mut policy);
-        let mut errors = validate_cluster_network_policy(&policy);
-        errors.extend(cluster_network_policy_selector_errors(&policy));
+        let errors = cluster_network_policy_errors(&mut policy);
         if !errors.is_empty() {
             let errors = error_lines(errors);
             tracing::warn!(policy = %id, ?errors, "invalid ClusterNetworkPolicy not enforced");

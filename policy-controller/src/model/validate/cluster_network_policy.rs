@@ -90,6 +90,15 @@ pub fn validate_cluster_network_policy(policy: &ClusterNetworkPolicy) -> Vec<Fie
     errs.0
 }
 
+/// What the agent and palisadectl refuse to enforce: the object pruned as the API server
+/// stores it (in place), then the schema's and CEL rules' errors and the selectors' errors.
+pub fn enforceability_errors(policy: &mut ClusterNetworkPolicy) -> Vec<FieldError> {
+    prune_cluster_network_policy(policy);
+    let mut errors = validate_cluster_network_policy(policy);
+    errors.extend(selector_errors(policy));
+    errors
+}
+
 /// Label selectors that select nothing sensible (unknown operator, values where none belong,
 /// bad keys or values): the checks of the built-in kinds, which the CRD leaves out.
 pub fn selector_errors(policy: &ClusterNetworkPolicy) -> Vec<FieldError> {

@@ -25,7 +25,7 @@
 mod cluster_network_policy;
 
 pub use cluster_network_policy::{
-    prune_cluster_network_policy, selector_errors as cluster_network_policy_selector_errors,
+    enforceability_errors as cluster_network_policy_errors, prune_cluster_network_policy,
     validate_cluster_network_policy, CIDR_RULE, NAMED_PORT_RULE, RANGE_RULE,
 };
 
