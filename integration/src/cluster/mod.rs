@@ -339,26 +339,9 @@ impl Cluster {
                 "net.ipv4.ip_forward=1",
                 "net.ipv6.conf.all.forwarding=1",
             ])?;
-            let seg_if = format!("s{i}");
-            // Peer created straight in the node namespace (one request, nothing in root).
-            seg.ip(&[
-                "link",
-                "add",
-                &seg_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            seg.ip(&["link", "set", &seg_if, "master", "br0", "up"])?;
             let ipv4 = Ipv4Addr::new(192, 0, 2, i as u8);
             let ipv6: Ipv6Addr = format!("2001:db8::{i:x}").parse()?;
-            ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-            ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
+            attach_to_segment(&seg, &format!("s{i}"), &ns, ipv4, ipv6)?;
             let dir = self.dir.join(format!("node-{i}"));
             std::fs::create_dir_all(dir.join("ipam"))?;
             let agent_socket = dir.join("agent.sock");
@@ -480,30 +463,7 @@ impl Cluster {
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
         ])?;
-        self.segment.ip(&[
-            "link",
-            "add",
-            "sx",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        self.segment
-            .ip(&["link", "set", "sx", "master", "br0", "up"])?;
-        ns.ip(&["addr", "add", &format!("{EXTERNAL_IPV4}/24"), "dev", "eth0"])?;
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{EXTERNAL_IPV6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
+        attach_to_segment(&self.segment, "sx", &ns, EXTERNAL_IPV4, EXTERNAL_IPV6)?;
         let control = self.dir.join("external").join("control.sock");
         let testpod = self.start_testpod(
             &ns,
@@ -1266,6 +1226,34 @@ impl Drop for Cluster {
             eprintln!("{e:#}");
         }
     }
+}
+
+/// Give `ns` an `eth0` on the segment's bridge (port `seg_if`) with these addresses. The peer
+/// is created straight in `ns` (one request, nothing in the root namespace).
+fn attach_to_segment(
+    seg: &Netns,
+    seg_if: &str,
+    ns: &Netns,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+) -> Result<()> {
+    seg.ip(&[
+        "link",
+        "add",
+        seg_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    seg.ip(&["link", "set", seg_if, "master", "br0", "up"])?;
+    ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+    ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
 }
 
 fn stop_child(child: &mut Option<Child>) {
