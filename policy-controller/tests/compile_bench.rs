@@ -235,6 +235,7 @@ fn compile_benchmark_of(state: ClusterState, cluster_policies: bool) {
         node: "node-0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(1),
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     };
 
     let t = Instant::now();
@@ -391,6 +392,7 @@ fn pod_change_compiled_and_applied_in(state: ClusterState) {
         node: "node-0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(1),
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     };
     let mut compiler = Compiler::with_state(opts, state);
     let t = Instant::now();

@@ -52,6 +52,7 @@ fn state(node_labels: Value) -> ClusterState {
     }
     let node: api::Node = serde_json::from_value(json!({
         "metadata": {"name": "n", "labels": node_labels},
+        "spec": {"podCIDRs": ["10.70.0.0/16", "fd70::/16"]},
         "status": {"addresses": [
             {"type": "InternalIP", "address": "10.70.1.1"},
             {"type": "InternalIP", "address": "fd70:1::1"},
@@ -71,6 +72,7 @@ fn options() -> CompileOptions {
         // for pods the agent does not know yet.
         fail_closed_new_pods: false,
         nflog_group: None,
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     }
 }
 

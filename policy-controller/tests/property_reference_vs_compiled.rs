@@ -19,7 +19,7 @@
 //! range or no port, and `destinationNamedPort`; packets pod→pod, pod→external,
 //! external→pod, pod→node and to/from host-network pods, in both families.
 
-use palisade_policy::compile::CompileOptions;
+use palisade_policy::compile::{CompileOptions, MasqueradeOptions};
 use palisade_policy::eval::interp::{check_ruleset, PathError, Reachability};
 use palisade_policy::eval::reference::{self, Endpoint};
 use palisade_policy::model::api::{self, ClusterNetworkPolicy, NetworkPolicy};
@@ -122,7 +122,10 @@ fn gen_cluster(c: &mut Choices<'_>) -> Gen {
                     format!("192.168.0.{}", n + 1).parse().unwrap(),
                     format!("fd00:ffff::{}", n + 1).parse().unwrap(),
                 ],
-                pod_cidrs: vec![format!("10.{n}.0.0/16").parse().unwrap()],
+                pod_cidrs: vec![
+                    format!("10.{n}.0.0/16").parse().unwrap(),
+                    format!("fd00:{n}::/64").parse().unwrap(),
+                ],
                 ..NodeInfo::default()
             },
         );
@@ -501,6 +504,8 @@ struct Coverage {
     cluster_named: usize,
     /// Packets to a node address a `nodes` peer decided.
     node_peer_decided: usize,
+    /// Paths that left their node masqueraded.
+    masqueraded: usize,
 }
 
 /// The kinds of the peers of an egress rule (`ipBlock`, `selector`; `networks`, `nodes`,
@@ -577,6 +582,85 @@ fn node_of(state: &ClusterState, ep: &Endpoint) -> Option<String> {
     }
 }
 
+/// Masquerade settings: mostly the default (both families), sometimes one family or none,
+/// sometimes with nonMasqueradeCIDRs that cover an external address or a node.
+fn gen_masquerade(c: &mut Choices<'_>) -> MasqueradeOptions {
+    let mut m = match c.below(6) {
+        0 => MasqueradeOptions::disabled(),
+        1 => MasqueradeOptions {
+            ipv6: false,
+            ..MasqueradeOptions::enabled()
+        },
+        2 => MasqueradeOptions {
+            ipv4: false,
+            ..MasqueradeOptions::enabled()
+        },
+        _ => MasqueradeOptions::enabled(),
+    };
+    if c.chance(30) {
+        m.non_masquerade_cidrs = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "192.168.0.0/24".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ];
+    }
+    m
+}
+
+/// When a connection must leave its node masqueraded (DESIGN.md "Outbound"), written from
+/// the design, not from the compiler: its source is a pod with a veth, it leaves the node,
+/// its destination is in no Node's pod CIDR, masquerade is on for the family, and the
+/// destination is not in nonMasqueradeCIDRs.
+fn masquerade_expected(
+    state: &ClusterState,
+    m: &MasqueradeOptions,
+    src: &Endpoint,
+    dst: &Endpoint,
+    family: Family,
+) -> bool {
+    let pod_at = |ep: &Endpoint| match ep {
+        Endpoint::Pod(k) => state.pods.get(k),
+        Endpoint::Ip(ip) => state.pods.values().find(|p| p.ips.contains(ip)),
+    };
+    let Some(src_pod) = pod_at(src).filter(|p| !p.host_network) else {
+        return false;
+    };
+    let dst_pod = pod_at(dst);
+    // A pod on the same node (also a host-network one: the node itself) is not left for.
+    if dst_pod.is_some_and(|d| d.node == src_pod.node) {
+        return false;
+    }
+    let dst_ip = match dst {
+        Endpoint::Ip(ip) => *ip,
+        Endpoint::Pod(_) => match dst_pod.and_then(|p| {
+            p.ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == (family == Family::Ipv4))
+        }) {
+            Some(ip) => ip,
+            None => return false,
+        },
+    };
+    // The pod's own node, by one of its addresses: delivered there, never leaves.
+    let own_node = src_pod
+        .node
+        .as_ref()
+        .and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.addresses.contains(&dst_ip));
+    if own_node {
+        return false;
+    }
+    let on = if dst_ip.is_ipv4() { m.ipv4 } else { m.ipv6 };
+    let pod_network = state
+        .nodes
+        .values()
+        .flat_map(|n| &n.pod_cidrs)
+        .any(|n| n.contains(&dst_ip));
+    let exempt = m.non_masquerade_cidrs.iter().any(|n| n.contains(&dst_ip));
+    on && !pod_network && !exempt
+}
+
 /// Run one generated case; `Err` describes a disagreement.
 fn check_case(bytes: &[u8]) -> Result<usize, String> {
     check_case_coverage(bytes).map(|c| c.compared)
@@ -590,8 +674,9 @@ fn check_case_coverage(bytes: &[u8]) -> Result<Coverage, String> {
         node: String::new(),
         fail_closed_new_pods: !c.chance(30),
         nflog_group: if c.chance(50) { Some(7) } else { None },
+        masquerade: gen_masquerade(&mut c),
     };
-    let mut reach = Reachability::new(&g.state, opts);
+    let mut reach = Reachability::new(&g.state, opts.clone());
     for node in g.state.nodes.keys() {
         let problems = check_ruleset(reach.ruleset(node));
         if !problems.is_empty() {
@@ -670,6 +755,16 @@ fn check_case_coverage(bytes: &[u8]) -> Result<Coverage, String> {
                         }
                     }
                 }
+                let masqueraded = v.hops.iter().any(|h| h.outcome.masqueraded);
+                if masqueraded
+                    != masquerade_expected(&g.state, &opts.masquerade, &src, &dst, family)
+                {
+                    return Err(format!(
+                        "{src} -> {dst} {family:?}: masqueraded {masqueraded} with {:?}\nhops: {:#?}",
+                        opts.masquerade, v.hops
+                    ));
+                }
+                cov.masqueraded += usize::from(masqueraded);
                 if w.allowed() != v.allowed {
                     return Err(format!(
                         "{src} -> {dst} {proto}/{port} {family:?}: reference {} ({:?} / {:?}), compiled {}\nhops: {:#?}\nstate: {:#?}",
@@ -765,9 +860,19 @@ fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
         node: "n0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(3),
+        masquerade: MasqueradeOptions {
+            non_masquerade_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            ..MasqueradeOptions::enabled()
+        },
     };
     let mut compiler = Compiler::with_state(opts.clone(), a.clone());
     let mut changes = Vec::new();
+    for name in a.nodes.keys().filter(|n| !b.nodes.contains_key(*n)) {
+        changes.push(Change::DeleteNode(name.clone()));
+    }
+    for node in b.nodes.values() {
+        changes.push(Change::UpsertNode(node.clone()));
+    }
     for (name, labels) in &b.namespaces {
         changes.push(Change::UpsertNamespace {
             name: name.clone(),
@@ -919,6 +1024,7 @@ fn generator_covers_both_outcomes() {
     let mut passed = 0;
     let mut cluster_named = 0;
     let mut node_peer = 0;
+    let mut masqueraded = 0;
     for _ in 0..600 {
         let bytes: Vec<u8> = (0..600)
             .map(|_| {
@@ -941,6 +1047,7 @@ fn generator_covers_both_outcomes() {
         passed += cov.passed;
         cluster_named += cov.cluster_named;
         node_peer += cov.node_peer_decided;
+        masqueraded += cov.masqueraded;
         let mut c = Choices {
             bytes: &bytes,
             at: 0,
@@ -984,6 +1091,8 @@ fn generator_covers_both_outcomes() {
         "ClusterNetworkPolicy barely exercised"
     );
     assert!(node_peer > 5, "nodes peers barely exercised");
+    println!("masqueraded paths: {masqueraded}");
+    assert!(masqueraded > 300, "masquerade barely exercised");
     assert!(compared > 6000);
     assert!(
         allowed > 200 && denied > 200,

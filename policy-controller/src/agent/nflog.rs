@@ -640,6 +640,7 @@ mod tests {
                 node: "n1".into(),
                 fail_closed_new_pods: true,
                 nflog_group: Some(100),
+                masquerade: crate::compile::MasqueradeOptions::enabled(),
             },
             state,
         ));

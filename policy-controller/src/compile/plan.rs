@@ -13,8 +13,8 @@ use crate::model::policy::{Action, Direction, Peer, Policy, PolicyRef, PortMatch
 use crate::model::selector::PodSelection;
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, CmpOp, CtState, Family, Field, Hook, Match, Rule, RuleVerdict,
-    Ruleset, Statement, Touched, Value, Verdict, VerdictMap,
+    BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, Match, Rule,
+    RuleVerdict, Ruleset, Statement, Touched, Value, Verdict, VerdictMap,
 };
 use palisade_common::HOST_VETH_PREFIX;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -32,7 +32,7 @@ pub const LOG_RATE_PER_SECOND: u32 = 10;
 pub(crate) struct Cache {
     pub memberships: Memberships,
     /// Node labels or addresses changed since the node sets were last materialised.
-    nodes_dirty: bool,
+    node_sets_stale: bool,
     /// The sets of the current structure, by name.
     specs: HashMap<String, SetSpec, Fast>,
     /// Per-policy chains as last built, reused while the policy is unchanged (they depend on
@@ -78,13 +78,13 @@ impl Cache {
 
     /// A node was added, changed or removed: the node address sets follow.
     pub fn nodes_changed(&mut self) {
-        self.nodes_dirty = true;
+        self.node_sets_stale = true;
     }
 
     fn stale(&self, spec: &SetSpec) -> bool {
         spec.selection()
             .is_some_and(|s| self.memberships.dirty.contains(s))
-            || (self.nodes_dirty && spec.follows_nodes())
+            || (self.node_sets_stale && spec.follows_nodes())
     }
 
     /// Only set elements may have changed: re-materialise the sets of dirty selections (and
@@ -97,7 +97,7 @@ impl Cache {
         out: &mut Ruleset,
         touched: &mut Touched,
     ) {
-        if self.memberships.dirty.is_empty() && !self.nodes_dirty {
+        if self.memberships.dirty.is_empty() && !self.node_sets_stale {
             return;
         }
         let stale: Vec<(String, SetSpec)> = self
@@ -112,7 +112,7 @@ impl Cache {
             out.sets.insert(name, set);
         }
         self.memberships.dirty.clear();
-        self.nodes_dirty = false;
+        self.node_sets_stale = false;
     }
 
     /// Compute the whole structure, reusing (moving) the sets of `previous` that are still
@@ -191,7 +191,7 @@ impl Cache {
         }
         let used: HashSet<&PodSelection> = specs.values().filter_map(SetSpec::selection).collect();
         self.memberships.retain_used(&used);
-        self.nodes_dirty = false;
+        self.node_sets_stale = false;
         self.specs = specs;
         Ruleset { chains, sets, maps }
     }
@@ -538,6 +538,7 @@ impl Builder<'_> {
             FORWARD_CHAIN.into(),
             Chain {
                 base: Some(BaseChain {
+                    chain_type: ChainType::Filter,
                     hook: Hook::Forward,
                     priority: FILTER_PRIORITY,
                     policy: ChainPolicy::Accept,
@@ -581,6 +582,7 @@ impl Builder<'_> {
             INPUT_CHAIN.into(),
             Chain {
                 base: Some(BaseChain {
+                    chain_type: ChainType::Filter,
                     hook: Hook::Input,
                     priority: FILTER_PRIORITY,
                     policy: ChainPolicy::Accept,
