@@ -2,8 +2,13 @@
 //! one synchronous [`Socket`]. Every call works on the network namespace the socket was
 //! opened in ([`Rtnl::open`] here, [`Rtnl::open_in`] inside another one).
 
+mod addr;
+mod link;
+mod neigh;
 mod route;
 
+pub use link::{Link, Mac, VethEnd};
+pub use neigh::Neighbour;
 pub use route::{Route, RouteMode, Scope, PROTOCOL_BOOT};
 
 use crate::netlink::{Result, Socket};
