@@ -1,7 +1,8 @@
 //! ADD / CHECK / DEL / GC / STATUS of the real `palisade` binary on the real kernel, over
 //! every supported spec version and IPv4, IPv6 and dual-stack.
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;

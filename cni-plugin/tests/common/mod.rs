@@ -14,7 +14,6 @@
 //! Leak checks compare the node with its snapshot: a test that ends with every pod deleted
 //! must leave exactly the links, routes and nftables elements it started with, and no IPAM
 //! file naming any container ID it used.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 use palisade_testutil::Netns;
 use serde_json::{json, Value};
