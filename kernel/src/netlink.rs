@@ -175,6 +175,27 @@ where
         first.map_or(Ok(()), Err)
     }
 
+    /// Wait for the next datagram (a subscription's messages, not replies to a request) and
+    /// return its messages; an error message in it is returned as the error.
+    pub fn receive(&mut self) -> Result<Vec<M>> {
+        let n = loop {
+            match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::new("receive netlink message", e)),
+            }
+        };
+        let mut out = Vec::new();
+        for msg in messages::<M>(&self.buf[..n.min(RECV_BUF)]) {
+            let msg = msg?;
+            check_error(&msg)?;
+            if let NetlinkPayload::InnerMessage(m) = msg.payload {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
     /// Read replies to the last request until its ack or error (`dump`: until
     /// `NLMSG_DONE`). Replies to earlier requests (a get whose ack was not asked for) are
     /// skipped by sequence number.

@@ -286,3 +286,44 @@ fn udp_flows_to_a_port_are_forgotten() {
     assert!(left.contains("dport=5454"), "{left}");
     assert_eq!(nf.forget_udp_flows(&[flows(5353)]).unwrap(), 0);
 }
+
+#[test]
+fn nflog_delivers_logged_packets_with_prefix_and_payload() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let t = TestNetns::new("k-nflog").unwrap();
+    t.sh("ip addr add 10.72.0.1/32 dev lo && nft -f - <<'EOF'
+table inet ktestlog {
+  chain out { type filter hook output priority 0; udp dport 9999 log prefix \"ktest deny\" group 7; }
+}
+EOF")
+        .unwrap();
+    let ns = Netns::open(t.path()).unwrap();
+    let mut log = ns
+        .run(|| palisade_kernel::nflog::Nflog::bind(7, 128))
+        .unwrap()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reader blocks: it runs on a thread of its own, and the test waits at most 5 s.
+    std::thread::spawn(move || {
+        let _ = tx.send(log.recv());
+    });
+    t.run(|| {
+        let s = std::net::UdpSocket::bind("10.72.0.1:0").unwrap();
+        s.send_to(b"hello", "10.72.0.1:9999").unwrap();
+    });
+    let packets = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("no NFLOG message within 5 s")
+        .unwrap();
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    let p = &packets[0];
+    assert_eq!(p.prefix, "ktest deny");
+    assert!(p.out_ifindex.is_some(), "{p:?}");
+    // IPv4 header: version 4, protocol UDP, destination 10.72.0.1; then the UDP port.
+    assert_eq!(p.payload[0] >> 4, 4);
+    assert_eq!(p.payload[9], 17);
+    assert_eq!(&p.payload[16..20], &[10, 72, 0, 1]);
+    assert_eq!(&p.payload[22..24], &9999u16.to_be_bytes());
+}

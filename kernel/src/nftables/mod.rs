@@ -196,6 +196,12 @@ pub struct Nfnl {
     pub(crate) sock: Socket<NetfilterMessage>,
 }
 
+impl std::fmt::Debug for Nfnl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Nfnl(fd {})", self.raw_fd())
+    }
+}
+
 impl Nfnl {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> Result<Nfnl> {
