@@ -17,7 +17,7 @@
 //! code runs in the wrong namespace).
 
 use palisade_cni::hostport::{HostPorts, PortMapping, Proto};
-use palisade_testutil::{in_netns, kernel_tests_enabled, run_prefix, unique_link_name, Netns};
+use palisade_testutil::{in_netns, kernel_tests_enabled, run_prefix, unique_link_name, TestNetns};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -41,14 +41,14 @@ const TABLE: &str = palisade_common::HOSTPORT_TABLE;
 /// A node namespace on a segment with a "remote node" namespace, plus a record directory.
 struct Node {
     tag: String,
-    ns: Netns,
-    remote: Netns,
+    ns: TestNetns,
+    remote: TestNetns,
     data_dir: PathBuf,
     pods: Vec<Pod>,
 }
 
 struct Pod {
-    ns: Netns,
+    ns: TestNetns,
     v4: IpAddr,
     v6: IpAddr,
 }
@@ -61,8 +61,8 @@ impl Pod {
 
 impl Node {
     fn new(tag: &str) -> Node {
-        let ns = Netns::new(&format!("hp{tag}")).unwrap();
-        let remote = Netns::new(&format!("hp{tag}-r")).unwrap();
+        let ns = TestNetns::new(&format!("hp{tag}")).unwrap();
+        let remote = TestNetns::new(&format!("hp{tag}-r")).unwrap();
         ns.veth_to("eth0", &remote, "eth0").unwrap();
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
@@ -93,7 +93,7 @@ impl Node {
 
     /// A pod namespace wired like the plugin does it; returns its index.
     fn pod(&mut self, n: u8) -> usize {
-        let ns = Netns::new(&format!("hp{}-p{n}", self.tag)).unwrap();
+        let ns = TestNetns::new(&format!("hp{}-p{n}", self.tag)).unwrap();
         let hv = unique_link_name('h');
         let (v4, v6) = (format!("10.244.0.{n}"), format!("fd00:244::{n}"));
         self.ns
@@ -167,7 +167,7 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(ns: &Netns, tag: &str, tcp: &[u16], udp: &[u16]) -> Servers {
+    fn start(ns: &TestNetns, tag: &str, tcp: &[u16], udp: &[u16]) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &port in tcp {
@@ -220,7 +220,7 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 }
 
 /// Connect from namespace `ns` to `to` over TCP and return the server's line.
-fn tcp_ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
+fn tcp_ask(ns: &TestNetns, to: SocketAddr) -> Result<String, String> {
     in_netns(ns.path(), move || {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
             .map_err(|e| format!("tcp connect {to}: {e}"))?;
@@ -233,7 +233,7 @@ fn tcp_ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
 }
 
 /// Send a UDP datagram from namespace `ns` to `to` and return the answer.
-fn udp_ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
+fn udp_ask(ns: &TestNetns, to: SocketAddr) -> Result<String, String> {
     in_netns(ns.path(), move || {
         let any: IpAddr = if to.is_ipv4() {
             "0.0.0.0".parse().unwrap()

@@ -139,7 +139,7 @@ fn del_with_netns_gone_or_empty() {
     let Pod { ns, cid, ifname } = gone;
     drop(ns);
     let gone = Pod {
-        ns: std::sync::Arc::new(palisade_testutil::Netns::new("delgone-tmp").unwrap()),
+        ns: std::sync::Arc::new(palisade_testutil::TestNetns::new("delgone-tmp").unwrap()),
         cid,
         ifname,
     };

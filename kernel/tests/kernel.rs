@@ -7,7 +7,7 @@ use palisade_kernel::conntrack::UdpFlows;
 use palisade_kernel::nftables::{Batch, BatchError, Data, Element, Field, MapData, Nfnl, Verdict};
 use palisade_kernel::rtnl::{Family, Mac, Route, RouteMode, Rtnl, Scope, VethEnd};
 use palisade_kernel::{Netns, NetnsError};
-use palisade_testutil::{kernel_tests_enabled, Netns as TestNetns};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
 
 #[test]
 fn work_runs_inside_a_namespace_on_its_own_thread() {

@@ -2,7 +2,8 @@
 //! present) played offline: every probe cell must agree with the reference evaluator and
 //! with the compiled ruleset walked by the interpreter.
 
-mod compile_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod compile_support;
 
 use compile_support::play_all;
 use palisade_policy::eval::reference::{self, Endpoint};
