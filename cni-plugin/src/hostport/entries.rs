@@ -201,19 +201,7 @@ pub fn from_nft_text(set: &str, key: &str, value: Option<&str>) -> Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn tcp(host_port: u16, container_port: u16) -> PortMapping {
-        PortMapping {
-            host_port,
-            container_port,
-            protocol: Proto::Tcp,
-            host_ip: None,
-        }
-    }
+    use crate::hostport::mappings::tests::{ip, tcp};
 
     #[test]
     fn entries_cover_each_family_and_respect_host_ip_family() {

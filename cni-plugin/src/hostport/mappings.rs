@@ -155,15 +155,16 @@ pub fn parse_port_mappings(v: &Value) -> Result<Vec<PortMapping>, HostPortError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ip(s: &str) -> IpAddr {
+    /// Test shorthands, also for the other hostport modules' tests.
+    pub fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn tcp(host_port: u16, container_port: u16) -> PortMapping {
+    pub fn tcp(host_port: u16, container_port: u16) -> PortMapping {
         PortMapping {
             host_port,
             container_port,

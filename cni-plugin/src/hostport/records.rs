@@ -253,7 +253,7 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostport::mappings::{PortMapping, Proto};
+    use crate::hostport::mappings::tests::{ip, tcp};
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -265,16 +265,7 @@ mod tests {
     }
 
     fn entries() -> Vec<Entry> {
-        entries::entries_for(
-            &["10.0.0.1".parse().unwrap()],
-            &[PortMapping {
-                host_port: 80,
-                container_port: 80,
-                protocol: Proto::Tcp,
-                host_ip: None,
-            }],
-        )
-        .unwrap()
+        entries::entries_for(&[ip("10.0.0.1")], &[tcp(80, 80)]).unwrap()
     }
 
     #[test]

@@ -225,20 +225,11 @@ fn find_nft() -> PathBuf {
 mod tests {
     use super::*;
     use crate::hostport::entries::entries_for;
-    use crate::hostport::mappings::{PortMapping, Proto};
+    use crate::hostport::mappings::tests::{ip, tcp};
 
     #[test]
     fn the_fallback_guards_the_layout_and_removes_by_add_then_delete() {
-        let old = entries_for(
-            &["10.0.0.1".parse().unwrap()],
-            &[PortMapping {
-                host_port: 80,
-                container_port: 80,
-                protocol: Proto::Tcp,
-                host_ip: None,
-            }],
-        )
-        .unwrap();
+        let old = entries_for(&[ip("10.0.0.1")], &[tcp(80, 80)]).unwrap();
         assert_eq!(
             elements_script(&old[1..], &old[..1]),
             "add element inet palisade-hostport layout_v1 { 1 }\n\
