@@ -1,11 +1,11 @@
 //! Interface addresses.
 
+use super::message::RtnlMessage;
 use super::{address_family, Link, Rtnl};
 use crate::netlink::{Context, Result};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::RouteNetlinkMessage;
 
 impl Rtnl {
     /// Add (or refresh) `addr` on a link. `nodad` skips IPv6 duplicate address detection,
@@ -23,10 +23,7 @@ impl Rtnl {
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         self.sock
-            .execute(
-                RouteNetlinkMessage::NewAddress(m),
-                NLM_F_CREATE | NLM_F_REPLACE,
-            )
+            .execute(RtnlMessage::NewAddress(m), NLM_F_CREATE | NLM_F_REPLACE)
             .context(|| format!("add address {addr} dev {}", link.name))
     }
 
@@ -37,11 +34,11 @@ impl Rtnl {
         m.header.index = index;
         let replies = self
             .sock
-            .dump(RouteNetlinkMessage::GetAddress(m))
+            .dump(RtnlMessage::GetAddress(m))
             .context(|| "list addresses".to_string())?;
         let mut out = Vec::new();
         for r in &replies {
-            let RouteNetlinkMessage::NewAddress(m) = r else {
+            let RtnlMessage::NewAddress(m) = r else {
                 continue;
             };
             if m.header.index != index {

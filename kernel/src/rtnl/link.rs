@@ -1,6 +1,7 @@
 //! Links: veth pairs born with one end in another namespace, up/down, `ifalias`, lookups and
 //! deletion by name or index.
 
+use super::message::RtnlMessage;
 use super::Rtnl;
 use crate::netlink::{Context, Result};
 use crate::netns::Netns;
@@ -8,7 +9,6 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::RouteNetlinkMessage;
 use std::fmt;
 use std::os::fd::AsRawFd;
 
@@ -160,7 +160,7 @@ impl Rtnl {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
         self.sock
-            .execute(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .execute(RtnlMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
             .context(|| {
                 format!(
                     "create veth {} (peer {} in {})",
@@ -173,11 +173,8 @@ impl Rtnl {
 
     /// The link named `name`; `None` if there is none.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
-        match self
-            .sock
-            .get(RouteNetlinkMessage::GetLink(by_name(name)), 0)
-        {
-            Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(parse(&m))),
+        match self.sock.get(RtnlMessage::GetLink(by_name(name)), 0) {
+            Ok(Some(RtnlMessage::NewLink(m))) => Ok(Some(parse(&m))),
             Ok(_) => Ok(None),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e).context(|| format!("get link {name}")),
@@ -188,12 +185,12 @@ impl Rtnl {
     pub fn links(&mut self) -> Result<Vec<Link>> {
         let replies = self
             .sock
-            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .dump(RtnlMessage::GetLink(LinkMessage::default()))
             .context(|| "list links".to_string())?;
         Ok(replies
             .iter()
             .filter_map(|r| match r {
-                RouteNetlinkMessage::NewLink(m) => Some(parse(m)),
+                RtnlMessage::NewLink(m) => Some(parse(m)),
                 _ => None,
             })
             .collect())
@@ -213,7 +210,7 @@ impl Rtnl {
     }
 
     fn delete(&mut self, m: LinkMessage, what: impl FnOnce() -> String) -> Result<bool> {
-        match self.sock.execute(RouteNetlinkMessage::DelLink(m), 0) {
+        match self.sock.execute(RtnlMessage::DelLink(m), 0) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e).context(what),
@@ -226,7 +223,7 @@ impl Rtnl {
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
         self.sock
-            .execute(RouteNetlinkMessage::NewLink(m), 0)
+            .execute(RtnlMessage::NewLink(m), 0)
             .context(|| format!("set link {} up", link.name))
     }
 
@@ -239,7 +236,7 @@ impl Rtnl {
         m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
         self.sock
-            .execute(RouteNetlinkMessage::NewLink(m), 0)
+            .execute(RtnlMessage::NewLink(m), 0)
             .context(|| format!("set link {} down", link.name))
     }
 }

@@ -4,6 +4,7 @@
 
 mod addr;
 mod link;
+mod message;
 mod neigh;
 mod route;
 
@@ -13,12 +14,12 @@ pub use route::{Route, RouteMode, Scope, PROTOCOL_BOOT};
 
 use crate::netlink::{Result, Socket};
 use crate::netns::Netns;
-use netlink_packet_route::RouteNetlinkMessage;
+use message::RtnlMessage;
 use std::net::IpAddr;
 
 /// An rtnetlink socket.
 pub struct Rtnl {
-    sock: Socket<RouteNetlinkMessage>,
+    sock: Socket<RtnlMessage>,
 }
 
 impl Rtnl {

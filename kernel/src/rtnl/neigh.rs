@@ -1,12 +1,12 @@
 //! Neighbour entries (ARP / NDP cache).
 
+use super::message::RtnlMessage;
 use super::{address_family, Family, Link, Mac, Rtnl};
 use crate::netlink::{Context, Result};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::RouteNetlinkMessage;
 use std::net::IpAddr;
 
 /// A neighbour entry.
@@ -36,10 +36,7 @@ impl Rtnl {
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         self.sock
-            .execute(
-                RouteNetlinkMessage::NewNeighbour(m),
-                NLM_F_CREATE | NLM_F_REPLACE,
-            )
+            .execute(RtnlMessage::NewNeighbour(m), NLM_F_CREATE | NLM_F_REPLACE)
             .context(|| format!("add neighbour {ip} lladdr {mac} dev {}", link.name))
     }
 
@@ -49,11 +46,11 @@ impl Rtnl {
         m.header.family = family.address_family();
         let replies = self
             .sock
-            .dump(RouteNetlinkMessage::GetNeighbour(m))
+            .dump(RtnlMessage::GetNeighbour(m))
             .context(|| "list neighbours".to_string())?;
         let mut out = Vec::new();
         for r in &replies {
-            let RouteNetlinkMessage::NewNeighbour(m) = r else {
+            let RtnlMessage::NewNeighbour(m) = r else {
                 continue;
             };
             let mut ip = None;
