@@ -17,7 +17,9 @@
 //!
 //! Only the rebuild of the whole table (missing, of another layout, or GC) goes through
 //! `nft`: its rules are expressions that nft compiles, and the script is their readable
-//! source. Elements go by netlink (`kernel.rs`); the script here carries them only when the
+//! source. (Sending them by netlink would mean encoding the `nat`, `fib`, `ct` and `masq`
+//! expressions by hand: `netlink-packet-netfilter` 0.4 has only meta, payload, cmp,
+//! bitwise, immediate and lookup.) Elements go by netlink (`kernel.rs`); the script here carries them only when the
 //! table is rebuilt with them, in the same transaction. nft is run directly with stderr
 //! captured (the `nftables` crate loses nft's error text).
 

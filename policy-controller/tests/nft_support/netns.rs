@@ -1,6 +1,6 @@
 //! Kernel-test helpers: a node namespace routing between two pod namespaces, and sockets
-//! opened inside a namespace from a short-lived thread (setns changes only the calling
-//! thread; a socket stays in the namespace it was created in).
+//! opened inside a namespace (`TestNetns::run`: the kernel crate's helper; a socket stays
+//! in the namespace it was created in).
 
 use palisade_policy::nft::{NftDataplane, NftOptions};
 use palisade_testutil::TestNetns;
