@@ -203,17 +203,22 @@ mod tests {
     use super::*;
     use crate::hostport::mappings::tests::{ip, tcp};
 
+    /// UDP 53 on one node address to the pod's 5353.
+    fn dns_on_a_host_ip() -> PortMapping {
+        PortMapping {
+            host_port: 53,
+            container_port: 5353,
+            protocol: Proto::Udp,
+            host_ip: Some(ip("192.0.2.1")),
+        }
+    }
+
     #[test]
     fn entries_cover_each_family_and_respect_host_ip_family() {
         let pod = [ip("10.244.1.5"), ip("fd00:10:244:1::5")];
         let m = [
             tcp(8080, 80),
-            PortMapping {
-                host_port: 53,
-                container_port: 5353,
-                protocol: Proto::Udp,
-                host_ip: Some(ip("192.0.2.1")),
-            },
+            dns_on_a_host_ip(),
             PortMapping {
                 host_port: 9,
                 container_port: 9,
@@ -286,15 +291,7 @@ mod tests {
     fn old_text_elements_become_the_same_entries() {
         let want = entries_for(
             &[ip("10.244.1.5"), ip("fd00::5")],
-            &[
-                tcp(8080, 80),
-                PortMapping {
-                    host_port: 53,
-                    container_port: 5353,
-                    protocol: Proto::Udp,
-                    host_ip: Some(ip("192.0.2.1")),
-                },
-            ],
+            &[tcp(8080, 80), dns_on_a_host_ip()],
         )
         .unwrap();
         for e in &want {

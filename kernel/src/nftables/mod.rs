@@ -24,7 +24,8 @@ use netlink_packet_netfilter::nftables::{
     SetElementList, SetElementMessage, TableAttribute, TableMessage,
 };
 use netlink_packet_netfilter::{
-    none::ControlMessage, NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+    none::ControlMessage, NetfilterHeader, NetfilterMessage, NetfilterMessageInner,
+    NetfilterProtoFamily,
 };
 use std::collections::BTreeMap;
 
@@ -252,6 +253,22 @@ impl Nfnl {
         }
     }
 
+    /// The nf_tables messages of an `inet` dump.
+    fn dump(
+        &mut self,
+        request: NfTablesMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<Vec<NfTablesMessage>> {
+        let replies = self.sock.dump(inet(request)).context(what)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r.inner {
+                NetfilterMessageInner::NfTables(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The elements of set or map `set` of table `inet <table>`, as raw (key, value) bytes
     /// in register layout (compare with [`Data::bytes`]). Verdict map values are left out.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<RawElement>> {
@@ -261,16 +278,12 @@ impl Nfnl {
                 SetElementList::Set(set.to_string()),
             ],
         };
-        let replies = self
-            .sock
-            .dump(inet(NfTablesMessage::GetSetElement(msg)))
-            .context(|| format!("list set inet {table} {set}"))?;
+        let replies = self.dump(NfTablesMessage::GetSetElement(msg), || {
+            format!("list set inet {table} {set}")
+        })?;
         let mut out = Vec::new();
         for r in replies {
-            let netlink_packet_netfilter::NetfilterMessageInner::NfTables(
-                NfTablesMessage::NewSetElement(m),
-            ) = r.inner
-            else {
+            let NfTablesMessage::NewSetElement(m) = r else {
                 continue;
             };
             for list in m.attributes {
@@ -304,16 +317,12 @@ impl Nfnl {
         let msg = RuleMessage {
             attributes: vec![RuleAttribute::Table(table.to_string())],
         };
-        let replies = self
-            .sock
-            .dump(inet(NfTablesMessage::GetRule(msg)))
-            .context(|| format!("list rules of table inet {table}"))?;
+        let replies = self.dump(NfTablesMessage::GetRule(msg), || {
+            format!("list rules of table inet {table}")
+        })?;
         let mut out = BTreeMap::new();
         for r in replies {
-            let netlink_packet_netfilter::NetfilterMessageInner::NfTables(
-                NfTablesMessage::NewRule(m),
-            ) = r.inner
-            else {
+            let NfTablesMessage::NewRule(m) = r else {
                 continue;
             };
             let chain = m.attributes.iter().find_map(|a| match a {
