@@ -382,7 +382,7 @@ fn pod_change_compiled_and_applied() {
 
 fn pod_change_compiled_and_applied_in(state: ClusterState) {
     use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
-    let ns = palisade_testutil::Netns::new("e2e-bench").unwrap();
+    let ns = palisade_testutil::TestNetns::new("e2e-bench").unwrap();
     let mut dp = NftDataplane::new(NftOptions {
         table: format!("palt-{}", std::process::id()),
         netns: Some(ns.path().to_path_buf()),

@@ -4,7 +4,7 @@
 //! node's own addresses (traffic a pod sends to its node goes through `input`). IPv4 and
 //! IPv6 each time.
 
-mod nft_support;
+pub mod nft_support;
 
 use nft_support::netns::*;
 use palisade_policy::compile::{compile, CompileOptions};

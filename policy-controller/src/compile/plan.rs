@@ -8,7 +8,7 @@ use super::names::{
     stage_chain, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN,
 };
 use super::sets::{addr_key, family_of_net, Memberships, SetSpec};
-use super::{enforced, CompileOptions, Index};
+use super::{enforced, CompileOptions, StateIndex};
 use crate::model::policy::{Action, Direction, Peer, Policy, PolicyRef, PortMatch, RuleRef, Tier};
 use crate::model::selector::PodSelection;
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
@@ -92,7 +92,7 @@ impl Cache {
     pub fn refresh_sets(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         opts: &CompileOptions,
         out: &mut Ruleset,
         touched: &mut Touched,
@@ -121,7 +121,7 @@ impl Cache {
     pub fn rebuild(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         opts: &CompileOptions,
         mut previous: Ruleset,
         touched: &mut Touched,
@@ -200,7 +200,7 @@ impl Cache {
 /// Builds chains and maps for one compile, collecting the sets they reference.
 struct Builder<'a> {
     state: &'a ClusterState,
-    index: &'a Index,
+    index: &'a StateIndex,
     opts: &'a CompileOptions,
     specs: HashMap<String, SetSpec, Fast>,
     chains: BTreeMap<String, Chain>,

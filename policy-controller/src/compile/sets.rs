@@ -4,7 +4,7 @@
 
 use super::intervals::{block_ranges, range_to_prefixes};
 use super::names::{fam, hash_of};
-use super::{select_pods, selectable, CompileOptions, Index};
+use super::{select_pods, selectable, CompileOptions, StateIndex};
 use crate::model::api::LabelSelector;
 use crate::model::selector::{describe_selector, selector_matches, NamespaceScope, PodSelection};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
@@ -132,7 +132,7 @@ impl Memberships {
 
     /// A namespace's labels changed (or it went away): re-test its pods against the
     /// selections that look at namespace labels.
-    pub fn namespace_changed(&mut self, state: &ClusterState, index: &Index, ns: &str) {
+    pub fn namespace_changed(&mut self, state: &ClusterState, index: &StateIndex, ns: &str) {
         let ns_labels = state.namespaces.get(ns);
         let pods: Vec<&ObjectKey> = index.pods_by_ns.get(ns).into_iter().flatten().collect();
         for (selection, members) in self.members.iter_mut() {
@@ -157,7 +157,7 @@ impl Memberships {
     fn members(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         selection: &PodSelection,
     ) -> &BTreeSet<ObjectKey> {
         if !self.members.contains_key(selection) {
@@ -178,7 +178,7 @@ impl Memberships {
     pub fn materialise(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         opts: &CompileOptions,
         spec: &SetSpec,
     ) -> Set {

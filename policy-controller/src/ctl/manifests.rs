@@ -8,7 +8,6 @@
 //! but that the API server would reject ([`crate::model::validate`]) is reported and skipped,
 //! as the agent does.
 
-use crate::kube::WatchedKind;
 use crate::model::api::{self, ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod};
 use crate::model::validate::{cluster_network_policy_errors, validate_network_policy};
 use crate::model::{ClusterState, NodeInfo, ObjectKey, PodInfo, Protocol};
@@ -235,10 +234,7 @@ fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), M
     match kind.as_str() {
         "Namespace" => objects.namespaces.push(decode(&origin, doc)?),
         "Pod" => {
-            let mut pod: Pod = decode(&origin, doc.clone())?;
-            // `status.podIP(s)`: model::api's serde names miss the API's spelling; read them
-            // as the agent's watch does.
-            pod.fill_from_raw(&doc);
+            let mut pod: Pod = decode(&origin, doc)?;
             if pod.metadata.namespace.is_empty() {
                 pod.metadata.namespace = DEFAULT_NAMESPACE.into();
             }
@@ -259,8 +255,7 @@ fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), M
             objects.cluster_policies.push((origin, policy));
         }
         "Node" => {
-            let mut node: Node = decode(&origin, doc.clone())?;
-            node.fill_from_raw(&doc);
+            let node: Node = decode(&origin, doc)?;
             objects.nodes.push(node);
         }
         "" => {
