@@ -97,7 +97,7 @@ jq -e '.plugins[0].ipam.ranges == [[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00
 ok "install-cni wrote the plugin and the dual-stack conflist"
 
 in_image /usr/local/bin/palisade-agent run --node-name node-1 --kubeconfig /tmp/kubeconfig \
-  --cni-socket /run/palisade/agent.sock --listen 127.0.0.1:9464 --manage-routes false \
+  --cni-socket /run/palisade/agent.sock --metrics-listen 127.0.0.1:9464 --manage-routes false \
   >"$work/agent.log" 2>&1 &
 pids+=($!)
 ready=no

@@ -2,8 +2,9 @@
 //! real dropped packet hit, with a non-zero counter on the nft rule that dropped it.
 //!
 //! Needs root and the `palisade`, `palisade-agent` and `palisadectl` binaries (or
-//! `PALISADE_BIN_DIR`). It reads the agent's `GET /debug/state` and the counters of the
-//! compiled default-deny rules.
+//! `PALISADE_BIN_DIR`). It reads the agent's `GET /debug/state` (on its debug socket) and the
+//! counters of the compiled default-deny rules. `palisadectl drops -f` follows the denials
+//! of a real cluster as they happen.
 
 use palisade_integration::cluster::{Binaries, Cluster, ClusterConfig};
 use palisade_integration::scenario::{
@@ -95,7 +96,7 @@ fn explain_names_the_policy_a_dropped_packet_hit() {
         .args([
             "explain",
             "--agent",
-            "http://127.0.0.1:9464",
+            c.nodes[0].debug_socket.to_str().unwrap(),
             "--from",
             "x/client",
             "--to",
@@ -135,4 +136,138 @@ fn explain_names_the_policy_a_dropped_packet_hit() {
         drop_rule["packets"].as_u64().is_some_and(|p| p > 0),
         "the drop rule's counter must have seen the packet: {drop_rule:#}"
     );
+}
+
+/// `palisadectl drops -f` on a node follows that node's denials as they happen: started
+/// before any traffic, it prints each denied connection towards the isolated server (named
+/// with both pods, port, direction and policy) while the allowed ones never appear, and its
+/// filter keeps other namespaces' drops out.
+#[test]
+fn drops_follow_streams_denials_as_they_happen() {
+    if !palisade_testutil::kernel_tests_enabled() {
+        return;
+    }
+    use std::io::BufRead;
+    let (bins, ctl) = bins();
+    let mut c = Cluster::start(ClusterConfig::new(2, bins)).expect("start the cluster");
+    let w = c.create_namespace("x", &Labels::new()).unwrap();
+    c.wait_programmed(w).unwrap();
+    for (spec, node) in [
+        (pod("server", 1, "server"), 1),
+        (pod("friend", 1, "friend"), 1),
+        (pod("client", 2, "client"), 2),
+    ] {
+        let w = c.create_pod(&spec, node).unwrap();
+        c.wait_programmed(w).unwrap();
+    }
+    let (_, w) = c
+        .apply_policy(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "x", "name": "only-friend"},
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "friend"}}}]}]},
+        }))
+        .unwrap()
+        .expect("the API accepts the policy");
+    c.wait_programmed(w).unwrap();
+
+    let mut follow = std::process::Command::new(&ctl)
+        .args([
+            "drops", "-f", "-o", "json", "--last", "0", "-n", "x", "--agent",
+        ])
+        .arg(&c.nodes[0].debug_socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start palisadectl drops -f");
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Nothing dropped yet: nothing printed.
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(500))
+        .is_err());
+
+    let (client, friend, server) = (
+        PodRef::parse("x/client").unwrap(),
+        PodRef::parse("x/friend").unwrap(),
+        PodRef::parse("x/server").unwrap(),
+    );
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let m = c
+            .probe(
+                Protocol::Tcp,
+                80,
+                Family::V4,
+                &[
+                    (client.clone(), Destination::Pod(server.clone())),
+                    (friend.clone(), Destination::Pod(server.clone())),
+                ],
+                None,
+                0,
+            )
+            .unwrap();
+        assert_eq!(m.get("x/client", "x/server"), Some(false));
+        assert_eq!(m.get("x/friend", "x/server"), Some(true));
+        // Each denied attempt streams while the follower runs, within moments.
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| {
+                panic!("round {round}: no drop streamed\n{}", c.agent_logs_tail(20))
+            });
+        let d: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (
+                &d["srcPod"],
+                &d["dstPod"],
+                &d["dstPort"],
+                &d["direction"],
+                &d["node"]
+            ),
+            (
+                &json!("x/client"),
+                &json!("x/server"),
+                &json!(80),
+                &json!("ingress"),
+                &json!("node-1")
+            ),
+            "{line}"
+        );
+        assert_eq!(d["policies"], json!(["x/only-friend"]), "{line}");
+        seen.push(d["srcPort"].clone());
+        // SYN retransmits of the same attempt may follow; drain them.
+        while let Ok(more) = rx.recv_timeout(std::time::Duration::from_millis(300)) {
+            let m: Value = serde_json::from_str(&more).unwrap();
+            assert_eq!(
+                m["srcPod"], "x/client",
+                "only denied connections stream: {more}"
+            );
+        }
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "three attempts, three connections: {seen:?}");
+    // A filter for another namespace sees none of them.
+    let other = std::process::Command::new(&ctl)
+        .args(["drops", "-n", "y", "-o", "json", "--agent"])
+        .arg(&c.nodes[0].debug_socket)
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    assert!(
+        other.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
 }

@@ -388,3 +388,86 @@ fn conflist_template_renders_to_a_config_the_plugin_accepts() {
     }
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Prometheus reaches the agents: the agent listens on the port its container declares as
+/// `metrics`, the probes use that port (so they test what Prometheus scrapes), the headless
+/// Service and the example PodMonitor select the agent pods and name that port, and the
+/// debug socket lives in the directory shared with the node (where palisadectl reads it).
+#[test]
+fn metrics_port_is_declared_probed_and_selected() {
+    let all = manifests();
+    let ds = &all
+        .iter()
+        .find(|(f, d)| d["kind"] == "DaemonSet" && f.ends_with("40-daemonset.yaml"))
+        .unwrap()
+        .1;
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let agent = containers(&ds["spec"]["template"]["spec"])
+        .into_iter()
+        .find(|c| c["name"] == "agent")
+        .unwrap();
+    let args: Vec<&str> = agent["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--metrics-listen=:9464"), "{args:?}");
+    assert!(
+        args.contains(&"--debug-socket=/run/palisade/debug.sock"),
+        "{args:?}"
+    );
+    assert!(agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountPath"] == "/run/palisade"));
+    let port = agent["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a port named metrics");
+    assert_eq!(port["containerPort"], 9464);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(agent[probe]["httpGet"]["port"], "metrics", "{probe}");
+        assert!(
+            agent[probe]["httpGet"]["host"].is_null(),
+            "{probe}: the pod's (node's) address"
+        );
+    }
+    let selects = |selector: &Value| {
+        selector
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| pod_labels[k] == *v)
+    };
+    let svc = &all
+        .iter()
+        .find(|(_, d)| d["kind"] == "Service")
+        .expect("a Service in conf/")
+        .1;
+    assert_eq!(
+        svc["spec"]["clusterIP"], "None",
+        "headless: one endpoint per agent"
+    );
+    assert!(selects(&svc["spec"]["selector"]));
+    assert_eq!(svc["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+
+    let text =
+        std::fs::read_to_string(repo_root().join("conf/monitoring/podmonitor.yaml")).unwrap();
+    let pm: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(pm["kind"], "PodMonitor");
+    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    assert!(selects(&pm["spec"]["selector"]["matchLabels"]));
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    let kustomization =
+        std::fs::read_to_string(repo_root().join("conf/kustomization.yaml")).unwrap();
+    assert!(
+        !kustomization.contains("monitoring"),
+        "the PodMonitor needs the operator's CRD: not in the default install"
+    );
+}
