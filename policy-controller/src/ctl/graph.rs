@@ -123,9 +123,13 @@ pub fn group(matrices: &[PortMatrix], state: &ClusterState) -> Graph {
     }
 }
 
-/// A DOT string literal.
+/// A DOT string literal; a line break is DOT's `\n` (a centred line).
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
 }
 
 /// How many member names a box lists before "+N more".
@@ -201,7 +205,12 @@ pub fn to_dot(g: &Graph) -> String {
     for e in &g.edges {
         let mut attrs = Vec::new();
         if !e.allowed.is_empty() && !one_port {
-            attrs.push(format!("label={}", quote(&e.allowed.join(", "))));
+            let ports = if e.allowed.len() == g.ports.len() {
+                "all ports".to_string()
+            } else {
+                e.allowed.join(", ")
+            };
+            attrs.push(format!("label={}", quote(&ports)));
         }
         if e.allowed.is_empty() {
             // Only unknown cells: a dashed grey arrow, the ports without an answer.

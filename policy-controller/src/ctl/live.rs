@@ -288,7 +288,7 @@ pub fn list_from_api_server(kubeconfig: &KubeconfigChoice) -> Result<(Objects, S
     rt.block_on(async {
         let resolved = crate::kube::config::resolve(kubeconfig).await?;
         let namespace = resolved.config.default_namespace.clone();
-        let origin = resolved.origin.clone();
+        let origin = format!("{} ({})", resolved.config.cluster_url, resolved.origin);
         let client = kube::Client::try_from(resolved.config).context("build kube client")?;
         let mut objects = Objects::default();
         for path in [
@@ -303,7 +303,7 @@ pub fn list_from_api_server(kubeconfig: &KubeconfigChoice) -> Result<(Objects, S
             let text = client
                 .request_text(req)
                 .await
-                .with_context(|| format!("GET {path} from the API server of {origin}"))?;
+                .with_context(|| format!("GET {path} from the API server {origin}"))?;
             let doc: Value =
                 serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))?;
             let origin = Origin {

@@ -284,20 +284,28 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Status(a) => status_cmd(a),
         Command::Drops(a) => drops::drops_cmd(a, out),
         Command::Completion(a) => {
-            completion(a.shell, &mut std::io::stdout());
-            Ok(exit::OK)
+            let script = completion(a.shell);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                // `palisadectl completion bash | head` is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("write the completion script")
+                }
+                _ => Ok(exit::OK),
+            }
         }
     }
 }
 
-/// Write the completion script for `shell`.
-pub fn completion(shell: Shell, out: &mut dyn std::io::Write) {
+/// The completion script for `shell`.
+pub fn completion(shell: Shell) -> Vec<u8> {
     let shell = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
         Shell::Zsh => clap_complete::Shell::Zsh,
         Shell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, &mut Cli::command(), "palisadectl", out);
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "palisadectl", &mut script);
+    script
 }
 
 /// Loaded state, the live node name with --agent, and the namespace names without one

@@ -226,7 +226,7 @@ mod tests {
         // --kubeconfig wins over $KUBECONFIG, and must exist.
         assert_eq!(
             kubeconfig_files(Some(&b), Some(&list), None).unwrap(),
-            [b.clone()]
+            std::slice::from_ref(&b)
         );
         let e = kubeconfig_files(Some(&missing), None, None).unwrap_err();
         assert!(e.to_string().contains("no such file"), "{e}");
