@@ -31,10 +31,11 @@ fail() { echo "image test FAILED: $*" >&2; exit 1; }
 pass=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 
+version=$("$root/image/version.sh")
 bash "$root/image/build-oci.sh" "$work"
-umoci ls --layout "$work/oci" | grep -qx "palisade-dev" || fail "OCI layout lacks palisade-dev"
-umoci stat --image "$work/oci:palisade-dev" >/dev/null || fail "umoci stat"
-ok "OCI layout $work/oci has palisade-dev"
+umoci ls --layout "$work/oci" | grep -qx "palisade-$version" || fail "OCI layout lacks palisade-$version"
+umoci stat --image "$work/oci:palisade-$version" >/dev/null || fail "umoci stat"
+ok "OCI layout $work/oci has palisade-$version (the workspace version)"
 
 # Run a command inside the test netns, chrooted into the image tree, with /proc and the
 # device nodes and links every OCI runtime provides (/dev/null, zero, random, urandom,
@@ -78,13 +79,9 @@ spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
 status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
 YAML
 
-# The conflist template, exactly as the ConfigMap mounts it.
+# The conflist template, exactly as the ConfigMap generated from conf/config/ mounts it.
 mkdir -p "$rootfs/etc/palisade"
-"${PALISADE_VENV:-/opt/palisade-venv}/bin/python" - "$root/conf/20-configmap.yaml" \
-  >"$rootfs/etc/palisade/conflist.template" <<'PY'
-import sys, yaml
-print(yaml.safe_load(open(sys.argv[1]))["data"]["conflist.template"], end="")
-PY
+cp "$root/conf/config/conflist.template" "$rootfs/etc/palisade/conflist.template"
 
 in_image /usr/local/bin/palisade-agent install-cni --node-name node-1 \
   --kubeconfig /tmp/kubeconfig --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d \

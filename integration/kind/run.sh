@@ -20,7 +20,9 @@ root=$(cd "$here/../.." && pwd)
 config=$here/kind-$variant.yaml
 [ -f "$config" ] || { echo "unknown variant $variant (ipv4|dualstack)" >&2; exit 2; }
 cluster=$(awk '/^name:/{print $2}' "$config")
-image=palisade/palisade:dev
+# The tag conf/ pins (kustomization.yaml's images: entry): the image built here is the one
+# the DaemonSet names, and IfNotPresent finds it on the nodes after `kind load`.
+image=palisade/palisade:$("$root/image/version.sh")
 artifacts=${ARTIFACTS:-$PWD/_artifacts}
 focus=${E2E_FOCUS:-\[sig-network\].*Netpol}
 # Upstream marks tests of features an implementation may lack; Palisade implements them

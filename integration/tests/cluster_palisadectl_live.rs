@@ -43,31 +43,38 @@ fn pod(name: &str, node: usize, app: &str) -> PodSpec {
     }
 }
 
+/// A 2-node cluster with namespace x, the pods `(name, node)` (label app=name, port 80), and
+/// `policy` applied, all programmed; and palisadectl's path.
+fn cluster(pods: &[(&str, usize)], policy: Value) -> (Cluster, PathBuf) {
+    let (bins, ctl) = bins();
+    let mut c = Cluster::start(ClusterConfig::new(2, bins)).expect("start the cluster");
+    let w = c.create_namespace("x", &Labels::new()).unwrap();
+    c.wait_programmed(w).unwrap();
+    for &(name, node) in pods {
+        let w = c.create_pod(&pod(name, node, name), node).unwrap();
+        c.wait_programmed(w).unwrap();
+    }
+    let (_, w) = c
+        .apply_policy(policy)
+        .unwrap()
+        .expect("the API accepts the policy");
+    c.wait_programmed(w).unwrap();
+    (c, ctl)
+}
+
 #[test]
 fn explain_names_the_policy_a_dropped_packet_hit() {
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
-    let (bins, ctl) = bins();
-    let mut c = Cluster::start(ClusterConfig::new(2, bins)).expect("start the cluster");
-    let w = c.create_namespace("x", &Labels::new()).unwrap();
-    c.wait_programmed(w).unwrap();
-    for (spec, node) in [
-        (pod("server", 1, "server"), 1),
-        (pod("client", 2, "client"), 2),
-    ] {
-        let w = c.create_pod(&spec, node).unwrap();
-        c.wait_programmed(w).unwrap();
-    }
-    let (_, w) = c
-        .apply_policy(json!({
+    let (c, ctl) = cluster(
+        &[("server", 1), ("client", 2)],
+        json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"namespace": "x", "name": "deny-to-server"},
             "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"]},
-        }))
-        .unwrap()
-        .expect("the API accepts the policy");
-    c.wait_programmed(w).unwrap();
+        }),
+    );
 
     let (client, server) = (
         PodRef::parse("x/client").unwrap(),
@@ -148,28 +155,15 @@ fn drops_follow_streams_denials_as_they_happen() {
         return;
     }
     use std::io::BufRead;
-    let (bins, ctl) = bins();
-    let mut c = Cluster::start(ClusterConfig::new(2, bins)).expect("start the cluster");
-    let w = c.create_namespace("x", &Labels::new()).unwrap();
-    c.wait_programmed(w).unwrap();
-    for (spec, node) in [
-        (pod("server", 1, "server"), 1),
-        (pod("friend", 1, "friend"), 1),
-        (pod("client", 2, "client"), 2),
-    ] {
-        let w = c.create_pod(&spec, node).unwrap();
-        c.wait_programmed(w).unwrap();
-    }
-    let (_, w) = c
-        .apply_policy(json!({
+    let (c, ctl) = cluster(
+        &[("server", 1), ("friend", 1), ("client", 2)],
+        json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"namespace": "x", "name": "only-friend"},
             "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "friend"}}}]}]},
-        }))
-        .unwrap()
-        .expect("the API accepts the policy");
-    c.wait_programmed(w).unwrap();
+        }),
+    );
 
     let mut follow = std::process::Command::new(&ctl)
         .args([

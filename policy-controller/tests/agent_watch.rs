@@ -120,20 +120,19 @@ fn programmed(s: &Value, kind: &str) -> u64 {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
+    get_over(tokio::net::TcpStream::connect(addr).await.unwrap(), path).await
 }
 
-/// GET on the agent's debug socket (HTTP/1.0: the body ends at EOF).
+/// GET on the agent's debug socket.
 async fn debug_get(socket: &std::path::Path, path: &str) -> (u16, String) {
-    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    get_over(tokio::net::UnixStream::connect(socket).await.unwrap(), path).await
+}
+
+/// HTTP/1.0 GET on a connected stream: the body ends at EOF.
+async fn get_over(
+    mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    path: &str,
+) -> (u16, String) {
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
         .await
         .unwrap();

@@ -198,17 +198,8 @@ mod tests {
         s
     }
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    fn dir(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("palisade-kc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
+    fn dir(name: &str) -> palisade_testutil::TempDir {
+        palisade_testutil::TempDir::new(name)
     }
 
     #[test]
