@@ -419,6 +419,44 @@ fn status_is_51_while_the_node_does_not_forward() {
     node.assert_no_leak("STATUS 51, forwarding");
 }
 
+/// A request without `capabilities` (the spec has the runtime remove it; libcni keeps it,
+/// other runtimes do not) still gets its `runtimeConfig.portMappings`: the host port answers
+/// from another pod through the node's address, and DEL removes the mapping.
+#[test]
+fn host_port_without_the_capabilities_key() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("hpnocap");
+    let base = node.conf("1.1.0", Stack::V4);
+    assert!(base.get("capabilities").is_none(), "{base}");
+    let mut with_pm = base.clone();
+    with_pm["runtimeConfig"] = serde_json::json!({ "portMappings": [
+        { "hostPort": 18091, "containerPort": 80, "protocol": "tcp" }
+    ]});
+    let web = node.pod("web");
+    let client = node.pod("client");
+    node.add(&web, &with_pm);
+    node.add(&client, &base);
+    assert!(
+        reaches_via(&web, &client, NODE_ADDR_V4, 18091),
+        "hostPort without capabilities"
+    );
+    assert!(
+        node.hostport_elements().iter().any(|e| e.contains("18091")),
+        "{:?}",
+        node.hostport_elements()
+    );
+    node.del(&web, &with_pm);
+    assert!(
+        !node.hostport_elements().iter().any(|e| e.contains("18091")),
+        "DEL removes the mapping: {:?}",
+        node.hostport_elements()
+    );
+    node.del(&client, &base);
+    node.assert_no_leak("hostPort without capabilities");
+}
+
 /// STATUS is 51 while this network's port mappings are recorded but the table
 /// `inet palisade-hostport` is gone (as after `nft flush ruleset`): the host port then stops
 /// answering. Another network without mappings is not affected. GC rebuilds the table from
