@@ -5,6 +5,7 @@
 
 use crate::error::{CniError, Result};
 use crate::hostport::{self, PortMapping};
+use crate::log::{Level, LogConf};
 use crate::types::{CniResult, Dns};
 use crate::version::{self, CniVersion};
 use ipnet::IpNet;
@@ -297,6 +298,8 @@ pub struct NetConf {
     pub state_dir: PathBuf,
     pub dns: Dns,
     pub agent: AgentConf,
+    /// `logFile` and `logLevel`: the optional log file ([`crate::log`]).
+    pub log: Option<LogConf>,
     /// `runtimeConfig.portMappings` (unless a `capabilities` left in the request leaves
     /// portMappings out); parsed only by the commands that program or check them, so a bad
     /// entry never blocks DEL.
@@ -339,6 +342,8 @@ struct RawConf {
     ipam: Option<RawIpam>,
     dns: Option<Dns>,
     agent: Option<RawAgent>,
+    log_file: Option<PathBuf>,
+    log_level: Option<String>,
     /// `None`: the runtime removed it (SPEC.md), or the config has none.
     capabilities: Option<Map<String, Value>>,
     #[serde(default)]
@@ -440,6 +445,23 @@ pub fn parse_netconf(raw: &[u8]) -> Result<NetConf> {
     }
     let ipam = parse_ipam(raw_ipam)?;
 
+    let level = match conf.log_level.as_deref() {
+        None => Level::Info,
+        Some(l) => Level::parse(l).ok_or_else(|| {
+            CniError::config(format!("logLevel {l:?}: expected error, info or debug"))
+        })?,
+    };
+    let log = match conf.log_file.filter(|f| !f.as_os_str().is_empty()) {
+        None => None,
+        Some(file) if file.is_absolute() => Some(LogConf { file, level }),
+        Some(file) => {
+            return Err(CniError::config(format!(
+                "logFile {} is not an absolute path",
+                file.display()
+            )))
+        }
+    };
+
     let agent = match conf.agent {
         None => AgentConf::default(),
         Some(a) => {
@@ -496,6 +518,7 @@ pub fn parse_netconf(raw: &[u8]) -> Result<NetConf> {
         ipam,
         dns: conf.dns.unwrap_or_default(),
         agent,
+        log,
         port_mappings_raw,
         prev_result,
         valid_attachments,

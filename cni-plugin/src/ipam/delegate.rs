@@ -73,6 +73,11 @@ impl<'a> Delegate<'a> {
             .ok()
             .flatten()
             .and_then(|v| serde_json::from_value(v.get("supportedVersions")?.clone()).ok());
+        crate::log::debug(format_args!(
+            "IPAM plugin {plugin} ({}) supports {theirs:?}; the config is {}",
+            bin.display(),
+            ours.as_str()
+        ));
         let Some(theirs) = theirs.filter(|t| !t.iter().any(|v| v == ours.as_str())) else {
             return Ok(Delegate {
                 plugin,
@@ -87,6 +92,10 @@ impl<'a> Delegate<'a> {
                 ours.as_str()
             ))
         })?;
+        crate::log::debug(format_args!(
+            "calling IPAM plugin {plugin} at {}",
+            version.as_str()
+        ));
         let mut value: Value = serde_json::from_slice(&conf.raw)
             .map_err(|e| CniError::Decode(format!("stdin is not JSON: {e}")))?;
         value["cniVersion"] = Value::from(version.as_str());
