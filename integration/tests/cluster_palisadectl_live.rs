@@ -155,7 +155,7 @@ fn drops_follow_streams_denials_as_they_happen() {
         return;
     }
     use std::io::BufRead;
-    let (c, ctl) = cluster(
+    let (mut c, ctl) = cluster(
         &[("server", 1), ("friend", 1), ("client", 2)],
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -264,4 +264,62 @@ fn drops_follow_streams_denials_as_they_happen() {
     );
     let _ = follow.kill();
     let _ = follow.wait();
+
+    // Egress is denied on the source's node: both agents together tell the whole story.
+    let (_, w) = c
+        .apply_policy(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "x", "name": "client-no-egress"},
+            "spec": {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"]},
+        }))
+        .unwrap()
+        .expect("the API accepts the policy");
+    c.wait_programmed(w).unwrap();
+    let m = c
+        .probe(
+            Protocol::Tcp,
+            80,
+            Family::V4,
+            &[(client.clone(), Destination::Pod(server.clone()))],
+            None,
+            0,
+        )
+        .unwrap();
+    assert_eq!(m.get("x/client", "x/server"), Some(false));
+    let both = std::process::Command::new(&ctl)
+        .args([
+            "drops", "-o", "json", "--last", "1000", "--pod", "x/client", "--agent",
+        ])
+        .arg(&c.nodes[0].debug_socket)
+        .arg("--agent")
+        .arg(&c.nodes[1].debug_socket)
+        .output()
+        .unwrap();
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let drops: Vec<Value> = String::from_utf8(both.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let egress = drops
+        .iter()
+        .find(|d| d["direction"] == "egress")
+        .unwrap_or_else(|| panic!("no egress drop from node-2 in {drops:#?}"));
+    assert_eq!(
+        (&egress["node"], &egress["srcPod"], &egress["dstPod"]),
+        (&json!("node-2"), &json!("x/client"), &json!("x/server"))
+    );
+    assert_eq!(egress["policies"], json!(["x/client-no-egress"]));
+    assert!(drops
+        .iter()
+        .any(|d| d["node"] == "node-1" && d["direction"] == "ingress"));
+    let times: Vec<&str> = drops.iter().map(|d| d["time"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "merged in time order: {times:?}"
+    );
 }

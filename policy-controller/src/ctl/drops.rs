@@ -1,14 +1,17 @@
-//! `palisadectl drops [-f]`: the denied connections this node's agent saw (its last ones,
-//! then, with `-f`, each one as it happens), from `GET /drops` on its debug socket. The agent
-//! filters (by namespace, pod, direction), so a quiet pod's drops are not buried under a busy
-//! one's in its ring of recent drops.
+//! `palisadectl drops [-f]`: the denied connections the node agents saw (their last ones,
+//! then, with `-f`, each one as it happens), from `GET /drops` on each agent's debug socket
+//! (this node's, or several: `--agent` again for each, e.g. sockets forwarded from other
+//! nodes). The agents filter (by namespace, pod, direction), so a quiet pod's drops are not
+//! buried under a busy one's in an agent's ring of recent drops.
 
 use super::style::{table, Cell, Colour, Style};
 use super::{exit, live, DropsArgs, DropsOutput};
 use crate::agent::drops::{DropEvent, DropFilter};
 use crate::agent::http::{DropLine, DropsQuery};
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
 
 const COLUMNS: [&str; 7] = [
     "TIME",
@@ -21,6 +24,44 @@ const COLUMNS: [&str; 7] = [
 ];
 const WIDE_COLUMNS: [&str; 4] = ["SRC-IP", "DST-IP", "SRC-PORT", "RULE"];
 
+/// What a reader thread hands over: a line of one agent's stream, or the end of it.
+enum Received {
+    Line(PathBuf, DropLine),
+    Failed(PathBuf, anyhow::Error),
+    End,
+}
+
+/// Read one agent's `/drops` stream on a thread of its own.
+fn spawn_reader(socket: PathBuf, target: String, tx: mpsc::Sender<Received>) {
+    std::thread::spawn(move || {
+        let body = match live::agent_get(&socket, &target) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Received::Failed(socket, e));
+                return;
+            }
+        };
+        for line in body.lines() {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Received::Failed(socket.clone(), e.into()));
+                    return;
+                }
+            };
+            match serde_json::from_str::<DropLine>(&line) {
+                Ok(d) => {
+                    if tx.send(Received::Line(socket.clone(), d)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => eprintln!("warning: {}: not a drop ({e}): {line}", socket.display()),
+            }
+        }
+        let _ = tx.send(Received::End);
+    });
+}
+
 pub fn drops_cmd(a: &DropsArgs, style: Style) -> Result<u8> {
     let query = DropsQuery {
         follow: a.follow,
@@ -31,48 +72,87 @@ pub fn drops_cmd(a: &DropsArgs, style: Style) -> Result<u8> {
             direction: a.direction.clone(),
         },
     };
-    let mut body = live::agent_get(&a.agent, &format!("/drops?{}", query.to_query()))?;
+    let target = format!("/drops?{}", query.to_query());
+    let (tx, rx) = mpsc::channel();
+    for socket in &a.agent {
+        spawn_reader(socket.clone(), target.clone(), tx.clone());
+    }
+    drop(tx);
     let wide = a.output == DropsOutput::Wide;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut rows: Vec<Vec<Cell>> = vec![header(wide)];
     if a.follow && a.output != DropsOutput::Json {
         writeln!(out, "{}", fixed_width(&header(wide), style))?;
         out.flush()?;
     }
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = body
-            .read_line(&mut line)
-            .with_context(|| format!("read drops from {}", a.agent.display()))?;
-        if n == 0 {
-            break;
-        }
-        let event = match serde_json::from_str::<DropLine>(line.trim_end()) {
-            Ok(DropLine::Drop(e)) => e,
-            Ok(DropLine::Lost { lost }) => {
-                eprintln!("note: the agent skipped {lost} drops (this reader did not keep up)");
+    let mut collected: Vec<DropEvent> = Vec::new();
+    let mut failures = Vec::new();
+    let mut open = a.agent.len();
+    while open > 0 {
+        let Ok(received) = rx.recv() else { break };
+        let event = match received {
+            Received::Line(_, DropLine::Drop(e)) => *e,
+            Received::Line(socket, DropLine::Lost { lost }) => {
+                eprintln!(
+                    "note: {} skipped {lost} drops (this reader did not keep up)",
+                    socket.display()
+                );
                 continue;
             }
-            Err(e) => {
-                eprintln!("warning: not a drop ({e}): {}", line.trim_end());
+            Received::Failed(socket, e) => {
+                eprintln!("error: {}: {e:#}", socket.display());
+                failures.push(e);
+                open -= 1;
+                continue;
+            }
+            Received::End => {
+                open -= 1;
                 continue;
             }
         };
+        if !a.follow {
+            collected.push(event);
+            continue;
+        }
         match a.output {
             DropsOutput::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
             // Followed rows cannot be aligned in advance: each is printed as it comes, on
             // the header's fixed column widths.
-            _ if a.follow => writeln!(out, "{}", fixed_width(&row(&event, wide), style))?,
-            _ => rows.push(row(&event, wide)),
+            _ => writeln!(out, "{}", fixed_width(&row(&event, wide), style))?,
         }
         out.flush()?;
     }
-    if !a.follow && a.output != DropsOutput::Json {
-        write!(out, "{}", table(&rows, style))?;
+    if failures.len() == a.agent.len() {
+        // Nothing answered: that is an error, not an empty list.
+        let e = failures.pop().expect("at least one agent");
+        return Err(if a.agent.len() == 1 {
+            e
+        } else {
+            anyhow!("no agent answered; the last: {e:#}")
+        });
     }
-    Ok(exit::OK)
+    if !a.follow {
+        // Several agents: their last drops merged in time order, the last --last of them.
+        collected.sort_by(|x, y| x.time.cmp(&y.time));
+        collected.drain(..collected.len().saturating_sub(a.last));
+        match a.output {
+            DropsOutput::Json => {
+                for e in &collected {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                }
+            }
+            _ => {
+                let mut rows = vec![header(wide)];
+                rows.extend(collected.iter().map(|e| row(e, wide)));
+                write!(out, "{}", table(&rows, style))?;
+            }
+        }
+    }
+    Ok(if failures.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }
 
 fn header(wide: bool) -> Vec<Cell> {

@@ -62,7 +62,7 @@ pub enum Command {
     Reach(ReachArgs),
     /// Whether a packet is allowed, and which policies and rules decide it.
     Explain(ExplainArgs),
-    /// Denied connections as they happen on this node (-f to follow).
+    /// Denied connections as they happen on this node, or on several (-f to follow).
     Drops(DropsArgs),
     /// This node's agent: readiness, last sync, programmed versions, invalid policies, and
     /// the programmed table's size.
@@ -227,9 +227,15 @@ pub struct StatusArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DropsArgs {
-    /// The agent's debug socket.
-    #[arg(long, value_name = "SOCKET", default_value = crate::agent::DEFAULT_DEBUG_SOCKET)]
-    pub agent: PathBuf,
+    /// The agent's debug socket; again for each further agent to follow at once (sockets
+    /// forwarded from other nodes), their drops merged.
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = crate::agent::DEFAULT_DEBUG_SOCKET,
+        action = clap::ArgAction::Append
+    )]
+    pub agent: Vec<PathBuf>,
     /// Keep printing drops as they happen (until interrupted).
     #[arg(short = 'f', long)]
     pub follow: bool,
