@@ -6,7 +6,8 @@
 #   - nft from the image runs;
 #   - `palisade-agent install-cni` reads the Node from a kube API stand-in and writes the
 #     plugin and the conflist atomically into the "host" directories;
-#   - `palisade-agent run` becomes ready and programs table inet palisade;
+#   - `palisade-agent run` becomes ready and programs table inet palisade, reports its
+#     version on the metrics port, and palisadectl reads its debug socket;
 #   - `palisade-agent uninstall` leaves no file or table behind.
 # usage: image/test-image.sh WORK_DIR
 set -euo pipefail
@@ -107,6 +108,14 @@ done
 [ $ready = yes ] || fail "agent from the image never became ready: $(tail -20 "$work/agent.log")"
 ip netns exec "$ns" nft list table inet palisade >/dev/null || fail "agent did not program inet palisade"
 ok "palisade-agent run from the image is ready and programmed inet palisade"
+# The metrics listener says which version runs; palisadectl from the image reads the agent's
+# debug socket (the default path, as on a node) and the table.
+metrics=$(ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')
+echo "$metrics" | grep -q "^palisade_build_info{version=\"$version\"" ||
+  fail "no palisade_build_info for $version in: $(echo "$metrics" | grep build_info)"
+status=$(in_image /usr/local/bin/palisadectl status --color never) || fail "palisadectl status: $status"
+echo "$status" | grep -q "^ready  *yes" || fail "palisadectl status: $status"
+ok "the image's palisadectl reads the agent's debug socket; metrics name version $version"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 in_image /usr/local/bin/palisade-agent uninstall --cni-bin-dir /host/opt/cni/bin \
