@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # Palisade's image: palisade (CNI plugin, static, copied onto the node by the install init
 # container), palisade-agent, palisadectl and the nft binary the agent runs. Tagged with the
 # workspace version (image/version.sh), which conf/ pins:
@@ -6,11 +7,12 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 \
 #     -t REGISTRY/palisade/palisade:$(image/version.sh) --push .             # both, one manifest list
 #
-# The Rust stage runs on the build machine's platform (BUILDPLATFORM) and cross-compiles to
-# the requested one (TARGETARCH, amd64 or arm64; image/platform.sh maps it), which is far
-# faster than compiling under emulation. The other stages are the requested platform's own
-# Debian, so nft and its libraries are that platform's, found by ldd rather than by a
-# hard-coded library path (image/copy-with-libs.sh).
+# BuildKit (docker's default builder since 23.0, and buildx) sets BUILDPLATFORM and
+# TARGETARCH. The Rust stage runs on the build machine's platform and cross-compiles to the
+# requested one (TARGETARCH, amd64 or arm64; image/platform.sh maps it), which is far faster
+# than compiling under emulation. The other stages are the requested platform's own Debian,
+# so nft and its libraries are that platform's, found by ldd rather than by a hard-coded
+# library path (image/copy-with-libs.sh).
 #
 # Where no container engine runs (CI here), image/build-oci.sh assembles the same file tree
 # into an OCI layout with umoci and tests its entry points; keep the two in step.

@@ -43,6 +43,21 @@ fn pod(name: &str, node: usize, app: &str) -> PodSpec {
     }
 }
 
+/// One TCP probe on port 80 over IPv4 of each `(source, destination)` pod pair.
+fn probe80(c: &Cluster, pairs: &[(&str, &str)]) -> palisade_integration::matrix::Matrix {
+    let pairs: Vec<(PodRef, Destination)> = pairs
+        .iter()
+        .map(|(s, d)| {
+            (
+                PodRef::parse(s).unwrap(),
+                Destination::Pod(PodRef::parse(d).unwrap()),
+            )
+        })
+        .collect();
+    c.probe(Protocol::Tcp, 80, Family::V4, &pairs, None, 0)
+        .unwrap()
+}
+
 /// A 2-node cluster with namespace x, the pods `(name, node)` (label app=name, port 80), and
 /// `policy` applied, all programmed; and palisadectl's path.
 fn cluster(pods: &[(&str, usize)], policy: Value) -> (Cluster, PathBuf) {
@@ -76,20 +91,7 @@ fn explain_names_the_policy_a_dropped_packet_hit() {
         }),
     );
 
-    let (client, server) = (
-        PodRef::parse("x/client").unwrap(),
-        PodRef::parse("x/server").unwrap(),
-    );
-    let m = c
-        .probe(
-            Protocol::Tcp,
-            80,
-            Family::V4,
-            &[(client.clone(), Destination::Pod(server.clone()))],
-            None,
-            0,
-        )
-        .unwrap();
+    let m = probe80(&c, &[("x/client", "x/server")]);
     assert_eq!(
         m.get("x/client", "x/server"),
         Some(false),
@@ -191,26 +193,9 @@ fn drops_follow_streams_denials_as_they_happen() {
         .recv_timeout(std::time::Duration::from_millis(500))
         .is_err());
 
-    let (client, friend, server) = (
-        PodRef::parse("x/client").unwrap(),
-        PodRef::parse("x/friend").unwrap(),
-        PodRef::parse("x/server").unwrap(),
-    );
     let mut seen = Vec::new();
     for round in 0..3 {
-        let m = c
-            .probe(
-                Protocol::Tcp,
-                80,
-                Family::V4,
-                &[
-                    (client.clone(), Destination::Pod(server.clone())),
-                    (friend.clone(), Destination::Pod(server.clone())),
-                ],
-                None,
-                0,
-            )
-            .unwrap();
+        let m = probe80(&c, &[("x/client", "x/server"), ("x/friend", "x/server")]);
         assert_eq!(m.get("x/client", "x/server"), Some(false));
         assert_eq!(m.get("x/friend", "x/server"), Some(true));
         // Each denied attempt streams while the follower runs, within moments.
@@ -275,16 +260,7 @@ fn drops_follow_streams_denials_as_they_happen() {
         .unwrap()
         .expect("the API accepts the policy");
     c.wait_programmed(w).unwrap();
-    let m = c
-        .probe(
-            Protocol::Tcp,
-            80,
-            Family::V4,
-            &[(client.clone(), Destination::Pod(server.clone()))],
-            None,
-            0,
-        )
-        .unwrap();
+    let m = probe80(&c, &[("x/client", "x/server")]);
     assert_eq!(m.get("x/client", "x/server"), Some(false));
     let both = std::process::Command::new(&ctl)
         .args([

@@ -208,6 +208,7 @@ impl Drop for TestNetns {
 
 /// A directory under the system temp dir, named with the process and `tag`, removed when
 /// dropped (also when the test panics).
+#[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
