@@ -111,10 +111,10 @@ ok "palisade-agent run from the image is ready and programmed inet palisade"
 # The metrics listener says which version runs; palisadectl from the image reads the agent's
 # debug socket (the default path, as on a node) and the table.
 metrics=$(ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')
-echo "$metrics" | grep -q "^palisade_build_info{version=\"$version\"" ||
-  fail "no palisade_build_info for $version in: $(echo "$metrics" | grep build_info)"
+grep -q "^palisade_build_info{version=\"$version\"" <<<"$metrics" ||
+  fail "no palisade_build_info for $version in: $(grep build_info <<<"$metrics")"
 status=$(in_image /usr/local/bin/palisadectl status --color never) || fail "palisadectl status: $status"
-echo "$status" | grep -q "^ready  *yes" || fail "palisadectl status: $status"
+grep -q "^ready  *yes" <<<"$status" || fail "palisadectl status: $status"
 ok "the image's palisadectl reads the agent's debug socket; metrics name version $version"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 

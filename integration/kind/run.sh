@@ -82,8 +82,8 @@ echo "== operator checks: metrics, palisadectl in the agent pod"
 version=$("$root/image/version.sh")
 for pod in $(kubectl -n palisade-system get pods -l app.kubernetes.io/name=palisade-agent \
                -o jsonpath='{.items[*].metadata.name}'); do
-  kubectl get --raw "/api/v1/namespaces/palisade-system/pods/${pod}:9464/proxy/metrics" |
-    grep -q "^palisade_build_info{version=\"$version\"" ||
+  metrics=$(kubectl get --raw "/api/v1/namespaces/palisade-system/pods/${pod}:9464/proxy/metrics")
+  grep -q "^palisade_build_info{version=\"$version\"" <<<"$metrics" ||
     { echo "$pod: no palisade_build_info for $version on its metrics port" >&2; exit 1; }
   kubectl -n palisade-system exec "$pod" -c agent -- palisadectl status >/dev/null ||
     { echo "$pod: palisadectl status in the agent container failed" >&2; exit 1; }
