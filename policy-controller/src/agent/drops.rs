@@ -113,14 +113,13 @@ impl Default for DropLog {
 impl DropLog {
     /// Record a drop and hand it to every follower; never blocks on them.
     pub fn publish(&self, event: DropEvent) {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.len() == RECENT_DROPS {
-                recent.pop_front();
-            }
-            recent.push_back(event.clone());
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_DROPS {
+            recent.pop_front();
         }
-        // No follower is not an error.
+        recent.push_back(event.clone());
+        // Sent under the same lock as `follow` subscribes: a new follower gets each drop
+        // once, in the recent ones or from the channel. No follower is not an error.
         let _ = self.followers.send(event);
     }
 
