@@ -9,10 +9,12 @@
 //! throughput (iperf3 -t 5) at 1000 policies. Every ratio printed is against the no-table
 //! rounds of this run.
 //!
-//! The "0 policies" ruleset is the whole table with B selected by nothing: conntrack, the
-//! fail-closed check and the dispatch-map misses. Its ratio is the fixed cost of having a
-//! stateful table at all (with no table, the node namespace runs no conntrack hooks); what the
-//! other counts lose beyond it is the cost of the policies that select B.
+//! Two references beside them: "conntrack only", a table whose one forward chain accepts
+//! replies by conntrack state and everything else (with no table, the node namespace runs no
+//! conntrack hooks at all: this is the price of being stateful), and "0 policies", the whole
+//! compiled table with B selected by nothing (conntrack, the fail-closed check, the dispatch
+//! map misses). What the other counts lose beyond "0 policies" is the cost of the policies
+//! that select B.
 
 // `pub`: the support module is shared by several test binaries, each using a part of it.
 pub mod nft_support;
@@ -25,7 +27,7 @@ use palisade_policy::model::api::{
 };
 use palisade_policy::model::{ClusterState, Labels, ObjectKey, PodInfo};
 use palisade_policy::nft::Dataplane;
-use palisade_policy::ruleset::Ruleset;
+use palisade_policy::ruleset::{Chain, CtState, Match, Rule, Ruleset, Verdict};
 use palisade_testutil::kernel_tests_enabled;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -141,6 +143,25 @@ fn ruleset(policies: usize) -> Ruleset {
     )
 }
 
+/// One forward chain: replies accepted by conntrack state, then the chain's accept policy.
+fn conntrack_only() -> Ruleset {
+    let mut rs = Ruleset::default();
+    rs.chains.insert(
+        "forward".into(),
+        Chain {
+            base: nft_support::base(
+                palisade_policy::ruleset::Hook::Forward,
+                palisade_policy::ruleset::ChainPolicy::Accept,
+            ),
+            rules: vec![Rule::new(
+                vec![Match::CtState(vec![CtState::Established, CtState::Related])],
+                Verdict::Accept,
+            )],
+        },
+    );
+    rs
+}
+
 fn connection_rate(t: &Topology, to: SocketAddr) -> f64 {
     t.a.run(|| {
         let start = Instant::now();
@@ -199,10 +220,21 @@ fn datapath_with_and_without_the_ruleset() {
     }
     let t = Topology::new("dp-bench");
     let mut dp = t.dataplane(&format!("palt-{}", std::process::id()));
-    let rulesets: Vec<(usize, Ruleset)> = POLICY_COUNTS.iter().map(|&n| (n, ruleset(n))).collect();
-    for (n, rs) in &rulesets {
+    let mut rulesets: Vec<(String, Ruleset)> = vec![("conntrack only".into(), conntrack_only())];
+    rulesets.extend(
+        POLICY_COUNTS
+            .iter()
+            .map(|&n| (format!("{n} policies"), ruleset(n))),
+    );
+    // For profiling one variant (perf record around the run): `DATAPATH_BENCH_ONLY="1000
+    // policies"` keeps that one beside the no-table rounds.
+    if let Ok(only) = std::env::var("DATAPATH_BENCH_ONLY") {
+        rulesets.retain(|(what, _)| *what == only);
+    }
+    let throughput_variant = format!("{THROUGHPUT_POLICIES} policies");
+    for (what, rs) in &rulesets {
         println!(
-            "{n:>4} policies selecting B: {} chains, {} set elements, {} map elements",
+            "{what:>14}: {} chains, {} set elements, {} map elements",
             rs.chains.len(),
             rs.sets.values().map(|s| s.elements.len()).sum::<usize>(),
             rs.maps.values().map(|m| m.elements.len()).sum::<usize>()
@@ -227,17 +259,17 @@ fn datapath_with_and_without_the_ruleset() {
                     "no table".to_string()
                 }
                 v => {
-                    let (n, rs) = &rulesets[v - 1];
+                    let (what, rs) = &rulesets[v - 1];
                     dp.apply(rs).unwrap();
-                    format!("{n} policies")
+                    what.clone()
                 }
             };
             // Start every measurement from the same conntrack state.
             let _ = t.node.sh("conntrack -F 2>/dev/null");
             let c = connection_rate(&t, to);
             rates[variant].push(c);
-            let mut line = format!("round {round} {label:>13}: {c:.0} connections/s");
-            let throughput_here = variant == 0 || rulesets[variant - 1].0 == THROUGHPUT_POLICIES;
+            let mut line = format!("round {round} {label:>14}: {c:.0} connections/s");
+            let throughput_here = variant == 0 || label == throughput_variant;
             if throughput_here {
                 let g = throughput_gbit(&t);
                 line += &format!(", {g:.2} Gbit/s");
@@ -254,10 +286,10 @@ fn datapath_with_and_without_the_ruleset() {
     let _ = iperf.wait();
     dp.delete_table().unwrap();
     let none = mean(&rates[0]);
-    for (v, (n, _)) in rulesets.iter().enumerate() {
+    for (v, (what, _)) in rulesets.iter().enumerate() {
         let r = mean(&rates[v + 1]);
         println!(
-            "connection rate: {n:>4} policies selecting B {r:.0}/s vs no table {none:.0}/s = {:.3}x (target >= 0.95x)",
+            "connection rate: {what:>14} {r:.0}/s vs no table {none:.0}/s = {:.3}x (target >= 0.95x)",
             r / none
         );
     }
