@@ -1,7 +1,9 @@
 //! The agent's view of the API server: list/watch of Pods, Namespaces, NetworkPolicies,
 //! Nodes and ClusterNetworkPolicies ([`watch`]) decoded into the slim types ([`resource`])
-//! and folded by the slim [`index`] into [`crate::compile::Change`]s.
+//! and folded by the slim [`index`] into [`crate::compile::Change`]s; [`config`] finds the API
+//! server as kubectl does.
 
+pub mod config;
 pub mod index;
 pub mod resource;
 pub mod watch;
