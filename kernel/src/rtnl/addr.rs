@@ -27,6 +27,21 @@ impl Rtnl {
             .context(|| format!("add address {addr} dev {}", link.name))
     }
 
+    /// Remove `addr` from a link; `Ok(false)` when the link does not have it.
+    pub fn delete_address(&mut self, link: &Link, addr: IpNet) -> Result<bool> {
+        let ip = addr.addr();
+        let mut m = AddressMessage::default();
+        m.header.family = address_family(ip);
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = link.index;
+        m.attributes.push(AddressAttribute::Local(ip));
+        match self.sock.execute(RtnlMessage::DelAddress(m), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(e).context(|| format!("delete address {addr} dev {}", link.name)),
+        }
+    }
+
     /// Addresses (with prefix length) of the link with index `index`.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
         let mut m = AddressMessage::default();
