@@ -44,8 +44,22 @@ impl Rtnl {
 
     /// Addresses (with prefix length) of the link with index `index`.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
+        Ok(self
+            .dump_addresses(index)?
+            .into_iter()
+            .map(|(_, net)| net)
+            .collect())
+    }
+
+    /// Every address of the namespace with the index of its link.
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
+        self.dump_addresses(0)
+    }
+
+    /// Addresses of the link `index`, of every link for 0.
+    fn dump_addresses(&mut self, index: u32) -> Result<Vec<(u32, IpNet)>> {
         let mut m = AddressMessage::default();
-        // Under strict checking the kernel dumps only this link's addresses.
+        // Under strict checking the kernel dumps only this link's addresses (0: all).
         m.header.index = index;
         let replies = self
             .sock
@@ -56,7 +70,7 @@ impl Rtnl {
             let RtnlMessage::NewAddress(m) = r else {
                 continue;
             };
-            if m.header.index != index {
+            if index != 0 && m.header.index != index {
                 continue;
             }
             let mut local = None;
@@ -70,7 +84,7 @@ impl Rtnl {
             }
             if let Some(ip) = local.or(address) {
                 if let Ok(net) = IpNet::new(ip, m.header.prefix_len) {
-                    out.push(net);
+                    out.push((m.header.index, net));
                 }
             }
         }

@@ -46,7 +46,7 @@ impl Rtnl {
 }
 
 /// An IP family, for dumps of one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     V4,
     V6,

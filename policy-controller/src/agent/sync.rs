@@ -473,13 +473,15 @@ impl SyncWorker {
             self.routes_dirty = false;
             return;
         };
-        let desired = routes.desired(self.index.nodes());
         self.routes_retry_at = None;
-        match blocking(|| routes.reconcile(&desired)) {
-            Ok(()) => {
+        let nodes = self.index.nodes();
+        match blocking(|| routes.reconcile(nodes)) {
+            Ok(programmed) => {
                 self.routes_dirty = false;
-                self.shared.metrics.set_routes(desired.len());
-                self.shared.update(|s| s.routes = desired.len());
+                self.shared
+                    .metrics
+                    .set_routes(programmed.routes, programmed.overlay_routes);
+                self.shared.update(|s| s.routes = programmed);
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "node routes not in place; retried at the next sync");

@@ -4,6 +4,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use palisade_policy::agent::logging::{self, LogFormat};
+use palisade_policy::agent::routes::overlay::{
+    OverlayMode, VxlanSettings, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI,
+};
 use palisade_policy::agent::{self, AgentConfig, NewPods};
 use palisade_policy::compile::MasqueradeOptions;
 use palisade_policy::install;
@@ -106,6 +109,17 @@ struct RunArgs {
     /// Keep routes to the other nodes' pod CIDRs.
     #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     manage_routes: bool,
+    /// How pod traffic reaches other nodes: never (routes via their InternalIPs; the nodes
+    /// share a layer-2 network), always (VXLAN to every node), cross-subnet (VXLAN to nodes
+    /// outside this node's subnet only).
+    #[arg(long, value_enum, default_value = "never")]
+    overlay: OverlayMode,
+    /// UDP port of the VXLAN overlay.
+    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT)]
+    vxlan_port: u16,
+    /// VXLAN network identifier of the overlay (1..16777215).
+    #[arg(long, default_value_t = DEFAULT_VXLAN_VNI, value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+    vxlan_vni: u32,
     /// Masquerade IPv4 traffic of this node's pods to destinations outside the cluster's pod
     /// CIDRs and --non-masquerade-cidrs (it leaves with the node's address).
     #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -222,6 +236,11 @@ fn run(args: RunArgs) -> Result<()> {
         nflog_group: (args.nflog_group != 0).then_some(args.nflog_group),
         deny_log_rate: args.deny_log_rate,
         manage_routes: args.manage_routes,
+        overlay: args.overlay,
+        vxlan: VxlanSettings {
+            port: args.vxlan_port,
+            vni: args.vxlan_vni,
+        },
         masquerade: MasqueradeOptions {
             ipv4: args.masquerade_ipv4,
             ipv6: args.masquerade_ipv6,

@@ -118,7 +118,7 @@ pub fn tcp_connects(ns: &TestNetns, to: SocketAddr) -> bool {
 /// socket on the same port is closed when its `udp_reaches` returns, but a process another
 /// test thread is spawning at that instant holds a copy of every descriptor until its exec
 /// (close-on-exec), and keeps the port bound that long: a one-off "Address already in use".
-fn bind_udp_retrying(port: u16) -> UdpSocket {
+pub fn bind_udp_retrying(port: u16) -> UdpSocket {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
         match UdpSocket::bind(("::", port)) {
