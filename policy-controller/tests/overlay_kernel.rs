@@ -678,3 +678,33 @@ fn pods_with_the_overlay_mtu_need_no_fragmentation_and_pmtu_is_the_kernels() {
         );
     }
 }
+
+/// What `install-cni` writes into the conflist as the pods' MTU, measured in a node.
+#[test]
+fn the_pod_mtu_is_measured_on_the_node_s_own_link() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = Subnets::new("ovu");
+    let n1 = s.node(1);
+    n1.ns.sh("ip link set eth0 mtu 9000").unwrap();
+    let measure = |mode: OverlayMode, ips: Vec<IpAddr>| {
+        n1.ns
+            .run(|| palisade_policy::install::pod_mtu_here(mode, &ips))
+    };
+    let both = vec![n1.ipv4, n1.ipv6];
+    assert_eq!(measure(OverlayMode::Never, both.clone()).unwrap(), 9000);
+    assert_eq!(
+        measure(OverlayMode::Always, both.clone()).unwrap(),
+        9000 - 70
+    );
+    assert_eq!(
+        measure(OverlayMode::CrossSubnet, vec![n1.ipv4]).unwrap(),
+        9000 - 50
+    );
+    let e = measure(OverlayMode::Always, vec![ip("203.0.113.9")]).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("none of the node's InternalIPs (203.0.113.9)"),
+        "{e:#}"
+    );
+}

@@ -167,6 +167,9 @@ struct InstallArgs {
     /// How long to wait for the Node to get spec.podCIDRs.
     #[arg(long, default_value_t = 300)]
     wait_seconds: u64,
+    /// The agent's --overlay: the pods' MTU leaves room for VXLAN unless it is never.
+    #[arg(long, value_enum, default_value = "never")]
+    overlay: OverlayMode,
 }
 
 #[derive(Args, Debug)]
@@ -295,13 +298,13 @@ async fn install_cni(args: InstallArgs) -> Result<()> {
     let client = agent::kube_client(args.kubeconfig.as_deref()).await?;
     let nodes: kube::Api<Slim<api::Node>> = kube::Api::all(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_seconds);
-    let pod_cidrs = loop {
+    let node = loop {
         match nodes.get(&args.node_name).await {
             Ok(node) => match node.body {
                 Ok(node) => {
                     let info = NodeInfo::from_api(&node);
                     if !info.pod_cidrs.is_empty() {
-                        break info.pod_cidrs;
+                        break info;
                     }
                     tracing::info!(node = %args.node_name, "node has no spec.podCIDRs yet; waiting");
                 }
@@ -320,14 +323,31 @@ async fn install_cni(args: InstallArgs) -> Result<()> {
     };
     let template = std::fs::read_to_string(&args.template)
         .with_context(|| format!("read conflist template {}", args.template.display()))?;
+    // The MTU is measured when the template asks for it, and with an overlay also to warn
+    // about a fixed one that is too large for it.
+    let mtu = if template.contains(install::MTU_PLACEHOLDER) || args.overlay != OverlayMode::Never {
+        Some(install::pod_mtu_here(args.overlay, &node.internal_ips)?)
+    } else {
+        None
+    };
     let cfg = install::InstallConfig {
         cni_bin_dir: args.cni_bin_dir,
         cni_conf_dir: args.cni_conf_dir,
         plugin_binary: args.plugin_binary,
         template,
     };
-    install::install_cni(&cfg, &args.node_name, &pod_cidrs)?;
-    tracing::info!(node = %args.node_name, ?pod_cidrs, "CNI plugin and conflist installed");
+    let conflist = install::install_cni(&cfg, &args.node_name, &node.pod_cidrs, mtu)?;
+    if let Some(limit) = mtu.filter(|_| args.overlay != OverlayMode::Never) {
+        for fixed in install::mtus_above(&conflist, limit) {
+            tracing::warn!(
+                template_mtu = fixed,
+                overlay_mtu = limit,
+                "the conflist template's fixed mtu exceeds what the overlay carries: pods \
+                 depend on path MTU discovery (use \"__PALISADE_MTU__\" to have it detected)"
+            );
+        }
+    }
+    tracing::info!(node = %args.node_name, pod_cidrs = ?node.pod_cidrs, ?mtu, overlay = %args.overlay, "CNI plugin and conflist installed");
     Ok(())
 }
 
