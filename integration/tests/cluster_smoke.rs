@@ -33,6 +33,8 @@ fn opts(family: Family) -> RunOptions {
         colour: false,
         verbose: true,
         retry_blocked: 1,
+        topology: Default::default(),
+        overlay: Default::default(),
     }
 }
 
