@@ -6,7 +6,8 @@
 #   - nft from the image runs;
 #   - `palisade-agent install-cni` reads the Node from a kube API stand-in and writes the
 #     plugin and the conflist atomically into the "host" directories;
-#   - `palisade-agent run` becomes ready and programs table inet palisade;
+#   - `palisade-agent run` becomes ready and programs table inet palisade, reports its
+#     version on the metrics port, and palisadectl reads its debug socket;
 #   - `palisade-agent uninstall` leaves no file or table behind.
 # usage: image/test-image.sh WORK_DIR
 set -euo pipefail
@@ -31,10 +32,11 @@ fail() { echo "image test FAILED: $*" >&2; exit 1; }
 pass=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 
+version=$("$root/image/version.sh")
 bash "$root/image/build-oci.sh" "$work"
-umoci ls --layout "$work/oci" | grep -qx "palisade-dev" || fail "OCI layout lacks palisade-dev"
-umoci stat --image "$work/oci:palisade-dev" >/dev/null || fail "umoci stat"
-ok "OCI layout $work/oci has palisade-dev"
+umoci ls --layout "$work/oci" | grep -qx "palisade-$version" || fail "OCI layout lacks palisade-$version"
+umoci stat --image "$work/oci:palisade-$version" >/dev/null || fail "umoci stat"
+ok "OCI layout $work/oci has palisade-$version (the workspace version)"
 
 # Run a command inside the test netns, chrooted into the image tree, with /proc and the
 # device nodes and links every OCI runtime provides (/dev/null, zero, random, urandom,
@@ -53,6 +55,10 @@ in_image() {
 mkdir -p "$rootfs/proc" "$rootfs/dev" "$rootfs/host/opt/cni/bin" "$rootfs/host/etc/cni/net.d"
 ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
+# The node's link with its InternalIP: install-cni measures the pods' MTU on it.
+ip netns exec "$ns" ip link add node0 mtu 1500 type dummy
+ip netns exec "$ns" ip addr add 192.0.2.11/24 dev node0
+ip netns exec "$ns" ip link set node0 up
 
 file_out=$(ldd "$rootfs/usr/local/bin/palisade" 2>&1 || true)
 case $file_out in *"not a dynamic executable"*|*"statically linked"*) ;; *) fail "plugin is not static: $file_out" ;; esac
@@ -78,26 +84,25 @@ spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
 status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
 YAML
 
-# The conflist template, exactly as the ConfigMap mounts it.
+# The conflist template, exactly as the ConfigMap generated from conf/config/ mounts it.
 mkdir -p "$rootfs/etc/palisade"
-"${PALISADE_VENV:-/opt/palisade-venv}/bin/python" - "$root/conf/20-configmap.yaml" \
-  >"$rootfs/etc/palisade/conflist.template" <<'PY'
-import sys, yaml
-print(yaml.safe_load(open(sys.argv[1]))["data"]["conflist.template"], end="")
-PY
+cp "$root/conf/config/conflist.template" "$rootfs/etc/palisade/conflist.template"
 
 in_image /usr/local/bin/palisade-agent install-cni --node-name node-1 \
   --kubeconfig /tmp/kubeconfig --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d \
-  --template /etc/palisade/conflist.template --plugin-binary /usr/local/bin/palisade
+  --template /etc/palisade/conflist.template --plugin-binary /usr/local/bin/palisade \
+  --overlay always
 conflist=$rootfs/host/etc/cni/net.d/10-palisade.conflist
 [ -x "$rootfs/host/opt/cni/bin/palisade" ] || fail "install-cni did not install the plugin"
 jq -e '.plugins[0].ipam.ranges == [[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:10:244:1::/64"}]]' \
   "$conflist" >/dev/null || fail "conflist ranges: $(cat "$conflist")"
+# 1500 on node0 less VXLAN over IPv4 (50).
+jq -e '.plugins[0].mtu == 1450' "$conflist" >/dev/null || fail "conflist mtu: $(cat "$conflist")"
 [ "$(ls -A "$rootfs/host/etc/cni/net.d")" = 10-palisade.conflist ] || fail "temp files left in net.d"
-ok "install-cni wrote the plugin and the dual-stack conflist"
+ok "install-cni wrote the plugin and the dual-stack conflist with the overlay's MTU"
 
 in_image /usr/local/bin/palisade-agent run --node-name node-1 --kubeconfig /tmp/kubeconfig \
-  --cni-socket /run/palisade/agent.sock --listen 127.0.0.1:9464 --manage-routes false \
+  --cni-socket /run/palisade/agent.sock --metrics-listen 127.0.0.1:9464 --manage-routes false \
   >"$work/agent.log" 2>&1 &
 pids+=($!)
 ready=no
@@ -110,6 +115,14 @@ done
 [ $ready = yes ] || fail "agent from the image never became ready: $(tail -20 "$work/agent.log")"
 ip netns exec "$ns" nft list table inet palisade >/dev/null || fail "agent did not program inet palisade"
 ok "palisade-agent run from the image is ready and programmed inet palisade"
+# The metrics listener says which version runs; palisadectl from the image reads the agent's
+# debug socket (the default path, as on a node) and the table.
+metrics=$(ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')
+grep -q "^palisade_build_info{version=\"$version\"" <<<"$metrics" ||
+  fail "no palisade_build_info for $version in: $(grep build_info <<<"$metrics")"
+status=$(in_image /usr/local/bin/palisadectl status --color never) || fail "palisadectl status: $status"
+grep -q "^ready  *yes" <<<"$status" || fail "palisadectl status: $status"
+ok "the image's palisadectl reads the agent's debug socket; metrics name version $version"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 in_image /usr/local/bin/palisade-agent uninstall --cni-bin-dir /host/opt/cni/bin \
