@@ -55,10 +55,12 @@ in_image() {
 mkdir -p "$rootfs/proc" "$rootfs/dev" "$rootfs/host/opt/cni/bin" "$rootfs/host/etc/cni/net.d"
 ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
-# The node's link with its InternalIP: install-cni measures the pods' MTU on it.
-ip netns exec "$ns" ip link add node0 mtu 1500 type dummy
+# The node's link with its InternalIP: install-cni measures the pods' MTU on it (a veth
+# pair inside the netns: the kernels this runs on may lack the dummy module).
+ip netns exec "$ns" ip link add node0 mtu 1500 type veth peer name node0-peer mtu 1500
 ip netns exec "$ns" ip addr add 192.0.2.11/24 dev node0
 ip netns exec "$ns" ip link set node0 up
+ip netns exec "$ns" ip link set node0-peer up
 
 file_out=$(ldd "$rootfs/usr/local/bin/palisade" 2>&1 || true)
 case $file_out in *"not a dynamic executable"*|*"statically linked"*) ;; *) fail "plugin is not static: $file_out" ;; esac
