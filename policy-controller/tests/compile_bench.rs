@@ -2,17 +2,23 @@
 //! `cargo test --release -p palisade-policy --test compile_bench -- --ignored --nocapture`).
 //!
 //! A cluster of 10k pods in 100 namespaces over 91 nodes (110 pods on the compiled node),
-//! 1k policies. Prints the cold full compile, then incremental compiles for single changes,
-//! each beside the full compile of the same state and the ratio incremental / full. Nothing is
-//! asserted about time (numbers are noisy on shared machines); the incremental results are
-//! checked equal to full compiles, so the figures are of correct work.
+//! 1k NetworkPolicies, and the same cluster with 100 ClusterNetworkPolicies added (Admin and
+//! Baseline, every peer kind). Prints, for each, the cold full compile, then incremental
+//! compiles for single changes, each beside the full compile of the same state and the ratio
+//! incremental / full. Nothing is asserted about time (numbers are noisy on shared machines);
+//! the incremental results are checked equal to full compiles, so the figures are of correct
+//! work.
 
 use palisade_policy::compile::{compile, Change, CompileOptions, Compiler};
 use palisade_policy::model::api::{
-    IntOrString, LabelSelector, LabelSelectorRequirement, NetworkPolicy, NetworkPolicyEgressRule,
-    NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ObjectMeta,
+    ClusterNetworkPolicy, IntOrString, LabelSelector, LabelSelectorRequirement, NetworkPolicy,
+    NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec, ObjectMeta,
 };
-use palisade_policy::model::{ClusterState, Labels, NamedPort, ObjectKey, PodInfo, Protocol};
+use palisade_policy::model::{
+    ClusterState, Labels, NamedPort, NodeInfo, ObjectKey, PodInfo, Protocol,
+};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const PODS: usize = 10_000;
@@ -20,6 +26,7 @@ const NAMESPACES: usize = 100;
 const POLICIES: usize = 1_000;
 const LOCAL_PODS: usize = 110;
 const APPS: usize = 20;
+const CLUSTER_POLICIES: usize = 100;
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs
@@ -116,6 +123,69 @@ fn policy(i: usize) -> NetworkPolicy {
     }
 }
 
+/// One of the 100 ClusterNetworkPolicies: tiers alternate, priorities tie in pairs, subjects
+/// by namespace or by pods, rules with every action and peer kind, numbered, ranged and
+/// named ports.
+fn cluster_policy(j: usize) -> ClusterNetworkPolicy {
+    let team = json!({"matchLabels": {"team": format!("team{}", j % 10)}});
+    let app = json!({"matchLabels": {"app": format!("app{}", (j * 3) % APPS)}});
+    let subject = if j.is_multiple_of(3) {
+        json!({"namespaces": team})
+    } else {
+        json!({"pods": {"namespaceSelector": team, "podSelector": app}})
+    };
+    let action = ["Pass", "Deny", "Accept"][j % 3];
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("cnp{j}")},
+        "spec": {
+            "tier": if j.is_multiple_of(2) { "Admin" } else { "Baseline" },
+            "priority": j / 2,
+            "subject": subject,
+            "ingress": [
+                {"action": action, "from": [{"namespaces": {"matchLabels": {"team": format!("team{}", (j + 1) % 10)}}}],
+                 "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]},
+                {"action": "Accept", "from": [{"pods": {"namespaceSelector": {}, "podSelector": app}}],
+                 "protocols": [{"destinationNamedPort": "http"}]},
+            ],
+            "egress": [
+                {"action": "Deny", "to": [{"networks": [format!("203.0.113.{}/32", j % 256), "2001:db8::/64"]}]},
+                {"action": action, "to": [{"namespaces": team}],
+                 "protocols": [{"udp": {"destinationPort": {"range": {"start": 53, "end": 60}}}}]},
+                {"action": "Pass", "to": [{"nodes": {"matchLabels": {"role": format!("r{}", j % 4)}}}]},
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+/// The 10k-pod / 1k-policy cluster with the 91 nodes (labelled, for `nodes` peers) and,
+/// with `cluster_policies`, the 100 ClusterNetworkPolicies.
+fn cluster_with(cluster_policies: bool) -> ClusterState {
+    let mut s = cluster();
+    for n in 0..91 {
+        let node = NodeInfo {
+            name: format!("node-{n}"),
+            internal_ips: vec![format!("192.168.{}.{}", n / 250, n % 250 + 1)
+                .parse()
+                .unwrap()],
+            pod_cidrs: Vec::new(),
+            labels: labels(&[("role", format!("r{}", n % 4))]),
+            addresses: vec![format!("192.168.{}.{}", n / 250, n % 250 + 1)
+                .parse()
+                .unwrap()],
+        };
+        s.nodes.insert(node.name.clone(), node);
+    }
+    if cluster_policies {
+        for j in 0..CLUSTER_POLICIES {
+            let p = cluster_policy(j);
+            s.cluster_network_policies
+                .insert(p.metadata.name.clone(), p);
+        }
+    }
+    s
+}
+
 fn cluster() -> ClusterState {
     let mut s = ClusterState::default();
     for n in 0..NAMESPACES {
@@ -130,10 +200,21 @@ fn cluster() -> ClusterState {
     }
     for i in 0..POLICIES {
         let p = policy(i);
-        s.policies
+        s.network_policies
             .insert(ObjectKey::new(&p.metadata.namespace, &p.metadata.name), p);
     }
     s
+}
+
+fn heading(cluster_policies: bool) {
+    println!(
+        "\n=== {}",
+        if cluster_policies {
+            "with 100 ClusterNetworkPolicies"
+        } else {
+            "NetworkPolicies only (the baseline)"
+        }
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -143,20 +224,27 @@ fn ms(d: Duration) -> f64 {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
 fn compile_benchmark() {
+    for cluster_policies in [false, true] {
+        heading(cluster_policies);
+        compile_benchmark_of(cluster_with(cluster_policies), cluster_policies);
+    }
+}
+
+fn compile_benchmark_of(state: ClusterState, cluster_policies: bool) {
     let opts = CompileOptions {
         node: "node-0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(1),
         masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     };
-    let state = cluster();
 
     let t = Instant::now();
     let full = compile(&state, &opts);
     let cold = t.elapsed();
     let elements: usize = full.sets.values().map(|s| s.elements.len()).sum();
     println!(
-        "cluster: {PODS} pods, {POLICIES} policies, {LOCAL_PODS} local pods -> {} chains, {} sets ({elements} elements), {} map elements",
+        "cluster: {PODS} pods, {POLICIES} policies, {} cluster policies, {LOCAL_PODS} local pods -> {} chains, {} sets ({elements} elements), {} map elements",
+        state.cluster_network_policies.len(),
         full.chains.len(),
         full.sets.len(),
         full.maps.values().map(|m| m.elements.len()).sum::<usize>()
@@ -180,8 +268,10 @@ fn compile_benchmark() {
     relabelled.labels.insert("app".into(), "app3".into());
     let mut changed_policy = policy(3);
     changed_policy.spec.ingress.as_mut().unwrap()[0].ports = None;
+    let mut changed_cluster_policy = cluster_policy(4);
+    changed_cluster_policy.spec.priority = Some(7);
 
-    let steps: Vec<(&str, Change)> = vec![
+    let mut steps: Vec<(&str, Change)> = vec![
         ("remote pod add", Change::UpsertPod(remote.clone())),
         ("remote pod remove", Change::DeletePod(remote.key.clone())),
         ("local pod add", Change::UpsertPod(local.clone())),
@@ -203,6 +293,25 @@ fn compile_benchmark() {
             Change::DeletePolicy(ObjectKey::new("ns3", "policy3")),
         ),
     ];
+    if cluster_policies {
+        steps.extend([
+            (
+                "cluster policy change",
+                Change::UpsertClusterPolicy(Box::new(changed_cluster_policy)),
+            ),
+            (
+                "cluster policy delete",
+                Change::DeleteClusterPolicy("cnp4".into()),
+            ),
+            (
+                "node label change",
+                Change::UpsertNode(NodeInfo {
+                    labels: labels(&[("role", "r1".into())]),
+                    ..compiler.state().nodes["node-7"].clone()
+                }),
+            ),
+        ]);
+    }
     println!(
         "{:<26} {:>14} {:>16} {:>10} {:>12}",
         "change", "incremental ms", "(+clone out) ms", "full ms", "incr/full"
@@ -248,7 +357,7 @@ fn compile_benchmark() {
         ms(v[v.len() / 2])
     };
     println!(
-        "medians of 21: local pod add {:.2} ms, local pod remove {:.2} ms, remote pod add {:.2} ms, remote pod remove {:.2} ms",
+        "compile only, medians of 21: local pod add {:.2} ms, local pod remove {:.2} ms, remote pod add {:.2} ms, remote pod remove {:.2} ms",
         median(local_add),
         median(local_del),
         median(remote_add),
@@ -262,10 +371,17 @@ fn compile_benchmark() {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release (root)"]
 fn pod_change_compiled_and_applied() {
-    use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
+    for cluster_policies in [false, true] {
+        heading(cluster_policies);
+        pod_change_compiled_and_applied_in(cluster_with(cluster_policies));
+    }
+}
+
+fn pod_change_compiled_and_applied_in(state: ClusterState) {
+    use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
     let ns = palisade_testutil::TestNetns::new("e2e-bench").unwrap();
     let mut dp = NftDataplane::new(NftOptions {
         table: format!("palt-{}", std::process::id()),
@@ -278,7 +394,7 @@ fn pod_change_compiled_and_applied() {
         nflog_group: Some(1),
         masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     };
-    let mut compiler = Compiler::with_state(opts, cluster());
+    let mut compiler = Compiler::with_state(opts, state);
     let t = Instant::now();
     let (rs, touched) = compiler.ruleset_and_touched();
     dp.apply_touched(rs, &touched).unwrap();

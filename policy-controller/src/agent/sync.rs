@@ -599,7 +599,7 @@ mod tests {
     }
 
     async fn list_everything(h: &Harness, rv: u64) {
-        let wrap: [fn(String) -> ClusterEvent; 4] = [
+        let wrap: [fn(String) -> ClusterEvent; 5] = [
             |rv| {
                 ClusterEvent::Pod(WatchEvent::Listed {
                     resource_version: rv,
@@ -617,6 +617,11 @@ mod tests {
             },
             |rv| {
                 ClusterEvent::Node(WatchEvent::Listed {
+                    resource_version: rv,
+                })
+            },
+            |rv| {
+                ClusterEvent::ClusterPolicy(WatchEvent::Listed {
                     resource_version: rv,
                 })
             },
