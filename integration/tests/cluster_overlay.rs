@@ -15,22 +15,10 @@ use palisade_policy::agent::routes::overlay::OverlayMode;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn bins() -> Binaries {
-    let mut b = match std::env::var_os("PALISADE_BIN_DIR") {
-        Some(d) => Binaries::in_dir(&PathBuf::from(d)),
-        None => Binaries::next_to_current_exe().unwrap(),
-    };
-    b.testpod = PathBuf::from(env!("CARGO_BIN_EXE_palisade-testpod"));
-    assert!(
-        b.cni.exists() && b.agent.is_some(),
-        "build palisade and palisade-agent first: cargo build -p palisade-cni -p palisade-policy --bins (looked in {})",
-        b.cni.parent().unwrap().display()
-    );
-    b
+    Binaries::for_tests(env!("CARGO_BIN_EXE_palisade-testpod"))
 }
 
 fn pod(name: &str, node: usize) -> PodSpec {
@@ -164,30 +152,7 @@ fn datagram(
         })
         .unwrap();
     if dont_fragment {
-        let (level, opt, val) = if to.is_ipv4() {
-            (
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-            )
-        } else {
-            (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IPV6_PMTUDISC_DO,
-            )
-        };
-        // SAFETY: a valid socket and an int option.
-        let rc = unsafe {
-            libc::setsockopt(
-                tx.as_raw_fd(),
-                level,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        palisade_testutil::set_dont_fragment(&tx, to.is_ipv6());
     }
     tx.send_to(&vec![0x5au8; payload], to)?;
     let mut buf = vec![0u8; payload + 1];

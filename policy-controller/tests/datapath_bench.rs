@@ -16,8 +16,8 @@ use nft_support::*;
 use palisade_policy::nft::Dataplane;
 use palisade_policy::ruleset::*;
 use palisade_testutil::kernel_tests_enabled;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 const CONNECT_SECONDS: f64 = 3.0;
 const ROUNDS: usize = 3;
@@ -79,46 +79,6 @@ fn bench_ruleset() -> Ruleset {
     rs
 }
 
-fn connection_rate(t: &Topology, to: SocketAddr) -> f64 {
-    t.a.run(|| {
-        let start = Instant::now();
-        let (mut n, mut failed) = (0u64, 0u64);
-        let mut first_error = None;
-        while start.elapsed().as_secs_f64() < CONNECT_SECONDS {
-            match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                Ok(s) => {
-                    rst_on_close(&s);
-                    n += 1;
-                }
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if failed > 0 {
-            println!("  ({failed} connects failed, first: {first_error:?})");
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    })
-}
-
-fn throughput_gbit(t: &Topology) -> f64 {
-    let out =
-        t.a.exec("iperf3", &["-c", B4, "-p", "5201", "-t", "5", "-J"])
-            .expect("iperf3 client");
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
-}
-
 #[test]
 #[ignore]
 fn datapath_with_and_without_the_ruleset() {
@@ -146,8 +106,8 @@ fn datapath_with_and_without_the_ruleset() {
             }
             // Start every measurement from the same conntrack state.
             let _ = t.node.sh("conntrack -F 2>/dev/null");
-            let c = connection_rate(&t, to);
-            let g = throughput_gbit(&t);
+            let c = connection_rate(&t.a, to, CONNECT_SECONDS);
+            let g = iperf3_gbit(&t.a, B4);
             println!(
                 "round {round} {}: {c:.0} connections/s, {g:.2} Gbit/s",
                 if with_rules { "ruleset " } else { "no table" }

@@ -14,12 +14,11 @@
 pub mod nft_support;
 pub mod overlay_support;
 
-use nft_support::netns::rst_on_close;
+use nft_support::netns::{connection_rate, iperf3_gbit};
 use overlay_support::*;
 use palisade_policy::agent::routes::overlay::OverlayMode;
 use palisade_testutil::kernel_tests_enabled;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONNECT_SECONDS: f64 = 3.0;
 const ROUNDS: usize = 5;
@@ -28,60 +27,6 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-fn connection_rate(from: &Node, to: SocketAddr) -> f64 {
-    from.pod.run(|| {
-        let start = Instant::now();
-        let (mut n, mut failed) = (0u64, 0u64);
-        let mut first_error = None;
-        while start.elapsed().as_secs_f64() < CONNECT_SECONDS {
-            match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                Ok(s) => {
-                    rst_on_close(&s);
-                    n += 1;
-                }
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if failed > 0 {
-            println!("  ({failed} connects failed, first: {first_error:?})");
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    })
-}
-
-fn throughput_gbit(from: &Node, to: &Node) -> f64 {
-    let out = from
-        .pod
-        .exec(
-            "iperf3",
-            &[
-                "-c",
-                &to.pod4.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "5",
-                "--connect-timeout",
-                "2000",
-                "-J",
-            ],
-        )
-        .expect("iperf3 client");
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
 }
 
 #[test]
@@ -120,8 +65,8 @@ fn overlay_against_direct_routing() {
                 mode == OverlayMode::Always,
                 "{route}"
             );
-            let c = connection_rate(a, to);
-            let g = throughput_gbit(a, b);
+            let c = connection_rate(&a.pod, to, CONNECT_SECONDS);
+            let g = iperf3_gbit(&a.pod, &b.pod4.to_string());
             println!(
                 "round {round} {:8} (pod mtu {mtu}): {c:.0} connections/s, {g:.2} Gbit/s",
                 if mode == OverlayMode::Always {

@@ -6,32 +6,13 @@
 pub mod nft_support;
 pub mod overlay_support;
 
-use nft_support::netns::{bind_udp_retrying, rst_on_close, tcp_connects};
+use nft_support::netns::{bind_udp_retrying, rst_on_close, tcp_connects, udp_source};
 use overlay_support::*;
 use palisade_policy::agent::routes::overlay::OverlayMode;
 use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
-
-/// The source address a UDP datagram from `from` arrives with at `to` (in `to_ns`), or
-/// `None` when nothing arrives.
-fn udp_source(from: &TestNetns, to_ns: &TestNetns, to: SocketAddr) -> Option<IpAddr> {
-    let rx = to_ns.run(|| bind_udp_retrying(to.port()));
-    rx.set_read_timeout(Some(Duration::from_millis(700)))
-        .unwrap();
-    let tx =
-        from.run(|| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap());
-    tx.send_to(b"who am i", to).expect("send udp");
-    let mut buf = [0u8; 16];
-    rx.recv_from(&mut buf)
-        .ok()
-        .map(|(_, from)| match from.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        })
-}
 
 /// `ip route get` of `dst` on a node, as text.
 fn path(n: &Node, dst: IpAddr) -> String {
@@ -51,7 +32,7 @@ fn assert_all_reach(s: &Subnets, what: &str) {
                     b.name
                 );
                 assert_eq!(
-                    udp_source(&a.pod, &b.pod, at(dst, 5353)),
+                    udp_source(&a.pod, &b.pod, at(dst, 5353), None),
                     Some(src),
                     "{what}: {} -> {} keeps its source",
                     a.name,
@@ -352,30 +333,7 @@ fn udp_datagram(
     let tx =
         from.run(|| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap());
     if dont_fragment {
-        let (level, opt, val) = if to.is_ipv4() {
-            (
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-            )
-        } else {
-            (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IPV6_PMTUDISC_DO,
-            )
-        };
-        // SAFETY: a valid socket and an int option.
-        let rc = unsafe {
-            libc::setsockopt(
-                tx.as_raw_fd(),
-                level,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        palisade_testutil::set_dont_fragment(&tx, to.is_ipv6());
     }
     let data = vec![0x5au8; payload];
     tx.send_to(&data, to)?;

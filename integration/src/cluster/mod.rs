@@ -93,6 +93,24 @@ impl Binaries {
         Ok(Binaries::in_dir(&dir))
     }
 
+    /// What the cluster tests run: the binaries in `$PALISADE_BIN_DIR` (CI's release build)
+    /// or next to the test binary, with `testpod` (cargo's `CARGO_BIN_EXE_palisade-testpod`
+    /// of the calling test); panics with the build command when the plugin or agent is missing.
+    pub fn for_tests(testpod: &str) -> Binaries {
+        let mut b = match std::env::var_os("PALISADE_BIN_DIR") {
+            Some(d) => Binaries::in_dir(&PathBuf::from(d)),
+            None => Binaries::next_to_current_exe().unwrap(),
+        };
+        b.testpod = PathBuf::from(testpod);
+        assert!(
+            b.cni.exists() && b.agent.is_some(),
+            "build palisade and palisade-agent first: cargo build -p palisade-cni -p \
+             palisade-policy --bins (looked in {})",
+            b.cni.parent().unwrap().display()
+        );
+        b
+    }
+
     pub fn in_dir(dir: &Path) -> Binaries {
         let agent = dir.join("palisade-agent");
         Binaries {

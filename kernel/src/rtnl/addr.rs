@@ -11,13 +11,8 @@ impl Rtnl {
     /// Add (or refresh) `addr` on a link. `nodad` skips IPv6 duplicate address detection,
     /// which would otherwise keep the address tentative (unusable) for about a second.
     pub fn add_address(&mut self, link: &Link, addr: IpNet, nodad: bool) -> Result<()> {
-        let ip = addr.addr();
-        let mut m = AddressMessage::default();
-        m.header.family = address_family(ip);
-        m.header.prefix_len = addr.prefix_len();
-        m.header.index = link.index;
-        m.attributes.push(AddressAttribute::Local(ip));
-        m.attributes.push(AddressAttribute::Address(ip));
+        let mut m = address_message(link, addr);
+        m.attributes.push(AddressAttribute::Address(addr.addr()));
         if nodad {
             m.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
@@ -29,12 +24,7 @@ impl Rtnl {
 
     /// Remove `addr` from a link; `Ok(false)` when the link does not have it.
     pub fn delete_address(&mut self, link: &Link, addr: IpNet) -> Result<bool> {
-        let ip = addr.addr();
-        let mut m = AddressMessage::default();
-        m.header.family = address_family(ip);
-        m.header.prefix_len = addr.prefix_len();
-        m.header.index = link.index;
-        m.attributes.push(AddressAttribute::Local(ip));
+        let m = address_message(link, addr);
         match self.sock.execute(RtnlMessage::DelAddress(m), 0) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
@@ -90,4 +80,15 @@ impl Rtnl {
         }
         Ok(out)
     }
+}
+
+/// The message naming `addr` on `link` (IFA_LOCAL), for adding and deleting it.
+fn address_message(link: &Link, addr: IpNet) -> AddressMessage {
+    let ip = addr.addr();
+    let mut m = AddressMessage::default();
+    m.header.family = address_family(ip);
+    m.header.prefix_len = addr.prefix_len();
+    m.header.index = link.index;
+    m.attributes.push(AddressAttribute::Local(ip));
+    m
 }

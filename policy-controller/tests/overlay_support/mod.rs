@@ -162,6 +162,7 @@ impl Subnets {
                             format!("10.244.{i}.0/24").parse().unwrap(),
                             format!("fd00:10:244:{i}::/64").parse().unwrap(),
                         ],
+                        ..NodeInfo::default()
                     },
                 )
             })

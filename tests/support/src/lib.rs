@@ -235,6 +235,41 @@ impl Drop for TempDir {
     }
 }
 
+/// Sets "don't fragment" on a UDP socket (IP_PMTUDISC_DO, or IPV6_PMTUDISC_DO for an IPv6
+/// socket): a datagram over the path MTU is refused with EMSGSIZE instead of fragmented.
+pub fn set_dont_fragment(sock: &std::net::UdpSocket, ipv6: bool) {
+    use std::os::fd::AsRawFd;
+    let (level, opt, val) = if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: a valid socket and an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt MTU_DISCOVER: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
