@@ -67,7 +67,8 @@ integration/run-scenarios --family v6 "${scenarios[@]}"
 # scenarios (ClusterNetworkPolicy's included) and the external-host samples; IPv6 pods over
 # the IPv6 underlay with always on the project's NetworkPolicy scenarios. The whole set took
 # 426 s (158 scenarios, v4, cross-subnet) and the project's 220 s (98, v6, always) at load 6
-# on the shared 2-core machine: this subset is about 7 minutes, the whole set in both 11.
+# on the shared 2-core machine; this subset took 242 s (106) and 131 s (63) at load 4-5:
+# about 6 minutes added.
 mapfile -t external < <(shared_samples scenarios-sample-external)
 stage "scenarios, IPv4, two subnets, overlay cross-subnet"
 integration/run-scenarios --family v4 --topology two-subnets --overlay cross-subnet \
