@@ -55,6 +55,12 @@ in_image() {
 mkdir -p "$rootfs/proc" "$rootfs/dev" "$rootfs/host/opt/cni/bin" "$rootfs/host/etc/cni/net.d"
 ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
+# The node's link with its InternalIP: install-cni measures the pods' MTU on it (a veth
+# pair inside the netns: the kernels this runs on may lack the dummy module).
+ip netns exec "$ns" ip link add node0 mtu 1500 type veth peer name node0-peer mtu 1500
+ip netns exec "$ns" ip addr add 192.0.2.11/24 dev node0
+ip netns exec "$ns" ip link set node0 up
+ip netns exec "$ns" ip link set node0-peer up
 
 file_out=$(ldd "$rootfs/usr/local/bin/palisade" 2>&1 || true)
 case $file_out in *"not a dynamic executable"*|*"statically linked"*) ;; *) fail "plugin is not static: $file_out" ;; esac
@@ -86,13 +92,16 @@ cp "$root/conf/config/conflist.template" "$rootfs/etc/palisade/conflist.template
 
 in_image /usr/local/bin/palisade-agent install-cni --node-name node-1 \
   --kubeconfig /tmp/kubeconfig --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d \
-  --template /etc/palisade/conflist.template --plugin-binary /usr/local/bin/palisade
+  --template /etc/palisade/conflist.template --plugin-binary /usr/local/bin/palisade \
+  --overlay always
 conflist=$rootfs/host/etc/cni/net.d/10-palisade.conflist
 [ -x "$rootfs/host/opt/cni/bin/palisade" ] || fail "install-cni did not install the plugin"
 jq -e '.plugins[0].ipam.ranges == [[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:10:244:1::/64"}]]' \
   "$conflist" >/dev/null || fail "conflist ranges: $(cat "$conflist")"
+# 1500 on node0 less VXLAN over IPv4 (50).
+jq -e '.plugins[0].mtu == 1450' "$conflist" >/dev/null || fail "conflist mtu: $(cat "$conflist")"
 [ "$(ls -A "$rootfs/host/etc/cni/net.d")" = 10-palisade.conflist ] || fail "temp files left in net.d"
-ok "install-cni wrote the plugin and the dual-stack conflist"
+ok "install-cni wrote the plugin and the dual-stack conflist with the overlay's MTU"
 
 in_image /usr/local/bin/palisade-agent run --node-name node-1 --kubeconfig /tmp/kubeconfig \
   --cni-socket /run/palisade/agent.sock --metrics-listen 127.0.0.1:9464 --manage-routes false \

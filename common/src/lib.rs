@@ -22,15 +22,22 @@ pub const GATEWAY_V4: &str = "169.254.1.1";
 /// Default link-local gateway the pod routes through (IPv6), configured on the node veth.
 pub const GATEWAY_V6: &str = "fe80::1";
 
+/// A hash of `parts` (concatenated) that every build, release and machine computes alike:
+/// FNV-1a 64 (std's hasher makes no such promise). For names and addresses derived from
+/// what they stand for: veth names, chain names, overlay MAC addresses.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    for p in parts {
+        h.write(p);
+    }
+    h.finish()
+}
+
 /// Node-side veth name for a (container ID, ifname) attachment: the prefix followed by 11 hex
 /// digits of a stable hash, 14 characters in all (the kernel allows 15).
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    // FNV-1a 64: stable across releases and platforms (std's hasher is not guaranteed to be).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = stable_hash(&[container_id.as_bytes(), &[0], ifname.as_bytes()]);
     format!("{HOST_VETH_PREFIX}{:011x}", h & 0x0fff_ffff_ffff)
 }
 
@@ -82,6 +89,8 @@ mod tests {
         assert_eq!(a, host_veth_name("abc", "eth0"));
         assert_ne!(a, host_veth_name("abc", "eth1"));
         assert_ne!(a, host_veth_name("abd", "eth0"));
+        // Pinned: pods wired by an older plugin keep their names.
+        assert_eq!(a, "palae81be81b20");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the steps in order, each change waited for on every agent before the next probe.
 
 use crate::apiserver::ApiError;
+use crate::cluster::topology::Topology;
 use crate::cluster::{ApiWrite, Binaries, Cluster, ClusterConfig, RouteMode};
 use crate::matrix::{compare, render_comparison};
 use crate::scenario::{
@@ -9,6 +10,7 @@ use crate::scenario::{
     Step, NAMESPACE_NAME_LABEL,
 };
 use anyhow::{anyhow, Context, Result};
+use palisade_policy::agent::routes::overlay::OverlayMode;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,6 +28,9 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Times a cell observed blocked is probed again before it counts.
     pub retry_blocked: usize,
+    /// The nodes' network and the agents' overlay (a scenario's `cluster:` may pin either).
+    pub topology: Topology,
+    pub overlay: OverlayMode,
 }
 
 /// The outcome of one scenario.
@@ -76,12 +81,15 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> ScenarioResult {
     let t0 = Instant::now();
     let mut report = String::new();
     let mut probes = 0;
-    let mut cluster_cfg = ClusterConfig::new(opts.nodes, opts.bins.clone());
+    let mut cluster_cfg =
+        ClusterConfig::new(s.cluster.nodes.unwrap_or(opts.nodes), opts.bins.clone());
     cluster_cfg.routes = opts.routes;
     cluster_cfg.agent_args = opts.agent_args.clone();
     cluster_cfg.verbose = opts.verbose;
     cluster_cfg.masquerade = s.cluster.masquerade;
     cluster_cfg.external_ports = s.served_ports();
+    cluster_cfg.topology = s.cluster.topology.unwrap_or(opts.topology);
+    cluster_cfg.overlay = s.cluster.overlay.unwrap_or(opts.overlay);
     let outcome = Cluster::start(cluster_cfg).and_then(|mut cluster| {
         let r = execute(s, opts, &mut cluster, &mut report, &mut probes);
         if r.is_err() || !report.is_empty() {
@@ -273,7 +281,10 @@ fn describe_api_error(e: &ApiError) -> String {
 /// Run every scenario file on a fresh netns cluster; see [`run_all`] for the output.
 /// Returns whether all passed.
 pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
-    let setup = format!("over {} with {} node(s)", opts.family, opts.nodes);
+    let setup = format!(
+        "over {} with {} node(s), topology {}, overlay {}",
+        opts.family, opts.nodes, opts.topology, opts.overlay
+    );
     run_all(
         files,
         &setup,

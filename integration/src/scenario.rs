@@ -9,7 +9,9 @@
 //! step with an unknown `action`, or with both or neither of `action` and `probe`, is an error:
 //! a typo there would silently drop a check.
 
+use crate::cluster::topology::Topology;
 use crate::matrix::Matrix;
+use palisade_policy::agent::routes::overlay::OverlayMode;
 pub use palisade_policy::model::policy::PolicyKind;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -41,16 +43,40 @@ pub struct Scenario {
     pub source: Option<PathBuf>,
 }
 
-/// The `cluster:` section: how the cluster the scenario runs on is set up.
+/// The `cluster:` section: how the cluster the scenario runs on is set up. `topology`,
+/// `overlay` and `nodes` pin what the runner's options otherwise choose, for scenarios whose
+/// expectations hold only there (pods across the two-subnets router without an overlay).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// Pod traffic leaving the pod CIDRs is masqueraded to the node's address (default).
     pub masquerade: bool,
+    pub topology: Option<Topology>,
+    pub overlay: Option<OverlayMode>,
+    pub nodes: Option<usize>,
 }
 
 impl Default for ClusterSettings {
     fn default() -> ClusterSettings {
-        ClusterSettings { masquerade: true }
+        ClusterSettings {
+            masquerade: true,
+            topology: None,
+            overlay: None,
+            nodes: None,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether the scenario's matrices say more than policy: some cells are blocked by the
+    /// datapath (no overlay across the two-subnets router), so a policy evaluator alone
+    /// cannot reproduce them.
+    pub fn datapath_limits_reachability(&self) -> bool {
+        self.topology == Some(Topology::TwoSubnets) && self.overlay == Some(OverlayMode::Never)
+    }
+
+    /// Whether the scenario pins the netns cluster's network (which a real cluster cannot).
+    pub fn pins_network(&self) -> bool {
+        self.topology.is_some() || self.overlay.is_some()
     }
 }
 
@@ -627,6 +653,43 @@ struct RawScenario {
 struct RawCluster {
     #[serde(default)]
     masquerade: Option<bool>,
+    #[serde(default)]
+    topology: Option<String>,
+    #[serde(default)]
+    overlay: Option<String>,
+    #[serde(default)]
+    nodes: Option<usize>,
+}
+
+impl RawCluster {
+    fn settings(self) -> Result<ClusterSettings, ScenarioError> {
+        let defaults = ClusterSettings::default();
+        let overlay = match self.overlay.as_deref() {
+            None => None,
+            Some(o) => Some(
+                <OverlayMode as clap::ValueEnum>::from_str(o, false).map_err(|_| {
+                    invalid(format!(
+                        "cluster.overlay: unknown mode {o:?} (never, always or cross-subnet)"
+                    ))
+                })?,
+            ),
+        };
+        Ok(ClusterSettings {
+            masquerade: self.masquerade.unwrap_or(defaults.masquerade),
+            topology: self
+                .topology
+                .map(|t| {
+                    t.parse()
+                        .map_err(|e| invalid(format!("cluster.topology: {e}")))
+                })
+                .transpose()?,
+            overlay,
+            nodes: match self.nodes {
+                Some(0) => return Err(invalid("cluster.nodes: at least 1".to_string())),
+                n => n,
+            },
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -818,11 +881,9 @@ impl RawScenario {
             ignore_loopback: self.ignore_loopback.unwrap_or(false),
             model,
             steps,
-            cluster: ClusterSettings {
-                masquerade: self
-                    .cluster
-                    .and_then(|c| c.masquerade)
-                    .unwrap_or(ClusterSettings::default().masquerade),
+            cluster: match self.cluster {
+                Some(c) => c.settings()?,
+                None => ClusterSettings::default(),
             },
             source: None,
         })
@@ -1168,6 +1229,32 @@ steps:
     }
 
     #[test]
+    fn the_cluster_section_may_pin_topology_overlay_and_nodes() {
+        let text = SAMPLE.replacen(
+            "id:",
+            "cluster: {topology: two-subnets, overlay: never, nodes: 3}\nid:",
+            1,
+        );
+        let s = Scenario::parse(&text).unwrap();
+        assert_eq!(s.cluster.topology, Some(Topology::TwoSubnets));
+        assert_eq!(s.cluster.overlay, Some(OverlayMode::Never));
+        assert_eq!(s.cluster.nodes, Some(3));
+        assert!(s.cluster.masquerade);
+        assert!(s.cluster.pins_network() && s.cluster.datapath_limits_reachability());
+        let cross = text.replace("overlay: never", "overlay: cross-subnet");
+        let s = Scenario::parse(&cross).unwrap();
+        assert!(s.cluster.pins_network() && !s.cluster.datapath_limits_reachability());
+        for (bad, says) in [
+            ("overlay: never", "overlay: sometimes"),
+            ("topology: two-subnets", "topology: three"),
+            ("nodes: 3", "nodes: 0"),
+        ] {
+            let e = Scenario::parse(&text.replace(bad, says)).unwrap_err();
+            assert!(e.to_string().contains("cluster."), "{e}");
+        }
+    }
+
+    #[test]
     fn external_host_section_destination_and_ports() {
         let text = r#"
 id: e
@@ -1197,6 +1284,7 @@ steps:
             "default"
         );
         assert!(!Scenario::parse(SAMPLE).unwrap().uses_external_host());
+        assert!(!s.cluster.pins_network());
         let from_external = text.replace("{x/a: {external", "{external: {x/a");
         let e = Scenario::parse(&from_external).unwrap_err();
         assert!(e.to_string().contains("destination only"), "{e}");

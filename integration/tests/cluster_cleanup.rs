@@ -3,7 +3,7 @@
 
 use palisade_integration::cluster::{netns, Binaries, Cluster, ClusterConfig};
 use palisade_integration::scenario::{Labels, PodSpec, PortSpec, Protocol};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,16 +12,7 @@ use std::time::{Duration, Instant};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn bins() -> Binaries {
-    let mut b = match std::env::var_os("PALISADE_BIN_DIR") {
-        Some(d) => Binaries::in_dir(&PathBuf::from(d)),
-        None => Binaries::next_to_current_exe().unwrap(),
-    };
-    b.testpod = PathBuf::from(env!("CARGO_BIN_EXE_palisade-testpod"));
-    assert!(
-        b.cni.exists() && b.agent.is_some(),
-        "build palisade and palisade-agent first: cargo build -p palisade-cni -p palisade-policy --bins"
-    );
-    b
+    Binaries::for_tests(env!("CARGO_BIN_EXE_palisade-testpod"))
 }
 
 fn namespaces_with_prefix(prefix: &str) -> Vec<String> {

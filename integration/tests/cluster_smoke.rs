@@ -7,20 +7,9 @@ use palisade_integration::cluster::Binaries;
 use palisade_integration::cluster::RouteMode;
 use palisade_integration::runner::{run_scenario, RunOptions};
 use palisade_integration::scenario::{Family, Scenario};
-use std::path::PathBuf;
 
 fn bins() -> Binaries {
-    let mut b = match std::env::var_os("PALISADE_BIN_DIR") {
-        Some(d) => Binaries::in_dir(&PathBuf::from(d)),
-        None => Binaries::next_to_current_exe().unwrap(),
-    };
-    b.testpod = PathBuf::from(env!("CARGO_BIN_EXE_palisade-testpod"));
-    assert!(
-        b.cni.exists() && b.agent.is_some(),
-        "build palisade and palisade-agent first: cargo build -p palisade-cni -p palisade-policy --bins (looked in {})",
-        b.cni.parent().unwrap().display()
-    );
-    b
+    Binaries::for_tests(env!("CARGO_BIN_EXE_palisade-testpod"))
 }
 
 fn opts(family: Family) -> RunOptions {
@@ -33,6 +22,8 @@ fn opts(family: Family) -> RunOptions {
         colour: false,
         verbose: true,
         retry_blocked: 1,
+        topology: Default::default(),
+        overlay: Default::default(),
     }
 }
 

@@ -456,10 +456,15 @@ fn conflist_template_renders_to_a_config_the_plugin_accepts() {
         "10.244.1.0/24".parse().unwrap(),
         "fd00:10:244:1::/64".parse().unwrap(),
     ];
-    let rendered = palisade_policy::install::render_conflist(template, "node-1", &cidrs).unwrap();
+    let rendered =
+        palisade_policy::install::render_conflist(template, "node-1", &cidrs, Some(1450)).unwrap();
     let conflist: Value = serde_json::from_str(&rendered).unwrap();
     let plugin = conflist["plugins"][0].clone();
     assert_eq!(plugin["type"], "palisade");
+    assert_eq!(
+        plugin["mtu"], 1450,
+        "the template takes the MTU install-cni measures"
+    );
     // The plugin's stdin is the plugin object with the list's name and version, as libcni
     // builds it; a temp dataDir so STATUS checks a directory this test owns.
     let data_dir = std::env::temp_dir().join(format!("palisade-conf-test-{}", std::process::id()));

@@ -273,7 +273,9 @@ fn palisadectl_reach_matches_every_scenario_probe() {
     let mut failures = Vec::new();
     for file in &files {
         let s = Scenario::from_file(file).unwrap_or_else(|e| panic!("{e}"));
-        if s.kind != ScenarioKind::Reachability {
+        // Policy alone does not say what such a scenario expects: its cluster cannot carry
+        // pods across its router (checked on the netns cluster).
+        if s.kind != ScenarioKind::Reachability || s.cluster.datapath_limits_reachability() {
             continue;
         }
         scenarios += 1;

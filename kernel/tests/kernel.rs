@@ -1,11 +1,14 @@
 //! The kernel layer against the real kernel, inside namespaces this test creates (root;
 //! `PALISADE_SKIP_KERNEL_TESTS=1` skips): a veth born in another namespace, addresses,
-//! routes, neighbours, nf_tables element batches and questions, a conntrack flush. `ip` and
+//! routes, neighbours, a static VXLAN overlay (link, forwarding entries, onlink routes),
+//! nf_tables element batches and questions, a conntrack flush. `ip` and
 //! `nft` only look at the result (test tooling).
 
 use palisade_kernel::conntrack::UdpFlows;
 use palisade_kernel::nftables::{Batch, BatchError, Data, Element, Field, MapData, Nfnl, Verdict};
-use palisade_kernel::rtnl::{Family, Mac, Route, RouteMode, Rtnl, Scope, VethEnd};
+use palisade_kernel::rtnl::{
+    Family, FdbEntry, Mac, Route, RouteMode, Rtnl, Scope, VethEnd, Vxlan, VxlanLink,
+};
 use palisade_kernel::{Netns, NetnsError};
 use palisade_testutil::{kernel_tests_enabled, TestNetns};
 
@@ -115,6 +118,7 @@ fn a_routed_veth_is_built_and_read_back() {
         oif: Some(pl.index),
         scope: Scope::Link,
         protocol: palisade_kernel::rtnl::PROTOCOL_BOOT,
+        onlink: false,
     };
     inner.add_route(&onlink, RouteMode::Replace).unwrap();
     let default = Route {
@@ -123,6 +127,7 @@ fn a_routed_veth_is_built_and_read_back() {
         oif: Some(pl.index),
         scope: Scope::Universe,
         protocol: palisade_kernel::rtnl::PROTOCOL_BOOT,
+        onlink: false,
     };
     inner.add_route(&default, RouteMode::KeepExisting).unwrap();
     // Already there: kept, no error; an exclusive add says EEXIST.
@@ -143,6 +148,7 @@ fn a_routed_veth_is_built_and_read_back() {
         oif: Some(hl.index),
         scope: Scope::Link,
         protocol: palisade_kernel::rtnl::PROTOCOL_BOOT,
+        onlink: false,
     };
     host.add_route(&to_pod, RouteMode::Replace).unwrap();
     // The node answers from an address of its own; the pod replies through its gateway.
@@ -326,4 +332,120 @@ EOF")
     assert_eq!(p.payload[9], 17);
     assert_eq!(&p.payload[16..20], &[10, 72, 0, 1]);
     assert_eq!(&p.payload[22..24], &9999u16.to_be_bytes());
+}
+
+/// Two namespaces joined by a veth (the underlay), each with a VXLAN link that has no group
+/// and no learning: forwarding entries, permanent neighbours and onlink routes made through
+/// the crate carry a ping from one inner address to the other, and read back as made.
+#[test]
+fn a_static_vxlan_overlay_is_built_and_read_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let a = TestNetns::new("k-vx-a").unwrap();
+    let b = TestNetns::new("k-vx-b").unwrap();
+    a.veth_to("ua", &b, "ub").unwrap();
+    a.sh("ip addr add 192.0.2.1/24 dev ua && ip -6 addr add 2001:db8::1/64 dev ua nodad")
+        .unwrap();
+    b.sh("ip addr add 192.0.2.2/24 dev ub && ip -6 addr add 2001:db8::2/64 dev ub nodad")
+        .unwrap();
+    let mac_a = Mac([0x02, 0x50, 192, 0, 2, 1]);
+    let mac_b = Mac([0x02, 0x50, 192, 0, 2, 2]);
+    let ns_a = Netns::open(a.path()).unwrap();
+    let ns_b = Netns::open(b.path()).unwrap();
+    for (underlay, name) in [("v4", "kvx4"), ("v6", "kvx6")] {
+        let (ua, ub): (std::net::IpAddr, std::net::IpAddr) = if underlay == "v4" {
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
+        } else {
+            (
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+            )
+        };
+        let mut links = Vec::new();
+        for (ns, local, mac, inner, peer_mac, peer_local, peer_inner) in [
+            (&ns_a, ua, mac_a, "10.80.1.0", mac_b, ub, "10.80.2.0"),
+            (&ns_b, ub, mac_b, "10.80.2.0", mac_a, ua, "10.80.1.0"),
+        ] {
+            let mut rtnl = Rtnl::open_in(ns).unwrap();
+            let spec = VxlanLink {
+                name: name.into(),
+                mac,
+                mtu: 1400,
+                vxlan: Vxlan {
+                    vni: 4242,
+                    port: 4789,
+                    local: Some(local),
+                    learning: false,
+                },
+            };
+            rtnl.create_vxlan(&spec).unwrap();
+            let e = rtnl.create_vxlan(&spec).unwrap_err();
+            assert_eq!(e.errno(), Some(libc::EEXIST), "{e}");
+            assert!(e.to_string().starts_with(&format!(
+                "create vxlan {name} (id 4242, dstport 4789, local {local})"
+            )));
+            let link = rtnl.link(name).unwrap().unwrap();
+            assert_eq!(link.kind.as_deref(), Some("vxlan"));
+            assert_eq!(link.vxlan.as_ref(), Some(&spec.vxlan));
+            assert_eq!((link.mac, link.mtu, link.up), (Some(mac), 1400, true));
+            rtnl.set_mtu(&link, 1350).unwrap();
+            let link = rtnl.link(name).unwrap().unwrap();
+            assert_eq!(link.mtu, 1350);
+
+            let inner: std::net::IpAddr = inner.parse().unwrap();
+            let peer_inner: std::net::IpAddr = peer_inner.parse().unwrap();
+            rtnl.add_address(&link, ipnet::IpNet::from(inner), false)
+                .unwrap();
+            let entry = FdbEntry {
+                mac: peer_mac,
+                dst: peer_local,
+            };
+            rtnl.replace_fdb(&link, &entry).unwrap();
+            rtnl.replace_fdb(&link, &entry).unwrap();
+            assert_eq!(rtnl.fdb(&link).unwrap(), vec![entry]);
+            rtnl.replace_permanent_neighbour(&link, peer_inner, peer_mac)
+                .unwrap();
+            let n = rtnl.neighbours_on(&link, Family::V4).unwrap();
+            assert_eq!(n.len(), 1, "{n:?}");
+            assert!(n[0].permanent && n[0].mac == Some(peer_mac) && n[0].ip == peer_inner);
+            let net = ipnet::IpNet::new(peer_inner, 24).unwrap();
+            let route = Route::onlink_via(net, peer_inner, link.index, 180);
+            rtnl.add_route(&route, RouteMode::Exclusive).unwrap();
+            let ours = rtnl.routes(Some(Family::V4), Some(180)).unwrap();
+            assert_eq!(ours, vec![route.clone()]);
+            links.push((ns, link, entry, peer_inner, route));
+        }
+        let listed = a.sh(&format!("bridge fdb show dev {name}")).unwrap();
+        assert!(
+            listed.contains(&format!("{mac_b} dst {ub} self permanent")),
+            "{listed}"
+        );
+        assert!(
+            a.sh(&format!("ip route show proto 180 dev {name}"))
+                .unwrap()
+                .contains("10.80.2.0/24 via 10.80.2.0 onlink"),
+            "onlink as ip reads it"
+        );
+        assert!(
+            a.sh_ok("busybox ping -c1 -W2 -I 10.80.1.0 10.80.2.0"),
+            "ping over the {underlay} underlay"
+        );
+        // Taken apart again: the route, the neighbour, the entry.
+        for (ns, link, entry, peer_inner, route) in links {
+            let mut rtnl = Rtnl::open_in(ns).unwrap();
+            assert!(rtnl.delete_route(&route).unwrap());
+            assert!(rtnl.delete_neighbour(&link, peer_inner).unwrap());
+            assert!(!rtnl.delete_neighbour(&link, peer_inner).unwrap());
+            assert!(rtnl.delete_fdb(&link, &entry).unwrap());
+            assert!(!rtnl.delete_fdb(&link, &entry).unwrap());
+            assert!(rtnl.fdb(&link).unwrap().is_empty());
+            let inner = rtnl.addresses(link.index).unwrap();
+            assert_eq!(inner.len(), 1, "{inner:?}");
+            assert!(rtnl.delete_address(&link, inner[0]).unwrap());
+            assert!(!rtnl.delete_address(&link, inner[0]).unwrap());
+            assert!(rtnl.delete_link_index(link.index).unwrap());
+        }
+        assert!(!a.sh_ok("busybox ping -c1 -W1 10.80.2.0"));
+    }
 }

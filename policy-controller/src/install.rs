@@ -1,14 +1,19 @@
 //! Installing Palisade's CNI pieces on a node (the DaemonSet's init container, through
-//! `palisade-agent install-cni`) and removing them again (`palisade-agent uninstall`).
+//! `palisade-agent install-cni`) and removing them again (`palisade-agent uninstall`), with
+//! the node's pod MTU measured on the node (for an overlay, less its overhead).
 //!
 //! Both steps write where kubelet and the container runtime read concurrently, so every
 //! file is written atomically: a temporary file in the same directory, fsync, rename. A
 //! runtime never sees a half-written conflist or a truncated plugin binary.
 
+use crate::agent::routes::overlay::{pod_mtu, vtep_name, OverlayMode};
+use crate::agent::routes::underlay::LocalUnderlay;
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
+use palisade_kernel::rtnl::{Family, Rtnl};
 use std::fs;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,6 +22,10 @@ use std::process::Command;
 pub const RANGES_PLACEHOLDER: &str = "\"__PALISADE_POD_CIDR_RANGES__\"";
 /// The placeholder for the node's name (for logs and the agent socket), optional.
 pub const NODE_NAME_PLACEHOLDER: &str = "__PALISADE_NODE_NAME__";
+/// The placeholder (a JSON string, replaced by a number) for the pods' MTU as detected on the
+/// node ([`pod_mtu_here`]): the MTU of the link carrying the node's InternalIP, less the
+/// overlay's overhead when there is one. Optional: a number in its place is used as it is.
+pub const MTU_PLACEHOLDER: &str = "\"__PALISADE_MTU__\"";
 /// File name of the conflist Palisade owns in the CNI config directory. `10-` so that it
 /// sorts before other configs: runtimes take the first file.
 pub const CONFLIST_NAME: &str = "10-palisade.conflist";
@@ -34,9 +43,15 @@ pub struct InstallConfig {
     pub template: String,
 }
 
-/// Render the conflist for a node from the template and the node's pod CIDRs
-/// (`Node.spec.podCIDRs`). The result is checked to be JSON.
-pub fn render_conflist(template: &str, node_name: &str, pod_cidrs: &[IpNet]) -> Result<String> {
+/// Render the conflist for a node from the template, the node's pod CIDRs
+/// (`Node.spec.podCIDRs`) and the pods' MTU (for [`MTU_PLACEHOLDER`]; `None` when the
+/// template has a number). The result is checked to be JSON.
+pub fn render_conflist(
+    template: &str,
+    node_name: &str,
+    pod_cidrs: &[IpNet],
+    mtu: Option<u32>,
+) -> Result<String> {
     if pod_cidrs.is_empty() {
         bail!("node {node_name} has no spec.podCIDRs yet: cannot render the CNI conflist");
     }
@@ -47,9 +62,15 @@ pub fn render_conflist(template: &str, node_name: &str, pod_cidrs: &[IpNet]) -> 
         .iter()
         .map(|c| serde_json::json!([{ "subnet": c.trunc().to_string() }]))
         .collect();
-    let rendered = template
+    let mut rendered = template
         .replace(RANGES_PLACEHOLDER, &serde_json::to_string(&ranges)?)
         .replace(NODE_NAME_PLACEHOLDER, node_name);
+    if rendered.contains(MTU_PLACEHOLDER) {
+        let Some(mtu) = mtu else {
+            bail!("conflist template asks for the detected MTU ({MTU_PLACEHOLDER}), none given");
+        };
+        rendered = rendered.replace(MTU_PLACEHOLDER, &mtu.to_string());
+    }
     let parsed: serde_json::Value =
         serde_json::from_str(&rendered).context("rendered conflist is not valid JSON")?;
     if parsed
@@ -92,10 +113,65 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     result
 }
 
-/// Copy the plugin binary and write the rendered conflist, both atomically. The binary is
-/// installed first, so a runtime that sees the conflist always finds the plugin.
-pub fn install_cni(cfg: &InstallConfig, node_name: &str, pod_cidrs: &[IpNet]) -> Result<()> {
-    let conflist = render_conflist(&cfg.template, node_name, pod_cidrs)?;
+/// The MTU pods of this node should get, measured in the calling thread's network namespace
+/// (the node's): see [`crate::agent::routes::overlay::pod_mtu`]. Why the conflist carries it
+/// rather than the agent's answer on its socket: the plugin sizes the veth before it has an
+/// address to announce, and ADD must size it alike when the agent cannot be reached.
+pub fn pod_mtu_here(overlay: OverlayMode, internal_ips: &[IpAddr]) -> Result<u32> {
+    let mut rtnl = Rtnl::open()?;
+    let links = rtnl.links()?;
+    let local = LocalUnderlay::read(&mut rtnl, &links, internal_ips)?;
+    pod_mtu(overlay, &local).with_context(|| {
+        format!(
+            "none of the node's InternalIPs ({}) is an address of a link here: cannot tell the \
+             pods' MTU (install-cni runs in the node's network namespace, hostNetwork)",
+            internal_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Delete the agent's VXLAN links (by name, and only VXLAN links) in the calling thread's
+/// network namespace.
+fn remove_vxlan_links() -> Result<()> {
+    let mut rtnl = Rtnl::open()?;
+    for link in rtnl.links()? {
+        let ours = [Family::V4, Family::V6]
+            .iter()
+            .any(|f| vtep_name(*f) == link.name);
+        if ours && link.kind.as_deref() == Some("vxlan") {
+            rtnl.delete_link_index(link.index)?;
+            tracing::info!(link = %link.name, "VXLAN link removed");
+        }
+    }
+    Ok(())
+}
+
+/// The `mtu` numbers of a rendered conflist's plugins that exceed `limit`.
+pub fn mtus_above(conflist: &str, limit: u32) -> Vec<u64> {
+    let parsed: serde_json::Value = serde_json::from_str(conflist).unwrap_or_default();
+    parsed["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["mtu"].as_u64())
+        .filter(|m| *m > u64::from(limit))
+        .collect()
+}
+
+/// Copy the plugin binary and write the rendered conflist, both atomically, and return the
+/// conflist. The binary is installed first, so a runtime that sees the conflist always finds
+/// the plugin.
+pub fn install_cni(
+    cfg: &InstallConfig,
+    node_name: &str,
+    pod_cidrs: &[IpNet],
+    mtu: Option<u32>,
+) -> Result<String> {
+    let conflist = render_conflist(&cfg.template, node_name, pod_cidrs, mtu)?;
     let binary = fs::read(&cfg.plugin_binary)
         .with_context(|| format!("read plugin binary {}", cfg.plugin_binary.display()))?;
     write_atomic(&cfg.cni_bin_dir.join(PLUGIN_NAME), &binary, 0o755)?;
@@ -104,13 +180,14 @@ pub fn install_cni(cfg: &InstallConfig, node_name: &str, pod_cidrs: &[IpNet]) ->
         conflist.as_bytes(),
         0o644,
     )?;
-    Ok(())
+    Ok(conflist)
 }
 
 /// Remove what Palisade put on the node: the conflist first (no new pods get Palisade
 /// networking), then the plugin binary, then the nftables tables of the agent and of the
-/// plugin's hostPort mappings. Missing pieces are not errors; every step is attempted and
-/// all failures are reported together.
+/// plugin's hostPort mappings, then the overlay's VXLAN links (their routes and entries go
+/// with them). Missing pieces are not errors; every step is attempted and all failures are
+/// reported together.
 pub fn uninstall(
     cni_bin_dir: &Path,
     cni_conf_dir: &Path,
@@ -149,6 +226,9 @@ pub fn uninstall(
             Err(e) => errors.push(format!("run {nft}: {e}")),
         }
     }
+    if let Err(e) = remove_vxlan_links() {
+        errors.push(format!("{e:#}"));
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -169,7 +249,7 @@ mod tests {
             "10.244.1.0/24".parse().unwrap(),
             "fd00:10:244:1::/64".parse().unwrap(),
         ];
-        let out = render_conflist(TEMPLATE, "n1", &cidrs).unwrap();
+        let out = render_conflist(TEMPLATE, "n1", &cidrs, None).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let ranges = &v["plugins"][0]["ipam"]["ranges"];
         assert_eq!(ranges[0][0]["subnet"], "10.244.1.0/24");
@@ -178,9 +258,32 @@ mod tests {
     }
 
     #[test]
+    fn the_mtu_placeholder_becomes_the_detected_number() {
+        let template = TEMPLATE.replace(
+            r#"{"type":"palisade","#,
+            r#"{"type":"palisade","mtu":"__PALISADE_MTU__","#,
+        );
+        let cidrs = ["10.244.1.0/24".parse().unwrap()];
+        let out = render_conflist(&template, "n1", &cidrs, Some(1430)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["plugins"][0]["mtu"], 1430);
+        assert_eq!(mtus_above(&out, 1430), Vec::<u64>::new());
+        assert_eq!(mtus_above(&out, 1400), vec![1430]);
+        let err = render_conflist(&template, "n1", &cidrs, None).unwrap_err();
+        assert!(err.to_string().contains("__PALISADE_MTU__"), "{err}");
+        // A number in the template is the operator's: kept as it is.
+        let fixed = TEMPLATE.replace(
+            r#"{"type":"palisade","#,
+            r#"{"type":"palisade","mtu":9000,"#,
+        );
+        let out = render_conflist(&fixed, "n1", &cidrs, Some(1430)).unwrap();
+        assert_eq!(mtus_above(&out, 1430), vec![9000]);
+    }
+
+    #[test]
     fn refuses_a_node_without_pod_cidrs_and_a_template_without_placeholder() {
-        assert!(render_conflist(TEMPLATE, "n1", &[]).is_err());
-        let err = render_conflist("{}", "n1", &["10.0.0.0/24".parse().unwrap()]).unwrap_err();
+        assert!(render_conflist(TEMPLATE, "n1", &[], None).is_err());
+        let err = render_conflist("{}", "n1", &["10.0.0.0/24".parse().unwrap()], None).unwrap_err();
         assert!(err.to_string().contains("placeholder"), "{err}");
     }
 
@@ -196,7 +299,7 @@ mod tests {
             plugin_binary: bin,
             template: TEMPLATE.into(),
         };
-        install_cni(&cfg, "n1", &["10.244.1.0/24".parse().unwrap()]).unwrap();
+        install_cni(&cfg, "n1", &["10.244.1.0/24".parse().unwrap()], None).unwrap();
         assert!(cfg.cni_bin_dir.join(PLUGIN_NAME).exists());
         assert!(cfg.cni_conf_dir.join(CONFLIST_NAME).exists());
         // No temp files left behind by the atomic writes.

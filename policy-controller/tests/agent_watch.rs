@@ -55,6 +55,8 @@ impl TestAgent {
             nflog_group: None,
             deny_log_rate: 10,
             manage_routes: false,
+            overlay: Default::default(),
+            vxlan: Default::default(),
             masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
             table: "palisade".into(),
             nft: "nft".into(),

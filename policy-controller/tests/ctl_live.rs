@@ -129,6 +129,11 @@ fn status_prints_readiness_versions_and_invalid_policies() {
         "lastError": null,
         "invalidPolicies": [{"namespace": "x", "name": "bad", "errors": ["spec.ingress[0].ports[0].port: Invalid value: 0"]}],
         "masquerade": {"ipv4": true, "ipv6": false, "nonMasqueradeCIDRs": ["10.0.0.0/8", "192.0.2.0/24"], "clusterCIDRs": []},
+        "routes": 3,
+        "overlay": {"mode": "cross-subnet", "routes": 2, "vxlan": [
+            {"name": "vxlan4.palisade", "local": "192.0.2.1", "mtu": 1450, "peers": 1},
+            {"name": "vxlan6.palisade", "local": "2001:db8::1", "mtu": 1430, "peers": 2},
+        ]},
     });
     let agent = stand_in_agent(vec![("/status", status.to_string())]);
     let (code, out, err) = ctl(&[
@@ -145,6 +150,8 @@ fn status_prints_readiness_versions_and_invalid_policies() {
         "programmed versions  namespaces=3 networkpolicies=7 nodes=2 pods=12",
         "invalid policies     1",
         "masquerade           IPv4 on, IPv6 off; not to 10.0.0.0/8, 192.0.2.0/24",
+        "node routes          3 (2 over VXLAN, cross-subnet; vxlan4.palisade from 192.0.2.1, \
+         mtu 1450, 1 peer; vxlan6.palisade from 2001:db8::1, mtu 1430, 2 peers)",
         "  x/bad: spec.ingress[0].ports[0].port: Invalid value: 0",
         "table inet palisade  not readable: ",
     ] {

@@ -30,9 +30,9 @@ use palisade_policy::model::api::{
 use palisade_policy::model::{ClusterState, Labels, ObjectKey, PodInfo};
 use palisade_policy::nft::Dataplane;
 use palisade_policy::ruleset::{Chain, CtState, Match, Rule, Ruleset, Verdict};
-use palisade_testutil::kernel_tests_enabled;
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use palisade_testutil::{kernel_tests_enabled, load_average};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 const CONNECT_SECONDS: f64 = 2.0;
 const ROUNDS: usize = 3;
@@ -232,52 +232,6 @@ fn conntrack_only() -> Ruleset {
     rs
 }
 
-fn connection_rate(t: &Topology, to: SocketAddr) -> f64 {
-    t.a.run(|| {
-        let start = Instant::now();
-        let (mut n, mut failed) = (0u64, 0u64);
-        let mut first_error = None;
-        while start.elapsed().as_secs_f64() < CONNECT_SECONDS {
-            match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                Ok(s) => {
-                    rst_on_close(&s);
-                    n += 1;
-                }
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if failed > 0 {
-            println!("  ({failed} connects failed, first: {first_error:?})");
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    })
-}
-
-fn throughput_gbit(t: &Topology) -> f64 {
-    let out =
-        t.a.exec("iperf3", &["-c", B4, "-p", "5201", "-t", "5", "-J"])
-            .expect("iperf3 client");
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -340,12 +294,12 @@ fn datapath_with_and_without_the_ruleset() {
             };
             // Start every measurement from the same conntrack state.
             let _ = t.node.sh("conntrack -F 2>/dev/null");
-            let c = connection_rate(&t, to);
+            let c = connection_rate(&t.a, to, CONNECT_SECONDS);
             samples.push(c);
             let mut line = format!("round {round} {label:>14}: {c:.0} connections/s");
             let throughput_here = variant == 0 || label == throughput_variant;
             if throughput_here {
-                let g = throughput_gbit(&t);
+                let g = iperf3_gbit(&t.a, B4);
                 line += &format!(", {g:.2} Gbit/s");
                 if variant == 0 {
                     tput_none.push(g);

@@ -13,7 +13,7 @@
 // `pub`: the support module is shared by several test binaries, each using a part of it.
 pub mod nft_support;
 
-use nft_support::netns::{tcp_connects, tcp_server};
+use nft_support::netns::{tcp_connects, tcp_server, udp_source};
 use palisade_policy::compile::{compile, CompileOptions, MasqueradeOptions};
 use palisade_policy::model::api::NetworkPolicy;
 use palisade_policy::model::{ClusterState, NodeInfo, ObjectKey, PodInfo};
@@ -154,35 +154,6 @@ impl Cluster {
             .network_policies
             .insert(ObjectKey::new("x", name), p);
     }
-}
-
-/// The source address a UDP datagram from `from` arrives with at `to` (in `to_ns`), or
-/// `None` when nothing arrives.
-fn udp_source(
-    from: &TestNetns,
-    to_ns: &TestNetns,
-    to: SocketAddr,
-    bind: Option<IpAddr>,
-) -> Option<IpAddr> {
-    let rx = to_ns.run(|| UdpSocket::bind(("::", to.port())).expect("bind udp"));
-    rx.set_read_timeout(Some(Duration::from_millis(700)))
-        .unwrap();
-    let tx = from.run(|| {
-        let local = bind.unwrap_or(if to.is_ipv4() {
-            ip("0.0.0.0")
-        } else {
-            ip("::")
-        });
-        UdpSocket::bind((local, 0)).expect("bind udp client")
-    });
-    tx.send_to(b"who am i", to).expect("send udp");
-    let mut buf = [0u8; 16];
-    rx.recv_from(&mut buf)
-        .ok()
-        .map(|(_, from)| match from.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        })
 }
 
 /// A UDP echo server in `ns` on `port` (dual-stack), for reply-path checks.

@@ -12,6 +12,7 @@ pub mod bench_cluster;
 use bench_cluster::*;
 use palisade_policy::compile::{Change, CompileOptions, Compiler};
 use palisade_policy::model::ClusterState;
+use palisade_testutil::load_average;
 use std::time::{Duration, Instant};
 
 /// The whole path the agent takes for one change, on the real kernel in a test namespace:
@@ -31,12 +32,6 @@ fn pod_change_compiled_and_applied() {
             println!("load average: {}", load_average());
         }
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn pod_change_compiled_and_applied_in(size: Size, state: ClusterState) {

@@ -208,6 +208,7 @@ fn build(
                 oif: Some(pod_link.index),
                 scope: Scope::Link,
                 protocol: PROTOCOL_BOOT,
+                onlink: false,
             };
             pod.add_route(&onlink, RouteMode::Replace)?;
         }
@@ -217,6 +218,7 @@ fn build(
             oif: Some(pod_link.index),
             scope: Scope::Universe,
             protocol: PROTOCOL_BOOT,
+            onlink: false,
         };
         pod.add_route(&default, RouteMode::KeepExisting)?;
         result_routes.push(default_route(default_dst, gw));
@@ -236,6 +238,7 @@ fn build(
             oif: Some(host_link.index),
             scope,
             protocol: PROTOCOL_BOOT,
+            onlink: false,
         };
         host.add_route(&route, RouteMode::Replace)?;
     }

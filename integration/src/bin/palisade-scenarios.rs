@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! palisade-scenarios run [--family v4|v6] [--nodes N] [--no-agent] [--routes harness|agent]
+//!                        [--topology single|two-subnets] [--overlay never|always|cross-subnet]
 //!                        [--agent-arg ARG]... [--retries N] [-v] PATH...
 //! palisade-scenarios demo [--nodes N] [--family v4|v6] [--pause]
 //! palisade-scenarios cleanup      # remove leftovers of crashed runs
@@ -14,10 +15,12 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade_integration::cluster::topology::Topology;
 use palisade_integration::cluster::{cleanup, netns, Binaries, RouteMode};
 use palisade_integration::kube::{self, kubectl::Kubectl, KubeOptions};
 use palisade_integration::runner::{collect_files, run_files, RunOptions};
 use palisade_integration::scenario::Family;
+use palisade_policy::agent::routes::overlay::OverlayMode;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +70,13 @@ enum Cmd {
         /// this binary).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// The nodes' network: one segment, or two subnets joined by a router that knows no
+        /// pod CIDR (odd nodes in one, even nodes in the other).
+        #[arg(long, value_enum, default_value = "single")]
+        topology: Topology,
+        /// The agents' --overlay.
+        #[arg(long, value_enum, default_value = "never")]
+        overlay: OverlayMode,
         #[arg(short, long)]
         verbose: bool,
         #[arg(required = true)]
@@ -182,6 +192,8 @@ fn real_main() -> Result<i32> {
             agent_args,
             retries,
             bin_dir,
+            topology,
+            overlay,
             verbose,
             paths,
         } => {
@@ -200,6 +212,8 @@ fn real_main() -> Result<i32> {
                 colour: is_tty(),
                 verbose,
                 retry_blocked: retries,
+                topology,
+                overlay,
             };
             let files = collect_files(&paths)?;
             if files.is_empty() {

@@ -26,6 +26,11 @@
 //! the segment: nodes have no default route, and the segment has no uplink, so no packet of
 //! a run can leave for the machine's own network.
 //!
+//! With `--topology two-subnets` ([`topology`]) the segment namespace holds a second bridge
+//! (`198.51.100.254/24`, `2001:db8:2::fe/64`) for the even nodes and routes between the two,
+//! knowing no pod CIDR: pods on nodes of different subnets meet only over the agents' VXLAN
+//! overlay (`ClusterConfig::overlay`).
+//!
 //! Nothing lives in the root network namespace. The API stand-in runs inside the harness
 //! process, but its listening socket was bound from a thread inside the segment namespace,
 //! so it belongs there and every node reaches it over the bridge. The harness itself reaches
@@ -38,6 +43,7 @@
 pub mod cleanup;
 pub mod netns;
 pub mod probe;
+pub mod topology;
 
 use crate::apiserver::{ApiError, ApiServer, ApiServerConfig, Kind};
 use crate::matrix::Matrix;
@@ -46,6 +52,7 @@ use crate::scenario::{
 };
 use anyhow::{anyhow, bail, Context, Result};
 use netns::ClusterNetns;
+use palisade_policy::agent::routes::overlay::OverlayMode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -54,6 +61,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use topology::{Subnet, Topology};
 
 /// Port of the API stand-in on the segment bridge.
 pub const API_PORT: u16 = 6443;
@@ -83,6 +91,24 @@ impl Binaries {
             dir.pop();
         }
         Ok(Binaries::in_dir(&dir))
+    }
+
+    /// What the cluster tests run: the binaries in `$PALISADE_BIN_DIR` (CI's release build)
+    /// or next to the test binary, with `testpod` (cargo's `CARGO_BIN_EXE_palisade-testpod`
+    /// of the calling test); panics with the build command when the plugin or agent is missing.
+    pub fn for_tests(testpod: &str) -> Binaries {
+        let mut b = match std::env::var_os("PALISADE_BIN_DIR") {
+            Some(d) => Binaries::in_dir(&PathBuf::from(d)),
+            None => Binaries::next_to_current_exe().unwrap(),
+        };
+        b.testpod = PathBuf::from(testpod);
+        assert!(
+            b.cni.exists() && b.agent.is_some(),
+            "build palisade and palisade-agent first: cargo build -p palisade-cni -p \
+             palisade-policy --bins (looked in {})",
+            b.cni.parent().unwrap().display()
+        );
+        b
     }
 
     pub fn in_dir(dir: &Path) -> Binaries {
@@ -125,6 +151,10 @@ pub struct ClusterConfig {
     pub masquerade: bool,
     /// What the external host listens on.
     pub external_ports: Vec<(u16, Protocol)>,
+    /// The nodes' network ([`topology`]).
+    pub topology: Topology,
+    /// The agents' `--overlay`.
+    pub overlay: OverlayMode,
 }
 
 impl ClusterConfig {
@@ -140,6 +170,8 @@ impl ClusterConfig {
             verbose: false,
             masquerade: true,
             external_ports: Vec::new(),
+            topology: Topology::Single,
+            overlay: OverlayMode::Never,
         }
     }
 }
@@ -151,6 +183,8 @@ pub struct Node {
     pub netns: ClusterNetns,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
+    /// Its subnet of the nodes' network.
+    pub subnet: Subnet,
     pub pod_cidr_v4: String,
     pub pod_cidr_v6: String,
     pub dir: PathBuf,
@@ -343,10 +377,32 @@ impl Cluster {
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
         ])?;
-        seg.ip(&["link", "add", "br0", "type", "bridge"])?;
-        seg.ip(&["addr", "add", "192.0.2.254/24", "dev", "br0"])?;
-        seg.ip(&["addr", "add", "2001:db8::fe/64", "dev", "br0", "nodad"])?;
-        seg.ip(&["link", "set", "br0", "up"])?;
+        let topology = self.config.topology;
+        if topology == Topology::TwoSubnets && !self.has_agents_routing() {
+            bail!(
+                "the two-subnets topology needs the agents' routes (no --no-agent, no --routes \
+                 harness): only the overlay crosses its router"
+            );
+        }
+        for subnet in topology.subnets() {
+            let (v4, v6) = subnet.router();
+            seg.ip(&["link", "add", subnet.bridge, "type", "bridge"])?;
+            seg.ip(&["addr", "add", &format!("{v4}/24"), "dev", subnet.bridge])?;
+            seg.ip(&[
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                subnet.bridge,
+                "nodad",
+            ])?;
+            seg.ip(&["link", "set", subnet.bridge, "up"])?;
+        }
+        if topology.subnets().len() > 1 {
+            // The router between the subnets: it forwards, and routes only what is connected
+            // to it (no pod CIDR).
+            seg.sysctl(&["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        }
 
         let k = self.prefix.rsplit('-').next().unwrap_or("0").to_string();
         for i in 1..=self.config.nodes {
@@ -357,19 +413,26 @@ impl Cluster {
                 "net.ipv4.ip_forward=1",
                 "net.ipv6.conf.all.forwarding=1",
             ])?;
-            let ipv4 = Ipv4Addr::new(192, 0, 2, i as u8);
-            let ipv6: Ipv6Addr = format!("2001:db8::{i:x}").parse()?;
-            attach_to_segment(&seg, &format!("s{i}"), &ns, ipv4, ipv6)?;
+            let subnet = topology.subnet_of(i);
+            let (ipv4, ipv6) = subnet.host(i as u8);
+            attach_to_segment(&seg, &format!("s{i}"), &ns, subnet, topology, ipv4, ipv6)?;
             let dir = self.dir.join(format!("node-{i}"));
             std::fs::create_dir_all(dir.join("ipam"))?;
             let agent_socket = dir.join("agent.sock");
             let pod_cidr_v4 = format!("10.244.{i}.0/24");
             let pod_cidr_v6 = format!("fd00:10:244:{i:x}::/64");
+            // The pods' MTU as `install-cni` measures it on the node (the DaemonSet's init
+            // container does this in image mode).
+            let overlay = self.config.overlay;
+            let mtu = ns.run_inside(move || {
+                palisade_policy::install::pod_mtu_here(overlay, &[ipv4.into(), ipv6.into()])
+            })?;
             let conflist = json!({
                 "cniVersion": "1.0.0",
                 "name": "palisade",
                 "plugins": [{
                     "type": "palisade",
+                    "mtu": mtu,
                     "ipam": {
                         "type": "palisade",
                         "ranges": [[{"subnet": pod_cidr_v4}], [{"subnet": pod_cidr_v6}]],
@@ -394,6 +457,7 @@ impl Cluster {
                 netns: ns,
                 ipv4,
                 ipv6,
+                subnet,
                 pod_cidr_v4,
                 pod_cidr_v6,
                 agent_log: dir.join("agent.log"),
@@ -482,7 +546,15 @@ impl Cluster {
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
         ])?;
-        attach_to_segment(&self.segment, "sx", &ns, EXTERNAL_IPV4, EXTERNAL_IPV6)?;
+        attach_to_segment(
+            &self.segment,
+            "sx",
+            &ns,
+            topology::SUBNET_A,
+            self.config.topology,
+            EXTERNAL_IPV4,
+            EXTERNAL_IPV6,
+        )?;
         let control = self.dir.join("external").join("control.sock");
         let testpod = self.start_testpod(
             &ns,
@@ -508,22 +580,37 @@ impl Cluster {
     }
 
     /// With the agents in charge of cross-node routes, the cluster is ready only once every
-    /// node has a route to every other node's pod CIDRs (both families).
+    /// node has a route to every other node's pod CIDRs (both families) that its overlay
+    /// setting makes possible: via the node's address where it is direct, via the node's VTEP
+    /// address on a VXLAN link where it is not, and none across the router without overlay.
     fn wait_node_routes(&self, deadline: Instant) -> Result<()> {
         for n in &self.nodes {
             for m in self.nodes.iter().filter(|m| m.index != n.index) {
-                for (fam, cidr, via) in [
-                    ("-4", &m.pod_cidr_v4, m.ipv4.to_string()),
-                    ("-6", &m.pod_cidr_v6, m.ipv6.to_string()),
+                let same_subnet = n.subnet == m.subnet;
+                let overlay = match self.config.overlay {
+                    OverlayMode::Never if !same_subnet => continue,
+                    OverlayMode::Never => false,
+                    OverlayMode::CrossSubnet => !same_subnet,
+                    OverlayMode::Always => true,
+                };
+                for (fam, cidr, ip) in [
+                    ("-4", &m.pod_cidr_v4, IpAddr::V4(m.ipv4)),
+                    ("-6", &m.pod_cidr_v6, IpAddr::V6(m.ipv6)),
                 ] {
+                    let want = if overlay {
+                        let vtep: ipnet::IpNet = cidr.parse()?;
+                        format!("via {} dev vxlan", vtep.network())
+                    } else {
+                        format!("via {ip} ")
+                    };
                     loop {
                         let out = n.netns.ip(&[fam, "route", "show", cidr])?;
-                        if out.contains(&via) {
+                        if out.contains(&want) {
                             break;
                         }
                         if Instant::now() > deadline {
                             bail!(
-                                "{}: no route to {cidr} via {via} (agent's job) after {:?}; routes: {}\n{}",
+                                "{}: no route to {cidr} {want}(agent's job) after {:?}; routes: {}\n{}",
                                 n.name,
                                 self.config.programming_timeout,
                                 n.netns.ip(&[fam, "route"]).unwrap_or_default(),
@@ -536,6 +623,12 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Whether the agents keep the routes between nodes (the only way across the router of
+    /// the two-subnets topology is their overlay).
+    fn has_agents_routing(&self) -> bool {
+        self.config.bins.agent.is_some() && self.config.routes == RouteMode::Agent
     }
 
     pub fn api(&self) -> &ApiServer {
@@ -556,6 +649,7 @@ impl Cluster {
     fn start_agent(&mut self, i: usize, bin: &Path) -> Result<()> {
         let kubeconfig = self.kubeconfig_path();
         let masquerade = self.config.masquerade;
+        let overlay = self.config.overlay;
         let n = &mut self.nodes[i];
         let log = std::fs::File::create(&n.agent_log)?;
         let mut cmd = n.netns.command(bin);
@@ -574,6 +668,7 @@ impl Cluster {
             } else {
                 &["--masquerade-ipv4=false", "--masquerade-ipv6=false"][..]
             })
+            .arg(format!("--overlay={overlay}"))
             .args(&self.config.agent_args)
             .env(
                 "RUST_LOG",
@@ -1255,12 +1350,15 @@ impl Drop for Cluster {
     }
 }
 
-/// Give `ns` an `eth0` on the segment's bridge (port `seg_if`) with these addresses. The peer
-/// is created straight in `ns` (one request, nothing in the root namespace).
+/// Give `ns` an `eth0` on `subnet`'s bridge (port `seg_if`) with these addresses, and routes
+/// to the topology's other subnets through the router. The peer is created straight in `ns`
+/// (one request, nothing in the root namespace).
 fn attach_to_segment(
     seg: &ClusterNetns,
     seg_if: &str,
     ns: &ClusterNetns,
+    subnet: Subnet,
+    topology: Topology,
     ipv4: Ipv4Addr,
     ipv6: Ipv6Addr,
 ) -> Result<()> {
@@ -1276,10 +1374,16 @@ fn attach_to_segment(
         "netns",
         ns.name(),
     ])?;
-    seg.ip(&["link", "set", seg_if, "master", "br0", "up"])?;
+    seg.ip(&["link", "set", seg_if, "master", subnet.bridge, "up"])?;
     ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
     ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
+    let (router4, router6) = subnet.router();
+    for other in topology.beyond(subnet) {
+        let (v4, v6) = other.cidrs();
+        ns.ip(&["route", "add", &v4, "via", &router4.to_string()])?;
+        ns.ip(&["-6", "route", "add", &v6, "via", &router6.to_string()])?;
+    }
     Ok(())
 }
 

@@ -690,16 +690,24 @@ fn execute(
 /// Run one scenario on the cluster; its namespaces are deleted afterwards whatever happened.
 pub fn run_scenario(s: &Scenario, opts: &KubeOptions) -> ScenarioResult {
     let t0 = Instant::now();
-    if s.uses_external_host() {
-        // The external host is the netns cluster's (a namespace on the nodes' segment); a
-        // real cluster's outside world is not ours to stand up or to send probes to.
+    // The external host is the netns cluster's (a namespace on the nodes' segment); a real
+    // cluster's outside world is not ours to stand up or to send probes to. Nor is its
+    // network ours to rebuild in another topology or with another overlay.
+    let skip = if s.uses_external_host() {
+        Some("uses the netns cluster's external host")
+    } else if s.cluster.pins_network() {
+        Some("pins the netns cluster's topology or overlay")
+    } else {
+        None
+    };
+    if let Some(why) = skip {
         return ScenarioResult {
             id: s.id.clone(),
             passed: true,
             report: String::new(),
             duration: t0.elapsed(),
             probes: 0,
-            skipped: Some("uses the netns cluster's external host".into()),
+            skipped: Some(why.into()),
         };
     }
     let mut report = String::new();

@@ -11,13 +11,8 @@ impl Rtnl {
     /// Add (or refresh) `addr` on a link. `nodad` skips IPv6 duplicate address detection,
     /// which would otherwise keep the address tentative (unusable) for about a second.
     pub fn add_address(&mut self, link: &Link, addr: IpNet, nodad: bool) -> Result<()> {
-        let ip = addr.addr();
-        let mut m = AddressMessage::default();
-        m.header.family = address_family(ip);
-        m.header.prefix_len = addr.prefix_len();
-        m.header.index = link.index;
-        m.attributes.push(AddressAttribute::Local(ip));
-        m.attributes.push(AddressAttribute::Address(ip));
+        let mut m = address_message(link, addr);
+        m.attributes.push(AddressAttribute::Address(addr.addr()));
         if nodad {
             m.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
@@ -27,10 +22,34 @@ impl Rtnl {
             .context(|| format!("add address {addr} dev {}", link.name))
     }
 
+    /// Remove `addr` from a link; `Ok(false)` when the link does not have it.
+    pub fn delete_address(&mut self, link: &Link, addr: IpNet) -> Result<bool> {
+        let m = address_message(link, addr);
+        match self.sock.execute(RtnlMessage::DelAddress(m), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(e).context(|| format!("delete address {addr} dev {}", link.name)),
+        }
+    }
+
     /// Addresses (with prefix length) of the link with index `index`.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
+        Ok(self
+            .dump_addresses(index)?
+            .into_iter()
+            .map(|(_, net)| net)
+            .collect())
+    }
+
+    /// Every address of the namespace with the index of its link.
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
+        self.dump_addresses(0)
+    }
+
+    /// Addresses of the link `index`, of every link for 0.
+    fn dump_addresses(&mut self, index: u32) -> Result<Vec<(u32, IpNet)>> {
         let mut m = AddressMessage::default();
-        // Under strict checking the kernel dumps only this link's addresses.
+        // Under strict checking the kernel dumps only this link's addresses (0: all).
         m.header.index = index;
         let replies = self
             .sock
@@ -41,7 +60,7 @@ impl Rtnl {
             let RtnlMessage::NewAddress(m) = r else {
                 continue;
             };
-            if m.header.index != index {
+            if index != 0 && m.header.index != index {
                 continue;
             }
             let mut local = None;
@@ -55,10 +74,21 @@ impl Rtnl {
             }
             if let Some(ip) = local.or(address) {
                 if let Ok(net) = IpNet::new(ip, m.header.prefix_len) {
-                    out.push(net);
+                    out.push((m.header.index, net));
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// The message naming `addr` on `link` (IFA_LOCAL), for adding and deleting it.
+fn address_message(link: &Link, addr: IpNet) -> AddressMessage {
+    let ip = addr.addr();
+    let mut m = AddressMessage::default();
+    m.header.family = address_family(ip);
+    m.header.prefix_len = addr.prefix_len();
+    m.header.index = link.index;
+    m.attributes.push(AddressAttribute::Local(ip));
+    m
 }

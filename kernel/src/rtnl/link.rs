@@ -1,5 +1,5 @@
 //! Links: veth pairs born with one end in another namespace, up/down, `ifalias`, lookups and
-//! deletion by name or index.
+//! deletion by name or index. VXLAN links are in [`super::vxlan`].
 
 use super::message::RtnlMessage;
 use super::Rtnl;
@@ -73,6 +73,8 @@ pub struct Link {
     /// For a veth: the peer's ifindex (in the peer's namespace).
     pub peer_index: Option<u32>,
     pub alias: Option<String>,
+    /// For a VXLAN link: its settings.
+    pub vxlan: Option<super::Vxlan>,
 }
 
 /// One end of a veth pair to create.
@@ -92,6 +94,7 @@ fn parse(m: &LinkMessage) -> Link {
         kind: None,
         peer_index: None,
         alias: None,
+        vxlan: None,
     };
     for a in &m.attributes {
         match a {
@@ -102,8 +105,12 @@ fn parse(m: &LinkMessage) -> Link {
             LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => {
+                            link.vxlan = Some(super::vxlan::parse(v))
+                        }
+                        _ => {}
                     }
                 }
             }

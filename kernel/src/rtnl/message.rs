@@ -1,5 +1,6 @@
 //! The rtnetlink messages this crate sends and reads, as `netlink-packet-route`'s message
-//! types: links, addresses, routes, neighbours.
+//! types: links, addresses, routes, neighbours (IP neighbours and, in the `AF_BRIDGE` family,
+//! forwarding entries).
 //!
 //! Why not the crate's `RouteNetlinkMessage`: its parser and emitter cover every rtnetlink
 //! family (traffic control, rules, statistics, address labels, ...), and all of that code
@@ -22,11 +23,13 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
 const RTM_GETNEIGH: u16 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +38,13 @@ pub enum RtnlMessage {
     DelLink(LinkMessage),
     GetLink(LinkMessage),
     NewAddress(AddressMessage),
+    DelAddress(AddressMessage),
     GetAddress(AddressMessage),
     NewRoute(RouteMessage),
     DelRoute(RouteMessage),
     GetRoute(RouteMessage),
     NewNeighbour(NeighbourMessage),
+    DelNeighbour(NeighbourMessage),
     GetNeighbour(NeighbourMessage),
 }
 
@@ -49,9 +54,9 @@ impl RtnlMessage {
     fn body(&self) -> &dyn Emitable {
         match self {
             NewLink(m) | DelLink(m) | GetLink(m) => m,
-            NewAddress(m) | GetAddress(m) => m,
+            NewAddress(m) | DelAddress(m) | GetAddress(m) => m,
             NewRoute(m) | DelRoute(m) | GetRoute(m) => m,
-            NewNeighbour(m) | GetNeighbour(m) => m,
+            NewNeighbour(m) | DelNeighbour(m) | GetNeighbour(m) => m,
         }
     }
 }
@@ -63,11 +68,13 @@ impl NetlinkSerializable for RtnlMessage {
             DelLink(_) => RTM_DELLINK,
             GetLink(_) => RTM_GETLINK,
             NewAddress(_) => RTM_NEWADDR,
+            DelAddress(_) => RTM_DELADDR,
             GetAddress(_) => RTM_GETADDR,
             NewRoute(_) => RTM_NEWROUTE,
             DelRoute(_) => RTM_DELROUTE,
             GetRoute(_) => RTM_GETROUTE,
             NewNeighbour(_) => RTM_NEWNEIGH,
+            DelNeighbour(_) => RTM_DELNEIGH,
             GetNeighbour(_) => RTM_GETNEIGH,
         }
     }

@@ -1,16 +1,21 @@
-//! rtnetlink: links, addresses, routes and neighbours, as `netlink-packet-route` messages on
-//! one synchronous [`Socket`]. Every call works on the network namespace the socket was
-//! opened in ([`Rtnl::open`] here, [`Rtnl::open_in`] inside another one).
+//! rtnetlink: links (veth, VXLAN), addresses, routes, neighbours and VXLAN forwarding
+//! entries, as `netlink-packet-route` messages on one synchronous [`Socket`]. Every call
+//! works on the network namespace the socket was opened in ([`Rtnl::open`] here,
+//! [`Rtnl::open_in`] inside another one).
 
 mod addr;
+mod fdb;
 mod link;
 mod message;
 mod neigh;
 mod route;
+mod vxlan;
 
+pub use fdb::FdbEntry;
 pub use link::{Link, Mac, VethEnd};
 pub use neigh::Neighbour;
 pub use route::{Route, RouteMode, Scope, PROTOCOL_BOOT};
+pub use vxlan::{Vxlan, VxlanLink};
 
 use crate::netlink::{Result, Socket};
 use crate::netns::Netns;
@@ -41,7 +46,7 @@ impl Rtnl {
 }
 
 /// An IP family, for dumps of one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     V4,
     V6,

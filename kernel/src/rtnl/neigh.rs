@@ -29,10 +29,8 @@ impl Rtnl {
         m.header.family = address_family(ip);
         m.header.ifindex = link.index;
         m.header.state = NeighbourState::Permanent;
-        m.attributes.push(NeighbourAttribute::Destination(match ip {
-            IpAddr::V4(a) => NeighbourAddress::Inet(a),
-            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-        }));
+        m.attributes
+            .push(NeighbourAttribute::Destination(ip.into()));
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         self.sock
@@ -40,10 +38,38 @@ impl Rtnl {
             .context(|| format!("add neighbour {ip} lladdr {mac} dev {}", link.name))
     }
 
+    /// Delete the neighbour entry for `ip` on `link`; `Ok(false)` when there was none.
+    pub fn delete_neighbour(&mut self, link: &Link, ip: IpAddr) -> Result<bool> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = address_family(ip);
+        m.header.ifindex = link.index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(ip.into()));
+        match self.sock.execute(RtnlMessage::DelNeighbour(m), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e).context(|| format!("delete neighbour {ip} dev {}", link.name)),
+        }
+    }
+
     /// The neighbour entries of one family.
     pub fn neighbours(&mut self, family: Family) -> Result<Vec<Neighbour>> {
+        self.dump_neighbours(family, None)
+    }
+
+    /// The neighbour entries of one family on one link.
+    pub fn neighbours_on(&mut self, link: &Link, family: Family) -> Result<Vec<Neighbour>> {
+        self.dump_neighbours(family, Some(link.index))
+    }
+
+    fn dump_neighbours(&mut self, family: Family, index: Option<u32>) -> Result<Vec<Neighbour>> {
         let mut m = NeighbourMessage::default();
         m.header.family = family.address_family();
+        // Under strict checking the kernel filters by NDA_IFINDEX (the header's index must
+        // stay 0 in a dump request).
+        if let Some(index) = index {
+            m.attributes.push(NeighbourAttribute::IfIndex(index));
+        }
         let replies = self
             .sock
             .dump(RtnlMessage::GetNeighbour(m))
@@ -53,6 +79,9 @@ impl Rtnl {
             let RtnlMessage::NewNeighbour(m) = r else {
                 continue;
             };
+            if index.is_some_and(|i| i != m.header.ifindex) {
+                continue;
+            }
             let mut ip = None;
             let mut mac = None;
             for a in &m.attributes {

@@ -7,7 +7,8 @@ use crate::netlink::{Context, Result};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::AddressFamily;
 use std::fmt;
@@ -57,6 +58,9 @@ pub struct Route {
     pub scope: Scope,
     /// `rtm_protocol`: who owns the route.
     pub protocol: u8,
+    /// `onlink` (`RTNH_F_ONLINK`): the gateway is taken to be on `oif`'s link even though no
+    /// address or route of the node says so (an overlay peer's inner address).
+    pub onlink: bool,
 }
 
 impl Route {
@@ -68,6 +72,18 @@ impl Route {
             oif: None,
             scope: Scope::Universe,
             protocol,
+            onlink: false,
+        }
+    }
+
+    /// `dst via gateway dev oif onlink`: through a gateway the kernel cannot find by itself,
+    /// because nothing on the link says it is there (a VXLAN peer's inner address, resolved
+    /// by a static neighbour entry).
+    pub fn onlink_via(dst: IpNet, gateway: IpAddr, oif: u32, protocol: u8) -> Route {
+        Route {
+            oif: Some(oif),
+            onlink: true,
+            ..Route::via(dst, gateway, protocol)
         }
     }
 }
@@ -80,6 +96,9 @@ impl fmt::Display for Route {
         }
         if let Some(oif) = self.oif {
             write!(f, " dev #{oif}")?;
+        }
+        if self.onlink {
+            write!(f, " onlink")?;
         }
         write!(f, " proto {}", self.protocol)
     }
@@ -106,6 +125,9 @@ fn message(route: &Route) -> RouteMessage {
     m.header.protocol = RouteProtocol::from(route.protocol);
     m.header.scope = route.scope.into();
     m.header.kind = RouteType::Unicast;
+    if route.onlink {
+        m.header.flags = RouteFlags::Onlink;
+    }
     if route.dst.prefix_len() > 0 {
         m.attributes
             .push(RouteAttribute::Destination(route.dst.network().into()));
@@ -161,6 +183,7 @@ fn parse(m: &RouteMessage) -> Option<Route> {
         oif,
         scope: m.header.scope.into(),
         protocol: m.header.protocol.into(),
+        onlink: m.header.flags.contains(RouteFlags::Onlink),
     })
 }
 
@@ -236,6 +259,7 @@ mod tests {
             oif: Some(7),
             scope: Scope::Universe,
             protocol: 180,
+            onlink: false,
         };
         let m = message(&r);
         let mut buf = vec![0; m.buffer_len()];
@@ -248,6 +272,7 @@ mod tests {
             oif: Some(3),
             scope: Scope::Universe,
             protocol: PROTOCOL_BOOT,
+            onlink: false,
         };
         let m = message(&default);
         assert!(!m
@@ -259,6 +284,24 @@ mod tests {
         assert_eq!(
             parse(&RouteMessage::parse(&buf[..]).unwrap()),
             Some(default)
+        );
+        let overlay = Route::onlink_via(
+            "fd00:10:244:2::/64".parse().unwrap(),
+            "fd00:10:244:2::".parse().unwrap(),
+            9,
+            180,
+        );
+        let m = message(&overlay);
+        assert!(m.header.flags.contains(RouteFlags::Onlink));
+        let mut buf = vec![0; m.buffer_len()];
+        m.emit(&mut buf);
+        assert_eq!(
+            parse(&RouteMessage::parse(&buf[..]).unwrap()),
+            Some(overlay.clone())
+        );
+        assert_eq!(
+            overlay.to_string(),
+            "fd00:10:244:2::/64 via fd00:10:244:2:: dev #9 onlink proto 180"
         );
     }
 }

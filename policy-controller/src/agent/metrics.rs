@@ -88,6 +88,7 @@ struct Inner {
     pods: usize,
     ready: bool,
     routes: usize,
+    overlay_routes: usize,
     deny_log_dropped: u64,
 }
 
@@ -112,6 +113,7 @@ impl Default for Metrics {
                 pods: 0,
                 ready: false,
                 routes: 0,
+                overlay_routes: 0,
                 deny_log_dropped: 0,
             }),
         }
@@ -176,8 +178,10 @@ impl Metrics {
         self.lock().ready = ready;
     }
 
-    pub fn set_routes(&self, routes: usize) {
-        self.lock().routes = routes;
+    pub fn set_routes(&self, routes: usize, overlay_routes: usize) {
+        let mut m = self.lock();
+        m.routes = routes;
+        m.overlay_routes = overlay_routes;
     }
 
     pub fn errors(&self, kind: &str) -> u64 {
@@ -258,6 +262,11 @@ impl Metrics {
             out,
             "# HELP palisade_node_routes Routes to other nodes' pod CIDRs owned by the agent.\n# TYPE palisade_node_routes gauge\npalisade_node_routes {}",
             m.routes
+        );
+        let _ = writeln!(
+            out,
+            "# HELP palisade_overlay_routes Of palisade_node_routes, those over the VXLAN overlay.\n# TYPE palisade_overlay_routes gauge\npalisade_overlay_routes {}",
+            m.overlay_routes
         );
         let _ = writeln!(
             out,

@@ -17,8 +17,9 @@
 //! clusternetworkpolicies}`,
 //! `lastSync{durationMs,commands,full}`, `invalidPolicies[{kind,namespace,name,errors}]`, plus
 //! `lastError`, `malformedObjects`, `pods`, `routes`,
-//! `masquerade{ipv4,ipv6,nonMasqueradeCIDRs,clusterCIDRs}`), `/debug/state` (the cluster state
-//! the agent compiles from, as API objects, for `palisadectl --agent`) and `/drops` (denied
+//! `masquerade{ipv4,ipv6,nonMasqueradeCIDRs,clusterCIDRs}`,
+//! `overlay{mode,routes,vxlan[{name,local,mtu,peers}]}`), `/debug/state` (the cluster state the
+//! agent compiles from, as API objects, for `palisadectl --agent`) and `/drops` (denied
 //! packets as JSON lines, [`drops`]; `?follow=true` streams them).
 
 pub mod cni;
@@ -37,6 +38,7 @@ use crate::kube::{spawn_watches, Index, WatchTuning};
 use crate::nft::Dataplane;
 use anyhow::{Context, Result};
 pub use http::MetricsListen;
+use routes::overlay::{OverlayMode, VxlanSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,9 @@ pub struct AgentConfig {
     pub nflog_group: Option<u16>,
     pub deny_log_rate: u32,
     pub manage_routes: bool,
+    /// How routes reach other nodes' pods (direct or over VXLAN); with `manage_routes` only.
+    pub overlay: OverlayMode,
+    pub vxlan: VxlanSettings,
     pub masquerade: MasqueradeOptions,
     pub table: String,
     pub nft: PathBuf,
@@ -126,7 +131,10 @@ pub async fn start(
     dataplane: Box<dyn Dataplane + Send>,
 ) -> Result<RunningAgent> {
     let shared = Arc::new(AgentShared::new(&config.node_name));
-    shared.update(|s| s.masquerade = Some(config.masquerade.clone()));
+    shared.update(|s| {
+        s.masquerade = Some(config.masquerade.clone());
+        s.overlay = config.manage_routes.then_some(config.overlay);
+    });
     let compiler = Arc::new(Mutex::new(Compiler::new(config.compile_options())));
     let metrics_listener = http::bind_metrics(config.metrics_listen).await?;
     let metrics_addr = metrics_listener
@@ -167,7 +175,7 @@ pub async fn start(
     )));
     let routes = config
         .manage_routes
-        .then(|| routes::NodeRoutes::new(&config.node_name));
+        .then(|| routes::NodeRoutes::with_overlay(&config.node_name, config.overlay, config.vxlan));
     let worker = SyncWorker::new(
         Index::new(&config.node_name),
         compiler.clone(),

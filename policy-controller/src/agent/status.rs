@@ -4,6 +4,8 @@
 
 use super::drops::DropLog;
 use super::metrics::Metrics;
+use super::routes::overlay::OverlayMode;
+use super::routes::Programmed;
 use crate::compile::MasqueradeOptions;
 use crate::kube::index::InvalidPolicy;
 use crate::kube::ResourceKind;
@@ -29,9 +31,12 @@ pub struct StatusSnapshot {
     /// `(kind, namespace/name, error)` of objects that do not decode.
     pub malformed_objects: Vec<(ResourceKind, String, String)>,
     pub pods: usize,
-    pub routes: usize,
+    /// The node routes (and VXLAN links) last programmed.
+    pub routes: Programmed,
     /// What the agent was started with (`None` only before [`super::start`] sets it).
     pub masquerade: Option<MasqueradeOptions>,
+    /// `--overlay` (`None` when the agent does not manage routes).
+    pub overlay: Option<OverlayMode>,
 }
 
 /// State shared by the agent's tasks.
@@ -120,7 +125,12 @@ impl AgentShared {
                 "error": error,
             })).collect::<Vec<_>>(),
             "pods": s.pods,
-            "routes": s.routes,
+            "routes": s.routes.routes,
+            "overlay": s.overlay.map(|mode| json!({
+                "mode": mode,
+                "routes": s.routes.overlay_routes,
+                "vxlan": s.routes.vteps,
+            })),
             "masquerade": s.masquerade.as_ref().map(|m| json!({
                 "ipv4": m.ipv4,
                 "ipv6": m.ipv6,

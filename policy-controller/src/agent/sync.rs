@@ -99,6 +99,10 @@ pub struct SyncWorker {
     routes_dirty: bool,
     /// After a failed route update: when to try again (without owing a sync).
     routes_retry_at: Option<Instant>,
+    /// After a successful one: when to check again anyway, so that what someone else changed
+    /// (a deleted VXLAN link, a flushed neighbour table, a new MTU on the node's link) is
+    /// put right without waiting for a Node to change.
+    routes_resync_at: Option<Instant>,
     /// Receipt times of events whose changes are not programmed yet.
     pending_events: Vec<Instant>,
     /// Id the next sync will carry; waiters for a change folded now need this one.
@@ -110,6 +114,7 @@ pub struct SyncWorker {
 }
 
 const ROUTES_RETRY: Duration = Duration::from_secs(2);
+const ROUTES_RESYNC: Duration = Duration::from_secs(60);
 const MAX_PENDING_EVENT_TIMES: usize = 200_000;
 
 fn lock(c: &Mutex<Compiler>) -> std::sync::MutexGuard<'_, Compiler> {
@@ -145,6 +150,7 @@ impl SyncWorker {
             urgent: false,
             routes_dirty: true,
             routes_retry_at: None,
+            routes_resync_at: None,
             pending_events: Vec::new(),
             next_sync_id: 1,
             waiters: Vec::new(),
@@ -189,7 +195,11 @@ impl SyncWorker {
                     self.expire_waiters();
                     if self.sync_due() {
                         self.sync().await;
-                    } else if self.routes_retry_at.is_some_and(|at| at <= Instant::now()) {
+                    } else if [self.routes_retry_at, self.routes_resync_at]
+                        .into_iter()
+                        .flatten()
+                        .any(|at| at <= Instant::now())
+                    {
                         self.sync_routes();
                     }
                 }
@@ -313,6 +323,7 @@ impl SyncWorker {
             .iter()
             .map(|w| w.deadline)
             .chain(self.routes_retry_at)
+            .chain(self.routes_resync_at)
             .min();
         if let (Some(since), true) = (self.dirty_since, self.index.initial_list_done()) {
             let mut at = if self.urgent {
@@ -473,13 +484,17 @@ impl SyncWorker {
             self.routes_dirty = false;
             return;
         };
-        let desired = routes.desired(self.index.nodes());
         self.routes_retry_at = None;
-        match blocking(|| routes.reconcile(&desired)) {
-            Ok(()) => {
+        self.routes_resync_at = None;
+        let nodes = self.index.nodes();
+        match blocking(|| routes.reconcile(nodes)) {
+            Ok(programmed) => {
                 self.routes_dirty = false;
-                self.shared.metrics.set_routes(desired.len());
-                self.shared.update(|s| s.routes = desired.len());
+                self.shared
+                    .metrics
+                    .set_routes(programmed.routes, programmed.overlay_routes);
+                self.shared.update(|s| s.routes = programmed);
+                self.routes_resync_at = Some(Instant::now() + ROUTES_RESYNC);
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "node routes not in place; retried at the next sync");

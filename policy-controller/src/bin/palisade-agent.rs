@@ -4,6 +4,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use palisade_policy::agent::logging::{self, LogFormat};
+use palisade_policy::agent::routes::overlay::{
+    OverlayMode, VxlanSettings, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI,
+};
 use palisade_policy::agent::{self, AgentConfig, MetricsListen, NewPods};
 use palisade_policy::compile::MasqueradeOptions;
 use palisade_policy::install;
@@ -111,6 +114,17 @@ struct RunArgs {
     /// Keep routes to the other nodes' pod CIDRs.
     #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     manage_routes: bool,
+    /// How pod traffic reaches other nodes: never (routes via their InternalIPs; the nodes
+    /// share a layer-2 network), always (VXLAN to every node), cross-subnet (VXLAN to nodes
+    /// outside this node's subnet only).
+    #[arg(long, value_enum, default_value = "never")]
+    overlay: OverlayMode,
+    /// UDP port of the VXLAN overlay.
+    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT)]
+    vxlan_port: u16,
+    /// VXLAN network identifier of the overlay (1..16777215).
+    #[arg(long, default_value_t = DEFAULT_VXLAN_VNI, value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+    vxlan_vni: u32,
     /// Masquerade IPv4 traffic of this node's pods to destinations outside the cluster's pod
     /// CIDRs and --non-masquerade-cidrs (it leaves with the node's address).
     #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -159,6 +173,9 @@ struct InstallArgs {
     /// How long to wait for the Node to get spec.podCIDRs.
     #[arg(long, default_value_t = 300)]
     wait_seconds: u64,
+    /// The agent's --overlay: the pods' MTU leaves room for VXLAN unless it is never.
+    #[arg(long, value_enum, default_value = "never")]
+    overlay: OverlayMode,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +246,11 @@ fn run(args: RunArgs) -> Result<()> {
         nflog_group: (args.nflog_group != 0).then_some(args.nflog_group),
         deny_log_rate: args.deny_log_rate,
         manage_routes: args.manage_routes,
+        overlay: args.overlay,
+        vxlan: VxlanSettings {
+            port: args.vxlan_port,
+            vni: args.vxlan_vni,
+        },
         masquerade: MasqueradeOptions {
             ipv4: args.masquerade_ipv4,
             ipv6: args.masquerade_ipv6,
@@ -293,13 +315,13 @@ async fn install_cni(args: InstallArgs) -> Result<()> {
     let client = kube_client(args.kubeconfig.clone()).await?;
     let nodes: kube::Api<Slim<api::Node>> = kube::Api::all(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_seconds);
-    let pod_cidrs = loop {
+    let node = loop {
         match nodes.get(&args.node_name).await {
             Ok(node) => match node.body {
                 Ok(node) => {
                     let info = NodeInfo::from_api(&node);
                     if !info.pod_cidrs.is_empty() {
-                        break info.pod_cidrs;
+                        break info;
                     }
                     tracing::info!(node = %args.node_name, "node has no spec.podCIDRs yet; waiting");
                 }
@@ -318,14 +340,31 @@ async fn install_cni(args: InstallArgs) -> Result<()> {
     };
     let template = std::fs::read_to_string(&args.template)
         .with_context(|| format!("read conflist template {}", args.template.display()))?;
+    // The MTU is measured when the template asks for it, and with an overlay also to warn
+    // about a fixed one that is too large for it.
+    let mtu = if template.contains(install::MTU_PLACEHOLDER) || args.overlay != OverlayMode::Never {
+        Some(install::pod_mtu_here(args.overlay, &node.internal_ips)?)
+    } else {
+        None
+    };
     let cfg = install::InstallConfig {
         cni_bin_dir: args.cni_bin_dir,
         cni_conf_dir: args.cni_conf_dir,
         plugin_binary: args.plugin_binary,
         template,
     };
-    install::install_cni(&cfg, &args.node_name, &pod_cidrs)?;
-    tracing::info!(node = %args.node_name, ?pod_cidrs, "CNI plugin and conflist installed");
+    let conflist = install::install_cni(&cfg, &args.node_name, &node.pod_cidrs, mtu)?;
+    if let Some(limit) = mtu.filter(|_| args.overlay != OverlayMode::Never) {
+        for fixed in install::mtus_above(&conflist, limit) {
+            tracing::warn!(
+                template_mtu = fixed,
+                overlay_mtu = limit,
+                "the conflist template's fixed mtu exceeds what the overlay carries: pods \
+                 depend on path MTU discovery (use \"__PALISADE_MTU__\" to have it detected)"
+            );
+        }
+    }
+    tracing::info!(node = %args.node_name, pod_cidrs = ?node.pod_cidrs, ?mtu, overlay = %args.overlay, "CNI plugin and conflist installed");
     Ok(())
 }
 

@@ -51,16 +51,11 @@ pub(crate) fn fam(f: Family) -> &'static str {
     }
 }
 
-/// 16 hex digits of FNV-1a 64 over the canonical JSON of `v`: stable across runs, releases
-/// and machines (std's hasher is not).
+/// 16 hex digits of [`palisade_common::stable_hash`] over the canonical JSON of `v`: stable
+/// across runs, releases and machines.
 pub(crate) fn hash_of<T: Serialize + ?Sized>(v: &T) -> String {
     let text = serde_json::to_string(v).expect("serialisable");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", palisade_common::stable_hash(&[text.as_bytes()]))
 }
 
 /// The chain of one policy's rules for one direction: `pi-`/`pe-` for a NetworkPolicy,

@@ -176,6 +176,15 @@ pub fn render_status(
     if let Some(Value::Object(m)) = status.get("masquerade") {
         rows.push(("masquerade".into(), describe_masquerade(m)));
     }
+    if let Some(routes) = status.get("routes").filter(|v| !v.is_null()) {
+        rows.push((
+            "node routes".into(),
+            match status.get("overlay") {
+                Some(Value::Object(o)) => describe_overlay(&s(routes), o),
+                _ => s(routes),
+            },
+        ));
+    }
     if let Some(e) = status.get("lastError").filter(|v| !v.is_null()) {
         rows.push(("last error".into(), s(e)));
     }
@@ -264,6 +273,41 @@ fn describe_masquerade(m: &serde_json::Map<String, Value>) -> String {
         text.push_str(&format!("; cluster CIDRs {}", cluster.join(", ")));
     }
     text
+}
+
+/// `3 (2 over VXLAN, cross-subnet; vxlan4.palisade from 192.0.2.1, mtu 1450, 1 peer)` from
+/// the agent's `routes` and `overlay` status.
+fn describe_overlay(routes: &str, o: &serde_json::Map<String, Value>) -> String {
+    let mode = o.get("mode").and_then(Value::as_str).unwrap_or("-");
+    if mode == "never" {
+        return format!("{routes} (direct, overlay never)");
+    }
+    let links: Vec<String> = o
+        .get("vxlan")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let peers = l["peers"].as_u64().unwrap_or(0);
+            format!(
+                "{} from {}, mtu {}, {peers} peer{}",
+                l["name"].as_str().unwrap_or("-"),
+                l["local"].as_str().unwrap_or("-"),
+                l["mtu"],
+                if peers == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    format!(
+        "{routes} ({} over VXLAN, {mode}; {})",
+        o.get("routes")
+            .map_or_else(|| "-".to_string(), Value::to_string),
+        if links.is_empty() {
+            "no VXLAN link".to_string()
+        } else {
+            links.join("; ")
+        }
+    )
 }
 
 /// `palisadectl status -o json|yaml`: the agent's status plus the table's counts.

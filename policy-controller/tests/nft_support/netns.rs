@@ -4,9 +4,9 @@
 
 use palisade_policy::nft::{NftDataplane, NftOptions};
 use palisade_testutil::TestNetns;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// node ⟷ pod A (`10.70.1.2`, `fd70:1::2`) and node ⟷ pod B (`10.70.2.2`, `fd70:2::2`);
 /// the node forwards. Node-side veths are `pala` and `palb` (the pod prefix).
@@ -90,6 +90,93 @@ pub fn tcp_server(ns: &TestNetns, port: u16) -> SocketAddr {
     local
 }
 
+/// New TCP connections per second from inside `from` to `to` over `seconds`, each closed
+/// with RST (benchmarks: the datapath's and the overlay's).
+pub fn connection_rate(from: &TestNetns, to: SocketAddr, seconds: f64) -> f64 {
+    from.run(|| {
+        let start = Instant::now();
+        let (mut n, mut failed) = (0u64, 0u64);
+        let mut first_error = None;
+        while start.elapsed().as_secs_f64() < seconds {
+            match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                Ok(s) => {
+                    rst_on_close(&s);
+                    n += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if failed > 0 {
+            println!("  ({failed} connects failed, first: {first_error:?})");
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// Bulk TCP throughput in Gbit/s from inside `from` to an `iperf3 -s -p 5201` at `to`
+/// (`iperf3 -t 5`, what the receiver counted).
+pub fn iperf3_gbit(from: &TestNetns, to: &str) -> f64 {
+    let out = from
+        .exec(
+            "iperf3",
+            &[
+                "-c",
+                to,
+                "-p",
+                "5201",
+                "-t",
+                "5",
+                "--connect-timeout",
+                "2000",
+                "-J",
+            ],
+        )
+        .expect("iperf3 client");
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+/// The source address a UDP datagram from `from` (bound to `bind`, else any address)
+/// arrives with at `to` (in `to_ns`), or `None` when nothing arrives: what masquerade
+/// rewrote, or what the overlay kept.
+pub fn udp_source(
+    from: &TestNetns,
+    to_ns: &TestNetns,
+    to: SocketAddr,
+    bind: Option<IpAddr>,
+) -> Option<IpAddr> {
+    let rx = to_ns.run(|| bind_udp_retrying(to.port()));
+    rx.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let tx = from.run(|| {
+        let any = if to.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        };
+        UdpSocket::bind((bind.unwrap_or(any), 0)).expect("bind udp client")
+    });
+    tx.send_to(b"who am i", to).expect("send udp");
+    let mut buf = [0u8; 16];
+    rx.recv_from(&mut buf)
+        .ok()
+        .map(|(_, from)| match from.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        })
+}
+
 /// Close with RST (SO_LINGER 0): no TIME_WAIT on either side, so connection loops never run
 /// into a 4-tuple that is still waiting.
 pub fn rst_on_close(s: &TcpStream) {
@@ -118,7 +205,7 @@ pub fn tcp_connects(ns: &TestNetns, to: SocketAddr) -> bool {
 /// socket on the same port is closed when its `udp_reaches` returns, but a process another
 /// test thread is spawning at that instant holds a copy of every descriptor until its exec
 /// (close-on-exec), and keeps the port bound that long: a one-off "Address already in use".
-fn bind_udp_retrying(port: u16) -> UdpSocket {
+pub fn bind_udp_retrying(port: u16) -> UdpSocket {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
         match UdpSocket::bind(("::", port)) {

@@ -32,6 +32,14 @@ pub fn unique_link_name(tag: char) -> String {
     format!("{tag}{pid}x{n}").chars().take(15).collect()
 }
 
+/// The load average (1, 5, 15 minutes) as `/proc/loadavg` gives it: benchmarks print it
+/// beside their figures, since a busy machine moves them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// Kernel tests need root; they fail loudly without it rather than pass by skipping, unless
 /// the caller opted out with `PALISADE_SKIP_KERNEL_TESTS=1`.
 /// Returns `false` when the test should return early (opted out).
@@ -233,6 +241,41 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Sets "don't fragment" on a UDP socket (IP_PMTUDISC_DO, or IPV6_PMTUDISC_DO for an IPv6
+/// socket): a datagram over the path MTU is refused with EMSGSIZE instead of fragmented.
+pub fn set_dont_fragment(sock: &std::net::UdpSocket, ipv6: bool) {
+    use std::os::fd::AsRawFd;
+    let (level, opt, val) = if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: a valid socket and an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt MTU_DISCOVER: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[cfg(test)]
