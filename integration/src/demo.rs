@@ -106,7 +106,14 @@ spec:
     ),
 ];
 
-pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bool) -> Result<()> {
+pub fn run(
+    nodes: usize,
+    family: Family,
+    bins: Binaries,
+    image: Option<std::sync::Arc<crate::cluster::image::ImageMode>>,
+    colour: bool,
+    pause: bool,
+) -> Result<()> {
     let bold = |s: &str| {
         if colour {
             format!("\x1b[1m{s}\x1b[0m")
@@ -127,7 +134,9 @@ pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bo
         bold(&format!("Starting a {nodes}-node netns cluster..."))
     );
     let t0 = Instant::now();
-    let mut cluster = Cluster::start(ClusterConfig::new(nodes, bins))?;
+    let mut config = ClusterConfig::new(nodes, bins);
+    config.image = image;
+    let mut cluster = Cluster::start(config)?;
     let (_proxy, kubeconfig) = cluster.expose_api_on_loopback()?;
     let mut last = None;
     for (ns, l) in [

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Times a cell observed blocked is probed again before it counts.
     pub retry_blocked: usize,
+    /// Image mode: the nodes run Palisade from the image under its DaemonSet.
+    pub image: Option<std::sync::Arc<crate::cluster::image::ImageMode>>,
 }
 
 /// The outcome of one scenario.
@@ -78,6 +80,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> ScenarioResult {
     cluster_cfg.routes = opts.routes;
     cluster_cfg.agent_args = opts.agent_args.clone();
     cluster_cfg.verbose = opts.verbose;
+    cluster_cfg.image = opts.image.clone();
     let outcome = Cluster::start(cluster_cfg).and_then(|mut cluster| {
         let r = execute(s, opts, &mut cluster, &mut report, &mut probes);
         if r.is_err() || !report.is_empty() {
@@ -260,7 +263,16 @@ fn describe_api_error(e: &ApiError) -> String {
 /// Run every scenario file on a fresh netns cluster; see [`run_all`] for the output.
 /// Returns whether all passed.
 pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
-    let setup = format!("over {} with {} node(s)", opts.family, opts.nodes);
+    let setup = format!(
+        "over {} with {} node(s){}",
+        opts.family,
+        opts.nodes,
+        if opts.image.is_some() {
+            " (image mode)"
+        } else {
+            ""
+        }
+    );
     run_all(
         files,
         &setup,

@@ -33,6 +33,7 @@ fn opts(family: Family) -> RunOptions {
         colour: false,
         verbose: true,
         retry_blocked: 1,
+        image: None,
     }
 }
 

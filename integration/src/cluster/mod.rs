@@ -25,6 +25,7 @@
 //! exists and removed by [`Cluster::teardown`], by `Drop` (panics), or by the signal handler.
 
 pub mod cleanup;
+pub mod image;
 pub mod netns;
 pub mod probe;
 
@@ -35,11 +36,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use netns::Netns;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Port of the API stand-in on the segment bridge.
@@ -104,6 +106,9 @@ pub struct ClusterConfig {
     pub probe_concurrency: usize,
     /// Print each step of the cluster's life on stderr.
     pub verbose: bool,
+    /// Image mode: every node runs Palisade from the image, as the DaemonSet says
+    /// ([`image`]); `bins.cni` and `bins.agent` are then not used.
+    pub image: Option<Arc<image::ImageMode>>,
 }
 
 impl ClusterConfig {
@@ -117,6 +122,7 @@ impl ClusterConfig {
             probe_timeout: Duration::from_millis(1000),
             probe_concurrency: 32,
             verbose: false,
+            image: None,
         }
     }
 }
@@ -134,6 +140,8 @@ pub struct Node {
     pub agent_socket: PathBuf,
     pub conflist: Value,
     agent: Option<Child>,
+    /// Image mode: the node's pod of the DaemonSet.
+    pod: Option<image::NodePod>,
     pub agent_log: PathBuf,
 }
 
@@ -237,10 +245,12 @@ impl Cluster {
         for s in swept {
             eprintln!("removed leftover of a crashed run: {s}");
         }
-        for (what, p) in [
-            ("palisade", &config.bins.cni),
-            ("palisade-testpod", &config.bins.testpod),
-        ] {
+        // In image mode the plugin comes from the image.
+        let mut needed = vec![("palisade-testpod", &config.bins.testpod)];
+        if config.image.is_none() {
+            needed.push(("palisade", &config.bins.cni));
+        }
+        for (what, p) in needed {
             if !p.exists() {
                 bail!(
                     "{what} binary not found at {} (build it first)",
@@ -349,7 +359,7 @@ impl Cluster {
                         "timeoutMs": 10000,
                         // With an agent, a pod it did not program is a harness failure, not
                         // something to paper over.
-                        "required": self.config.bins.agent.is_some(),
+                        "required": self.has_agents(),
                     },
                 }],
             });
@@ -370,9 +380,10 @@ impl Cluster {
                 agent_socket,
                 conflist,
                 agent: None,
+                pod: None,
             });
         }
-        if self.config.routes == RouteMode::Harness || self.config.bins.agent.is_none() {
+        if self.config.routes == RouteMode::Harness || !self.has_agents() {
             for n in &self.nodes {
                 for m in &self.nodes {
                     if n.index == m.index {
@@ -401,9 +412,18 @@ impl Cluster {
         // The API stand-in: in-process, its socket bound inside the segment namespace (the
         // runtime thread it spawns inherits the namespace of the thread that spawns it).
         let addr = self.api_addr;
+        // Image mode: the pods are in-cluster clients (HTTPS, a CA, a token).
+        let tls = match self.config.image {
+            Some(_) => Some(image::api_listener()?),
+            None => None,
+        };
+        let api_config = ApiServerConfig {
+            tls: tls.clone(),
+            ..ApiServerConfig::default()
+        };
         let api = self
             .segment
-            .run_inside(move || ApiServer::start_in_thread(addr, ApiServerConfig::default()))
+            .run_inside(move || ApiServer::start_in_thread(addr, api_config))
             .context("start the API stand-in in the segment namespace")?;
         api.write_kubeconfig(&self.dir.join("kubeconfig"))?;
         for n in &self.nodes {
@@ -424,7 +444,12 @@ impl Cluster {
         }
         self.api = Some(api);
 
-        if let Some(agent) = self.config.bins.agent.clone() {
+        if let Some(tls) = tls {
+            self.start_node_pods(&tls)?;
+            let deadline = Instant::now() + self.config.programming_timeout;
+            self.wait_node_routes(deadline)?;
+            self.log(format!("node pods ready after {:?}", t0.elapsed()));
+        } else if let Some(agent) = self.config.bins.agent.clone() {
             for i in 0..self.nodes.len() {
                 self.start_agent(i, &agent)?;
             }
@@ -469,6 +494,11 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Whether agents run (natively or from the image).
+    pub fn has_agents(&self) -> bool {
+        self.config.bins.agent.is_some() || self.config.image.is_some()
     }
 
     pub fn api(&self) -> &ApiServer {
@@ -524,7 +554,7 @@ impl Cluster {
     /// All agents' log tails, headed by the node name.
     pub fn agent_logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
-        if self.config.bins.agent.is_none() {
+        if !self.has_agents() {
             return out;
         }
         for n in &self.nodes {
@@ -542,22 +572,9 @@ impl Cluster {
     pub fn agent_get(&self, node: usize, path: &str) -> Result<(u16, String)> {
         let n = &self.nodes[node - 1];
         let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_STATUS_PORT));
-        let mut s = n.netns.connect(addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        // HTTP/1.0: the answer ends at EOF, never chunked.
-        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("malformed HTTP answer from {} agent: {text}", n.name))?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("no status code in {head:?}"))?;
-        Ok((code, body.to_string()))
+        n.netns
+            .http_get(addr, path, &[], Duration::from_secs(5))
+            .with_context(|| format!("GET {path} from the {} agent", n.name))
     }
 
     /// The agent's `/status` JSON.
@@ -570,6 +587,7 @@ impl Cluster {
     }
 
     fn agent_alive(&mut self, i: usize) -> Result<()> {
+        self.pod_alive(i)?;
         let n = &mut self.nodes[i];
         if let Some(child) = n.agent.as_mut() {
             if let Some(status) = child.try_wait()? {
@@ -606,7 +624,7 @@ impl Cluster {
     /// Wait until every agent reports `programmedResourceVersions[kind] >= rv`. Returns how
     /// long that took from the write. Without agents, returns at once.
     pub fn wait_programmed(&mut self, write: ApiWrite) -> Result<Duration> {
-        if self.config.bins.agent.is_none() {
+        if !self.has_agents() {
             return Ok(write.at.elapsed());
         }
         let deadline = Instant::now() + self.config.programming_timeout;
@@ -891,14 +909,24 @@ impl Cluster {
         let mut conf = list["plugins"][0].clone();
         conf["name"] = list["name"].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
-        let cni_dir = self
-            .config
-            .bins
-            .cni
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let mut cmd = node.netns.command(&self.config.bins.cni);
+        let (mut cmd, cni_path) = match image::installed_plugin(node, &plugin_type(&conf)?) {
+            // Image mode: the plugin and config that the node's pod installed, run as the
+            // node's runtime runs them.
+            Some(cmd) => (cmd?, image::installed_cni_path().to_string()),
+            None => {
+                let cni_dir = self
+                    .config
+                    .bins
+                    .cni
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                (
+                    node.netns.command(&self.config.bins.cni),
+                    format!("{cni_dir}:/opt/cni/bin:/usr/lib/cni"),
+                )
+            }
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
             .env("CNI_COMMAND", command)
@@ -912,7 +940,7 @@ impl Cluster {
                     pod.spec.namespace, pod.spec.name, pod.container_id, pod.uid
                 ),
             )
-            .env("CNI_PATH", format!("{cni_dir}:/opt/cni/bin:/usr/lib/cni"))
+            .env("CNI_PATH", cni_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1091,8 +1119,11 @@ impl Cluster {
                 }
             }
         }
-        for n in &mut self.nodes {
-            stop_child(&mut n.agent);
+        for i in 0..self.nodes.len() {
+            if let Err(e) = self.stop_node_pod(i) {
+                errors.push(format!("{e:#}"));
+            }
+            stop_child(&mut self.nodes[i].agent);
         }
         if let Some(api) = self.api.take() {
             drop(api);
@@ -1165,6 +1196,14 @@ fn pod_containers(spec: &PodSpec) -> (Vec<Value>, Vec<Value>) {
                     "restartPolicy": "Always", "ports": sidecar})]
     };
     (containers, init)
+}
+
+/// The `type` of a plugin config.
+fn plugin_type(conf: &Value) -> Result<String> {
+    conf["type"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("plugin config without a type: {conf}"))
 }
 
 fn sanitize(s: &str) -> String {
