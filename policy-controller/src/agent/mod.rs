@@ -4,7 +4,7 @@
 //! ```text
 //!  kube::watch (×4) ──ClusterEvent──┐
 //!                                   ├─► sync::SyncWorker ─► Compiler ─► Dataplane (nft)
-//!  cni socket ───────CniCommand─────┘         │                          └─► routes (ip)
+//!  cni socket ───────CniCommand─────┘         │                          └─► routes (netlink)
 //!                                             └─► status ◄── http (/metrics /status ...)
 //!  nflog thread ◄── NFLOG group (denied packets), reads the compiler's state
 //! ```

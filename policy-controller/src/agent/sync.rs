@@ -116,7 +116,7 @@ fn lock(c: &Mutex<Compiler>) -> std::sync::MutexGuard<'_, Compiler> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Run blocking work (nft, ip) without stalling other tasks on a multi-thread runtime; on a
+/// Run blocking work (nft, netlink) without stalling other tasks on a multi-thread runtime; on a
 /// current-thread runtime (tests) just run it.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {

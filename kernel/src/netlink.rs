@@ -1,0 +1,313 @@
+//! One synchronous netlink socket for every protocol the kernel layer speaks, carrying the
+//! typed messages of the `netlink-packet-*` crates (`RouteNetlinkMessage` for rtnetlink,
+//! `NetfilterMessage` for nf_tables, conntrack and NFLOG), the way containers/netavark drives
+//! them: a `netlink-sys` socket, one request at a time, replies read until the ack or the end
+//! of the dump. No async runtime: the CNI plugin is a short-lived process whose start-up time
+//! matters, and the agent calls this from a blocking section.
+//!
+//! A socket talks to the network namespace it was *created* in, whatever thread later uses
+//! it; open it inside [`crate::netns::Netns::run`] to talk to another namespace.
+//!
+//! Error replies keep the kernel's extended-ack text (`NLMSGERR_ATTR_MSG`, e.g. "Nexthop
+//! device is not up"): `netlink-packet-core` hands the bytes after the error code over
+//! unparsed, so [`ext_ack_message`] reads that one attribute itself.
+
+use netlink_packet_core::{
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_sys::SocketAddr;
+use std::io;
+use std::marker::PhantomData;
+
+/// `NLMSGERR_ATTR_MSG` (linux/netlink.h): the extended ack's error text.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NETLINK_HEADER_LEN: usize = 16;
+/// Large enough for any datagram the kernel sends on these sockets: dumps are built in
+/// skbs of at most 32 KiB, and a longer datagram is reported, not cut silently.
+const RECV_BUF: usize = 64 * 1024;
+
+/// A failed netlink request: what was asked ("add route 10.244.1.0/24 via 192.0.2.2"), the
+/// errno, and the kernel's extended-ack message when it sent one.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}{}", kernel_msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+pub struct Error {
+    pub context: String,
+    pub source: io::Error,
+    pub kernel_msg: Option<String>,
+}
+
+impl Error {
+    pub fn new(context: impl Into<String>, source: io::Error) -> Error {
+        Error {
+            context: context.into(),
+            source,
+            kernel_msg: None,
+        }
+    }
+
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    fn invalid(context: impl Into<String>, what: impl std::fmt::Display) -> Error {
+        Error::new(
+            context,
+            io::Error::new(io::ErrorKind::InvalidData, what.to_string()),
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The request's context for an error from the socket layer.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|mut e| {
+            e.context = what();
+            e
+        })
+    }
+}
+
+/// A netlink socket carrying messages of type `M` (one protocol).
+pub struct Socket<M> {
+    socket: netlink_sys::Socket,
+    seq: u32,
+    buf: Vec<u8>,
+    _messages: PhantomData<M>,
+}
+
+impl<M> Socket<M>
+where
+    M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    NetlinkPayload<M>: From<M>,
+{
+    /// A socket of `protocol` (`netlink_sys::protocols::NETLINK_*`) in the calling thread's
+    /// network namespace, with extended acks on and echoed requests capped.
+    pub fn open(protocol: isize) -> Result<Socket<M>> {
+        let mut socket =
+            netlink_sys::Socket::new(protocol).map_err(|e| Error::new("open netlink socket", e))?;
+        // Best effort: both only make error replies more useful (and smaller).
+        let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
+        socket
+            .bind(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::new("bind netlink socket", e))?;
+        Ok(Socket {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+            _messages: PhantomData,
+        })
+    }
+
+    /// The underlying socket (for options such as group membership).
+    pub fn raw(&self) -> &netlink_sys::Socket {
+        &self.socket
+    }
+
+    /// Serialize `msg` with `flags` (plus `NLM_F_REQUEST`) and the next sequence number.
+    fn frame(&mut self, msg: M, flags: u16) -> Vec<u8> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+        packet.header.flags = NLM_F_REQUEST | flags;
+        packet.header.sequence_number = self.seq;
+        packet.finalize();
+        let mut out = vec![0; packet.buffer_len()];
+        packet.serialize(&mut out);
+        out
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.socket
+            .send(bytes, 0)
+            .map_err(|e| Error::new("send netlink request", e))?;
+        Ok(())
+    }
+
+    /// Send a change request and wait for the kernel's ack.
+    pub fn execute(&mut self, msg: M, flags: u16) -> Result<()> {
+        let bytes = self.frame(msg, flags | NLM_F_ACK);
+        self.send(&bytes)?;
+        self.replies(false).map(|_| ())
+    }
+
+    /// Send a get request expecting at most one reply.
+    pub fn get(&mut self, msg: M, flags: u16) -> Result<Option<M>> {
+        let bytes = self.frame(msg, flags);
+        self.send(&bytes)?;
+        Ok(self.replies(false)?.into_iter().next())
+    }
+
+    /// Send a dump request and gather every reply up to `NLMSG_DONE`.
+    pub fn dump(&mut self, msg: M) -> Result<Vec<M>> {
+        let bytes = self.frame(msg, NLM_F_DUMP);
+        self.send(&bytes)?;
+        self.replies(true)
+    }
+
+    /// Send several requests in one datagram (an nfnetlink batch, which the kernel applies
+    /// as a whole inside `sendmsg`), without asking for acks, then collect the errors the
+    /// kernel queued for refused ones. `Ok` means every message was accepted.
+    pub fn send_batch(&mut self, msgs: impl IntoIterator<Item = (M, u16)>) -> Result<()> {
+        let mut bytes = Vec::new();
+        for (msg, flags) in msgs {
+            let frame = self.frame(msg, flags);
+            bytes.extend_from_slice(&frame);
+        }
+        self.send(&bytes)?;
+        let mut first = None;
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::new("receive netlink reply", e)),
+            };
+            for msg in messages::<M>(&self.buf[..n.min(RECV_BUF)]) {
+                if let Err(e) = msg.and_then(|m| check_error(&m)) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Read replies to the last request until its ack or error (`dump`: until
+    /// `NLMSG_DONE`). Replies to earlier requests (a get whose ack was not asked for) are
+    /// skipped by sequence number.
+    fn replies(&mut self, dump: bool) -> Result<Vec<M>> {
+        let mut out = Vec::new();
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::new("receive netlink reply", e)),
+            };
+            if n > RECV_BUF {
+                return Err(Error::invalid(
+                    "receive netlink reply",
+                    format!("a {n}-byte datagram does not fit the {RECV_BUF}-byte buffer"),
+                ));
+            }
+            for msg in messages::<M>(&self.buf[..n]) {
+                let msg = msg?;
+                if msg.header.sequence_number != self.seq {
+                    continue;
+                }
+                check_error(&msg)?;
+                match msg.payload {
+                    NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if !dump {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The messages of one datagram.
+fn messages<M: NetlinkDeserializable>(
+    mut buf: &[u8],
+) -> impl Iterator<Item = Result<NetlinkMessage<M>>> + '_ {
+    std::iter::from_fn(move || {
+        if buf.len() < NETLINK_HEADER_LEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        if len < NETLINK_HEADER_LEN || len > buf.len() {
+            buf = &[];
+            return Some(Err(Error::invalid(
+                "parse netlink reply",
+                "a message length beyond the datagram",
+            )));
+        }
+        let msg = NetlinkMessage::<M>::deserialize(&buf[..len])
+            .map_err(|e| Error::invalid("parse netlink reply", e));
+        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+        Some(msg)
+    })
+}
+
+/// `Err` for an `NLMSG_ERROR` with a non-zero code, with its extended-ack text.
+fn check_error<M>(msg: &NetlinkMessage<M>) -> Result<()> {
+    if let NetlinkPayload::Error(e) = &msg.payload {
+        if let Some(code) = e.code {
+            return Err(Error {
+                context: String::new(),
+                source: io::Error::from_raw_os_error(-code.get()),
+                kernel_msg: ext_ack_message(msg.header.flags, &e.header),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `NLMSGERR_ATTR_MSG` text of an error reply. `after_code` is what follows the error
+/// code: the request's header (and, unless `NLM_F_CAPPED`, its payload), then the extended
+/// ack attributes when `NLM_F_ACK_TLVS` is set.
+pub fn ext_ack_message(flags: u16, after_code: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let request_len = if flags & NLM_F_CAPPED != 0 {
+        NETLINK_HEADER_LEN
+    } else {
+        u32::from_ne_bytes(after_code.get(0..4)?.try_into().ok()?) as usize
+    };
+    let tlvs = after_code.get((request_len + 3) & !3..)?;
+    NlasIterator::new(tlvs).flatten().find_map(|nla| {
+        (nla.kind() == NLMSGERR_ATTR_MSG).then(|| {
+            let v = nla.value();
+            let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+            String::from_utf8_lossy(&v[..end]).into_owned()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ext_ack_messages_are_read_after_a_capped_request() {
+        // A capped request header (16 bytes), then NLMSGERR_ATTR_MSG "boom".
+        let mut p = vec![0u8; 16];
+        p.extend_from_slice(&9u16.to_ne_bytes());
+        p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        p.extend_from_slice(b"boom\0\0\0\0");
+        assert_eq!(
+            ext_ack_message(NLM_F_ACK_TLVS | NLM_F_CAPPED, &p).as_deref(),
+            Some("boom")
+        );
+        assert_eq!(ext_ack_message(0, &p), None);
+        // Not capped: the echoed request says how long it is (here 20 bytes).
+        let mut q = vec![0u8; 20];
+        q[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        q.extend_from_slice(&p[16..]);
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &q).as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn errors_name_the_request_and_keep_the_kernel_text() {
+        let e = Error {
+            context: "add route 10.0.0.0/24".into(),
+            source: io::Error::from_raw_os_error(libc::ENETUNREACH),
+            kernel_msg: Some("Nexthop has invalid gateway".into()),
+        };
+        assert_eq!(e.errno(), Some(libc::ENETUNREACH));
+        let text = e.to_string();
+        assert!(text.starts_with("add route 10.0.0.0/24: "), "{text}");
+        assert!(text.ends_with(" (Nexthop has invalid gateway)"), "{text}");
+    }
+}
