@@ -4,9 +4,11 @@
 #   2. rustfmt and clippy -D warnings
 #   3. cargo test --workspace: unit, property, golden, kernel (network namespaces), real
 #      runtimes (podman, containerd), the kube API stand-in with kubectl, manifests
-#   4. the image assembled as an OCI layout and its entry points run
+#   4. the image assembled as an OCI layout (once) and its entry points run
 #   5. the kind integration scripts checked (bash -n, shellcheck)
-#   6. every scenario on the netns cluster, IPv4 then IPv6
+#   6. every scenario on the netns cluster, IPv4 then IPv6, from the freshly built binaries
+#   7. every scenario again in image mode: each node runs the image under conf/'s DaemonSet
+#      (IPv6: in-cluster API access over IPv6 is covered there too)
 # Each stage prints its own summary; the last line is the scenario runner's "N passed, M failed".
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +36,10 @@ kubernetes-validate --strict --quiet conf/[0-9]*.yaml conf/uninstall/*.yaml
 kubectl kustomize conf >/dev/null
 
 stage "image (OCI layout)"
-bash image/test-image.sh "$(mktemp -d /tmp/palisade-image.XXXXXX)"
+image_out=$(mktemp -d /tmp/palisade-image.XXXXXX)
+trap 'rm -rf "$image_out"' EXIT
+bash image/build-oci.sh "$image_out"
+PALISADE_IMAGE_OUT=$image_out bash image/test-image.sh "$(mktemp -d /tmp/palisade-image-test.XXXXXX)"
 
 stage "kind integration scripts"
 for f in integration/kind/*.sh; do bash -n "$f"; shellcheck "$f"; done
@@ -55,3 +60,5 @@ stage "scenarios, IPv4"
 integration/run-scenarios --family v4 "${scenarios[@]}"
 stage "scenarios, IPv6"
 integration/run-scenarios --family v6 "${scenarios[@]}"
+stage "scenarios, IPv6, image mode (the image under conf/'s DaemonSet on every node)"
+integration/run-scenarios --family v6 --image "$image_out/oci" "${scenarios[@]}"

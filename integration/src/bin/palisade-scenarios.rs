@@ -68,7 +68,8 @@ struct ImageArgs {
 
 /// `conf/` of the checkout this binary was built from.
 fn default_conf_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf")
+    let integration = Path::new(env!("CARGO_MANIFEST_DIR"));
+    integration.parent().unwrap_or(integration).join("conf")
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -21,7 +21,7 @@ use super::{Cluster, Node};
 use crate::apiserver::tls::{ClusterCa, TlsListener};
 use crate::kubelet::cni::NodeCni;
 use crate::kubelet::manifests::Manifests;
-use crate::kubelet::podman::{layout_reference, ImageStore};
+use crate::kubelet::podman::{layout_reference, ImageStore, Launch};
 use crate::kubelet::podspec::{plan_pod, ApiAccess, NodeFacts, PodPlan};
 use crate::kubelet::security::ProcessSecurity;
 use crate::kubelet::{prepare_pod, probe};
@@ -223,13 +223,19 @@ impl Cluster {
                 let Some(c) = plan.init_containers.get(step) else {
                     continue;
                 };
-                let name = container_name(self, n, &c.name);
-                let log = log_path(n, &c.name);
+                let launch = Launch {
+                    name: container_name(self, n, &c.name),
+                    container: c,
+                    pod: plan,
+                    netns: n.netns.path(),
+                    hostname: &n.name,
+                    log: log_path(n, &c.name),
+                };
                 let child = mode
                     .store
-                    .spawn_to_completion(&name, c, plan, n.netns.path(), &n.name, &log)
+                    .spawn_to_completion(&launch)
                     .with_context(|| format!("start init container {} on {}", c.name, n.name))?;
-                running.push((n.name.clone(), c.name.clone(), log, child));
+                running.push((n.name.clone(), c.name.clone(), launch.log, child));
             }
             for (node, cname, log, mut child) in running {
                 let status = child.wait()?;
@@ -244,33 +250,46 @@ impl Cluster {
         }
         let t_init = t0.elapsed();
 
-        for (i, plan) in plans.into_iter().enumerate() {
-            let n = &self.nodes[i];
-            let mut containers = Vec::new();
+        // The containers of every node at once.
+        let (mut launches, mut owners) = (Vec::new(), Vec::new());
+        for (i, (n, plan)) in self.nodes.iter().zip(&plans).enumerate() {
             for c in &plan.containers {
-                let name = container_name(self, n, &c.name);
-                // The agent's log is the node's agent log.
-                let log = if c.name == "agent" {
-                    n.agent_log.clone()
-                } else {
-                    log_path(n, &c.name)
-                };
-                let pid = mode
-                    .store
-                    .start(&name, c, &plan, n.netns.path(), &n.name, &log)
-                    .with_context(|| format!("start container {} on {}", c.name, n.name))?;
-                containers.push((name, pid));
-                let uid = mode.store.uid(c.security.run_as_user);
-                ProcessSecurity::read(pid)
-                    .and_then(|p| c.security.check(&p, uid))
-                    .with_context(|| {
-                        format!(
-                            "container {} on {} (pid {pid}) does not run as its securityContext \
-                             says",
-                            c.name, n.name
-                        )
-                    })?;
+                owners.push(i);
+                launches.push(Launch {
+                    name: container_name(self, n, &c.name),
+                    container: c,
+                    pod: plan,
+                    netns: n.netns.path(),
+                    hostname: &n.name,
+                    // The agent's log is the node's agent log.
+                    log: if c.name == "agent" {
+                        n.agent_log.clone()
+                    } else {
+                        log_path(n, &c.name)
+                    },
+                });
             }
+        }
+        let pids = mode.store.start_all(&launches)?;
+        let mut started: Vec<Vec<(String, u32)>> = vec![Vec::new(); self.nodes.len()];
+        for ((l, pid), node) in launches.iter().zip(pids).zip(owners) {
+            let uid = mode.store.uid(l.container.security.run_as_user);
+            let process = ProcessSecurity::read(pid)?;
+            l.container.security.check(&process, uid).with_context(|| {
+                format!(
+                    "container {} on {} (pid {pid}) does not run as its securityContext says",
+                    l.container.name, l.hostname
+                )
+            })?;
+            self.log(format!(
+                "{} {} (pid {pid}): {process}",
+                l.hostname, l.container.name
+            ));
+            started[node].push((l.name.clone(), pid));
+        }
+        drop(launches);
+        for (i, (plan, containers)) in plans.into_iter().zip(started).enumerate() {
+            let n = &self.nodes[i];
             let cni = NodeCni::load(
                 n.netns.path(),
                 &n.dir.join("host"),
@@ -342,16 +361,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stop and remove node `i`'s pod.
-    pub(super) fn stop_node_pod(&mut self, i: usize) -> Result<()> {
-        let Some(pod) = self.nodes[i].pod.take() else {
+    /// Stop and remove every node's pod (one podman call).
+    pub(super) fn stop_node_pods(&mut self) -> Result<()> {
+        let pods: Vec<NodePod> = self.nodes.iter_mut().filter_map(|n| n.pod.take()).collect();
+        let Some(mode) = self.config.image.clone() else {
             return Ok(());
         };
-        let mode = self.image_mode()?;
-        let names: Vec<String> = pod.containers.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = pods
+            .iter()
+            .flat_map(|p| p.containers.iter().map(|(n, _)| n.clone()))
+            .collect();
+        let grace = pods
+            .iter()
+            .map(|p| p.plan.termination_grace)
+            .max()
+            .unwrap_or_default();
         mode.store
-            .remove(&names, pod.plan.termination_grace)
-            .with_context(|| format!("remove the pod of {}", self.nodes[i].name))
+            .remove(&names, grace)
+            .context("remove the node pods")
     }
 }
 

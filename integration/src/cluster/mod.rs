@@ -23,6 +23,9 @@
 //!
 //! Every name carries the run prefix; everything is recorded in [`cleanup`] the moment it
 //! exists and removed by [`Cluster::teardown`], by `Drop` (panics), or by the signal handler.
+//!
+//! In image mode ([`image`]) the agents are not the host's binaries: each node runs the image
+//! under the DaemonSet of `conf/`, and its pods are wired by the plugin that pod installed.
 
 pub mod cleanup;
 pub mod image;
@@ -1119,11 +1122,11 @@ impl Cluster {
                 }
             }
         }
-        for i in 0..self.nodes.len() {
-            if let Err(e) = self.stop_node_pod(i) {
-                errors.push(format!("{e:#}"));
-            }
-            stop_child(&mut self.nodes[i].agent);
+        if let Err(e) = self.stop_node_pods() {
+            errors.push(format!("{e:#}"));
+        }
+        for n in &mut self.nodes {
+            stop_child(&mut n.agent);
         }
         if let Some(api) = self.api.take() {
             drop(api);

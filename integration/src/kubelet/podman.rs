@@ -26,6 +26,19 @@ use std::time::Duration;
 /// Marks a directory as a podman store of this harness (for [`sweep_stale_store`]).
 const STORE_MARK: &str = "palisade-podman-store";
 
+/// One container to start: which, of which pod, where, logging to where.
+pub struct Launch<'a> {
+    /// The podman container name.
+    pub name: String,
+    pub container: &'a ContainerPlan,
+    pub pod: &'a PodPlan,
+    /// The network namespace (the pod is hostNetwork: its node's).
+    pub netns: &'a Path,
+    /// The node's name.
+    pub hostname: &'a str,
+    pub log: PathBuf,
+}
+
 /// A podman storage holding the image, private to one run.
 pub struct ImageStore {
     dir: PathBuf,
@@ -198,21 +211,14 @@ impl ImageStore {
         podman_in(&self.dir)
     }
 
-    /// `podman run` arguments for one container of `pod` in the network namespace `netns`
-    /// (the pod is hostNetwork: the node's namespace).
-    fn run_args(
-        &self,
-        name: &str,
-        c: &ContainerPlan,
-        pod: &PodPlan,
-        netns: &Path,
-        hostname: &str,
-    ) -> Result<Vec<OsString>> {
+    /// `podman run` arguments for one container.
+    fn run_args(&self, l: &Launch) -> Result<Vec<OsString>> {
+        let (name, c, pod, hostname) = (&l.name, l.container, l.pod, l.hostname);
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |v: &[&str]| a.extend(v.iter().map(OsString::from));
         push(&["--name", name, "--pull", "never", "--hostname", hostname]);
         push(&["--cgroup-parent", &format!("/{}", cgroup_parent(&self.dir))]);
-        push(&["--network", &format!("ns:{}", netns.display())]);
+        push(&["--network", &format!("ns:{}", l.netns.display())]);
         push(&[
             "--ipc",
             "none",
@@ -298,23 +304,15 @@ impl ImageStore {
         run_as_user.or(self.image_user.map(|(u, _)| u)).unwrap_or(0)
     }
 
-    /// Start a container that runs to completion (an init container), its output to `log`.
-    /// The returned child is `podman run`; it exits with the container.
-    pub fn spawn_to_completion(
-        &self,
-        name: &str,
-        c: &ContainerPlan,
-        pod: &PodPlan,
-        netns: &Path,
-        hostname: &str,
-        log: &Path,
-    ) -> Result<Child> {
-        let log = std::fs::File::create(log)?;
+    /// Start a container that runs to completion (an init container), its output to its
+    /// log. The returned child is `podman run`; it exits with the container.
+    pub fn spawn_to_completion(&self, l: &Launch) -> Result<Child> {
+        let log = std::fs::File::create(&l.log)?;
         let child = self
             .podman()
             .arg("run")
             .arg("--rm")
-            .args(self.run_args(name, c, pod, netns, hostname)?)
+            .args(self.run_args(l)?)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -323,36 +321,60 @@ impl ImageStore {
         Ok(child)
     }
 
-    /// Start a long-running container in the background, its log (k8s-file format) at
-    /// `log`. Returns its process's PID on the machine.
-    pub fn start(
-        &self,
-        name: &str,
-        c: &ContainerPlan,
-        pod: &PodPlan,
-        netns: &Path,
-        hostname: &str,
-        log: &Path,
-    ) -> Result<u32> {
-        let mut cmd = self.podman();
-        cmd.args(["run", "--detach", "--log-driver", "k8s-file", "--log-opt"])
-            .arg(format!("path={}", log.display()))
-            .args(self.run_args(name, c, pod, netns, hostname)?);
-        output(&mut cmd, &format!("run {name}"))?;
-        self.pid(name)
+    /// Start long-running containers in the background (all at once), each logging in
+    /// k8s-file format to its log. Returns their processes' PIDs on the machine.
+    pub fn start_all(&self, launches: &[Launch]) -> Result<Vec<u32>> {
+        let mut children = Vec::new();
+        for l in launches {
+            let child = self
+                .podman()
+                .args(["run", "--detach", "--log-driver", "k8s-file", "--log-opt"])
+                .arg(format!("path={}", l.log.display()))
+                .args(self.run_args(l)?)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("run podman")?;
+            children.push((l.name.as_str(), child));
+        }
+        let mut failed = Vec::new();
+        for (name, child) in children {
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                failed.push(format!(
+                    "podman run {name} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("{}", failed.join("\n"));
+        }
+        let names: Vec<&str> = launches.iter().map(|l| l.name.as_str()).collect();
+        self.pids(&names)
     }
 
-    /// The PID on the machine of a running container's first process.
-    pub fn pid(&self, name: &str) -> Result<u32> {
-        let pid = output(
+    /// The PIDs on the machine of running containers' first processes.
+    pub fn pids(&self, names: &[&str]) -> Result<Vec<u32>> {
+        let out = output(
             self.podman()
-                .args(["inspect", "--format", "{{.State.Pid}}", name]),
-            &format!("inspect {name}"),
+                .args(["inspect", "--format", "{{.State.Pid}}"])
+                .args(names),
+            "inspect",
         )?;
-        match pid.parse::<u32>() {
-            Ok(p) if p > 0 => Ok(p),
-            _ => bail!("container {name} is not running (pid {pid:?})"),
+        let pids: Vec<&str> = out.lines().collect();
+        if pids.len() != names.len() {
+            bail!("podman inspect {names:?} answered {out:?}");
         }
+        names
+            .iter()
+            .zip(pids)
+            .map(|(name, pid)| match pid.trim().parse::<u32>() {
+                Ok(p) if p > 0 => Ok(p),
+                _ => bail!("container {name} is not running (pid {pid:?})"),
+            })
+            .collect()
     }
 
     /// A stopped container's state and exit code, for error messages.

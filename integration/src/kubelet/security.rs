@@ -310,6 +310,21 @@ pub struct ProcessSecurity {
     pub root_read_only: bool,
 }
 
+impl std::fmt::Display for ProcessSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "uid {}, CapEff {}, CapBnd {}, NoNewPrivs {}, Seccomp {}, root {}",
+            self.uid,
+            self.cap_eff,
+            self.cap_bnd,
+            u8::from(self.no_new_privs),
+            self.seccomp,
+            if self.root_read_only { "ro" } else { "rw" }
+        )
+    }
+}
+
 impl ProcessSecurity {
     /// Read `/proc/PID/status` and `/proc/PID/mountinfo`.
     pub fn read(pid: u32) -> Result<ProcessSecurity> {
