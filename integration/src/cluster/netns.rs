@@ -196,7 +196,8 @@ pub fn enter(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check(out: &Output, what: &str) -> Result<String> {
+/// A finished command's stdout, or an error naming `what` with its status and stderr.
+pub fn check(out: &Output, what: &str) -> Result<String> {
     if !out.status.success() {
         bail!(
             "`{what}` failed ({}): {}",

@@ -48,34 +48,37 @@ impl<'a> Fields<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    pub fn str(&mut self, key: &str) -> Result<Option<&'a str>> {
+    /// The field converted by `convert`, or an error saying it is not `expected`.
+    fn typed<T>(
+        &mut self,
+        key: &str,
+        expected: &str,
+        convert: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
+            Some(v) => convert(v)
                 .map(Some)
-                .ok_or_else(|| anyhow!("{}: expected a string, found {v}", self.at(key))),
+                .ok_or_else(|| anyhow!("{}: expected {expected}, found {v}", self.at(key))),
         }
+    }
+
+    pub fn str(&mut self, key: &str) -> Result<Option<&'a str>> {
+        self.typed(key, "a string", Value::as_str)
+    }
+
+    /// A string that must be there.
+    pub fn required_str(&mut self, key: &str) -> Result<&'a str> {
+        self.str(key)?
+            .ok_or_else(|| anyhow!("{}: missing", self.at(key)))
     }
 
     pub fn bool(&mut self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| anyhow!("{}: expected true or false, found {v}", self.at(key))),
-        }
+        self.typed(key, "true or false", Value::as_bool)
     }
 
     pub fn int(&mut self, key: &str) -> Result<Option<i64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| anyhow!("{}: expected an integer, found {v}", self.at(key))),
-        }
+        self.typed(key, "an integer", Value::as_i64)
     }
 
     pub fn strings(&mut self, key: &str) -> Result<Option<Vec<String>>> {
@@ -105,6 +108,12 @@ impl<'a> Fields<'a> {
         self.get(key)
             .map(|v| Fields::new(v, &path, &pattern))
             .transpose()
+    }
+
+    /// A nested object that must be there.
+    pub fn required_object(&mut self, key: &str) -> Result<Fields<'a>> {
+        let at = self.at(key);
+        self.object(key)?.ok_or_else(|| anyhow!("{at}: missing"))
     }
 
     /// A list of objects' fields.

@@ -22,14 +22,8 @@ impl Manifests {
             .stdin(Stdio::null())
             .output()
             .context("run `kubectl kustomize` (kubectl is needed to read the manifests)")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl kustomize {}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8(out.stdout).context("kubectl kustomize output")?;
+        let text =
+            crate::cluster::netns::check(&out, &format!("kubectl kustomize {}", dir.display()))?;
         Manifests::parse(&text).with_context(|| format!("kubectl kustomize {}", dir.display()))
     }
 

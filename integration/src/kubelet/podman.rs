@@ -124,14 +124,11 @@ fn output(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("run podman ({what}); is podman installed?"))?;
-    if !out.status.success() {
-        bail!(
-            "podman {what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Ok(
+        crate::cluster::netns::check(&out, &format!("podman {what}"))?
+            .trim()
+            .to_string(),
+    )
 }
 
 /// An OCI layout as given on the command line: `DIR` (its one image) or `DIR:REF`.

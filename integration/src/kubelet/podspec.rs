@@ -227,25 +227,16 @@ pub fn plan_pod(
         (v, k) => bail!("expected an apps/v1 DaemonSet, found {v:?} {k:?}"),
     }
     ds.get("status");
-    let mut meta = ds
-        .object("metadata")?
-        .ok_or_else(|| anyhow!("metadata: missing"))?;
-    let ds_name = meta
-        .str("name")?
-        .ok_or_else(|| anyhow!("metadata.name: missing"))?
-        .to_string();
+    let mut meta = ds.required_object("metadata")?;
+    let ds_name = meta.required_str("name")?.to_string();
     let namespace = meta.str("namespace")?.unwrap_or("default").to_string();
     meta.finish()?;
-    let mut spec = ds.object("spec")?.ok_or_else(|| anyhow!("spec: missing"))?;
-    let mut template = spec
-        .object("template")?
-        .ok_or_else(|| anyhow!("spec.template: missing"))?;
+    let mut spec = ds.required_object("spec")?;
+    let mut template = spec.required_object("template")?;
     if let Some(tmeta) = template.object("metadata")? {
         tmeta.finish()?;
     }
-    let mut pod = template
-        .object("spec")?
-        .ok_or_else(|| anyhow!("spec.template.spec: missing"))?;
+    let mut pod = template.required_object("spec")?;
 
     let ctx = PodContext {
         namespace: namespace.clone(),
@@ -326,15 +317,9 @@ impl PodContext<'_> {
         let mut host_paths = Vec::new();
         let mut volumes: BTreeMap<String, Volume> = BTreeMap::new();
         for mut v in pod.objects("volumes")? {
-            let name = v
-                .str("name")?
-                .ok_or_else(|| anyhow!("{}: missing", v.at("name")))?
-                .to_string();
+            let name = v.required_str("name")?.to_string();
             let volume = if let Some(mut hp) = v.object("hostPath")? {
-                let path = hp
-                    .str("path")?
-                    .ok_or_else(|| anyhow!("{}: missing", hp.at("path")))?
-                    .to_string();
+                let path = hp.required_str("path")?.to_string();
                 let kind = match hp.str("type")?.unwrap_or("") {
                     "" => HostPathKind::Unchecked,
                     "DirectoryOrCreate" => HostPathKind::DirectoryOrCreate,
@@ -446,9 +431,7 @@ impl PodContext<'_> {
     }
 
     fn configmap_files(&self, mut cm: Fields, dir: &Path) -> Result<Vec<FilePlan>> {
-        let name = cm
-            .str("name")?
-            .ok_or_else(|| anyhow!("{}: missing", cm.at("name")))?;
+        let name = cm.required_str("name")?;
         let optional = cm.bool("optional")?.unwrap_or(false);
         let default_mode = cm.int("defaultMode")?.unwrap_or(0o644) as u32;
         let data = (self.configmaps)(&self.namespace, name).map(|o| o["data"].clone());
@@ -475,12 +458,8 @@ impl PodContext<'_> {
             }
         }
         for mut item in items {
-            let key = item
-                .str("key")?
-                .ok_or_else(|| anyhow!("{}: missing", item.at("key")))?;
-            let path = item
-                .str("path")?
-                .ok_or_else(|| anyhow!("{}: missing", item.at("path")))?;
+            let key = item.required_str("key")?;
+            let path = item.required_str("path")?;
             let mode = item.int("mode")?.map_or(default_mode, |m| m as u32);
             let Some(content) = data[key].as_str() else {
                 if optional {
@@ -506,23 +485,14 @@ impl PodContext<'_> {
 
     fn container(&self, mut c: Fields, scope: &PodScope) -> Result<(ContainerPlan, String)> {
         let env_base = &scope.env_base;
-        let name = c
-            .str("name")?
-            .ok_or_else(|| anyhow!("{}: missing", c.at("name")))?
-            .to_string();
-        let image = c
-            .str("image")?
-            .ok_or_else(|| anyhow!("{}: missing", c.at("image")))?
-            .to_string();
+        let name = c.required_str("name")?.to_string();
+        let image = c.required_str("image")?.to_string();
 
         // Environment, in order: each value sees the variables defined before it and the
         // Service variables (kubelet's makeEnvironmentVariables).
         let mut env: Vec<(String, String)> = Vec::new();
         for mut e in c.objects("env")? {
-            let var = e
-                .str("name")?
-                .ok_or_else(|| anyhow!("{}: missing", e.at("name")))?
-                .to_string();
+            let var = e.required_str("name")?.to_string();
             let value = if let Some(raw) = e.str("value")? {
                 Some(expand(raw, &|n: &str| lookup(&env, env_base, n)))
             } else if let Some(mut from) = e.object("valueFrom")? {
@@ -557,12 +527,8 @@ impl PodContext<'_> {
 
         let mut mounts = Vec::new();
         for mut m in c.objects("volumeMounts")? {
-            let vname = m
-                .str("name")?
-                .ok_or_else(|| anyhow!("{}: missing", m.at("name")))?;
-            let target = m
-                .str("mountPath")?
-                .ok_or_else(|| anyhow!("{}: missing", m.at("mountPath")))?;
+            let vname = m.required_str("name")?;
+            let target = m.required_str("mountPath")?;
             if !target.starts_with('/') {
                 bail!("{}: must be absolute", m.at("mountPath"));
             }
@@ -635,9 +601,7 @@ impl PodContext<'_> {
 
     fn value_from(&self, from: &mut Fields, pod_fields: &PodFieldValues) -> Result<Option<String>> {
         if let Some(mut f) = from.object("fieldRef")? {
-            let path = f
-                .str("fieldPath")?
-                .ok_or_else(|| anyhow!("{}: missing", f.at("fieldPath")))?;
+            let path = f.required_str("fieldPath")?;
             f.str("apiVersion")?;
             let value = match path {
                 "metadata.name" => pod_fields.name.clone(),
@@ -655,12 +619,8 @@ impl PodContext<'_> {
             return Ok(Some(value));
         }
         if let Some(mut r) = from.object("configMapKeyRef")? {
-            let name = r
-                .str("name")?
-                .ok_or_else(|| anyhow!("{}: missing", r.at("name")))?;
-            let key = r
-                .str("key")?
-                .ok_or_else(|| anyhow!("{}: missing", r.at("key")))?;
+            let name = r.required_str("name")?;
+            let key = r.required_str("key")?;
             let optional = r.bool("optional")?.unwrap_or(false);
             let value = (self.configmaps)(&self.namespace, name)
                 .and_then(|cm| cm["data"][key].as_str().map(str::to_string));
