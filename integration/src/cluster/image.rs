@@ -10,7 +10,8 @@
 //! 3. the containers start; each one's process is checked against its resolved
 //!    securityContext (capabilities, no_new_privs, seccomp, read-only root, user) and the
 //!    cluster does not start if it differs;
-//! 4. the readiness probe must pass, and the liveness probe once;
+//! 4. the readiness probe must pass, and the liveness probe once (containers are not
+//!    restarted: one that exits, or fails its liveness probe at start, fails the cluster);
 //! 5. from then on the node's pods are wired by the plugin and the config that the pod
 //!    installed ([`crate::kubelet::cni::NodeCni`]).
 //!

@@ -343,7 +343,7 @@ impl Cluster {
             ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             let dir = self.dir.join(format!("node-{i}"));
-            std::fs::create_dir_all(dir.join("ipam"))?;
+            std::fs::create_dir_all(&dir)?;
             let agent_socket = dir.join("agent.sock");
             let pod_cidr_v4 = format!("10.244.{i}.0/24");
             let pod_cidr_v6 = format!("fd00:10:244:{i:x}::/64");
@@ -366,10 +366,14 @@ impl Cluster {
                     },
                 }],
             });
-            std::fs::write(
-                dir.join("10-palisade.conflist"),
-                serde_json::to_string_pretty(&conflist)?,
-            )?;
+            // Image mode: the node's pod installs the conflist (it replaces this one).
+            if self.config.image.is_none() {
+                std::fs::create_dir_all(dir.join("ipam"))?;
+                std::fs::write(
+                    dir.join("10-palisade.conflist"),
+                    serde_json::to_string_pretty(&conflist)?,
+                )?;
+            }
             self.nodes.push(Node {
                 index: i,
                 name: format!("node-{i}"),

@@ -64,7 +64,8 @@ impl Manifests {
             .find(|o| is_configmap(o, namespace, name))
     }
 
-    /// Set `data[key] = value` of a ConfigMap (as an operator edits it before applying).
+    /// Set `data[key] = value` of a ConfigMap (as an operator edits it before applying); the
+    /// key must exist.
     pub fn set_configmap_value(
         &mut self,
         namespace: &str,
@@ -77,10 +78,18 @@ impl Manifests {
             .iter_mut()
             .find(|o| is_configmap(o, namespace, name))
             .ok_or_else(|| anyhow!("no ConfigMap {namespace}/{name} in the manifests"))?;
-        if !cm["data"].is_object() {
-            cm["data"] = Value::Object(Default::default());
-        }
-        cm["data"][key] = Value::String(value.to_string());
+        // Only keys the manifests define: a misspelt key would be read by nobody.
+        let Some(slot) = cm["data"].get_mut(key) else {
+            let keys: Vec<String> = cm["data"]
+                .as_object()
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default();
+            bail!(
+                "ConfigMap {namespace}/{name} has no key {key} (it has: {})",
+                keys.join(", ")
+            );
+        };
+        *slot = Value::String(value.to_string());
         Ok(())
     }
 }
@@ -92,4 +101,24 @@ fn is_configmap(object: &Value, namespace: &str, name: &str) -> bool {
             .as_str()
             .unwrap_or("default")
             == namespace
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Manifests;
+
+    const TWO: &str = "kind: ConfigMap\nmetadata: {name: c, namespace: ns}\ndata: {k: v}\n---\n\
+kind: DaemonSet\nmetadata: {name: a}\n---\nkind: DaemonSet\nmetadata: {name: b}\n";
+
+    #[test]
+    fn one_daemonset_and_known_configmap_keys() {
+        let mut m = Manifests::parse(TWO).unwrap();
+        let e = m.daemonset().unwrap_err().to_string();
+        assert!(e.contains("2 DaemonSets (a, b)"), "{e}");
+        m.set_configmap_value("ns", "c", "k", "w").unwrap();
+        assert_eq!(m.configmap("ns", "c").unwrap()["data"]["k"], "w");
+        let e = m.set_configmap_value("ns", "c", "kk", "w").unwrap_err();
+        assert_eq!(e.to_string(), "ConfigMap ns/c has no key kk (it has: k)");
+        assert!(m.set_configmap_value("other", "c", "k", "w").is_err());
+    }
 }
