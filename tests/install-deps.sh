@@ -1,19 +1,86 @@
 #!/usr/bin/env bash
-# Install what Palisade's tests and demo need on a fresh Debian 12 machine (as root).
-# Idempotent: skips what is already there.
+# Install what Palisade needs on a fresh Debian 12 machine (as root). Idempotent: skips what
+# is already there.
+#
+#   tests/install-deps.sh          everything the tests need (tests/run-all.sh runs this)
+#   tests/install-deps.sh --demo   only what `bash integration/demo` needs (it runs this)
+#
+# What cannot be installed is reported before anything else happens, one line per missing
+# thing saying what it is and how to get it, and the script exits 1: a caller stops there
+# instead of building for minutes and failing at the end.
 set -euo pipefail
-pkgs=(nftables conntrack iproute2 iperf3 containernetworking-plugins busybox-static tcpdump
-      jq podman runc containerd umoci catatonit shellcheck python3-venv)
+mode=all
+case "${1:-}" in
+  "") ;;
+  --demo) mode=demo ;;
+  *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
+esac
+
+# Debian packages, each with what it is for. The demo's: a netns cluster with real agents.
+declare -A why=(
+  [nftables]="nft, with which the agents program their nftables table"
+  [iproute2]="ip, with which the netns cluster builds its namespaces and links"
+  [conntrack]="conntrack, for the hostPort tests"
+  [iperf3]="iperf3, for the datapath benchmark"
+  [containernetworking-plugins]="the reference CNI plugins the CNI tests compare against"
+  [busybox-static]="busybox, for the kernel tests' pings and the container images"
+  [tcpdump]="tcpdump, for debugging kernel tests"
+  [jq]="jq, for the scripts' JSON"
+  [podman]="podman, a real runtime calling the CNI plugin"
+  [runc]="runc, the OCI runtime of podman and containerd"
+  [containerd]="containerd, a real runtime calling the CNI plugin"
+  [umoci]="umoci, which packs the test images"
+  [catatonit]="catatonit, podman's init"
+  [shellcheck]="shellcheck, for the kind scripts"
+  [python3-venv]="python3 -m venv, for the Kubernetes schema validator"
+)
+demo_pkgs=(nftables iproute2)
+test_pkgs=(conntrack iperf3 containernetworking-plugins busybox-static tcpdump jq podman runc
+           containerd umoci catatonit shellcheck python3-venv)
+if [ "$mode" = demo ]; then pkgs=("${demo_pkgs[@]}"); else pkgs=("${demo_pkgs[@]}" "${test_pkgs[@]}"); fi
+
+problems=()
+if [ "$(id -u)" != 0 ]; then
+  problems+=("not root: Palisade's netns cluster creates network namespaces; run this as root (sudo)")
+fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ] && [ ${#problems[@]} -eq 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ! command -v apt-get >/dev/null; then
+    failure="this system has no apt-get"
+  elif ! apt-get update -qq; then
+    failure="apt-get update failed (see above)"
+  elif ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    failure="apt-get install failed (see above)"
+  else
+    failure=""
+  fi
+  still=()
+  for p in "${missing[@]}"; do installed "$p" || still+=("$p"); done
+  missing=("${still[@]}")
 fi
+for p in "${missing[@]}"; do
+  problems+=("missing package $p (${why[$p]}): install it with \`apt-get install $p\` (Debian 12)${failure:+; here: $failure}")
+done
+
+# Neither comes from Debian 12's archive at a version this project can use.
+command -v cargo >/dev/null ||
+  problems+=("missing cargo (builds Palisade): install a Rust toolchain with rustup (Debian 12's cargo is too old)")
+if [ "$mode" = demo ]; then
+  command -v kubectl >/dev/null ||
+    problems+=("missing kubectl (the demo applies its policies with it): install the kubectl package from the Kubernetes apt repository (see Kubernetes' 'Install Tools' docs), or put a kubectl binary in PATH")
+fi
+
+if [ ${#problems[@]} -gt 0 ]; then
+  for line in "${problems[@]}"; do echo "palisade: $line" >&2; done
+  exit 1
+fi
+[ "$mode" = demo ] && exit 0
+
 # Installing containerd/podman may start their services: tests start their own private
 # instances in network namespaces, so stop system ones that would only compete.
 if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
@@ -26,4 +93,3 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   "$venv/bin/pip" install -q kubernetes-validate
 fi
 command -v kubectl >/dev/null || echo "note: kubectl not found; the kubectl tests will fail" >&2
-command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }

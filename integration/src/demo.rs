@@ -5,7 +5,9 @@
 
 use crate::cluster::{ApiWrite, Binaries, Cluster, ClusterConfig, WatchedKind};
 use crate::matrix::{render, Mark, Matrix};
-use crate::scenario::{Family, Labels, PodRef, PodSpec, PortSpec, Protocol};
+use crate::scenario::{
+    Addresses, Destination, Family, Labels, PodRef, PodSpec, PortSpec, Protocol,
+};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::Command;
@@ -90,7 +92,7 @@ spec:
     ),
     (
         "05-limit-egress.yaml",
-        "foo/client may only talk to the server (egress limited)",
+        "foo/client may only talk to the server (egress limited: the external host too)",
         r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: client-egress-to-server-only, namespace: foo}
@@ -136,6 +138,7 @@ pub fn run(
     let t0 = Instant::now();
     let mut config = ClusterConfig::new(nodes, bins);
     config.image = image;
+    config.external_ports = vec![(80, Protocol::Tcp)];
     let mut cluster = Cluster::start(config)?;
     let (_proxy, kubeconfig) = cluster.expose_api_on_loopback()?;
     let mut last = None;
@@ -179,10 +182,21 @@ pub fn run(
             crate::scenario::fmt_labels(&p.labels)
         );
     }
+    println!(
+        "  external host  {:<18} a server on the nodes' network with no route to pod addresses:\n                 \
+         pods reach it because their traffic leaving the pod network is masqueraded to their node's address",
+        cluster.external_ip(family).to_string()
+    );
     let refs: Vec<PodRef> = pods.iter().map(PodSpec::key).collect();
-    let cells: Vec<(PodRef, PodRef)> = refs
+    let destinations: Vec<Destination> = refs
         .iter()
-        .flat_map(|s| refs.iter().map(move |d| (s.clone(), d.clone())))
+        .cloned()
+        .map(Destination::Pod)
+        .chain([Destination::External])
+        .collect();
+    let cells: Vec<(PodRef, Destination)> = refs
+        .iter()
+        .flat_map(|s| destinations.iter().map(move |d| (s.clone(), d.clone())))
         .collect();
     let probe = |cluster: &Cluster| cluster.probe(Protocol::Tcp, 80, family, &cells, None, 1);
     let mut matrix = probe(&cluster)?;
@@ -200,8 +214,13 @@ pub fn run(
             let mut s = String::new();
             std::io::stdin().read_line(&mut s)?;
         }
-        let manifest =
-            crate::scenario::substitute_in_str(manifest, &|p: &PodRef| cluster.pod_ip(p, family))?;
+        let manifest = crate::scenario::substitute_in_str(
+            manifest,
+            &Addresses {
+                pod_ip: &|p: &PodRef| cluster.pod_ip(p, family),
+                external: Some(cluster.external_ip(family)),
+            },
+        )?;
         let path = dir.join(file);
         std::fs::write(&path, &manifest)?;
         println!("\n{} {what}", bold("==>"));

@@ -5,8 +5,8 @@ use crate::apiserver::ApiError;
 use crate::cluster::{ApiWrite, Binaries, Cluster, ClusterConfig, RouteMode};
 use crate::matrix::{compare, render_comparison};
 use crate::scenario::{
-    substitute_templates, Expect, Family, PodRef, Scenario, ScenarioKind, Step,
-    NAMESPACE_NAME_LABEL,
+    substitute_templates, Addresses, Destination, Expect, Family, PodRef, Scenario, ScenarioKind,
+    Step, NAMESPACE_NAME_LABEL,
 };
 use anyhow::{anyhow, Context, Result};
 use std::fmt::Write as _;
@@ -39,6 +39,8 @@ pub struct ScenarioResult {
     pub report: String,
     pub duration: Duration,
     pub probes: usize,
+    /// Not run here, and why (counted apart from passed and failed).
+    pub skipped: Option<String>,
 }
 
 /// Every `*.yaml` under the given files/folders (recursively), sorted per folder.
@@ -81,6 +83,8 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> ScenarioResult {
     cluster_cfg.agent_args = opts.agent_args.clone();
     cluster_cfg.verbose = opts.verbose;
     cluster_cfg.image = opts.image.clone();
+    cluster_cfg.masquerade = s.cluster.masquerade;
+    cluster_cfg.external_ports = s.served_ports();
     let outcome = Cluster::start(cluster_cfg).and_then(|mut cluster| {
         let r = execute(s, opts, &mut cluster, &mut report, &mut probes);
         if r.is_err() || !report.is_empty() {
@@ -98,6 +102,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> ScenarioResult {
         report,
         duration: t0.elapsed(),
         probes,
+        skipped: None,
     }
 }
 
@@ -144,8 +149,12 @@ fn execute(
         match step {
             Step::ApplyPolicy { expect, policy, .. } => {
                 let family = opts.family;
-                let policy = substitute_templates(policy, &|p: &PodRef| cluster.pod_ip(p, family))
-                    .map_err(|e| anyhow!("{what}: {e}"))?;
+                let addrs = Addresses {
+                    pod_ip: &|p: &PodRef| cluster.pod_ip(p, family),
+                    external: Some(cluster.external_ip(family)),
+                };
+                let policy =
+                    substitute_templates(policy, &addrs).map_err(|e| anyhow!("{what}: {e}"))?;
                 match (cluster.apply_policy(policy)?, expect) {
                     (Ok((_, w)), Some(Expect::Rejected)) => {
                         let _ = writeln!(
@@ -213,11 +222,11 @@ fn execute(
             }
             Step::Probe(p) => {
                 *probes += 1;
-                let cells: Vec<(PodRef, PodRef)> = p
+                let cells: Vec<(PodRef, Destination)> = p
                     .expected
                     .cells()
                     .into_iter()
-                    .map(|(a, b, _)| Ok((PodRef::parse(a)?, PodRef::parse(b)?)))
+                    .map(|(a, b, _)| Ok((PodRef::parse(a)?, Destination::parse(b)?)))
                     .collect::<Result<_, crate::scenario::ScenarioError>>()?;
                 let t = Instant::now();
                 let observed = cluster.probe(
@@ -282,7 +291,7 @@ pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
 }
 
 /// Run every scenario file with `run`, print a line per scenario and the details of
-/// failures, and end with `N passed, M failed`. `setup` describes where they ran (for the
+/// failures, and end with `N passed, M failed` (`, K skipped` when some were). `setup` describes where they ran (for the
 /// timing line on stderr). Stops quietly once `interrupted` says so. Returns whether all
 /// passed.
 pub fn run_all(
@@ -293,6 +302,7 @@ pub fn run_all(
 ) -> bool {
     let mut passed = 0;
     let mut failed = 0;
+    let mut skipped = 0;
     let t0 = Instant::now();
     for f in files {
         let s = match Scenario::from_file(f) {
@@ -308,7 +318,10 @@ pub fn run_all(
             // Ctrl-C: this scenario's failure is the interruption; say nothing more.
             return false;
         }
-        if r.passed {
+        if let Some(why) = &r.skipped {
+            skipped += 1;
+            println!("skip {}: {why}", r.id);
+        } else if r.passed {
             passed += 1;
             println!(
                 "ok   {} [{:.1}s, {} probes] {}",
@@ -334,6 +347,10 @@ pub fn run_all(
         files.len(),
         t0.elapsed().as_secs_f64()
     );
-    println!("{passed} passed, {failed} failed");
+    if skipped > 0 {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
     failed == 0
 }

@@ -34,8 +34,53 @@ pub struct Scenario {
     pub ignore_loopback: bool,
     pub model: Model,
     pub steps: Vec<Step>,
+    /// Per-scenario settings of the cluster (`cluster:`).
+    pub cluster: ClusterSettings,
     /// The file it was read from, for messages.
     pub source: Option<PathBuf>,
+}
+
+/// The `cluster:` section: how the cluster the scenario runs on is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Pod traffic leaving the pod CIDRs is masqueraded to the node's address (default).
+    pub masquerade: bool,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> ClusterSettings {
+        ClusterSettings { masquerade: true }
+    }
+}
+
+/// How a probe matrix names the external host (a destination only).
+pub const EXTERNAL: &str = "external";
+
+/// Where a probe goes: a pod, or the cluster's external host (a namespace on the nodes'
+/// network that is not a node, with no route to any pod CIDR).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Destination {
+    Pod(PodRef),
+    External,
+}
+
+impl Destination {
+    pub fn parse(s: &str) -> Result<Destination, ScenarioError> {
+        if s == EXTERNAL {
+            Ok(Destination::External)
+        } else {
+            PodRef::parse(s).map(Destination::Pod)
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Pod(p) => p.fmt(f),
+            Destination::External => f.write_str(EXTERNAL),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -349,6 +394,34 @@ impl Scenario {
         raw.into_scenario()
     }
 
+    /// Whether a probe goes to the external host or a policy names its address.
+    pub fn uses_external_host(&self) -> bool {
+        self.steps.iter().any(|s| match s {
+            Step::Probe(p) => p.expected.destinations().iter().any(|d| d == EXTERNAL),
+            Step::ApplyPolicy { policy, .. } => policy.to_string().contains("externalCIDR"),
+            _ => false,
+        })
+    }
+
+    /// Every port (and protocol) some pod of the scenario serves, each once: what the
+    /// external host listens on.
+    pub fn served_ports(&self) -> Vec<(u16, Protocol)> {
+        let created = self.steps.iter().filter_map(|s| match s {
+            Step::CreatePod { pod } => Some(pod),
+            _ => None,
+        });
+        let mut out: Vec<(u16, Protocol)> = self
+            .model
+            .pods
+            .iter()
+            .chain(created)
+            .flat_map(|p| p.ports.iter().map(|q| (q.port, q.protocol)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every pod that exists at some point (model pods, then created pods), in order of
     /// first appearance: the rows and columns a full matrix would have.
     pub fn all_pods(&self) -> Vec<PodRef> {
@@ -407,25 +480,29 @@ impl fmt::Display for Family {
     }
 }
 
-/// Substitute `{{ podIP ns/pod }}`, `{{ podHostCIDR ns/pod }}` and `{{ podCIDR ns/pod N }}`
-/// in every string of `value` (object keys are left alone). `pod_ip` gives a pod's IP in the
-/// probed family.
-pub fn substitute_templates(
-    value: &Value,
-    pod_ip: &dyn Fn(&PodRef) -> Option<IpAddr>,
-) -> Result<Value, ScenarioError> {
+/// What templates are filled in from: the running pods' IPs and the external host's address,
+/// both in the probed family.
+pub struct Addresses<'a> {
+    pub pod_ip: &'a dyn Fn(&PodRef) -> Option<IpAddr>,
+    /// `None`: this run has no external host.
+    pub external: Option<IpAddr>,
+}
+
+/// Substitute `{{ podIP ns/pod }}`, `{{ podHostCIDR ns/pod }}`, `{{ podCIDR ns/pod N }}` and
+/// `{{ externalCIDR }}` in every string of `value` (object keys are left alone).
+pub fn substitute_templates(value: &Value, addrs: &Addresses<'_>) -> Result<Value, ScenarioError> {
     Ok(match value {
-        Value::String(s) => Value::String(substitute_in_str(s, pod_ip)?),
+        Value::String(s) => Value::String(substitute_in_str(s, addrs)?),
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|v| substitute_templates(v, pod_ip))
+                .map(|v| substitute_templates(v, addrs))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => {
             let mut out = serde_json::Map::new();
             for (k, v) in map {
-                out.insert(k.clone(), substitute_templates(v, pod_ip)?);
+                out.insert(k.clone(), substitute_templates(v, addrs)?);
             }
             Value::Object(out)
         }
@@ -434,10 +511,7 @@ pub fn substitute_templates(
 }
 
 /// Substitute the templates in one string.
-pub fn substitute_in_str(
-    s: &str,
-    pod_ip: &dyn Fn(&PodRef) -> Option<IpAddr>,
-) -> Result<String, ScenarioError> {
+pub fn substitute_in_str(s: &str, addrs: &Addresses<'_>) -> Result<String, ScenarioError> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
@@ -446,31 +520,30 @@ pub fn substitute_in_str(
         let end = after
             .find("}}")
             .ok_or_else(|| ScenarioError::Invalid(format!("unterminated template in {s:?}")))?;
-        out.push_str(&expand_template(after[..end].trim(), pod_ip)?);
+        out.push_str(&expand_template(after[..end].trim(), addrs)?);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
     Ok(out)
 }
 
-fn expand_template(
-    body: &str,
-    pod_ip: &dyn Fn(&PodRef) -> Option<IpAddr>,
-) -> Result<String, ScenarioError> {
+fn expand_template(body: &str, addrs: &Addresses<'_>) -> Result<String, ScenarioError> {
     let words: Vec<&str> = body.split_whitespace().collect();
     let ip_of = |r: &str| -> Result<IpAddr, ScenarioError> {
         let pod = PodRef::parse(r)?;
-        pod_ip(&pod).ok_or_else(|| {
+        (addrs.pod_ip)(&pod).ok_or_else(|| {
             ScenarioError::Invalid(format!("template {{{{ {body} }}}}: pod {pod} has no IP"))
         })
     };
+    let host_cidr = |ip: IpAddr| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
     match words.as_slice() {
         ["podIP", pod] => Ok(ip_of(pod)?.to_string()),
-        ["podHostCIDR", pod] => {
-            let ip = ip_of(pod)?;
-            let len = if ip.is_ipv4() { 32 } else { 128 };
-            Ok(format!("{ip}/{len}"))
-        }
+        ["podHostCIDR", pod] => Ok(host_cidr(ip_of(pod)?)),
+        ["externalCIDR"] => addrs.external.map(host_cidr).ok_or_else(|| {
+            ScenarioError::Invalid(format!(
+                "template {{{{ {body} }}}}: this run has no external host"
+            ))
+        }),
         ["podCIDR", pod, len] => {
             let ip = ip_of(pod)?;
             let len: u8 = len.parse().map_err(|_| {
@@ -523,6 +596,14 @@ struct RawScenario {
     model: Option<RawModel>,
     #[serde(default)]
     steps: Option<Vec<RawStep>>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+struct RawCluster {
+    #[serde(default)]
+    masquerade: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -711,6 +792,12 @@ impl RawScenario {
             ignore_loopback: self.ignore_loopback.unwrap_or(false),
             model,
             steps,
+            cluster: ClusterSettings {
+                masquerade: self
+                    .cluster
+                    .and_then(|c| c.masquerade)
+                    .unwrap_or(ClusterSettings::default().masquerade),
+            },
             source: None,
         })
     }
@@ -781,9 +868,12 @@ impl RawStep {
                 };
                 let mut expected = Matrix::default();
                 for (src, row) in p.matrix.0 {
+                    if src == EXTERNAL {
+                        return Err(invalid("`external` is a probe destination only"));
+                    }
                     PodRef::parse(&src)?;
                     for (dst, allowed) in row.0 {
-                        PodRef::parse(&dst)?;
+                        Destination::parse(&dst)?;
                         expected.set(&src, &dst, allowed);
                     }
                 }
@@ -994,12 +1084,20 @@ steps:
         let Step::ApplyPolicy { policy, .. } = &s.steps[0] else {
             panic!()
         };
-        let v4 = |p: &PodRef| (p.name == "b").then(|| "10.244.2.7".parse().unwrap());
+        let v4_pods = |p: &PodRef| (p.name == "b").then(|| "10.244.2.7".parse().unwrap());
+        let v4 = Addresses {
+            pod_ip: &v4_pods,
+            external: Some("192.0.2.253".parse().unwrap()),
+        };
         let out = substitute_templates(policy, &v4).unwrap();
         let block = &out["spec"]["ingress"][0]["from"][0]["ipBlock"];
         assert_eq!(block["cidr"], "10.0.0.0/8");
         assert_eq!(block["except"][0], "10.244.2.7/32");
-        let v6 = |_: &PodRef| Some("fd00:10:244:2::7".parse().unwrap());
+        let v6_pods = |_: &PodRef| Some("fd00:10:244:2::7".parse().unwrap());
+        let v6 = Addresses {
+            pod_ip: &v6_pods,
+            external: Some("2001:db8::fd".parse().unwrap()),
+        };
         let out = substitute_templates(policy, &v6).unwrap();
         let block = &out["spec"]["ingress"][0]["from"][0]["ipBlock"];
         assert_eq!(block["cidr"], "fd00::/8");
@@ -1008,12 +1106,65 @@ steps:
             substitute_in_str("{{ podIP y/b }}", &v6).unwrap(),
             "fd00:10:244:2::7"
         );
-        assert!(substitute_in_str("{{ podIP y/zz }}", &|_| None).is_err());
+        assert_eq!(
+            substitute_in_str("{{ externalCIDR }}", &v4).unwrap(),
+            "192.0.2.253/32"
+        );
+        assert_eq!(
+            substitute_in_str("{{externalCIDR}}", &v6).unwrap(),
+            "2001:db8::fd/128"
+        );
+        let none = Addresses {
+            pod_ip: &|_| None,
+            external: None,
+        };
+        assert!(substitute_in_str("{{ podIP y/zz }}", &none).is_err());
+        let e = substitute_in_str("{{ externalCIDR }}", &none).unwrap_err();
+        assert!(e.to_string().contains("no external host"), "{e}");
         assert!(substitute_in_str("{{ nope }}", &v6).is_err());
         assert!(substitute_in_str("{{ podCIDR y/b 33 }}", &v4).is_err());
         assert_eq!(
             substitute_in_str("{{ podCIDR y/b 0 }}", &v4).unwrap(),
             "0.0.0.0/0"
+        );
+    }
+
+    #[test]
+    fn external_host_section_destination_and_ports() {
+        let text = r#"
+id: e
+cluster: {masquerade: false}
+model:
+  namespaces: [{name: x}]
+  pods:
+  - {namespace: x, name: a, ports: [{port: 80, protocol: TCP}, {port: 53, protocol: UDP}]}
+steps:
+- action: create_pod
+  pod: {namespace: x, name: b, ports: [{port: 80, protocol: TCP}, {port: 81}]}
+- probe: {protocol: TCP, port: 80, matrix: {x/a: {external: true, x/b: true}}}
+"#;
+        let s = Scenario::parse(text).unwrap();
+        assert!(!s.cluster.masquerade);
+        assert!(s.uses_external_host());
+        assert_eq!(
+            s.served_ports(),
+            [
+                (53, Protocol::Udp),
+                (80, Protocol::Tcp),
+                (81, Protocol::Tcp)
+            ]
+        );
+        assert!(
+            Scenario::parse(SAMPLE).unwrap().cluster.masquerade,
+            "default"
+        );
+        assert!(!Scenario::parse(SAMPLE).unwrap().uses_external_host());
+        let from_external = text.replace("{x/a: {external", "{external: {x/a");
+        let e = Scenario::parse(&from_external).unwrap_err();
+        assert!(e.to_string().contains("destination only"), "{e}");
+        assert_eq!(
+            Destination::parse("external").unwrap(),
+            Destination::External
         );
     }
 

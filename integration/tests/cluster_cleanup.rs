@@ -80,9 +80,17 @@ fn teardown_removes_namespaces_processes_and_files() {
         cluster.wait_programmed(w).unwrap();
     }
     let names = namespaces_with_prefix(&prefix);
-    assert_eq!(names.len(), 5, "segment + 2 nodes + 2 pods: {names:?}");
+    assert_eq!(
+        names.len(),
+        6,
+        "segment + 2 nodes + 2 pods + the external host: {names:?}"
+    );
     let pids: Vec<u32> = names.iter().flat_map(|n| pids_in(n)).collect();
-    assert_eq!(pids.len(), 4, "2 agents + 2 test pods: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        5,
+        "2 agents + 2 test pods + the external host's: {pids:?}"
+    );
     let dir = cluster.dir.clone();
     cluster.teardown().unwrap();
     drop(cluster);

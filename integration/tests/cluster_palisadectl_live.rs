@@ -7,7 +7,7 @@
 
 use palisade_integration::cluster::{Binaries, Cluster, ClusterConfig};
 use palisade_integration::scenario::{
-    ContainerKind, Family, Labels, PodRef, PodSpec, PortSpec, Protocol,
+    ContainerKind, Destination, Family, Labels, PodRef, PodSpec, PortSpec, Protocol,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -77,7 +77,7 @@ fn explain_names_the_policy_a_dropped_packet_hit() {
             Protocol::Tcp,
             80,
             Family::V4,
-            &[(client.clone(), server.clone())],
+            &[(client.clone(), Destination::Pod(server.clone()))],
             None,
             0,
         )

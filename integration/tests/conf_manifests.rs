@@ -216,20 +216,119 @@ fn rbac_grants_only_reads_of_what_the_agent_watches() {
     assert_eq!(granted, ["namespaces", "networkpolicies", "nodes", "pods"]);
 }
 
-/// The built `palisade` binary: `PALISADE_BIN_DIR`, else target/{release,debug}.
-fn palisade_binary() -> PathBuf {
-    let mut candidates = Vec::new();
+/// A built binary of the workspace: in `PALISADE_BIN_DIR`, else the newer of
+/// target/{release,debug} (an old release build must not stand in for a fresh debug one).
+fn built_binary(name: &str, package: &str) -> PathBuf {
     if let Ok(d) = std::env::var("PALISADE_BIN_DIR") {
-        candidates.push(PathBuf::from(d).join("palisade"));
+        return PathBuf::from(d).join(name);
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo_root().join("target"));
-    candidates.push(target.join("release/palisade"));
-    candidates.push(target.join("debug/palisade"));
-    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
-        panic!("palisade binary not built: run `cargo build -p palisade-cni` or set PALISADE_BIN_DIR")
-    })
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join(name))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} binary not built: run `cargo build -p {package}` or set PALISADE_BIN_DIR"
+            )
+        })
+}
+
+fn palisade_binary() -> PathBuf {
+    built_binary("palisade", "palisade-cni")
+}
+
+/// Every ConfigMap setting reaches the agent: each `$(VAR)` in a command is an env entry of
+/// its container, each `configMapKeyRef` names a key the ConfigMap has, each key of the
+/// ConfigMap is used, and each `--flag` the agent container passes is one `palisade-agent
+/// run` knows. (What kubelet does with them, the image-mode netns cluster runs for real.)
+#[test]
+fn configmap_keys_are_wired_to_agent_flags() {
+    let all = manifests();
+    let cm = &all
+        .iter()
+        .find(|(f, d)| d["kind"] == "ConfigMap" && f.ends_with("20-configmap.yaml"))
+        .unwrap()
+        .1;
+    let keys: Vec<&str> = cm["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let ds = &all
+        .iter()
+        .find(|(f, d)| d["kind"] == "DaemonSet" && f.ends_with("40-daemonset.yaml"))
+        .unwrap()
+        .1;
+    let spec = &ds["spec"]["template"]["spec"];
+    let mut used_keys: Vec<String> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| {
+            v["configMap"]["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|i| i["key"].as_str().map(str::to_string))
+        .collect();
+    let help = Command::new(built_binary("palisade-agent", "palisade-policy"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for c in containers(spec) {
+        let env: Vec<&Value> = c["env"]
+            .as_array()
+            .map(|e| e.iter().collect())
+            .unwrap_or_default();
+        for e in &env {
+            if let Some(key) = e["valueFrom"]["configMapKeyRef"]["key"].as_str() {
+                assert!(keys.contains(&key), "{}: no ConfigMap key {key}", c["name"]);
+                used_keys.push(key.to_string());
+            }
+        }
+        let words = c["command"]
+            .as_array()
+            .into_iter()
+            .chain(c["args"].as_array())
+            .flatten()
+            .filter_map(Value::as_str);
+        for word in words {
+            let mut rest = word;
+            while let Some(start) = rest.find("$(") {
+                let end = rest[start..].find(')').unwrap() + start;
+                let var = &rest[start + 2..end];
+                assert!(
+                    env.iter().any(|e| e["name"] == var),
+                    "{}: {word} uses $({var}), which is not in its env",
+                    c["name"]
+                );
+                rest = &rest[end + 1..];
+            }
+            if c["name"] == "agent" {
+                if let Some(flag) = word.strip_prefix("--") {
+                    let flag = flag.split('=').next().unwrap();
+                    assert!(
+                        help.contains(&format!("--{flag}")),
+                        "palisade-agent run has no --{flag}"
+                    );
+                }
+            }
+        }
+    }
+    for key in keys {
+        assert!(
+            used_keys.iter().any(|k| k == key),
+            "ConfigMap key {key} reaches no container"
+        );
+    }
 }
 
 #[test]

@@ -167,6 +167,16 @@ pub enum Statement {
         prefix: String,
         rate_per_second: Option<u32>,
     },
+    /// `masquerade fully-random`: the connection's source becomes the address of the
+    /// interface the packet leaves by. Terminal, like a verdict (the kernel's masquerade
+    /// expression sets the verdict itself), so it is a rule's last statement and the rule has
+    /// no verdict. The kernel takes it only in a `nat` chain at `postrouting`.
+    ///
+    /// Always `fully-random` (the source port is drawn at random for every connection): with
+    /// sequential port allocation, two connections from pods of one node racing to the same
+    /// destination can pick the same port and the second one's SYN is dropped at conntrack
+    /// insertion; kube-proxy, Calico and Cilium set the same flag for that reason.
+    Masquerade,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -214,9 +224,23 @@ pub enum ChainPolicy {
     Drop,
 }
 
-/// A base chain is attached to a netfilter hook (type `filter`).
+/// What a base chain does with packets (nft's chain `type`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum ChainType {
+    /// Accepts and drops (the policy chains).
+    #[default]
+    Filter,
+    /// Rewrites addresses; sees only the first packet of each connection (masquerade).
+    Nat,
+}
+
+/// A base chain is attached to a netfilter hook.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BaseChain {
+    #[serde(default)]
+    pub chain_type: ChainType,
     pub hook: Hook,
     pub priority: i32,
     pub policy: ChainPolicy,

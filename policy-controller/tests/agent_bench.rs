@@ -108,6 +108,7 @@ fn opts() -> CompileOptions {
         node: NODE.into(),
         fail_closed_new_pods: true,
         nflog_group: Some(100),
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     }
 }
 

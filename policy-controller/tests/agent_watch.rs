@@ -47,6 +47,7 @@ impl TestAgent {
             nflog_group: None,
             deny_log_rate: 10,
             manage_routes: false,
+            masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
             table: "palisade".into(),
             nft: "nft".into(),
             sync: SyncTuning::default(),
@@ -294,7 +295,12 @@ async fn dropped_watches_and_expired_history_converge_by_relisting() {
         .unwrap();
     api.faults().expire_history();
     // Meanwhile the last programmed state stays (here: the agent stays ready).
-    assert_eq!(agent.status().await["ready"], true);
+    let status = agent.status().await;
+    assert_eq!(status["ready"], true);
+    assert_eq!(
+        status["masquerade"],
+        json!({"ipv4": true, "ipv6": true, "nonMasqueradeCIDRs": [], "clusterCIDRs": []})
+    );
     agent.wait_programmed("pods", rv_of(&d)).await;
     assert!(
         !agent.has_pod("x", "a"),

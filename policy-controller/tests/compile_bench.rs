@@ -147,6 +147,7 @@ fn compile_benchmark() {
         node: "node-0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(1),
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     };
     let state = cluster();
 
@@ -275,6 +276,7 @@ fn pod_change_compiled_and_applied() {
         node: "node-0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(1),
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
     };
     let mut compiler = Compiler::with_state(opts, cluster());
     let t = Instant::now();

@@ -53,6 +53,7 @@ fn the_body_comes_from_the_compiler() {
             node: "node-2".into(),
             fail_closed_new_pods: true,
             nflog_group: None,
+            masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
         },
         loaded.state.clone(),
     ));

@@ -110,6 +110,7 @@ fn status_prints_readiness_versions_and_invalid_policies() {
         "lastSync": {"durationMs": 4.5, "commands": 9, "full": false},
         "lastError": null,
         "invalidPolicies": [{"namespace": "x", "name": "bad", "errors": ["spec.ingress[0].ports[0].port: Invalid value: 0"]}],
+        "masquerade": {"ipv4": true, "ipv6": false, "nonMasqueradeCIDRs": ["10.0.0.0/8", "192.0.2.0/24"], "clusterCIDRs": []},
     });
     let url = stand_in_agent(vec![("/status", status.to_string())]);
     let (code, out, err) = ctl(&[
@@ -125,6 +126,7 @@ fn status_prints_readiness_versions_and_invalid_policies() {
         "last sync            4.5 ms, 9 commands",
         "programmed versions  namespaces=3 networkpolicies=7 nodes=2 pods=12",
         "invalid policies     1",
+        "masquerade           IPv4 on, IPv6 off; not to 10.0.0.0/8, 192.0.2.0/24",
         "  x/bad: spec.ingress[0].ports[0].port: Invalid value: 0",
         "table inet palisade  not readable: ",
     ] {
@@ -162,6 +164,7 @@ fn explain_walks_the_programmed_table() {
             node: "node-1".into(),
             fail_closed_new_pods: true,
             nflog_group: None,
+            masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
         },
     );
     let mut nft = NftDataplane::new(NftOptions {

@@ -420,6 +420,84 @@ fn parses_an_nft_1_0_6_listing() {
     assert_eq!(l.counters[0].comment.as_deref(), Some("hi there"));
 }
 
+/// The masquerade chain as nft 1.0.6 lists it (flags as a string when there is one) parses
+/// back to the model; a masquerade the agent would not write (no fully-random, an address)
+/// makes its chain stale; the fake refuses masquerade outside a nat chain at postrouting, as
+/// the kernel does.
+#[test]
+fn masquerade_parses_back_and_lives_only_in_a_nat_chain() {
+    let rule = |masq: &str| {
+        format!(
+            r#"{{"rule":{{"family":"inet","table":"t","chain":"nat","handle":3,"comment":"out","expr":[{{"match":{{"op":"==","left":{{"meta":{{"key":"iifname"}}}},"right":"pal*"}}}},{{"match":{{"op":"!=","left":{{"payload":{{"protocol":"ip","field":"daddr"}}}},"right":"@p4"}}}},{masq}]}}}}"#
+        )
+    };
+    let listing = |masq: &str| {
+        format!(
+            r#"{{"nftables": [{{"table":{{"family":"inet","name":"t","handle":1}}}},
+{{"set":{{"family":"inet","name":"p4","table":"t","type":"ipv4_addr","handle":2,"flags":["interval"],"elem":[{{"prefix":{{"addr":"10.244.0.0","len":16}}}}]}}}},
+{{"chain":{{"family":"inet","table":"t","name":"nat","handle":1,"type":"nat","hook":"postrouting","prio":100,"policy":"accept"}}}},
+{}]}}"#,
+            rule(masq)
+        )
+    };
+    let l = parse_listing(&listing(r#"{"masquerade":{"flags":"fully-random"}}"#), "t").unwrap();
+    assert!(l.programmed.stale_chains.is_empty());
+    let nat = &l.programmed.model.chains["nat"];
+    let base = nat.base.as_ref().unwrap();
+    assert_eq!(
+        (base.chain_type, base.hook, base.priority),
+        (ChainType::Nat, Hook::Postrouting, 100)
+    );
+    assert_eq!(nat.rules[0].statements, vec![Statement::Masquerade]);
+    assert_eq!(nat.rules[0].verdict, None);
+    for foreign in [
+        r#"{"masquerade":null}"#,
+        r#"{"masquerade":{"flags":["fully-random","persistent"]}}"#,
+        r#"{"masquerade":{"flags":"fully-random","port":{"range":[1024,2048]}}}"#,
+    ] {
+        let l = parse_listing(&listing(foreign), "t").unwrap();
+        assert!(l.programmed.stale_chains.contains("nat"), "{foreign}");
+    }
+
+    // Through the fake: programmed and dumped as nft text.
+    let mut rs = Ruleset::default();
+    rs.sets.insert(
+        "p4".into(),
+        set(
+            &[KeyType::Ipv4Addr],
+            true,
+            vec![vec![prefix("10.244.0.0/16")]],
+        ),
+    );
+    let parsed = parse_listing(
+        &listing(r#"{"masquerade":{"flags":["fully-random"]}}"#),
+        "t",
+    )
+    .unwrap();
+    rs.chains
+        .insert("nat".into(), parsed.programmed.model.chains["nat"].clone());
+    let mut dp = FakeDataplane::new("palisade");
+    apply_ok(&mut dp, &rs);
+    assert!(dp.dump().contains(
+        "type nat hook postrouting priority 100; policy accept;\n\t\tiifname \"pal*\" ip daddr != @p4 masquerade fully-random comment \"out\""
+    ), "{}", dp.dump());
+
+    // The same rule in a filter chain: refused, nothing changes.
+    let mut wrong = rs.clone();
+    wrong
+        .chains
+        .get_mut("nat")
+        .unwrap()
+        .base
+        .as_mut()
+        .unwrap()
+        .chain_type = ChainType::Filter;
+    let before = dp.dump();
+    let err = dp.apply(&wrong).unwrap_err();
+    assert!(err.to_string().contains("masquerade"), "{err}");
+    assert_eq!(dp.dump(), before);
+}
+
 // Random sequences of models over a small universe of names: every transaction must pass
 // the fake's kernel-like checks (order of creation and deletion) and reach the model.
 fn arb_ruleset() -> impl Strategy<Value = Ruleset> {

@@ -263,6 +263,7 @@ fn rich() -> Ruleset {
         "input".into(),
         Chain {
             base: Some(BaseChain {
+                chain_type: ChainType::Filter,
                 hook: Hook::Input,
                 priority: -5,
                 policy: ChainPolicy::Accept,
@@ -275,6 +276,35 @@ fn rich() -> Ruleset {
                 }],
                 Verdict::Jump("extras".into()),
             )],
+        },
+    );
+    // A nat chain with masquerade (compile::masquerade's shape), using an interval set.
+    rs.chains.insert(
+        "masq".into(),
+        Chain {
+            base: Some(BaseChain {
+                chain_type: ChainType::Nat,
+                hook: Hook::Postrouting,
+                priority: 100,
+                policy: ChainPolicy::Accept,
+            }),
+            rules: vec![Rule {
+                matches: vec![
+                    Match::Cmp {
+                        field: Field::IifName,
+                        op: CmpOp::Eq,
+                        value: Value::IfPrefix("pal".into()),
+                    },
+                    Match::Lookup {
+                        fields: vec![Field::DstAddr(Family::Ipv4)],
+                        set: "blocks".into(),
+                        negate: true,
+                    },
+                ],
+                statements: vec![Statement::Masquerade],
+                verdict: None,
+                comment: Some("to outside the pod network".into()),
+            }],
         },
     );
     rs
@@ -384,6 +414,7 @@ fn sequence_of_changes(script: bool) {
     // Base chain policy and hook priority change.
     let mut rs5 = rs4.clone();
     rs5.chains.get_mut("input").unwrap().base = Some(BaseChain {
+        chain_type: ChainType::Filter,
         hook: Hook::Input,
         priority: 10,
         policy: ChainPolicy::Drop,

@@ -16,7 +16,7 @@
 //! and SCTP, `policyTypes` present or absent; packets pod→pod, pod→external, external→pod and
 //! to/from host-network pods, in both families.
 
-use palisade_policy::compile::CompileOptions;
+use palisade_policy::compile::{CompileOptions, MasqueradeOptions};
 use palisade_policy::eval::interp::{check_ruleset, PathError, Reachability};
 use palisade_policy::eval::reference::{self, Endpoint};
 use palisade_policy::model::api::{self, NetworkPolicy};
@@ -118,7 +118,10 @@ fn gen_cluster(c: &mut Choices<'_>) -> Gen {
                     format!("192.168.0.{}", n + 1).parse().unwrap(),
                     format!("fd00:ffff::{}", n + 1).parse().unwrap(),
                 ],
-                pod_cidrs: vec![format!("10.{n}.0.0/16").parse().unwrap()],
+                pod_cidrs: vec![
+                    format!("10.{n}.0.0/16").parse().unwrap(),
+                    format!("fd00:{n}::/64").parse().unwrap(),
+                ],
             },
         );
     }
@@ -356,6 +359,8 @@ struct Coverage {
     named_port_allows: (usize, usize),
     /// Same, with source and destination on different nodes.
     named_port_allows_cross_node: (usize, usize),
+    /// Paths that left their node masqueraded.
+    masqueraded: usize,
 }
 
 fn rule_has_named_port(state: &ClusterState, r: &reference::RuleRef) -> bool {
@@ -383,6 +388,76 @@ fn node_of(state: &ClusterState, ep: &Endpoint) -> Option<String> {
     }
 }
 
+/// Masquerade settings: mostly the default (both families), sometimes one family or none,
+/// sometimes with nonMasqueradeCIDRs that cover an external address or a node.
+fn gen_masquerade(c: &mut Choices<'_>) -> MasqueradeOptions {
+    let mut m = match c.below(6) {
+        0 => MasqueradeOptions::disabled(),
+        1 => MasqueradeOptions {
+            ipv6: false,
+            ..MasqueradeOptions::enabled()
+        },
+        2 => MasqueradeOptions {
+            ipv4: false,
+            ..MasqueradeOptions::enabled()
+        },
+        _ => MasqueradeOptions::enabled(),
+    };
+    if c.chance(30) {
+        m.non_masquerade_cidrs = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "192.168.0.0/24".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ];
+    }
+    m
+}
+
+/// When a connection must leave its node masqueraded (DESIGN.md "Outbound"), written from
+/// the design, not from the compiler: its source is a pod with a veth, it leaves the node,
+/// its destination is in no Node's pod CIDR, masquerade is on for the family, and the
+/// destination is not in nonMasqueradeCIDRs.
+fn masquerade_expected(
+    state: &ClusterState,
+    m: &MasqueradeOptions,
+    src: &Endpoint,
+    dst: &Endpoint,
+    family: Family,
+) -> bool {
+    let pod_at = |ep: &Endpoint| match ep {
+        Endpoint::Pod(k) => state.pods.get(k),
+        Endpoint::Ip(ip) => state.pods.values().find(|p| p.ips.contains(ip)),
+    };
+    let Some(src_pod) = pod_at(src).filter(|p| !p.host_network) else {
+        return false;
+    };
+    let dst_pod = pod_at(dst);
+    // A pod on the same node (also a host-network one: the node itself) is not left for.
+    if dst_pod.is_some_and(|d| d.node == src_pod.node) {
+        return false;
+    }
+    let dst_ip = match dst {
+        Endpoint::Ip(ip) => *ip,
+        Endpoint::Pod(_) => match dst_pod.and_then(|p| {
+            p.ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == (family == Family::Ipv4))
+        }) {
+            Some(ip) => ip,
+            None => return false,
+        },
+    };
+    let on = if dst_ip.is_ipv4() { m.ipv4 } else { m.ipv6 };
+    let pod_network = state
+        .nodes
+        .values()
+        .flat_map(|n| &n.pod_cidrs)
+        .any(|n| n.contains(&dst_ip));
+    let exempt = m.non_masquerade_cidrs.iter().any(|n| n.contains(&dst_ip));
+    on && !pod_network && !exempt
+}
+
 /// Run one generated case; `Err` describes a disagreement.
 fn check_case(bytes: &[u8]) -> Result<usize, String> {
     check_case_coverage(bytes).map(|c| c.compared)
@@ -396,8 +471,9 @@ fn check_case_coverage(bytes: &[u8]) -> Result<Coverage, String> {
         node: String::new(),
         fail_closed_new_pods: !c.chance(30),
         nflog_group: if c.chance(50) { Some(7) } else { None },
+        masquerade: gen_masquerade(&mut c),
     };
-    let mut reach = Reachability::new(&g.state, opts);
+    let mut reach = Reachability::new(&g.state, opts.clone());
     for node in g.state.nodes.keys() {
         let problems = check_ruleset(reach.ruleset(node));
         if !problems.is_empty() {
@@ -446,6 +522,16 @@ fn check_case_coverage(bytes: &[u8]) -> Result<Coverage, String> {
                         }
                     }
                 }
+                let masqueraded = v.hops.iter().any(|h| h.outcome.masqueraded);
+                if masqueraded
+                    != masquerade_expected(&g.state, &opts.masquerade, &src, &dst, family)
+                {
+                    return Err(format!(
+                        "{src} -> {dst} {family:?}: masqueraded {masqueraded} with {:?}\nhops: {:#?}",
+                        opts.masquerade, v.hops
+                    ));
+                }
+                cov.masqueraded += usize::from(masqueraded);
                 if w.allowed() != v.allowed {
                     return Err(format!(
                         "{src} -> {dst} {proto}/{port} {family:?}: reference {} ({:?} / {:?}), compiled {}\nhops: {:#?}\nstate: {:#?}",
@@ -541,9 +627,19 @@ fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
         node: "n0".into(),
         fail_closed_new_pods: true,
         nflog_group: Some(3),
+        masquerade: MasqueradeOptions {
+            non_masquerade_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            ..MasqueradeOptions::enabled()
+        },
     };
     let mut compiler = Compiler::with_state(opts.clone(), a.clone());
     let mut changes = Vec::new();
+    for name in a.nodes.keys().filter(|n| !b.nodes.contains_key(*n)) {
+        changes.push(Change::DeleteNode(name.clone()));
+    }
+    for node in b.nodes.values() {
+        changes.push(Change::UpsertNode(node.clone()));
+    }
     for (name, labels) in &b.namespaces {
         changes.push(Change::UpsertNamespace {
             name: name.clone(),
@@ -673,6 +769,7 @@ fn generator_covers_both_outcomes() {
     let mut compared = 0;
     let mut named = (0, 0);
     let mut named_cross = (0, 0);
+    let mut masqueraded = 0;
     for _ in 0..600 {
         let bytes: Vec<u8> = (0..600)
             .map(|_| {
@@ -688,6 +785,7 @@ fn generator_covers_both_outcomes() {
         named.1 += cov.named_port_allows.1;
         named_cross.0 += cov.named_port_allows_cross_node.0;
         named_cross.1 += cov.named_port_allows_cross_node.1;
+        masqueraded += cov.masqueraded;
         let mut c = Choices {
             bytes: &bytes,
             at: 0,
@@ -717,6 +815,8 @@ fn generator_covers_both_outcomes() {
         named_cross.0 > 10 && named_cross.1 > 10,
         "named ports barely exercised"
     );
+    println!("masqueraded paths: {masqueraded}");
+    assert!(masqueraded > 300, "masquerade barely exercised");
     assert!(compared > 6000);
     assert!(
         allowed > 200 && denied > 200,

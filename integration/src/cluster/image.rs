@@ -68,12 +68,7 @@ impl ImageMode {
         api_family: Family,
     ) -> Result<ImageMode> {
         let mut manifests = Manifests::kustomize(conf_dir)?;
-        if !config.is_empty() {
-            let (namespace, name) = settings_configmap(&manifests)?;
-            for (key, value) in config {
-                manifests.set_configmap_value(&namespace, &name, key, value)?;
-            }
-        }
+        set_config(&mut manifests, config)?;
         let probe_node = NodeFacts {
             name: "node-1".into(),
             ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
@@ -102,19 +97,29 @@ impl ImageMode {
         })
     }
 
-    fn plan(&self, node: &NodeFacts, api: &ApiAccess) -> Result<PodPlan> {
-        plan_pod(
-            self.manifests.daemonset()?,
-            &|ns, name| self.manifests.configmap(ns, name).cloned(),
-            node,
-            api,
-        )
+    /// The manifests with these ConfigMap `config` values set (a cluster's own settings).
+    fn manifests_with(&self, config: &[(String, String)]) -> Result<Manifests> {
+        let mut m = self.manifests.clone();
+        set_config(&mut m, config)?;
+        Ok(m)
     }
 
     /// The hostPaths of the DaemonSet (the node paths its pod shares with the node).
     fn host_paths(plan: &PodPlan) -> Vec<String> {
         plan.host_paths.iter().map(|h| h.path.clone()).collect()
     }
+}
+
+/// Set keys of the DaemonSet's ConfigMap.
+fn set_config(manifests: &mut Manifests, config: &[(String, String)]) -> Result<()> {
+    if config.is_empty() {
+        return Ok(());
+    }
+    let (namespace, name) = settings_configmap(manifests)?;
+    for (key, value) in config {
+        manifests.set_configmap_value(&namespace, &name, key, value)?;
+    }
+    Ok(())
 }
 
 /// The ConfigMap a `--config KEY=VALUE` edits: the one in the DaemonSet's namespace.
@@ -198,6 +203,14 @@ impl Cluster {
             ca_pem: tls.ca.ca_pem.clone(),
             token: tls.bearer_token.clone(),
         };
+        // The scenario's cluster settings, as an operator would set them: in the ConfigMap.
+        let mut config = Vec::new();
+        if !self.config.masquerade {
+            for key in ["masquerade-ipv4", "masquerade-ipv6"] {
+                config.push((key.to_string(), "false".to_string()));
+            }
+        }
+        let manifests = mode.manifests_with(&config)?;
         let t0 = Instant::now();
         let mut plans = Vec::new();
         for n in &self.nodes {
@@ -207,7 +220,12 @@ impl Cluster {
                 host_root: n.dir.join("host"),
                 pod_dir: n.dir.join("pod"),
             };
-            let plan = mode.plan(&facts, &api)?;
+            let plan = plan_pod(
+                manifests.daemonset()?,
+                &|ns, name| manifests.configmap(ns, name).cloned(),
+                &facts,
+                &api,
+            )?;
             prepare_pod(&plan).with_context(|| format!("prepare the pod of {}", n.name))?;
             plans.push(plan);
         }

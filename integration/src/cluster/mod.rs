@@ -13,7 +13,17 @@
 //!                 palisade-agent (status on 127.0.0.1:9464)    palisade-agent
 //!                  │ pal… (routed veth, made by `palisade`)
 //!   netns P-p1-x-a: eth0 10.244.1.2/32, fd00:10:244:1::2/128, palisade-testpod
+//!
+//!   netns P-ext:  eth0 192.0.2.253, 2001:db8::fd on br0: the external host (not a node),
+//!                 palisade-testpod on every port the scenario's pods serve
 //! ```
+//!
+//! The external host stands for a server outside the cluster (a package mirror, an API on the
+//! internet seen from a cloud VPC): it shares the nodes' network but has no route to any pod
+//! CIDR, so a pod reaches it only when its traffic is masqueraded to its node's address
+//! (`ClusterConfig::masquerade`, the agents' default). Nothing in the cluster routes beyond
+//! the segment: nodes have no default route, and the segment has no uplink, so no packet of
+//! a run can leave for the machine's own network.
 //!
 //! Nothing lives in the root network namespace. The API stand-in runs inside the harness
 //! process, but its listening socket was bound from a thread inside the segment namespace,
@@ -34,7 +44,7 @@ pub mod probe;
 
 use crate::apiserver::{ApiError, ApiServer, ApiServerConfig, Kind};
 use crate::matrix::Matrix;
-use crate::scenario::{ContainerKind, Family, Labels, PodRef, PodSpec, Protocol};
+use crate::scenario::{ContainerKind, Destination, Family, Labels, PodRef, PodSpec, Protocol};
 use anyhow::{anyhow, bail, Context, Result};
 use netns::Netns;
 use serde_json::{json, Value};
@@ -51,6 +61,9 @@ use std::time::{Duration, Instant};
 pub const API_PORT: u16 = 6443;
 /// Port of each agent's status endpoint, on the node namespace's loopback.
 pub const AGENT_STATUS_PORT: u16 = 9464;
+/// The external host's addresses on the segment (documentation ranges, like the nodes').
+pub const EXTERNAL_IPV4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 253);
+pub const EXTERNAL_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfd);
 
 /// Where the binaries are. `agent: None` runs the cluster without agents (wiring only: no
 /// policy is enforced; the harness installs the cross-node routes itself).
@@ -112,6 +125,11 @@ pub struct ClusterConfig {
     /// Image mode: every node runs Palisade from the image, as the DaemonSet says
     /// ([`image`]); `bins.cni` and `bins.agent` are then not used.
     pub image: Option<Arc<image::ImageMode>>,
+    /// The agents masquerade pod traffic leaving the pod CIDRs (their default); `false`
+    /// starts them with masquerade off in both families.
+    pub masquerade: bool,
+    /// What the external host listens on.
+    pub external_ports: Vec<(u16, Protocol)>,
 }
 
 impl ClusterConfig {
@@ -126,6 +144,8 @@ impl ClusterConfig {
             probe_concurrency: 32,
             verbose: false,
             image: None,
+            masquerade: true,
+            external_ports: Vec::new(),
         }
     }
 }
@@ -167,6 +187,14 @@ impl Pod {
     }
 }
 
+/// The external host: a namespace on the segment that is not a node and has no route to any
+/// pod CIDR, running the test pod's listeners.
+pub struct ExternalHost {
+    pub netns: Netns,
+    pub control: PathBuf,
+    testpod: Option<Child>,
+}
+
 /// A running cluster.
 pub struct Cluster {
     pub config: ClusterConfig,
@@ -176,6 +204,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub api: Option<ApiServer>,
     pub pods: BTreeMap<PodRef, Pod>,
+    pub external: Option<ExternalHost>,
     namespaces: BTreeMap<String, Labels>,
     api_addr: SocketAddr,
     next_pod: usize,
@@ -282,6 +311,7 @@ impl Cluster {
             nodes: Vec::new(),
             api: None,
             pods: BTreeMap::new(),
+            external: None,
             namespaces: BTreeMap::new(),
             api_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254)), API_PORT),
             next_pod: 0,
@@ -322,26 +352,9 @@ impl Cluster {
                 "net.ipv4.ip_forward=1",
                 "net.ipv6.conf.all.forwarding=1",
             ])?;
-            let seg_if = format!("s{i}");
-            // Peer created straight in the node namespace (one request, nothing in root).
-            seg.ip(&[
-                "link",
-                "add",
-                &seg_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            seg.ip(&["link", "set", &seg_if, "master", "br0", "up"])?;
             let ipv4 = Ipv4Addr::new(192, 0, 2, i as u8);
             let ipv6: Ipv6Addr = format!("2001:db8::{i:x}").parse()?;
-            ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-            ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
+            attach_to_segment(&seg, &format!("s{i}"), &ns, ipv4, ipv6)?;
             let dir = self.dir.join(format!("node-{i}"));
             std::fs::create_dir_all(&dir)?;
             let agent_socket = dir.join("agent.sock");
@@ -414,6 +427,7 @@ impl Cluster {
                 }
             }
         }
+        self.start_external_host(&k)?;
         self.log(format!("namespaces and links up in {:?}", t0.elapsed()));
 
         // The API stand-in: in-process, its socket bound inside the segment namespace (the
@@ -472,6 +486,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// The external host on the segment: addresses on the nodes' network and nothing else (no
+    /// default route, no route to a pod CIDR, no forwarding), listening on
+    /// `external_ports`.
+    fn start_external_host(&mut self, k: &str) -> Result<()> {
+        let ns = Netns::create(&format!("{k}ext"))?;
+        ns.sysctl(&[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ])?;
+        attach_to_segment(&self.segment, "sx", &ns, EXTERNAL_IPV4, EXTERNAL_IPV6)?;
+        let control = self.dir.join("external").join("control.sock");
+        let testpod = self.start_testpod(
+            &ns,
+            &control,
+            &self.config.external_ports,
+            &self.dir.join("external").join("testpod.log"),
+            "the external host",
+        )?;
+        self.external = Some(ExternalHost {
+            netns: ns,
+            control,
+            testpod: Some(testpod),
+        });
+        Ok(())
+    }
+
+    /// The external host's address in `family`.
+    pub fn external_ip(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(EXTERNAL_IPV4),
+            Family::V6 => IpAddr::V6(EXTERNAL_IPV6),
+        }
+    }
+
     /// With the agents in charge of cross-node routes, the cluster is ready only once every
     /// node has a route to every other node's pod CIDRs (both families).
     fn wait_node_routes(&self, deadline: Instant) -> Result<()> {
@@ -525,6 +573,7 @@ impl Cluster {
 
     fn start_agent(&mut self, i: usize, bin: &Path) -> Result<()> {
         let kubeconfig = self.kubeconfig_path();
+        let masquerade = self.config.masquerade;
         let n = &mut self.nodes[i];
         let log = std::fs::File::create(&n.agent_log)?;
         let mut cmd = n.netns.command(bin);
@@ -536,6 +585,11 @@ impl Cluster {
             .arg(&n.agent_socket)
             .arg("--listen")
             .arg(format!("127.0.0.1:{AGENT_STATUS_PORT}"))
+            .args(if masquerade {
+                &[][..]
+            } else {
+                &["--masquerade-ipv4=false", "--masquerade-ipv6=false"][..]
+            })
             .args(&self.config.agent_args)
             .env(
                 "RUST_LOG",
@@ -843,40 +897,14 @@ impl Cluster {
         }
 
         // 3. The "containers": one listener per declared port.
-        let mut cmd = pod.netns.command(&self.config.bins.testpod);
-        cmd.arg("serve").arg("--control").arg(&pod.control);
-        for p in &spec.ports {
-            let flag = match p.protocol {
-                Protocol::Tcp => "--tcp",
-                Protocol::Udp => "--udp",
-                Protocol::Sctp => "--sctp",
-            };
-            cmd.arg(flag).arg(p.port.to_string());
-        }
-        let log = std::fs::File::create(self.dir.join("pods").join(format!("{seq}.log")))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start palisade-testpod")?;
-        cleanup::register_process(child.id());
-        pod.testpod = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !pod.control.exists() {
-            if let Some(child) = pod.testpod.as_mut() {
-                if let Some(st) = child.try_wait()? {
-                    bail!(
-                        "palisade-testpod for {key} exited ({st}): {}",
-                        tail(&self.dir.join("pods").join(format!("{seq}.log")), 10)
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("palisade-testpod for {key} did not start listening");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let ports: Vec<(u16, Protocol)> = spec.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        pod.testpod = Some(self.start_testpod(
+            &pod.netns,
+            &pod.control,
+            &ports,
+            &self.dir.join("pods").join(format!("{seq}.log")),
+            &format!("pod {key}"),
+        )?);
 
         // 4. Status: Running with the pod IPs (what peers' selectors need).
         let ips: Vec<Value> = pod
@@ -906,6 +934,54 @@ impl Cluster {
             resource_version: rv_of(&obj)?,
             at,
         })
+    }
+
+    /// Start `palisade-testpod serve` in `netns` with a listener on each of `ports`, and wait
+    /// until its control socket exists.
+    fn start_testpod(
+        &self,
+        netns: &Netns,
+        control: &Path,
+        ports: &[(u16, Protocol)],
+        log_path: &Path,
+        what: &str,
+    ) -> Result<Child> {
+        let mut cmd = netns.command(&self.config.bins.testpod);
+        cmd.arg("serve").arg("--control").arg(control);
+        for (port, protocol) in ports {
+            let flag = match protocol {
+                Protocol::Tcp => "--tcp",
+                Protocol::Udp => "--udp",
+                Protocol::Sctp => "--sctp",
+            };
+            cmd.arg(flag).arg(port.to_string());
+        }
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = std::fs::File::create(log_path)?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start palisade-testpod")?;
+        cleanup::register_process(child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !control.exists() {
+            let failed = match child.try_wait()? {
+                Some(st) => Some(format!("exited ({st}): {}", tail(log_path, 10))),
+                None if Instant::now() > deadline => Some("did not start listening".into()),
+                None => None,
+            };
+            if let Some(why) = failed {
+                let mut child = Some(child);
+                stop_child(&mut child);
+                bail!("palisade-testpod for {what} {why}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(child)
     }
 
     /// Run the CNI plugin for `pod` with `command` inside the pod's node, as a runtime does.
@@ -1071,7 +1147,7 @@ impl Cluster {
         protocol: Protocol,
         port: u16,
         family: Family,
-        cells: &[(PodRef, PodRef)],
+        cells: &[(PodRef, Destination)],
         expected: Option<&Matrix>,
         retry_blocked: usize,
     ) -> Result<Matrix> {
@@ -1081,18 +1157,37 @@ impl Cluster {
                 .pods
                 .get(s)
                 .ok_or_else(|| anyhow!("probe from unknown pod {s}"))?;
-            let dst = self
-                .pods
-                .get(d)
-                .ok_or_else(|| anyhow!("probe to unknown pod {d}"))?;
-            let ip = dst
-                .ip(family)
-                .ok_or_else(|| anyhow!("pod {d} has no {family} address"))?;
+            let (dst_control, ip) = match d {
+                Destination::Pod(d) => {
+                    let dst = self
+                        .pods
+                        .get(d)
+                        .ok_or_else(|| anyhow!("probe to unknown pod {d}"))?;
+                    let ip = dst
+                        .ip(family)
+                        .ok_or_else(|| anyhow!("pod {d} has no {family} address"))?;
+                    (dst.control.clone(), ip)
+                }
+                // The kernel here has no SCTP sockets: the external host could only say that
+                // an INIT arrived, which happens with masquerade off too, not that a
+                // connection completed, which is what a cell towards it means.
+                Destination::External if protocol == Protocol::Sctp => bail!(
+                    "SCTP probes to the external host are not supported (no SCTP sockets to \
+                     complete a connection with)"
+                ),
+                Destination::External => {
+                    let host = self
+                        .external
+                        .as_ref()
+                        .ok_or_else(|| anyhow!("this cluster has no external host"))?;
+                    (host.control.clone(), self.external_ip(family))
+                }
+            };
             jobs.push(probe::Cell {
                 src: s.to_string(),
                 dst: d.to_string(),
                 src_control: src.control.clone(),
-                dst_control: dst.control.clone(),
+                dst_control,
                 dst_ip: ip,
                 expected: expected.and_then(|m| m.get(&s.to_string(), &d.to_string())),
             });
@@ -1132,6 +1227,12 @@ impl Cluster {
         for n in &mut self.nodes {
             stop_child(&mut n.agent);
         }
+        if let Some(mut host) = self.external.take() {
+            stop_child(&mut host.testpod);
+            if let Err(e) = host.netns.remove() {
+                errors.push(format!("{e:#}"));
+            }
+        }
         if let Some(api) = self.api.take() {
             drop(api);
         }
@@ -1163,6 +1264,34 @@ impl Drop for Cluster {
             eprintln!("{e:#}");
         }
     }
+}
+
+/// Give `ns` an `eth0` on the segment's bridge (port `seg_if`) with these addresses. The peer
+/// is created straight in `ns` (one request, nothing in the root namespace).
+fn attach_to_segment(
+    seg: &Netns,
+    seg_if: &str,
+    ns: &Netns,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+) -> Result<()> {
+    seg.ip(&[
+        "link",
+        "add",
+        seg_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    seg.ip(&["link", "set", seg_if, "master", "br0", "up"])?;
+    ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+    ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
 }
 
 fn stop_child(child: &mut Option<Child>) {

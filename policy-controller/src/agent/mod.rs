@@ -13,7 +13,8 @@
 //! worker runs), `/readyz` (200 once the first full sync is programmed), `/status` (JSON:
 //! `ready`, `node`, `programmedResourceVersions{pods,namespaces,networkpolicies,nodes}`,
 //! `lastSync{durationMs,commands,full}`, `invalidPolicies[{namespace,name,errors}]`, plus
-//! `lastError`, `malformedObjects`, `pods`, `routes`), `/debug/state` (the cluster state the
+//! `lastError`, `malformedObjects`, `pods`, `routes`,
+//! `masquerade{ipv4,ipv6,nonMasqueradeCIDRs,clusterCIDRs}`), `/debug/state` (the cluster state the
 //! agent compiles from, as API objects, for `palisadectl --agent`).
 
 pub mod cni;
@@ -26,7 +27,7 @@ pub mod routes;
 pub mod status;
 pub mod sync;
 
-use crate::compile::{CompileOptions, Compiler};
+use crate::compile::{CompileOptions, Compiler, MasqueradeOptions};
 use crate::kube::{spawn_watches, Index, WatchTuning};
 use crate::nft::Dataplane;
 use anyhow::{Context, Result};
@@ -59,6 +60,7 @@ pub struct AgentConfig {
     pub nflog_group: Option<u16>,
     pub deny_log_rate: u32,
     pub manage_routes: bool,
+    pub masquerade: MasqueradeOptions,
     pub table: String,
     pub nft: PathBuf,
     pub sync: SyncTuning,
@@ -70,6 +72,7 @@ impl AgentConfig {
             node: self.node_name.clone(),
             fail_closed_new_pods: self.new_pods == NewPods::FailClosed,
             nflog_group: self.nflog_group,
+            masquerade: self.masquerade.clone(),
         }
     }
 }
@@ -129,6 +132,7 @@ pub async fn start(
     dataplane: Box<dyn Dataplane + Send>,
 ) -> Result<RunningAgent> {
     let shared = Arc::new(AgentShared::new(&config.node_name));
+    shared.update(|s| s.masquerade = Some(config.masquerade.clone()));
     let compiler = Arc::new(Mutex::new(Compiler::new(config.compile_options())));
     let http_listener = http::bind(config.listen).await?;
     let listen = http_listener

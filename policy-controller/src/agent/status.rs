@@ -3,6 +3,7 @@
 //! server and the CNI socket.
 
 use super::metrics::Metrics;
+use crate::compile::MasqueradeOptions;
 use crate::kube::index::InvalidPolicy;
 use crate::kube::ResourceKind;
 use serde_json::{json, Value};
@@ -28,6 +29,8 @@ pub struct StatusSnapshot {
     pub malformed_objects: Vec<(ResourceKind, String, String)>,
     pub pods: usize,
     pub routes: usize,
+    /// What the agent was started with (`None` only before [`super::start`] sets it).
+    pub masquerade: Option<MasqueradeOptions>,
 }
 
 /// State shared by the agent's tasks.
@@ -113,6 +116,12 @@ impl AgentShared {
             })).collect::<Vec<_>>(),
             "pods": s.pods,
             "routes": s.routes,
+            "masquerade": s.masquerade.as_ref().map(|m| json!({
+                "ipv4": m.ipv4,
+                "ipv6": m.ipv6,
+                "nonMasqueradeCIDRs": m.non_masquerade_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "clusterCIDRs": m.cluster_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            })),
         })
     }
 }

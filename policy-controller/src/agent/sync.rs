@@ -550,6 +550,7 @@ mod tests {
             node: "n1".into(),
             fail_closed_new_pods: true,
             nflog_group: None,
+            masquerade: crate::compile::MasqueradeOptions::enabled(),
         })));
         let worker = SyncWorker::new(
             Index::new("n1"),
@@ -796,6 +797,7 @@ mod tests {
                 node: "n1".into(),
                 fail_closed_new_pods: true,
                 nflog_group: None,
+                masquerade: crate::compile::MasqueradeOptions::enabled(),
             }))),
             Box::new(Recorder::default()),
             None,

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use palisade_policy::agent::logging::{self, LogFormat};
 use palisade_policy::agent::{self, AgentConfig, NewPods};
+use palisade_policy::compile::MasqueradeOptions;
 use palisade_policy::install;
 use palisade_policy::kube::Slim;
 use palisade_policy::model::{api, NodeInfo};
@@ -38,6 +39,28 @@ enum Command {
     /// container cleaned the node (the image has no shell or `sleep`).
     #[command(hide = true)]
     SleepForever,
+}
+
+/// A comma-separated list of CIDRs (`10.0.0.0/8,fd00::/8`); empty means none, so that a
+/// ConfigMap key left empty works.
+#[derive(Debug, Clone, Default)]
+struct CidrList(Vec<ipnet::IpNet>);
+
+fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let net: ipnet::IpNet = item
+            .parse()
+            .map_err(|_| format!("{item:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8)"))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "{item}: host bits set (the network is {})",
+                net.trunc()
+            ));
+        }
+        out.push(net);
+    }
+    Ok(CidrList(out))
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -83,6 +106,21 @@ struct RunArgs {
     /// Keep routes to the other nodes' pod CIDRs.
     #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     manage_routes: bool,
+    /// Masquerade IPv4 traffic of this node's pods to destinations outside the cluster's pod
+    /// CIDRs and --non-masquerade-cidrs (it leaves with the node's address).
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    masquerade_ipv4: bool,
+    /// The same for IPv6 (turn it off alone where pod IPv6 addresses are routable).
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    masquerade_ipv6: bool,
+    /// Comma-separated CIDRs that pods reach with their own address (never masqueraded),
+    /// besides the pod CIDRs; empty: none.
+    #[arg(long, default_value = "", value_parser = parse_cidr_list)]
+    non_masquerade_cidrs: CidrList,
+    /// Comma-separated pod CIDRs of the cluster, besides every Node's spec.podCIDRs (never
+    /// masqueraded either); empty: the Nodes' alone.
+    #[arg(long, default_value = "", value_parser = parse_cidr_list)]
+    cluster_cidrs: CidrList,
     #[arg(long, default_value = palisade_common::POLICY_TABLE)]
     table: String,
     #[arg(long, default_value = "/usr/sbin/nft")]
@@ -184,6 +222,12 @@ fn run(args: RunArgs) -> Result<()> {
         nflog_group: (args.nflog_group != 0).then_some(args.nflog_group),
         deny_log_rate: args.deny_log_rate,
         manage_routes: args.manage_routes,
+        masquerade: MasqueradeOptions {
+            ipv4: args.masquerade_ipv4,
+            ipv6: args.masquerade_ipv6,
+            non_masquerade_cidrs: args.non_masquerade_cidrs.0.clone(),
+            cluster_cidrs: args.cluster_cidrs.0.clone(),
+        },
         table: args.table.clone(),
         nft: args.nft.clone(),
         sync: agent::sync_tuning(
@@ -266,4 +310,44 @@ async fn install_cni(args: InstallArgs) -> Result<()> {
     install::install_cni(&cfg, &args.node_name, &pod_cidrs)?;
     tracing::info!(node = %args.node_name, ?pod_cidrs, "CNI plugin and conflist installed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_lists_from_configmap_values() {
+        assert!(parse_cidr_list("").unwrap().0.is_empty(), "empty key: none");
+        let l = parse_cidr_list("10.0.0.0/8, fd00::/8,").unwrap().0;
+        assert_eq!(
+            l,
+            ["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]
+        );
+        let e = parse_cidr_list("10.0.0.5/8").unwrap_err();
+        assert!(
+            e.contains("host bits set") && e.contains("10.0.0.0/8"),
+            "{e}"
+        );
+        let e = parse_cidr_list("10.0.0.0/8;192.0.2.0/24").unwrap_err();
+        assert!(e.contains("is not a CIDR"), "{e}");
+    }
+
+    #[test]
+    fn masquerade_is_on_by_default_and_switched_per_family() {
+        let cli = Cli::try_parse_from(["palisade-agent", "--node-name", "n"]).unwrap();
+        assert!(cli.run.masquerade_ipv4 && cli.run.masquerade_ipv6);
+        let cli = Cli::try_parse_from([
+            "palisade-agent",
+            "run",
+            "--masquerade-ipv6=false",
+            "--non-masquerade-cidrs=192.0.2.0/24",
+        ])
+        .unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run")
+        };
+        assert!(run.masquerade_ipv4 && !run.masquerade_ipv6);
+        assert_eq!(run.non_masquerade_cidrs.0.len(), 1);
+    }
 }

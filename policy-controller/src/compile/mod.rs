@@ -32,6 +32,8 @@
 //!   ip daddr . meta l4proto . th dport @named4-<h> goto ingress-dispatch   (named ports)
 //!   ...                    comment "ns/name egress[i]"
 //! chain in-<hash> / pi-<policy hash>: the same for ingress, `ip saddr`, verdict accept.
+//! chain pod-masquerade     hook postrouting priority 100 (nat): outbound masquerade of this
+//!                          node's pods, see [`masquerade`] (from options and Nodes only)
 //! ```
 //!
 //! Why this shape:
@@ -81,8 +83,10 @@
 //! Exactly those of [`crate::eval::reference`], which property tests hold this compiler to.
 
 pub mod intervals;
+pub mod masquerade;
 mod plan;
 
+pub use masquerade::{MasqueradeOptions, MASQUERADE_CHAIN};
 pub use plan::{
     describe_chain, parse_log_prefix, parse_rule_comment, ChainDescription, ChainRole,
     FILTER_PRIORITY, FORWARD_CHAIN, INGRESS_DISPATCH_CHAIN, INPUT_CHAIN, LOG_PREFIX,
@@ -105,6 +109,8 @@ pub struct CompileOptions {
     pub fail_closed_new_pods: bool,
     /// NFLOG group for denied packets; `None`: no logging.
     pub nflog_group: Option<u16>,
+    /// Outbound masquerade of this node's pods ([`masquerade`]).
+    pub masquerade: MasqueradeOptions,
 }
 
 /// One change to cluster state. The compiler's bookkeeping per change is proportional to
@@ -140,6 +146,10 @@ pub struct Compiler {
     output: Ruleset,
     /// The objects of `output` rebuilt since [`Compiler::take_touched`] was last called.
     touched: Touched,
+    /// The masquerade objects that `output` holds (they follow options and Nodes only).
+    masquerade: Ruleset,
+    /// A Node's pod CIDRs changed since the masquerade objects were computed.
+    nodes_dirty: bool,
 }
 
 /// Lookup structures over [`ClusterState`], maintained per change.
@@ -204,6 +214,8 @@ impl Compiler {
             structure_dirty: true,
             output: Ruleset::default(),
             touched: Touched::all(),
+            masquerade: Ruleset::default(),
+            nodes_dirty: true,
         }
     }
 
@@ -279,12 +291,23 @@ impl Compiler {
                     self.structure_dirty = true;
                 }
             }
-            // Nodes do not enter the ruleset (routes to other nodes are the agent's business).
+            // Nodes enter the ruleset only through their pod CIDRs (masquerade); routes to
+            // other nodes are the agent's business.
             Change::UpsertNode(node) => {
+                let cidrs_changed = self
+                    .state
+                    .nodes
+                    .get(&node.name)
+                    .is_none_or(|old| old.pod_cidrs != node.pod_cidrs);
                 self.state.nodes.insert(node.name.clone(), node);
+                if cidrs_changed {
+                    self.nodes_dirty = true;
+                }
             }
             Change::DeleteNode(name) => {
-                self.state.nodes.remove(&name);
+                if self.state.nodes.remove(&name).is_some() {
+                    self.nodes_dirty = true;
+                }
             }
         }
     }
@@ -310,6 +333,7 @@ impl Compiler {
     }
 
     fn refresh(&mut self) {
+        let rebuilt = self.structure_dirty;
         if self.structure_dirty {
             let previous = std::mem::take(&mut self.output);
             self.output = self.cache.rebuild(
@@ -329,13 +353,39 @@ impl Compiler {
                 &mut self.touched,
             );
         }
+        // A rebuild starts the output afresh: the masquerade objects go back in (unchanged
+        // ones are not touched, the rebuild compared only what it built).
+        if rebuilt || self.nodes_dirty {
+            let new = masquerade::masquerade_objects(&self.state, &self.opts.masquerade);
+            let old = if rebuilt {
+                let mut old = std::mem::take(&mut self.masquerade);
+                // Nothing of it is in the output: install everything, touch what changed.
+                old.chains.retain(|name, _| new.chains.contains_key(name));
+                old.sets.retain(|name, _| new.sets.contains_key(name));
+                old
+            } else {
+                std::mem::take(&mut self.masquerade)
+            };
+            masquerade::install(&mut self.output, &old, &new, &mut self.touched);
+            self.masquerade = new;
+            self.nodes_dirty = false;
+        }
     }
 }
 
 /// Full compile from scratch.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     let index = Index::build(state, &opts.node);
-    plan::Cache::default().rebuild(state, &index, opts, Ruleset::default(), &mut Touched::all())
+    let mut out = plan::Cache::default().rebuild(
+        state,
+        &index,
+        opts,
+        Ruleset::default(),
+        &mut Touched::all(),
+    );
+    let objects = masquerade::masquerade_objects(state, &opts.masquerade);
+    masquerade::install(&mut out, &Ruleset::default(), &objects, &mut Touched::all());
+    out
 }
 
 /// The pods a selection holds: live, non-host-network pods with IPs (anywhere in the cluster)

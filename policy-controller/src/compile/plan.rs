@@ -8,8 +8,8 @@ use crate::model::api::{IntOrString, NetworkPolicy, NetworkPolicyPeer, NetworkPo
 use crate::model::selector::{selector_matches, NamespaceScope, PodSelection};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, CmpOp, CtState, Family, Field, Hook, KeyType, Match, Rule,
-    RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict, VerdictMap,
+    BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match,
+    Rule, RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict, VerdictMap,
 };
 use ipnet::IpNet;
 use palisade_common::HOST_VETH_PREFIX;
@@ -758,6 +758,7 @@ impl Builder<'_> {
             FORWARD_CHAIN.into(),
             Chain {
                 base: Some(BaseChain {
+                    chain_type: ChainType::Filter,
                     hook: Hook::Forward,
                     priority: FILTER_PRIORITY,
                     policy: ChainPolicy::Accept,
@@ -797,6 +798,7 @@ impl Builder<'_> {
             INPUT_CHAIN.into(),
             Chain {
                 base: Some(BaseChain {
+                    chain_type: ChainType::Filter,
                     hook: Hook::Input,
                     priority: FILTER_PRIORITY,
                     policy: ChainPolicy::Accept,

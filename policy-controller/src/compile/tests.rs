@@ -73,6 +73,7 @@ fn opts(node: &str) -> CompileOptions {
         node: node.into(),
         fail_closed_new_pods: true,
         nflog_group: Some(5),
+        masquerade: crate::compile::MasqueradeOptions::enabled(),
     }
 }
 

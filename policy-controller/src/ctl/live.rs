@@ -178,6 +178,9 @@ pub fn render_status(
         let parts: Vec<String> = rvs.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
         rows.push(("programmed versions".into(), parts.join(" ")));
     }
+    if let Some(Value::Object(m)) = status.get("masquerade") {
+        rows.push(("masquerade".into(), describe_masquerade(m)));
+    }
     if let Some(e) = status.get("lastError").filter(|v| !v.is_null()) {
         rows.push(("last error".into(), s(e)));
     }
@@ -223,6 +226,40 @@ pub fn render_status(
         ));
     }
     out
+}
+
+/// `IPv4 on, IPv6 off; not to 10.0.0.0/8` from the agent's `masquerade` status.
+fn describe_masquerade(m: &serde_json::Map<String, Value>) -> String {
+    let on = |k: &str| m.get(k) == Some(&Value::Bool(true));
+    let mut text = match (on("ipv4"), on("ipv6")) {
+        (false, false) => return "off".into(),
+        (true, true) => "on (IPv4 and IPv6)".to_string(),
+        (v4, _) => format!(
+            "IPv4 {}, IPv6 {}",
+            if v4 { "on" } else { "off" },
+            if v4 { "off" } else { "on" }
+        ),
+    };
+    let list = |k: &str| -> Vec<String> {
+        m.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let exempt = list("nonMasqueradeCIDRs");
+    if !exempt.is_empty() {
+        text.push_str(&format!("; not to {}", exempt.join(", ")));
+    }
+    let cluster = list("clusterCIDRs");
+    if !cluster.is_empty() {
+        text.push_str(&format!("; cluster CIDRs {}", cluster.join(", ")));
+    }
+    text
 }
 
 /// `palisadectl status -o json|yaml`: the agent's status plus the table's counts.

@@ -29,8 +29,8 @@ use super::reference::{Direction, Endpoint, EndpointError};
 use crate::compile::{compile, CompileOptions};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
-    ChainPolicy, CmpOp, CtState, Family, Field, Hook, KeyType, Match, RuleVerdict, Ruleset,
-    Statement, Value, Verdict,
+    ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match, RuleVerdict,
+    Ruleset, Statement, Value, Verdict,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -64,6 +64,10 @@ pub struct Hit {
 pub struct Outcome {
     pub accepted: bool,
     pub trace: Vec<Hit>,
+    /// A `masquerade` statement ended the walk (nat chains): the connection's source becomes
+    /// the address of the interface it leaves by.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub masqueraded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,10 +106,15 @@ pub fn classify(ruleset: &Ruleset, hook: Hook, packet: &Packet) -> Result<Outcom
         packet,
         trace: Vec::new(),
     };
+    let mut masqueraded = false;
     for (name, _, policy) in bases {
         let verdict = walker.run(name, 0)?;
         let accepted = match verdict {
             Some(Terminal::Accept) => true,
+            Some(Terminal::Masquerade) => {
+                masqueraded = true;
+                true
+            }
             Some(Terminal::Drop) => false,
             None => policy == ChainPolicy::Accept,
         };
@@ -113,12 +122,14 @@ pub fn classify(ruleset: &Ruleset, hook: Hook, packet: &Packet) -> Result<Outcom
             return Ok(Outcome {
                 accepted: false,
                 trace: walker.trace,
+                masqueraded,
             });
         }
     }
     Ok(Outcome {
         accepted: true,
         trace: walker.trace,
+        masqueraded,
     })
 }
 
@@ -126,6 +137,8 @@ pub fn classify(ruleset: &Ruleset, hook: Hook, packet: &Packet) -> Result<Outcom
 enum Terminal {
     Accept,
     Drop,
+    /// `masquerade` sets the verdict itself (accept, with the source rewritten).
+    Masquerade,
 }
 
 struct Walker<'a> {
@@ -187,7 +200,7 @@ impl Walker<'_> {
             }
             let logged = rule.statements.iter().find_map(|s| match s {
                 Statement::Log { prefix, .. } => Some(prefix.clone()),
-                Statement::Counter => None,
+                Statement::Counter | Statement::Masquerade => None,
             });
             self.trace.push(Hit {
                 chain: chain_name.to_string(),
@@ -195,6 +208,9 @@ impl Walker<'_> {
                 comment: rule.comment.clone(),
                 logged,
             });
+            if rule.statements.contains(&Statement::Masquerade) {
+                return Ok(Some(Terminal::Masquerade));
+            }
             match verdict {
                 None => continue,
                 Some(Verdict::Accept) => return Ok(Some(Terminal::Accept)),
@@ -380,6 +396,15 @@ pub fn check_ruleset(ruleset: &Ruleset) -> Vec<String> {
                     }
                 }
             }
+            let nat_postrouting = chain
+                .base
+                .as_ref()
+                .is_some_and(|b| b.chain_type == ChainType::Nat && b.hook == Hook::Postrouting);
+            if rule.statements.contains(&Statement::Masquerade) && !nat_postrouting {
+                problems.push(format!(
+                    "{at}: masquerade outside a nat chain at postrouting"
+                ));
+            }
             match &rule.verdict {
                 Some(RuleVerdict::Verdict(Verdict::Jump(c) | Verdict::Goto(c)))
                     if !ruleset.chains.contains_key(c) =>
@@ -529,6 +554,7 @@ impl<'a> Reachability<'a> {
                 node: String::new(),
                 fail_closed_new_pods: true,
                 nflog_group: None,
+                masquerade: crate::compile::MasqueradeOptions::enabled(),
             },
         )
     }
@@ -577,8 +603,8 @@ impl<'a> Reachability<'a> {
         let state = self.state;
         let (src_ip, src_place) = locate(state, src, family)?;
         let (dst_ip, dst_place) = locate(state, dst, family)?;
-        let packet = |iif: &str, oif: &str| Packet {
-            src: src_ip,
+        let packet = |src: IpAddr, iif: &str, oif: &str| Packet {
+            src,
             dst: dst_ip,
             proto: proto.number(),
             dport: port,
@@ -586,61 +612,108 @@ impl<'a> Reachability<'a> {
             oifname: oif.to_string(),
             ct_state: CtState::New,
         };
-        // The hooks crossed: (node, hook, packet).
-        let mut hops: Vec<(String, Hook, Packet)> = Vec::new();
+        let mut walk = Walk {
+            hops: Vec::new(),
+            allowed: true,
+        };
         match (&src_place, &dst_place) {
             (Place::Pod { node: a, veth: sv }, Place::Pod { node: b, veth: dv }) if a == b => {
-                hops.push((a.to_string(), Hook::Forward, packet(sv, dv)));
+                self.hop(&mut walk, a, Hook::Forward, packet(src_ip, sv, dv))?;
             }
             (Place::Pod { node: a, veth: sv }, Place::Node(b)) if a == b => {
-                hops.push((a.to_string(), Hook::Input, packet(sv, "")));
+                self.hop(&mut walk, a, Hook::Input, packet(src_ip, sv, ""))?;
             }
             (Place::Pod { node: a, veth: sv }, _) => {
-                hops.push((a.to_string(), Hook::Forward, packet(sv, UPLINK)));
-                far_end(&mut hops, &dst_place, &packet);
+                self.hop(&mut walk, a, Hook::Forward, packet(src_ip, sv, UPLINK))?;
+                // Leaving by the uplink: the nat chains at postrouting may masquerade, and the
+                // far end then sees the node's address. Shown as a hop only when they did.
+                let leaving = packet(src_ip, sv, UPLINK);
+                let nat =
+                    classify(self.ruleset(a), Hook::Postrouting, &leaving).map_err(|source| {
+                        PathError::Interp {
+                            node: a.to_string(),
+                            source,
+                        }
+                    })?;
+                let mut far_src = src_ip;
+                if nat.masqueraded {
+                    far_src = node_address(state, a, family).unwrap_or(src_ip);
+                    walk.allowed &= nat.accepted;
+                    walk.hops.push(HopResult {
+                        node: a.to_string(),
+                        hook: Hook::Postrouting,
+                        packet: leaving,
+                        outcome: nat,
+                    });
+                }
+                self.far_end(&mut walk, &dst_place, &|iif, oif| packet(far_src, iif, oif))?;
             }
             // The node itself sends through `output` (never filtered): to its own pods and
             // itself nothing more happens.
             (Place::Node(a), Place::Pod { node: b, .. } | Place::Node(b)) if a == b => {}
-            (Place::Node(_) | Place::External, _) => far_end(&mut hops, &dst_place, &packet),
-        }
-        let mut results = Vec::new();
-        let mut allowed = true;
-        for (node, hook, packet) in hops {
-            let outcome = classify(self.ruleset(&node), hook, &packet).map_err(|source| {
-                PathError::Interp {
-                    node: node.clone(),
-                    source,
-                }
-            })?;
-            allowed &= outcome.accepted;
-            results.push(HopResult {
-                node,
-                hook,
-                packet,
-                outcome,
-            });
+            (Place::Node(_) | Place::External, _) => {
+                self.far_end(&mut walk, &dst_place, &|iif, oif| packet(src_ip, iif, oif))?
+            }
         }
         Ok(PathVerdict {
-            allowed,
-            hops: results,
+            allowed: walk.allowed,
+            hops: walk.hops,
         })
+    }
+
+    /// Walk one hook of one node and record it.
+    fn hop(
+        &mut self,
+        walk: &mut Walk,
+        node: &str,
+        hook: Hook,
+        packet: Packet,
+    ) -> Result<(), PathError> {
+        let outcome =
+            classify(self.ruleset(node), hook, &packet).map_err(|source| PathError::Interp {
+                node: node.to_string(),
+                source,
+            })?;
+        walk.allowed &= outcome.accepted;
+        walk.hops.push(HopResult {
+            node: node.to_string(),
+            hook,
+            packet,
+            outcome,
+        });
+        Ok(())
+    }
+
+    /// The hook of the destination's node, for a packet arriving over the uplink.
+    fn far_end(
+        &mut self,
+        walk: &mut Walk,
+        dst: &Place<'_>,
+        packet: &dyn Fn(&str, &str) -> Packet,
+    ) -> Result<(), PathError> {
+        match dst {
+            Place::Pod { node, veth } => self.hop(walk, node, Hook::Forward, packet(UPLINK, veth)),
+            Place::Node(node) => self.hop(walk, node, Hook::Input, packet(UPLINK, "")),
+            Place::External => Ok(()),
+        }
     }
 }
 
-/// The hook of the destination's node, for a packet arriving over the uplink.
-fn far_end(
-    hops: &mut Vec<(String, Hook, Packet)>,
-    dst: &Place<'_>,
-    packet: &impl Fn(&str, &str) -> Packet,
-) {
-    match dst {
-        Place::Pod { node, veth } => {
-            hops.push((node.to_string(), Hook::Forward, packet(UPLINK, veth)))
-        }
-        Place::Node(node) => hops.push((node.to_string(), Hook::Input, packet(UPLINK, ""))),
-        Place::External => {}
-    }
+/// The hooks walked so far and whether all accepted.
+struct Walk {
+    hops: Vec<HopResult>,
+    allowed: bool,
+}
+
+/// The InternalIP of `node` in `family`: the address a masqueraded packet leaves with.
+fn node_address(state: &ClusterState, node: &str, family: Family) -> Option<IpAddr> {
+    state
+        .nodes
+        .get(node)?
+        .internal_ips
+        .iter()
+        .copied()
+        .find(|ip| Family::of(ip) == family)
 }
 
 fn locate<'a>(

@@ -8,7 +8,8 @@ use super::plan::{chain_set_refs, rule_chain_refs, Op, Programmed, SetSpec};
 use super::tracker::Tracker;
 use super::{text, ApplyStats, Dataplane, DataplaneError};
 use crate::ruleset::{
-    Chain, Match, RuleVerdict, Ruleset, Set, Touched, Value, Verdict, VerdictMap,
+    Chain, ChainType, Hook, Match, RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict,
+    VerdictMap,
 };
 
 #[derive(Debug, Clone)]
@@ -202,7 +203,11 @@ fn apply_op(table: &mut Option<Ruleset>, op: &Op) -> Result<(), String> {
         Op::AddChain { name, base } => match rs.chains.get_mut(name) {
             Some(c) => match (&c.base, base) {
                 (None, None) => {}
-                (Some(a), Some(b)) if a.hook == b.hook && a.priority == b.priority => {
+                (Some(a), Some(b))
+                    if a.chain_type == b.chain_type
+                        && a.hook == b.hook
+                        && a.priority == b.priority =>
+                {
                     c.base = Some(b.clone())
                 }
                 _ => {
@@ -354,11 +359,22 @@ fn apply_op(table: &mut Option<Ruleset>, op: &Op) -> Result<(), String> {
             if let Some(t) = rule_chain_refs(rule) {
                 check_target(rs, t)?;
             }
-            rs.chains
+            let c = rs
+                .chains
                 .get_mut(chain)
-                .ok_or(format!("No such file or directory: chain {chain}"))?
-                .rules
-                .push(rule.clone());
+                .ok_or(format!("No such file or directory: chain {chain}"))?;
+            // The kernel validates a masquerade expression against the chain it lands in:
+            // only a nat chain at postrouting may hold one.
+            let nat_postrouting = c
+                .base
+                .as_ref()
+                .is_some_and(|b| b.chain_type == ChainType::Nat && b.hook == Hook::Postrouting);
+            if rule.statements.contains(&Statement::Masquerade) && !nat_postrouting {
+                return Err(format!(
+                    "Operation not supported: masquerade in chain {chain} (not nat at postrouting)"
+                ));
+            }
+            c.rules.push(rule.clone());
         }
     }
     Ok(())

@@ -20,8 +20,8 @@
 
 use super::plan::{Op, SetSpec};
 use crate::ruleset::{
-    CmpOp, CtState, Family, Field, Hook, KeyType, Match, Rule, RuleVerdict, Statement, Value,
-    Verdict,
+    ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match, Rule, RuleVerdict, Statement,
+    Value, Verdict,
 };
 use serde_json::{json, Value as Json};
 
@@ -42,7 +42,7 @@ fn op_json(table: &str, op: &Op, out: &mut Vec<Json>) {
         Op::AddChain { name, base } => {
             let mut c = json!({"family": FAMILY, "table": table, "name": name});
             if let Some(b) = base {
-                c["type"] = json!("filter");
+                c["type"] = json!(chain_type_name(b.chain_type));
                 c["hook"] = json!(hook_name(b.hook));
                 c["prio"] = json!(b.priority);
                 c["policy"] = json!(match b.policy {
@@ -115,6 +115,13 @@ fn set_json(table: &str, name: &str, spec: &SetSpec) -> Json {
         s["flags"] = json!(["interval"]);
     }
     s
+}
+
+pub(crate) fn chain_type_name(t: ChainType) -> &'static str {
+    match t {
+        ChainType::Filter => "filter",
+        ChainType::Nat => "nat",
+    }
 }
 
 pub(crate) fn hook_name(h: Hook) -> &'static str {
@@ -255,6 +262,7 @@ pub(crate) fn split_rule(rule: &Rule) -> Vec<Vec<Json>> {
                     }
                 }
             }
+            Statement::Masquerade => cur.push(json!({"masquerade": {"flags": ["fully-random"]}})),
         }
     }
     match &rule.verdict {

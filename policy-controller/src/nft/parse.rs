@@ -8,8 +8,8 @@
 use super::canon::canonical_value;
 use super::plan::Programmed;
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, CmpOp, CtState, Family, Field, Hook, KeyType, Match, Rule,
-    RuleVerdict, Set, Statement, Value, Verdict, VerdictMap,
+    BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match,
+    Rule, RuleVerdict, Set, Statement, Value, Verdict, VerdictMap,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -83,6 +83,7 @@ pub fn parse_listing(json: &str, table: &str) -> Result<Listing, String> {
                         // A base chain we cannot express gets a priority no model uses, so
                         // that it is deleted and recreated rather than kept.
                         Some(parsed.unwrap_or(BaseChain {
+                            chain_type: ChainType::Filter,
                             hook: Hook::Prerouting,
                             priority: i32::MIN,
                             policy: ChainPolicy::Accept,
@@ -170,9 +171,11 @@ fn str_field(obj: &Json, key: &str) -> Result<String, String> {
 }
 
 fn parse_base(obj: &Json) -> Option<BaseChain> {
-    if obj.get("type").and_then(Json::as_str) != Some("filter") {
-        return None;
-    }
+    let chain_type = match obj.get("type").and_then(Json::as_str)? {
+        "filter" => ChainType::Filter,
+        "nat" => ChainType::Nat,
+        _ => return None,
+    };
     let hook = match obj.get("hook").and_then(Json::as_str)? {
         "prerouting" => Hook::Prerouting,
         "input" => Hook::Input,
@@ -188,6 +191,7 @@ fn parse_base(obj: &Json) -> Option<BaseChain> {
         _ => return None,
     };
     Some(BaseChain {
+        chain_type,
         hook,
         priority,
         policy,
@@ -517,7 +521,7 @@ fn parse_rule(obj: &Json) -> RawRule {
         };
         let mut pending_limit: Option<u32> = None;
         for e in exprs {
-            if r.verdict.is_some() {
+            if r.verdict.is_some() || r.statements.last() == Some(&Statement::Masquerade) {
                 return None; // nothing follows a verdict in rules Palisade writes
             }
             let (k, v) = e.as_object()?.iter().next()?;
@@ -553,6 +557,19 @@ fn parse_rule(obj: &Json) -> RawRule {
                         prefix,
                         rate_per_second: pending_limit.take(),
                     });
+                }
+                // Palisade writes it with exactly one flag, `fully-random` (nft lists a
+                // single flag as a string, several as an array).
+                "masquerade" => {
+                    let flags: Vec<&str> = match v.get("flags")? {
+                        Json::String(f) => vec![f.as_str()],
+                        Json::Array(a) => a.iter().filter_map(Json::as_str).collect(),
+                        _ => return None,
+                    };
+                    if flags != ["fully-random"] || v.as_object()?.len() != 1 {
+                        return None;
+                    }
+                    r.statements.push(Statement::Masquerade);
                 }
                 "vmap" => {
                     let fields = parse_fields(v.get("key")?)?;

@@ -173,7 +173,9 @@ pub(crate) fn rule_chain_refs(rule: &Rule) -> Option<&str> {
 fn same_hook(a: &Option<BaseChain>, b: &Option<BaseChain>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => a.hook == b.hook && a.priority == b.priority,
+        (Some(a), Some(b)) => {
+            a.chain_type == b.chain_type && a.hook == b.hook && a.priority == b.priority
+        }
         _ => false,
     }
 }

@@ -2,7 +2,7 @@
 //! exactly as they are programmed (see `json`). For logs, `palisadectl` and golden files;
 //! what is sent to nft is [`script`] when every name allows, JSON otherwise (see `json`).
 
-use super::json::{ct_state_name, hook_name, key_type_name};
+use super::json::{chain_type_name, ct_state_name, hook_name, key_type_name};
 use crate::ruleset::{
     ChainPolicy, CmpOp, Family, Field, KeyType, Match, Rule, RuleVerdict, Ruleset, Statement,
     Value, Verdict,
@@ -57,7 +57,8 @@ pub fn render_table(table: &str, rs: &Ruleset) -> String {
             };
             let _ = writeln!(
                 s,
-                "\t\ttype filter hook {} priority {}; policy {policy};",
+                "\t\ttype {} hook {} priority {}; policy {policy};",
+                chain_type_name(b.chain_type),
                 hook_name(b.hook),
                 b.priority
             );
@@ -202,6 +203,7 @@ pub(crate) fn rule_lines(rule: &Rule) -> Vec<String> {
                     out.push(finish(std::mem::replace(&mut cur, matches.clone())));
                 }
             }
+            Statement::Masquerade => cur.push("masquerade fully-random".into()),
         }
     }
     match &rule.verdict {
@@ -268,7 +270,8 @@ fn write_op(s: &mut String, table: &str, op: &super::plan::Op) {
         } => {
             let _ = writeln!(
                 s,
-                "add chain {t}{name} {{ type filter hook {} priority {}; policy {}; }}",
+                "add chain {t}{name} {{ type {} hook {} priority {}; policy {}; }}",
+                chain_type_name(b.chain_type),
                 hook_name(b.hook),
                 b.priority,
                 match b.policy {
@@ -391,7 +394,7 @@ fn script_rule(r: &Rule) -> bool {
             Match::CtState(_) => true,
         })
         && r.statements.iter().all(|s| match s {
-            Statement::Counter => true,
+            Statement::Counter | Statement::Masquerade => true,
             Statement::Log { prefix, .. } => script_string(prefix),
         })
         && match &r.verdict {
@@ -446,7 +449,7 @@ pub fn script(table: &str, ops: &[super::plan::Op]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::nft::plan::{Op, SetSpec};
-    use crate::ruleset::{BaseChain, Hook, KeyType};
+    use crate::ruleset::{BaseChain, ChainType, Hook, KeyType};
 
     fn rule(chain: &str, r: Rule) -> Op {
         Op::AddRule {
@@ -468,6 +471,7 @@ mod tests {
             Op::AddChain {
                 name: "forward".into(),
                 base: Some(BaseChain {
+                    chain_type: ChainType::Filter,
                     hook: Hook::Forward,
                     priority: -5,
                     policy: ChainPolicy::Accept,

@@ -419,7 +419,8 @@ fn hash_map(m: &VerdictMap, h: &mut FoldHasher<'static>) {
 mod tests {
     use super::*;
     use crate::ruleset::{
-        BaseChain, ChainPolicy, Family, Field, Hook, KeyType, Match, Rule, Value, Verdict,
+        BaseChain, ChainPolicy, ChainType, Family, Field, Hook, KeyType, Match, Rule, Value,
+        Verdict,
     };
 
     fn ip(s: &str) -> Vec<Value> {
@@ -452,6 +453,7 @@ mod tests {
             "forward".into(),
             Chain {
                 base: Some(BaseChain {
+                    chain_type: ChainType::Filter,
                     hook: Hook::Forward,
                     priority: 0,
                     policy: ChainPolicy::Accept,

@@ -45,6 +45,7 @@ pub fn set(key: &[KeyType], interval: bool, elements: Vec<Vec<Value>>) -> Set {
 
 pub fn base(hook: Hook, policy: ChainPolicy) -> Option<BaseChain> {
     Some(BaseChain {
+        chain_type: ChainType::Filter,
         hook,
         priority: 0,
         policy,
