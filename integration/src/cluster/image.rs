@@ -81,13 +81,9 @@ impl ImageMode {
             ca_pem: String::new(),
             token: String::new(),
         };
-        let plan = plan_pod(
-            manifests.daemonset()?,
-            &|ns, name| manifests.configmap(ns, name).cloned(),
-            &probe_node,
-            &api,
-        )
-        .with_context(|| format!("the DaemonSet of {}", conf_dir.display()))?;
+        // Nothing is written: planning is pure.
+        let plan = plan_for(&manifests, &probe_node, &api)
+            .with_context(|| format!("the DaemonSet of {}", conf_dir.display()))?;
         let (layout, reference) = layout_reference(layout)?;
         let store = ImageStore::load(store_dir, &layout, &reference, &plan.image)?;
         Ok(ImageMode {
@@ -108,6 +104,16 @@ impl ImageMode {
     fn host_paths(plan: &PodPlan) -> Vec<String> {
         plan.host_paths.iter().map(|h| h.path.clone()).collect()
     }
+}
+
+/// The DaemonSet's pod on `node`.
+fn plan_for(manifests: &Manifests, node: &NodeFacts, api: &ApiAccess) -> Result<PodPlan> {
+    plan_pod(
+        manifests.daemonset()?,
+        &|ns, name| manifests.configmap(ns, name).cloned(),
+        node,
+        api,
+    )
 }
 
 /// Set keys of the DaemonSet's ConfigMap.
@@ -160,10 +166,18 @@ pub fn api_listener() -> Result<TlsListener> {
 /// A node's pod in image mode.
 pub struct NodePod {
     pub plan: PodPlan,
-    /// The running containers: (podman name, PID on the machine).
-    pub containers: Vec<(String, u32)>,
+    /// The running containers.
+    pub containers: Vec<RunningContainer>,
     /// How the node's runtime runs CNI (the installed plugin and config).
     pub cni: NodeCni,
+}
+
+pub struct RunningContainer {
+    /// podman's name for it.
+    pub name: String,
+    /// Its first process, on the machine.
+    pub pid: u32,
+    pub log: PathBuf,
 }
 
 fn container_name(cluster: &Cluster, node: &Node, container: &str) -> String {
@@ -220,12 +234,7 @@ impl Cluster {
                 host_root: n.dir.join("host"),
                 pod_dir: n.dir.join("pod"),
             };
-            let plan = plan_pod(
-                manifests.daemonset()?,
-                &|ns, name| manifests.configmap(ns, name).cloned(),
-                &facts,
-                &api,
-            )?;
+            let plan = plan_for(&manifests, &facts, &api)?;
             prepare_pod(&plan).with_context(|| format!("prepare the pod of {}", n.name))?;
             plans.push(plan);
         }
@@ -289,23 +298,40 @@ impl Cluster {
                 });
             }
         }
-        let pids = mode.store.start_all(&launches)?;
-        let mut started: Vec<Vec<(String, u32)>> = vec![Vec::new(); self.nodes.len()];
-        for ((l, pid), node) in launches.iter().zip(pids).zip(owners) {
-            let uid = mode.store.uid(l.container.security.run_as_user);
-            let process = ProcessSecurity::read(pid)?;
-            l.container.security.check(&process, uid).with_context(|| {
-                format!(
-                    "container {} on {} (pid {pid}) does not run as its securityContext says",
-                    l.container.name, l.hostname
-                )
-            })?;
-            self.log(format!(
-                "{} {} (pid {pid}): {process}",
-                l.hostname, l.container.name
-            ));
-            started[node].push((l.name.clone(), pid));
-        }
+        let started = mode.store.start_all(&launches).and_then(|pids| {
+            let mut started: Vec<Vec<RunningContainer>> =
+                (0..self.nodes.len()).map(|_| Vec::new()).collect();
+            for ((l, pid), node) in launches.iter().zip(pids).zip(&owners) {
+                let uid = mode.store.uid(l.container.security.run_as_user);
+                let process = ProcessSecurity::read(pid)?;
+                l.container.security.check(&process, uid).with_context(|| {
+                    format!(
+                        "container {} on {} (pid {pid}) does not run as its securityContext \
+                         says",
+                        l.container.name, l.hostname
+                    )
+                })?;
+                self.log(format!(
+                    "{} {} (pid {pid}): {process}",
+                    l.hostname, l.container.name
+                ));
+                started[*node].push(RunningContainer {
+                    name: l.name.clone(),
+                    pid,
+                    log: l.log.clone(),
+                });
+            }
+            Ok(started)
+        });
+        let started = match started {
+            Ok(s) => s,
+            Err(e) => {
+                // The nodes do not own them yet: remove what started here.
+                let names: Vec<String> = launches.iter().map(|l| l.name.clone()).collect();
+                let _ = mode.store.remove(&names, std::time::Duration::ZERO);
+                return Err(e);
+            }
+        };
         drop(launches);
         for (i, (plan, containers)) in plans.into_iter().zip(started).enumerate() {
             let n = &self.nodes[i];
@@ -367,13 +393,14 @@ impl Cluster {
         let (Some(pod), Some(mode)) = (&n.pod, &self.config.image) else {
             return Ok(());
         };
-        for (name, pid) in &pod.containers {
-            if !process_alive(*pid) {
+        for c in &pod.containers {
+            if !process_alive(c.pid) {
                 bail!(
-                    "container {name} on {} exited: {}; last log lines:\n{}",
+                    "container {} on {} exited: {}; last log lines:\n{}",
+                    c.name,
                     n.name,
-                    mode.store.exit_state(name),
-                    super::tail(&n.agent_log, 40)
+                    mode.store.exit_state(&c.name),
+                    super::tail(&c.log, 40)
                 );
             }
         }
@@ -388,7 +415,7 @@ impl Cluster {
         };
         let names: Vec<String> = pods
             .iter()
-            .flat_map(|p| p.containers.iter().map(|(n, _)| n.clone()))
+            .flat_map(|p| p.containers.iter().map(|c| c.name.clone()))
             .collect();
         let grace = pods
             .iter()
