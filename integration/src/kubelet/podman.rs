@@ -187,8 +187,15 @@ impl ImageStore {
             image_user: None,
             teardown,
         };
-        // The lower-case `oci:` transport reads the layout directly.
-        let source = format!("oci:{}:{reference}", layout.display());
+        // The `oci:` transport reads the layout directly, but podman names the image after
+        // the layout's path and refuses upper-case letters in it (mktemp makes such paths):
+        // read it through a link with a name of ours.
+        let link = dir.join("layout");
+        let target = std::fs::canonicalize(layout)
+            .with_context(|| format!("OCI layout {}", layout.display()))?;
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("link {}", link.display()))?;
+        let source = format!("oci:{}:{reference}", link.display());
         let id = output(
             store.podman().args(["pull", "--quiet", &source]),
             &format!("pull {source}"),
