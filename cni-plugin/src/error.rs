@@ -5,7 +5,7 @@
 //! [`CniError::msg`] and [`CniError::details`]. Codes 0–99 are the spec's well-known codes
 //! (SPEC.md "Error"), 100+ are ours and documented in `README.md`.
 
-use crate::hostport::HostPortError;
+use crate::hostport::{ErrorKind as HostPortKind, HostPortError};
 use std::io;
 
 pub type Result<T, E = CniError> = std::result::Result<T, E>;
@@ -61,13 +61,10 @@ pub enum CniError {
         reasons: Vec<String>,
         details: String,
     },
-    /// A netlink request failed; `context` names the object ("add route 10.244.1.5/32 dev x").
-    #[error("{context}: {source}{}", kernel_msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
-    Netlink {
-        context: String,
-        source: io::Error,
-        kernel_msg: Option<String>,
-    },
+    /// A netlink request failed; its context names the object ("add route 10.244.1.5/32
+    /// via 169.254.1.1"), and the kernel's extended-ack text follows when it sent one.
+    #[error(transparent)]
+    Netlink(#[from] palisade_kernel::Error),
     /// The kernel state is not what ADD can work with (e.g. `CNI_IFNAME` taken by a link that
     /// is not ours).
     #[error("{0}")]
@@ -101,6 +98,18 @@ pub enum CniError {
     CheckFailed { diffs: Vec<String> },
 }
 
+/// Work that could not run inside a network namespace (opening or entering it failed).
+impl From<palisade_kernel::NetnsError> for CniError {
+    fn from(e: palisade_kernel::NetnsError) -> CniError {
+        use palisade_kernel::NetnsError::*;
+        let (path, source) = match e {
+            Open { path, source } | Enter { path, source } => (path, source),
+            Panicked { path } => (path, io::Error::other("the thread inside it panicked")),
+        };
+        CniError::Netns { path, source }
+    }
+}
+
 impl CniError {
     /// The CNI error code of this error.
     pub fn code(&self) -> u32 {
@@ -116,10 +125,19 @@ impl CniError {
             TryAgain(_) => code::TRY_AGAIN,
             NotAvailable(_) => code::NOT_AVAILABLE,
             LimitedConnectivity { .. } => code::LIMITED_CONNECTIVITY,
-            Netlink { .. } | LinkConflict(_) => code::LINK,
+            Netlink(_) | LinkConflict(_) => code::LINK,
             IpamExhausted { .. } => code::IPAM_EXHAUSTED,
             IpamStore { .. } => code::IPAM_STORE,
-            HostPort { .. } => code::HOSTPORT,
+            // A malformed or self-colliding portMappings is the runtime's configuration
+            // being wrong (7); a lock held too long, try again (11); unreadable or
+            // unwritable records, the spec's I/O failure (5); a port another pod holds, or
+            // nftables refusing, is ours (103).
+            HostPort { source, .. } => match source.kind {
+                HostPortKind::Invalid => code::INVALID_CONFIG,
+                HostPortKind::Busy => code::TRY_AGAIN,
+                HostPortKind::Store => code::IO_FAILURE,
+                HostPortKind::InUse | HostPortKind::Nftables => code::HOSTPORT,
+            },
             Agent(_) => code::AGENT,
             Netns { .. } => code::NETNS,
             Sysctl { .. } => code::SYSCTL,
@@ -142,7 +160,7 @@ impl CniError {
             DelegateFailed { details, .. } => details.clone(),
             HostPort { source, .. } => source.details.clone(),
             LimitedConnectivity { details, .. } => details.clone(),
-            Netlink { source, .. }
+            Netlink(palisade_kernel::Error { source, .. })
             | Io { source, .. }
             | Netns { source, .. }
             | Sysctl { source, .. } => match source.raw_os_error() {
@@ -216,11 +234,10 @@ mod tests {
                 51,
             ),
             (
-                CniError::Netlink {
-                    context: "add link".into(),
-                    source: io::Error::from_raw_os_error(libc::EEXIST),
-                    kernel_msg: None,
-                },
+                CniError::Netlink(palisade_kernel::Error::new(
+                    "add link",
+                    io::Error::from_raw_os_error(libc::EEXIST),
+                )),
                 100,
             ),
             (
@@ -255,11 +272,11 @@ mod tests {
 
     #[test]
     fn netlink_errors_carry_context_and_kernel_message() {
-        let e = CniError::Netlink {
+        let e = CniError::Netlink(palisade_kernel::Error {
             context: "add route 10.244.1.5/32 dev pal0".into(),
             source: io::Error::from_raw_os_error(libc::EEXIST),
             kernel_msg: Some("Nexthop device is not up".into()),
-        };
+        });
         let m = e.msg();
         assert!(m.starts_with("add route 10.244.1.5/32 dev pal0: "), "{m}");
         assert!(m.contains("Nexthop device is not up"), "{m}");

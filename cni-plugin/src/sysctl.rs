@@ -1,5 +1,5 @@
 //! sysctls through `/proc/sys`. `/proc/sys/net` shows the namespace of the thread that opens
-//! the file: call these for the pod from inside `Netns::run`.
+//! the file: call these for the pod from inside `palisade_kernel::Netns::run`.
 
 use crate::error::CniError;
 use std::io;

@@ -21,8 +21,7 @@
 //! and GC of the network deletes it (DEL marked it with [`deleted_alias`]); it never carries
 //! traffic in between.
 
-use crate::link;
-use crate::netlink::Socket;
+use palisade_kernel::rtnl::Rtnl;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -83,8 +82,8 @@ fn grandchild(index: u32, keep: Option<RawFd>) -> ! {
         close_from(3, keep);
     }
     crate::commands::crash_point(crate::commands::TEARDOWN_STEP);
-    if let Ok(mut sock) = Socket::open() {
-        let _ = link::delete_link_index(&mut sock, index);
+    if let Ok(mut sock) = Rtnl::open() {
+        let _ = sock.delete_link_index(index);
     }
     // SAFETY: leave without running anything of the parent's (see delete_detached).
     unsafe { libc::_exit(0) }

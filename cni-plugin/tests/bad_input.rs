@@ -6,12 +6,13 @@
 //! well-known codes (1 incompatible version, 2 unsupported field, 3 unknown container, 4
 //! invalid environment variables, 6 decode failure, 7 invalid network config, 50 not
 //! available) and add plugin codes from 100 (101 no free address, 102 IPAM store, 103
-//! hostPort, 104 agent, 107 delegated IPAM).
+//! hostPort in the kernel, 104 agent, 107 delegated IPAM); malformed port mappings are 7.
 //!
 //! Every case of a group runs even when an earlier one fails; the test then fails listing
 //! every wrong case, so one run shows the whole picture.
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::code::*;
 use common::*;
@@ -407,41 +408,43 @@ fn bad_port_mappings() {
     run_cases(
         &node,
         vec![
-            // hostPort 0 is not here: src/hostport.rs documents that such entries are
-            // skipped (nothing to publish; containerd filters them the same way).
+            // Malformed or colliding mappings are the runtime's configuration being wrong:
+            // code 7, not the plugin's hostPort failure (103). hostPort 0 is not here:
+            // src/hostport/mappings.rs documents that such entries are skipped (nothing to
+            // publish; containerd filters them the same way).
             case(
                 "one host port claimed for two container ports",
-                HOSTPORT,
+                INVALID_CONFIG,
                 two_claims,
             ),
             case(
                 "hostPort negative",
-                HOSTPORT,
+                INVALID_CONFIG,
                 with_pm(json!({"hostPort": -1, "containerPort": 80, "protocol": "tcp"})),
             ),
             case(
                 "containerPort missing",
-                HOSTPORT,
+                INVALID_CONFIG,
                 with_pm(json!({"hostPort": 8080, "protocol": "tcp"})),
             ),
             case(
                 "hostPort 70000",
-                HOSTPORT,
+                INVALID_CONFIG,
                 with_pm(json!({"hostPort": 70000, "containerPort": 80, "protocol": "tcp"})),
             ),
             case(
                 "containerPort 0",
-                HOSTPORT,
+                INVALID_CONFIG,
                 with_pm(json!({"hostPort": 8080, "containerPort": 0, "protocol": "tcp"})),
             ),
             case(
                 "protocol icmp",
-                HOSTPORT,
+                INVALID_CONFIG,
                 with_pm(json!({"hostPort": 8080, "containerPort": 80, "protocol": "icmp"})),
             ),
             case(
                 "hostIP not an IP",
-                HOSTPORT,
+                INVALID_CONFIG,
                 with_pm(
                     json!({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "x"}),
                 ),

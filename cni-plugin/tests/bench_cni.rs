@@ -17,7 +17,8 @@
 //! `cni-plugin/bench/cni-bench.sh` or
 //! `cargo test --release -p palisade-cni --test bench_cni -- --ignored --nocapture`.
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;

@@ -6,7 +6,8 @@
 //! the host veth (the interface without `sandbox`), tuning the pod interface. The test checks
 //! that each of them really acted, then that DEL leaves nothing.
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;

@@ -8,7 +8,8 @@
 //! - 200 pods on one node, ADD with 24 concurrent processes then DEL with 24: no address is
 //!   handed out twice and nothing leaks.
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;

@@ -2,7 +2,8 @@
 //! plugin's tests fail, this one passing shows the failure is the plugin's, not the harness's
 //! (netns entry, connectivity probes, leak detection).
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;

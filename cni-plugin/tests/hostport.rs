@@ -11,16 +11,13 @@
 //! ```
 //!
 //! Pods are wired by hand the way the plugin wires them (routed veth, link-local gateway).
-//! The module runs nft through `nsenter` into the node namespace ([`NftRunner::in_netns`]);
-//! traffic is made with std sockets on short-lived threads that entered a namespace with
-//! `setns` (the thread ends right after, so no other code runs in the wrong namespace).
+//! The module works on the node namespace's table ([`HostPorts::in_netns`]: netlink sockets
+//! opened inside it, nft through `nsenter`); traffic is made with std sockets on
+//! short-lived threads that entered a namespace (the thread ends right after, so no other
+//! code runs in the wrong namespace).
 
-#[allow(dead_code)] // the plugin binary uses all of it; this test binary only a part
-#[path = "../src/hostport.rs"]
-mod hostport;
-
-use hostport::{HostPorts, NftRunner, PortMapping, Proto};
-use palisade_testutil::{in_netns, kernel_tests_enabled, run_prefix, unique_link_name, Netns};
+use palisade_cni::hostport::{HostPorts, PortMapping, Proto};
+use palisade_testutil::{in_netns, kernel_tests_enabled, run_prefix, unique_link_name, TestNetns};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -44,14 +41,14 @@ const TABLE: &str = palisade_common::HOSTPORT_TABLE;
 /// A node namespace on a segment with a "remote node" namespace, plus a record directory.
 struct Node {
     tag: String,
-    ns: Netns,
-    remote: Netns,
+    ns: TestNetns,
+    remote: TestNetns,
     data_dir: PathBuf,
     pods: Vec<Pod>,
 }
 
 struct Pod {
-    ns: Netns,
+    ns: TestNetns,
     v4: IpAddr,
     v6: IpAddr,
 }
@@ -64,8 +61,8 @@ impl Pod {
 
 impl Node {
     fn new(tag: &str) -> Node {
-        let ns = Netns::new(&format!("hp{tag}")).unwrap();
-        let remote = Netns::new(&format!("hp{tag}-r")).unwrap();
+        let ns = TestNetns::new(&format!("hp{tag}")).unwrap();
+        let remote = TestNetns::new(&format!("hp{tag}-r")).unwrap();
         ns.veth_to("eth0", &remote, "eth0").unwrap();
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
@@ -91,12 +88,12 @@ impl Node {
     }
 
     fn hostports(&self) -> HostPorts {
-        HostPorts::new(&self.data_dir).with_nft(NftRunner::in_netns(self.ns.path()))
+        HostPorts::new(&self.data_dir).in_netns(self.ns.path())
     }
 
     /// A pod namespace wired like the plugin does it; returns its index.
     fn pod(&mut self, n: u8) -> usize {
-        let ns = Netns::new(&format!("hp{}-p{n}", self.tag)).unwrap();
+        let ns = TestNetns::new(&format!("hp{}-p{n}", self.tag)).unwrap();
         let hv = unique_link_name('h');
         let (v4, v6) = (format!("10.244.0.{n}"), format!("fd00:244::{n}"));
         self.ns
@@ -170,7 +167,7 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(ns: &Netns, tag: &str, tcp: &[u16], udp: &[u16]) -> Servers {
+    fn start(ns: &TestNetns, tag: &str, tcp: &[u16], udp: &[u16]) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &port in tcp {
@@ -223,7 +220,7 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 }
 
 /// Connect from namespace `ns` to `to` over TCP and return the server's line.
-fn tcp_ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
+fn tcp_ask(ns: &TestNetns, to: SocketAddr) -> Result<String, String> {
     in_netns(ns.path(), move || {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
             .map_err(|e| format!("tcp connect {to}: {e}"))?;
@@ -236,7 +233,7 @@ fn tcp_ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
 }
 
 /// Send a UDP datagram from namespace `ns` to `to` and return the answer.
-fn udp_ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
+fn udp_ask(ns: &TestNetns, to: SocketAddr) -> Result<String, String> {
     in_netns(ns.path(), move || {
         let any: IpAddr = if to.is_ipv4() {
             "0.0.0.0".parse().unwrap()
@@ -685,10 +682,10 @@ fn crash_between_record_and_nft_is_cleaned_by_del() {
     let record_path = node.data_dir.join("hostport/c15@eth0.json");
     let mut record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
-    record["elements"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"set": "ports4", "key": "6 . 8025", "value": "10.244.0.15 . 80"}));
+    record["entries"].as_array_mut().unwrap().push(
+        serde_json::json!({"kind": "dnat", "protocol": "tcp", "hostPort": 8025,
+                                 "podIp": "10.244.0.15", "containerPort": 80}),
+    );
     std::fs::write(&record_path, record.to_string()).unwrap();
     hp.del("c15", "eth0").unwrap();
     let listing = node.nft_list();
@@ -707,6 +704,53 @@ fn crash_between_record_and_nft_is_cleaned_by_del() {
         .unwrap();
     hp.del("c15", "eth0").unwrap();
     hp.del("c16", "eth0").unwrap();
+    assert!(!node.table_exists(), "{}", node.nft_list());
+    assert!(node.records().is_empty(), "{:?}", node.records());
+}
+
+/// An upgrade: a record written by a plugin that stored nft text (format 1) for mappings that
+/// are in the kernel is read once and rewritten typed; CHECK still passes, and DEL removes the
+/// old mapping (and, being the last, the table).
+#[test]
+fn an_old_format_record_is_upgraded_and_del_removes_its_mapping() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut node = Node::new("upgrade");
+    let a = node.pod(17);
+    let _sa = Servers::start(&node.pods[a].ns, "pod17", &[80], &[5353]);
+    let hp = node.hostports();
+    let maps = [tcp(8017, 80), on(NODE_V4_EXTRA, udp(5317, 5353))];
+    hp.add("c17", "eth0", &node.pods[a].ips(), &maps).unwrap();
+    let path = node.data_dir.join("hostport/c17@eth0.json");
+    let typed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // The same elements as the old plugin recorded them.
+    let old = serde_json::json!({
+        "containerId": "c17", "ifname": "eth0", "bootId": typed["bootId"],
+        "elements": [
+            {"set": "addr_ports4", "key": "192.168.77.11 . 17 . 5317", "value": "10.244.0.17 . 5353"},
+            {"set": "hairpin4", "key": "10.244.0.17 . 10.244.0.17"},
+            {"set": "hairpin6", "key": "fd00:244::17 . fd00:244::17"},
+            {"set": "ports4", "key": "6 . 8017", "value": "10.244.0.17 . 80"},
+            {"set": "ports6", "key": "6 . 8017", "value": "fd00:244::17 . 80"}
+        ]
+    });
+    std::fs::write(&path, old.to_string()).unwrap();
+    hp.check("c17", "eth0", &node.pods[a].ips(), &maps).unwrap();
+    let rewritten: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(rewritten["version"], 2, "{rewritten}");
+    assert_eq!(rewritten["entries"], typed["entries"], "{rewritten}");
+    assert_eq!(
+        tcp_ask(&node.remote, sa(NODE_V4, 8017)).unwrap(),
+        format!("pod17 {REMOTE_V4}")
+    );
+
+    // Old format again, this time met first by DEL.
+    std::fs::write(&path, old.to_string()).unwrap();
+    hp.del("c17", "eth0").unwrap();
+    assert!(tcp_ask(&node.remote, sa(NODE_V4, 8017)).is_err());
     assert!(!node.table_exists(), "{}", node.nft_list());
     assert!(node.records().is_empty(), "{:?}", node.records());
 }

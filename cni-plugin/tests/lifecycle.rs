@@ -1,7 +1,8 @@
 //! ADD / CHECK / DEL / GC / STATUS of the real `palisade` binary on the real kernel, over
 //! every supported spec version and IPv4, IPv6 and dual-stack.
 
-mod common;
+// `pub`: the harness is shared by every test binary and each uses a part of it.
+pub mod common;
 
 use common::*;
 use palisade_testutil::kernel_tests_enabled;
@@ -138,7 +139,7 @@ fn del_with_netns_gone_or_empty() {
     let Pod { ns, cid, ifname } = gone;
     drop(ns);
     let gone = Pod {
-        ns: std::sync::Arc::new(palisade_testutil::Netns::new("delgone-tmp").unwrap()),
+        ns: std::sync::Arc::new(palisade_testutil::TestNetns::new("delgone-tmp").unwrap()),
         cid,
         ifname,
     };

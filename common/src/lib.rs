@@ -1,14 +1,11 @@
 //! What the CNI plugin (`palisade`) and the node agent (`palisade-agent`) must agree on.
 //!
-//! Kept tiny on purpose: names of kernel objects each side owns, default paths, the
-//! nf_tables element batches both send ([`nfnetlink`]), and the messages on the unix socket
-//! through which the plugin announces a new pod during ADD (see `DESIGN.md`, "New pods are
-//! isolated before their first packet").
+//! Kept tiny on purpose: names of kernel objects each side owns, default paths, and the
+//! messages on the unix socket through which the plugin announces a new pod during ADD (see
+//! `DESIGN.md`, "New pods are isolated before their first packet").
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-
-pub mod nfnetlink;
 
 /// The nftables table owned by the agent (family `inet`). Nobody else writes it.
 pub const POLICY_TABLE: &str = "palisade";

@@ -5,7 +5,7 @@
 //! script that reports what it sees.
 
 use palisade_integration::kubelet::cni::NodeCni;
-use palisade_testutil::{kernel_tests_enabled, Netns};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use std::os::unix::fs::PermissionsExt;
 
 fn mounts() -> String {
@@ -17,7 +17,7 @@ fn the_plugin_runs_from_the_node_with_the_nodes_files() {
     if !kernel_tests_enabled() {
         return;
     }
-    let node = Netns::new("cninode").unwrap();
+    let node = TestNetns::new("cninode").unwrap();
     // Node paths that do not exist on the machine: their mount points are created (empty)
     // and removed at the end, as they are this test's own.
     let tag = palisade_testutil::run_prefix();

@@ -4,13 +4,19 @@
 //!   one (a scoped thread that entered it);
 //! - [`netlink`]: the one synchronous netlink socket, carrying `netlink-packet-*` messages,
 //!   with the kernel's extended-ack text kept in errors;
-//! - [`rtnl`]: links (veth born in the pod namespace), addresses, routes, neighbours.
+//! - [`rtnl`]: links (veth born in the pod namespace), addresses, routes, neighbours;
+//! - [`nftables`]: typed set and map elements and their batches, table questions;
+//! - [`conntrack`]: forgetting the flows a new DNAT must catch;
+//! - [`nflog`]: the packets nftables logs to a group (the agent's denied-packet log).
 //!
 //! No async runtime: the plugin's start-up time matters, and the agent calls in from a
 //! blocking section.
 
+pub mod conntrack;
 pub mod netlink;
 pub mod netns;
+pub mod nflog;
+pub mod nftables;
 pub mod rtnl;
 
 pub use netlink::Error;

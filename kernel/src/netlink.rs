@@ -111,15 +111,11 @@ where
         &self.socket
     }
 
-    /// Serialize `msg` with `flags` (plus `NLM_F_REQUEST`) and the next sequence number.
+    /// Serialize `msg` with `flags` and the next sequence number.
     fn frame(&mut self, msg: M, flags: u16) -> Vec<u8> {
         self.seq = self.seq.wrapping_add(1);
-        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
-        packet.header.flags = NLM_F_REQUEST | flags;
-        packet.header.sequence_number = self.seq;
-        packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
+        let mut out = Vec::new();
+        frame(&mut out, msg, flags, self.seq);
         out
     }
 
@@ -151,16 +147,17 @@ where
         self.replies(true)
     }
 
-    /// Send several requests in one datagram (an nfnetlink batch, which the kernel applies
-    /// as a whole inside `sendmsg`), without asking for acks, then collect the errors the
-    /// kernel queued for refused ones. `Ok` means every message was accepted.
-    pub fn send_batch(&mut self, msgs: impl IntoIterator<Item = (M, u16)>) -> Result<()> {
-        let mut bytes = Vec::new();
-        for (msg, flags) in msgs {
-            let frame = self.frame(msg, flags);
-            bytes.extend_from_slice(&frame);
-        }
-        self.send(&bytes)?;
+    /// Send an nfnetlink batch (already serialized: [`frame`] each message, between
+    /// `BATCH_BEGIN` and `BATCH_END`) in one datagram, without asking for acks: the kernel
+    /// applies it as a whole inside `sendmsg` and queues one error for each refused message,
+    /// which [`Socket::queued_error`] reads.
+    pub fn send_batch(&mut self, batch: &[u8]) -> Result<()> {
+        self.send(batch)
+    }
+
+    /// The first error queued for the messages sent so far (read without blocking); `Ok`
+    /// when there is none.
+    pub fn queued_error(&mut self) -> Result<()> {
         let mut first = None;
         loop {
             let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
@@ -176,6 +173,27 @@ where
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Wait for the next datagram (a subscription's messages, not replies to a request) and
+    /// return its messages; an error message in it is returned as the error.
+    pub fn receive(&mut self) -> Result<Vec<M>> {
+        let n = loop {
+            match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::new("receive netlink message", e)),
+            }
+        };
+        let mut out = Vec::new();
+        for msg in messages::<M>(&self.buf[..n.min(RECV_BUF)]) {
+            let msg = msg?;
+            check_error(&msg)?;
+            if let NetlinkPayload::InnerMessage(m) = msg.payload {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// Read replies to the last request until its ack or error (`dump`: until
@@ -214,6 +232,24 @@ where
             }
         }
     }
+}
+
+/// Append `msg` as a netlink message with `flags` (plus `NLM_F_REQUEST`) and sequence
+/// number `seq` to `out`.
+pub fn frame<M>(out: &mut Vec<u8>, msg: M, flags: u16, seq: u32)
+where
+    M: NetlinkSerializable,
+    NetlinkPayload<M>: From<M>,
+{
+    let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+    packet.header.flags = NLM_F_REQUEST | flags;
+    packet.header.sequence_number = seq;
+    packet.finalize();
+    let start = out.len();
+    out.resize(start + packet.buffer_len(), 0);
+    packet.serialize(&mut out[start..]);
+    // The next message starts aligned (the kernel steps by NLMSG_ALIGN(nlmsg_len)).
+    out.resize((out.len() + 3) & !3, 0);
 }
 
 /// The messages of one datagram.

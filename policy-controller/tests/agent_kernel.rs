@@ -1,14 +1,13 @@
 //! The real agent binary in a node network namespace with the real `nft`, pods wired by hand
 //! the way the CNI plugin wires them (routed veth, node side named `pal…`), and the kube API
 //! stand-in listening inside the node namespace. Root only; every namespace, link and
-//! process is removed at the end (the `Netns` fixture kills what runs inside).
+//! process is removed at the end (the `TestNetns` fixture kills what runs inside).
 
 use palisade_common::{host_veth_name, AgentRequest, AgentResponse};
 use palisade_integration::apiserver::{ApiServer, Kind};
-use palisade_testutil::{kernel_tests_enabled, Netns};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -16,38 +15,37 @@ use std::time::{Duration, Instant};
 type Job = Box<dyn FnOnce(&ApiServer) + Send>;
 
 /// The API stand-in, bound inside a network namespace: its listener is created on a thread
-/// that entered the namespace (only that thread; it runs its own current-thread runtime and
-/// nothing else), and every call goes through that thread.
+/// that entered the namespace (`palisade_kernel::Netns::spawn`: it runs its own
+/// current-thread runtime and nothing else), and every call goes through that thread.
 struct ApiInNetns {
     jobs: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), palisade_kernel::NetnsError>>>,
     url: String,
 }
 
 impl ApiInNetns {
     fn start(netns: &Path) -> ApiInNetns {
-        let ns = std::fs::File::open(netns).unwrap();
+        let ns = palisade_kernel::Netns::open(netns).unwrap();
         let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: setns on this dedicated thread only; the fd is a netns file.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
-                    .await
+        let thread = ns
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                     .unwrap();
-                ready_tx.send(api.url()).unwrap();
-                while let Some(job) = jobs_rx.recv().await {
-                    job(&api);
-                }
-                api.shutdown().await;
-            });
-        });
+                rt.block_on(async move {
+                    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+                        .await
+                        .unwrap();
+                    ready_tx.send(api.url()).unwrap();
+                    while let Some(job) = jobs_rx.recv().await {
+                        job(&api);
+                    }
+                    api.shutdown().await;
+                });
+            })
+            .unwrap();
         let url = ready_rx.recv().unwrap();
         ApiInNetns {
             jobs: Some(jobs_tx),
@@ -110,12 +108,12 @@ fn get_in(api: &ApiInNetns, port: u16, path: &'static str) -> Option<(u16, Strin
 }
 
 struct NodeFixture {
-    node: Netns,
+    node: TestNetns,
     api: ApiInNetns,
     dir: PathBuf,
     agent: Option<Child>,
     port: u16,
-    pods: Vec<Netns>,
+    pods: Vec<TestNetns>,
     servers: Vec<Child>,
 }
 
@@ -123,7 +121,7 @@ const NODE: &str = "node-1";
 
 impl NodeFixture {
     fn new(tag: &str) -> NodeFixture {
-        let node = Netns::new(&format!("{tag}-node")).unwrap();
+        let node = TestNetns::new(&format!("{tag}-node")).unwrap();
         node.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
         let api = ApiInNetns::start(node.path());
         let dir =
@@ -246,7 +244,7 @@ impl NodeFixture {
     /// Wire a pod netns like the CNI plugin does and start a web server in it. Returns the
     /// index into `self.pods`.
     fn wire_pod(&mut self, tag: &str, ip: &str) -> usize {
-        let pod = Netns::new(tag).unwrap();
+        let pod = TestNetns::new(tag).unwrap();
         let host_if = host_veth_name(&format!("{}-{tag}", pod.name()), "eth0");
         self.node
             .sh(&format!(
@@ -254,7 +252,7 @@ impl NodeFixture {
                 pod = pod.name()
             ))
             .unwrap();
-        let mac_of = |ns: &Netns, dev: &str| {
+        let mac_of = |ns: &TestNetns, dev: &str| {
             ns.sh(&format!("ip -br link show dev {dev}"))
                 .unwrap()
                 .split_whitespace()
@@ -507,7 +505,7 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
     f.wire_pod("kt-outage-l", "10.244.1.4");
     f.create_pod("locked", "db", "10.244.1.4");
     // A segment for node routes: the node's InternalIP side and a peer node's address.
-    let segment = Netns::new("kt-outage-seg").unwrap();
+    let segment = TestNetns::new("kt-outage-seg").unwrap();
     f.node.veth_to("seg0", &segment, "seg1").unwrap();
     f.node.sh("ip addr add 192.168.77.1/24 dev seg0").unwrap();
     f.start_agent(&["--manage-routes", "true"]);

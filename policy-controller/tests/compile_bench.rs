@@ -266,7 +266,7 @@ fn pod_change_compiled_and_applied() {
     if !palisade_testutil::kernel_tests_enabled() {
         return;
     }
-    let ns = palisade_testutil::Netns::new("e2e-bench").unwrap();
+    let ns = palisade_testutil::TestNetns::new("e2e-bench").unwrap();
     let mut dp = NftDataplane::new(NftOptions {
         table: format!("palt-{}", std::process::id()),
         netns: Some(ns.path().to_path_buf()),

@@ -5,7 +5,8 @@
 //! host has no route back to pod addresses): the reference's policy verdict and the
 //! scenario's `cluster.masquerade`, or the interpreter's verdict and its masquerade hop.
 
-mod compile_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod compile_support;
 
 use compile_support::play_all;
 use palisade_policy::eval::reference::{self, Endpoint};

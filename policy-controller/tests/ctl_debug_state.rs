@@ -1,22 +1,8 @@
 //! `agent/debug_state.rs` (the agent's `/debug/state` document) read back by palisadectl's
 //! decoder gives the same cluster state: `reach --agent` answers from exactly what the agent
 //! compiles.
-//!
-//! The agent module is compiled here through `#[path]`, with `crate::model` / `crate::compile`
-//! re-exported at this test crate's root, so that the file is built and tested even before it
-//! is wired into the agent's module tree.
 
-#![allow(dead_code)]
-
-mod model {
-    pub use palisade_policy::model::*;
-}
-mod compile {
-    pub use palisade_policy::compile::*;
-}
-#[path = "../src/agent/debug_state.rs"]
-mod debug_state;
-
+use palisade_policy::agent::debug_state;
 use palisade_policy::ctl::{live, manifests, reach};
 use palisade_policy::model::Protocol;
 use std::path::Path;

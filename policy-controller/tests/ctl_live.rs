@@ -1,19 +1,8 @@
 //! `palisadectl reach|status --agent URL` against a stand-in agent endpoint that serves
-//! `/status` and `/debug/state` (the document `agent/debug_state.rs` produces, compiled here
-//! through `#[path]`). No root: the programmed table is asked for in a namespace path that
+//! `/status` and `/debug/state` (the document `agent/debug_state.rs` produces). No root: the programmed table is asked for in a namespace path that
 //! does not exist, which `status` must report as unreadable rather than fail on.
 
-#![allow(dead_code)]
-
-mod model {
-    pub use palisade_policy::model::*;
-}
-mod compile {
-    pub use palisade_policy::compile::*;
-}
-#[path = "../src/agent/debug_state.rs"]
-mod debug_state;
-
+use palisade_policy::agent::debug_state;
 use palisade_policy::ctl::manifests;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -157,7 +146,7 @@ fn explain_walks_the_programmed_table() {
     }
     use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
     let loaded = manifests::build_state(&manifests::load_paths(&[golden_manifests()]).unwrap());
-    let netns = palisade_testutil::Netns::new("ctl").unwrap();
+    let netns = palisade_testutil::TestNetns::new("ctl").unwrap();
     let ruleset = palisade_policy::compile::compile(
         &loaded.state,
         &palisade_policy::compile::CompileOptions {

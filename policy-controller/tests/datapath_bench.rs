@@ -8,7 +8,8 @@
 //! fail-closed check, dispatch map, a class chain jumping through 9 policy chains, the last of
 //! which accepts.
 
-mod nft_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod nft_support;
 
 use nft_support::netns::*;
 use nft_support::*;

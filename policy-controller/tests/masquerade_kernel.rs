@@ -10,14 +10,15 @@
 //!     └─ ext eth0 192.0.2.253 2001:db8::fd  (no route to any pod CIDR)
 //! ```
 
-mod nft_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod nft_support;
 
 use nft_support::netns::{tcp_connects, tcp_server};
 use palisade_policy::compile::{compile, CompileOptions, MasqueradeOptions};
 use palisade_policy::model::api::NetworkPolicy;
 use palisade_policy::model::{ClusterState, NodeInfo, ObjectKey, PodInfo};
 use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
-use palisade_testutil::{kernel_tests_enabled, Netns};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -26,12 +27,12 @@ const EXT4: &str = "192.0.2.253";
 const EXT6: &str = "2001:db8::fd";
 
 struct Cluster {
-    _seg: Netns,
-    n1: Netns,
-    n2: Netns,
-    a: Netns,
-    c: Netns,
-    ext: Netns,
+    _seg: TestNetns,
+    n1: TestNetns,
+    n2: TestNetns,
+    a: TestNetns,
+    c: TestNetns,
+    ext: TestNetns,
     state: ClusterState,
 }
 
@@ -41,12 +42,12 @@ fn ip(s: &str) -> IpAddr {
 
 impl Cluster {
     fn new(tag: &str) -> Cluster {
-        let seg = Netns::new(&format!("{tag}-seg")).unwrap();
-        let n1 = Netns::new(&format!("{tag}-n1")).unwrap();
-        let n2 = Netns::new(&format!("{tag}-n2")).unwrap();
-        let a = Netns::new(&format!("{tag}-a")).unwrap();
-        let c = Netns::new(&format!("{tag}-c")).unwrap();
-        let ext = Netns::new(&format!("{tag}-ext")).unwrap();
+        let seg = TestNetns::new(&format!("{tag}-seg")).unwrap();
+        let n1 = TestNetns::new(&format!("{tag}-n1")).unwrap();
+        let n2 = TestNetns::new(&format!("{tag}-n2")).unwrap();
+        let a = TestNetns::new(&format!("{tag}-a")).unwrap();
+        let c = TestNetns::new(&format!("{tag}-c")).unwrap();
+        let ext = TestNetns::new(&format!("{tag}-ext")).unwrap();
         for ns in [&seg, &n1, &n2, &a, &c, &ext] {
             ns.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0")
                 .unwrap();
@@ -154,7 +155,12 @@ impl Cluster {
 
 /// The source address a UDP datagram from `from` arrives with at `to` (in `to_ns`), or
 /// `None` when nothing arrives.
-fn udp_source(from: &Netns, to_ns: &Netns, to: SocketAddr, bind: Option<IpAddr>) -> Option<IpAddr> {
+fn udp_source(
+    from: &TestNetns,
+    to_ns: &TestNetns,
+    to: SocketAddr,
+    bind: Option<IpAddr>,
+) -> Option<IpAddr> {
     let rx = to_ns.run(|| UdpSocket::bind(("::", to.port())).expect("bind udp"));
     rx.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
@@ -177,7 +183,7 @@ fn udp_source(from: &Netns, to_ns: &Netns, to: SocketAddr, bind: Option<IpAddr>)
 }
 
 /// A UDP echo server in `ns` on `port` (dual-stack), for reply-path checks.
-fn udp_echo(ns: &Netns, port: u16) {
+fn udp_echo(ns: &TestNetns, port: u16) {
     let s = ns.run(|| UdpSocket::bind(("::", port)).expect("bind echo"));
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
@@ -188,7 +194,7 @@ fn udp_echo(ns: &Netns, port: u16) {
 }
 
 /// Whether a UDP request from `from` to `to` gets its echo back.
-fn udp_answered(from: &Netns, to: SocketAddr) -> bool {
+fn udp_answered(from: &TestNetns, to: SocketAddr) -> bool {
     from.run(|| {
         let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(700)))

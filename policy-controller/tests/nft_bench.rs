@@ -6,7 +6,8 @@
 //! dispatch elements. Measures a cold full apply, one element added/removed, one chain
 //! changed, and a restart (adoption of the full table), each with its transaction size.
 
-mod nft_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod nft_support;
 
 use nft_support::*;
 use palisade_policy::nft::{
@@ -14,7 +15,7 @@ use palisade_policy::nft::{
     NftOptions, Programmed,
 };
 use palisade_policy::ruleset::*;
-use palisade_testutil::{kernel_tests_enabled, Netns};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use std::time::{Duration, Instant};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -28,7 +29,7 @@ fn nft_apply_bench() {
     if !kernel_tests_enabled() {
         return;
     }
-    let ns = Netns::new("nft-bench").unwrap();
+    let ns = TestNetns::new("nft-bench").unwrap();
     let mut dp = NftDataplane::new(NftOptions {
         table: format!("palt-{}", std::process::id()),
         netns: Some(ns.path().to_path_buf()),

@@ -2,7 +2,8 @@
 //! the fake's table equals the desired model, the transaction is minimal, and the fake's
 //! kernel-like reference checks prove the command order is valid.
 
-mod nft_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod nft_support;
 
 use nft_support::*;
 use palisade_policy::nft::{

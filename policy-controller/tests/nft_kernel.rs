@@ -3,13 +3,14 @@
 //! table without recreating it, a rejected transaction changes nothing, and packets follow
 //! the set elements (TCP/UDP, IPv4/IPv6).
 
-mod nft_support;
+// `pub`: the support module is shared by several test binaries, each using a part of it.
+pub mod nft_support;
 
 use nft_support::netns::*;
 use nft_support::*;
 use palisade_policy::nft::{canonicalize, Dataplane, DataplaneError, NftDataplane};
 use palisade_policy::ruleset::*;
-use palisade_testutil::{kernel_tests_enabled, Netns};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use std::net::SocketAddr;
 
 fn table_name() -> String {
@@ -64,12 +65,12 @@ fn hyphenated(rs: &Ruleset) -> Ruleset {
     }
 }
 
-fn single(tag: &str) -> (Netns, NftDataplane) {
+fn single(tag: &str) -> (TestNetns, NftDataplane) {
     single_with_table(tag, table_name())
 }
 
-fn single_with_table(tag: &str, table: String) -> (Netns, NftDataplane) {
-    let ns = Netns::new(tag).unwrap();
+fn single_with_table(tag: &str, table: String) -> (TestNetns, NftDataplane) {
+    let ns = TestNetns::new(tag).unwrap();
     let dp = NftDataplane::new(palisade_policy::nft::NftOptions {
         table,
         netns: Some(ns.path().to_path_buf()),
@@ -330,7 +331,7 @@ fn sequence_of_changes(script: bool) {
     // The script variant also starts cold in three steps (see `staged_cold_start`), whatever
     // the number of elements.
     let (ns, mut dp) = if script {
-        let ns = Netns::new("nft-seqs").unwrap();
+        let ns = TestNetns::new("nft-seqs").unwrap();
         let dp = NftDataplane::new(palisade_policy::nft::NftOptions {
             table: table_name(),
             netns: Some(ns.path().to_path_buf()),
@@ -534,7 +535,7 @@ fn a_cold_start_in_steps_attaches_nothing_until_its_last_step() {
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(&refuse, "").unwrap();
 
-    let ns = Netns::new("nft-staged").unwrap();
+    let ns = TestNetns::new("nft-staged").unwrap();
     let mut dp = NftDataplane::new(palisade_policy::nft::NftOptions {
         table: table_name(),
         nft: wrapper.clone(),

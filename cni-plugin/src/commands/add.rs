@@ -13,16 +13,15 @@ use crate::config::{Attachment, Env, NetConf};
 use crate::error::{CniError, Result};
 use crate::hostport::{self, PortMapping};
 use crate::ipam;
-use crate::ipam::store::LOCK_TIMEOUT;
-use crate::link::{
-    self, Link, Mac, RouteMode, RouteSpec, VethEnd, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
-};
-use crate::netlink::Socket;
-use crate::netns::Netns;
+use crate::lock::{flock_with_timeout, LOCK_TIMEOUT};
 use crate::sysctl;
 use crate::types::{CniResult, Interface, IpConfig, Route};
 use ipnet::IpNet;
 use palisade_common::AgentRequest;
+use palisade_kernel::rtnl::{
+    Family, Link, Mac, Route as KernelRoute, RouteMode, Rtnl, Scope, VethEnd, PROTOCOL_BOOT,
+};
+use palisade_kernel::Netns;
 use serde_json::Map;
 use std::net::IpAddr;
 
@@ -34,16 +33,16 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
     // after the other: each holds an exclusive lock on the pod's namespace file for its whole
     // run, so one's undo cannot take back what another built. The kernel drops the lock when
     // the process ends, also on kill -9.
-    match crate::ipam::store::flock_with_timeout(netns.file(), LOCK_TIMEOUT) {
+    match flock_with_timeout(netns.file(), LOCK_TIMEOUT) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             return Err(CniError::TryAgain(format!(
                 "another ADD of a pod in {} has run for more than {}s",
-                netns.path,
+                netns.path().display(),
                 LOCK_TIMEOUT.as_secs()
             )))
         }
-        Err(e) => warn(format!("cannot lock {}: {e}", netns.path)),
+        Err(e) => warn(format!("cannot lock {}: {e}", netns.path().display())),
     }
     let mut undo = Undo::default();
     let result = build(env, conf, att, &netns, &mappings, &mut undo);
@@ -71,19 +70,14 @@ pub fn open_netns(path: &str) -> Result<Netns> {
     })
 }
 
-pub fn open_host_socket() -> Result<Socket> {
-    Socket::open().map_err(|source| CniError::Netlink {
-        context: "open netlink socket in the node netns".into(),
-        source,
-        kernel_msg: None,
-    })
+/// An rtnetlink socket in the node's namespace (the plugin's own).
+pub fn open_host_socket() -> Result<Rtnl> {
+    Ok(Rtnl::open()?)
 }
 
-pub fn open_pod_socket(netns: &Netns) -> Result<Socket> {
-    netns.netlink().map_err(|source| CniError::Netns {
-        path: netns.path.clone(),
-        source,
-    })
+/// An rtnetlink socket in the pod's namespace.
+pub fn open_pod_socket(netns: &Netns) -> Result<Rtnl> {
+    Ok(netns.run(Rtnl::open)??)
 }
 
 /// What a failed ADD has to take back, in reverse order.
@@ -98,13 +92,14 @@ impl Undo {
     /// Best effort: each failure is logged and the rest still runs.
     fn run(&self, env: &Env, conf: &NetConf, att: &Attachment) {
         if self.hostport {
-            if let Err(e) = hostport::del(&conf.hostport_dir(), &att.container_id, &att.ifname) {
+            let hostports = hostport::HostPorts::new(&conf.hostport_dir());
+            if let Err(e) = hostports.del(&att.container_id, &att.ifname) {
                 warn(format!("undo ADD: remove port mappings: {e}"));
             }
         }
         if let Some(name) = &self.veth {
             // Deleting the host end removes the pod end and every route through them.
-            if let Err(e) = open_host_socket().and_then(|mut s| link::delete_link(&mut s, name)) {
+            if let Err(e) = open_host_socket().and_then(|mut s| Ok(s.delete_link(name)?)) {
                 warn(format!("undo ADD: {e}"));
             }
         }
@@ -154,10 +149,10 @@ fn build(
     if has_v6 {
         sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
         let gw6: IpNet = IpNet::new(GATEWAY_V6.into(), 64).expect("valid");
-        link::add_address(&mut host, &host_link, gw6, true)?;
+        host.add_address(&host_link, gw6, true)?;
     }
     if !host_link.up {
-        link::set_up(&mut host, &host_link)?;
+        host.set_up(&host_link)?;
     }
     crash_point("host-sysctls");
 
@@ -165,29 +160,23 @@ fn build(
     // tentative (unusable) for about a second.
     if has_v6 {
         let path = sysctl::if_path("ipv6", &att.ifname, "accept_dad");
-        netns
-            .run(|| sysctl::ensure_path(&path, "0"))
-            .map_err(|source| CniError::Netns {
-                path: netns.path.clone(),
-                source,
-            })??;
+        netns.run(|| sysctl::ensure_path(&path, "0"))??;
     }
     // Up before the addresses: an IPv6 address added to a down link joins its solicited-node
     // group only some milliseconds after the link comes up, so the node's first neighbour
     // solicitation for a just-added pod was lost and its first packet waited for the 1 s
     // retransmit (lifecycle.rs, `ipv6_address_is_not_tentative`).
     if !pod_link.up {
-        link::set_up(&mut pod, &pod_link)?;
+        pod.set_up(&pod_link)?;
     }
     for ip in &ips {
-        link::add_address(&mut pod, &pod_link, host_prefix(*ip), ip.is_ipv6())?;
+        pod.add_address(&pod_link, host_prefix(*ip), ip.is_ipv6())?;
     }
     crash_point("pod-addresses");
 
     // 5. Pod routes through the link-local gateways, resolved by permanent neighbours. The
     // default route belongs to the pod's first attachment: a second interface of the same pod
     // (`net1`) keeps the existing one, or deleting `net1` would leave the pod without any.
-    let pod_if = &att.ifname;
     // The default routes this attachment owns, for the result (a repeated ADD finds its own
     // route already there and must report it again).
     let mut result_routes = Vec::new();
@@ -198,36 +187,38 @@ fn build(
         if !present {
             continue;
         }
-        link::replace_permanent_neighbour(&mut pod, &pod_link, gw, host_mac)?;
+        pod.replace_permanent_neighbour(&pod_link, gw, host_mac)?;
         let default_dst = if gw.is_ipv4() {
             default_v4()
         } else {
             default_v6()
         };
-        let routes = link::list_routes(&mut pod, gw.is_ipv4())?;
+        let routes = pod.routes(Some(Family::of(gw)), None)?;
         if let Some(existing) = routes.iter().find(|r| r.dst == default_dst) {
-            if existing.gateway == Some(gw) && existing.oif == pod_link.index {
+            if existing.gateway == Some(gw) && existing.oif == Some(pod_link.index) {
                 result_routes.push(default_route(default_dst, gw));
             }
             continue;
         }
         if gw.is_ipv4() {
             // fe80::1 is on-link on every interface by definition; 169.254.1.1 needs a route.
-            let onlink = RouteSpec {
+            let onlink = KernelRoute {
                 dst: host_prefix(gw),
                 gateway: None,
-                oif: pod_link.index,
-                scope: RT_SCOPE_LINK,
+                oif: Some(pod_link.index),
+                scope: Scope::Link,
+                protocol: PROTOCOL_BOOT,
             };
-            link::add_route(&mut pod, &onlink, pod_if, RouteMode::Replace)?;
+            pod.add_route(&onlink, RouteMode::Replace)?;
         }
-        let default = RouteSpec {
+        let default = KernelRoute {
             dst: default_dst,
             gateway: Some(gw),
-            oif: pod_link.index,
-            scope: RT_SCOPE_UNIVERSE,
+            oif: Some(pod_link.index),
+            scope: Scope::Universe,
+            protocol: PROTOCOL_BOOT,
         };
-        link::add_route(&mut pod, &default, pod_if, RouteMode::KeepExisting)?;
+        pod.add_route(&default, RouteMode::KeepExisting)?;
         result_routes.push(default_route(default_dst, gw));
     }
     crash_point("pod-routes");
@@ -235,17 +226,18 @@ fn build(
     // 6. Node routes to the pod.
     for ip in &ips {
         let scope = if ip.is_ipv4() {
-            RT_SCOPE_LINK
+            Scope::Link
         } else {
-            RT_SCOPE_UNIVERSE
+            Scope::Universe
         };
-        let route = RouteSpec {
+        let route = KernelRoute {
             dst: host_prefix(*ip),
             gateway: None,
-            oif: host_link.index,
+            oif: Some(host_link.index),
             scope,
+            protocol: PROTOCOL_BOOT,
         };
-        link::add_route(&mut host, &route, &host_ifname, RouteMode::Replace)?;
+        host.add_route(&route, RouteMode::Replace)?;
     }
     crash_point("host-routes");
 
@@ -278,7 +270,7 @@ fn build(
                 name: att.ifname.clone(),
                 mac: pod_link.mac.map(|m| m.to_string()),
                 mtu: Some(pod_link.mtu),
-                sandbox: Some(netns.path.clone()),
+                sandbox: Some(netns.path().display().to_string()),
                 ..Default::default()
             },
         ],
@@ -310,12 +302,12 @@ fn ensure_veth(
     att: &Attachment,
     netns: &Netns,
     host_ifname: &str,
-    host: &mut Socket,
-    pod: &mut Socket,
+    host: &mut Rtnl,
+    pod: &mut Rtnl,
     undo: &mut Undo,
 ) -> Result<(Link, Link)> {
-    let existing_host = link::get_link(host, host_ifname)?;
-    let existing_pod = link::get_link(pod, &att.ifname)?;
+    let existing_host = host.link(host_ifname)?;
+    let existing_pod = pod.link(&att.ifname)?;
     let pair = |h: &Link, p: &Link| h.peer_index == Some(p.index) && p.peer_index == Some(h.index);
     match (existing_host, existing_pod) {
         // A repeated ADD: the pair is ours (each end names the other as its peer), and up.
@@ -326,13 +318,13 @@ fn ensure_veth(
         // Our pair, but down: a DEL of this attachment took it down and its deletion is
         // still under way (`teardown`), or never ran. It is on its way out: replace it.
         (Some(h), Some(p)) if pair(&h, &p) => {
-            link::delete_link_index(host, h.index)?;
+            host.delete_link_index(h.index)?;
         }
         (_, Some(p)) => {
             return Err(CniError::LinkConflict(format!(
                 "interface {} already exists in {} (index {}, kind {}) and is not the peer of {host_ifname}",
                 att.ifname,
-                netns.path,
+                netns.path().display(),
                 p.index,
                 p.kind.as_deref().unwrap_or("unknown")
             )))
@@ -340,7 +332,7 @@ fn ensure_veth(
         // The host end of an earlier attempt whose pod end died with its netns (or of a DEL
         // whose background deletion has not run yet).
         (Some(_), None) => {
-            link::delete_link(host, host_ifname)?;
+            host.delete_link(host_ifname)?;
         }
         (None, None) => {}
     }
@@ -354,7 +346,7 @@ fn ensure_veth(
         mac: Mac::random(),
         mtu: conf.mtu,
     };
-    link::create_veth(host, &host_end, &pod_end, netns.fd())?;
+    host.create_veth(&host_end, &pod_end, netns)?;
     undo.veth = Some(host_ifname.to_string());
     crash_point("veth-created");
     let h = require_link(host, host_ifname, "node")?;

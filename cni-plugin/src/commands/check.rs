@@ -7,9 +7,8 @@ use super::add::{open_host_socket, open_netns, open_pod_socket};
 use super::{host_prefix, GATEWAY_V4, GATEWAY_V6};
 use crate::config::{Env, NetConf};
 use crate::error::{CniError, Result};
-use crate::link::{self, Link, Mac, RouteSpec, NUD_PERMANENT};
-use crate::netlink::Socket;
 use crate::{hostport, ipam};
+use palisade_kernel::rtnl::{Family, Link, Mac, Route, Rtnl};
 use std::net::IpAddr;
 
 pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
@@ -71,8 +70,8 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
 
     let mut host = open_host_socket()?;
     let mut pod = open_pod_socket(&netns)?;
-    let host_link = link::get_link(&mut host, &host_ifname)?;
-    let pod_link = link::get_link(&mut pod, &att.ifname)?;
+    let host_link = host.link(&host_ifname)?;
+    let pod_link = pod.link(&att.ifname)?;
     match &host_link {
         None => diffs.push(format!("host veth {host_ifname} is missing")),
         Some(h) => {
@@ -121,8 +120,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
 
     let mappings = conf.port_mappings()?;
     if !mappings.is_empty() {
-        if let Err(e) = hostport::check(
-            &conf.hostport_dir(),
+        if let Err(e) = hostport::HostPorts::new(&conf.hostport_dir()).check(
             &att.container_id,
             &att.ifname,
             &ips,
@@ -139,21 +137,24 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
     }
 }
 
+fn family(v4: bool) -> Family {
+    if v4 {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
 /// A route to `dst` via `gw`, through `oif` when given (`None`: any interface, because a
 /// pod's default route belongs to its first attachment, see `RouteMode::KeepExisting`).
-fn has_route(
-    routes: &[RouteSpec],
-    dst: ipnet::IpNet,
-    gw: Option<IpAddr>,
-    oif: Option<u32>,
-) -> bool {
+fn has_route(routes: &[Route], dst: ipnet::IpNet, gw: Option<IpAddr>, oif: Option<u32>) -> bool {
     routes
         .iter()
-        .any(|r| r.dst == dst && r.gateway == gw && oif.is_none_or(|o| r.oif == o))
+        .any(|r| r.dst == dst && r.gateway == gw && oif.is_none_or(|o| r.oif == Some(o)))
 }
 
 fn check_host_routes(
-    host: &mut Socket,
+    host: &mut Rtnl,
     h: &Link,
     ips: &[IpAddr],
     diffs: &mut Vec<String>,
@@ -163,7 +164,7 @@ fn check_host_routes(
         if want.is_empty() {
             continue;
         }
-        let routes = link::list_routes(host, v4)?;
+        let routes = host.routes(Some(family(v4)), None)?;
         for ip in want {
             if !has_route(&routes, host_prefix(*ip), None, Some(h.index)) {
                 diffs.push(format!(
@@ -178,13 +179,13 @@ fn check_host_routes(
 }
 
 fn check_pod(
-    pod: &mut Socket,
+    pod: &mut Rtnl,
     p: &Link,
     host_mac: Option<Mac>,
     ips: &[IpAddr],
     diffs: &mut Vec<String>,
 ) -> Result<()> {
-    let addrs = link::list_addresses(pod, p.index)?;
+    let addrs = pod.addresses(p.index)?;
     for ip in ips {
         if !addrs.contains(&host_prefix(*ip)) {
             diffs.push(format!("{} lacks address {}", p.name, host_prefix(*ip)));
@@ -197,7 +198,7 @@ fn check_pod(
         if !ips.iter().any(|ip| ip.is_ipv4() == v4) {
             continue;
         }
-        let routes = link::list_routes(pod, v4)?;
+        let routes = pod.routes(Some(family(v4)), None)?;
         let default: ipnet::IpNet = if v4 { "0.0.0.0/0" } else { "::/0" }
             .parse()
             .expect("valid");
@@ -207,13 +208,13 @@ fn check_pod(
         if v4 && !has_route(&routes, host_prefix(gw), None, None) {
             diffs.push(format!("pod has no route {gw} scope link"));
         }
-        let neigh = link::list_neighbours(pod, v4)?;
+        let neigh = pod.neighbours(family(v4))?;
         match neigh.iter().find(|n| n.ip == gw && n.index == p.index) {
             None => diffs.push(format!("pod has no neighbour entry for {gw} on {}", p.name)),
             Some(n) => {
-                if n.state & NUD_PERMANENT == 0 {
+                if !n.permanent {
                     diffs.push(format!(
-                        "pod neighbour {gw} is not PERMANENT (state {:#x})",
+                        "pod neighbour {gw} is not PERMANENT (state {})",
                         n.state
                     ));
                 }

@@ -34,10 +34,9 @@ use super::warn;
 use crate::agent::{self, Outcome};
 use crate::config::{Env, NetConf};
 use crate::error::{CniError, Result};
-use crate::link::{self, Link};
-use crate::netlink::Socket;
 use crate::{hostport, ipam, teardown};
 use palisade_common::AgentRequest;
+use palisade_kernel::rtnl::{Link, Rtnl};
 use std::time::Duration;
 
 /// DEL must not hang on a slow agent: the message is informational (its watch is the truth).
@@ -48,16 +47,15 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
     let mut errors: Vec<CniError> = Vec::new();
 
     // Port mappings first: they point at the pod IP, which is about to become reusable.
-    let mappings_removed =
-        hostport::del_pending(&conf.hostport_dir(), &att.container_id, &att.ifname).unwrap_or_else(
-            |source| {
-                errors.push(CniError::HostPort {
-                    context: "remove port mappings",
-                    source,
-                });
-                hostport::Pending::default()
-            },
-        );
+    let mappings_removed = hostport::HostPorts::new(&conf.hostport_dir())
+        .del_pending(&att.container_id, &att.ifname)
+        .unwrap_or_else(|source| {
+            errors.push(CniError::HostPort {
+                context: "remove port mappings",
+                source,
+            });
+            hostport::Pending::default()
+        });
 
     let record = ipam::lookup(conf, att).unwrap_or_else(|e| {
         errors.push(e);
@@ -101,8 +99,8 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
                         }
                     };
                 if !detached {
-                    if let Err(e) = link::delete_link_index(&mut sock, link.index) {
-                        errors.push(e);
+                    if let Err(e) = sock.delete_link_index(link.index) {
+                        errors.push(e.into());
                     }
                 }
             }
@@ -124,16 +122,16 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
 /// Take the host end of the pair down (if it exists): the pair stops carrying traffic and
 /// the kernel drops every route through it in the same step. The same request marks it as
 /// deleted from `network`, for GC. Returns the link to delete.
-fn cut_off(sock: &mut Socket, host_ifname: &str, network: &str) -> Result<Option<Link>> {
-    let Some(link) = link::get_link(sock, host_ifname)? else {
+fn cut_off(sock: &mut Rtnl, host_ifname: &str, network: &str) -> Result<Option<Link>> {
+    let Some(link) = sock.link(host_ifname)? else {
         return Ok(None);
     };
     if link.up {
-        if let Err(e) = link::set_down(sock, &link, &teardown::deleted_alias(network)) {
+        if let Err(e) = sock.set_down(&link, &teardown::deleted_alias(network)) {
             // Gone meanwhile (its pod netns was removed): nothing left to cut off.
-            return match link::get_link(sock, host_ifname)? {
+            return match sock.link(host_ifname)? {
                 None => Ok(None),
-                Some(_) => Err(e),
+                Some(_) => Err(e.into()),
             };
         }
     }

@@ -9,7 +9,7 @@ use super::add::open_host_socket;
 use super::warn;
 use crate::config::{Env, NetConf};
 use crate::error::{CniError, Result};
-use crate::{hostport, ipam, link, teardown};
+use crate::{hostport, ipam, teardown};
 
 pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
     if !conf.version.supports_gc_and_status() {
@@ -24,7 +24,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         .ok_or_else(|| CniError::config("GC needs cni.dev/valid-attachments"))?;
     let mut sock = open_host_socket()?;
     let (released, mut errors) = ipam::gc(conf, env, valid, |rec| match rec.host_link() {
-        Some(name) => link::delete_link(&mut sock, name).map(|_| ()),
+        Some(name) => sock.delete_link(name).map(|_| ()).map_err(CniError::from),
         None => {
             warn(format!(
                 "GC: not deleting untrusted host link name {:?}",
@@ -33,7 +33,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
             Ok(())
         }
     })?;
-    match link::list_links(&mut sock) {
+    match sock.links() {
         Ok(links) => {
             let mark = teardown::deleted_alias(&conf.name);
             for l in links {
@@ -45,13 +45,13 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
                         "GC of network {}: deleting {} (left by a DEL)",
                         conf.name, l.name
                     ));
-                    if let Err(e) = link::delete_link_index(&mut sock, l.index) {
-                        errors.push(e);
+                    if let Err(e) = sock.delete_link_index(l.index) {
+                        errors.push(e.into());
                     }
                 }
             }
         }
-        Err(e) => errors.push(e),
+        Err(e) => errors.push(e.into()),
     }
     for rec in &released {
         warn(format!(

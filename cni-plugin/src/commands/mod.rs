@@ -7,8 +7,7 @@ pub mod gc;
 pub mod status;
 
 use crate::error::{CniError, Result};
-use crate::link::Link;
-use crate::netlink::Socket;
+use palisade_kernel::rtnl::{Link, Rtnl};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The pod's IPv4 gateway: link-local, resolved through a permanent neighbour entry.
@@ -54,8 +53,8 @@ pub fn host_prefix(ip: IpAddr) -> ipnet::IpNet {
 }
 
 /// Look up a link that must exist.
-pub fn require_link(sock: &mut Socket, name: &str, where_: &str) -> Result<Link> {
-    crate::link::get_link(sock, name)?.ok_or_else(|| {
+pub fn require_link(sock: &mut Rtnl, name: &str, where_: &str) -> Result<Link> {
+    sock.link(name)?.ok_or_else(|| {
         CniError::LinkConflict(format!("link {name} vanished from the {where_} netns"))
     })
 }

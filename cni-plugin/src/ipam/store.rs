@@ -1,5 +1,6 @@
 //! The on-disk IPAM state of one network: `<dataDir>/<network>/ipam.json`, read and written
-//! only under an exclusive `flock` on `<dataDir>/<network>/lock`.
+//! only under the exclusive lock of `<dataDir>/<network>/` (`crate::lock`, shared with the
+//! hostPort records).
 //!
 //! Crash safety: the state file is replaced atomically (write `ipam.json.tmp`, then rename it
 //! over `ipam.json`), so a `kill -9` at any instant leaves either the old or the new state,
@@ -12,22 +13,14 @@
 //! state; and the runtime's GC after the reboot releases whatever the old state still holds.
 
 use crate::error::{CniError, Result};
+use crate::lock::{write_atomically, DirLock, LockError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 const STATE_FILE: &str = "ipam.json";
-const TMP_FILE: &str = "ipam.json.tmp";
-const LOCK_FILE: &str = "lock";
 const STATE_VERSION: u32 = 1;
-/// How long to wait for another invocation's lock before answering "try again later".
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything we know about one attachment, recorded BEFORE its veth is created so that DEL
 /// or GC can undo a half-done ADD after a crash.
@@ -87,7 +80,7 @@ pub struct Store {
 
 /// The state, held under the lock until dropped.
 pub struct Locked {
-    _lock: File,
+    _lock: DirLock,
     dir: PathBuf,
     pub state: IpamState,
 }
@@ -103,24 +96,11 @@ impl Store {
 
     /// Take the exclusive lock (creating the directory on first use) and read the state.
     pub fn lock(&self) -> Result<Locked> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| CniError::store(self.dir.display(), format!("create: {e}")))?;
-        let lock_path = self.dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| CniError::store(lock_path.display(), format!("open: {e}")))?;
-        flock_with_timeout(&lock, LOCK_TIMEOUT).map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut => CniError::TryAgain(format!(
-                "IPAM state {} is locked by another invocation for more than {}s",
-                self.dir.display(),
-                LOCK_TIMEOUT.as_secs()
-            )),
-            _ => CniError::store(lock_path.display(), format!("flock: {e}")),
+        let lock = DirLock::acquire(&self.dir).map_err(|e| match e {
+            LockError::TimedOut { .. } => CniError::TryAgain(format!("IPAM state {e}")),
+            LockError::Io { path, source } => {
+                CniError::store(path.display(), format!("lock: {source}"))
+            }
         })?;
         let state = self.read()?;
         Ok(Locked {
@@ -158,45 +138,10 @@ impl Locked {
     /// Replace the state file atomically with the current state (see the module doc on why
     /// there is no fsync).
     pub fn commit(&self) -> Result<()> {
-        let tmp = self.dir.join(TMP_FILE);
         let path = self.dir.join(STATE_FILE);
         let bytes = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o644)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            drop(f);
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| CniError::store(path.display(), format!("write: {e}")))
-    }
-}
-
-pub(crate) fn flock_with_timeout(f: &File, timeout: Duration) -> std::io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(200);
-    loop {
-        // SAFETY: flock on a valid fd.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
-            _ => return Err(e),
-        }
-        if Instant::now() >= deadline {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "lock timeout",
-            ));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
+        write_atomically(&path, &bytes)
+            .map_err(|e| CniError::store(path.display(), format!("write: {e}")))
     }
 }
 
@@ -234,7 +179,7 @@ mod tests {
         }
         let st = s.read().unwrap();
         assert_eq!(st.find("c1", "eth0"), Some(&record("c1")));
-        assert!(!d.join(TMP_FILE).exists());
+        assert!(!d.join("ipam.json.tmp").exists());
         assert!(d.join(STATE_FILE).exists());
         let _ = std::fs::remove_dir_all(d);
     }
@@ -243,7 +188,7 @@ mod tests {
     fn a_stale_temp_file_from_a_crash_is_ignored_and_replaced() {
         let d = tmpdir("stale");
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(TMP_FILE), b"{ torn").unwrap();
+        std::fs::write(d.join("ipam.json.tmp"), b"{ torn").unwrap();
         let s = Store::new(&d);
         let mut l = s.lock().unwrap();
         l.state.attachments.push(record("c1"));
@@ -302,11 +247,14 @@ mod tests {
         let d = tmpdir("held");
         let s = Store::new(&d);
         let _held = s.lock().unwrap();
-        let f = OpenOptions::new()
+        // Another invocation (a thread opens its own file description, as a process does)
+        // gives up after the timeout; a short timeout stands in for the 10 s here.
+        let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(d.join(LOCK_FILE))
+            .open(d.join(crate::lock::LOCK_FILE))
             .unwrap();
-        let e = flock_with_timeout(&f, Duration::from_millis(30)).unwrap_err();
+        let e =
+            crate::lock::flock_with_timeout(&f, std::time::Duration::from_millis(30)).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
         let _ = std::fs::remove_dir_all(d);
     }

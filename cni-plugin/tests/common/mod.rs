@@ -14,9 +14,8 @@
 //! Leak checks compare the node with its snapshot: a test that ends with every pod deleted
 //! must leave exactly the links, routes and nftables elements it started with, and no IPAM
 //! file naming any container ID it used.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
-use palisade_testutil::Netns;
+use palisade_testutil::TestNetns;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -276,7 +275,7 @@ pub fn exec_in_netns(
 #[derive(Debug)]
 pub struct Pod {
     /// Shared when one container has several attachments (ifnames) in one netns.
-    pub ns: Arc<Netns>,
+    pub ns: Arc<TestNetns>,
     pub cid: String,
     pub ifname: String,
 }
@@ -303,7 +302,7 @@ pub struct NodeSnapshot {
 
 /// A test node: its netns, its state directory and the snapshot taken before any pod.
 pub struct Node {
-    pub ns: Netns,
+    pub ns: TestNetns,
     pub tag: String,
     pub dir: TempDir,
     baseline: NodeSnapshot,
@@ -313,7 +312,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(tag: &str) -> Node {
-        let ns = Netns::new(&format!("{tag}-n")).expect("create node netns");
+        let ns = TestNetns::new(&format!("{tag}-n")).expect("create node netns");
         // A Kubernetes node forwards; a fresh namespace does not. The node's address lives on
         // `lo` (dummy links don't exist in this kernel).
         ns.sh(&format!(
@@ -408,7 +407,7 @@ impl Node {
     }
 
     pub fn pod_if(&self, name: &str, ifname: &str) -> Pod {
-        let ns = Netns::new(&format!("{}-{name}", self.tag)).expect("create pod netns");
+        let ns = TestNetns::new(&format!("{}-{name}", self.tag)).expect("create pod netns");
         let cid = container_id(&format!("{}-{name}", self.tag));
         self.remember_cid(&cid);
         Pod {

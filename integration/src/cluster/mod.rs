@@ -29,7 +29,7 @@
 //! process, but its listening socket was bound from a thread inside the segment namespace,
 //! so it belongs there and every node reaches it over the bridge. The harness itself reaches
 //! the agents' status endpoints and the demo's `kubectl` reaches the stand-in through sockets
-//! opened from threads that entered the right namespace ([`netns::Netns::connect`]).
+//! opened from threads that entered the right namespace ([`netns::ClusterNetns::connect`]).
 //!
 //! Every name carries the run prefix; everything is recorded in [`cleanup`] the moment it
 //! exists and removed by [`Cluster::teardown`], by `Drop` (panics), or by the signal handler.
@@ -46,7 +46,7 @@ use crate::apiserver::{ApiError, ApiServer, ApiServerConfig, Kind};
 use crate::matrix::Matrix;
 use crate::scenario::{ContainerKind, Destination, Family, Labels, PodRef, PodSpec, Protocol};
 use anyhow::{anyhow, bail, Context, Result};
-use netns::Netns;
+use netns::ClusterNetns;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -154,7 +154,7 @@ impl ClusterConfig {
 pub struct Node {
     pub index: usize,
     pub name: String,
-    pub netns: Netns,
+    pub netns: ClusterNetns,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
     pub pod_cidr_v4: String,
@@ -172,7 +172,7 @@ pub struct Node {
 pub struct Pod {
     pub spec: PodSpec,
     pub node: usize,
-    pub netns: Netns,
+    pub netns: ClusterNetns,
     pub container_id: String,
     pub uid: String,
     pub ips: Vec<IpAddr>,
@@ -190,7 +190,7 @@ impl Pod {
 /// The external host: a namespace on the segment that is not a node and has no route to any
 /// pod CIDR, running the test pod's listeners.
 pub struct ExternalHost {
-    pub netns: Netns,
+    pub netns: ClusterNetns,
     pub control: PathBuf,
     testpod: Option<Child>,
 }
@@ -200,7 +200,7 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub prefix: String,
     pub dir: PathBuf,
-    pub segment: Netns,
+    pub segment: ClusterNetns,
     pub nodes: Vec<Node>,
     pub api: Option<ApiServer>,
     pub pods: BTreeMap<PodRef, Pod>,
@@ -295,7 +295,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         cleanup::register_dir(&dir);
-        let segment = match Netns::create(&format!("{k}seg")) {
+        let segment = match ClusterNetns::create(&format!("{k}seg")) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -345,7 +345,7 @@ impl Cluster {
 
         let k = self.prefix.rsplit('-').next().unwrap_or("0").to_string();
         for i in 1..=self.config.nodes {
-            let ns = Netns::create(&format!("{k}n{i}"))?;
+            let ns = ClusterNetns::create(&format!("{k}n{i}"))?;
             ns.sysctl(&[
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
@@ -490,7 +490,7 @@ impl Cluster {
     /// default route, no route to a pod CIDR, no forwarding), listening on
     /// `external_ports`.
     fn start_external_host(&mut self, k: &str) -> Result<()> {
-        let ns = Netns::create(&format!("{k}ext"))?;
+        let ns = ClusterNetns::create(&format!("{k}ext"))?;
         ns.sysctl(&[
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
@@ -853,7 +853,7 @@ impl Cluster {
 
         // 2. The sandbox: a network namespace, wired by CNI ADD run inside the node.
         let k = self.prefix.rsplit('-').next().unwrap_or("0");
-        let netns = Netns::create(&format!(
+        let netns = ClusterNetns::create(&format!(
             "{k}p{seq}-{}",
             sanitize(&format!("{}-{}", spec.namespace, spec.name))
         ))?;
@@ -940,7 +940,7 @@ impl Cluster {
     /// until its control socket exists.
     fn start_testpod(
         &self,
-        netns: &Netns,
+        netns: &ClusterNetns,
         control: &Path,
         ports: &[(u16, Protocol)],
         log_path: &Path,
@@ -1269,9 +1269,9 @@ impl Drop for Cluster {
 /// Give `ns` an `eth0` on the segment's bridge (port `seg_if`) with these addresses. The peer
 /// is created straight in `ns` (one request, nothing in the root namespace).
 fn attach_to_segment(
-    seg: &Netns,
+    seg: &ClusterNetns,
     seg_if: &str,
-    ns: &Netns,
+    ns: &ClusterNetns,
     ipv4: Ipv4Addr,
     ipv6: Ipv6Addr,
 ) -> Result<()> {

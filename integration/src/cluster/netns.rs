@@ -4,13 +4,12 @@
 //! Namespaces are created with `ip netns add` (a bind mount under `/run/netns`), configured
 //! with `ip -n`, and programs run inside with `nsenter --net=` (which, unlike `ip netns exec`,
 //! does not remount /sys). The harness process itself stays in the root namespace; when it
-//! must open a socket inside one of its namespaces it does so on a short-lived thread that
-//! entered it (`setns` changes only the calling thread; the socket keeps its namespace after
-//! the thread is gone).
+//! must open a socket inside one of its namespaces it does so through `palisade_kernel`'s
+//! namespace helper (a short-lived thread that entered it; the socket keeps its namespace
+//! after the thread is gone).
 
 use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -24,17 +23,17 @@ pub fn run_prefix() -> String {
     format!("{RUN_PREFIX_ROOT}{}", std::process::id())
 }
 
-/// A network namespace of this run. Removal is explicit ([`Netns::remove`]) and also done by
+/// A network namespace of this run. Removal is explicit ([`ClusterNetns::remove`]) and also done by
 /// the run's cleanup registry, so that a panic or a signal removes it too.
 #[derive(Debug, Clone)]
-pub struct Netns {
+pub struct ClusterNetns {
     name: String,
     path: PathBuf,
 }
 
-impl Netns {
+impl ClusterNetns {
     /// Create `<prefix>-<tag>` with loopback up.
-    pub fn create(tag: &str) -> Result<Netns> {
+    pub fn create(tag: &str) -> Result<ClusterNetns> {
         let name = format!("{}-{tag}", run_prefix());
         let out = Command::new("ip")
             .args(["netns", "add", &name])
@@ -47,7 +46,7 @@ impl Netns {
             );
         }
         super::cleanup::register_netns(&name);
-        let ns = Netns {
+        let ns = ClusterNetns {
             path: PathBuf::from(NETNS_DIR).join(&name),
             name,
         };
@@ -116,19 +115,12 @@ impl Netns {
         Ok(())
     }
 
-    /// Run `f` on a fresh thread that entered this namespace, and return its result. Sockets
-    /// created by `f` belong to this namespace for their whole life.
-    pub fn run_inside<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let path = self.path.clone();
-        std::thread::spawn(move || -> Result<T> {
-            enter(&path)?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread inside netns panicked"))?
+    /// Run `f` inside this namespace (the kernel crate's one helper: a scoped thread that
+    /// entered it) and return its result. Sockets created by `f` belong to this namespace
+    /// for their whole life.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        palisade_kernel::netns::run_in(&self.path, f)
+            .with_context(|| format!("in netns {}", self.name))?
     }
 
     /// Open a TCP connection from inside this namespace.
@@ -181,19 +173,6 @@ impl Netns {
         self.run_inside(move || TcpListener::bind(addr).with_context(|| format!("bind {addr}")))
             .with_context(|| format!("in netns {}", self.name))
     }
-}
-
-/// `setns` the calling thread into the namespace at `path`. Only call on a thread you own and
-/// that ends soon after (never a pool thread: later work would run in this namespace).
-pub fn enter(path: &Path) -> Result<()> {
-    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    // SAFETY: setns on a valid fd; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setns {}", path.display()));
-    }
-    Ok(())
 }
 
 /// A finished command's stdout, or an error naming `what` with its status and stderr.

@@ -15,7 +15,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -125,7 +124,7 @@ impl NodeCni {
         if plugin.contains('/') {
             bail!("plugin type {plugin:?} names a path");
         }
-        let netns = std::fs::File::open(&self.netns)
+        let netns = palisade_kernel::netns::Netns::open(&self.netns)
             .with_context(|| format!("open {}", self.netns.display()))?;
         let cstr = |p: &Path| {
             CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("NUL in {}", p.display()))
@@ -149,7 +148,7 @@ impl NodeCni {
                         Err(std::io::Error::last_os_error())
                     }
                 };
-                check(libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET))?;
+                check(libc::setns(netns.fd(), libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 check(libc::mount(
                     std::ptr::null(),

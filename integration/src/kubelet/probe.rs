@@ -8,13 +8,13 @@
 //! 5 s wait per cluster start would add minutes to a scenario run without testing anything.
 
 use super::podspec::HttpProbe;
-use crate::cluster::netns::Netns;
+use crate::cluster::netns::ClusterNetns;
 use anyhow::{bail, Result};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// One attempt: Ok when the answer is 2xx or 3xx.
-pub fn attempt(netns: &Netns, probe: &HttpProbe) -> Result<()> {
+pub fn attempt(netns: &ClusterNetns, probe: &HttpProbe) -> Result<()> {
     let addr = SocketAddr::new(probe.host, probe.port);
     let (code, body) = netns.http_get(addr, &probe.path, &probe.headers, probe.timeout)?;
     if (200..400).contains(&code) {
@@ -32,7 +32,7 @@ pub fn attempt(netns: &Netns, probe: &HttpProbe) -> Result<()> {
 /// or fail at `deadline` with the last failure. `alive` is asked between attempts and ends
 /// the wait with its error (the container exited).
 pub fn wait_ready(
-    netns: &Netns,
+    netns: &ClusterNetns,
     probe: &HttpProbe,
     started: Instant,
     deadline: Instant,

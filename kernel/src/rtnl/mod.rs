@@ -2,18 +2,24 @@
 //! one synchronous [`Socket`]. Every call works on the network namespace the socket was
 //! opened in ([`Rtnl::open`] here, [`Rtnl::open_in`] inside another one).
 
+mod addr;
+mod link;
+mod message;
+mod neigh;
 mod route;
 
+pub use link::{Link, Mac, VethEnd};
+pub use neigh::Neighbour;
 pub use route::{Route, RouteMode, Scope, PROTOCOL_BOOT};
 
 use crate::netlink::{Result, Socket};
 use crate::netns::Netns;
-use netlink_packet_route::RouteNetlinkMessage;
+use message::RtnlMessage;
 use std::net::IpAddr;
 
 /// An rtnetlink socket.
 pub struct Rtnl {
-    sock: Socket<RouteNetlinkMessage>,
+    sock: Socket<RtnlMessage>,
 }
 
 impl Rtnl {

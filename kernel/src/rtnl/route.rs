@@ -1,6 +1,7 @@
 //! Routes of the main table: add, replace, delete, and dumps filtered by routing protocol
 //! (how a program recognises the routes it owns: `proto 180` in `ip route`).
 
+use super::message::RtnlMessage;
 use super::{address_family, Family, Rtnl};
 use crate::netlink::{Context, Result};
 use ipnet::IpNet;
@@ -8,7 +9,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::AddressFamily;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -176,7 +177,7 @@ impl Rtnl {
         };
         match self
             .sock
-            .execute(RouteNetlinkMessage::NewRoute(message(route)), flags)
+            .execute(RtnlMessage::NewRoute(message(route)), flags)
         {
             Err(e) if mode == RouteMode::KeepExisting && e.errno() == Some(libc::EEXIST) => Ok(()),
             other => other.context(|| format!("{verb} route {route}")),
@@ -190,7 +191,7 @@ impl Rtnl {
         let mut m = message(route);
         // Any scope matches on delete (RT_SCOPE_NOWHERE), as with `ip route del`.
         m.header.scope = RouteScope::NoWhere;
-        match self.sock.execute(RouteNetlinkMessage::DelRoute(m), 0) {
+        match self.sock.execute(RtnlMessage::DelRoute(m), 0) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
             Err(e) => Err(e).context(|| format!("delete route {route}")),
@@ -208,12 +209,12 @@ impl Rtnl {
         }
         let replies = self
             .sock
-            .dump(RouteNetlinkMessage::GetRoute(m))
+            .dump(RtnlMessage::GetRoute(m))
             .context(|| "list routes".to_string())?;
         Ok(replies
             .iter()
             .filter_map(|r| match r {
-                RouteNetlinkMessage::NewRoute(m) => parse(m),
+                RtnlMessage::NewRoute(m) => parse(m),
                 _ => None,
             })
             // The kernel filters by protocol under strict checking; older ones send all.

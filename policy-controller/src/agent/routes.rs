@@ -169,8 +169,8 @@ mod tests {
         if !palisade_testutil::kernel_tests_enabled() {
             return;
         }
-        let node = palisade_testutil::Netns::new("routes-node").unwrap();
-        let peer = palisade_testutil::Netns::new("routes-peer").unwrap();
+        let node = palisade_testutil::TestNetns::new("routes-node").unwrap();
+        let peer = palisade_testutil::TestNetns::new("routes-peer").unwrap();
         node.veth_to("seg0", &peer, "seg1").unwrap();
         node.sh(
             "ip addr add 192.0.2.1/24 dev seg0 && ip -6 addr add 2001:db8::1/64 dev seg0 nodad && \

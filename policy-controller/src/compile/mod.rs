@@ -139,7 +139,7 @@ pub enum Change {
 pub struct Compiler {
     opts: CompileOptions,
     state: ClusterState,
-    index: Index,
+    index: StateIndex,
     cache: plan::Cache,
     /// Chains, maps or the set list must be rebuilt (a local pod, a policy changed).
     structure_dirty: bool,
@@ -154,16 +154,16 @@ pub struct Compiler {
 
 /// Lookup structures over [`ClusterState`], maintained per change.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Index {
+pub(crate) struct StateIndex {
     pub pods_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
     pub policies_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
     /// Pods on this node (whatever their state).
     pub local_pods: BTreeSet<ObjectKey>,
 }
 
-impl Index {
-    pub fn build(state: &ClusterState, node: &str) -> Index {
-        let mut index = Index::default();
+impl StateIndex {
+    pub fn build(state: &ClusterState, node: &str) -> StateIndex {
+        let mut index = StateIndex::default();
         for (key, pod) in &state.pods {
             index.add_pod(key, pod, node);
         }
@@ -205,7 +205,7 @@ impl Compiler {
 
     /// A compiler starting from a whole cluster state (the agent's initial list).
     pub fn with_state(opts: CompileOptions, state: ClusterState) -> Compiler {
-        let index = Index::build(&state, &opts.node);
+        let index = StateIndex::build(&state, &opts.node);
         Compiler {
             opts,
             state,
@@ -375,7 +375,7 @@ impl Compiler {
 
 /// Full compile from scratch.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
-    let index = Index::build(state, &opts.node);
+    let index = StateIndex::build(state, &opts.node);
     let mut out = plan::Cache::default().rebuild(
         state,
         &index,
@@ -392,7 +392,7 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
 /// whose namespace and labels match.
 pub(crate) fn select_pods(
     state: &ClusterState,
-    index: &Index,
+    index: &StateIndex,
     selection: &PodSelection,
 ) -> BTreeSet<ObjectKey> {
     let mut out = BTreeSet::new();

@@ -2,7 +2,7 @@
 //! and the elements of each set (materialised from cached selector memberships).
 
 use super::intervals::{block_ranges, merge_port_ranges, range_to_prefixes};
-use super::{select_pods, CompileOptions, Index};
+use super::{select_pods, CompileOptions, StateIndex};
 use crate::eval::reference::{is_enforced_pod, is_policy_pod, policy_types, Direction};
 use crate::model::api::{IntOrString, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use crate::model::selector::{selector_matches, NamespaceScope, PodSelection};
@@ -205,7 +205,7 @@ impl Cache {
 
     /// A namespace's labels changed (or it went away): re-test its pods against the
     /// selections that look at namespace labels.
-    pub fn namespace_changed(&mut self, state: &ClusterState, index: &Index, ns: &str) {
+    pub fn namespace_changed(&mut self, state: &ClusterState, index: &StateIndex, ns: &str) {
         let ns_labels = state.namespaces.get(ns);
         let pods: Vec<&ObjectKey> = index.pods_by_ns.get(ns).into_iter().flatten().collect();
         for (selection, members) in self.members.iter_mut() {
@@ -230,7 +230,7 @@ impl Cache {
     fn members(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         selection: &PodSelection,
     ) -> &BTreeSet<ObjectKey> {
         if !self.members.contains_key(selection) {
@@ -244,7 +244,7 @@ impl Cache {
     pub fn refresh_sets(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         opts: &CompileOptions,
         out: &mut Ruleset,
         touched: &mut Touched,
@@ -272,7 +272,7 @@ impl Cache {
     pub fn rebuild(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         opts: &CompileOptions,
         mut previous: Ruleset,
         touched: &mut Touched,
@@ -348,7 +348,7 @@ impl Cache {
     fn materialise(
         &mut self,
         state: &ClusterState,
-        index: &Index,
+        index: &StateIndex,
         opts: &CompileOptions,
         spec: &SetSpec,
     ) -> Set {
@@ -597,7 +597,7 @@ impl Builder<'_> {
     }
 
     /// Class chains, policy chains and the dispatch maps for the enforced pods of this node.
-    fn dispatch(&mut self, index: &Index) -> BTreeMap<String, VerdictMap> {
+    fn dispatch(&mut self, index: &StateIndex) -> BTreeMap<String, VerdictMap> {
         let mut maps = BTreeMap::new();
         for direction in [Direction::Ingress, Direction::Egress] {
             for family in [Family::Ipv4, Family::Ipv6] {

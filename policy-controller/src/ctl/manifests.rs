@@ -8,7 +8,6 @@
 //! ([`crate::model::validate::validate_network_policy`]) is reported and skipped, as the agent
 //! does.
 
-use crate::kube::WatchedKind;
 use crate::model::api::{self, Namespace, NetworkPolicy, Node, Pod};
 use crate::model::validate::validate_network_policy;
 use crate::model::{ClusterState, NodeInfo, ObjectKey, PodInfo, Protocol};
@@ -234,10 +233,7 @@ fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), M
     match kind.as_str() {
         "Namespace" => objects.namespaces.push(decode(&origin, doc)?),
         "Pod" => {
-            let mut pod: Pod = decode(&origin, doc.clone())?;
-            // `status.podIP(s)`: model::api's serde names miss the API's spelling; read them
-            // as the agent's watch does.
-            pod.fill_from_raw(&doc);
+            let mut pod: Pod = decode(&origin, doc)?;
             if pod.metadata.namespace.is_empty() {
                 pod.metadata.namespace = DEFAULT_NAMESPACE.into();
             }
@@ -254,8 +250,7 @@ fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), M
             objects.policies.push((origin, policy));
         }
         "Node" => {
-            let mut node: Node = decode(&origin, doc.clone())?;
-            node.fill_from_raw(&doc);
+            let node: Node = decode(&origin, doc)?;
             objects.nodes.push(node);
         }
         "" => {

@@ -61,19 +61,6 @@ pub trait WatchedKind: DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'st
     const KIND: &'static str;
     const GROUP: &'static str;
     const VERSION: &'static str;
-
-    /// Fill in from the raw JSON what the slim type's serde names miss. `model::api` spells
-    /// `podIP`/`podIPs`/`podCIDR`/`podCIDRs` with `rename_all = "camelCase"`, which yields
-    /// `podIp`/`podIps`/`podCidr`/`podCidrs`: until that is fixed there, the fields are read
-    /// here when the slim decoding left them empty (harmless once it is fixed).
-    fn fill_from_raw(&mut self, _raw: &serde_json::Value) {}
-}
-
-fn strings(v: &serde_json::Value) -> impl Iterator<Item = String> + '_ {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_string))
 }
 
 impl WatchedKind for api::Pod {
@@ -81,22 +68,6 @@ impl WatchedKind for api::Pod {
     const KIND: &'static str = "Pod";
     const GROUP: &'static str = "";
     const VERSION: &'static str = "v1";
-
-    fn fill_from_raw(&mut self, raw: &serde_json::Value) {
-        let status = &raw["status"];
-        if self.status.pod_ip.is_none() {
-            self.status.pod_ip = status["podIP"].as_str().map(str::to_string);
-        }
-        if self.status.pod_ips.is_empty() {
-            self.status.pod_ips = status["podIPs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["ip"].as_str())
-                .map(|ip| api::PodIp { ip: ip.to_string() })
-                .collect();
-        }
-    }
 }
 
 impl WatchedKind for api::Namespace {
@@ -118,16 +89,6 @@ impl WatchedKind for api::Node {
     const KIND: &'static str = "Node";
     const GROUP: &'static str = "";
     const VERSION: &'static str = "v1";
-
-    fn fill_from_raw(&mut self, raw: &serde_json::Value) {
-        let spec = &raw["spec"];
-        if self.spec.pod_cidr.is_none() {
-            self.spec.pod_cidr = spec["podCIDR"].as_str().map(str::to_string);
-        }
-        if self.spec.pod_cidrs.is_empty() {
-            self.spec.pod_cidrs = strings(&spec["podCIDRs"]).collect();
-        }
-    }
 }
 
 /// One object as received: identity and resourceVersion always, the slim body when it decoded.
@@ -192,12 +153,7 @@ impl<'de, T: WatchedKind> Deserialize<'de> for Slim<T> {
             .get("metadata")
             .and_then(|m| Identity::deserialize(m).ok())
             .unwrap_or_default();
-        let body = T::deserialize(&value)
-            .map(|mut body| {
-                body.fill_from_raw(&value);
-                body
-            })
-            .map_err(|e| e.to_string());
+        let body = T::deserialize(&value).map_err(|e| e.to_string());
         Ok(Slim {
             meta: KubeMeta {
                 name: identity.name,

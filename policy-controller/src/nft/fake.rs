@@ -4,7 +4,7 @@
 //! cannot overlap, ...), all-or-nothing like an nft transaction. For fast golden tests
 //! without root: the dump is canonical nft text.
 
-use super::plan::{chain_set_refs, rule_chain_refs, Op, Programmed, SetSpec};
+use super::plan::{chain_set_refs, rule_chain_refs, Op, Programmed, SetType};
 use super::tracker::Tracker;
 use super::{text, ApplyStats, Dataplane, DataplaneError};
 use crate::ruleset::{
@@ -112,16 +112,16 @@ impl Dataplane for FakeDataplane {
     }
 }
 
-fn set_kind_spec(rs: &Ruleset, name: &str) -> Option<SetSpec> {
+fn set_kind_spec(rs: &Ruleset, name: &str) -> Option<SetType> {
     if let Some(s) = rs.sets.get(name) {
-        return Some(SetSpec {
+        return Some(SetType {
             key: s.key.clone(),
             interval: s.interval,
             map: false,
             comment: None,
         });
     }
-    rs.maps.get(name).map(|m| SetSpec {
+    rs.maps.get(name).map(|m| SetType {
         key: m.key.clone(),
         interval: m.interval,
         map: true,

@@ -18,7 +18,7 @@
 //! continuation is left out when it would carry nothing. The matches are evaluated twice,
 //! which only costs on the (logged) deny path.
 
-use super::plan::{Op, SetSpec};
+use super::plan::{Op, SetType};
 use crate::ruleset::{
     ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match, Rule, RuleVerdict, Statement,
     Value, Verdict,
@@ -97,7 +97,7 @@ fn op_json(table: &str, op: &Op, out: &mut Vec<Json>) {
     }
 }
 
-fn set_json(table: &str, name: &str, spec: &SetSpec) -> Json {
+fn set_json(table: &str, name: &str, spec: &SetType) -> Json {
     let ty: Json = if spec.key.len() == 1 {
         json!(key_type_name(spec.key[0]))
     } else {

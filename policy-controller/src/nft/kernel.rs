@@ -75,7 +75,7 @@ pub struct NftDataplane {
     last: LastApply,
     /// The netlink socket element batches go on, kept open (see [`super::netlink::socket`]);
     /// dropped after any error, so a fresh one starts clean.
-    socket: Option<std::os::fd::OwnedFd>,
+    socket: Option<palisade_kernel::nftables::Nfnl>,
 }
 
 impl NftDataplane {
@@ -210,7 +210,9 @@ impl NftDataplane {
     }
 
     /// The kept netlink socket, or a new one; the caller puts it back after a success.
-    fn take_socket(&mut self) -> Result<std::os::fd::OwnedFd, super::netlink::BatchError> {
+    fn take_socket(
+        &mut self,
+    ) -> Result<palisade_kernel::nftables::Nfnl, super::netlink::BatchError> {
         match self.socket.take() {
             Some(s) => Ok(s),
             None => super::netlink::socket(self.opts.netns.as_deref()),
@@ -230,7 +232,7 @@ impl NftDataplane {
         let t = Instant::now();
         let res = self
             .take_socket()
-            .and_then(|sock| super::netlink::send(&sock, &batch).map(|()| sock));
+            .and_then(|mut sock| super::netlink::send(&mut sock, &batch).map(|()| sock));
         self.last.nft_time = t.elapsed();
         let res = res.map(|sock| self.socket = Some(sock));
         match res {
@@ -309,12 +311,12 @@ impl NftDataplane {
     /// Sends element batches one by one on the kept socket; `false` when netlink is not
     /// usable or the kernel refused one (already sent ones are harmless to send again
     /// through nft: adding an element that exists is no error).
-    fn send_batches(&mut self, batches: &[Vec<u8>]) -> bool {
+    fn send_batches(&mut self, batches: &[palisade_kernel::nftables::Batch]) -> bool {
         let t = Instant::now();
-        let res = self.take_socket().and_then(|s| {
+        let res = self.take_socket().and_then(|mut s| {
             for b in batches {
                 self.last.bytes += b.len();
-                super::netlink::send(&s, b)?;
+                super::netlink::send(&mut s, b)?;
             }
             Ok(s)
         });

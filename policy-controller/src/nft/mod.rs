@@ -31,7 +31,7 @@ pub use fake::FakeDataplane;
 pub use json::transaction as transaction_json;
 pub use kernel::{describe, LastApply, NftDataplane, NftOptions};
 pub use parse::{parse_listing, Listing, RuleCounter};
-pub use plan::{plan, validate, Op, Programmed, SetSpec};
+pub use plan::{plan, validate, Op, Programmed, SetType};
 pub use text::{op_text, render_full, render_table, script as transaction_script, SCRIPT_WORDS};
 
 use crate::ruleset::{Ruleset, Touched};

@@ -5,8 +5,8 @@
 //! whole table, which dominate the cost of a one-element change on a large table.
 //!
 //! The batch itself (what `nft -f` sends for `add element` / `delete element`, atomic as a
-//! whole) is built and sent by `palisade_common::nfnetlink`, which the CNI plugin's hostPort
-//! map uses too; this file encodes the model's keys and verdicts into it.
+//! whole) and its typed elements are `palisade_kernel::nftables`', which the CNI plugin's
+//! hostPort maps use too; this file maps the model's keys and verdicts onto them.
 //!
 //! Only elements of sets and maps without `flags interval` are encoded here (interval sets
 //! need start/end element pairs; nft computes those); anything else, or any key type this
@@ -14,55 +14,41 @@
 
 use super::plan::Op;
 use crate::ruleset::{KeyType, Ruleset, Value, Verdict};
-use palisade_common::nfnetlink::{self, ElementBatch, ElementData};
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use palisade_kernel::nftables::{self as nf, Batch, Data, Element, MapData, Nfnl};
 use std::path::Path;
 
-pub use palisade_common::nfnetlink::SendError as BatchError;
+pub use palisade_kernel::nftables::BatchError;
 
 /// Larger transactions go through nft: they are rare (start, big policy changes) and nft's
 /// cost is then small next to the transaction itself.
 const MAX_BATCH: usize = 256 * 1024;
 
-/// A key in nft's register layout: a single field as is; in a concatenation every field
-/// padded to 4 bytes. Addresses and ports in network order, a protocol as one byte.
-fn key_bytes(types: &[KeyType], values: &[Value]) -> Option<Vec<u8>> {
+/// A key in the kernel crate's types; `None` when a value does not fit its key type.
+fn key(types: &[KeyType], values: &[Value]) -> Option<Data> {
     if types.len() != values.len() {
         return None;
     }
-    let mut out = Vec::with_capacity(20);
-    for (t, v) in types.iter().zip(values) {
-        match (t, v) {
-            (KeyType::Ipv4Addr, Value::Addr(std::net::IpAddr::V4(a))) => {
-                out.extend_from_slice(&a.octets())
-            }
-            (KeyType::Ipv6Addr, Value::Addr(std::net::IpAddr::V6(a))) => {
-                out.extend_from_slice(&a.octets())
-            }
-            (KeyType::InetProto, Value::Proto(p)) => out.push(*p),
-            (KeyType::InetService, Value::Port(p)) => out.extend_from_slice(&p.to_be_bytes()),
-            _ => return None,
+    let fields = types.iter().zip(values).map(|(t, v)| match (t, v) {
+        (KeyType::Ipv4Addr, Value::Addr(a @ std::net::IpAddr::V4(_)))
+        | (KeyType::Ipv6Addr, Value::Addr(a @ std::net::IpAddr::V6(_))) => {
+            Some(nf::Field::from(*a))
         }
-        if types.len() > 1 {
-            out.resize((out.len() + 3) & !3, 0);
-        }
-    }
-    Some(out)
+        (KeyType::InetProto, Value::Proto(p)) => Some(nf::Field::Proto(*p)),
+        (KeyType::InetService, Value::Port(p)) => Some(nf::Field::Port(*p)),
+        _ => None,
+    });
+    Some(Data(fields.collect::<Option<_>>()?))
 }
 
-fn verdict_data(v: &Verdict) -> ElementData<'_> {
+fn verdict(v: &Verdict) -> nf::Verdict {
     match v {
-        Verdict::Accept => ElementData::Verdict(nfnetlink::NF_ACCEPT, None),
-        Verdict::Drop => ElementData::Verdict(nfnetlink::NF_DROP, None),
-        Verdict::Return => ElementData::Verdict(nfnetlink::NFT_RETURN, None),
-        Verdict::Jump(c) => ElementData::Verdict(nfnetlink::NFT_JUMP, Some(c)),
-        Verdict::Goto(c) => ElementData::Verdict(nfnetlink::NFT_GOTO, Some(c)),
+        Verdict::Accept => nf::Verdict::Accept,
+        Verdict::Drop => nf::Verdict::Drop,
+        Verdict::Return => nf::Verdict::Return,
+        Verdict::Jump(c) => nf::Verdict::Jump(c.clone()),
+        Verdict::Goto(c) => nf::Verdict::Goto(c.clone()),
     }
 }
-
-/// Elements in the batch's layout.
-type Elements<'a> = Vec<(Vec<u8>, Option<ElementData<'a>>)>;
 
 /// The key types of set `name` of `model`, if its elements can go in a batch here (it
 /// exists and has no `flags interval`).
@@ -83,40 +69,37 @@ fn map_key<'m>(model: &'m Ruleset, name: &str) -> Option<&'m [KeyType]> {
         .map(|m| m.key.as_slice())
 }
 
-/// Keys in register layout; `None` if one cannot be encoded.
+/// Keys; `None` if one cannot be encoded.
 fn keys<'v>(
     types: &[KeyType],
     values: impl IntoIterator<Item = &'v Vec<Value>>,
-) -> Option<Vec<Vec<u8>>> {
-    values.into_iter().map(|v| key_bytes(types, v)).collect()
+) -> Option<Vec<Data>> {
+    values.into_iter().map(|v| key(types, v)).collect()
 }
 
 /// Set elements to add; `None` if a key cannot be encoded.
-fn set_additions(types: &[KeyType], elements: &[Vec<Value>]) -> Option<Elements<'static>> {
+fn set_additions(types: &[KeyType], elements: &[Vec<Value>]) -> Option<Vec<Element>> {
     Some(
         keys(types, elements)?
             .into_iter()
-            .map(|k| (k, None))
+            .map(Element::set)
             .collect(),
     )
 }
 
 /// Verdict map elements to add; `None` if a key cannot be encoded.
-fn map_additions<'a>(
-    types: &[KeyType],
-    elements: &'a [(Vec<Value>, Verdict)],
-) -> Option<Elements<'a>> {
+fn map_additions(types: &[KeyType], elements: &[(Vec<Value>, Verdict)]) -> Option<Vec<Element>> {
     elements
         .iter()
-        .map(|(k, v)| key_bytes(types, k).map(|k| (k, Some(verdict_data(v)))))
+        .map(|(k, v)| Some(Element::map(key(types, k)?, MapData::Verdict(verdict(v)))))
         .collect()
 }
 
 /// The batch for `ops` against the sets and maps of `model` (the desired model: element
 /// commands of a diff only ever name sets and maps that exist in it), or `None` when some
 /// command is not an element command of a non-interval set or map of known key types.
-pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<u8>> {
-    let mut batch = ElementBatch::new(table);
+pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
+    let mut batch = Batch::new(table);
     for op in ops {
         match op {
             Op::AddElements { set, elements } => {
@@ -137,7 +120,7 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<u8>> {
             return None;
         }
     }
-    Some(batch.finish_batch())
+    Some(batch)
 }
 
 /// How many elements `op` adds to a set or map of `model` that [`encode_additions`] can
@@ -152,18 +135,18 @@ pub fn plain_additions(model: &Ruleset, op: &Op) -> Option<usize> {
 
 /// The element additions of `ops` for the non-interval sets and maps of `model` as
 /// batches of at most about 160 KiB each (a netlink message must fit the socket's send
-/// buffer, 208 KiB by default), for filling the sets of a table nothing uses yet (see `kernel`'s staged cold
-/// start): each batch is a transaction of its own. `None` when some command is not such an
-/// addition.
-pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Vec<u8>>> {
+/// buffer, 208 KiB by default), for filling the sets of a table nothing uses yet (see
+/// `kernel`'s staged cold start): each batch is a transaction of its own. `None` when some
+/// command is not such an addition.
+pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Batch>> {
     /// Elements per command (at most about 64 bytes each) and the size from which a batch
     /// is sent: together at most about 160 KiB.
     const CHUNK: usize = 1024;
     const FULL: usize = 96 * 1024;
     let mut batches = Vec::new();
-    let mut batch = ElementBatch::new(table);
+    let mut batch = Batch::new(table);
     for op in ops {
-        let (name, chunks): (&str, Vec<Elements<'_>>) = match op {
+        let (name, chunks): (&str, Vec<Vec<Element>>) = match op {
             Op::AddElements { set, elements } => {
                 let types = set_key(model, set)?;
                 let chunks = elements.chunks(CHUNK).map(|c| set_additions(types, c));
@@ -179,52 +162,40 @@ pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<
         for chunk in chunks {
             batch.add(name, &chunk);
             if batch.len() > FULL {
-                batches
-                    .push(std::mem::replace(&mut batch, ElementBatch::new(table)).finish_batch());
+                batches.push(std::mem::replace(&mut batch, Batch::new(table)));
             }
         }
     }
     if !batch.is_empty() {
-        batches.push(batch.finish_batch());
+        batches.push(batch);
     }
     Some(batches)
 }
 
-/// A NETLINK_NETFILTER socket of the network namespace at `netns` (made on a short-lived
-/// thread that enters it; a socket stays in the namespace it was made in), or of this
-/// process's namespace. The dataplane keeps it open across batches: closing a socket that
-/// deleted elements waits for an RCU grace period (about 10 ms) under the nf_tables mutex.
-pub fn socket(netns: Option<&Path>) -> Result<OwnedFd, BatchError> {
-    let Some(path) = netns else {
-        return nfnetlink::socket().map_err(BatchError::Unavailable);
+/// A NETLINK_NETFILTER socket of the network namespace at `netns` (opened inside it by the
+/// kernel crate's namespace helper), or of this process's namespace. The dataplane keeps it
+/// open across batches: closing a socket that deleted elements waits for an RCU grace
+/// period (about 10 ms) under the nf_tables mutex.
+pub fn socket(netns: Option<&Path>) -> Result<Nfnl, BatchError> {
+    let opened = match netns {
+        None => Nfnl::open(),
+        Some(path) => palisade_kernel::Netns::open(path)
+            .map_err(|e| palisade_kernel::Error::new(format!("open {}", path.display()), e))
+            .and_then(|ns| Nfnl::open_in(&ns)),
     };
-    let ns = std::fs::File::open(path).map_err(BatchError::Unavailable)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this thread only; the thread ends right after.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(BatchError::Unavailable(io::Error::last_os_error()));
-            }
-            nfnetlink::socket().map_err(BatchError::Unavailable)
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(BatchError::Unavailable(io::Error::other(
-                "netns thread panicked",
-            )))
-        })
-    })
+    opened.map_err(BatchError::Unavailable)
 }
 
 /// Sends one batch on a socket from [`socket`] and reports the kernel's verdict.
-pub fn send(sock: &OwnedFd, batch: &[u8]) -> Result<(), BatchError> {
-    nfnetlink::send_on(sock, batch)
+pub fn send(sock: &mut Nfnl, batch: &Batch) -> Result<(), BatchError> {
+    sock.apply(batch)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ruleset::{Set, VerdictMap};
+    use palisade_kernel::nftables::Command;
 
     fn model() -> Ruleset {
         let mut rs = Ruleset::default();
@@ -262,6 +233,7 @@ mod tests {
 
     #[test]
     fn keys_follow_the_register_layout() {
+        let key_bytes = |t: &[KeyType], v: &[Value]| key(t, v).map(|d| d.bytes());
         let v4 = key_bytes(
             &[KeyType::Ipv4Addr],
             &[Value::Addr("10.1.2.3".parse().unwrap())],
@@ -303,12 +275,19 @@ mod tests {
             },
         ];
         let batch = encode("palisade", &rs, &ok).unwrap();
-        // BATCH_BEGIN, two commands, BATCH_END; every message's length adds up.
-        let kinds = nfnetlink::message_kinds(&batch).unwrap();
-        // BATCH_BEGIN 0x10, DELSETELEM and NEWSETELEM of nf_tables (subsystem 10), BATCH_END.
-        assert_eq!(kinds, vec![0x10, (10 << 8) | 14, (10 << 8) | 12, 0x11]);
-        // The jump target is in the batch.
-        assert!(batch.windows(8).any(|w| w == b"in-0001\0"));
+        assert_eq!(
+            batch.commands(),
+            &[
+                Command::DeleteElements {
+                    set: "peers".into(),
+                    count: 1
+                },
+                Command::AddElements {
+                    set: "ingress4".into(),
+                    count: 1
+                }
+            ]
+        );
 
         let interval = [Op::AddElements {
             set: "block".into(),
@@ -352,9 +331,7 @@ mod tests {
         let mut commands = 0;
         for b in &batches {
             assert!(b.len() < 160 * 1024, "a batch of {} bytes", b.len());
-            let kinds = nfnetlink::message_kinds(b).unwrap();
-            assert_eq!((kinds[0], kinds[kinds.len() - 1]), (0x10, 0x11));
-            commands += kinds.len() - 2;
+            commands += b.commands().len();
         }
         // 10 commands of at most 1024 elements for the set, one for the map.
         assert_eq!(commands, 11);

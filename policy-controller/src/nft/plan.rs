@@ -42,11 +42,11 @@ pub enum Op {
     },
     AddSet {
         name: String,
-        spec: SetSpec,
+        spec: SetType,
     },
     DeleteSet {
         name: String,
-        spec: SetSpec,
+        spec: SetType,
     },
     AddElements {
         set: String,
@@ -73,7 +73,7 @@ pub enum Op {
 
 /// The type of a set or a verdict map: changing any part means delete + recreate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetSpec {
+pub struct SetType {
     pub key: Vec<KeyType>,
     pub interval: bool,
     /// A verdict map rather than a set.
@@ -81,8 +81,8 @@ pub struct SetSpec {
     pub comment: Option<String>,
 }
 
-impl SetSpec {
-    fn same_type(&self, other: &SetSpec) -> bool {
+impl SetType {
+    fn same_type(&self, other: &SetType) -> bool {
         self.key == other.key && self.interval == other.interval && self.map == other.map
     }
 }
@@ -115,15 +115,15 @@ enum SetLike<'a> {
 }
 
 impl SetLike<'_> {
-    fn spec(&self) -> SetSpec {
+    fn spec(&self) -> SetType {
         match self {
-            SetLike::Set(s) => SetSpec {
+            SetLike::Set(s) => SetType {
                 key: s.key.clone(),
                 interval: s.interval,
                 map: false,
                 comment: s.comment.clone(),
             },
-            SetLike::Map(m) => SetSpec {
+            SetLike::Map(m) => SetType {
                 key: m.key.clone(),
                 interval: m.interval,
                 map: true,

@@ -448,7 +448,7 @@ pub fn script(table: &str, ops: &[super::plan::Op]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::plan::{Op, SetSpec};
+    use crate::nft::plan::{Op, SetType};
     use crate::ruleset::{BaseChain, ChainType, Hook, KeyType};
 
     fn rule(chain: &str, r: Rule) -> Op {
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_transaction_is_fully_qualified_nft_syntax() {
-        let dispatch = SetSpec {
+        let dispatch = SetType {
             key: vec![KeyType::Ipv4Addr],
             interval: false,
             map: true,
@@ -483,7 +483,7 @@ mod tests {
             },
             Op::AddSet {
                 name: "ports-01".into(),
-                spec: SetSpec {
+                spec: SetType {
                     key: vec![KeyType::InetProto, KeyType::InetService],
                     interval: true,
                     map: false,

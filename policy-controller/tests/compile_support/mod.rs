@@ -2,8 +2,6 @@
 //! `/work/shared/scenario-format.md`) that plays a scenario offline on a [`ClusterState`]
 //! with synthetic pod IPs, and small builders.
 
-#![allow(dead_code)]
-
 use palisade_policy::eval::reference::Endpoint;
 use palisade_policy::model::api::{self, NetworkPolicy};
 use palisade_policy::model::{ClusterState, Labels, NodeInfo, ObjectKey, PodInfo, Protocol};

@@ -1,7 +1,6 @@
 //! Ruleset builders shared by the dataplane tests and benchmarks (`tests/nft_*.rs`,
 //! `tests/datapath_*.rs`). Rulesets are built by hand here, in the shape the compiler
 //! produces (DESIGN.md "Policy"), so the dataplane is tested on its own.
-#![allow(dead_code)]
 
 use palisade_policy::ruleset::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

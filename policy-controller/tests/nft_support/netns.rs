@@ -1,10 +1,9 @@
 //! Kernel-test helpers: a node namespace routing between two pod namespaces, and sockets
-//! opened inside a namespace from a short-lived thread (setns changes only the calling
-//! thread; a socket stays in the namespace it was created in).
-#![allow(dead_code)]
+//! opened inside a namespace (`TestNetns::run`: the kernel crate's helper; a socket stays
+//! in the namespace it was created in).
 
 use palisade_policy::nft::{NftDataplane, NftOptions};
-use palisade_testutil::Netns;
+use palisade_testutil::TestNetns;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -12,9 +11,9 @@ use std::time::Duration;
 /// node ⟷ pod A (`10.70.1.2`, `fd70:1::2`) and node ⟷ pod B (`10.70.2.2`, `fd70:2::2`);
 /// the node forwards. Node-side veths are `pala` and `palb` (the pod prefix).
 pub struct Topology {
-    pub node: Netns,
-    pub a: Netns,
-    pub b: Netns,
+    pub node: TestNetns,
+    pub a: TestNetns,
+    pub b: TestNetns,
 }
 
 pub const A4: &str = "10.70.1.2";
@@ -24,9 +23,9 @@ pub const B6: &str = "fd70:2::2";
 
 impl Topology {
     pub fn new(tag: &str) -> Topology {
-        let node = Netns::new(&format!("{tag}-node")).unwrap();
-        let a = Netns::new(&format!("{tag}-a")).unwrap();
-        let b = Netns::new(&format!("{tag}-b")).unwrap();
+        let node = TestNetns::new(&format!("{tag}-node")).unwrap();
+        let a = TestNetns::new(&format!("{tag}-a")).unwrap();
+        let b = TestNetns::new(&format!("{tag}-b")).unwrap();
         // No DAD anywhere (also for link-local addresses): a tentative address delays the
         // first IPv6 packets by about a second.
         for ns in [&node, &a, &b] {
@@ -65,7 +64,7 @@ impl Topology {
 }
 
 /// A TCP listener (dual-stack) in `ns` that accepts and closes connections in the background.
-pub fn tcp_server(ns: &Netns, port: u16) -> SocketAddr {
+pub fn tcp_server(ns: &TestNetns, port: u16) -> SocketAddr {
     let l = ns.run(|| TcpListener::bind(("::", port)).expect("bind tcp"));
     // std listens with a backlog of 128: a client looping on connect outruns this accept
     // thread, the queue overflows, and the dropped SYN costs a one-second retransmit. Listen
@@ -111,7 +110,7 @@ pub fn rst_on_close(s: &TcpStream) {
 }
 
 /// Whether a TCP connection from `ns` to `to` is established within the timeout.
-pub fn tcp_connects(ns: &Netns, to: SocketAddr) -> bool {
+pub fn tcp_connects(ns: &TestNetns, to: SocketAddr) -> bool {
     ns.run(|| TcpStream::connect_timeout(&to, Duration::from_millis(700)).is_ok())
 }
 
@@ -135,7 +134,7 @@ fn bind_udp_retrying(port: u16) -> UdpSocket {
 }
 
 /// Whether a UDP datagram from `from` reaches `to_ns` on `to`.
-pub fn udp_reaches(from: &Netns, to_ns: &Netns, to: SocketAddr) -> bool {
+pub fn udp_reaches(from: &TestNetns, to_ns: &TestNetns, to: SocketAddr) -> bool {
     let rx = to_ns.run(|| bind_udp_retrying(to.port()));
     rx.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();

@@ -32,7 +32,7 @@
 pub mod cri;
 
 use anyhow::{bail, Context, Result};
-use palisade_testutil::{run_prefix, Netns};
+use palisade_testutil::{run_prefix, TestNetns};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -148,8 +148,8 @@ impl Drop for ChildGuard {
 /// A node namespace with a remote node on its segment, and the runtime's temporary directory.
 pub struct TestNode {
     pub tag: String,
-    pub ns: Netns,
-    pub remote: Netns,
+    pub ns: TestNetns,
+    pub remote: TestNetns,
     /// `/tmp/palt<PID>-<tag>`: CNI bin and config dirs, plugin data, runtime state.
     pub dir: PathBuf,
     pub network: String,
@@ -157,8 +157,8 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn new(tag: &str) -> Result<TestNode> {
-        let ns = Netns::new(&format!("rt{tag}"))?;
-        let remote = Netns::new(&format!("rt{tag}-r"))?;
+        let ns = TestNetns::new(&format!("rt{tag}"))?;
+        let remote = TestNetns::new(&format!("rt{tag}-r"))?;
         ns.veth_to("eth0", &remote, "eth0")?;
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
@@ -317,28 +317,16 @@ impl TestNode {
 
     /// HTTP GET `http://{host}:{port}/` from a namespace; returns the body. (Not busybox
     /// wget: the static Debian busybox's wget segfaults.) Runs on a thread that entered the
-    /// namespace with `setns` and ends right after.
-    pub fn http_get(from: &Netns, url: &str) -> Result<String> {
+    /// namespace (`palisade_kernel::Netns::run`).
+    pub fn http_get(from: &TestNetns, url: &str) -> Result<String> {
         let target = url
             .strip_prefix("http://")
             .and_then(|r| r.strip_suffix('/'))
             .with_context(|| format!("unsupported URL {url}"))?;
         let addr: std::net::SocketAddr = target.parse().with_context(|| format!("URL {url}"))?;
-        let ns = from.path().to_path_buf();
-        let name = from.name().to_string();
-        let url = url.to_string();
-        std::thread::spawn(move || -> Result<String> {
+        let name = from.name();
+        palisade_kernel::netns::run_in(from.path(), || -> Result<String> {
             use std::io::{Read, Write};
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(&ns)?;
-            // SAFETY: setns on a valid namespace fd, affecting only this short-lived thread.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "setns {}: {}",
-                    ns.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .with_context(|| format!("GET {url} from {name}: connect"))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -354,13 +342,11 @@ impl TestNode {
                 );
             }
             Ok(body.trim().to_string())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("GET thread panicked"))?
+        })?
     }
 
     /// GET until it answers (the server in a fresh container may take a moment to bind).
-    pub fn http_get_eventually(from: &Netns, url: &str) -> Result<String> {
+    pub fn http_get_eventually(from: &TestNetns, url: &str) -> Result<String> {
         let mut last = None;
         let got = wait_for(Duration::from_secs(10), || {
             match Self::http_get(from, url) {
@@ -374,7 +360,7 @@ impl TestNode {
         got.ok_or_else(|| last.unwrap_or_else(|| anyhow::anyhow!("GET {url}: timeout")))
     }
 
-    pub fn ping(from: &Netns, ip: &str) -> bool {
+    pub fn ping(from: &TestNetns, ip: &str) -> bool {
         from.sh_ok(&format!("busybox ping -c1 -W2 {ip} >/dev/null"))
     }
 }

@@ -10,7 +10,6 @@
 //! longer exists, so a run killed with SIGKILL is cleaned up by the next one.
 
 use anyhow::{bail, Context, Result};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,17 +42,12 @@ pub fn kernel_tests_enabled() -> bool {
     }
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
-        unsafe { libc_geteuid() },
+        unsafe { libc::geteuid() },
         0,
         "kernel tests need root (set PALISADE_SKIP_KERNEL_TESTS=1 to skip them)"
     );
     sweep_stale();
     true
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// Remove namespaces left by earlier test runs whose process is gone.
@@ -91,40 +85,24 @@ fn kill_netns_processes(name: &str) {
     }
 }
 
-/// Run `f` on a fresh thread that entered the network namespace at `path`, and return what
-/// it returns. `setns` changes only the calling thread, and a socket stays in the namespace
-/// it was created in, so sockets opened by `f` belong to `path`'s namespace. Panics if the
+/// Run `f` inside the network namespace at `path` and return what it returns: the kernel
+/// crate's one helper (`palisade_kernel::Netns::run`, a scoped thread that entered the
+/// namespace), so sockets opened by `f` belong to `path`'s namespace. Panics if the
 /// namespace cannot be entered, or with `f`.
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns with a valid namespace fd, on this short-lived thread only.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-            f()
-        })
-        .join()
-        .expect("thread in netns panicked")
-    })
+    palisade_kernel::netns::run_in(path, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A network namespace owned by the test; removed (with every process inside) on drop.
 #[derive(Debug)]
-pub struct Netns {
+pub struct TestNetns {
     name: String,
     path: PathBuf,
 }
 
-impl Netns {
+impl TestNetns {
     /// Create `palt<PID>-<tag>` with loopback up.
-    pub fn new(tag: &str) -> Result<Netns> {
+    pub fn new(tag: &str) -> Result<TestNetns> {
         let name = format!("{}-{tag}", run_prefix());
         let out = Command::new("ip").args(["netns", "add", &name]).output()?;
         if !out.status.success() {
@@ -133,7 +111,7 @@ impl Netns {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let ns = Netns {
+        let ns = TestNetns {
             path: PathBuf::from(NETNS_DIR).join(&name),
             name,
         };
@@ -209,7 +187,7 @@ impl Netns {
     /// Connect this namespace and `other` with a veth pair `(a_if here, b_if there)`, both up.
     /// Created with the peer placed straight into `other` (one netlink request, nothing in the
     /// root namespace).
-    pub fn veth_to(&self, a_if: &str, other: &Netns, b_if: &str) -> Result<()> {
+    pub fn veth_to(&self, a_if: &str, other: &TestNetns, b_if: &str) -> Result<()> {
         self.sh(&format!(
             "ip link add {a_if} type veth peer name {b_if} netns {} && ip link set {a_if} up",
             other.name
@@ -219,7 +197,7 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
+impl Drop for TestNetns {
     fn drop(&mut self) {
         kill_netns_processes(&self.name);
         let _ = Command::new("ip")
@@ -247,8 +225,8 @@ mod tests {
         }
         let path;
         {
-            let a = Netns::new("fixture-a").unwrap();
-            let b = Netns::new("fixture-b").unwrap();
+            let a = TestNetns::new("fixture-a").unwrap();
+            let b = TestNetns::new("fixture-b").unwrap();
             path = a.path().to_path_buf();
             assert!(path.exists());
             a.veth_to("va", &b, "vb").unwrap();

@@ -1,0 +1,329 @@
+//! The kernel layer against the real kernel, inside namespaces this test creates (root;
+//! `PALISADE_SKIP_KERNEL_TESTS=1` skips): a veth born in another namespace, addresses,
+//! routes, neighbours, nf_tables element batches and questions, a conntrack flush. `ip` and
+//! `nft` only look at the result (test tooling).
+
+use palisade_kernel::conntrack::UdpFlows;
+use palisade_kernel::nftables::{Batch, BatchError, Data, Element, Field, MapData, Nfnl, Verdict};
+use palisade_kernel::rtnl::{Family, Mac, Route, RouteMode, Rtnl, Scope, VethEnd};
+use palisade_kernel::{Netns, NetnsError};
+use palisade_testutil::{kernel_tests_enabled, TestNetns};
+
+#[test]
+fn work_runs_inside_a_namespace_on_its_own_thread() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let t = TestNetns::new("k-run").unwrap();
+    let ns = Netns::open(t.path()).unwrap();
+    let outside = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let inside = ns
+        .run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
+        .unwrap();
+    assert_ne!(inside, outside);
+    assert_eq!(
+        inside,
+        std::fs::read_link(t.path()).unwrap_or(inside.clone())
+    );
+    // The caller never moved.
+    assert_eq!(
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+        outside
+    );
+    let e = ns.run(|| panic!("inside")).unwrap_err();
+    assert!(matches!(e, NetnsError::Panicked { .. }), "{e}");
+    // A dedicated thread stays inside for its whole life.
+    let h = ns
+        .spawn(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
+        .unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), inside);
+}
+
+#[test]
+fn a_routed_veth_is_built_and_read_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = TestNetns::new("k-node").unwrap();
+    let pod = TestNetns::new("k-pod").unwrap();
+    let node_ns = Netns::open(node.path()).unwrap();
+    let pod_ns = Netns::open(pod.path()).unwrap();
+    let mut host = Rtnl::open_in(&node_ns).unwrap();
+    let mut inner = Rtnl::open_in(&pod_ns).unwrap();
+    let (hmac, pmac) = (Mac::random(), Mac::random());
+    let h = VethEnd {
+        name: "palk0",
+        mac: hmac,
+        mtu: 1400,
+    };
+    let p = VethEnd {
+        name: "eth0",
+        mac: pmac,
+        mtu: 1400,
+    };
+    host.create_veth(&h, &p, &pod_ns).unwrap();
+    // Again: EEXIST, with the request named.
+    let e = host.create_veth(&h, &p, &pod_ns).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EEXIST), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("create veth palk0 (peer eth0 in "),
+        "{e}"
+    );
+
+    let hl = host.link("palk0").unwrap().unwrap();
+    let pl = inner.link("eth0").unwrap().unwrap();
+    assert_eq!((hl.mac, pl.mac), (Some(hmac), Some(pmac)));
+    assert_eq!((hl.mtu, pl.mtu), (1400, 1400));
+    assert_eq!(hl.kind.as_deref(), Some("veth"));
+    assert_eq!(hl.peer_index, Some(pl.index));
+    assert_eq!(pl.peer_index, Some(hl.index));
+    assert!(hl.up && !pl.up);
+    assert!(inner.link("nope").unwrap().is_none());
+    inner.set_up(&pl).unwrap();
+    assert!(inner.link("eth0").unwrap().unwrap().up);
+
+    inner
+        .add_address(&pl, "10.70.0.2/32".parse().unwrap(), false)
+        .unwrap();
+    inner
+        .add_address(&pl, "fd70::2/128".parse().unwrap(), true)
+        .unwrap();
+    let addrs = inner.addresses(pl.index).unwrap();
+    assert!(
+        addrs.contains(&"10.70.0.2/32".parse().unwrap()),
+        "{addrs:?}"
+    );
+    assert!(addrs.contains(&"fd70::2/128".parse().unwrap()), "{addrs:?}");
+    let v6 = pod.sh("ip -6 addr show dev eth0").unwrap();
+    // (The link-local address is the kernel's own, with DAD as the namespace has it.)
+    assert!(
+        v6.contains("inet6 fd70::2/128 scope global nodad \n"),
+        "{v6}"
+    );
+
+    let gw = "169.254.1.1".parse().unwrap();
+    inner.replace_permanent_neighbour(&pl, gw, hmac).unwrap();
+    let n = inner.neighbours(Family::V4).unwrap();
+    let n = n.iter().find(|n| n.ip == gw).unwrap();
+    assert!(n.permanent, "{n:?}");
+    assert_eq!((n.mac, n.index), (Some(hmac), pl.index));
+
+    let onlink = Route {
+        dst: "169.254.1.1/32".parse().unwrap(),
+        gateway: None,
+        oif: Some(pl.index),
+        scope: Scope::Link,
+        protocol: palisade_kernel::rtnl::PROTOCOL_BOOT,
+    };
+    inner.add_route(&onlink, RouteMode::Replace).unwrap();
+    let default = Route {
+        dst: "0.0.0.0/0".parse().unwrap(),
+        gateway: Some(gw),
+        oif: Some(pl.index),
+        scope: Scope::Universe,
+        protocol: palisade_kernel::rtnl::PROTOCOL_BOOT,
+    };
+    inner.add_route(&default, RouteMode::KeepExisting).unwrap();
+    // Already there: kept, no error; an exclusive add says EEXIST.
+    inner.add_route(&default, RouteMode::KeepExisting).unwrap();
+    let e = inner.add_route(&default, RouteMode::Exclusive).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EEXIST));
+    let routes = inner.routes(Some(Family::V4), None).unwrap();
+    assert!(routes.contains(&onlink), "{routes:?}");
+    assert!(routes.contains(&default), "{routes:?}");
+    assert_eq!(
+        pod.sh("ip -4 route show default").unwrap().trim(),
+        "default via 169.254.1.1 dev eth0"
+    );
+    // Node side: a host route to the pod, then the pair taken down with an alias.
+    let to_pod = Route {
+        dst: "10.70.0.2/32".parse().unwrap(),
+        gateway: None,
+        oif: Some(hl.index),
+        scope: Scope::Link,
+        protocol: palisade_kernel::rtnl::PROTOCOL_BOOT,
+    };
+    host.add_route(&to_pod, RouteMode::Replace).unwrap();
+    // The node answers from an address of its own; the pod replies through its gateway.
+    node.sh("ip addr add 10.70.9.1/32 dev lo").unwrap();
+    assert!(node.sh_ok("busybox ping -c1 -W2 10.70.0.2"));
+    host.set_down(&hl, "palisade: test").unwrap();
+    let down = host.link("palk0").unwrap().unwrap();
+    assert!(!down.up);
+    assert_eq!(down.alias.as_deref(), Some("palisade: test"));
+    assert!(!host
+        .routes(Some(Family::V4), None)
+        .unwrap()
+        .contains(&to_pod));
+    assert!(host.links().unwrap().iter().any(|l| l.name == "palk0"));
+    assert!(host.delete_link_index(down.index).unwrap());
+    assert!(!host.delete_link("palk0").unwrap());
+    assert!(
+        inner.link("eth0").unwrap().is_none(),
+        "the peer goes with the pair"
+    );
+}
+
+const TABLE: &str = "palisade-ktest";
+
+fn table(ns: &TestNetns) {
+    ns.sh(&format!(
+        "nft -f - <<'EOF'
+table inet {TABLE} {{
+  set peers4 {{ type ipv4_addr; }}
+  map ports4 {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+  chain in-0001 {{ }}
+  map dispatch4 {{ type ipv4_addr : verdict; }}
+  chain input {{ type filter hook input priority 0; ip daddr vmap @dispatch4; counter; }}
+}}
+EOF"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn element_batches_apply_atomically_and_read_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let t = TestNetns::new("k-nft").unwrap();
+    table(&t);
+    let ns = Netns::open(t.path()).unwrap();
+    let mut nf = Nfnl::open_in(&ns).unwrap();
+    assert!(nf.table_exists(TABLE).unwrap());
+    assert!(!nf.table_exists("palisade-nope").unwrap());
+    assert_eq!(
+        nf.rule_counts(TABLE).unwrap(),
+        [("input".to_string(), 2)].into()
+    );
+
+    let ip = |s: &str| Field::from(s.parse::<std::net::IpAddr>().unwrap());
+    let dnat = Element::map(
+        Data(vec![Field::Proto(6), Field::Port(8080)]),
+        MapData::Value(Data(vec![ip("10.70.0.2"), Field::Port(80)])),
+    );
+    let mut b = Batch::new(TABLE);
+    b.add("peers4", &[Element::set(Data::one(ip("10.70.0.9")))]);
+    b.add("ports4", std::slice::from_ref(&dnat));
+    b.add(
+        "dispatch4",
+        &[Element::map(
+            Data::one(ip("10.70.0.2")),
+            MapData::Verdict(Verdict::Jump("in-0001".into())),
+        )],
+    );
+    nf.apply(&b).unwrap();
+    let listed = t.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    assert!(listed.contains("elements = { 10.70.0.9 }"), "{listed}");
+    assert!(listed.contains("tcp . 8080 : 10.70.0.2 . 80"), "{listed}");
+    assert!(listed.contains("10.70.0.2 : jump in-0001"), "{listed}");
+    assert_eq!(
+        nf.elements(TABLE, "ports4").unwrap(),
+        vec![(
+            dnat.key.bytes(),
+            Some(Data(vec![ip("10.70.0.2"), Field::Port(80)]).bytes())
+        )]
+    );
+
+    // A batch the kernel refuses (deleting what is not there) changes nothing at all.
+    let mut bad = Batch::new(TABLE);
+    bad.add("peers4", &[Element::set(Data::one(ip("10.70.0.10")))]);
+    bad.delete("peers4", &[Data::one(ip("10.70.0.11"))]);
+    match nf.apply(&bad) {
+        Err(BatchError::Refused(e)) => assert_eq!(e.errno(), Some(libc::ENOENT), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let peers = nf.elements(TABLE, "peers4").unwrap();
+    assert_eq!(peers, vec![(vec![10, 70, 0, 9], None)]);
+
+    let mut del = Batch::new(TABLE);
+    del.delete("peers4", &[Data::one(ip("10.70.0.9"))]);
+    nf.apply(&del).unwrap();
+    assert!(nf.elements(TABLE, "peers4").unwrap().is_empty());
+    let mut gone = Batch::new(TABLE);
+    gone.delete_table();
+    nf.apply(&gone).unwrap();
+    assert!(!nf.table_exists(TABLE).unwrap());
+    match nf.apply(&gone) {
+        Err(BatchError::Refused(e)) => assert_eq!(e.errno(), Some(libc::ENOENT), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn udp_flows_to_a_port_are_forgotten() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let a = TestNetns::new("k-ct-a").unwrap();
+    let b = TestNetns::new("k-ct-b").unwrap();
+    a.veth_to("cta", &b, "ctb").unwrap();
+    a.sh("ip addr add 10.71.0.1/24 dev cta").unwrap();
+    b.sh("ip addr add 10.71.0.2/24 dev ctb").unwrap();
+    // Tracking starts with a rule that uses conntrack in the receiving namespace.
+    b.sh("nft add table inet ktrack && nft add chain inet ktrack in '{ type filter hook input priority 0; ct state new counter; }'")
+        .unwrap();
+    let send = |port: u16| {
+        a.run(|| {
+            let s = std::net::UdpSocket::bind("10.71.0.1:0").unwrap();
+            s.send_to(b"x", ("10.71.0.2", port)).unwrap();
+        })
+    };
+    send(5353);
+    send(5454);
+    let ns = Netns::open(b.path()).unwrap();
+    let mut nf = Nfnl::open_in(&ns).unwrap();
+    let flows = |port| UdpFlows {
+        ipv6: false,
+        port,
+        dst: None,
+    };
+    let deleted = nf.forget_udp_flows(&[flows(5353)]).unwrap();
+    assert_eq!(deleted, 1);
+    let left = b.sh("conntrack -L -p udp 2>/dev/null").unwrap();
+    assert!(!left.contains("dport=5353"), "{left}");
+    assert!(left.contains("dport=5454"), "{left}");
+    assert_eq!(nf.forget_udp_flows(&[flows(5353)]).unwrap(), 0);
+}
+
+#[test]
+fn nflog_delivers_logged_packets_with_prefix_and_payload() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let t = TestNetns::new("k-nflog").unwrap();
+    t.sh("ip addr add 10.72.0.1/32 dev lo && nft -f - <<'EOF'
+table inet ktestlog {
+  chain out { type filter hook output priority 0; udp dport 9999 log prefix \"ktest deny\" group 7; }
+}
+EOF")
+        .unwrap();
+    let ns = Netns::open(t.path()).unwrap();
+    let mut log = ns
+        .run(|| palisade_kernel::nflog::Nflog::bind(7, 128))
+        .unwrap()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reader blocks: it runs on a thread of its own, and the test waits at most 5 s.
+    std::thread::spawn(move || {
+        let _ = tx.send(log.recv());
+    });
+    t.run(|| {
+        let s = std::net::UdpSocket::bind("10.72.0.1:0").unwrap();
+        s.send_to(b"hello", "10.72.0.1:9999").unwrap();
+    });
+    let packets = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("no NFLOG message within 5 s")
+        .unwrap();
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    let p = &packets[0];
+    assert_eq!(p.prefix, "ktest deny");
+    assert!(p.out_ifindex.is_some(), "{p:?}");
+    // IPv4 header: version 4, protocol UDP, destination 10.72.0.1; then the UDP port.
+    assert_eq!(p.payload[0] >> 4, 4);
+    assert_eq!(p.payload[9], 17);
+    assert_eq!(&p.payload[16..20], &[10, 72, 0, 1]);
+    assert_eq!(&p.payload[22..24], &9999u16.to_be_bytes());
+}
