@@ -4,13 +4,16 @@
 # contents where no Docker runs.
 #
 # usage: image/build-oci.sh OUT_DIR [TAG]
-#   OUT_DIR/oci      the OCI layout (image "palisade:TAG")
+#   OUT_DIR/oci      the OCI layout (image "palisade-TAG"; TAG defaults to the workspace
+#                    version, image/version.sh, which conf/ pins)
 #   OUT_DIR/rootfs   an unpacked copy of the image's file tree (for tests)
 # env: CARGO_TARGET_DIR (default target/), SKIP_BUILD=1 to reuse built binaries.
+# It builds for this machine's platform only (it takes nft from the host); the Dockerfile
+# builds amd64 and arm64.
 set -euo pipefail
 out=${1:?usage: build-oci.sh OUT_DIR [TAG]}
-tag=${2:-dev}
 root=$(cd "$(dirname "$0")/.." && pwd)
+tag=${2:-$("$root/image/version.sh")}
 target=${CARGO_TARGET_DIR:-$root/target}
 host=$(rustc -vV | sed -n 's/^host: //p')
 
@@ -29,21 +32,15 @@ umoci unpack --rootless --image "$out/oci:palisade-$tag" "$out/bundle" >/dev/nul
 rootfs=$out/bundle/rootfs
 
 install -D -m 0755 "$target/$host/release/palisade" "$rootfs/usr/local/bin/palisade"
-install -D -m 0755 "$target/release/palisade-agent" "$rootfs/usr/local/bin/palisade-agent"
 install -D -m 0755 "$target/release/palisadectl" "$rootfs/usr/local/bin/palisadectl"
-install -D -m 0644 "$root/conf/20-configmap.yaml" "$rootfs/usr/share/palisade/configmap.yaml"
+for f in "$root"/conf/config/*; do
+  install -D -m 0644 "$f" "$rootfs/usr/share/palisade/config/$(basename "$f")"
+done
 
 # nft, the agent's dataplane tool, with every library it and the dynamically linked agent
-# load (the Dockerfile takes the same from Debian's nftables package).
-copy_with_libs() {
-  local bin=$1 dest=${2:-$1} lib
-  install -D -m 0755 "$bin" "$rootfs$dest"
-  for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^[[:space:]]*\/lib/{print $1}'); do
-    [ -e "$rootfs$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
-  done
-}
-copy_with_libs "$(command -v nft)"
-copy_with_libs "$target/release/palisade-agent" /usr/local/bin/palisade-agent
+# load (the Dockerfile takes the same from Debian's nftables package, by the same script).
+"$root/image/copy-with-libs.sh" "$rootfs" "$(command -v nft)"
+"$root/image/copy-with-libs.sh" "$rootfs" "$target/release/palisade-agent" /usr/local/bin/palisade-agent
 # nft reads /etc/iproute2 tables and resolves protocol/service names from these.
 for f in /etc/protocols /etc/services; do install -D -m 0644 "$f" "$rootfs$f"; done
 # The kube client's TLS verifier loads the system roots even when the kubeconfig names its

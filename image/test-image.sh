@@ -6,7 +6,8 @@
 #   - nft from the image runs;
 #   - `palisade-agent install-cni` reads the Node from a kube API stand-in and writes the
 #     plugin and the conflist atomically into the "host" directories;
-#   - `palisade-agent run` becomes ready and programs table inet palisade;
+#   - `palisade-agent run` becomes ready and programs table inet palisade, reports its
+#     version on the metrics port, and palisadectl reads its debug socket;
 #   - `palisade-agent uninstall` leaves no file or table behind.
 # The whole DaemonSet, as conf/ ships it, runs on every node of the netns cluster in image
 # mode (integration/run-scenarios --image); this is the quick check of the entry points.
@@ -34,6 +35,7 @@ fail() { echo "image test FAILED: $*" >&2; exit 1; }
 pass=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 
+version=$("$root/image/version.sh")
 out=${PALISADE_IMAGE_OUT:-}
 if [ -z "$out" ]; then
   bash "$root/image/build-oci.sh" "$work"
@@ -42,9 +44,9 @@ else
   # The tests below write into the file tree: work on a copy.
   cp -a "$out/rootfs" "$rootfs"
 fi
-umoci ls --layout "$out/oci" | grep -qx "palisade-dev" || fail "OCI layout lacks palisade-dev"
-umoci stat --image "$out/oci:palisade-dev" >/dev/null || fail "umoci stat"
-ok "OCI layout $out/oci has palisade-dev"
+umoci ls --layout "$out/oci" | grep -qx "palisade-$version" || fail "OCI layout lacks palisade-$version"
+umoci stat --image "$out/oci:palisade-$version" >/dev/null || fail "umoci stat"
+ok "OCI layout $out/oci has palisade-$version (the workspace version)"
 
 # Run a command inside the test netns, chrooted into the image tree, with /proc and the
 # device nodes and links every OCI runtime provides (/dev/null, zero, random, urandom,
@@ -94,13 +96,9 @@ spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
 status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
 YAML
 
-# The conflist template, exactly as the ConfigMap mounts it.
+# The conflist template, exactly as the ConfigMap generated from conf/config/ mounts it.
 mkdir -p "$rootfs/etc/palisade"
-"${PALISADE_VENV:-/opt/palisade-venv}/bin/python" - "$root/conf/20-configmap.yaml" \
-  >"$rootfs/etc/palisade/conflist.template" <<'PY'
-import sys, yaml
-print(yaml.safe_load(open(sys.argv[1]))["data"]["conflist.template"], end="")
-PY
+cp "$root/conf/config/conflist.template" "$rootfs/etc/palisade/conflist.template"
 
 in_image /usr/local/bin/palisade-agent install-cni --node-name node-1 \
   --kubeconfig /tmp/kubeconfig --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d \
@@ -127,7 +125,7 @@ status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
 YAML
 
 in_image /usr/local/bin/palisade-agent run --node-name node-1 --kubeconfig /tmp/kubeconfig \
-  --cni-socket /run/palisade/agent.sock --listen 127.0.0.1:9464 \
+  --cni-socket /run/palisade/agent.sock --metrics-listen 127.0.0.1:9464 \
   >"$work/agent.log" 2>&1 &
 pids+=($!)
 ready=no
@@ -148,6 +146,14 @@ for _ in $(seq 50); do
 done
 case $route in *"via 192.0.2.12"*"proto 180"*) ;; *) fail "no route to node-2's pod CIDR: '$route'; $(tail -5 "$work/agent.log")" ;; esac
 ok "the agent from the image routes node-2's pod CIDR: $route"
+# The metrics listener says which version runs; palisadectl from the image reads the agent's
+# debug socket (the default path, as on a node) and the table.
+metrics=$(ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')
+grep -q "^palisade_build_info{version=\"$version\"" <<<"$metrics" ||
+  fail "no palisade_build_info for $version in: $(grep build_info <<<"$metrics")"
+status=$(in_image /usr/local/bin/palisadectl status --color never) || fail "palisadectl status: $status"
+grep -q "^ready  *yes" <<<"$status" || fail "palisadectl status: $status"
+ok "the image's palisadectl reads the agent's debug socket; metrics name version $version"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 in_image /usr/local/bin/palisade-agent uninstall --cni-bin-dir /host/opt/cni/bin \

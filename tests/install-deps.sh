@@ -37,10 +37,11 @@ declare -A why=(
   [catatonit]="catatonit, podman's init"
   [shellcheck]="shellcheck, for the kind scripts"
   [python3-venv]="python3 -m venv, for the Kubernetes schema validator"
+  [graphviz]="Graphviz' dot, which draws palisadectl reach -o svg in its test"
 )
 demo_pkgs=(nftables iproute2)
 test_pkgs=(conntrack iperf3 containernetworking-plugins busybox-static tcpdump jq podman runc
-           containerd umoci catatonit shellcheck python3-venv)
+           containerd umoci catatonit shellcheck python3-venv graphviz)
 if [ "$mode" = demo ]; then pkgs=("${demo_pkgs[@]}"); else pkgs=("${demo_pkgs[@]}" "${test_pkgs[@]}"); fi
 # Image mode runs the nodes' containers with podman and runc.
 if [ "$mode" = demo ] && [ -n "$image" ]; then pkgs+=(podman runc); fi

@@ -32,8 +32,12 @@ stage "cargo test"
 cargo test --workspace --locked -- --test-threads=4
 
 stage "manifests"
-kubernetes-validate --strict --quiet conf/[0-9]*.yaml conf/uninstall/*.yaml
-kubectl kustomize conf >/dev/null
+# What `kubectl apply -k conf` creates (the generated ConfigMap included), and the uninstall
+# DaemonSet.
+rendered=$(mktemp /tmp/palisade-conf.XXXXXX.yaml)
+kubectl kustomize conf >"$rendered"
+kubernetes-validate --strict --quiet "$rendered" conf/uninstall/*.yaml
+rm -f "$rendered"
 
 stage "image (OCI layout)"
 image_out=$(mktemp -d /tmp/palisade-image.XXXXXX)

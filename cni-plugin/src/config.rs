@@ -5,6 +5,7 @@
 
 use crate::error::{CniError, Result};
 use crate::hostport::{self, PortMapping};
+use crate::log::{Level, LogConf};
 use crate::types::{CniResult, Dns};
 use crate::version::{self, CniVersion};
 use ipnet::IpNet;
@@ -297,8 +298,11 @@ pub struct NetConf {
     pub state_dir: PathBuf,
     pub dns: Dns,
     pub agent: AgentConf,
-    /// `runtimeConfig.portMappings` when `capabilities.portMappings` is true; parsed only by
-    /// the commands that program or check them, so a bad entry never blocks DEL.
+    /// `logFile` and `logLevel`: the optional log file ([`crate::log`]).
+    pub log: Option<LogConf>,
+    /// `runtimeConfig.portMappings` (unless a `capabilities` left in the request leaves
+    /// portMappings out); parsed only by the commands that program or check them, so a bad
+    /// entry never blocks DEL.
     port_mappings_raw: Option<Value>,
     pub prev_result: Option<CniResult>,
     /// GC only: `cni.dev/valid-attachments`.
@@ -338,8 +342,10 @@ struct RawConf {
     ipam: Option<RawIpam>,
     dns: Option<Dns>,
     agent: Option<RawAgent>,
-    #[serde(default)]
-    capabilities: Map<String, Value>,
+    log_file: Option<PathBuf>,
+    log_level: Option<String>,
+    /// `None`: the runtime removed it (SPEC.md), or the config has none.
+    capabilities: Option<Map<String, Value>>,
     #[serde(default)]
     runtime_config: Map<String, Value>,
     prev_result: Option<Value>,
@@ -439,6 +445,23 @@ pub fn parse_netconf(raw: &[u8]) -> Result<NetConf> {
     }
     let ipam = parse_ipam(raw_ipam)?;
 
+    let level = match conf.log_level.as_deref() {
+        None => Level::Info,
+        Some(l) => Level::parse(l).ok_or_else(|| {
+            CniError::config(format!("logLevel {l:?}: expected error, info or debug"))
+        })?,
+    };
+    let log = match conf.log_file.filter(|f| !f.as_os_str().is_empty()) {
+        None => None,
+        Some(file) if file.is_absolute() => Some(LogConf { file, level }),
+        Some(file) => {
+            return Err(CniError::config(format!(
+                "logFile {} is not an absolute path",
+                file.display()
+            )))
+        }
+    };
+
     let agent = match conf.agent {
         None => AgentConf::default(),
         Some(a) => {
@@ -451,7 +474,16 @@ pub fn parse_netconf(raw: &[u8]) -> Result<NetConf> {
         }
     };
 
-    let port_mappings_raw = if conf.capabilities.get("portMappings") == Some(&Value::Bool(true)) {
+    // SPEC.md ("Deriving runtimeConfig"): the runtime puts a capability's data into
+    // runtimeConfig only for capabilities the config enables, and removes `capabilities` from
+    // the request it sends. libcni keeps the key, other runtimes drop it: so the mappings are
+    // honoured when present, unless the request still carries `capabilities` and it does
+    // not enable portMappings (data the runtime should not have sent).
+    let capability_refused = conf
+        .capabilities
+        .as_ref()
+        .is_some_and(|c| c.get("portMappings") != Some(&Value::Bool(true)));
+    let port_mappings_raw = if !capability_refused {
         conf.runtime_config
             .get("portMappings")
             .filter(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
@@ -486,6 +518,7 @@ pub fn parse_netconf(raw: &[u8]) -> Result<NetConf> {
         ipam,
         dns: conf.dns.unwrap_or_default(),
         agent,
+        log,
         port_mappings_raw,
         prev_result,
         valid_attachments,
@@ -662,6 +695,38 @@ pub fn u128_to_ip(n: u128, v4: bool) -> IpAddr {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// runtimeConfig.portMappings without `capabilities` (the runtime removed it, as the
+    /// spec says) is honoured; with `capabilities` it takes portMappings: true.
+    #[test]
+    fn port_mappings_with_and_without_the_capabilities_key() {
+        let mappings = |capabilities: Option<serde_json::Value>| {
+            let mut c = serde_json::json!({
+                "cniVersion": "1.1.0", "name": "n", "type": "palisade",
+                "ipam": {"type": "palisade", "ranges": [[{"subnet": "10.0.0.0/24"}]]},
+                "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+            });
+            if let Some(cap) = capabilities {
+                c["capabilities"] = cap;
+            }
+            parse_netconf(c.to_string().as_bytes())
+                .unwrap()
+                .port_mappings()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(mappings(None), 1, "the runtime removed capabilities");
+        assert_eq!(
+            mappings(Some(serde_json::json!({"portMappings": true}))),
+            1,
+            "libcni keeps it"
+        );
+        assert_eq!(
+            mappings(Some(serde_json::json!({"portMappings": false}))),
+            0
+        );
+        assert_eq!(mappings(Some(serde_json::json!({"bandwidth": true}))), 0);
+    }
 
     fn env(vars: &[(&str, &str)]) -> Result<Env> {
         let m: HashMap<String, String> = vars

@@ -7,6 +7,7 @@
 //! - [`commands`]: ADD, DEL, CHECK, GC, STATUS, each over the parsed config;
 //! - [`ipam`]: the allocator, its on-disk store and delegation to an IPAM plugin;
 //! - [`hostport`]: hostPort DNAT in the plugin's own nftables table;
+//! - [`log`]: the optional log file (`logFile`, `logLevel`);
 //! - [`agent`]: the unix socket to the node agent; [`sysctl`], [`teardown`]: small kernel
 //!   chores. Links, addresses, routes, neighbours and namespaces are `palisade_kernel`'s.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod hostport;
 pub mod ipam;
 pub mod lock;
+pub mod log;
 pub mod sysctl;
 pub mod teardown;
 pub mod types;

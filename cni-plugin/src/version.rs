@@ -61,6 +61,25 @@ impl CniVersion {
         self.parsed >= SpecVersion(1, 1, 0)
     }
 
+    /// Whether `command` exists in this version (CHECK from 0.4.0, GC and STATUS from 1.1.0).
+    pub fn has_command(&self, command: &str) -> bool {
+        match command {
+            "CHECK" => self.supports_check(),
+            "GC" | "STATUS" => self.supports_gc_and_status(),
+            _ => true,
+        }
+    }
+
+    /// The newest version we speak that is no newer than `self` and that `theirs` (another
+    /// plugin's `supportedVersions`) lists: how to call a plugin older than the config.
+    pub fn highest_common(&self, theirs: &[String]) -> Option<CniVersion> {
+        theirs
+            .iter()
+            .filter_map(|v| CniVersion::supported(v))
+            .filter(|v| v.parsed <= self.parsed)
+            .max_by_key(|v| v.parsed)
+    }
+
     /// 1.1.0 added `mtu` (and more) to interfaces.
     pub fn has_interface_mtu(&self) -> bool {
         self.parsed >= SpecVersion(1, 1, 0)
@@ -161,6 +180,27 @@ mod tests {
         assert!(!v("1.0.0").has_ip_version_field());
         assert!(!v("1.0.0").supports_gc_and_status());
         assert!(v("1.1.0").supports_gc_and_status());
+    }
+
+    #[test]
+    fn highest_common_version_is_no_newer_than_ours() {
+        let v = |s| CniVersion::supported(s).unwrap();
+        let host_local: Vec<String> = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            v("1.1.0").highest_common(&host_local).unwrap().as_str(),
+            "1.0.0"
+        );
+        assert_eq!(
+            v("0.4.0").highest_common(&host_local).unwrap().as_str(),
+            "0.4.0"
+        );
+        let newer: Vec<String> = ["1.1.0", "1.2.0"].map(String::from).to_vec();
+        assert!(v("1.0.0").highest_common(&newer).is_none());
+        let ancient: Vec<String> = ["0.1.0", "0.2.0"].map(String::from).to_vec();
+        assert!(v("1.1.0").highest_common(&ancient).is_none());
+        assert!(!v("1.0.0").has_command("GC") && v("1.0.0").has_command("CHECK"));
     }
 
     #[test]

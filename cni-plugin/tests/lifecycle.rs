@@ -419,6 +419,44 @@ fn status_is_51_while_the_node_does_not_forward() {
     node.assert_no_leak("STATUS 51, forwarding");
 }
 
+/// A request without `capabilities` (the spec has the runtime remove it; libcni keeps it,
+/// other runtimes do not) still gets its `runtimeConfig.portMappings`: the host port answers
+/// from another pod through the node's address, and DEL removes the mapping.
+#[test]
+fn host_port_without_the_capabilities_key() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let node = Node::new("hpnocap");
+    let base = node.conf("1.1.0", Stack::V4);
+    assert!(base.get("capabilities").is_none(), "{base}");
+    let mut with_pm = base.clone();
+    with_pm["runtimeConfig"] = serde_json::json!({ "portMappings": [
+        { "hostPort": 18091, "containerPort": 80, "protocol": "tcp" }
+    ]});
+    let web = node.pod("web");
+    let client = node.pod("client");
+    node.add(&web, &with_pm);
+    node.add(&client, &base);
+    assert!(
+        reaches_via(&web, &client, NODE_ADDR_V4, 18091),
+        "hostPort without capabilities"
+    );
+    assert!(
+        node.hostport_elements().iter().any(|e| e.contains("18091")),
+        "{:?}",
+        node.hostport_elements()
+    );
+    node.del(&web, &with_pm);
+    assert!(
+        !node.hostport_elements().iter().any(|e| e.contains("18091")),
+        "DEL removes the mapping: {:?}",
+        node.hostport_elements()
+    );
+    node.del(&client, &base);
+    node.assert_no_leak("hostPort without capabilities");
+}
+
 /// STATUS is 51 while this network's port mappings are recorded but the table
 /// `inet palisade-hostport` is gone (as after `nft flush ruleset`): the host port then stops
 /// answering. Another network without mappings is not affected. GC rebuilds the table from
@@ -751,12 +789,24 @@ fn cni_versions_list_negotiates_the_highest_common() {
 /// its reservation through it.
 #[test]
 fn delegated_ipam_host_local() {
+    delegated_ipam_host_local_at("1.0.0");
+}
+
+/// Debian 12's host-local speaks up to 1.0.0: with a 1.1.0 config, it is called at 1.0.0
+/// (it would refuse 1.1.0 with "incompatible CNI versions") and its result comes back in
+/// 1.1.0's shape; STATUS and GC, which 1.0.0 lacks, are not sent to it.
+#[test]
+fn delegated_ipam_older_than_the_config() {
+    delegated_ipam_host_local_at("1.1.0");
+}
+
+fn delegated_ipam_host_local_at(version: &str) {
     if !kernel_tests_enabled() {
         return;
     }
-    let node = Node::new("deleg");
+    let node = Node::new(&format!("deleg{}", version.replace('.', "")));
     let hl_dir = node.dir.path().join("host-local");
-    let mut conf = node.conf("1.0.0", Stack::Dual);
+    let mut conf = node.conf(version, Stack::Dual);
     conf["ipam"] = serde_json::json!({
         "type": "host-local",
         "ranges": [[{ "subnet": POD_SUBNET_V4 }], [{ "subnet": POD_SUBNET_V6 }]],
@@ -766,9 +816,14 @@ fn delegated_ipam_host_local() {
     let b = node.pod("b");
     let ra = node.add(&a, &conf);
     let rb = node.add(&b, &conf);
-    assert_result_shape("1.0.0", &ra, &a, Stack::Dual);
+    assert_result_shape(version, &ra, &a, Stack::Dual);
     assert_pod_reaches_node(&a, Stack::Dual);
     assert_tcp(&b, &result_ips(&rb)[0], &a);
+    if version == "1.1.0" {
+        node.run_netless("STATUS", &conf).ok();
+        node.gc(&conf, &[(&a.cid, &a.ifname), (&b.cid, &b.ifname)])
+            .ok();
+    }
     let reserved = std::fs::read_dir(hl_dir.join(format!("palnet-{}", node.tag)))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -793,6 +848,81 @@ fn delegated_ipam_host_local() {
         "host-local reservations not released: {left:?}"
     );
     node.assert_no_leak("delegated IPAM");
+}
+
+/// The spec's edge with a delegate written for it: an IPAM plugin that speaks only 1.0.0
+/// (and refuses any other config version, as the reference plugins do) serves a pod of a
+/// 1.1.0 network in a real namespace: it sees our config with `cniVersion` 1.0.0 and nothing
+/// else changed, its 1.0.0 result becomes our 1.1.0 result, the pod gets its address and
+/// reaches the node, DEL goes through it, and a delegate with no version in common is a
+/// clear code-1 error that leaves nothing behind.
+#[test]
+fn delegate_that_speaks_only_1_0_0() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("onlyv100");
+    let bin = node.dir.path().join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let write_plugin = |versions: &str| {
+        let script = format!(
+            r#"#!/bin/sh
+in=$(cat)
+if [ "$CNI_COMMAND" = VERSION ]; then echo '{{"cniVersion":"1.0.0","supportedVersions":{versions}}}'; exit 0; fi
+echo "$CNI_COMMAND $in" >> "$(dirname "$0")/calls"
+case "$in" in *'"cniVersion":"1.0.0"'*) ;; *) echo '{{"code":1,"msg":"incompatible CNI versions"}}'; exit 1;; esac
+[ "$CNI_COMMAND" = ADD ] && echo '{{"cniVersion":"1.0.0","ips":[{{"address":"10.244.1.77/24","gateway":"10.244.1.1"}}],"dns":{{"nameservers":["192.0.2.53"]}}}}'
+exit 0
+"#
+        );
+        let p = bin.join("only-one-zero");
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_plugin(r#"["1.0.0"]"#);
+    let cni_path = format!("{}:{}", bin.display(), cni_path());
+    let mut conf = node.conf("1.1.0", Stack::V4);
+    conf["ipam"] = serde_json::json!({"type": "only-one-zero", "subnet": POD_SUBNET_V4});
+    let a = node.pod("a");
+    let r = node
+        .run_env("ADD", &a, &conf, &[("CNI_PATH", Some(&cni_path))])
+        .ok();
+    assert_result_shape("1.1.0", &r, &a, Stack::V4);
+    assert_eq!(result_ips(&r), ["10.244.1.77"], "{r}");
+    assert_eq!(r["dns"]["nameservers"][0], "192.0.2.53", "{r}");
+    assert_pod_reaches_node(&a, Stack::V4);
+    node.run_env("DEL", &a, &conf, &[("CNI_PATH", Some(&cni_path))])
+        .ok();
+    let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+    let mut ours = conf.clone();
+    ours["cniVersion"] = serde_json::json!("1.0.0");
+    let commands: Vec<&str> = calls
+        .lines()
+        .map(|line| {
+            let (command, json) = line.split_once(' ').unwrap();
+            let sent: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(
+                sent, ours,
+                "{command}: only cniVersion differs from our config"
+            );
+            command
+        })
+        .collect();
+    assert_eq!(commands, ["ADD", "DEL"]);
+    node.assert_no_leak("delegate at 1.0.0");
+
+    // No common version: refused before anything is made.
+    write_plugin(r#"["0.1.0","0.2.0"]"#);
+    let b = node.pod("b");
+    let out = node.run_env("ADD", &b, &conf, &[("CNI_PATH", Some(&cni_path))]);
+    assert_eq!(out.err_code(), 1, "{out:?}");
+    let msg = out.json().unwrap()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("only-one-zero") && msg.contains("0.2.0"),
+        "{msg}"
+    );
+    node.assert_no_leak("refused delegate");
 }
 
 /// The agent hears about the pod during ADD (namespace/name from `CNI_ARGS`, container ID,

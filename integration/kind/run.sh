@@ -20,7 +20,9 @@ root=$(cd "$here/../.." && pwd)
 config=$here/kind-$variant.yaml
 [ -f "$config" ] || { echo "unknown variant $variant (ipv4|dualstack)" >&2; exit 2; }
 cluster=$(awk '/^name:/{print $2}' "$config")
-image=palisade/palisade:dev
+# The tag conf/ pins (kustomization.yaml's images: entry): the image built here is the one
+# the DaemonSet names, and IfNotPresent finds it on the nodes after `kind load`.
+image=palisade/palisade:$("$root/image/version.sh")
 artifacts=${ARTIFACTS:-$PWD/_artifacts}
 focus=${E2E_FOCUS:-\[sig-network\].*Netpol}
 # Upstream marks tests of features an implementation may lack; Palisade implements them
@@ -73,6 +75,19 @@ kubectl apply -k "$root/conf"
 kubectl -n palisade-system rollout status daemonset/palisade-agent --timeout=300s
 kubectl wait --for=condition=Ready nodes --all --timeout=300s
 kubectl wait --for=condition=Ready pods --all -n kube-system --timeout=300s
+
+# What the netns cluster cannot show: the agents' metrics reached on the nodes' port through
+# the API server, and palisadectl in an agent pod reading that node's debug socket.
+echo "== operator checks: metrics, palisadectl in the agent pod"
+version=$("$root/image/version.sh")
+for pod in $(kubectl -n palisade-system get pods -l app.kubernetes.io/name=palisade-agent \
+               -o jsonpath='{.items[*].metadata.name}'); do
+  metrics=$(kubectl get --raw "/api/v1/namespaces/palisade-system/pods/${pod}:9464/proxy/metrics")
+  grep -q "^palisade_build_info{version=\"$version\"" <<<"$metrics" ||
+    { echo "$pod: no palisade_build_info for $version on its metrics port" >&2; exit 1; }
+  kubectl -n palisade-system exec "$pod" -c agent -- palisadectl status >/dev/null ||
+    { echo "$pod: palisadectl status in the agent container failed" >&2; exit 1; }
+done
 
 if [ -n "${E2E_TEST:-}" ]; then
   echo "== upstream NetworkPolicy e2e: focus '$focus'"

@@ -44,6 +44,29 @@ fn manifests() -> Vec<(String, Value)> {
     out
 }
 
+/// `kubectl kustomize DIR`: the objects as `kubectl apply -k` creates them (the generated
+/// ConfigMap with its hashed name, the references to it rewritten, the images: entry).
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(dir)
+        .output()
+        .expect("run kubectl kustomize (kubectl is a test dependency)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+fn rendered_conf() -> Vec<(String, Value)> {
+    kustomize(&repo_root().join("conf"))
+        .into_iter()
+        .map(|d| ("kubectl kustomize conf".to_string(), d))
+        .collect()
+}
+
 fn pod_specs() -> Vec<(String, Value)> {
     manifests()
         .into_iter()
@@ -248,10 +271,10 @@ fn palisade_binary() -> PathBuf {
 /// run` knows. (What kubelet does with them, the image-mode netns cluster runs for real.)
 #[test]
 fn configmap_keys_are_wired_to_agent_flags() {
-    let all = manifests();
+    let all = rendered_conf();
     let cm = &all
         .iter()
-        .find(|(f, d)| d["kind"] == "ConfigMap" && f.ends_with("20-configmap.yaml"))
+        .find(|(_, d)| d["kind"] == "ConfigMap")
         .unwrap()
         .1;
     let keys: Vec<&str> = cm["data"]
@@ -262,7 +285,7 @@ fn configmap_keys_are_wired_to_agent_flags() {
         .collect();
     let ds = &all
         .iter()
-        .find(|(f, d)| d["kind"] == "DaemonSet" && f.ends_with("40-daemonset.yaml"))
+        .find(|(_, d)| d["kind"] == "DaemonSet")
         .unwrap()
         .1;
     let spec = &ds["spec"]["template"]["spec"];
@@ -333,7 +356,7 @@ fn configmap_keys_are_wired_to_agent_flags() {
 
 #[test]
 fn conflist_template_renders_to_a_config_the_plugin_accepts() {
-    let cm = manifests()
+    let cm = rendered_conf()
         .into_iter()
         .find(|(_, d)| d["kind"] == "ConfigMap")
         .unwrap()
@@ -387,4 +410,176 @@ fn conflist_template_renders_to_a_config_the_plugin_accepts() {
         }
     }
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Prometheus reaches the agents: the agent listens on the port its container declares as
+/// `metrics`, the probes use that port (so they test what Prometheus scrapes), the headless
+/// Service and the example PodMonitor select the agent pods and name that port, and the
+/// debug socket lives in the directory shared with the node (where palisadectl reads it).
+#[test]
+fn metrics_port_is_declared_probed_and_selected() {
+    let all = manifests();
+    let ds = &all
+        .iter()
+        .find(|(f, d)| d["kind"] == "DaemonSet" && f.ends_with("40-daemonset.yaml"))
+        .unwrap()
+        .1;
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let agent = containers(&ds["spec"]["template"]["spec"])
+        .into_iter()
+        .find(|c| c["name"] == "agent")
+        .unwrap();
+    let args: Vec<&str> = agent["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--metrics-listen=:9464"), "{args:?}");
+    assert!(
+        args.contains(&"--debug-socket=/run/palisade/debug.sock"),
+        "{args:?}"
+    );
+    assert!(agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountPath"] == "/run/palisade"));
+    let port = agent["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a port named metrics");
+    assert_eq!(port["containerPort"], 9464);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(agent[probe]["httpGet"]["port"], "metrics", "{probe}");
+        assert!(
+            agent[probe]["httpGet"]["host"].is_null(),
+            "{probe}: the pod's (node's) address"
+        );
+    }
+    let selects = |selector: &Value| {
+        selector
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| pod_labels[k] == *v)
+    };
+    let svc = &all
+        .iter()
+        .find(|(_, d)| d["kind"] == "Service")
+        .expect("a Service in conf/")
+        .1;
+    assert_eq!(
+        svc["spec"]["clusterIP"], "None",
+        "headless: one endpoint per agent"
+    );
+    assert!(selects(&svc["spec"]["selector"]));
+    assert_eq!(svc["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+
+    let text =
+        std::fs::read_to_string(repo_root().join("conf/monitoring/podmonitor.yaml")).unwrap();
+    let pm: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(pm["kind"], "PodMonitor");
+    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    assert!(selects(&pm["spec"]["selector"]["matchLabels"]));
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    let kustomization =
+        std::fs::read_to_string(repo_root().join("conf/kustomization.yaml")).unwrap();
+    assert!(
+        !kustomization.contains("monitoring"),
+        "the PodMonitor needs the operator's CRD: not in the default install"
+    );
+}
+
+/// A changed setting restarts the agents: the generated ConfigMap's name carries a hash of
+/// its content, so the DaemonSet's pod template changes with it and the DaemonSet rolls the
+/// agents one node at a time; an unchanged conf/ renders the same names.
+#[test]
+fn a_changed_setting_is_a_new_pod_template() {
+    let copy = std::env::temp_dir().join(format!("palisade-conf-copy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    let status = Command::new("cp")
+        .args(["-r"])
+        .arg(repo_root().join("conf"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let find =
+        |objs: &[Value], kind: &str| objs.iter().find(|d| d["kind"] == kind).unwrap().clone();
+    let before = kustomize(&copy);
+    assert_eq!(before, kustomize(&copy), "rendering is deterministic");
+    let env = copy.join("config/agent.env");
+    let text = std::fs::read_to_string(&env).unwrap();
+    assert!(text.contains("\ndeny-log-rate=10\n"));
+    std::fs::write(
+        &env,
+        text.replace("\ndeny-log-rate=10\n", "\ndeny-log-rate=50\n"),
+    )
+    .unwrap();
+    let after = kustomize(&copy);
+    let _ = std::fs::remove_dir_all(&copy);
+    let (cm0, cm1) = (find(&before, "ConfigMap"), find(&after, "ConfigMap"));
+    let name0 = cm0["metadata"]["name"].as_str().unwrap();
+    let name1 = cm1["metadata"]["name"].as_str().unwrap();
+    assert!(name0.starts_with("palisade-config-") && name1.starts_with("palisade-config-"));
+    assert_ne!(name0, name1, "the content hash is in the name");
+    assert_eq!(cm1["data"]["deny-log-rate"], "50");
+    let (ds0, ds1) = (find(&before, "DaemonSet"), find(&after, "DaemonSet"));
+    let t0 = serde_json::to_string(&ds0["spec"]["template"]).unwrap();
+    let t1 = serde_json::to_string(&ds1["spec"]["template"]).unwrap();
+    assert!(t0.contains(name0) && !t0.contains(name1));
+    assert!(
+        t1.contains(name1) && !t1.contains(name0),
+        "every reference follows the new name"
+    );
+    assert_eq!(ds1["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        ds1["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    assert!(
+        ds1["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].is_object(),
+        "the rollout waits for each agent to be ready"
+    );
+}
+
+/// The image is this release's: the workspace version (what the binaries report) is the tag
+/// in the kustomization's images: entry, in every DaemonSet, and what image/version.sh prints
+/// for build-oci.sh and the Dockerfile's instructions.
+#[test]
+fn the_image_is_pinned_to_the_workspace_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let want = format!("palisade/palisade:{version}");
+    let script = Command::new("bash")
+        .arg(repo_root().join("image/version.sh"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&script.stdout).trim(), version);
+    let mut images = 0;
+    for (file, spec) in pod_specs().into_iter().chain(
+        rendered_conf()
+            .into_iter()
+            .filter(|(_, d)| d["kind"] == "DaemonSet")
+            .map(|(f, d)| (f, d["spec"]["template"]["spec"].clone())),
+    ) {
+        for c in containers(&spec) {
+            assert_eq!(c["image"], want.as_str(), "{file}: {}", c["name"]);
+            assert_eq!(
+                c["imagePullPolicy"], "IfNotPresent",
+                "{file}: a release tag never moves"
+            );
+            images += 1;
+        }
+    }
+    assert!(images >= 6, "{images}");
+    let kustomization =
+        std::fs::read_to_string(repo_root().join("conf/kustomization.yaml")).unwrap();
+    let k: Value = serde_saphyr::from_str(&kustomization).unwrap();
+    assert_eq!(k["images"][0]["name"], "palisade/palisade");
+    assert_eq!(k["images"][0]["newTag"], version);
 }

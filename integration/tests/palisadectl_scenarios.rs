@@ -442,4 +442,73 @@ fn reach_from_the_api_server_equals_reach_from_manifests() {
     let v: Value = serde_json::from_str(&from_api).unwrap();
     assert_eq!(v["80/TCP"]["x/b"]["x/a"], json!(true));
     assert_eq!(v["80/TCP"]["y/c"]["x/a"], json!(false));
+
+    // Without --kubeconfig, kubectl's loading rules. A second kubeconfig whose
+    // current-context names a server nobody listens on, and which also defines a context of
+    // the stand-in's name pointing elsewhere (first file wins, whole).
+    let other = dir.0.join("other");
+    std::fs::write(
+        &other,
+        "apiVersion: v1\nkind: Config\ncurrent-context: dead\n\
+         clusters:\n- {name: dead, cluster: {server: \"http://127.0.0.1:1\"}}\n\
+         contexts:\n- {name: dead, context: {cluster: dead, user: u}}\n\
+         - {name: palisade-standin, context: {cluster: dead, user: u}}\n\
+         users:\n- {name: u, user: {}}\n",
+    )
+    .unwrap();
+    let home = dir.0.join("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    let env_run = |kubeconfig_env: Option<String>, args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args)
+            .env("HOME", &home)
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        match kubeconfig_env {
+            Some(v) => cmd.env("KUBECONFIG", v),
+            None => cmd.env_remove("KUBECONFIG"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let reach = ["reach", "--port", "80", "-o", "json"];
+    let list = |files: &[&Path]| std::env::join_paths(files).unwrap().into_string().unwrap();
+    let missing = dir.0.join("missing");
+    // A missing file in the list is skipped; the first existing file's current-context wins.
+    let (code, out, err) = env_run(Some(list(&[&missing, &kubeconfig, &other])), &reach);
+    assert_eq!((code, out.as_str()), (Some(0), from_api.as_str()), "{err}");
+    // The other order: the dead server's context is current, and --context picks ours...
+    let (code, _, err) = env_run(Some(list(&[&other, &kubeconfig])), &reach);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    // ...except that a context named like ours in the first file wins over ours.
+    let (code, _, err) = env_run(
+        Some(list(&[&other, &kubeconfig])),
+        &["--context", "palisade-standin", "reach", "--port", "80"],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "first file's context of that name wins: {err}"
+    );
+    let (code, out, err) = env_run(
+        Some(list(&[&kubeconfig, &other])),
+        &[
+            "--context",
+            "palisade-standin",
+            "reach",
+            "--port",
+            "80",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (Some(0), from_api.as_str()), "{err}");
+    // No $KUBECONFIG: ~/.kube/config.
+    std::fs::copy(&kubeconfig, home.join(".kube/config")).unwrap();
+    let (code, out, err) = env_run(None, &reach);
+    assert_eq!((code, out.as_str()), (Some(0), from_api.as_str()), "{err}");
 }

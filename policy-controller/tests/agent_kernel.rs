@@ -94,17 +94,12 @@ impl Drop for ApiInNetns {
     }
 }
 
-/// HTTP GET from inside the namespace (the agent listens on the node's loopback).
-fn get_in(api: &ApiInNetns, port: u16, path: &'static str) -> Option<(u16, String)> {
-    api.run(move |_| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        let (head, body) = buf.split_once("\r\n\r\n")?;
-        Some((head.split(' ').nth(1)?.parse().ok()?, body.to_string()))
-    })
+/// GET on the agent's debug socket (a unix socket: reachable from any network namespace).
+fn debug_get(socket: &std::path::Path, path: &str) -> Option<(u16, String)> {
+    let (code, mut body) = palisade_policy::agent::http::unix_get(socket, path).ok()?;
+    let mut text = String::new();
+    body.read_to_string(&mut text).ok()?;
+    Some((code, text))
 }
 
 struct NodeFixture {
@@ -162,6 +157,10 @@ impl NodeFixture {
         self.dir.join("agent.sock")
     }
 
+    fn debug_socket(&self) -> PathBuf {
+        self.dir.join("debug.sock")
+    }
+
     fn start_agent(&mut self, extra: &[&str]) {
         static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let _ = PORT.compare_exchange(
@@ -182,7 +181,9 @@ impl NodeFixture {
             .arg(self.dir.join("kubeconfig"))
             .arg("--cni-socket")
             .arg(self.socket())
-            .args(["--listen", &listen, "--log-level", "debug"])
+            .args(["--metrics-listen", &listen, "--log-level", "debug"])
+            .arg("--debug-socket")
+            .arg(self.debug_socket())
             // Denied-packet logging only where a test asks for it.
             .args(if extra.contains(&"--nflog-group") {
                 &[][..]
@@ -205,7 +206,7 @@ impl NodeFixture {
     }
 
     fn status(&self) -> Option<Value> {
-        let (_, body) = get_in(&self.api, self.port, "/status")?;
+        let (_, body) = debug_get(&self.debug_socket(), "/status")?;
         serde_json::from_str(&body).ok()
     }
 
@@ -485,6 +486,37 @@ fn agent_restart_under_a_stream_of_connections_loses_none() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The same drop on the debug socket's stream, filtered by the agent.
+    let (code, body) = debug_get(&f.debug_socket(), "/drops?namespace=locked&last=5").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let drops: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let d = drops
+        .iter()
+        .find(|d| d["dstPod"] == "locked/db")
+        .unwrap_or_else(|| panic!("no drop towards locked/db in {body}"));
+    assert_eq!(
+        (
+            &d["srcPod"],
+            &d["dstPort"],
+            &d["direction"],
+            &d["protocol"],
+            &d["node"]
+        ),
+        (
+            &json!("open/client"),
+            &json!(80),
+            &json!("ingress"),
+            &json!("TCP"),
+            &json!(NODE)
+        ),
+        "{d}"
+    );
+    assert_eq!(d["policies"], json!(["locked/default-deny"]));
+    let (_, other) = debug_get(&f.debug_socket(), "/drops?namespace=elsewhere").unwrap();
+    assert!(other.is_empty(), "filtered out: {other}");
     let s = f.status().unwrap();
     assert_eq!(
         s["lastSync"]["full"], true,

@@ -37,12 +37,20 @@ impl TestAgent {
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
-        let client = agent::kube_client(Some(&kubeconfig)).await.unwrap();
+        let choice = palisade_policy::kube::config::KubeconfigChoice {
+            path: Some(kubeconfig.clone()),
+            context: None,
+        };
+        let client = palisade_policy::kube::config::client(&choice)
+            .await
+            .unwrap()
+            .0;
         let config = AgentConfig {
             node_name: node.into(),
             kubeconfig: Some(kubeconfig),
             cni_socket: dir.join("run/agent.sock"),
-            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            debug_socket: dir.join("run/debug.sock"),
             new_pods: NewPods::FailClosed,
             nflog_group: None,
             deny_log_rate: 10,
@@ -63,7 +71,7 @@ impl TestAgent {
     }
 
     async fn status(&self) -> Value {
-        serde_json::from_str(&http_get(self.running.listen, "/status").await.1).unwrap()
+        serde_json::from_str(&debug_get(&self.running.debug_socket, "/status").await.1).unwrap()
     }
 
     /// Wait until `/status` satisfies `pred` (the way the scenario runner waits).
@@ -112,7 +120,19 @@ fn programmed(s: &Value, kind: &str) -> u64 {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    get_over(tokio::net::TcpStream::connect(addr).await.unwrap(), path).await
+}
+
+/// GET on the agent's debug socket.
+async fn debug_get(socket: &std::path::Path, path: &str) -> (u16, String) {
+    get_over(tokio::net::UnixStream::connect(socket).await.unwrap(), path).await
+}
+
+/// HTTP/1.0 GET on a connected stream: the body ends at EOF.
+async fn get_over(
+    mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    path: &str,
+) -> (u16, String) {
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
         .await
         .unwrap();
@@ -189,8 +209,11 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
     assert_eq!(s["node"], "node-1");
     // Ready means the listed state is programmed: every kind at least at its list version.
     assert!(programmed(&s, "pods") >= rv - 1, "{s}");
-    assert_eq!(http_get(agent.running.listen, "/readyz").await.0, 200);
-    assert_eq!(http_get(agent.running.listen, "/healthz").await.0, 200);
+    assert_eq!(http_get(agent.running.metrics_addr, "/readyz").await.0, 200);
+    assert_eq!(
+        http_get(agent.running.metrics_addr, "/healthz").await.0,
+        200
+    );
     assert!(agent.has_pod("x", "a") && agent.has_pod("x", "b"));
     assert_eq!(
         agent.pod_ips("x", "a"),
@@ -249,14 +272,26 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
         .unwrap();
     agent.wait_programmed("namespaces", rv_of(&ns)).await;
 
-    let metrics = http_get(agent.running.listen, "/metrics").await.1;
+    let metrics = http_get(agent.running.metrics_addr, "/metrics").await.1;
     assert!(
         metrics.contains("palisade_sync_duration_seconds_count"),
         "{metrics}"
     );
     assert!(metrics.contains("palisade_event_to_programmed_seconds_bucket"));
     assert!(metrics.contains("palisade_ready 1"));
-    let (code, body) = http_get(agent.running.listen, "/debug/state").await;
+    // Metrics and probes on the node's port; what names pods and policies only on the
+    // node-local socket (mode 0600).
+    let (code, body) = http_get(agent.running.metrics_addr, "/debug/state").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("debug socket"), "{body}");
+    assert_eq!(http_get(agent.running.metrics_addr, "/status").await.0, 404);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&agent.running.debug_socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, body) = debug_get(&agent.running.debug_socket, "/debug/state").await;
     assert_eq!(code, 200);
     let state: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(state["pods"].as_array().unwrap().len(), 1, "{state}");
@@ -307,7 +342,7 @@ async fn dropped_watches_and_expired_history_converge_by_relisting() {
         "deletion missed during the outage must be found by the relist"
     );
     assert!(agent.has_pod("x", "d"));
-    let metrics = http_get(agent.running.listen, "/metrics").await.1;
+    let metrics = http_get(agent.running.metrics_addr, "/metrics").await.1;
     let watch_errors: u64 = metrics
         .lines()
         .find(|l| l.starts_with("palisade_errors_total{kind=\"watch\"}"))

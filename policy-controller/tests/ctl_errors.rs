@@ -3,22 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("palisadectl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use palisade_testutil::TempDir;
 
 fn ctl_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_palisadectl"))
@@ -118,15 +103,61 @@ fn invalid_policies_are_reported_and_skipped() {
 #[test]
 fn usage_errors() {
     let d = TempDir::new("usage");
-    let (code, _, err) = ctl_in(&d.0, &["reach"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--filename"), "{err}");
     let (code, _, err) = ctl_in(&d.0, &["reach", "-f", "x", "--protocol", "ICMP"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = ctl_in(&d.0, &["status", "--agent", "http://127.0.0.1:1"]);
-    assert_eq!(code, 1);
+    let (code, _, err) = ctl_in(&d.0, &["reach", "-f", "x", "--agent"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (code, _, err) = ctl_in(&d.0, &["reach", "-f", "x", "-l", "app in (web"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        "error: -l: unable to parse requirement: missing ')': \"app in (web\"\n"
+    );
+}
+
+/// Without -f or --agent, the API server is found as kubectl finds it; with nothing to find,
+/// the message says what was looked at.
+#[test]
+fn no_kubeconfig_anywhere_says_where_it_looked() {
+    let d = TempDir::new("nokubeconfig");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisadectl"));
+        cmd.args(args)
+            .current_dir(&d.0)
+            .env("HOME", &d.0)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[], &["reach", "--port", "80"]);
+    assert_eq!(code, 1, "{err}");
     assert!(
-        err.starts_with("error: connect to the agent at http://127.0.0.1:1"),
+        err.contains("KUBECONFIG is unset and")
+            && err.contains(".kube/config does not exist")
+            && err.contains("not a pod"),
+        "{err}"
+    );
+    let (code, err) = run(
+        &[("KUBECONFIG", "/nonexistent/a:/nonexistent/b")],
+        &["reach"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("KUBECONFIG=/nonexistent/a:/nonexistent/b names no existing file"),
+        "{err}"
+    );
+    let (code, err) = run(&[], &["--kubeconfig", "/nonexistent/kc", "reach"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--kubeconfig /nonexistent/kc: no such file"),
         "{err}"
     );
 }

@@ -1,33 +1,51 @@
-//! `palisadectl reach|status --agent URL` against a stand-in agent endpoint that serves
-//! `/status` and `/debug/state` (the document `agent/debug_state.rs` produces). No root: the programmed table is asked for in a namespace path that
+//! `palisadectl reach|status|drops --agent SOCKET` against a stand-in agent debug socket
+//! that serves `/status`, `/debug/state` (the document `agent/debug_state.rs` produces) and
+//! `/drops`. No root: the programmed table is asked for in a namespace path that
 //! does not exist, which `status` must report as unreadable rather than fail on.
 
 use palisade_policy::agent::debug_state;
 use palisade_policy::ctl::manifests;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
 
-/// Serves `routes` (path → JSON body) until the test process ends.
+/// Serves `routes` (request target → body) on a unix socket until the test process ends;
+/// returns the socket's path. Requests are recorded in `<socket>.requests`.
 fn stand_in_agent(routes: Vec<(&'static str, String)>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "palisadectl-live-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("debug.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let log = dir.join("requests");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut request_line = String::new();
             let _ = reader.read_line(&mut request_line);
-            let path = request_line
+            let target = request_line
                 .split_whitespace()
                 .nth(1)
                 .unwrap_or("")
                 .to_string();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            let _ = writeln!(f, "{target}");
             // Read the headers to the blank line.
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
+            let path = target.split('?').next().unwrap_or("");
             let mut stream = stream;
             let reply = match routes.iter().find(|(p, _)| *p == path) {
                 Some((_, body)) => format!(
@@ -39,7 +57,7 @@ fn stand_in_agent(routes: Vec<(&'static str, String)>) -> String {
             let _ = stream.write_all(reply.as_bytes());
         }
     });
-    url
+    socket.to_string_lossy().into_owned()
 }
 
 fn golden_manifests() -> std::path::PathBuf {
@@ -134,6 +152,76 @@ fn status_prints_readiness_versions_and_invalid_policies() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["agent"]["ready"], true);
     assert!(v["table"]["error"].is_string(), "{v}");
+}
+
+#[test]
+fn status_of_an_agent_not_ready_exits_4_and_no_agent_exits_1() {
+    let status = serde_json::json!({"ready": false, "node": "node-1"});
+    let socket = stand_in_agent(vec![("/status", status.to_string())]);
+    let (code, out, _) = ctl(&[
+        "status",
+        "--agent",
+        &socket,
+        "--nft-netns",
+        "/nonexistent/x",
+    ]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("ready                no"), "{out}");
+    let (code, out, err) = ctl(&["status", "--agent", "/nonexistent/debug.sock"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("/nonexistent/debug.sock") && err.contains("no agent listens here"),
+        "{err}"
+    );
+}
+
+#[test]
+fn drops_prints_the_agents_drops_and_sends_the_filter() {
+    let drop = |src: &str, dst: &str, port: u16| {
+        serde_json::json!({
+            "time": "2026-12-07T08:15:02.123456789Z", "node": "node-1", "direction": "ingress",
+            "protocol": "TCP", "srcPod": src, "srcIp": "10.244.2.7", "srcPort": 40312,
+            "dstPod": dst, "dstIp": "10.244.1.5", "dstPort": port,
+            "policies": ["x/deny-all"], "prefix": "palisade drop ingress pod-in-x"
+        })
+        .to_string()
+    };
+    let body = format!(
+        "{}\n{{\"lost\":2}}\n{}\n",
+        drop("y/client", "x/db", 5432),
+        drop("y/other", "x/web", 80)
+    );
+    let socket = stand_in_agent(vec![("/drops", body)]);
+    let (code, out, err) = ctl(&[
+        "drops", "--agent", &socket, "-n", "x", "--pod", "db", "--last", "7",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "TIME          NODE    DIRECTION  FROM      TO     PORT      POLICIES",
+            "08:15:02.123  node-1  ingress    y/client  x/db   5432/TCP  x/deny-all",
+            "08:15:02.123  node-1  ingress    y/other   x/web  80/TCP    x/deny-all",
+        ],
+        "{out}"
+    );
+    assert!(err.contains("skipped 2 drops"), "{err}");
+    let requests = std::fs::read_to_string(Path::new(&socket).with_file_name("requests")).unwrap();
+    assert_eq!(requests.trim(), "/drops?last=7&namespace=x&pod=db");
+    let (_, json, _) = ctl(&["drops", "--agent", &socket, "-o", "json"]);
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["dstPort"], 5432);
+    let (_, wide, _) = ctl(&[
+        "drops", "--agent", &socket, "-o", "wide", "--color", "never",
+    ]);
+    assert!(
+        wide.lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("10.244.2.7  10.244.1.5  40312     palisade drop ingress pod-in-x"),
+        "{wide}"
+    );
 }
 
 /// Kernel test: the compiled ruleset of node-1 programmed with the real nft into a test

@@ -9,6 +9,7 @@ pub mod store;
 use crate::config::{Attachment, Env, Ipam, NetConf};
 use crate::error::{CniError, Result};
 use crate::types::Dns;
+use delegate::Delegate;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use store::{AttachmentRecord, Store};
@@ -62,7 +63,7 @@ pub fn reserve(
                     locked.commit()?;
                 }
             }
-            let result = delegate::add(plugin, &env.cni_path, &conf.raw)?;
+            let result = Delegate::new(plugin, &env.cni_path, conf)?.add()?;
             let ips: Vec<IpAddr> = result.ips.iter().map(|ip| ip.address.addr()).collect();
             let mut locked = store.lock()?;
             if let Some(rec) = locked
@@ -96,7 +97,7 @@ pub fn lookup(conf: &NetConf, att: &Attachment) -> Result<Option<AttachmentRecor
 pub fn release(conf: &NetConf, env: &Env, att: &Attachment) -> Result<Option<AttachmentRecord>> {
     let delegated = match &conf.ipam {
         Ipam::Delegated { plugin } => {
-            delegate::exec(plugin, &env.cni_path, "DEL", &conf.raw).map(|_| ())
+            Delegate::new(plugin, &env.cni_path, conf).and_then(|d| d.call("DEL").map(|_| ()))
         }
         Ipam::Builtin { .. } => Ok(()),
     };
@@ -119,7 +120,7 @@ pub fn release(conf: &NetConf, env: &Env, att: &Attachment) -> Result<Option<Att
 pub fn check(conf: &NetConf, env: &Env, att: &Attachment, ips: &[IpAddr]) -> Result<Vec<String>> {
     let mut diffs = Vec::new();
     if let Ipam::Delegated { plugin } = &conf.ipam {
-        if let Err(e) = delegate::exec(plugin, &env.cni_path, "CHECK", &conf.raw) {
+        if let Err(e) = Delegate::new(plugin, &env.cni_path, conf).and_then(|d| d.call("CHECK")) {
             diffs.push(format!("delegated IPAM CHECK failed: {}", e.msg()));
         }
     }
@@ -152,7 +153,7 @@ pub fn gc(
 ) -> Result<(Vec<AttachmentRecord>, Vec<CniError>)> {
     let mut errors = Vec::new();
     if let Ipam::Delegated { plugin } = &conf.ipam {
-        if let Err(e) = delegate::exec(plugin, &env.cni_path, "GC", &conf.raw) {
+        if let Err(e) = Delegate::new(plugin, &env.cni_path, conf).and_then(|d| d.call("GC")) {
             errors.push(e);
         }
     }
@@ -213,7 +214,7 @@ pub fn status(conf: &NetConf, env: &Env) -> Result<()> {
             Ok(())
         }
         Ipam::Delegated { plugin } => {
-            delegate::exec(plugin, &env.cni_path, "STATUS", &conf.raw)?;
+            Delegate::new(plugin, &env.cni_path, conf)?.call("STATUS")?;
             Ok(())
         }
     }

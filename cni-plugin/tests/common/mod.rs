@@ -102,30 +102,9 @@ pub fn container_id(tag: &str) -> String {
     format!("{tag}-{}-{n}", std::process::id())
 }
 
-/// A temporary directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("palt{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // A STATUS test makes the data dir read-only; root ignores that, so this still works.
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A temporary directory removed on drop (the tests' one helper for it). A STATUS test
+/// makes a data dir read-only; root ignores that, so removal still works.
+pub use palisade_testutil::TempDir;
 
 /// What one plugin execution returned.
 #[derive(Debug, Clone)]

@@ -2,106 +2,33 @@
 //! (`labels.Parse`, `fields.ParseSelector`) for the forms clients send.
 
 use super::store::{ApiError, Kind};
+use palisade_policy::model::api::{LabelSelector, Labels};
+use palisade_policy::model::selector::{parse_label_selector, selector_matches};
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum LabelRequirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-/// A parsed `labelSelector` (requirements ANDed; empty selects everything).
+/// A parsed `labelSelector` (requirements ANDed; empty selects everything), read by the
+/// same parser as `palisadectl -l`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LabelQuery(Vec<LabelRequirement>);
+pub struct LabelQuery(LabelSelector);
 
 impl LabelQuery {
     pub fn parse(s: &str) -> Result<LabelQuery, ApiError> {
-        let bad =
-            |why: &str| ApiError::bad_request(format!("unable to parse requirement: {why}: {s:?}"));
-        let mut requirements = Vec::new();
-        for term in split_top_level(s) {
-            let term = term.trim();
-            if term.is_empty() {
-                continue;
-            }
-            if let Some(key) = term.strip_prefix('!') {
-                requirements.push(LabelRequirement::DoesNotExist(key.trim().to_string()));
-            } else if let Some((key, value)) = term.split_once("!=") {
-                requirements.push(LabelRequirement::NotEquals(
-                    key.trim().into(),
-                    value.trim().into(),
-                ));
-            } else if let Some((key, value)) = term.split_once("==") {
-                requirements.push(LabelRequirement::Equals(
-                    key.trim().into(),
-                    value.trim().into(),
-                ));
-            } else if let Some((key, value)) = term.split_once('=') {
-                requirements.push(LabelRequirement::Equals(
-                    key.trim().into(),
-                    value.trim().into(),
-                ));
-            } else if let Some(open) = term.find('(') {
-                let close = term.rfind(')').ok_or_else(|| bad("missing ')'"))?;
-                let head: Vec<&str> = term[..open].split_whitespace().collect();
-                let values: Vec<String> = term[open + 1..close]
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
-                match head.as_slice() {
-                    [key, op] if op.eq_ignore_ascii_case("in") => {
-                        requirements.push(LabelRequirement::In(key.to_string(), values))
-                    }
-                    [key, op] if op.eq_ignore_ascii_case("notin") => {
-                        requirements.push(LabelRequirement::NotIn(key.to_string(), values))
-                    }
-                    _ => return Err(bad("expected 'in' or 'notin'")),
-                }
-            } else if term.contains(char::is_whitespace) {
-                return Err(bad("unexpected whitespace"));
-            } else {
-                requirements.push(LabelRequirement::Exists(term.to_string()));
-            }
-        }
-        Ok(LabelQuery(requirements))
+        parse_label_selector(s)
+            .map(LabelQuery)
+            .map_err(ApiError::bad_request)
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = &object["metadata"]["labels"];
-        let get = |key: &str| labels.get(key).and_then(Value::as_str);
-        self.0.iter().all(|req| match req {
-            LabelRequirement::Equals(k, v) => get(k) == Some(v.as_str()),
-            LabelRequirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
-            LabelRequirement::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
-            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|l| vs.iter().all(|v| v != l)),
-            LabelRequirement::Exists(k) => get(k).is_some(),
-            LabelRequirement::DoesNotExist(k) => get(k).is_none(),
-        })
+        let labels: Labels = object["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        selector_matches(&self.0, &labels)
     }
-}
-
-/// Split on commas that are not inside parentheses (`a in (x,y),b`).
-fn split_top_level(s: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
 }
 
 /// A parsed `fieldSelector`: `path=value`, `path==value`, `path!=value`, ANDed.

@@ -61,7 +61,7 @@ struct ImageArgs {
     #[arg(long, value_name = "DIR", default_value_os_t = default_conf_dir(), requires = "image")]
     conf: PathBuf,
     /// Set a key of the DaemonSet's ConfigMap before running it (repeat), as an operator
-    /// edits conf/20-configmap.yaml before applying.
+    /// edits conf/config/agent.env before applying.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value, requires = "image")]
     config: Vec<(String, String)>,
 }

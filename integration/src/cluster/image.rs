@@ -23,7 +23,7 @@ use crate::apiserver::tls::{ClusterCa, TlsListener};
 use crate::kubelet::cni::NodeCni;
 use crate::kubelet::manifests::Manifests;
 use crate::kubelet::podman::{layout_reference, ImageStore, Launch};
-use crate::kubelet::podspec::{plan_pod, ApiAccess, NodeFacts, PodPlan};
+use crate::kubelet::podspec::{plan_pod, ApiAccess, ContainerPlan, NodeFacts, PodPlan};
 use crate::kubelet::security::ProcessSecurity;
 use crate::kubelet::{prepare_pod, probe};
 use crate::scenario::Family;
@@ -161,6 +161,40 @@ pub fn api_listener() -> Result<TlsListener> {
             crate::testpod::random_u64()
         ),
     })
+}
+
+/// Where the node sees the agent container's debug socket: the path of its
+/// `--debug-socket` argument (or the agent's default), through the mount that holds it.
+fn debug_socket_on_node(agent: &ContainerPlan) -> Result<PathBuf> {
+    let argv: Vec<&String> = agent.command.iter().chain(&agent.args).flatten().collect();
+    let path = argv
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--debug-socket") {
+            Some(v) if v.starts_with('=') => Some(v[1..].to_string()),
+            Some("") => argv.get(i + 1).map(|v| v.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| palisade_policy::agent::DEFAULT_DEBUG_SOCKET.to_string());
+    node_view(agent, &path).ok_or_else(|| {
+        anyhow!(
+            "{path} is on no volume of container {}: the node cannot reach it",
+            agent.name
+        )
+    })
+}
+
+/// Where a path inside a container is on the node: under the source of the deepest mount
+/// that holds it.
+fn node_view(c: &ContainerPlan, path: &str) -> Option<PathBuf> {
+    c.mounts
+        .iter()
+        .filter_map(|m| {
+            let rest = Path::new(path).strip_prefix(&m.target).ok()?;
+            Some((m.target.len(), m.source.join(rest)))
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, p)| p)
 }
 
 /// A node's pod in image mode.
@@ -342,6 +376,13 @@ impl Cluster {
             )
             .with_context(|| format!("the CNI config installed on {}", n.name))?;
             self.nodes[i].conflist = cni.conflist.clone();
+            if let Some(agent) = plan.containers.iter().find(|c| c.name == "agent") {
+                // palisadectl on the node talks to the socket the agent's args name, where
+                // the node sees it (through the hostPath that holds it).
+                self.nodes[i].debug_socket = debug_socket_on_node(agent).with_context(|| {
+                    format!("the agent's debug socket on {}", self.nodes[i].name)
+                })?;
+            }
             self.nodes[i].pod = Some(NodePod {
                 plan,
                 containers,

@@ -10,7 +10,8 @@
 //!   netns P-n1:   eth0 192.0.2.1, 2001:db8::1   netns P-n2: eth0 192.0.2.2, 2001:db8::2
 //!                 pod CIDRs 10.244.1.0/24,                     10.244.2.0/24,
 //!                           fd00:10:244:1::/64                 fd00:10:244:2::/64
-//!                 palisade-agent (status on 127.0.0.1:9464)    palisade-agent
+//!                 palisade-agent (metrics 127.0.0.1:9464)      palisade-agent
+//!                 (debug socket <run dir>/node-1/debug.sock)
 //!                  │ pal… (routed veth, made by `palisade`)
 //!   netns P-p1-x-a: eth0 10.244.1.2/32, fd00:10:244:1::2/128, palisade-testpod
 //!
@@ -49,7 +50,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use netns::ClusterNetns;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -59,8 +60,8 @@ use std::time::{Duration, Instant};
 
 /// Port of the API stand-in on the segment bridge.
 pub const API_PORT: u16 = 6443;
-/// Port of each agent's status endpoint, on the node namespace's loopback.
-pub const AGENT_STATUS_PORT: u16 = 9464;
+/// Port of each agent's metrics listener, on the node namespace's loopback.
+pub const AGENT_METRICS_PORT: u16 = 9464;
 /// The external host's addresses on the segment (documentation ranges, like the nodes').
 pub const EXTERNAL_IPV4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 253);
 pub const EXTERNAL_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfd);
@@ -161,6 +162,8 @@ pub struct Node {
     pub pod_cidr_v6: String,
     pub dir: PathBuf,
     pub agent_socket: PathBuf,
+    /// The agent's debug socket (`/status`, `/debug/state`, `/drops`).
+    pub debug_socket: PathBuf,
     pub conflist: Value,
     agent: Option<Child>,
     /// Image mode: the node's pod of the DaemonSet.
@@ -396,6 +399,7 @@ impl Cluster {
                 pod_cidr_v4,
                 pod_cidr_v6,
                 agent_log: dir.join("agent.log"),
+                debug_socket: dir.join("debug.sock"),
                 dir,
                 agent_socket,
                 conflist,
@@ -583,8 +587,10 @@ impl Cluster {
             .arg(&kubeconfig)
             .arg("--cni-socket")
             .arg(&n.agent_socket)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{AGENT_STATUS_PORT}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{AGENT_METRICS_PORT}"))
+            .arg("--debug-socket")
+            .arg(&n.debug_socket)
             .args(if masquerade {
                 &[][..]
             } else {
@@ -629,13 +635,16 @@ impl Cluster {
         out
     }
 
-    /// GET a path of a node agent's HTTP endpoint (inside the node namespace).
+    /// GET a path of a node agent's debug socket.
     pub fn agent_get(&self, node: usize, path: &str) -> Result<(u16, String)> {
         let n = &self.nodes[node - 1];
-        let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_STATUS_PORT));
-        n.netns
-            .http_get(addr, path, &[], Duration::from_secs(5))
-            .with_context(|| format!("GET {path} from the {} agent", n.name))
+        let (code, mut body) = palisade_policy::agent::http::unix_get(&n.debug_socket, path)
+            .with_context(|| format!("{} agent", n.name))?;
+        body.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut text = String::new();
+        body.read_to_string(&mut text)?;
+        Ok((code, text))
     }
 
     /// The agent's `/status` JSON.

@@ -763,14 +763,10 @@ mod tests {
         }
     }
 
-    /// The shipped manifests (the files `kubectl kustomize conf` renders).
+    /// The shipped manifests, as `kubectl kustomize conf` renders them (the ConfigMap is
+    /// generated, under a hashed name only the rendering knows).
     fn shipped() -> Manifests {
-        let text = [
-            include_str!("../../../conf/20-configmap.yaml"),
-            include_str!("../../../conf/40-daemonset.yaml"),
-        ]
-        .join("\n---\n");
-        Manifests::parse(&text).unwrap()
+        Manifests::kustomize(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf")).unwrap()
     }
 
     fn plan_of(m: &Manifests) -> Result<PodPlan> {
@@ -813,7 +809,10 @@ mod tests {
         let plan = plan_of(&shipped()).unwrap();
         assert_eq!(plan.namespace, "palisade-system");
         assert_eq!(plan.name, "palisade-agent-node-2");
-        assert_eq!(plan.image, "palisade/palisade:dev");
+        assert_eq!(
+            plan.image,
+            format!("palisade/palisade:{}", env!("CARGO_PKG_VERSION"))
+        );
         assert_eq!(plan.termination_grace, Duration::from_secs(10));
 
         let [install] = &plan.init_containers[..] else {
@@ -864,7 +863,9 @@ mod tests {
                 ready.port,
                 ready.path.as_str()
             ),
-            ("127.0.0.1", 9464, "/readyz")
+            // No host: kubelet probes the pod IP, a hostNetwork pod's is its node's first;
+            // the port is the container port named `metrics`.
+            ("192.0.2.2", 9464, "/readyz")
         );
         assert_eq!(ready.period, Duration::from_secs(5));
         assert_eq!(agent.liveness.as_ref().unwrap().path, "/healthz");

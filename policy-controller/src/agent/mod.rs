@@ -9,16 +9,20 @@
 //!  nflog thread ◄── NFLOG group (denied packets), reads the compiler's state
 //! ```
 //!
-//! Endpoints on `--listen`: `/metrics` (Prometheus text), `/healthz` (200 while the sync
-//! worker runs), `/readyz` (200 once the first full sync is programmed), `/status` (JSON:
-//! `ready`, `node`, `programmedResourceVersions{pods,namespaces,networkpolicies,nodes}`,
+//! Endpoints ([`http`]): on `--metrics-listen` (TCP, exposed on the node) `/metrics`
+//! (Prometheus text), `/healthz` (200 while the sync worker runs), `/readyz` (200 once the
+//! first full sync is programmed); on `--debug-socket` (unix, root on the node only) the same
+//! plus `/status` (JSON: `ready`, `node`,
+//! `programmedResourceVersions{pods,namespaces,networkpolicies,nodes}`,
 //! `lastSync{durationMs,commands,full}`, `invalidPolicies[{namespace,name,errors}]`, plus
 //! `lastError`, `malformedObjects`, `pods`, `routes`,
-//! `masquerade{ipv4,ipv6,nonMasqueradeCIDRs,clusterCIDRs}`), `/debug/state` (the cluster state the
-//! agent compiles from, as API objects, for `palisadectl --agent`).
+//! `masquerade{ipv4,ipv6,nonMasqueradeCIDRs,clusterCIDRs}`), `/debug/state` (the cluster state
+//! the agent compiles from, as API objects, for `palisadectl --agent`) and `/drops` (denied
+//! packets as JSON lines, [`drops`]; `?follow=true` streams them).
 
 pub mod cni;
 pub mod debug_state;
+pub mod drops;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -31,6 +35,7 @@ use crate::compile::{CompileOptions, Compiler, MasqueradeOptions};
 use crate::kube::{spawn_watches, Index, WatchTuning};
 use crate::nft::Dataplane;
 use anyhow::{Context, Result};
+pub use http::MetricsListen;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,6 +44,10 @@ use tokio::sync::mpsc;
 
 pub use status::AgentShared;
 pub use sync::{CniCommand, SyncTuning, SyncWorker};
+
+/// Default path of the agent's debug socket on the node (beside the CNI socket, in the
+/// directory the DaemonSet shares with the node).
+pub const DEFAULT_DEBUG_SOCKET: &str = "/run/palisade/debug.sock";
 
 /// How new pods are treated until the agent has programmed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,7 +63,8 @@ pub struct AgentConfig {
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
     pub cni_socket: PathBuf,
-    pub listen: SocketAddr,
+    pub metrics_listen: MetricsListen,
+    pub debug_socket: PathBuf,
     pub new_pods: NewPods,
     /// `None`: no denied-packet logging.
     pub nflog_group: Option<u16>,
@@ -77,30 +87,13 @@ impl AgentConfig {
     }
 }
 
-/// A kube client from `--kubeconfig`, else as `kubectl` would find one (KUBECONFIG,
-/// ~/.kube/config, in-cluster service account).
-pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<::kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = ::kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("read kubeconfig {}", path.display()))?;
-            ::kube::Config::from_custom_kubeconfig(
-                kc,
-                &::kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .with_context(|| format!("load kubeconfig {}", path.display()))?
-        }
-        None => ::kube::Config::infer().await.context("infer kube config")?,
-    };
-    ::kube::Client::try_from(config).context("build kube client")
-}
-
 /// A running agent's handles (for tests and the binary).
 pub struct RunningAgent {
     pub shared: Arc<AgentShared>,
     pub compiler: Arc<Mutex<Compiler>>,
-    pub listen: SocketAddr,
+    /// Where the metrics listener is bound (a port 0 resolved).
+    pub metrics_addr: SocketAddr,
+    pub debug_socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -134,10 +127,11 @@ pub async fn start(
     let shared = Arc::new(AgentShared::new(&config.node_name));
     shared.update(|s| s.masquerade = Some(config.masquerade.clone()));
     let compiler = Arc::new(Mutex::new(Compiler::new(config.compile_options())));
-    let http_listener = http::bind(config.listen).await?;
-    let listen = http_listener
+    let metrics_listener = http::bind_metrics(config.metrics_listen).await?;
+    let metrics_addr = metrics_listener
         .local_addr()
         .context("metrics listener address")?;
+    let debug_listener = http::bind_debug(&config.debug_socket)?;
     let cni_listener = cni::bind(&config.cni_socket)?;
 
     if let Some(group) = config.nflog_group {
@@ -156,11 +150,15 @@ pub async fn start(
     let (event_tx, event_rx) = mpsc::channel(4096);
     let (cni_tx, cni_rx) = mpsc::channel(256);
     let mut tasks = spawn_watches(client, WatchTuning::default(), event_tx);
-    tasks.push(tokio::spawn(http::serve(
-        http_listener,
-        shared.clone(),
-        compiler.clone(),
+    let endpoints = http::EndpointState {
+        shared: shared.clone(),
+        compiler: compiler.clone(),
+    };
+    tasks.push(tokio::spawn(http::serve_metrics(
+        metrics_listener,
+        endpoints.clone(),
     )));
+    tasks.push(tokio::spawn(http::serve_debug(debug_listener, endpoints)));
     tasks.push(tokio::spawn(cni::serve(
         cni_listener,
         cni_tx,
@@ -180,7 +178,8 @@ pub async fn start(
     tasks.push(tokio::spawn(worker.run(event_rx, cni_rx)));
     tracing::info!(
         node = %config.node_name,
-        listen = %listen,
+        metrics = %metrics_addr,
+        debug_socket = %config.debug_socket.display(),
         cni_socket = %config.cni_socket.display(),
         table = %config.table,
         "agent started"
@@ -188,7 +187,8 @@ pub async fn start(
     Ok(RunningAgent {
         shared,
         compiler,
-        listen,
+        metrics_addr,
+        debug_socket: config.debug_socket.clone(),
         tasks,
     })
 }

@@ -8,6 +8,7 @@
 //! slow traffic, so the agent caps lines per second on top of the kernel's rate limit, and a
 //! full socket buffer (ENOBUFS) only loses log lines.
 
+use super::drops::DropEvent;
 use super::metrics::error_kind;
 use super::status::AgentShared;
 use crate::compile::Compiler;
@@ -228,6 +229,24 @@ fn report(
         denied.policies.join(",")
     };
     shared.metrics.denied(&policy_label, direction);
+    let protocol =
+        Protocol::from_number(flow.proto).map_or_else(|| flow.proto.to_string(), |p| p.to_string());
+    // Every logged packet reaches the followers (the kernel's log rate limit bounds them);
+    // only the log lines are limited further.
+    shared.drops.publish(DropEvent {
+        time: jiff::Timestamp::now().to_string(),
+        node: shared.node.clone(),
+        direction: direction.to_string(),
+        protocol: protocol.clone(),
+        src_pod: denied.src_pod.clone(),
+        src_ip: flow.src.to_string(),
+        src_port: flow.src_port,
+        dst_pod: denied.dst_pod.clone(),
+        dst_ip: flow.dst.to_string(),
+        dst_port: flow.dst_port,
+        policies: denied.policies.clone(),
+        prefix: p.prefix.clone(),
+    });
     if !limiter.admit(&flow, Instant::now()) {
         shared.metrics.deny_log_dropped();
         return;
@@ -238,7 +257,7 @@ fn report(
         src_ip = %flow.src,
         dst_pod = denied.dst_pod.as_deref().unwrap_or("-"),
         dst_ip = %flow.dst,
-        protocol = Protocol::from_number(flow.proto).map_or_else(|| flow.proto.to_string(), |p| p.to_string()),
+        protocol = %protocol,
         dst_port = flow.dst_port.unwrap_or(0),
         direction,
         policies = %denied.policies.join(","),

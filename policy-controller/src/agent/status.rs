@@ -2,6 +2,7 @@
 //! programmed, the last sync, invalid policies. Written by the sync worker, read by the HTTP
 //! server and the CNI socket.
 
+use super::drops::DropLog;
 use super::metrics::Metrics;
 use crate::compile::MasqueradeOptions;
 use crate::kube::index::InvalidPolicy;
@@ -41,6 +42,8 @@ pub struct AgentShared {
     worker_alive: AtomicBool,
     status: Mutex<StatusSnapshot>,
     pub metrics: Metrics,
+    /// Denied packets, for `GET /drops`.
+    pub drops: DropLog,
 }
 
 impl AgentShared {
@@ -51,6 +54,7 @@ impl AgentShared {
             worker_alive: AtomicBool::new(true),
             status: Mutex::new(StatusSnapshot::default()),
             metrics: Metrics::default(),
+            drops: DropLog::default(),
         }
     }
 

@@ -4,13 +4,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use palisade_policy::agent::logging::{self, LogFormat};
-use palisade_policy::agent::{self, AgentConfig, NewPods};
+use palisade_policy::agent::{self, AgentConfig, MetricsListen, NewPods};
 use palisade_policy::compile::MasqueradeOptions;
 use palisade_policy::install;
 use palisade_policy::kube::Slim;
 use palisade_policy::model::{api, NodeInfo};
 use palisade_policy::nft::{NftDataplane, NftOptions};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,15 +75,21 @@ struct RunArgs {
     /// This node's name (Node object).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Kubeconfig; else KUBECONFIG, ~/.kube/config or the in-cluster service account.
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig; else $KUBECONFIG (a list, merged as kubectl does), ~/.kube/config or the
+    /// in-cluster service account.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Unix socket for the CNI plugin.
     #[arg(long, default_value = palisade_common::DEFAULT_AGENT_SOCKET)]
     cni_socket: PathBuf,
-    /// Address for /metrics, /healthz, /readyz, /status.
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    listen: SocketAddr,
+    /// Address of the metrics listener (/metrics, /healthz, /readyz): IP:PORT, or :PORT for
+    /// every address of the node (dual-stack).
+    #[arg(long, default_value = ":9464")]
+    metrics_listen: MetricsListen,
+    /// Unix socket (mode 0600) for /status, /debug/state and /drops, which name every pod,
+    /// label and policy: only root on the node may read them.
+    #[arg(long, default_value = agent::DEFAULT_DEBUG_SOCKET)]
+    debug_socket: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Log filter (RUST_LOG overrides).
@@ -138,7 +143,8 @@ struct RunArgs {
 struct InstallArgs {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    #[arg(long, env = "KUBECONFIG")]
+    /// As for `run`.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     #[arg(long)]
     cni_bin_dir: PathBuf,
@@ -217,7 +223,8 @@ fn run(args: RunArgs) -> Result<()> {
         node_name,
         kubeconfig: args.kubeconfig.clone(),
         cni_socket: args.cni_socket.clone(),
-        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        debug_socket: args.debug_socket.clone(),
         new_pods: args.new_pods,
         nflog_group: (args.nflog_group != 0).then_some(args.nflog_group),
         deny_log_rate: args.deny_log_rate,
@@ -237,7 +244,7 @@ fn run(args: RunArgs) -> Result<()> {
         ),
     };
     runtime()?.block_on(async move {
-        let client = agent::kube_client(config.kubeconfig.as_deref()).await?;
+        let client = kube_client(config.kubeconfig.clone()).await?;
         let dataplane = NftDataplane::new(NftOptions {
             table: config.table.clone(),
             nft: config.nft.clone(),
@@ -258,6 +265,16 @@ fn run(args: RunArgs) -> Result<()> {
     })
 }
 
+async fn kube_client(path: Option<PathBuf>) -> Result<kube::Client> {
+    let choice = palisade_policy::kube::config::KubeconfigChoice {
+        path,
+        context: None,
+    };
+    let (client, origin) = palisade_policy::kube::config::client(&choice).await?;
+    tracing::info!(%origin, "API server");
+    Ok(client)
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -273,7 +290,7 @@ async fn shutdown_signal() {
 }
 
 async fn install_cni(args: InstallArgs) -> Result<()> {
-    let client = agent::kube_client(args.kubeconfig.as_deref()).await?;
+    let client = kube_client(args.kubeconfig.clone()).await?;
     let nodes: kube::Api<Slim<api::Node>> = kube::Api::all(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_seconds);
     let pod_cidrs = loop {

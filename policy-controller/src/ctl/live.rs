@@ -1,80 +1,72 @@
-//! A running node: the local agent's HTTP endpoint (`/status`, `/debug/state`) and the table
-//! it programmed (`nft -j list table inet palisade`, optionally inside a network namespace).
+//! A running node: the local agent's debug socket (`/status`, `/debug/state`, `/drops`), the
+//! table it programmed (`nft -j list table inet palisade`, optionally inside a network
+//! namespace), and the API server.
 //!
-//! The HTTP client is a plain HTTP/1.0 GET over a TCP socket: the agent listens on a
-//! node-local address, speaks no TLS, and an HTTP/1.0 answer ends at EOF (never chunked), so
-//! a client library would add nothing.
+//! The socket speaks HTTP/1.0 ([`crate::agent::http::unix_get`]): an answer ends at EOF,
+//! never chunked, so a client library would add nothing.
 
 use super::manifests::{add_document, ManifestError, Objects, Origin};
+use crate::agent::http::unix_get;
+use crate::kube::config::KubeconfigChoice;
 use crate::nft::{Listing, NftDataplane, NftOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-/// `GET base + path`; the body on 200.
-pub fn http_get(base: &str, path: &str) -> Result<String> {
-    let rest = base.strip_prefix("http://").ok_or_else(|| {
-        anyhow!("--agent {base}: only http:// URLs (the agent's node-local endpoint)")
+/// `GET path` on the agent's debug socket, as a reader positioned at the body of a 200
+/// answer. A missing or forbidden socket gets a message that says what to do.
+pub fn agent_get(
+    socket: &Path,
+    path: &str,
+) -> Result<std::io::BufReader<std::os::unix::net::UnixStream>> {
+    let (code, mut body) = unix_get(socket, path).map_err(|e| {
+        let hint = match e.root_cause().downcast_ref::<std::io::Error>().map(|e| e.kind()) {
+            Some(std::io::ErrorKind::NotFound) => " (no agent listens here: run palisadectl on a node where palisade-agent runs, or in its container with kubectl exec, or pass --agent SOCKET)",
+            Some(std::io::ErrorKind::PermissionDenied) => " (the socket is root's: run as root on the node)",
+            Some(std::io::ErrorKind::ConnectionRefused) => " (the agent that made it is not running)",
+            _ => "",
+        };
+        anyhow!("{e:#}{hint}")
     })?;
-    let (authority, prefix) = match rest.split_once('/') {
-        Some((a, p)) => (a, format!("/{}", p.trim_end_matches('/'))),
-        None => (rest, String::new()),
-    };
-    let target = format!("{prefix}{path}");
-    let addr = authority
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {authority}"))?
-        .next()
-        .ok_or_else(|| anyhow!("resolve {authority}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .with_context(|| format!("connect to the agent at {base}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {target} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n"
-    )
-    .with_context(|| format!("send GET {target} to {base}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("read the answer to GET {target} from {base}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {base}{target}: malformed HTTP answer"))?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("GET {base}{target}: no status code in {head:?}"))?;
     if code != 200 {
+        let mut text = String::new();
+        let _ = body.read_to_string(&mut text);
         let hint = if code == 404 && path == "/debug/state" {
             " (this agent has no /debug/state endpoint: upgrade it)"
         } else {
             ""
         };
-        bail!("GET {base}{target}: HTTP {code}: {}{hint}", body.trim());
+        bail!(
+            "GET {path} on {}: HTTP {code}: {}{hint}",
+            socket.display(),
+            text.trim()
+        );
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
-pub fn get_json(base: &str, path: &str) -> Result<Value> {
-    let body = http_get(base, path)?;
-    serde_json::from_str(&body).with_context(|| format!("GET {base}{path}: not JSON"))
+/// `GET path` on the debug socket, decoded as JSON.
+pub fn agent_json(socket: &Path, path: &str) -> Result<Value> {
+    let mut text = String::new();
+    agent_get(socket, path)?
+        .read_to_string(&mut text)
+        .with_context(|| format!("read GET {path} from {}", socket.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("GET {path} on {}: not JSON", socket.display()))
 }
 
 /// The agent's cluster state (`/debug/state`): its node name and the objects, decoded through
 /// the same path as manifests.
-pub fn fetch_state(base: &str) -> Result<(String, Objects)> {
-    let doc = get_json(base, "/debug/state")?;
+pub fn fetch_state(socket: &Path) -> Result<(String, Objects)> {
+    let doc = agent_json(socket, "/debug/state")?;
+    let source = format!("{}: GET /debug/state", socket.display());
     let node = doc
         .get("node")
         .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("GET {base}/debug/state: no \"node\""))?
+        .ok_or_else(|| anyhow!("{source}: no \"node\""))?
         .to_string();
-    let objects = objects_from_debug_state(&format!("{base}/debug/state"), &doc)?;
+    let objects = objects_from_debug_state(&source, &doc)?;
     Ok((node, objects))
 }
 
@@ -135,9 +127,10 @@ pub fn table_counts(listing: &Listing) -> (usize, usize, usize) {
 
 /// `palisadectl status` in text form. `table`: the listing, or why it could not be read.
 pub fn render_status(
-    agent: &str,
+    agent: &Path,
     status: &Value,
     table: &Result<Option<Listing>, String>,
+    wide: bool,
 ) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     let s = |v: &Value| match v {
@@ -147,7 +140,7 @@ pub fn render_status(
     };
     rows.push((
         "agent".into(),
-        format!("{agent} (node {})", s(&status["node"])),
+        format!("{} (node {})", agent.display(), s(&status["node"])),
     ));
     rows.push((
         "ready".into(),
@@ -183,6 +176,15 @@ pub fn render_status(
     }
     if let Some(e) = status.get("lastError").filter(|v| !v.is_null()) {
         rows.push(("last error".into(), s(e)));
+    }
+    if wide {
+        rows.push(("pods (cluster)".into(), s(&status["pods"])));
+        rows.push(("routes".into(), s(&status["routes"])));
+        let malformed = status
+            .get("malformedObjects")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        rows.push(("malformed objects".into(), malformed.to_string()));
     }
     let invalid = status
         .get("invalidPolicies")
@@ -275,15 +277,19 @@ pub fn status_document(status: &Value, table: &Result<Option<Listing>, String>) 
     serde_json::json!({"agent": status, "table": table})
 }
 
-/// List Namespaces, Pods, NetworkPolicies and Nodes from the API server of `kubeconfig`,
-/// once (no watch), through the same decoder as manifests.
-pub fn list_from_api_server(kubeconfig: &std::path::Path) -> Result<Objects> {
+/// List Namespaces, Pods, NetworkPolicies and Nodes from the API server the kubeconfig
+/// names (kubectl's loading rules, [`crate::kube::config`]), once (no watch), through the same
+/// decoder as manifests. Also returns the context's namespace.
+pub fn list_from_api_server(kubeconfig: &KubeconfigChoice) -> Result<(Objects, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start a tokio runtime")?;
     rt.block_on(async {
-        let client = crate::agent::kube_client(Some(kubeconfig)).await?;
+        let resolved = crate::kube::config::resolve(kubeconfig).await?;
+        let namespace = resolved.config.default_namespace.clone();
+        let origin = format!("{} ({})", resolved.config.cluster_url, resolved.origin);
+        let client = kube::Client::try_from(resolved.config).context("build kube client")?;
         let mut objects = Objects::default();
         for path in [
             "/api/v1/namespaces",
@@ -294,9 +300,10 @@ pub fn list_from_api_server(kubeconfig: &std::path::Path) -> Result<Objects> {
             let req = hyper::Request::get(path)
                 .body(Vec::new())
                 .with_context(|| format!("build GET {path}"))?;
-            let text = client.request_text(req).await.with_context(|| {
-                format!("GET {path} from the API server of {}", kubeconfig.display())
-            })?;
+            let text = client
+                .request_text(req)
+                .await
+                .with_context(|| format!("GET {path} from the API server {origin}"))?;
             let doc: Value =
                 serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))?;
             let origin = Origin {
@@ -306,6 +313,6 @@ pub fn list_from_api_server(kubeconfig: &std::path::Path) -> Result<Objects> {
             };
             add_document(origin, doc, &mut objects)?;
         }
-        Ok(objects)
+        Ok((objects, namespace))
     })
 }

@@ -125,8 +125,9 @@ pub fn compute(
 
 pub const LEGEND: &str = "✓ allowed  ✗ denied  ? no answer (see stderr); rows: from, columns: to";
 
-/// The tables, one per port, then the legend.
-pub fn render_table(matrices: &[PortMatrix], style: Style) -> String {
+/// The tables, one per port, then the legend. With `wide` (the state), each row also names
+/// the pod's node and addresses.
+pub fn render_table(matrices: &[PortMatrix], wide: Option<&ClusterState>, style: Style) -> String {
     let mut out = String::new();
     for m in matrices {
         out.push_str(&style.paint(Colour::Bold, &format!("PORT {}", m.label())));
@@ -137,10 +138,27 @@ pub fn render_table(matrices: &[PortMatrix], style: Style) -> String {
         }
         let mut rows = Vec::new();
         let mut header = vec![Cell::plain("FROM\\TO")];
+        if wide.is_some() {
+            header.extend([Cell::plain("NODE"), Cell::plain("IP")]);
+        }
         header.extend(m.pods.iter().map(|p| Cell::plain(p.to_string())));
         rows.push(header);
         for src in &m.pods {
             let mut row = vec![Cell::plain(src.to_string())];
+            if let Some(state) = wide {
+                let pod = state.pods.get(src);
+                row.push(Cell::plain(
+                    pod.and_then(|p| p.node.clone())
+                        .unwrap_or_else(|| "-".into()),
+                ));
+                row.push(Cell::plain(pod.map_or_else(String::new, |p| {
+                    p.ips
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })));
+            }
             for dst in &m.pods {
                 row.push(match m.cells.get(&(src.clone(), dst.clone())) {
                     Some(Verdict::Allowed) => Cell::coloured("✓", Colour::Green),

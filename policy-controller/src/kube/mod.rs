@@ -1,7 +1,8 @@
 //! The agent's view of the API server: list/watch of Pods, Namespaces, NetworkPolicies and
 //! Nodes ([`watch`]) decoded into the slim types ([`resource`]) and folded by the slim
-//! [`index`] into [`crate::compile::Change`]s.
+//! [`index`] into [`crate::compile::Change`]s; [`config`] finds the API server as kubectl does.
 
+pub mod config;
 pub mod index;
 pub mod resource;
 pub mod watch;

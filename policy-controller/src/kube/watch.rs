@@ -60,28 +60,44 @@ impl Default for WatchTuning {
     }
 }
 
+/// Exponential backoff with jitter: each wait is drawn from `[d, 2d)` where `d` doubles from
+/// `backoff_min` up to `backoff_max`. Without jitter every agent of a cluster, cut off by the
+/// same API server restart, would retry at the same instants and hit the server together
+/// when it comes back; with it their retries spread over the interval. Each agent's random
+/// generator is seeded on its own.
 struct Backoff {
-    next: Duration,
-    min: Duration,
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
     max: Duration,
 }
 
 impl Backoff {
     fn new(t: &WatchTuning) -> Backoff {
+        use backon::BackoffBuilder;
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(t.backoff_min)
+            .with_max_delay(t.backoff_max)
+            .with_jitter()
+            .without_max_times();
         Backoff {
-            next: t.backoff_min,
-            min: t.backoff_min,
+            builder,
+            delays: builder.build(),
             max: t.backoff_max,
         }
     }
 
+    fn next_delay(&mut self) -> Duration {
+        // Never exhausted: built without a maximum number of retries.
+        self.delays.next().unwrap_or(self.max)
+    }
+
     async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(self.next_delay()).await;
     }
 
     fn reset(&mut self) {
-        self.next = self.min;
+        use backon::BackoffBuilder;
+        self.delays = self.builder.build();
     }
 }
 
@@ -297,4 +313,38 @@ async fn watch_from<T: WatchedKind, E>(
     tracing::debug!(kind = %T::RESOURCE, %resource_version, "watch stream ended; resuming");
     tokio::time::sleep(tuning.backoff_min).await;
     WatchOutcome::Resume
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter() {
+        let tuning = WatchTuning::default();
+        let mut b = Backoff::new(&tuning);
+        let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let base = (tuning.backoff_min * 2u32.pow(i as u32)).min(tuning.backoff_max);
+            assert!(
+                *d >= base && *d < base * 2,
+                "retry {i}: {d:?} not in [{base:?}, 2x)"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() < tuning.backoff_min * 2, "reset starts over");
+    }
+
+    /// Ten agents cut off at the same moment do not retry at the same moments.
+    #[test]
+    fn agents_spread_their_retries() {
+        let tuning = WatchTuning::default();
+        let first_waits: std::collections::BTreeSet<Duration> = (0..10)
+            .map(|_| {
+                let mut b = Backoff::new(&tuning);
+                (0..6).map(|_| b.next_delay()).sum::<Duration>()
+            })
+            .collect();
+        assert!(first_waits.len() >= 9, "{first_waits:?}");
+    }
 }

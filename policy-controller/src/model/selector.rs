@@ -42,6 +42,81 @@ pub fn requirement_matches(req: &LabelSelectorRequirement, labels: &Labels) -> b
     }
 }
 
+/// A label selector in its string form (`kubectl -l`, the API's `labelSelector` parameter),
+/// parsed as apimachinery's `labels.Parse` reads the forms people write: `k=v`, `k==v`,
+/// `k!=v`, `k in (a,b)`, `k notin (a)`, `k`, `!k`, joined by commas (AND). Each term becomes
+/// the `matchExpressions` entry that means the same (`k!=v` is `NotIn`: it also holds when
+/// the key is absent, as in apimachinery).
+pub fn parse_label_selector(s: &str) -> Result<LabelSelector, String> {
+    let bad = |why: &str| format!("unable to parse requirement: {why}: {s:?}");
+    let req = |key: &str, operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
+        key: key.trim().to_string(),
+        operator: operator.to_string(),
+        values,
+    };
+    let mut expressions = Vec::new();
+    for term in split_top_level(s) {
+        let term = term.trim();
+        if term.is_empty() {
+            continue;
+        }
+        let one = |v: &str| Some(vec![v.trim().to_string()]);
+        let r = if let Some(key) = term.strip_prefix('!') {
+            req(key, "DoesNotExist", None)
+        } else if let Some((key, value)) = term.split_once("!=") {
+            req(key, "NotIn", one(value))
+        } else if let Some((key, value)) = term.split_once("==") {
+            req(key, "In", one(value))
+        } else if let Some((key, value)) = term.split_once('=') {
+            req(key, "In", one(value))
+        } else if let Some(open) = term.find('(') {
+            let close = term.rfind(')').ok_or_else(|| bad("missing ')'"))?;
+            let head: Vec<&str> = term[..open].split_whitespace().collect();
+            let values: Vec<String> = term[open + 1..close]
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            match head.as_slice() {
+                [key, op] if op.eq_ignore_ascii_case("in") => req(key, "In", Some(values)),
+                [key, op] if op.eq_ignore_ascii_case("notin") => req(key, "NotIn", Some(values)),
+                _ => return Err(bad("expected 'in' or 'notin'")),
+            }
+        } else if term.contains(char::is_whitespace) {
+            return Err(bad("unexpected whitespace"));
+        } else {
+            req(term, "Exists", None)
+        };
+        if r.key.is_empty() {
+            return Err(bad("empty key"));
+        }
+        expressions.push(r);
+    }
+    Ok(LabelSelector {
+        match_labels: None,
+        match_expressions: Some(expressions),
+    })
+}
+
+/// Split on commas that are not inside parentheses (`a in (x,y),b`).
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
 /// Whether the selector is empty, i.e. selects everything.
 pub fn selector_is_empty(selector: &LabelSelector) -> bool {
     selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
