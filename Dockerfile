@@ -35,12 +35,12 @@ COPY . .
 # RUSTFLAGS reach the target's code only, not build scripts.
 ARG PALISADE_GIT_REVISION=unknown
 RUN . image/platform.sh \
- && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
+ && RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile plugin --locked \
         --target "$RUST_TARGET" -p palisade-cni --bin palisade \
  && PALISADE_GIT_REVISION="$PALISADE_GIT_REVISION" cargo build --release --locked \
         --target "$RUST_TARGET" -p palisade-policy --bin palisade-agent --bin palisadectl \
  && mkdir -p /out \
- && cp "target/$RUST_TARGET/release/palisade" "target/$RUST_TARGET/release/palisade-agent" \
+ && cp "target/$RUST_TARGET/plugin/palisade" "target/$RUST_TARGET/release/palisade-agent" \
        "target/$RUST_TARGET/release/palisadectl" /out/
 
 FROM debian:bookworm-slim AS nft

@@ -19,7 +19,7 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 
 if [ "${SKIP_BUILD:-}" != 1 ]; then
   # Static plugin: it runs on the node against the node's libc.
-  (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
+  (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile plugin \
       --target "$host" -p palisade-cni --bin palisade)
   (cd "$root" && cargo build --release -p palisade-policy --bin palisade-agent --bin palisadectl)
 fi
@@ -31,7 +31,7 @@ umoci new --image "$out/oci:palisade-$tag"
 umoci unpack --rootless --image "$out/oci:palisade-$tag" "$out/bundle" >/dev/null
 rootfs=$out/bundle/rootfs
 
-install -D -m 0755 "$target/$host/release/palisade" "$rootfs/usr/local/bin/palisade"
+install -D -m 0755 "$target/$host/plugin/palisade" "$rootfs/usr/local/bin/palisade"
 install -D -m 0755 "$target/release/palisadectl" "$rootfs/usr/local/bin/palisadectl"
 for f in "$root"/conf/config/*; do
   install -D -m 0644 "$f" "$rootfs/usr/share/palisade/config/$(basename "$f")"
