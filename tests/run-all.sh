@@ -58,7 +58,7 @@ shared_samples() {
     if [ -d "../shared/$d" ]; then echo "../shared/$d"; else echo "integration/shared-samples/$d"; fi
   done
 }
-mapfile -t samples < <(shared_samples scenarios-sample)
+mapfile -t samples < <(shared_samples scenarios-sample scenarios-sample-cnp scenarios-sample-external)
 scenarios=(integration/scenarios "${samples[@]}")
 stage "scenarios, IPv4"
 integration/run-scenarios --family v4 "${scenarios[@]}"

@@ -47,6 +47,7 @@ collect_logs() {
     --prefix --tail=-1 > "$artifacts/palisade-agent.log" 2>&1 || true
   kubectl get pods -A -o wide > "$artifacts/pods.txt" 2>&1 || true
   kubectl get networkpolicies -A -o yaml > "$artifacts/networkpolicies.yaml" 2>&1 || true
+  kubectl get clusternetworkpolicies -o yaml > "$artifacts/clusternetworkpolicies.yaml" 2>&1 || true
   echo "logs collected in $artifacts" >&2
 }
 cleanup() {

@@ -186,8 +186,12 @@ fn execute(
                     }
                 }
             }
-            Step::DeletePolicy { namespace, name } => {
-                let w = cluster.delete_policy(namespace, name)?;
+            Step::DeletePolicy {
+                kind,
+                namespace,
+                name,
+            } => {
+                let w = cluster.delete_policy(*kind, namespace, name)?;
                 wait(cluster, w, opts, &what)?;
             }
             Step::UpdatePodLabels { pod, change } => {

@@ -10,6 +10,7 @@
 //! a typo there would silently drop a check.
 
 use crate::matrix::Matrix;
+pub use palisade_policy::model::policy::PolicyKind;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -234,11 +235,14 @@ pub enum Step {
         /// `None`: the policy must be accepted (the scenario cannot go on otherwise), but the
         /// file did not say so explicitly.
         expect: Option<Expect>,
-        /// The NetworkPolicy as written, templates not yet substituted.
+        /// The NetworkPolicy or ClusterNetworkPolicy as written, templates not yet
+        /// substituted ([`policy_kind`] tells which).
         policy: Value,
         note: Option<String>,
     },
     DeletePolicy {
+        kind: PolicyKind,
+        /// Empty for a ClusterNetworkPolicy (cluster-scoped).
         namespace: String,
         name: String,
     },
@@ -275,7 +279,10 @@ impl Step {
                     .map(str::to_string)
                     .or_else(|| meta["generateName"].as_str().map(|g| format!("{g}*")))
                     .unwrap_or_else(|| "?".into());
-                let ns = meta["namespace"].as_str().unwrap_or("?");
+                let ns = match policy_kind(policy) {
+                    PolicyKind::NetworkPolicy => meta["namespace"].as_str().unwrap_or("?"),
+                    PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+                };
                 let mode = match mode {
                     ApplyMode::Create => "create",
                     ApplyMode::Update => "update",
@@ -287,7 +294,14 @@ impl Step {
                 };
                 format!("apply_policy {mode} {ns}/{name}{expect}")
             }
-            Step::DeletePolicy { namespace, name } => format!("delete_policy {namespace}/{name}"),
+            Step::DeletePolicy {
+                kind: PolicyKind::NetworkPolicy,
+                namespace,
+                name,
+            } => format!("delete_policy {namespace}/{name}"),
+            Step::DeletePolicy { name, .. } => {
+                format!("delete_policy ClusterNetworkPolicy/{name}")
+            }
             Step::UpdatePodLabels { pod, change } => {
                 format!("update_pod_labels {pod} {}", change.describe())
             }
@@ -298,6 +312,15 @@ impl Step {
             Step::DeletePod { pod } => format!("delete_pod {pod}"),
             Step::Probe(p) => format!("probe {}/{}", p.protocol, p.port),
         }
+    }
+}
+
+/// Which kind an `apply_policy` object is: its `kind` (absent: NetworkPolicy, as the format
+/// had only that kind at first).
+pub fn policy_kind(policy: &Value) -> PolicyKind {
+    match policy["kind"].as_str() {
+        Some("ClusterNetworkPolicy") => PolicyKind::ClusterNetworkPolicy,
+        _ => PolicyKind::NetworkPolicy,
     }
 }
 
@@ -658,6 +681,9 @@ struct RawStep {
     policy: Option<Value>,
     #[serde(default)]
     note: Option<String>,
+    /// `delete_policy`: `ClusterNetworkPolicy`, or absent for a NetworkPolicy.
+    #[serde(default)]
+    kind: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
@@ -918,14 +944,26 @@ impl RawStep {
                             note: self.note,
                         })
                     }
-                    "delete_policy" => Ok(Step::DeletePolicy {
-                        namespace: self
-                            .namespace
-                            .ok_or_else(|| invalid("delete_policy without `namespace`"))?,
-                        name: self
+                    "delete_policy" => {
+                        let name = self
                             .name
-                            .ok_or_else(|| invalid("delete_policy without `name`"))?,
-                    }),
+                            .ok_or_else(|| invalid("delete_policy without `name`"))?;
+                        match self.kind.as_deref() {
+                            None | Some("NetworkPolicy") => Ok(Step::DeletePolicy {
+                                kind: PolicyKind::NetworkPolicy,
+                                namespace: self
+                                    .namespace
+                                    .ok_or_else(|| invalid("delete_policy without `namespace`"))?,
+                                name,
+                            }),
+                            Some("ClusterNetworkPolicy") => Ok(Step::DeletePolicy {
+                                kind: PolicyKind::ClusterNetworkPolicy,
+                                namespace: String::new(),
+                                name,
+                            }),
+                            Some(other) => Err(invalid(format!("delete_policy: kind {other:?}"))),
+                        }
+                    }
                     "update_pod_labels" => Ok(Step::UpdatePodLabels {
                         pod: pod_ref(&self.pod)?,
                         change: LabelChange {
@@ -1184,15 +1222,51 @@ steps:
     }
 
     #[test]
+    fn cluster_network_policy_steps() {
+        let s = Scenario::parse(
+            "id: c\nmodel: {}\nsteps:\n\
+             - action: apply_policy\n  policy: {apiVersion: policy.networking.k8s.io/v1alpha2, kind: ClusterNetworkPolicy, metadata: {name: d}, spec: {}}\n\
+             - {action: delete_policy, kind: ClusterNetworkPolicy, name: d}\n\
+             - {action: delete_policy, namespace: x, name: p}\n",
+        )
+        .unwrap();
+        let Step::ApplyPolicy { policy, .. } = &s.steps[0] else {
+            panic!()
+        };
+        assert_eq!(policy_kind(policy), PolicyKind::ClusterNetworkPolicy);
+        assert_eq!(
+            s.steps[0].describe(),
+            "apply_policy create ClusterNetworkPolicy/d"
+        );
+        assert_eq!(
+            s.steps[1],
+            Step::DeletePolicy {
+                kind: PolicyKind::ClusterNetworkPolicy,
+                namespace: String::new(),
+                name: "d".into()
+            }
+        );
+        assert_eq!(
+            s.steps[1].describe(),
+            "delete_policy ClusterNetworkPolicy/d"
+        );
+        assert_eq!(s.steps[2].describe(), "delete_policy x/p");
+        let bad = "id: c\nsteps:\n- {action: delete_policy, kind: Pod, name: d}\n";
+        assert!(Scenario::parse(bad).is_err());
+    }
+
+    #[test]
     fn every_checked_in_scenario_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-        let mut n = 0;
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            if e.path().extension().is_some_and(|x| x == "yaml") {
-                Scenario::from_file(&e.path()).unwrap();
-                n += 1;
-            }
+        let files = crate::runner::collect_files(std::slice::from_ref(&dir)).unwrap();
+        for f in &files {
+            Scenario::from_file(f).unwrap();
         }
-        assert!(n >= 40, "only {n} scenarios in {}", dir.display());
+        assert!(
+            files.len() >= 40,
+            "only {} scenarios in {}",
+            files.len(),
+            dir.display()
+        );
     }
 }

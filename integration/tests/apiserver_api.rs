@@ -815,6 +815,7 @@ async fn discovery_and_version() {
     assert_eq!(core["kind"], "APIResourceList");
     let (_, groups) = http.call("GET", "/apis", None).await;
     assert_eq!(groups["groups"][0]["name"], "networking.k8s.io");
+    assert_eq!(groups["groups"][1]["name"], "policy.networking.k8s.io");
     let (_, net) = http.call("GET", "/apis/networking.k8s.io/v1", None).await;
     assert_eq!(net["resources"][0]["name"], "networkpolicies");
 }
@@ -838,4 +839,158 @@ fn runs_on_its_own_thread_for_blocking_callers() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"kubernetes.io/metadata.name\":\"x\""));
+}
+
+const CNP_PATH: &str = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
+
+fn cluster_policy(name: &str, priority: i64) -> Value {
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {"tier": "Admin", "priority": priority,
+                 "subject": {"namespaces": {"matchLabels": {"team": "a"}}},
+                 "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]},
+    })
+}
+
+/// The cluster-scoped custom resource: discovery, create, list, watch, replace, delete.
+#[tokio::test]
+async fn cluster_network_policies_are_served_like_a_crd() {
+    let (server, http) = start().await;
+    let (_, groups) = http.call("GET", "/apis", None).await;
+    assert_eq!(groups["groups"][1]["name"], "policy.networking.k8s.io");
+    assert_eq!(
+        groups["groups"][1]["preferredVersion"]["groupVersion"],
+        "policy.networking.k8s.io/v1alpha2"
+    );
+    let (status, list) = http
+        .call("GET", "/apis/policy.networking.k8s.io/v1alpha2", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["resources"][0]["name"], "clusternetworkpolicies");
+    assert_eq!(list["resources"][0]["namespaced"], false);
+
+    let (status, listed) = http.call("GET", CNP_PATH, None).await;
+    assert_eq!(
+        (status, listed["kind"].as_str()),
+        (200, Some("ClusterNetworkPolicyList"))
+    );
+    let mut watch = http
+        .watch(&format!(
+            "{CNP_PATH}?watch=1&resourceVersion={}",
+            listed["metadata"]["resourceVersion"].as_str().unwrap()
+        ))
+        .await;
+    let (status, created) = http
+        .call("POST", CNP_PATH, Some(cluster_policy("deny", 10)))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert!(created["metadata"].get("namespace").is_none());
+    let event = watch.change().await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("deny"))
+    );
+
+    let mut replaced = created.clone();
+    replaced["spec"]["priority"] = json!(20);
+    let (status, stored) = http
+        .call("PUT", &format!("{CNP_PATH}/deny"), Some(replaced))
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["metadata"]["generation"], 2);
+    let event = watch.change().await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["object"]["spec"]["priority"].as_i64()
+        ),
+        (Some("MODIFIED"), Some(20))
+    );
+
+    let (status, one) = http.call("GET", &format!("{CNP_PATH}/deny"), None).await;
+    assert_eq!((status, one["spec"]["tier"].as_str()), (200, Some("Admin")));
+    // Not namespaced: there is no namespaced path.
+    let (status, _) = http
+        .call(
+            "GET",
+            "/apis/policy.networking.k8s.io/v1alpha2/namespaces/x/clusternetworkpolicies",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, _) = http.call("DELETE", &format!("{CNP_PATH}/deny"), None).await;
+    assert_eq!(status, 200);
+    let event = watch.change().await;
+    assert_eq!(event["type"], "DELETED");
+    assert!(server
+        .get(Kind::ClusterNetworkPolicy, None, "deny")
+        .is_none());
+}
+
+/// As the API server with the CRD's structural schema and CEL rules: unknown fields pruned,
+/// schema violations and wrong types refused with 422 and their causes.
+#[tokio::test]
+async fn invalid_cluster_network_policies_get_422() {
+    let (server, http) = start().await;
+    let mut bad = cluster_policy("bad", 1001);
+    bad["spec"]["egress"] = json!([{"action": "Deny", "to": [{"networks": ["10.0.0.0/8"]}],
+                                    "protocols": [{"udp": {"destinationPort": {"range": {"start": 60, "end": 53}}}}]}]);
+    let (status, body) = http.call("POST", CNP_PATH, Some(bad)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["details"]["kind"], "ClusterNetworkPolicy");
+    assert_eq!(body["details"]["group"], "policy.networking.k8s.io");
+    assert_eq!(
+        body["details"]["causes"],
+        json!([
+            {"reason": "FieldValueInvalid", "field": "spec.priority",
+             "message": "Invalid value: 1001: spec.priority in body should be less than or equal to 1000"},
+            {"reason": "FieldValueInvalid", "field": "spec.egress[0].protocols[0].udp.destinationPort.range",
+             "message": "Invalid value: \"object\": Start port must be less than End port"},
+        ])
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("ClusterNetworkPolicy.policy.networking.k8s.io \"bad\" is invalid: ["));
+
+    let mut wrong_type = cluster_policy("typed", 1);
+    wrong_type["spec"]["priority"] = json!("high");
+    let (status, body) = http.call("POST", CNP_PATH, Some(wrong_type)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        "Invalid value: \"string\": spec.priority in body must be of type integer: \"string\""
+    );
+
+    // Pruning: an unknown field goes, and an ingress peer's `networks` (egress only) too,
+    // which leaves that peer empty: refused.
+    let mut unknown = cluster_policy("pruned", 3);
+    unknown["spec"]["color"] = json!("blue");
+    unknown["spec"]["ingress"][0]["from"][0]["namespaces"]["extra"] = json!(1);
+    let stored = server.create(Kind::ClusterNetworkPolicy, unknown).unwrap();
+    assert!(stored["spec"].get("color").is_none());
+    assert_eq!(
+        stored["spec"]["ingress"][0]["from"][0]["namespaces"],
+        json!({})
+    );
+    let mut networks_in = cluster_policy("ingress-networks", 3);
+    networks_in["spec"]["ingress"][0]["from"] = json!([{"networks": ["10.0.0.0/8"]}]);
+    let err = server
+        .create(Kind::ClusterNetworkPolicy, networks_in)
+        .unwrap_err();
+    assert_eq!(err.code, 422);
+    assert_eq!(
+        err.details.causes[0].message,
+        "Invalid value: 0: spec.ingress[0].from[0] in body should have at least 1 properties"
+    );
+    // The samples' `tcp: {}`: accepted (every TCP port).
+    let mut any_tcp = cluster_policy("any-tcp", 4);
+    any_tcp["spec"]["ingress"][0]["protocols"] = json!([{"tcp": {}}]);
+    server.create(Kind::ClusterNetworkPolicy, any_tcp).unwrap();
 }

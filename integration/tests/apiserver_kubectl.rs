@@ -473,3 +473,91 @@ fn the_binary_writes_a_kubeconfig_kubectl_uses() {
         "{names}"
     );
 }
+
+const CLUSTER_POLICY: &str = "\
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata:
+  name: deny-ops
+spec:
+  tier: Admin
+  priority: 10
+  subject:
+    namespaces:
+      matchLabels:
+        team: a
+  ingress:
+  - name: no-ops
+    action: Deny
+    from:
+    - namespaces:
+        matchLabels:
+          team: ops
+";
+
+const CLUSTER_POLICY_INVALID: &str = "\
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata:
+  name: bad-tier
+spec:
+  tier: Developer
+  priority: 10
+  subject:
+    namespaces: {}
+";
+
+/// ClusterNetworkPolicy through kubectl: create, the CRD's printer columns, the short name,
+/// replace, the 422 of an invalid one, delete.
+#[test]
+fn kubectl_serves_cluster_network_policies() {
+    let Some((server, kubectl, scratch)) = setup("cnp") else {
+        return;
+    };
+    let manifest = scratch.file("cnp.yaml", CLUSTER_POLICY);
+    let out = kubectl.ok(&["create", "-f", manifest.to_str().unwrap()]);
+    assert!(
+        out.contains("clusternetworkpolicy.policy.networking.k8s.io/deny-ops created"),
+        "{out}"
+    );
+    let out = kubectl.ok(&["get", "clusternetworkpolicies"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "TIER", "PRIORITY", "AGE"], "{out}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["deny-ops", "Admin", "10"], "{out}");
+    let by_short_name = kubectl.ok(&["get", "cnp", "deny-ops", "-o", "json"]);
+    let stored: Value = serde_json::from_str(&by_short_name).unwrap();
+    assert_eq!(stored["spec"]["ingress"][0]["name"], "no-ops");
+
+    let replaced = scratch.file(
+        "cnp-replaced.yaml",
+        &CLUSTER_POLICY.replace("priority: 10", "priority: 30"),
+    );
+    let out = kubectl.ok(&["replace", "-f", replaced.to_str().unwrap()]);
+    assert!(out.contains("replaced"), "{out}");
+    assert_eq!(
+        server
+            .get(Kind::ClusterNetworkPolicy, None, "deny-ops")
+            .unwrap()["spec"]["priority"],
+        30
+    );
+
+    let invalid = scratch.file("cnp-invalid.yaml", CLUSTER_POLICY_INVALID);
+    let out = kubectl.run(&["create", "-f", invalid.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("The ClusterNetworkPolicy \"bad-tier\" is invalid")
+            && stderr.contains(
+                "spec.tier: Unsupported value: \"Developer\": supported values: \"Admin\", \"Baseline\""
+            ),
+        "{stderr}"
+    );
+
+    let out = kubectl.ok(&["delete", "clusternetworkpolicy", "deny-ops"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(server
+        .get(Kind::ClusterNetworkPolicy, None, "deny-ops")
+        .is_none());
+}

@@ -236,7 +236,97 @@ fn rbac_grants_only_reads_of_what_the_agent_watches() {
         }
     }
     granted.sort();
-    assert_eq!(granted, ["namespaces", "networkpolicies", "nodes", "pods"]);
+    assert_eq!(
+        granted,
+        [
+            "clusternetworkpolicies",
+            "namespaces",
+            "networkpolicies",
+            "nodes",
+            "pods"
+        ]
+    );
+}
+
+/// The ClusterNetworkPolicy CRD names the resource the agent watches and the stand-in serves,
+/// and its schema and CEL rules say what `model::validate` checks (the stand-in's and the
+/// agent's validation are written from it).
+#[test]
+fn cluster_network_policy_crd_matches_what_palisade_serves_and_checks() {
+    use palisade_integration::apiserver::Kind;
+    use palisade_policy::model::validate::{CIDR_RULE, NAMED_PORT_RULE, RANGE_RULE};
+    let crd = manifests()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "CustomResourceDefinition")
+        .expect("a CRD in conf/")
+        .1;
+    let kind = Kind::ClusterNetworkPolicy;
+    let spec = &crd["spec"];
+    assert_eq!(spec["group"], kind.group());
+    assert_eq!(
+        crd["metadata"]["name"],
+        format!("{}.{}", kind.plural(), kind.group())
+    );
+    assert_eq!(spec["names"]["kind"], kind.name());
+    assert_eq!(spec["names"]["plural"], kind.plural());
+    assert_eq!(spec["names"]["singular"], kind.singular());
+    assert_eq!(
+        spec["names"]["shortNames"],
+        serde_json::json!(kind.short_names())
+    );
+    assert_eq!(spec["scope"], "Cluster");
+    let version = &spec["versions"][0];
+    assert_eq!(version["name"], kind.version());
+    assert!(version["served"] == true && version["storage"] == true);
+    assert!(version["subresources"]["status"].is_object());
+    // A `*.k8s.io` group: without the approval annotation the API server refuses the CRD.
+    assert!(crd["metadata"]["annotations"]["api-approved.kubernetes.io"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("https://")));
+    let schema = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        schema["required"],
+        serde_json::json!(["tier", "priority", "subject"])
+    );
+    assert_eq!(
+        schema["properties"]["tier"]["enum"],
+        serde_json::json!(["Admin", "Baseline"])
+    );
+    let priority = &schema["properties"]["priority"];
+    assert_eq!(
+        (priority["minimum"].as_i64(), priority["maximum"].as_i64()),
+        (Some(0), Some(1000))
+    );
+    let egress = &schema["properties"]["egress"]["items"];
+    assert_eq!(
+        egress["properties"]["action"]["enum"],
+        serde_json::json!(["Accept", "Deny", "Pass"])
+    );
+    let keys = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&egress["properties"]["to"]["items"]["properties"]),
+        ["namespaces", "networks", "nodes", "pods"]
+    );
+    let ingress = &schema["properties"]["ingress"]["items"]["properties"];
+    assert_eq!(
+        keys(&ingress["from"]["items"]["properties"]),
+        ["namespaces", "pods"]
+    );
+    // Every CEL message the CRD carries is one the validator reports.
+    let text = serde_json::to_string(&crd).unwrap();
+    for message in [NAMED_PORT_RULE, RANGE_RULE, CIDR_RULE] {
+        assert!(
+            text.contains(&format!("\"message\":\"{message}\"")),
+            "{message}"
+        );
+    }
+    let messages = text.matches("\"message\":").count();
+    // The range rule under tcp, udp and sctp in both directions, the CIDR and named-port rules.
+    assert_eq!(messages, 6 + 2);
 }
 
 /// A built binary of the workspace: in `PALISADE_BIN_DIR`, else the newer of

@@ -60,12 +60,7 @@ fn scenarios_dir() -> PathBuf {
 }
 
 fn all_scenarios() -> Vec<Scenario> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
+    let files = palisade_integration::runner::collect_files(&[scenarios_dir()]).unwrap();
     files
         .iter()
         .map(|f| Scenario::from_file(f).unwrap())
@@ -478,9 +473,10 @@ fn api_validation_scenarios_pass_through_kubectl() {
     let opts = rig.options();
     let scenarios: Vec<Scenario> = all_scenarios()
         .into_iter()
-        .filter(|s| s.id.starts_with("api-validation"))
+        .filter(|s| s.id.contains("api-validation"))
         .collect();
-    assert_eq!(scenarios.len(), 3);
+    // NetworkPolicy's three and ClusterNetworkPolicy's (cluster-scoped, through the CRD).
+    assert_eq!(scenarios.len(), 4);
     for s in &scenarios {
         let r = run_scenario(s, &opts);
         assert!(r.passed, "{}:\n{}", s.id, r.report);

@@ -1,5 +1,6 @@
 //! The scenario files as oracles for `palisadectl reach`: for every probe of every
-//! reachability scenario (`integration/scenarios/` and `../shared/scenarios-sample/`), the
+//! reachability scenario (`integration/scenarios/` and the shared samples `scenarios-sample/`
+//! and `scenarios-sample-cnp/`, beside the checkout or in `integration/shared-samples/`), the
 //! cluster state at that step (namespaces, pods with synthetic IPs laid out like the netns
 //! cluster's, policies with templates substituted) is written out as manifests, the real
 //! `palisadectl reach -o json --port P --protocol X` runs on them, and every cell the probe
@@ -12,8 +13,8 @@
 
 use palisade_integration::cluster::EXTERNAL_IPV4;
 use palisade_integration::scenario::{
-    substitute_templates, Addresses, ContainerKind, PodRef, PodSpec, Scenario, ScenarioKind, Step,
-    EXTERNAL, NAMESPACE_NAME_LABEL,
+    policy_kind, substitute_templates, Addresses, ContainerKind, PodRef, PodSpec, PolicyKind,
+    Scenario, ScenarioKind, Step, EXTERNAL, NAMESPACE_NAME_LABEL,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -69,22 +70,18 @@ fn palisadectl() -> PathBuf {
 }
 
 fn scenario_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in [
-        workspace_root().join("integration/scenarios"),
-        workspace_root().join("../shared/scenarios-sample"),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            eprintln!("note: no scenario folder {}", dir.display());
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(p);
-            }
-        }
+    let mut dirs = vec![workspace_root().join("integration/scenarios")];
+    for folder in ["scenarios-sample", "scenarios-sample-cnp"] {
+        let beside = workspace_root().join("../shared").join(folder);
+        dirs.push(if beside.is_dir() {
+            beside
+        } else {
+            workspace_root()
+                .join("integration/shared-samples")
+                .join(folder)
+        });
     }
+    let mut files = palisade_integration::runner::collect_files(&dirs).expect("scenario folders");
     files.sort();
     files
 }
@@ -99,7 +96,8 @@ struct SimPod {
 struct Sim {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: BTreeMap<PodRef, SimPod>,
-    policies: BTreeMap<(String, String), Value>,
+    /// By kind, namespace (empty for the cluster-scoped kind) and name.
+    policies: BTreeMap<(PolicyKind, String, String), Value>,
     round_robin: usize,
     next_host: [u8; NODES],
     generated: usize,
@@ -161,10 +159,14 @@ impl Sim {
                     external: Some(IpAddr::V4(EXTERNAL_IPV4)),
                 };
                 let mut p = substitute_templates(policy, &addrs).map_err(|e| e.to_string())?;
-                let ns = p["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("default")
-                    .to_string();
+                let kind = policy_kind(&p);
+                let ns = match kind {
+                    PolicyKind::NetworkPolicy => p["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("default")
+                        .to_string(),
+                    PolicyKind::ClusterNetworkPolicy => String::new(),
+                };
                 if p["metadata"]["name"].as_str().unwrap_or("").is_empty() {
                     let prefix = p["metadata"]["generateName"]
                         .as_str()
@@ -174,10 +176,15 @@ impl Sim {
                     p["metadata"]["name"] = json!(format!("{prefix}gen{}", self.generated));
                 }
                 let name = p["metadata"]["name"].as_str().unwrap().to_string();
-                self.policies.insert((ns, name), p);
+                self.policies.insert((kind, ns, name), p);
             }
-            Step::DeletePolicy { namespace, name } => {
-                self.policies.remove(&(namespace.clone(), name.clone()));
+            Step::DeletePolicy {
+                kind,
+                namespace,
+                name,
+            } => {
+                self.policies
+                    .remove(&(*kind, namespace.clone(), name.clone()));
             }
             Step::UpdatePodLabels { pod, change } => {
                 let p = self.pods.get_mut(pod).ok_or(format!("no pod {pod}"))?;
@@ -236,9 +243,9 @@ impl Sim {
                 "status": {"phase": "Running", "podIPs": [{"ip": p.ip.to_string()}]},
             }));
         }
-        for p in self.policies.values() {
+        for ((kind, _, _), p) in &self.policies {
             let mut p = p.clone();
-            p["kind"] = json!("NetworkPolicy");
+            p["kind"] = json!(format!("{kind:?}"));
             items.push(p);
         }
         json!({"apiVersion": "v1", "kind": "List", "items": items})
@@ -384,6 +391,17 @@ fn reach_from_the_api_server_equals_reach_from_manifests() {
                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]},
         }),
     ));
+    // y's pods reach x's server on 80, whatever NetworkPolicy says (Admin tier).
+    items.push((
+        Kind::ClusterNetworkPolicy,
+        json!({
+            "metadata": {"name": "y-to-servers"},
+            "spec": {"tier": "Admin", "priority": 5,
+                     "subject": {"pods": {"podSelector": {"matchLabels": {"app": "server"}}}},
+                     "ingress": [{"action": "Accept", "from": [{"namespaces": {"matchLabels": {"team": "y"}}}],
+                                  "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]},
+        }),
+    ));
     let mut manifest = Vec::new();
     for (kind, obj) in items {
         let stored = api
@@ -397,12 +415,7 @@ fn reach_from_the_api_server_equals_reach_from_manifests() {
                 .unwrap_or_else(|e| panic!("{e:?}"));
         }
         let mut o = obj;
-        o["kind"] = json!(match kind {
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::Node => "Node",
-            Kind::NetworkPolicy => "NetworkPolicy",
-        });
+        o["kind"] = json!(kind.name());
         manifest.push(o);
     }
     let file = dir.0.join("objects.json");
@@ -441,7 +454,9 @@ fn reach_from_the_api_server_equals_reach_from_manifests() {
     assert_eq!(from_api, from_file);
     let v: Value = serde_json::from_str(&from_api).unwrap();
     assert_eq!(v["80/TCP"]["x/b"]["x/a"], json!(true));
-    assert_eq!(v["80/TCP"]["y/c"]["x/a"], json!(false));
+    // NetworkPolicy alone denies y/c, the ClusterNetworkPolicy listed from the API accepts.
+    assert_eq!(v["80/TCP"]["y/c"]["x/a"], json!(true));
+    assert_eq!(v["80/TCP"]["y/c"]["x/b"], json!(true));
 
     // Without --kubeconfig, kubectl's loading rules. A second kubeconfig whose
     // current-context names a server nobody listens on, and which also defines a context of

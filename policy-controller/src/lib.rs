@@ -1,11 +1,15 @@
 //! Palisade's policy controller.
 //!
-//! How a NetworkPolicy becomes nftables, stage by stage (DESIGN.md "The agent"):
+//! How a NetworkPolicy (or ClusterNetworkPolicy) becomes nftables, stage by stage (DESIGN.md
+//! "The agent"):
 //!
 //! 1. [`model`]: cluster state (pods, namespaces, policies, nodes) from the API objects;
 //!    [`model::validate`] rejects what the API server would.
-//! 2. [`compile`]: state + node name → [`ruleset::Ruleset`] (pure: no kube, no nft).
-//! 3. [`nft`]: ruleset → diff against what is programmed → one nftables transaction.
+//! 2. [`model::policy`]: every policy kind translated into one normalized model (tier,
+//!    priority, rule order, action, subject, peers, ports); the compiler reads only that.
+//! 3. [`compile`]: normalized policies + state + node name → [`ruleset::Ruleset`] (pure: no
+//!    kube, no nft).
+//! 4. [`nft`]: ruleset → diff against what is programmed → one nftables transaction.
 //!
 //! [`eval`] holds the reference evaluator of the API semantics and the interpreter that walks
 //! a compiled ruleset; property tests require them to agree.

@@ -97,6 +97,12 @@ impl TestAgent {
             .await
     }
 
+    /// The names of the ClusterNetworkPolicies the agent compiles from.
+    fn cluster_policies(&self) -> Vec<String> {
+        let c = self.running.compiler.lock().unwrap();
+        c.state().cluster_network_policies.keys().cloned().collect()
+    }
+
     fn has_pod(&self, ns: &str, name: &str) -> bool {
         let c = self.running.compiler.lock().unwrap();
         c.state().pods.contains_key(&ObjectKey::new(ns, name))
@@ -263,7 +269,7 @@ async fn agent_programs_the_cluster_and_reports_programmed_versions() {
             .lock()
             .unwrap()
             .state()
-            .policies
+            .network_policies
             .len(),
         2
     );
@@ -560,5 +566,96 @@ async fn install_cni_renders_the_node_conflist_and_uninstall_removes_it() {
     assert!(!dir.join("conf/10-palisade.conflist").exists());
     assert!(!dir.join("bin/palisade").exists());
     let _ = std::fs::remove_dir_all(&dir);
+    api.shutdown().await;
+}
+
+/// ClusterNetworkPolicies: watched, enforced, reported with their resourceVersion; one the
+/// API accepts but whose selector has no meaning (the CRD does not check operators) is
+/// reported invalid in `/status` and skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policies_are_watched_and_invalid_ones_reported() {
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    seed(&api);
+    let agent = TestAgent::start(&api, "node-1").await;
+    agent.wait_status("ready", |s| s["ready"] == true).await;
+    let cnp = api
+        .create(
+            Kind::ClusterNetworkPolicy,
+            json!({"metadata": {"name": "admin-deny"},
+                   "spec": {"tier": "Admin", "priority": 5, "subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        )
+        .unwrap();
+    agent
+        .wait_programmed("clusternetworkpolicies", rv_of(&cnp))
+        .await;
+    assert_eq!(agent.cluster_policies(), ["admin-deny"]);
+    let bad = api
+        .create(
+            Kind::ClusterNetworkPolicy,
+            json!({"metadata": {"name": "bad-operator"},
+                   "spec": {"tier": "Baseline", "priority": 5,
+                            "subject": {"pods": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Like"}]}}},
+                            "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}}),
+        )
+        .unwrap();
+    let s = agent
+        .wait_programmed("clusternetworkpolicies", rv_of(&bad))
+        .await;
+    let invalid = &s["invalidPolicies"];
+    assert_eq!(invalid.as_array().unwrap().len(), 1, "{s:#}");
+    assert_eq!(invalid[0]["kind"], "ClusterNetworkPolicy");
+    assert_eq!(invalid[0]["name"], "bad-operator");
+    assert!(invalid[0]["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("spec.subject.pods.podSelector.matchExpressions[0].operator"));
+    assert_eq!(
+        agent.cluster_policies(),
+        ["admin-deny"],
+        "the invalid one skipped"
+    );
+    let (_, body) = debug_get(&agent.running.debug_socket, "/debug/state").await;
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        state["clusternetworkpolicies"][0]["metadata"]["name"],
+        "admin-deny"
+    );
+    let gone = api
+        .delete(Kind::ClusterNetworkPolicy, None, "admin-deny")
+        .unwrap();
+    agent
+        .wait_programmed("clusternetworkpolicies", rv_of(&gone))
+        .await;
+    assert!(agent.cluster_policies().is_empty());
+    api.shutdown().await;
+}
+
+/// A cluster without the ClusterNetworkPolicy CRD: the list is a 404, which means "none";
+/// the agent is ready and enforces everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cluster_network_policy_crd_means_none() {
+    let config = palisade_integration::apiserver::ApiServerConfig {
+        cluster_network_policy_crd: false,
+        ..Default::default()
+    };
+    let api = ApiServer::start_with("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    seed(&api);
+    let agent = TestAgent::start(&api, "node-1").await;
+    let s = agent.wait_status("ready", |s| s["ready"] == true).await;
+    assert_eq!(s["lastError"], Value::Null, "{s:#}");
+    assert!(agent.has_pod("x", "a"));
+    let p = api
+        .create(
+            Kind::NetworkPolicy,
+            json!({"metadata": {"namespace": "x", "name": "more"}, "spec": {"podSelector": {}}}),
+        )
+        .unwrap();
+    agent.wait_programmed("networkpolicies", rv_of(&p)).await;
+    assert!(agent.cluster_policies().is_empty());
     api.shutdown().await;
 }

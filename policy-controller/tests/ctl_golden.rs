@@ -226,3 +226,71 @@ fn explain_egress_denial_and_external_endpoints() {
     assert_eq!(v["ingress"]["verdict"], "denied");
     assert_eq!(v["disagreements"], serde_json::json!([]));
 }
+
+/// ClusterNetworkPolicies: the tier, policy and rule that decided, and a Pass on the way.
+#[test]
+fn explain_names_the_tier_policy_and_rule_of_cluster_policies() {
+    for (golden, from, to, port, protocol) in [
+        (
+            "explain-cnp-pass-then-networkpolicy.txt",
+            "y/probe",
+            "x/web",
+            "80",
+            "TCP",
+        ),
+        (
+            "explain-cnp-admin-deny.txt",
+            "y/probe",
+            "x/web",
+            "53",
+            "UDP",
+        ),
+        (
+            "explain-cnp-baseline-deny.txt",
+            "x/client",
+            "203.0.113.7",
+            "443",
+            "TCP",
+        ),
+    ] {
+        let (code, out, err) = ctl(&[
+            "explain",
+            "-f",
+            "manifests",
+            "cluster-policies.yaml",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+            "--protocol",
+            protocol,
+            "--color",
+            "never",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        check_golden(golden, &out);
+        assert!(
+            err.contains("ClusterNetworkPolicy broken-range is invalid and skipped")
+                && err.contains("Start port must be less than End port"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn reach_with_cluster_policies() {
+    let (code, out, err) = ctl(&[
+        "reach",
+        "-f",
+        "manifests",
+        "cluster-policies.yaml",
+        "--port",
+        "80",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    check_golden("reach-80-cluster-policies.txt", &out);
+}

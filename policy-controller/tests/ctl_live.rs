@@ -5,25 +5,25 @@
 
 use palisade_policy::agent::debug_state;
 use palisade_policy::ctl::manifests;
+use palisade_testutil::TempDir;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
 
-/// Serves `routes` (request target → body) on a unix socket until the test process ends;
-/// returns the socket's path. Requests are recorded in `<socket>.requests`.
-fn stand_in_agent(routes: Vec<(&'static str, String)>) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "palisadectl-live-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("debug.sock");
+/// A stand-in agent's socket; its directory (socket and request log) goes with it.
+struct StandIn {
+    socket: String,
+    _dir: TempDir,
+}
+
+/// Serves `routes` (request target → body) on a unix socket until the test process ends.
+/// Requests are recorded in `requests` next to the socket.
+fn stand_in_agent(routes: Vec<(&'static str, String)>) -> StandIn {
+    let dir = TempDir::new("palisadectl-live");
+    let socket = dir.path().join("debug.sock");
     let listener = UnixListener::bind(&socket).unwrap();
-    let log = dir.join("requests");
+    let log = dir.path().join("requests");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -57,7 +57,10 @@ fn stand_in_agent(routes: Vec<(&'static str, String)>) -> String {
             let _ = stream.write_all(reply.as_bytes());
         }
     });
-    socket.to_string_lossy().into_owned()
+    StandIn {
+        socket: socket.to_string_lossy().into_owned(),
+        _dir: dir,
+    }
 }
 
 fn golden_manifests() -> std::path::PathBuf {
@@ -80,7 +83,7 @@ fn ctl(args: &[&str]) -> (i32, String, String) {
 fn reach_from_the_agent_state_equals_reach_from_the_manifests() {
     let loaded = manifests::build_state(&manifests::load_paths(&[golden_manifests()]).unwrap());
     let state = debug_state::debug_state("node-1", &loaded.state).to_string();
-    let url = stand_in_agent(vec![("/debug/state", state)]);
+    let agent = stand_in_agent(vec![("/debug/state", state)]);
     let files = golden_manifests();
     let (code, from_files, err) = ctl(&[
         "reach",
@@ -92,7 +95,15 @@ fn reach_from_the_agent_state_equals_reach_from_the_manifests() {
         "json",
     ]);
     assert_eq!(code, 0, "{err}");
-    let (code, from_agent, err) = ctl(&["reach", "--agent", &url, "--port", "80", "-o", "json"]);
+    let (code, from_agent, err) = ctl(&[
+        "reach",
+        "--agent",
+        &agent.socket,
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(from_agent, from_files);
     assert!(from_agent.contains("\"x/web\""), "{from_agent}");
@@ -100,8 +111,8 @@ fn reach_from_the_agent_state_equals_reach_from_the_manifests() {
 
 #[test]
 fn an_agent_without_debug_state_is_a_clear_error() {
-    let url = stand_in_agent(vec![]);
-    let (code, _, err) = ctl(&["reach", "--agent", &url, "--port", "80"]);
+    let agent = stand_in_agent(vec![]);
+    let (code, _, err) = ctl(&["reach", "--agent", &agent.socket, "--port", "80"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("HTTP 404") && err.contains("no /debug/state endpoint"),
@@ -119,11 +130,11 @@ fn status_prints_readiness_versions_and_invalid_policies() {
         "invalidPolicies": [{"namespace": "x", "name": "bad", "errors": ["spec.ingress[0].ports[0].port: Invalid value: 0"]}],
         "masquerade": {"ipv4": true, "ipv6": false, "nonMasqueradeCIDRs": ["10.0.0.0/8", "192.0.2.0/24"], "clusterCIDRs": []},
     });
-    let url = stand_in_agent(vec![("/status", status.to_string())]);
+    let agent = stand_in_agent(vec![("/status", status.to_string())]);
     let (code, out, err) = ctl(&[
         "status",
         "--agent",
-        &url,
+        &agent.socket,
         "--nft-netns",
         "/nonexistent/palisadectl-test-netns",
     ]);
@@ -142,7 +153,7 @@ fn status_prints_readiness_versions_and_invalid_policies() {
     let (code, out, _) = ctl(&[
         "status",
         "--agent",
-        &url,
+        &agent.socket,
         "--nft-netns",
         "/nonexistent/x",
         "-o",
@@ -157,11 +168,11 @@ fn status_prints_readiness_versions_and_invalid_policies() {
 #[test]
 fn status_of_an_agent_not_ready_exits_4_and_no_agent_exits_1() {
     let status = serde_json::json!({"ready": false, "node": "node-1"});
-    let socket = stand_in_agent(vec![("/status", status.to_string())]);
+    let agent = stand_in_agent(vec![("/status", status.to_string())]);
     let (code, out, _) = ctl(&[
         "status",
         "--agent",
-        &socket,
+        &agent.socket,
         "--nft-netns",
         "/nonexistent/x",
     ]);
@@ -191,9 +202,17 @@ fn drops_prints_the_agents_drops_and_sends_the_filter() {
         drop("y/client", "x/db", 5432),
         drop("y/other", "x/web", 80)
     );
-    let socket = stand_in_agent(vec![("/drops", body)]);
+    let agent = stand_in_agent(vec![("/drops", body)]);
     let (code, out, err) = ctl(&[
-        "drops", "--agent", &socket, "-n", "x", "--pod", "db", "--last", "7",
+        "drops",
+        "--agent",
+        &agent.socket,
+        "-n",
+        "x",
+        "--pod",
+        "db",
+        "--last",
+        "7",
     ]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -207,13 +226,20 @@ fn drops_prints_the_agents_drops_and_sends_the_filter() {
         "{out}"
     );
     assert!(err.contains("skipped 2 drops"), "{err}");
-    let requests = std::fs::read_to_string(Path::new(&socket).with_file_name("requests")).unwrap();
+    let requests =
+        std::fs::read_to_string(Path::new(&agent.socket).with_file_name("requests")).unwrap();
     assert_eq!(requests.trim(), "/drops?last=7&namespace=x&pod=db");
-    let (_, json, _) = ctl(&["drops", "--agent", &socket, "-o", "json"]);
+    let (_, json, _) = ctl(&["drops", "--agent", &agent.socket, "-o", "json"]);
     let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     assert_eq!(first["dstPort"], 5432);
     let (_, wide, _) = ctl(&[
-        "drops", "--agent", &socket, "-o", "wide", "--color", "never",
+        "drops",
+        "--agent",
+        &agent.socket,
+        "-o",
+        "wide",
+        "--color",
+        "never",
     ]);
     assert!(
         wide.lines()
@@ -250,11 +276,11 @@ fn explain_walks_the_programmed_table() {
     });
     nft.apply(&ruleset).unwrap();
     let state = debug_state::debug_state("node-1", &loaded.state).to_string();
-    let url = stand_in_agent(vec![("/debug/state", state)]);
+    let agent = stand_in_agent(vec![("/debug/state", state)]);
     let (code, out, err) = ctl(&[
         "explain",
         "--agent",
-        &url,
+        &agent.socket,
         "--nft-netns",
         netns.path().to_str().unwrap(),
         "--from",
@@ -286,7 +312,7 @@ fn explain_walks_the_programmed_table() {
     let (code, text, _) = ctl(&[
         "explain",
         "--agent",
-        &url,
+        &agent.socket,
         "--nft-netns",
         netns.path().to_str().unwrap(),
         "--from",

@@ -94,6 +94,7 @@ impl Cluster {
                         format!("10.70.{n}.0/24").parse().unwrap(),
                         format!("fd70:{n}::/64").parse().unwrap(),
                     ],
+                    ..NodeInfo::default()
                 },
             );
             let key = ObjectKey::new("x", pod);
@@ -149,7 +150,9 @@ impl Cluster {
             "spec": spec,
         }))
         .unwrap();
-        self.state.policies.insert(ObjectKey::new("x", name), p);
+        self.state
+            .network_policies
+            .insert(ObjectKey::new("x", name), p);
     }
 }
 

@@ -10,16 +10,20 @@
 //! What is covered: 2-3 nodes; 2-4 namespaces with labels from a small alphabet; 3-10 pods with
 //! labels, IPv4 and (often) IPv6 addresses, named ports on containers, sidecar init containers
 //! and plain init containers (which must not count), host-network, terminating and IP-less
-//! pods; policies with every selector operator, empty selectors, `podSelector` /
+//! pods; NetworkPolicies with every selector operator, empty selectors, `podSelector` /
 //! `namespaceSelector` / both / `ipBlock` (with `except`, both families) peers, missing vs
 //! empty peer and port lists, numeric / named / `endPort` / protocol-only ports over TCP, UDP
-//! and SCTP, `policyTypes` present or absent; packets pod→pod, pod→external, external→pod and
-//! to/from host-network pods, in both families.
+//! and SCTP, `policyTypes` present or absent; ClusterNetworkPolicies in both tiers with
+//! priorities that often tie, both subject forms, Accept / Deny / Pass rules over
+//! `namespaces`, `pods`, `networks` and `nodes` peers, `tcp`/`udp`/`sctp` with a number, a
+//! range or no port, and `destinationNamedPort`; packets pod→pod, pod→external,
+//! external→pod, pod→node and to/from host-network pods, in both families.
 
 use palisade_policy::compile::{CompileOptions, MasqueradeOptions};
 use palisade_policy::eval::interp::{check_ruleset, PathError, Reachability};
 use palisade_policy::eval::reference::{self, Endpoint};
-use palisade_policy::model::api::{self, NetworkPolicy};
+use palisade_policy::model::api::{self, ClusterNetworkPolicy, NetworkPolicy};
+use palisade_policy::model::policy::{Direction, PolicyKind, RuleRef, Tier};
 use palisade_policy::model::{ClusterState, NodeInfo, ObjectKey, PodInfo, Protocol};
 use palisade_policy::ruleset::Family;
 use proptest::prelude::*;
@@ -122,6 +126,7 @@ fn gen_cluster(c: &mut Choices<'_>) -> Gen {
                     format!("10.{n}.0.0/16").parse().unwrap(),
                     format!("fd00:{n}::/64").parse().unwrap(),
                 ],
+                ..NodeInfo::default()
             },
         );
     }
@@ -209,10 +214,133 @@ fn gen_cluster(c: &mut Choices<'_>) -> Gen {
         policy.metadata.namespace = ns.into();
         policy.metadata.name = format!("pol{i}");
         state
-            .policies
+            .network_policies
             .insert(ObjectKey::new(ns, format!("pol{i}")), policy);
     }
+    // Drawn last, so that the cases above keep their bytes.
+    if c.chance(50) {
+        // Issue 15's shape, often: egress to an address block by a named port, which must
+        // resolve on the pod found at the destination address.
+        let ns = NS_NAMES[c.below(namespaces)];
+        let (cidr, _) = gen_cidr(c, &pod_ips);
+        let pods = if c.chance(50) { json!({}) } else { selector(c) };
+        let protocol = if c.chance(60) {
+            "TCP"
+        } else {
+            *c.pick(&PROTOCOLS)
+        };
+        let mut policy: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": "named-by-block"},
+            "spec": {"podSelector": pods, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"ipBlock": {"cidr": cidr}}],
+                                 "ports": [{"port": c.pick(&PORT_NAMES), "protocol": protocol}]}]},
+        }))
+        .unwrap();
+        policy.metadata.namespace = ns.into();
+        state
+            .network_policies
+            .insert(ObjectKey::new(ns, "named-by-block"), policy);
+    }
+    for (i, node) in state.nodes.values_mut().enumerate() {
+        node.addresses = node.internal_ips.clone();
+        if c.chance(30) {
+            // An external address of its own.
+            node.addresses
+                .push(format!("198.51.100.{}", 10 + i).parse().unwrap());
+        }
+        node.labels = labels(c)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap().to_string()))
+            .collect();
+    }
+    let cluster_policies = c.below(5);
+    for i in 0..cluster_policies {
+        let policy = gen_cluster_policy(c, &pod_ips);
+        let mut policy: ClusterNetworkPolicy = serde_json::from_value(policy).unwrap();
+        policy.metadata.name = format!("cnp{i}");
+        state
+            .cluster_network_policies
+            .insert(format!("cnp{i}"), policy);
+    }
     Gen { state, pod_ips }
+}
+
+fn gen_cnp_pods(c: &mut Choices<'_>) -> Value {
+    let mut pods = json!({"podSelector": selector(c)});
+    if c.chance(70) {
+        pods["namespaceSelector"] = selector(c);
+    }
+    pods
+}
+
+fn gen_cnp_peer(c: &mut Choices<'_>, pod_ips: &[IpAddr], egress: bool) -> Value {
+    match c.below(if egress { 5 } else { 2 }) {
+        0 => json!({"namespaces": selector(c)}),
+        1 => json!({"pods": gen_cnp_pods(c)}),
+        2 | 3 => {
+            let n = 1 + c.below(2);
+            json!({"networks": (0..n).map(|_| gen_cidr(c, pod_ips).0).collect::<Vec<_>>()})
+        }
+        _ => json!({"nodes": selector(c)}),
+    }
+}
+
+fn gen_cnp_protocol(c: &mut Choices<'_>, named: bool) -> Value {
+    if named && c.chance(30) {
+        return json!({"destinationNamedPort": c.pick(&PORT_NAMES)});
+    }
+    let proto = *c.pick(&["tcp", "udp", "sctp"]);
+    let port = match c.below(4) {
+        0 => json!({}),
+        1 => json!({"destinationPort": {"number": c.pick(&PORTS)}}),
+        _ => {
+            let start = *c.pick(&PORTS);
+            json!({"destinationPort": {"range": {"start": start, "end": start + 1 + c.below(6) as u16}}})
+        }
+    };
+    json!({ proto: port })
+}
+
+fn gen_cnp_rules(c: &mut Choices<'_>, pod_ips: &[IpAddr], egress: bool) -> Value {
+    let mut rules = Vec::new();
+    for _ in 0..c.below(4) {
+        let action = *c.pick(&["Accept", "Deny", "Pass"]);
+        let peers: Vec<Value> = (0..1 + c.below(2))
+            .map(|_| gen_cnp_peer(c, pod_ips, egress))
+            .collect();
+        // The CRD's CEL rule: no named port towards networks or nodes.
+        let named = !peers
+            .iter()
+            .any(|p| p.get("networks").is_some() || p.get("nodes").is_some());
+        let mut rule = json!({"action": action, if egress { "to" } else { "from" }: peers});
+        if c.chance(60) {
+            let n = 1 + c.below(2);
+            rule["protocols"] = json!((0..n)
+                .map(|_| gen_cnp_protocol(c, named))
+                .collect::<Vec<_>>());
+        }
+        rules.push(rule);
+    }
+    json!(rules)
+}
+
+fn gen_cluster_policy(c: &mut Choices<'_>, pod_ips: &[IpAddr]) -> Value {
+    let tier = *c.pick(&["Admin", "Baseline"]);
+    // Few priorities: ties (decided by name) are common.
+    let priority = *c.pick(&[5u32, 5, 10, 0, 1000]);
+    let subject = if c.chance(50) {
+        json!({"namespaces": selector(c)})
+    } else {
+        json!({"pods": gen_cnp_pods(c)})
+    };
+    let mut spec = json!({"tier": tier, "priority": priority, "subject": subject});
+    if c.chance(70) {
+        spec["ingress"] = gen_cnp_rules(c, pod_ips, false);
+    }
+    if c.chance(70) {
+        spec["egress"] = gen_cnp_rules(c, pod_ips, true);
+    }
+    json!({"metadata": {}, "spec": spec})
 }
 
 fn gen_cidr(c: &mut Choices<'_>, pod_ips: &[IpAddr]) -> (String, Option<IpAddr>) {
@@ -339,7 +467,14 @@ fn gen_policy(c: &mut Choices<'_>, pod_ips: &[IpAddr]) -> Value {
 
 fn gen_endpoint(c: &mut Choices<'_>, g: &Gen) -> Endpoint {
     let pods: Vec<&ObjectKey> = g.state.pods.keys().collect();
-    match c.below(8) {
+    let node_ips: Vec<IpAddr> = g
+        .state
+        .nodes
+        .values()
+        .flat_map(|n| n.addresses.iter().copied())
+        .collect();
+    match c.below(9) {
+        8 if !node_ips.is_empty() => Endpoint::Ip(*c.pick(&node_ips)),
         0 => Endpoint::Ip(*c.pick(&[
             "203.0.113.9".parse().unwrap(),
             "198.51.100.1".parse().unwrap(),
@@ -359,17 +494,76 @@ struct Coverage {
     named_port_allows: (usize, usize),
     /// Same, with source and destination on different nodes.
     named_port_allows_cross_node: (usize, usize),
+    /// Egress allowed by a NetworkPolicy rule with a named port and an ipBlock peer.
+    named_port_through_block: usize,
+    /// ClusterNetworkPolicy decisions: (Admin accept, Admin deny, Baseline accept, Baseline deny).
+    cluster_decided: [usize; 4],
+    /// Directions whose evaluation went through a Pass.
+    passed: usize,
+    /// ClusterNetworkPolicy decisions by a rule with a named port.
+    cluster_named: usize,
+    /// Packets to a node address a `nodes` peer decided.
+    node_peer_decided: usize,
     /// Paths that left their node masqueraded.
     masqueraded: usize,
 }
 
-fn rule_has_named_port(state: &ClusterState, r: &reference::RuleRef) -> bool {
-    let spec = &state.policies[&r.policy].spec;
+/// The kinds of the peers of an egress rule (`ipBlock`, `selector`; `networks`, `nodes`,
+/// `namespaces`, `pods`); none for an ingress rule.
+fn egress_peer_kinds(state: &ClusterState, r: &RuleRef) -> Vec<&'static str> {
+    if r.direction != Direction::Egress {
+        return Vec::new();
+    }
+    match r.policy.kind {
+        PolicyKind::NetworkPolicy => state.network_policies[&r.policy.object_key().unwrap()]
+            .spec
+            .egress
+            .as_ref()
+            .and_then(|v| v[r.index].to.clone())
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                if p.ip_block.is_some() {
+                    "ipBlock"
+                } else {
+                    "selector"
+                }
+            })
+            .collect(),
+        PolicyKind::ClusterNetworkPolicy => state.cluster_network_policies[r.policy.name.as_str()]
+            .spec
+            .egress
+            .as_ref()
+            .and_then(|v| v[r.index].to.clone())
+            .into_iter()
+            .flatten()
+            .map(|p| match p {
+                _ if p.networks.is_some() => "networks",
+                _ if p.nodes.is_some() => "nodes",
+                _ if p.pods.is_some() => "pods",
+                _ => "namespaces",
+            })
+            .collect(),
+    }
+}
+
+fn rule_has_named_port(state: &ClusterState, r: &RuleRef) -> bool {
+    if r.policy.kind == PolicyKind::ClusterNetworkPolicy {
+        let spec = &state.cluster_network_policies[r.policy.name.as_str()].spec;
+        let rules = match r.direction {
+            Direction::Ingress => spec.ingress.as_ref(),
+            Direction::Egress => spec.egress.as_ref(),
+        };
+        return rules
+            .and_then(|v| v[r.index].protocols.clone())
+            .into_iter()
+            .flatten()
+            .any(|p| p.destination_named_port.is_some());
+    }
+    let spec = &state.network_policies[&r.policy.object_key().unwrap()].spec;
     let ports = match r.direction {
-        reference::Direction::Ingress => {
-            spec.ingress.as_ref().and_then(|v| v[r.index].ports.clone())
-        }
-        reference::Direction::Egress => spec.egress.as_ref().and_then(|v| v[r.index].ports.clone()),
+        Direction::Ingress => spec.ingress.as_ref().and_then(|v| v[r.index].ports.clone()),
+        Direction::Egress => spec.egress.as_ref().and_then(|v| v[r.index].ports.clone()),
     };
     ports
         .into_iter()
@@ -448,6 +642,15 @@ fn masquerade_expected(
             None => return false,
         },
     };
+    // The pod's own node, by one of its addresses: delivered there, never leaves.
+    let own_node = src_pod
+        .node
+        .as_ref()
+        .and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.addresses.contains(&dst_ip));
+    if own_node {
+        return false;
+    }
     let on = if dst_ip.is_ipv4() { m.ipv4 } else { m.ipv6 };
     let pod_network = state
         .nodes
@@ -511,7 +714,37 @@ fn check_case_coverage(bytes: &[u8]) -> Result<Coverage, String> {
                 compared += 1;
                 let cross = node_of(&g.state, &src) != node_of(&g.state, &dst);
                 for (i, verdict) in [&w.ingress, &w.egress].into_iter().enumerate() {
+                    if !verdict.passed().is_empty() {
+                        cov.passed += 1;
+                    }
+                    if let reference::DirectionVerdict::Decided {
+                        tier,
+                        rule,
+                        accepted,
+                        ..
+                    } = verdict
+                    {
+                        let slot = match (tier, accepted) {
+                            (Tier::Admin, true) => 0,
+                            (Tier::Admin, false) => 1,
+                            (_, true) => 2,
+                            (_, false) => 3,
+                        };
+                        cov.cluster_decided[slot] += 1;
+                        if rule_has_named_port(&g.state, rule) {
+                            cov.cluster_named += 1;
+                        }
+                        if egress_peer_kinds(&g.state, rule).contains(&"nodes") {
+                            cov.node_peer_decided += 1;
+                        }
+                    }
                     if let reference::DirectionVerdict::Allowed { allowed_by, .. } = verdict {
+                        if allowed_by.iter().any(|r| {
+                            rule_has_named_port(&g.state, r)
+                                && egress_peer_kinds(&g.state, r).contains(&"ipBlock")
+                        }) {
+                            cov.named_port_through_block += 1;
+                        }
                         if allowed_by.iter().any(|r| rule_has_named_port(&g.state, r)) {
                             let slot =
                                 |t: &mut (usize, usize)| if i == 0 { t.0 += 1 } else { t.1 += 1 };
@@ -652,11 +885,28 @@ fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
     for pod in b.pods.values() {
         changes.push(Change::UpsertPod(pod.clone()));
     }
-    for key in a.policies.keys().filter(|k| !b.policies.contains_key(*k)) {
+    for key in a
+        .network_policies
+        .keys()
+        .filter(|k| !b.network_policies.contains_key(*k))
+    {
         changes.push(Change::DeletePolicy(key.clone()));
     }
-    for policy in b.policies.values() {
+    for policy in b.network_policies.values() {
         changes.push(Change::UpsertPolicy(Box::new(policy.clone())));
+    }
+    for name in a
+        .cluster_network_policies
+        .keys()
+        .filter(|k| !b.cluster_network_policies.contains_key(*k))
+    {
+        changes.push(Change::DeleteClusterPolicy(name.clone()));
+    }
+    for policy in b.cluster_network_policies.values() {
+        changes.push(Change::UpsertClusterPolicy(Box::new(policy.clone())));
+    }
+    for node in b.nodes.values() {
+        changes.push(Change::UpsertNode(node.clone()));
     }
     for name in a
         .namespaces
@@ -769,6 +1019,11 @@ fn generator_covers_both_outcomes() {
     let mut compared = 0;
     let mut named = (0, 0);
     let mut named_cross = (0, 0);
+    let mut through_block = 0;
+    let mut cluster_decided = [0; 4];
+    let mut passed = 0;
+    let mut cluster_named = 0;
+    let mut node_peer = 0;
     let mut masqueraded = 0;
     for _ in 0..600 {
         let bytes: Vec<u8> = (0..600)
@@ -785,6 +1040,13 @@ fn generator_covers_both_outcomes() {
         named.1 += cov.named_port_allows.1;
         named_cross.0 += cov.named_port_allows_cross_node.0;
         named_cross.1 += cov.named_port_allows_cross_node.1;
+        through_block += cov.named_port_through_block;
+        for (total, n) in cluster_decided.iter_mut().zip(cov.cluster_decided) {
+            *total += n;
+        }
+        passed += cov.passed;
+        cluster_named += cov.cluster_named;
+        node_peer += cov.node_peer_decided;
         masqueraded += cov.masqueraded;
         let mut c = Choices {
             bytes: &bytes,
@@ -811,10 +1073,24 @@ fn generator_covers_both_outcomes() {
     println!(
         "allowed by named-port rules (ingress, egress): {named:?}, across nodes {named_cross:?}"
     );
+    println!(
+        "egress named ports through an ipBlock: {through_block}; ClusterNetworkPolicy decisions \
+         (Admin accept/deny, Baseline accept/deny): {cluster_decided:?}, by a named-port rule \
+         {cluster_named}, by a nodes peer {node_peer}; through a Pass: {passed}"
+    );
     assert!(
         named_cross.0 > 10 && named_cross.1 > 10,
         "named ports barely exercised"
     );
+    assert!(
+        through_block > 10,
+        "named ports through ipBlocks barely exercised"
+    );
+    assert!(
+        cluster_decided.iter().all(|n| *n > 50) && passed > 50 && cluster_named > 10,
+        "ClusterNetworkPolicy barely exercised"
+    );
+    assert!(node_peer > 5, "nodes peers barely exercised");
     println!("masqueraded paths: {masqueraded}");
     assert!(masqueraded > 300, "masquerade barely exercised");
     assert!(compared > 6000);

@@ -9,10 +9,29 @@ const VERBS: [&str; 7] = [
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
-const NETWORKING: &str = "networking.k8s.io";
 
-fn kinds_in(group: &str) -> impl Iterator<Item = Kind> + '_ {
-    Kind::ALL.into_iter().filter(move |k| k.group() == group)
+fn kinds_in<'a>(served: &'a [Kind], group: &'a str) -> impl Iterator<Item = Kind> + 'a {
+    served.iter().copied().filter(move |k| k.group() == group)
+}
+
+/// The named API groups served, with their (one) version each, in discovery order.
+fn named_groups(served: &[Kind]) -> Vec<(&'static str, &'static str)> {
+    let mut groups: Vec<(&str, &str)> = Vec::new();
+    for &kind in served {
+        let entry = (kind.group(), kind.version());
+        if !kind.group().is_empty() && !groups.contains(&entry) {
+            groups.push(entry);
+        }
+    }
+    groups
+}
+
+/// The version served of a group (`v1` for core), if the group is served.
+fn version_of(served: &[Kind], group: &str) -> Option<&'static str> {
+    served
+        .iter()
+        .find(|k| k.group() == group)
+        .map(|k| k.version())
 }
 
 /// `GET /version`: a 1.32 server (what the real kubectl here expects to be within skew of).
@@ -39,22 +58,25 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_entry() -> Value {
-    let version = json!({"groupVersion": format!("{NETWORKING}/v1"), "version": "v1"});
-    json!({"name": NETWORKING, "versions": [version.clone()], "preferredVersion": version})
+fn group_entry(group: &str, version: &str) -> Value {
+    let version = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [version.clone()], "preferredVersion": version})
 }
 
 /// `GET /apis`.
-pub fn group_list() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]})
+pub fn group_list(served: &[Kind]) -> Value {
+    let groups: Vec<Value> = named_groups(served)
+        .into_iter()
+        .map(|(g, v)| group_entry(g, v))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-/// `GET /apis/networking.k8s.io`, or `None` for another group.
-pub fn group(name: &str) -> Option<Value> {
-    if name != NETWORKING {
-        return None;
-    }
-    let mut group = group_entry();
+/// `GET /apis/<group>` (`networking.k8s.io`, `policy.networking.k8s.io`), or `None` for a
+/// group not served.
+pub fn group(served: &[Kind], name: &str) -> Option<Value> {
+    let version = version_of(served, name).filter(|_| !name.is_empty())?;
+    let mut group = group_entry(name, version);
     group["kind"] = json!("APIGroup");
     group["apiVersion"] = json!("v1");
     Some(group)
@@ -75,13 +97,13 @@ fn api_resource(kind: Kind) -> Value {
     resource
 }
 
-/// `GET /api/v1` (`group` = "") or `/apis/networking.k8s.io/v1`, else `None`.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    if version != "v1" || !(group.is_empty() || group == NETWORKING) {
+/// `GET /api/v1` (`group` = "") or `/apis/<group>/<version>` of a served group, else `None`.
+pub fn resource_list(served: &[Kind], group: &str, version: &str) -> Option<Value> {
+    if version_of(served, group) != Some(version) {
         return None;
     }
     let mut resources = Vec::new();
-    for kind in kinds_in(group) {
+    for kind in kinds_in(served, group) {
         resources.push(api_resource(kind));
         if kind.has_status() {
             resources.push(json!({
@@ -96,7 +118,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let group_version = if group.is_empty() {
         "v1".to_string()
     } else {
-        format!("{group}/v1")
+        format!("{group}/{version}")
     };
     Some(json!({
         "kind": "APIResourceList",
@@ -121,15 +143,19 @@ pub fn wants_aggregated(accept: &str) -> bool {
 }
 
 /// The aggregated discovery list for `/api` (`group` = "") or `/apis` (the named groups).
-pub fn aggregated(core: bool) -> Value {
-    let groups: Vec<&str> = if core { vec![""] } else { vec![NETWORKING] };
+pub fn aggregated(served: &[Kind], core: bool) -> Value {
+    let groups: Vec<(&str, &str)> = if core {
+        vec![("", "v1")]
+    } else {
+        named_groups(served)
+    };
     let items: Vec<Value> = groups
         .into_iter()
-        .map(|group| {
-            let resources: Vec<Value> = kinds_in(group)
+        .map(|(group, version)| {
+            let resources: Vec<Value> = kinds_in(served, group)
                 .map(|kind| {
                     let response_kind =
-                        json!({"group": group, "version": "v1", "kind": kind.name()});
+                        json!({"group": group, "version": version, "kind": kind.name()});
                     let mut resource = json!({
                         "resource": kind.plural(),
                         "responseKind": response_kind,
@@ -157,7 +183,7 @@ pub fn aggregated(core: bool) -> Value {
             }
             json!({
                 "metadata": metadata,
-                "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}],
+                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
             })
         })
         .collect();
@@ -170,28 +196,34 @@ pub fn aggregated(core: bool) -> Value {
 }
 
 /// `GET /openapi/v3`: where each group-version's document is.
-pub fn openapi_v3_root() -> Value {
-    json!({"paths": {
-        "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=palisade-standin-1"},
-        format!("apis/{NETWORKING}/v1"): {
-            "serverRelativeURL": format!("/openapi/v3/apis/{NETWORKING}/v1?hash=palisade-standin-1")
-        },
-    }})
+pub fn openapi_v3_root(served: &[Kind]) -> Value {
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=palisade-standin-1"}),
+    );
+    for (group, version) in named_groups(served) {
+        paths.insert(
+            format!("apis/{group}/{version}"),
+            json!({"serverRelativeURL": format!("/openapi/v3/apis/{group}/{version}?hash=palisade-standin-1")}),
+        );
+    }
+    json!({ "paths": paths })
 }
 
-/// `GET /openapi/v3/api/v1` or `/openapi/v3/apis/networking.k8s.io/v1`: a minimal OpenAPI
+/// `GET /openapi/v3/api/v1` or `/openapi/v3/apis/<group>/<version>`: a minimal OpenAPI
 /// document, without schemas. kubectl (create/replace with the default `--validate=strict`)
 /// reads it only to learn whether the server validates fields itself (a `fieldValidation`
 /// query parameter on the PATCH of the kind); it then leaves validation to the server and
 /// needs no schema. With a 404 here it would fall back to `/openapi/v2` and refuse to work.
-pub fn openapi_v3_group(group: &str, version: &str) -> Option<Value> {
-    resource_list(group, version)?;
+pub fn openapi_v3_group(served: &[Kind], group: &str, version: &str) -> Option<Value> {
+    resource_list(served, group, version)?;
     let mut paths = serde_json::Map::new();
-    for kind in kinds_in(group) {
+    for kind in kinds_in(served, group) {
         let prefix = if group.is_empty() {
             "/api/v1".to_string()
         } else {
-            format!("/apis/{group}/v1")
+            format!("/apis/{group}/{version}")
         };
         let object_path = if kind.namespaced() {
             format!(
@@ -201,7 +233,7 @@ pub fn openapi_v3_group(group: &str, version: &str) -> Option<Value> {
         } else {
             format!("{prefix}/{}/{{name}}", kind.plural())
         };
-        let gvk = json!({"group": group, "version": "v1", "kind": kind.name()});
+        let gvk = json!({"group": group, "version": version, "kind": kind.name()});
         let operation = |action: &str| {
             json!({
                 "x-kubernetes-group-version-kind": gvk,
@@ -245,7 +277,7 @@ mod tests {
 
     #[test]
     fn resource_lists_name_every_kind() {
-        let core = resource_list("", "v1").unwrap();
+        let core = resource_list(&Kind::ALL, "", "v1").unwrap();
         let names: Vec<&str> = core["resources"]
             .as_array()
             .unwrap()
@@ -263,8 +295,26 @@ mod tests {
                 "nodes/status"
             ]
         );
-        let net = resource_list(NETWORKING, "v1").unwrap();
+        let net = resource_list(&Kind::ALL, "networking.k8s.io", "v1").unwrap();
         assert_eq!(net["resources"][0]["shortNames"], json!(["netpol"]));
-        assert!(resource_list("apps", "v1").is_none());
+        assert!(resource_list(&Kind::ALL, "apps", "v1").is_none());
+        let cnp = resource_list(&Kind::ALL, "policy.networking.k8s.io", "v1alpha2").unwrap();
+        assert_eq!(cnp["groupVersion"], "policy.networking.k8s.io/v1alpha2");
+        assert_eq!(cnp["resources"][0]["name"], "clusternetworkpolicies");
+        assert_eq!(cnp["resources"][0]["namespaced"], false);
+        assert_eq!(cnp["resources"][1]["name"], "clusternetworkpolicies/status");
+        assert!(resource_list(&Kind::ALL, "policy.networking.k8s.io", "v1").is_none());
+        // Without the CRD: no such group.
+        let without = &Kind::ALL[..4];
+        assert!(resource_list(without, "policy.networking.k8s.io", "v1alpha2").is_none());
+        assert_eq!(group_list(without)["groups"].as_array().unwrap().len(), 1);
+        let list = group_list(&Kind::ALL);
+        let groups: Vec<&str> = list["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(groups, ["networking.k8s.io", "policy.networking.k8s.io"]);
     }
 }

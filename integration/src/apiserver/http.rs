@@ -342,7 +342,7 @@ struct ResourcePath {
     status: bool,
 }
 
-fn resolve(group: &str, rest: &[String]) -> Option<ResourcePath> {
+fn resolve(group: &str, version: &str, rest: &[String]) -> Option<ResourcePath> {
     let path = |kind: Kind, namespace: Option<&String>, name: Option<&String>, status: bool| {
         Some(ResourcePath {
             kind,
@@ -352,9 +352,15 @@ fn resolve(group: &str, rest: &[String]) -> Option<ResourcePath> {
         })
     };
     match rest {
-        [plural] => path(Kind::from_plural(group, plural)?, None, None, false),
+        [plural] => path(
+            Kind::from_plural(group, version, plural)?,
+            None,
+            None,
+            false,
+        ),
         [ns_word, namespace, plural, tail @ ..] if ns_word == "namespaces" => {
-            if let Some(kind) = Kind::from_plural(group, plural).filter(|k| k.namespaced()) {
+            if let Some(kind) = Kind::from_plural(group, version, plural).filter(|k| k.namespaced())
+            {
                 return match tail {
                     [] => path(kind, Some(namespace), None, false),
                     [name] => path(kind, Some(namespace), Some(name), false),
@@ -371,11 +377,11 @@ fn resolve(group: &str, rest: &[String]) -> Option<ResourcePath> {
             }
         }
         [plural, name] => {
-            let kind = Kind::from_plural(group, plural).filter(|k| !k.namespaced())?;
+            let kind = Kind::from_plural(group, version, plural).filter(|k| !k.namespaced())?;
             path(kind, None, Some(name), false)
         }
         [plural, name, sub] if sub == "status" => {
-            let kind = Kind::from_plural(group, plural).filter(|k| !k.namespaced())?;
+            let kind = Kind::from_plural(group, version, plural).filter(|k| !k.namespaced())?;
             path(kind, None, Some(name), true)
         }
         _ => None,
@@ -415,13 +421,15 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let get = request.method() == Method::GET;
     let aggregated = shared.config.aggregated_discovery && discovery::wants_aggregated(&accept);
+    let served = shared.config.served_kinds();
+    let served = served.as_slice();
     match segs.as_slice() {
         ["version"] if get => return json_response(200, &discovery::version()),
         ["api"] if get => {
             if aggregated {
                 return json_response_typed(
                     200,
-                    &discovery::aggregated(true),
+                    &discovery::aggregated(served, true),
                     discovery::AGGREGATED_CONTENT_TYPE,
                 );
             }
@@ -431,41 +439,41 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             if aggregated {
                 return json_response_typed(
                     200,
-                    &discovery::aggregated(false),
+                    &discovery::aggregated(served, false),
                     discovery::AGGREGATED_CONTENT_TYPE,
                 );
             }
-            return json_response(200, &discovery::group_list());
+            return json_response(200, &discovery::group_list(served));
         }
         ["api", "v1"] if get => {
-            return discovery::resource_list("", "v1")
+            return discovery::resource_list(served, "", "v1")
                 .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
         }
         ["apis", group] if get => {
-            return discovery::group(group)
+            return discovery::group(served, group)
                 .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
         }
-        ["openapi", "v3"] if get => return json_response(200, &discovery::openapi_v3_root()),
+        ["openapi", "v3"] if get => return json_response(200, &discovery::openapi_v3_root(served)),
         ["openapi", "v3", "api", "v1"] if get => {
-            return discovery::openapi_v3_group("", "v1")
+            return discovery::openapi_v3_group(served, "", "v1")
                 .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
         }
         ["openapi", "v3", "apis", group, version] if get => {
-            return discovery::openapi_v3_group(group, version)
+            return discovery::openapi_v3_group(served, group, version)
                 .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
         }
         ["apis", group, version] if get => {
-            return discovery::resource_list(group, version)
+            return discovery::resource_list(served, group, version)
                 .map_or_else(|| not_found_path(&path), |v| json_response(200, &v));
         }
         _ => {}
     }
     let resource = match segs.as_slice() {
-        ["api", "v1", ..] => resolve("", &segments[2..]),
-        ["apis", group, "v1", ..] => resolve(group, &segments[3..]),
+        ["api", "v1", ..] => resolve("", "v1", &segments[2..]),
+        ["apis", group, version, ..] => resolve(group, version, &segments[3..]),
         _ => None,
     };
-    let Some(resource) = resource else {
+    let Some(resource) = resource.filter(|r| served.contains(&r.kind)) else {
         return not_found_path(&path);
     };
     if params.contains_key("dryRun") {
@@ -1074,8 +1082,8 @@ mod tests {
 
     #[test]
     fn paths_resolve_to_resources() {
-        let core = |p: &str| resolve("", &segs(p));
-        let net = |p: &str| resolve("networking.k8s.io", &segs(p));
+        let core = |p: &str| resolve("", "v1", &segs(p));
+        let net = |p: &str| resolve("networking.k8s.io", "v1", &segs(p));
         assert_eq!(core("pods").unwrap().kind, Kind::Pod);
         let pod = core("namespaces/x/pods/a/status").unwrap();
         assert_eq!(
@@ -1101,6 +1109,20 @@ mod tests {
         );
         assert!(net("namespaces/x/networkpolicies/p/status").is_none());
         assert!(net("namespaces/x/pods").is_none());
+        let cnp = |p: &str| resolve("policy.networking.k8s.io", "v1alpha2", &segs(p));
+        let one = cnp("clusternetworkpolicies/deny").unwrap();
+        assert_eq!(
+            (one.kind, one.namespace, one.name.as_deref(), one.status),
+            (Kind::ClusterNetworkPolicy, None, Some("deny"), false)
+        );
+        assert!(cnp("clusternetworkpolicies/deny/status").unwrap().status);
+        assert!(cnp("namespaces/x/clusternetworkpolicies").is_none());
+        assert!(resolve(
+            "policy.networking.k8s.io",
+            "v1",
+            &segs("clusternetworkpolicies")
+        )
+        .is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A local stand-in for the Kubernetes API server: enough of the REST API for Namespaces,
-//! Pods, Nodes (core/v1) and NetworkPolicies (networking.k8s.io/v1) that `palisade-agent`
-//! (kube-rs list/watch) and the real `kubectl` work against it. There is no Kubernetes on
+//! Pods, Nodes (core/v1), NetworkPolicies (networking.k8s.io/v1) and ClusterNetworkPolicies
+//! (policy.networking.k8s.io/v1alpha2, a custom resource: Palisade's CRD in `conf/`) that
+//! `palisade-agent` (kube-rs list/watch) and the real `kubectl` work against it. There is no Kubernetes on
 //! these machines (DESIGN.md "What runs where in tests"); this is what the netns cluster
 //! feeds its agents from.
 //!
@@ -16,6 +17,7 @@
 //! | pods | `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods` | `/api/v1/namespaces/{ns}/pods/{name}` |
 //! | nodes | `/api/v1/nodes` | `/api/v1/nodes/{name}` |
 //! | networkpolicies | `/apis/networking.k8s.io/v1/networkpolicies`, `.../namespaces/{ns}/networkpolicies` | `.../namespaces/{ns}/networkpolicies/{name}` |
+//! | clusternetworkpolicies | `/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies` | `.../clusternetworkpolicies/{name}` |
 //!
 //! Verbs: list (`labelSelector`, `fieldSelector` on `metadata.name`, `metadata.namespace`,
 //! `spec.nodeName`; `limit`/`continue`), watch (`watch=1|true`, `resourceVersion`,
@@ -43,6 +45,11 @@
 //! - NetworkPolicy create/update/patch is validated with
 //!   [`palisade_policy::model::validate::validate_network_policy`]: 422 with a `Status` of
 //!   reason `Invalid` and `details.causes` (field, message).
+//! - ClusterNetworkPolicy as a custom resource of Palisade's CRD: fields the structural schema
+//!   does not know are pruned from `spec` before storing, a field of the wrong type and what
+//!   the schema and CEL rules refuse
+//!   ([`palisade_policy::model::validate::validate_cluster_network_policy`]) is a 422 with
+//!   causes. [`ApiServerConfig::cluster_network_policy_crd`] off: a cluster without the CRD.
 //! - A namespaced create in a namespace that does not exist is refused with 404 NotFound.
 //! - Objects are stored as JSON as sent, so fields the stand-in does not know round-trip.
 //!   Unlike the real server, a Pod's `status` given at create time is kept (the harness sets
@@ -134,6 +141,19 @@ pub struct ApiServerConfig {
     /// An HTTPS listener with a bearer token, beside the plain one (what in-cluster clients
     /// need: [`tls`]).
     pub tls: Option<tls::TlsListener>,
+    /// Serve ClusterNetworkPolicy, as a cluster with Palisade's CRD installed does. Off: the
+    /// resource is not there (404, not in discovery), as in a cluster without the CRD.
+    pub cluster_network_policy_crd: bool,
+}
+
+impl ApiServerConfig {
+    /// The kinds served over HTTP.
+    pub fn served_kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::ClusterNetworkPolicy || self.cluster_network_policy_crd)
+            .collect()
+    }
 }
 
 impl Default for ApiServerConfig {
@@ -144,6 +164,7 @@ impl Default for ApiServerConfig {
             builtin_namespaces: vec!["default".to_string()],
             aggregated_discovery: true,
             tls: None,
+            cluster_network_policy_crd: true,
         }
     }
 }

@@ -52,7 +52,10 @@ fn supported_fields(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Node => &["metadata.name", "spec.unschedulable"],
         Kind::Namespace => &["metadata.name", "status.phase"],
-        Kind::NetworkPolicy => &["metadata.name", "metadata.namespace"],
+        // Custom resources: `metadata.name` and `metadata.namespace` only.
+        Kind::NetworkPolicy | Kind::ClusterNetworkPolicy => {
+            &["metadata.name", "metadata.namespace"]
+        }
     }
 }
 

@@ -14,10 +14,18 @@ pub enum Kind {
     Pod,
     Node,
     NetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha2`, a custom resource (Palisade's CRD in `conf/`).
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::Node, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Node,
+        Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
+    ];
 
     /// `Pod`, `NetworkPolicy`, ...
     pub fn name(self) -> &'static str {
@@ -26,6 +34,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Node => "Node",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
 
@@ -36,6 +45,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Node => "nodes",
             Kind::NetworkPolicy => "networkpolicies",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
         }
     }
 
@@ -45,6 +55,7 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::Node => "node",
             Kind::NetworkPolicy => "networkpolicy",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicy",
         }
     }
 
@@ -54,6 +65,7 @@ impl Kind {
             Kind::Pod => &["po"],
             Kind::Node => &["no"],
             Kind::NetworkPolicy => &["netpol"],
+            Kind::ClusterNetworkPolicy => &["cnp"],
         }
     }
 
@@ -61,14 +73,24 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::NetworkPolicy => "networking.k8s.io",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io",
             _ => "",
         }
     }
 
-    /// `v1` or `networking.k8s.io/v1`.
+    /// The served version of the group.
+    pub fn version(self) -> &'static str {
+        match self {
+            Kind::ClusterNetworkPolicy => "v1alpha2",
+            _ => "v1",
+        }
+    }
+
+    /// `v1`, `networking.k8s.io/v1`, `policy.networking.k8s.io/v1alpha2`.
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
             _ => "v1",
         }
     }
@@ -77,9 +99,15 @@ impl Kind {
         matches!(self, Kind::Pod | Kind::NetworkPolicy)
     }
 
-    /// Has a `/status` subresource whose content a main-resource write cannot change.
+    /// Has a `/status` subresource whose content a main-resource write cannot change (the
+    /// CRD declares one for ClusterNetworkPolicy).
     pub fn has_status(self) -> bool {
         !matches!(self, Kind::NetworkPolicy)
+    }
+
+    /// Its `metadata.generation` counts spec changes (NetworkPolicy, custom resources).
+    pub fn has_generation(self) -> bool {
+        matches!(self, Kind::NetworkPolicy | Kind::ClusterNetworkPolicy)
     }
 
     /// `pods` or `networkpolicies.networking.k8s.io`, as error messages name a resource.
@@ -98,10 +126,10 @@ impl Kind {
         }
     }
 
-    pub fn from_plural(group: &str, plural: &str) -> Option<Kind> {
+    pub fn from_plural(group: &str, version: &str, plural: &str) -> Option<Kind> {
         Kind::ALL
             .into_iter()
-            .find(|k| k.group() == group && k.plural() == plural)
+            .find(|k| k.group() == group && k.version() == version && k.plural() == plural)
     }
 }
 
@@ -644,11 +672,11 @@ impl Inner {
         ] {
             meta.remove(server_set);
         }
-        if kind == Kind::NetworkPolicy {
+        if kind.has_generation() {
             meta.insert("generation".into(), json!(1));
         }
         apply_defaults(kind, &mut object, &name);
-        validate(kind, &object)?;
+        validate(kind, &mut object)?;
         if name.is_empty() {
             return Err(ApiError::invalid(
                 kind,
@@ -740,7 +768,7 @@ impl Inner {
                 meta.remove("namespace");
             }
         }
-        if kind == Kind::NetworkPolicy {
+        if kind.has_generation() {
             let generation = existing["metadata"]["generation"].as_i64().unwrap_or(1);
             let bumped = if new.get("spec") != existing.get("spec") {
                 generation + 1
@@ -750,7 +778,7 @@ impl Inner {
             new["metadata"]["generation"] = json!(bumped);
         }
         apply_defaults(kind, &mut new, &name);
-        validate(kind, &new)?;
+        validate(kind, &mut new)?;
         if new == existing {
             // No-op writes do not bump the version nor make an event (as upstream).
             return Ok((existing, false));
@@ -879,16 +907,23 @@ fn apply_defaults(kind: Kind, object: &mut Value, name: &str) {
                 }
             }
         }
-        Kind::Pod | Kind::Node => {}
+        Kind::Pod | Kind::Node | Kind::ClusterNetworkPolicy => {}
     }
 }
 
-fn validate(kind: Kind, object: &Value) -> Result<(), ApiError> {
-    let name = object["metadata"]["name"].as_str().unwrap_or("");
+/// Validate (and for a custom resource prune, as its structural schema does) an object about
+/// to be stored.
+fn validate(kind: Kind, object: &mut Value) -> Result<(), ApiError> {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let causes = match kind {
         Kind::NetworkPolicy => validation::network_policy_causes(object)?,
+        Kind::ClusterNetworkPolicy => validation::cluster_network_policy_causes(object)?,
         _ => validation::object_meta_causes(kind, object),
     };
+    let name = name.as_str();
     if causes.is_empty() {
         Ok(())
     } else {

@@ -83,6 +83,13 @@ fn columns(kind: Kind) -> Vec<Value> {
             column("Pod-Selector", "string", 0, "Selects the pods to which this NetworkPolicy object applies."),
             age,
         ],
+        // The CRD's additionalPrinterColumns.
+        Kind::ClusterNetworkPolicy => vec![
+            name,
+            column("Tier", "string", 0, ""),
+            column("Priority", "string", 0, ""),
+            column("Age", "date", 0, ""),
+        ],
     }
 }
 
@@ -299,6 +306,19 @@ fn cells(kind: Kind, object: &Value, now: i64) -> Vec<Value> {
             name,
             json!(format_label_selector(&object["spec"]["podSelector"])),
             json!(age(object, now)),
+        ],
+        // As the apiextensions server fills a CRD's columns: the value at the JSONPath (a
+        // `string` column shows a number as text), the creation time itself for a `date`
+        // column (kubectl prints it as an age).
+        Kind::ClusterNetworkPolicy => vec![
+            name,
+            object["spec"]["tier"].clone(),
+            match &object["spec"]["priority"] {
+                Value::Null => Value::Null,
+                Value::String(s) => json!(s),
+                other => json!(other.to_string()),
+            },
+            object["metadata"]["creationTimestamp"].clone(),
         ],
     }
 }

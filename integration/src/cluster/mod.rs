@@ -45,7 +45,9 @@ pub mod probe;
 
 use crate::apiserver::{ApiError, ApiServer, ApiServerConfig, Kind};
 use crate::matrix::Matrix;
-use crate::scenario::{ContainerKind, Destination, Family, Labels, PodRef, PodSpec, Protocol};
+use crate::scenario::{
+    policy_kind, ContainerKind, Destination, Family, Labels, PodRef, PodSpec, PolicyKind, Protocol,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use netns::ClusterNetns;
 use serde_json::{json, Value};
@@ -222,6 +224,7 @@ pub enum WatchedKind {
     Namespaces,
     NetworkPolicies,
     Nodes,
+    ClusterNetworkPolicies,
 }
 
 impl WatchedKind {
@@ -231,6 +234,7 @@ impl WatchedKind {
             WatchedKind::Namespaces => "namespaces",
             WatchedKind::NetworkPolicies => "networkpolicies",
             WatchedKind::Nodes => "nodes",
+            WatchedKind::ClusterNetworkPolicies => "clusternetworkpolicies",
         }
     }
 }
@@ -244,6 +248,17 @@ pub struct ApiWrite {
 }
 
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The API kind and the agents' status key of a policy kind.
+fn policy_kinds(kind: PolicyKind) -> (Kind, WatchedKind) {
+    match kind {
+        PolicyKind::NetworkPolicy => (Kind::NetworkPolicy, WatchedKind::NetworkPolicies),
+        PolicyKind::ClusterNetworkPolicy => (
+            Kind::ClusterNetworkPolicy,
+            WatchedKind::ClusterNetworkPolicies,
+        ),
+    }
+}
 
 fn api_err(e: ApiError) -> anyhow::Error {
     let causes: Vec<String> = e
@@ -1109,22 +1124,24 @@ impl Cluster {
 
     // ---- policies --------------------------------------------------------------------
 
-    /// Create or replace a NetworkPolicy (PUT semantics when it exists). `Ok(Err(_))` is the
-    /// API's refusal (e.g. 422 Invalid), which scenarios may expect.
+    /// Create or replace a NetworkPolicy or ClusterNetworkPolicy (its `kind` says which; PUT
+    /// semantics when it exists). `Ok(Err(_))` is the API's refusal (e.g. 422 Invalid), which
+    /// scenarios may expect.
     pub fn apply_policy(&self, policy: Value) -> Result<Result<(Value, ApiWrite), ApiError>> {
         let at = Instant::now();
+        let (kind, watched) = policy_kinds(policy_kind(&policy));
         let has_name = policy["metadata"]["name"]
             .as_str()
             .is_some_and(|n| !n.is_empty());
         let r = if has_name {
-            self.api().apply(Kind::NetworkPolicy, policy)
+            self.api().apply(kind, policy)
         } else {
-            self.api().create(Kind::NetworkPolicy, policy)
+            self.api().create(kind, policy)
         };
         Ok(match r {
             Ok(obj) => {
                 let w = ApiWrite {
-                    kind: WatchedKind::NetworkPolicies,
+                    kind: watched,
                     resource_version: rv_of(&obj)?,
                     at,
                 };
@@ -1134,15 +1151,29 @@ impl Cluster {
         })
     }
 
-    pub fn delete_policy(&self, namespace: &str, name: &str) -> Result<ApiWrite> {
+    /// Delete a policy (`namespace` is ignored for the cluster-scoped kind).
+    pub fn delete_policy(
+        &self,
+        policy: PolicyKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ApiWrite> {
         let at = Instant::now();
+        let (kind, watched) = policy_kinds(policy);
+        let namespace = kind.namespaced().then_some(namespace);
         let obj = self
             .api()
-            .delete(Kind::NetworkPolicy, Some(namespace), name)
+            .delete(kind, namespace, name)
             .map_err(api_err)
-            .with_context(|| format!("delete NetworkPolicy {namespace}/{name}"))?;
+            .with_context(|| {
+                format!(
+                    "delete {} {}{name}",
+                    kind.name(),
+                    namespace.map(|n| format!("{n}/")).unwrap_or_default()
+                )
+            })?;
         Ok(ApiWrite {
-            kind: WatchedKind::NetworkPolicies,
+            kind: watched,
             resource_version: rv_of(&obj)?,
             at,
         })

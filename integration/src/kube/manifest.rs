@@ -498,8 +498,8 @@ mod tests {
     fn every_checked_in_scenario_pod_has_a_manifest() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut pods = 0;
-        for e in std::fs::read_dir(dir).unwrap() {
-            let s = Scenario::from_file(&e.unwrap().path()).unwrap();
+        for file in crate::runner::collect_files(&[dir]).unwrap() {
+            let s = Scenario::from_file(&file).unwrap();
             let created = s.steps.iter().filter_map(|st| match st {
                 Step::CreatePod { pod } => Some(pod.clone()),
                 _ => None,

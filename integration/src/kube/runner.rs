@@ -14,8 +14,8 @@ use super::probe::{classify, classify_write, exec_args, pod_state, ProbeOutcome,
 use crate::matrix::{compare, render_comparison, Matrix};
 use crate::runner::ScenarioResult;
 use crate::scenario::{
-    substitute_templates, Addresses, Expect, Family, Labels, PodRef, PodSpec, Probe, Scenario,
-    ScenarioKind, Step,
+    policy_kind, substitute_templates, Addresses, Expect, Family, Labels, PodRef, PodSpec,
+    PolicyKind, Probe, Scenario, ScenarioKind, Step,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -81,6 +81,16 @@ pub fn install_signal_cleanup(kubectl: Kubectl, run_id: String, limit: Duration)
                     if let Ok(r) = r {
                         eprint!("{}", r.stdout);
                     }
+                    // Cluster-scoped, so not inside those namespaces (an error when the CRD
+                    // is not installed: then there is nothing to delete).
+                    let r = kubectl.run(
+                        &delete_run_cluster_policies_args(&run_id, limit),
+                        None,
+                        limit,
+                    );
+                    if let Ok(r) = r {
+                        eprint!("{}", r.stdout);
+                    }
                 }
                 std::process::exit(128 + sig);
             }
@@ -99,6 +109,13 @@ pub fn delete_run_namespaces_args(run_id: &str, limit: Duration) -> Vec<String> 
         "--wait=true".into(),
         format!("--timeout={}s", limit.as_secs().max(1)),
     ]
+}
+
+/// `kubectl delete clusternetworkpolicies -l palisade.dev/scenario-run=<id> ...`.
+pub fn delete_run_cluster_policies_args(run_id: &str, limit: Duration) -> Vec<String> {
+    let mut a = delete_run_namespaces_args(run_id, limit);
+    a[1] = "clusternetworkpolicies".into();
+    a
 }
 
 /// A run id: 12 hex digits (a valid label value).
@@ -300,13 +317,23 @@ impl<'a> Session<'a> {
     }
 
     fn apply_policy(&mut self, policy: &Value) -> Result<WriteOutcome> {
+        let mut policy = policy.clone();
+        if policy_kind(&policy) == PolicyKind::ClusterNetworkPolicy {
+            // Cluster-scoped: deleted with the scenario by name, or by this label after an
+            // interruption.
+            policy["metadata"]["labels"][RUN_LABEL] = Value::String(self.opts.run_id.clone());
+        }
+        let policy = &policy;
         let meta = &policy["metadata"];
-        let key = meta["name"].as_str().filter(|n| !n.is_empty()).map(|n| {
-            (
-                meta["namespace"].as_str().unwrap_or("default").to_string(),
-                n.to_string(),
-            )
-        });
+        let namespace = match policy_kind(policy) {
+            PolicyKind::NetworkPolicy => meta["namespace"].as_str().unwrap_or("default"),
+            // Cluster-scoped: no namespace in the key.
+            PolicyKind::ClusterNetworkPolicy => "",
+        };
+        let key = meta["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(|n| (namespace.to_string(), n.to_string()));
         // Both modes upsert: replace what exists (a PUT of the whole object), else create.
         let verb = match &key {
             Some(k) if self.policies.contains(k) => "replace",
@@ -325,9 +352,9 @@ impl<'a> Session<'a> {
         Ok(outcome)
     }
 
-    fn delete_policy(&mut self, namespace: &str, name: &str) -> Result<()> {
-        self.kubectl_ok(
-            &args(&[
+    fn delete_policy(&mut self, kind: PolicyKind, namespace: &str, name: &str) -> Result<()> {
+        let command = match kind {
+            PolicyKind::NetworkPolicy => args(&[
                 "delete",
                 "networkpolicy",
                 "-n",
@@ -335,9 +362,11 @@ impl<'a> Session<'a> {
                 name,
                 "--wait=true",
             ]),
-            None,
-            API_CALL,
-        )?;
+            PolicyKind::ClusterNetworkPolicy => {
+                args(&["delete", "clusternetworkpolicy", name, "--wait=true"])
+            }
+        };
+        self.kubectl_ok(&command, None, API_CALL)?;
         self.policies
             .remove(&(namespace.to_string(), name.to_string()));
         self.changed = true;
@@ -512,8 +541,29 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Delete the namespaces this scenario created and wait until they are gone.
+    /// Delete the ClusterNetworkPolicies and the namespaces this scenario created and wait
+    /// until they are gone.
     fn teardown(&mut self) -> Result<()> {
+        let cluster_policies: Vec<String> = self
+            .policies
+            .iter()
+            .filter(|(ns, _)| ns.is_empty())
+            .map(|(_, name)| name.clone())
+            .collect();
+        if !cluster_policies.is_empty() {
+            let mut a = args(&[
+                "delete",
+                "clusternetworkpolicy",
+                "--ignore-not-found",
+                "--wait=true",
+            ]);
+            a.extend(cluster_policies);
+            self.opts
+                .kubectl
+                .ok(&a, None, API_CALL)
+                .context("delete the scenario's ClusterNetworkPolicies")?;
+            self.policies.retain(|(ns, _)| !ns.is_empty());
+        }
         if self.namespaces.is_empty() {
             return Ok(());
         }
@@ -598,9 +648,13 @@ fn execute(
                     }
                 }
             }
-            Step::DeletePolicy { namespace, name } => {
-                session.delete_policy(namespace, name).context(what)?
-            }
+            Step::DeletePolicy {
+                kind,
+                namespace,
+                name,
+            } => session
+                .delete_policy(*kind, namespace, name)
+                .context(what)?,
             Step::UpdatePodLabels { pod, change } => {
                 let current = &session
                     .pods

@@ -3,7 +3,8 @@
 //!
 //! ```json
 //! {"node": "node-1", "namespaces": [Namespace], "pods": [Pod],
-//!  "networkpolicies": [NetworkPolicy], "nodes": [Node]}
+//!  "networkpolicies": [NetworkPolicy], "nodes": [Node],
+//!  "clusternetworkpolicies": [ClusterNetworkPolicy]}
 //! ```
 //!
 //! Pure: a function of the compiler's [`ClusterState`]. What the state does not keep is not
@@ -43,13 +44,24 @@ pub fn debug_state(node: &str, state: &ClusterState) -> Value {
         .map(|p| with_kind("v1", "Pod", &pod_object(p)))
         .collect();
     let policies: Vec<Value> = state
-        .policies
+        .network_policies
         .values()
         .map(|p| {
             let mut p = p.clone();
             p.api_version
                 .get_or_insert_with(|| "networking.k8s.io/v1".into());
             p.kind.get_or_insert_with(|| "NetworkPolicy".into());
+            serde_json::to_value(&p).unwrap_or(Value::Null)
+        })
+        .collect();
+    let cluster_policies: Vec<Value> = state
+        .cluster_network_policies
+        .values()
+        .map(|p| {
+            let mut p = p.clone();
+            p.api_version
+                .get_or_insert_with(|| "policy.networking.k8s.io/v1alpha2".into());
+            p.kind.get_or_insert_with(|| "ClusterNetworkPolicy".into());
             serde_json::to_value(&p).unwrap_or(Value::Null)
         })
         .collect();
@@ -64,6 +76,7 @@ pub fn debug_state(node: &str, state: &ClusterState) -> Value {
         "pods": pods,
         "networkpolicies": policies,
         "nodes": nodes,
+        "clusternetworkpolicies": cluster_policies,
     })
 }
 
@@ -147,6 +160,7 @@ pub fn node_object(n: &NodeInfo) -> Node {
     Node {
         metadata: ObjectMeta {
             name: n.name.clone(),
+            labels: n.labels.clone(),
             ..ObjectMeta::default()
         },
         spec: NodeSpec {
@@ -154,6 +168,7 @@ pub fn node_object(n: &NodeInfo) -> Node {
             pod_cidrs: n.pod_cidrs.iter().map(|c| c.to_string()).collect(),
         },
         status: NodeStatus {
+            // The other addresses (which type they had is not kept) as external ones.
             addresses: n
                 .internal_ips
                 .iter()
@@ -161,6 +176,15 @@ pub fn node_object(n: &NodeInfo) -> Node {
                     kind: "InternalIP".into(),
                     address: ip.to_string(),
                 })
+                .chain(
+                    n.addresses
+                        .iter()
+                        .filter(|ip| !n.internal_ips.contains(ip))
+                        .map(|ip| NodeAddress {
+                            kind: "ExternalIP".into(),
+                            address: ip.to_string(),
+                        }),
+                )
                 .collect(),
         },
     }
@@ -191,6 +215,11 @@ mod tests {
             name: "node-1".into(),
             internal_ips: vec!["192.0.2.1".parse().unwrap()],
             pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            addresses: vec![
+                "192.0.2.1".parse().unwrap(),
+                "198.51.100.7".parse().unwrap(),
+            ],
         };
         assert_eq!(NodeInfo::from_api(&node_object(&node)), node);
     }

@@ -2,7 +2,7 @@
 //! concern this node, programs them into `inet palisade`, and answers the CNI plugin.
 //!
 //! ```text
-//!  kube::watch (×4) ──ClusterEvent──┐
+//!  kube::watch (×5) ──ClusterEvent──┐
 //!                                   ├─► sync::SyncWorker ─► Compiler ─► Dataplane (nft)
 //!  cni socket ───────CniCommand─────┘         │                          └─► routes (netlink)
 //!                                             └─► status ◄── http (/metrics /status ...)
@@ -13,8 +13,9 @@
 //! (Prometheus text), `/healthz` (200 while the sync worker runs), `/readyz` (200 once the
 //! first full sync is programmed); on `--debug-socket` (unix, root on the node only) the same
 //! plus `/status` (JSON: `ready`, `node`,
-//! `programmedResourceVersions{pods,namespaces,networkpolicies,nodes}`,
-//! `lastSync{durationMs,commands,full}`, `invalidPolicies[{namespace,name,errors}]`, plus
+//! `programmedResourceVersions{pods,namespaces,networkpolicies,nodes,
+//! clusternetworkpolicies}`,
+//! `lastSync{durationMs,commands,full}`, `invalidPolicies[{kind,namespace,name,errors}]`, plus
 //! `lastError`, `malformedObjects`, `pods`, `routes`,
 //! `masquerade{ipv4,ipv6,nonMasqueradeCIDRs,clusterCIDRs}`), `/debug/state` (the cluster state
 //! the agent compiles from, as API objects, for `palisadectl --agent`) and `/drops` (denied

@@ -83,9 +83,9 @@ pub fn parse_flow(ip: &[u8]) -> Option<Flow> {
 /// Direction of the drop as named by the log prefix the compiler writes
 /// (`palisade drop <direction> <chain>`); `unknown` for any other prefix.
 pub fn direction_of(prefix: &str) -> &'static str {
-    match crate::compile::parse_log_prefix(prefix) {
-        Some((crate::eval::reference::Direction::Ingress, _)) => "ingress",
-        Some((crate::eval::reference::Direction::Egress, _)) => "egress",
+    match crate::compile::parse_log_prefix(prefix).map(|p| p.direction) {
+        Some(crate::model::policy::Direction::Ingress) => "ingress",
+        Some(crate::model::policy::Direction::Egress) => "egress",
         None => "unknown",
     }
 }
@@ -100,7 +100,7 @@ fn pod_by_ip<'a>(state: &'a ClusterState, ip: &IpAddr) -> Option<&'a PodInfo> {
 /// Policies that isolate `pod` in `direction` (select it and have that policy type).
 pub fn isolating_policies(state: &ClusterState, pod: &PodInfo, direction: &str) -> Vec<ObjectKey> {
     state
-        .policies
+        .network_policies
         .iter()
         .filter(|(key, p)| {
             let (ingress, egress) = p.spec.effective_policy_types();
@@ -289,17 +289,26 @@ impl DeniedPacket {
             "egress" => src,
             _ => dst,
         };
-        let mut policies: Vec<String> = isolated
-            .map(|pod| isolating_policies(state, pod, direction))
-            .unwrap_or_default()
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+        let parsed = crate::compile::parse_log_prefix(prefix);
+        // A ClusterNetworkPolicy's Deny names its chain and rule.
+        let cluster_rule = parsed.as_ref().and_then(|p| {
+            let policy = crate::compile::names::cluster_policy_of_chain(state, &p.chain)?;
+            Some(format!("{policy} {}[{}]", p.direction, p.rule?))
+        });
+        let mut policies: Vec<String> = match cluster_rule {
+            Some(rule) => vec![rule],
+            None => isolated
+                .map(|pod| isolating_policies(state, pod, direction))
+                .unwrap_or_default()
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+        };
         if policies.is_empty() {
             // No policy selects the pod: the drop is the new-pod guard (its IP is not
             // programmed yet) or a class chain named in the prefix.
-            if let Some((_, chain)) = crate::compile::parse_log_prefix(prefix) {
-                policies.push(format!("chain {chain}"));
+            if let Some(p) = parsed {
+                policies.push(format!("chain {}", p.chain));
             }
         }
         DeniedPacket {
@@ -376,5 +385,59 @@ mod tests {
         assert!(l.admit(&flow(2), t0));
         assert!(!l.admit(&flow(3), t0), "over the rate");
         assert!(l.admit(&flow(4), t0 + Duration::from_secs(1)));
+    }
+
+    /// A ClusterNetworkPolicy's Deny logs its chain and rule: the line names that rule.
+    #[test]
+    fn a_cluster_policy_deny_names_its_rule() {
+        use crate::compile::names::{log_prefix, policy_chain_name};
+        use crate::compile::{CompileOptions, Compiler};
+        use crate::model::policy::{Direction, PolicyRef};
+        let mut state = ClusterState::default();
+        state.upsert_namespace("x", Default::default());
+        let mut pod = |name: &str, ip: &str| {
+            let p = PodInfo {
+                key: ObjectKey::new("x", name),
+                node: Some("n1".into()),
+                labels: Default::default(),
+                ips: vec![ip.parse().unwrap()],
+                host_network: false,
+                terminating: false,
+                named_ports: vec![],
+            };
+            state.pods.insert(p.key.clone(), p);
+        };
+        pod("a", "10.0.0.1");
+        pod("b", "10.0.0.2");
+        let cnp: crate::model::api::ClusterNetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny-x"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Pass", "from": [{"pods": {"podSelector": {"matchLabels": {"a": "b"}}}}]},
+                                 {"action": "Deny", "from": [{"namespaces": {}}]}]},
+        }))
+        .unwrap();
+        state.cluster_network_policies.insert("deny-x".into(), cnp);
+        let compiler = Mutex::new(Compiler::with_state(
+            CompileOptions {
+                node: "n1".into(),
+                fail_closed_new_pods: true,
+                nflog_group: Some(100),
+                masquerade: crate::compile::MasqueradeOptions::enabled(),
+            },
+            state,
+        ));
+        let chain = policy_chain_name(Direction::Ingress, &PolicyRef::cluster("deny-x"));
+        let prefix = log_prefix(Direction::Ingress, &chain, Some(1));
+        let flow = Flow {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            proto: 6,
+            src_port: Some(40000),
+            dst_port: Some(80),
+        };
+        let denied = DeniedPacket::describe(&flow, "ingress", &prefix, &compiler);
+        assert_eq!(denied.policies, ["ClusterNetworkPolicy/deny-x ingress[1]"]);
+        assert_eq!(denied.src_pod.as_deref(), Some("x/a"));
+        assert_eq!(direction_of(&prefix), "ingress");
     }
 }

@@ -131,6 +131,7 @@ mod tests {
                 name: name.into(),
                 internal_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
                 pod_cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
+                ..NodeInfo::default()
             },
         )
     }

@@ -22,7 +22,7 @@ pub struct LastSync {
 pub struct StatusSnapshot {
     /// Per kind (index = `ResourceKind::index`), the newest resourceVersion whose effect is
     /// programmed in nftables.
-    pub programmed_resource_versions: [u64; 4],
+    pub programmed_resource_versions: [u64; ResourceKind::COUNT],
     pub last_sync: Option<LastSync>,
     pub last_error: Option<String>,
     pub invalid_policies: Vec<InvalidPolicy>,
@@ -109,8 +109,9 @@ impl AgentShared {
             })),
             "lastError": s.last_error,
             "invalidPolicies": s.invalid_policies.iter().map(|p| json!({
-                "namespace": p.key.namespace,
-                "name": p.key.name,
+                "kind": format!("{:?}", p.policy.kind),
+                "namespace": p.policy.namespace,
+                "name": p.policy.name,
                 "errors": p.errors,
             })).collect::<Vec<_>>(),
             "malformedObjects": s.malformed_objects.iter().map(|(kind, key, error)| json!({

@@ -584,7 +584,7 @@ mod tests {
     }
 
     async fn list_everything(h: &Harness, rv: u64) {
-        let wrap: [fn(String) -> ClusterEvent; 4] = [
+        let wrap: [fn(String) -> ClusterEvent; 5] = [
             |rv| {
                 ClusterEvent::Pod(WatchEvent::Listed {
                     resource_version: rv,
@@ -602,6 +602,11 @@ mod tests {
             },
             |rv| {
                 ClusterEvent::Node(WatchEvent::Listed {
+                    resource_version: rv,
+                })
+            },
+            |rv| {
+                ClusterEvent::ClusterPolicy(WatchEvent::Listed {
                     resource_version: rv,
                 })
             },

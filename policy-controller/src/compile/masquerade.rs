@@ -252,6 +252,7 @@ mod tests {
                     name: name.to_string(),
                     internal_ips: vec![],
                     pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+                    ..NodeInfo::default()
                 },
             );
         }
@@ -323,6 +324,7 @@ mod tests {
                 format!("10.244.{n}.0/24").parse().unwrap(),
                 format!("fd00:10:244:{n}::/64").parse().unwrap(),
             ],
+            ..NodeInfo::default()
         };
         let mut c = Compiler::with_state(
             CompileOptions {

@@ -9,29 +9,36 @@
 //!   ct state invalid drop
 //!   oifname "pal*" ip daddr != @local4 drop         only with fail_closed_new_pods
 //!   oifname "pal*" ip6 daddr != @local6 drop        (a pod veth whose IP is not programmed)
-//!   ip saddr vmap @egress4                          egress-isolated local pod → its class chain
-//!   ip6 saddr vmap @egress6
-//!   goto ingress-dispatch
+//!   goto egress-admin
 //! chain input              hook input priority 0 (filter), policy accept
 //!   ct state established,related accept
 //!   iifname != "pal*" accept                        only traffic from local pods is checked
 //!   ip6 daddr fe80::/10 accept                      neighbour discovery and other link plumbing
 //!   ip6 daddr ff00::/8 accept
-//!   ip saddr vmap @egress4                          a pod talking to its own node: egress policy
-//!   ip6 saddr vmap @egress6
-//! chain ingress-dispatch
-//!   ip daddr vmap @ingress4                         ingress-isolated local pod → its class chain
-//!   ip6 daddr vmap @ingress6
-//!   accept
-//! chain eg-<hash>          one per distinct set of policies isolating local pods for egress
-//!   jump pe-<policy hash>  ... one per policy, comment "ns/name"
-//!   log group G prefix "palisade drop egress eg-<hash>"   (only with nflog_group)
-//!   drop
-//! chain pe-<policy hash>   one per policy that isolates a local pod for egress
-//!   ip daddr @pods4-<h> meta l4proto . th dport @ports-<h> goto ingress-dispatch
-//!   ip daddr . meta l4proto . th dport @named4-<h> goto ingress-dispatch   (named ports)
-//!   ...                    comment "ns/name egress[i]"
-//! chain in-<hash> / pi-<policy hash>: the same for ingress, `ip saddr`, verdict accept.
+//!   goto egress-admin                               a pod talking to its own node
+//!
+//! The stages, one per direction and tier, in evaluation order:
+//! chain egress-admin       ip saddr vmap @egress-admin4; ip6 saddr vmap @egress-admin6
+//!                          goto egress-np
+//! chain egress-np          ip saddr vmap @egress4 ...;       goto egress-baseline
+//! chain egress-baseline    ip saddr vmap @egress-baseline4 ...; goto ingress-admin
+//! chain ingress-admin      ip daddr vmap @ingress-admin4 ...;  goto ingress-np
+//! chain ingress-np         ip daddr vmap @ingress4 ...;        goto ingress-baseline
+//! chain ingress-baseline   ip daddr vmap @ingress-baseline4 ...; accept
+//!
+//! Class chains, one per tier, direction and distinct list of policies selecting local pods:
+//! chain eg-admin-<hash>    jump cnp-eg-<hash> ... (priority order)   falls off: next stage
+//! chain eg-<hash>          jump pe-<hash> ...; log; counter drop     NetworkPolicy: final
+//! chain eg-baseline-<hash> jump cnp-eg-<hash> ...                    falls off: next stage
+//!
+//! Policy chains, one per policy and direction, the rules in written order:
+//! chain pe-<hash>          ... goto ingress-admin                    (NetworkPolicy allow)
+//! chain cnp-eg-<hash>      ... goto ingress-admin                    Accept
+//!                          ... [log] counter drop                    Deny
+//!                          ... goto egress-np                        Pass (Admin tier)
+//!                          ... goto ingress-admin                    Pass (Baseline tier)
+//!   each rule             comment "ns/name egress[i]" / "ClusterNetworkPolicy/name egress[i] Deny"
+//! chain in-... / pi-... / cnp-in-...: the same for ingress, `ip saddr`, verdict accept.
 //! chain pod-masquerade     hook postrouting priority 100 (nat): outbound masquerade of this
 //!                          node's pods, see [`masquerade`] (from options and Nodes only)
 //! ```
@@ -53,51 +60,67 @@
 //!   there, or an egress-isolated pod could not even resolve its gateway.
 //! - **Replies** are accepted by conntrack (`established,related`), so only the first packet of
 //!   a connection walks the policy chains; `invalid` is dropped before anything else.
-//! - **Egress, then ingress.** The source's egress class chain is reached through `egress4/6`
-//!   when the source is an egress-isolated local pod. A rule that allows jumps with `goto` to
-//!   `ingress-dispatch`, which always ends in a verdict (the destination's ingress class chain
-//!   accepts or drops; a destination without one is accepted): `goto` rather than `return`
-//!   because the allowing rule sits in a per-policy chain below the class chain, and a
-//!   `return` would only get back to the class chain. Nothing matches → the class chain
-//!   drops. A packet whose source is not egress-isolated goes to `ingress-dispatch` directly.
-//! - **Per-packet cost** is a fixed number of hash lookups for pods no policy isolates, and for
-//!   an isolated pod grows with the policies that select it only (its class chain jumps to
-//!   exactly those), never with the number of policies in the cluster.
+//! - **Egress, then ingress; tiers in order.** Each direction walks three stage chains, Admin,
+//!   NetworkPolicy, Baseline; each looks the pod up in its tier's dispatch map and jumps to
+//!   the pod's class chain of that tier, if it has one. An allowed egress goes on with `goto`
+//!   to `ingress-admin`, the destination's evaluation; an allowed ingress accepts. `goto`
+//!   rather than `return`, because the deciding rule sits in a per-policy chain below the
+//!   class chain, and a `return` would only get back to the class chain. A `Pass` is a `goto`
+//!   to the next tier's stage: from a chain two jumps deep that is safe because every path
+//!   from a stage chain ends in a verdict (the last ingress stage accepts), so nothing ever
+//!   returns into the frames it left. Admin and Baseline class chains fall off when no rule
+//!   matches (the stage goes on to the next tier); a NetworkPolicy class chain drops what no
+//!   rule allows (isolation).
+//! - **Per-packet cost** is a fixed number of hash lookups (one per stage) for pods no policy
+//!   selects, and for a selected pod grows with the policies that select it only (its class
+//!   chains jump to exactly those), never with the number of policies in the cluster. Only
+//!   the first packet of a connection walks any of this.
 //! - **Data lives in sets and maps.** Per-policy chains match on named sets: pod IPs of a
 //!   selector (`pods4/6-<h>`, shared by every rule using an equal selector in the same scope),
 //!   ipBlocks (`block4/6-<h>`, interval: the CIDR minus its excepts), numeric ports
-//!   (`ports-<h>`: `meta l4proto . th dport`, interval for endPort) and named ports resolved
-//!   per pod (`named4/6-<h>`: `ip daddr . meta l4proto . th dport`). A pod coming, going or
+//!   (`ports-<h>`: `meta l4proto . th dport`, interval for endPort), node addresses
+//!   (`nodes4/6-<h>`) and named ports resolved per pod (`named4/6-<h>`:
+//!   `ip daddr . meta l4proto . th dport`). A pod coming, going or
 //!   changing labels on another node changes set elements only; a local pod can add or
 //!   remove a class chain (and the chains of policies that start or stop selecting a local
 //!   pod), and changes map elements.
-//! - **Names** are short and deterministic: a prefix and 16 hex digits of a stable hash of
-//!   what the object stands for (the policy's namespace/name, the canonical selector, the
+//! - **Names** are short and deterministic ([`names`]): a prefix and 16 hex digits of a stable
+//!   hash of what the object stands for (the policy's identity, the canonical selector, the
 //!   list of policies), so every agent and every restart computes the same names and the
 //!   dataplane's diff stays minimal. All names are ≤ 31 characters, the limit of old kernels.
 //! - **Denied packets** are logged (NFLOG, rate-limited, in a rule of their own so that the
-//!   limit never skips the drop) with the prefix `palisade drop <direction> <class chain>`;
+//!   limit never skips the drop) with the prefix `palisade drop <direction> <chain>`, the
+//!   NetworkPolicy class chain whose default deny dropped it, or
+//!   `palisade drop <direction> <policy chain> <rule>` for a ClusterNetworkPolicy `Deny`;
 //!   [`describe_chain`] maps the chain back to its policies, the packet's address to the pod.
 //!
 //! # Semantics
-//! Exactly those of [`crate::eval::reference`], which property tests hold this compiler to.
+//! Those of the normalized model ([`crate::model::policy`]: tiers, first match, isolation),
+//! which must equal the API semantics that [`crate::eval::reference`] implements on its own
+//! from the API objects; property tests hold the two together.
 
 pub mod intervals;
 pub mod masquerade;
+pub mod names;
 mod plan;
+mod sets;
 
 pub use masquerade::{MasqueradeOptions, MASQUERADE_CHAIN};
-pub use plan::{
-    describe_chain, parse_log_prefix, parse_rule_comment, ChainDescription, ChainRole,
-    FILTER_PRIORITY, FORWARD_CHAIN, INGRESS_DISPATCH_CHAIN, INPUT_CHAIN, LOG_PREFIX,
+pub use names::{
+    describe_chain, dispatch_map_name, first_stage, parse_log_prefix, parse_rule_comment,
+    stage_chain, ChainDescription, ChainRole, LogPrefix, FILTER_PRIORITY, FORWARD_CHAIN,
+    INPUT_CHAIN, LOG_PREFIX,
 };
 
-use crate::model::api::NetworkPolicy;
+use crate::model::api::{ClusterNetworkPolicy, NetworkPolicy};
+use crate::model::policy::{
+    from_cluster_network_policy, from_network_policy, Policy, PolicyKind, PolicyRef,
+};
 use crate::model::selector::{NamespaceScope, PodSelection};
 use crate::model::Labels;
 use crate::model::{ClusterState, Name, NodeInfo, ObjectKey, PodInfo};
 use crate::ruleset::{Ruleset, Touched};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What the compiler needs to know besides cluster state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,10 +142,16 @@ pub struct CompileOptions {
 pub enum Change {
     UpsertPod(PodInfo),
     DeletePod(ObjectKey),
-    UpsertNamespace { name: String, labels: Labels },
+    UpsertNamespace {
+        name: String,
+        labels: Labels,
+    },
     DeleteNamespace(String),
     UpsertPolicy(Box<NetworkPolicy>),
     DeletePolicy(ObjectKey),
+    UpsertClusterPolicy(Box<ClusterNetworkPolicy>),
+    /// By name.
+    DeleteClusterPolicy(String),
     UpsertNode(NodeInfo),
     DeleteNode(String),
 }
@@ -152,13 +181,19 @@ pub struct Compiler {
     nodes_dirty: bool,
 }
 
-/// Lookup structures over [`ClusterState`], maintained per change.
+/// Lookup structures over [`ClusterState`], maintained per change, and the normalized
+/// policies: the only form of policy the compiler reads.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct StateIndex {
     pub pods_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
-    pub policies_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
     /// Pods on this node (whatever their state).
     pub local_pods: BTreeSet<ObjectKey>,
+    /// Every policy of every kind, translated.
+    pub policies: BTreeMap<PolicyRef, Policy>,
+    /// NetworkPolicies by namespace (their subjects never leave it).
+    pub policies_by_ns: HashMap<Name, BTreeSet<PolicyRef>>,
+    /// ClusterNetworkPolicies (their subjects may be in any namespace).
+    pub cluster_policies: BTreeSet<PolicyRef>,
 }
 
 impl StateIndex {
@@ -167,12 +202,13 @@ impl StateIndex {
         for (key, pod) in &state.pods {
             index.add_pod(key, pod, node);
         }
-        for key in state.policies.keys() {
-            index
-                .policies_by_ns
-                .entry(key.namespace.clone())
-                .or_default()
-                .insert(key.clone());
+        for policy in state.network_policies.values() {
+            index.insert_policy(from_network_policy(policy));
+        }
+        for policy in state.cluster_network_policies.values() {
+            if let Some(policy) = from_cluster_network_policy(policy) {
+                index.insert_policy(policy);
+            }
         }
         index
     }
@@ -196,6 +232,44 @@ impl StateIndex {
         }
         self.local_pods.remove(key);
     }
+
+    fn insert_policy(&mut self, policy: Policy) {
+        let id = policy.id.clone();
+        match id.kind {
+            PolicyKind::NetworkPolicy => {
+                self.policies_by_ns
+                    .entry(id.namespace.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            PolicyKind::ClusterNetworkPolicy => {
+                self.cluster_policies.insert(id.clone());
+            }
+        }
+        self.policies.insert(id, policy);
+    }
+
+    fn remove_policy(&mut self, id: &PolicyRef) {
+        self.policies.remove(id);
+        self.cluster_policies.remove(id);
+        if let Some(set) = self.policies_by_ns.get_mut(id.namespace.as_str()) {
+            set.remove(id);
+            if set.is_empty() {
+                self.policies_by_ns.remove(id.namespace.as_str());
+            }
+        }
+    }
+}
+
+/// Whether policy can select a pod at all (as a subject or a peer): not host-network (its
+/// address is the node's), not terminating, with an address.
+pub(crate) fn selectable(pod: &PodInfo) -> bool {
+    !pod.host_network && !pod.terminating && !pod.ips.is_empty()
+}
+
+/// Whether policy is enforced on a pod: selectable and on a node (which enforces it).
+pub(crate) fn enforced(pod: &PodInfo) -> bool {
+    selectable(pod) && pod.node.is_some()
 }
 
 impl Compiler {
@@ -238,77 +312,109 @@ impl Compiler {
                     .as_ref()
                     .is_some_and(|o| o.node.as_deref() == Some(self.opts.node.as_str()));
                 self.index.remove_pod(&key);
+                self.cache.forget_pod(&key);
                 let new = &self.state.pods[&key];
                 self.index.add_pod(&key, new, &self.opts.node);
                 if new_local || old_local {
                     self.structure_dirty = true;
                 }
                 self.cache
+                    .memberships
                     .pod_changed(&self.state, &key, old.as_ref(), Some(new));
             }
             Change::DeletePod(key) => {
                 if let Some(old) = self.state.pods.remove(&key) {
                     self.index.remove_pod(&key);
+                    self.cache.forget_pod(&key);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
                         self.structure_dirty = true;
                     }
-                    self.cache.pod_changed(&self.state, &key, Some(&old), None);
+                    self.cache
+                        .memberships
+                        .pod_changed(&self.state, &key, Some(&old), None);
                 }
             }
             Change::UpsertNamespace { name, labels } => {
                 self.state.upsert_namespace(&name, labels);
-                self.cache
-                    .namespace_changed(&self.state, &self.index, &name);
+                self.namespace_changed(&name);
             }
             Change::DeleteNamespace(name) => {
                 if self.state.namespaces.remove(&name).is_some() {
-                    self.cache
-                        .namespace_changed(&self.state, &self.index, &name);
+                    self.namespace_changed(&name);
                 }
             }
             Change::UpsertPolicy(policy) => {
                 let key = ObjectKey::new(&policy.metadata.namespace, &policy.metadata.name);
-                if self.state.policies.get(&key) != Some(&*policy) {
-                    self.cache.forget_policy(&key);
-                    self.index
-                        .policies_by_ns
-                        .entry(key.namespace.clone())
-                        .or_default()
-                        .insert(key.clone());
-                    self.state.policies.insert(key, *policy);
-                    self.structure_dirty = true;
+                if self.state.network_policies.get(&key) != Some(&*policy) {
+                    self.set_policy(PolicyRef::network(&key), Some(from_network_policy(&policy)));
+                    self.state.network_policies.insert(key, *policy);
                 }
             }
             Change::DeletePolicy(key) => {
-                if self.state.policies.remove(&key).is_some() {
-                    self.cache.forget_policy(&key);
-                    if let Some(set) = self.index.policies_by_ns.get_mut(key.namespace.as_str()) {
-                        set.remove(&key);
-                        if set.is_empty() {
-                            self.index.policies_by_ns.remove(key.namespace.as_str());
-                        }
-                    }
-                    self.structure_dirty = true;
+                if self.state.network_policies.remove(&key).is_some() {
+                    self.set_policy(PolicyRef::network(&key), None);
                 }
             }
-            // Nodes enter the ruleset only through their pod CIDRs (masquerade); routes to
-            // other nodes are the agent's business.
+            Change::UpsertClusterPolicy(policy) => {
+                let name = policy.metadata.name.clone();
+                if self.state.cluster_network_policies.get(&name) != Some(&*policy) {
+                    self.set_policy(
+                        PolicyRef::cluster(name.as_str()),
+                        from_cluster_network_policy(&policy),
+                    );
+                    self.state.cluster_network_policies.insert(name, *policy);
+                }
+            }
+            Change::DeleteClusterPolicy(name) => {
+                if self.state.cluster_network_policies.remove(&name).is_some() {
+                    self.set_policy(PolicyRef::cluster(name.as_str()), None);
+                }
+            }
+            // Nodes enter the ruleset through their pod CIDRs (masquerade) and as the
+            // addresses of `nodes` peers; routes to other nodes are the agent's business.
             Change::UpsertNode(node) => {
-                let cidrs_changed = self
-                    .state
-                    .nodes
-                    .get(&node.name)
-                    .is_none_or(|old| old.pod_cidrs != node.pod_cidrs);
-                self.state.nodes.insert(node.name.clone(), node);
-                if cidrs_changed {
-                    self.nodes_dirty = true;
+                let old = self.state.nodes.get(&node.name);
+                if old != Some(&node) {
+                    if old.is_none_or(|old| old.pod_cidrs != node.pod_cidrs) {
+                        self.nodes_dirty = true;
+                    }
+                    self.cache.nodes_changed();
+                    self.state.nodes.insert(node.name.clone(), node);
                 }
             }
             Change::DeleteNode(name) => {
                 if self.state.nodes.remove(&name).is_some() {
                     self.nodes_dirty = true;
+                    self.cache.nodes_changed();
                 }
             }
+        }
+    }
+
+    /// A policy's normalized form changed (`None`: it went away, or does not translate).
+    fn set_policy(&mut self, id: PolicyRef, policy: Option<Policy>) {
+        self.cache.forget_policy(&id);
+        self.index.remove_policy(&id);
+        if let Some(policy) = policy {
+            self.index.insert_policy(policy);
+        }
+        self.structure_dirty = true;
+    }
+
+    /// A namespace's labels changed: selections follow; and a ClusterNetworkPolicy may now
+    /// select (or no longer select) this node's pods in it, which changes the structure.
+    fn namespace_changed(&mut self, name: &str) {
+        self.cache
+            .memberships
+            .namespace_changed(&self.state, &self.index, name);
+        self.cache.forget_namespace(name);
+        let local_pods_here = self
+            .index
+            .pods_by_ns
+            .get(name)
+            .is_some_and(|pods| pods.iter().any(|k| self.index.local_pods.contains(k)));
+        if local_pods_here && !self.index.cluster_policies.is_empty() {
+            self.structure_dirty = true;
         }
     }
 
@@ -403,7 +509,7 @@ pub(crate) fn select_pods(
         }
         for key in index.pods_by_ns.get(ns).into_iter().flatten() {
             let pod = &state.pods[key];
-            if crate::eval::reference::is_policy_pod(pod)
+            if selectable(pod)
                 && crate::model::selector::selector_matches(&selection.pods, &pod.labels)
             {
                 out.insert(key.clone());

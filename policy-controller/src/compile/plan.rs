@@ -1,246 +1,94 @@
-//! The compiler proper: which chains, maps and sets the current state needs (the "structure"),
-//! and the elements of each set (materialised from cached selector memberships).
+//! The compiler proper: which chains, maps and sets the current state needs (the
+//! "structure"), built from the normalized policies ([`crate::model::policy`]), and when each
+//! set's elements must be re-materialised.
 
-use super::intervals::{block_ranges, merge_port_ranges, range_to_prefixes};
-use super::{select_pods, CompileOptions, StateIndex};
-use crate::eval::reference::{is_enforced_pod, is_policy_pod, policy_types, Direction};
-use crate::model::api::{IntOrString, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use crate::model::selector::{selector_matches, NamespaceScope, PodSelection};
+use super::intervals::merge_port_ranges;
+use super::names::{
+    class_chain_name, dispatch_map_name, first_stage, log_prefix, policy_chain_name, rule_comment,
+    stage_chain, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN,
+};
+use super::sets::{addr_key, family_of_net, Memberships, SetSpec};
+use super::{enforced, CompileOptions, StateIndex};
+use crate::model::policy::{Action, Direction, Peer, Policy, PolicyRef, PortMatch, RuleRef, Tier};
+use crate::model::selector::PodSelection;
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match,
-    Rule, RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict, VerdictMap,
+    BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, Match, Rule,
+    RuleVerdict, Ruleset, Statement, Touched, Value, Verdict, VerdictMap,
 };
-use ipnet::IpNet;
 use palisade_common::HOST_VETH_PREFIX;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
 
 /// A fast hasher for the compiler's name- and key-indexed caches (looked up thousands of times
 /// per structural rebuild; their keys are not attacker-chosen beyond what the API server
 /// admits, and foldhash seeds per process).
 type Fast = foldhash::fast::RandomState;
 
-pub const FORWARD_CHAIN: &str = "forward";
-pub const INPUT_CHAIN: &str = "input";
-pub const INGRESS_DISPATCH_CHAIN: &str = "ingress-dispatch";
-/// Priority of both base chains: `filter` (0). See the module documentation of `compile`.
-pub const FILTER_PRIORITY: i32 = 0;
-/// NFLOG rate limit per class chain, so a flood of denied packets cannot flood the agent.
+/// NFLOG rate limit per logging rule, so a flood of denied packets cannot flood the agent.
 pub const LOG_RATE_PER_SECOND: u32 = 10;
-/// Prefix of every NFLOG message: `palisade drop <ingress|egress> <class chain>`.
-pub const LOG_PREFIX: &str = "palisade drop";
-
-/// What a set stands for. Its name is a hash of this, so equal specs share one set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub(crate) enum SetSpec {
-    /// Addresses of the pods a selection holds.
-    PodAddrs {
-        selection: PodSelection,
-        family: Family,
-    },
-    /// `addr . proto . port` of named ports resolved on the pods of a selection (only those
-    /// on this node when `local_only`: ingress resolves on the policy's local targets).
-    NamedPorts {
-        selection: PodSelection,
-        local_only: bool,
-        ports: Vec<(String, Protocol)>,
-        family: Family,
-    },
-    /// An ipBlock: the CIDR minus its excepts.
-    Block { cidr: IpNet, except: Vec<IpNet> },
-    /// Numeric ports: (protocol, first, last), merged.
-    Ports(Vec<(Protocol, u16, u16)>),
-    /// Addresses of the pods of this node that the agent knows (fail-closed guard).
-    LocalPods(Family),
-}
-
-impl SetSpec {
-    fn selection(&self) -> Option<&PodSelection> {
-        match self {
-            SetSpec::PodAddrs { selection, .. } | SetSpec::NamedPorts { selection, .. } => {
-                Some(selection)
-            }
-            _ => None,
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            SetSpec::PodAddrs { selection, family } => {
-                format!("pods{}-{}", fam(*family), hash_of(selection))
-            }
-            SetSpec::NamedPorts { family, .. } => {
-                format!("named{}-{}", fam(*family), hash_of(self))
-            }
-            SetSpec::Block { cidr, .. } => {
-                format!("block{}-{}", fam(family_of_net(cidr)), hash_of(self))
-            }
-            SetSpec::Ports(_) => format!("ports-{}", hash_of(self)),
-            SetSpec::LocalPods(family) => format!("local{}", fam(*family)),
-        }
-    }
-}
-
-fn fam(f: Family) -> &'static str {
-    match f {
-        Family::Ipv4 => "4",
-        Family::Ipv6 => "6",
-    }
-}
-
-fn family_of_net(net: &IpNet) -> Family {
-    Family::of(&net.addr())
-}
-
-fn addr_key(f: Family) -> KeyType {
-    match f {
-        Family::Ipv4 => KeyType::Ipv4Addr,
-        Family::Ipv6 => KeyType::Ipv6Addr,
-    }
-}
-
-/// 16 hex digits of FNV-1a 64 over the canonical JSON of `v`: stable across runs, releases
-/// and machines (std's hasher is not).
-pub(crate) fn hash_of<T: Serialize + ?Sized>(v: &T) -> String {
-    let text = serde_json::to_string(v).expect("serialisable");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-pub(crate) fn policy_chain_name(direction: Direction, policy: &ObjectKey) -> String {
-    let prefix = match direction {
-        Direction::Ingress => "pi",
-        Direction::Egress => "pe",
-    };
-    format!("{prefix}-{}", hash_of(&(&policy.namespace, &policy.name)))
-}
-
-pub(crate) fn class_chain_name(direction: Direction, policies: &[ObjectKey]) -> String {
-    let prefix = match direction {
-        Direction::Ingress => "in",
-        Direction::Egress => "eg",
-    };
-    format!("{prefix}-{}", hash_of(policies))
-}
-
-pub(crate) fn dispatch_map_name(direction: Direction, family: Family) -> String {
-    let d = match direction {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
-    format!("{d}{}", fam(family))
-}
 
 /// Caches kept between compiles by [`super::Compiler`]; a fresh one for a full compile.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    /// Selection → the pods it holds, for every selection the current sets use.
-    members: HashMap<PodSelection, BTreeSet<ObjectKey>>,
-    /// Selections whose pods (or those pods' addresses or named ports) changed since their
-    /// sets were last materialised.
-    dirty: HashSet<PodSelection>,
+    pub memberships: Memberships,
+    /// Node labels or addresses changed since the node sets were last materialised.
+    node_sets_stale: bool,
     /// The sets of the current structure, by name.
     specs: HashMap<String, SetSpec, Fast>,
-    /// Per-policy chains as last built, reused while the policy's spec is unchanged (they
-    /// depend on nothing else: the sets they use are named by what they stand for).
-    policy_chains: HashMap<(Direction, ObjectKey), CachedPolicyChain, Fast>,
+    /// Per-policy chains as last built, reused while the policy is unchanged (they depend on
+    /// nothing else: the sets they use are named by what they stand for).
+    policy_chains: HashMap<(Direction, PolicyRef), CachedPolicyChain, Fast>,
     /// [`policy_chain_name`] of the policies in use (a hash of a JSON text: worth keeping).
-    chain_names: HashMap<(Direction, ObjectKey), String, Fast>,
+    chain_names: HashMap<(Direction, PolicyRef), String, Fast>,
+    /// Per local pod, the policies that select it: a local pod change recomputes its own
+    /// entry only (every ClusterNetworkPolicy is a candidate for every pod). Dropped for a pod
+    /// that changes, for the pods of a namespace whose labels change, and entirely when a
+    /// policy changes.
+    selecting: HashMap<ObjectKey, Selecting, Fast>,
 }
 
 #[derive(Debug, Clone)]
 struct CachedPolicyChain {
-    spec: crate::model::api::NetworkPolicySpec,
+    /// What the chain was built from (debug builds check a hit against it).
+    policy: Policy,
     rules: Vec<Rule>,
     /// The sets the rules use, each once.
     sets: Vec<(String, SetSpec)>,
 }
 
 impl Cache {
-    /// A policy changed or went away: its cached chains are no longer current.
-    pub fn forget_policy(&mut self, key: &ObjectKey) {
-        for direction in [Direction::Ingress, Direction::Egress] {
-            self.policy_chains.remove(&(direction, key.clone()));
+    /// A policy changed or went away: its cached chains are no longer current, and which
+    /// policies select which pod may have changed.
+    pub fn forget_policy(&mut self, policy: &PolicyRef) {
+        for direction in Direction::BOTH {
+            self.policy_chains.remove(&(direction, policy.clone()));
         }
+        self.selecting.clear();
     }
 
-    /// A pod was added, changed or removed: keep memberships exact and mark what changed.
-    pub fn pod_changed(
-        &mut self,
-        state: &ClusterState,
-        key: &ObjectKey,
-        old: Option<&PodInfo>,
-        new: Option<&PodInfo>,
-    ) {
-        let ns_labels = state.namespaces.get(key.namespace.as_str());
-        let content_changed = match (old, new) {
-            (Some(o), Some(n)) => {
-                o.ips != n.ips || o.named_ports != n.named_ports || o.node != n.node
-            }
-            _ => true,
-        };
-        for (selection, members) in self.members.iter_mut() {
-            let was = members.contains(key);
-            let now = new.is_some_and(|p| {
-                is_policy_pod(p) && selection.matches(&key.namespace, ns_labels, &p.labels)
-            });
-            if was != now {
-                if now {
-                    members.insert(key.clone());
-                } else {
-                    members.remove(key);
-                }
-                self.dirty.insert(selection.clone());
-            } else if now && content_changed {
-                self.dirty.insert(selection.clone());
-            }
-        }
+    /// A pod changed or went away: the policies selecting it must be found again.
+    pub fn forget_pod(&mut self, pod: &ObjectKey) {
+        self.selecting.remove(pod);
     }
 
-    /// A namespace's labels changed (or it went away): re-test its pods against the
-    /// selections that look at namespace labels.
-    pub fn namespace_changed(&mut self, state: &ClusterState, index: &StateIndex, ns: &str) {
-        let ns_labels = state.namespaces.get(ns);
-        let pods: Vec<&ObjectKey> = index.pods_by_ns.get(ns).into_iter().flatten().collect();
-        for (selection, members) in self.members.iter_mut() {
-            if !matches!(selection.namespaces, NamespaceScope::Matching(_)) {
-                continue;
-            }
-            for key in &pods {
-                let pod = &state.pods[*key];
-                let now = is_policy_pod(pod) && selection.matches(ns, ns_labels, &pod.labels);
-                let changed = if now {
-                    members.insert((*key).clone())
-                } else {
-                    members.remove(*key)
-                };
-                if changed {
-                    self.dirty.insert(selection.clone());
-                }
-            }
-        }
+    /// A namespace's labels changed: so may the policies selecting its pods.
+    pub fn forget_namespace(&mut self, namespace: &str) {
+        self.selecting.retain(|k, _| k.namespace != namespace);
     }
 
-    fn members(
-        &mut self,
-        state: &ClusterState,
-        index: &StateIndex,
-        selection: &PodSelection,
-    ) -> &BTreeSet<ObjectKey> {
-        if !self.members.contains_key(selection) {
-            let pods = select_pods(state, index, selection);
-            self.members.insert(selection.clone(), pods);
-        }
-        &self.members[selection]
+    /// A node was added, changed or removed: the node address sets follow.
+    pub fn nodes_changed(&mut self) {
+        self.node_sets_stale = true;
     }
 
-    /// Only set elements may have changed: re-materialise the sets of dirty selections.
+    fn stale(&self, spec: &SetSpec) -> bool {
+        spec.selection()
+            .is_some_and(|s| self.memberships.dirty.contains(s))
+            || (self.node_sets_stale && spec.follows_nodes())
+    }
+
+    /// Only set elements may have changed: re-materialise the sets of dirty selections (and
+    /// the node sets after a node change).
     pub fn refresh_sets(
         &mut self,
         state: &ClusterState,
@@ -249,26 +97,27 @@ impl Cache {
         out: &mut Ruleset,
         touched: &mut Touched,
     ) {
-        if self.dirty.is_empty() {
+        if self.memberships.dirty.is_empty() && !self.node_sets_stale {
             return;
         }
         let stale: Vec<(String, SetSpec)> = self
             .specs
             .iter()
-            .filter(|(_, spec)| spec.selection().is_some_and(|s| self.dirty.contains(s)))
+            .filter(|(_, spec)| self.stale(spec))
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
         for (name, spec) in stale {
-            let set = self.materialise(state, index, opts, &spec);
+            let set = self.memberships.materialise(state, index, opts, &spec);
             touched.set(&name);
             out.sets.insert(name, set);
         }
-        self.dirty.clear();
+        self.memberships.dirty.clear();
+        self.node_sets_stale = false;
     }
 
     /// Compute the whole structure, reusing (moving) the sets of `previous` that are still
     /// exact: a set's name is a hash of what it stands for, so an equal name is an equal spec,
-    /// and only its elements can be stale (a dirty selection, or local pods).
+    /// and only its elements can be stale (a dirty selection, nodes, or local pods).
     pub fn rebuild(
         &mut self,
         state: &ClusterState,
@@ -279,28 +128,33 @@ impl Cache {
     ) -> Ruleset {
         let mut b = Builder {
             state,
+            index,
             opts,
             specs: HashMap::default(),
             chains: BTreeMap::new(),
             recording: None,
             policy_cache: std::mem::take(&mut self.policy_chains),
             chain_names: std::mem::take(&mut self.chain_names),
+            selecting: std::mem::take(&mut self.selecting),
             used_policies: HashSet::default(),
             previous_chains: std::mem::take(&mut previous.chains),
             reused: HashSet::default(),
         };
-        let maps = b.dispatch(index);
+        let maps = b.dispatch();
         b.base_chains();
         let Builder {
             specs,
             chains,
             mut policy_cache,
             mut chain_names,
+            mut selecting,
             used_policies,
             previous_chains,
             reused,
             ..
         } = b;
+        selecting.retain(|k, _| index.local_pods.contains(k));
+        self.selecting = selecting;
         policy_cache.retain(|k, _| used_policies.contains(k));
         chain_names.retain(|k, _| used_policies.contains(k));
         self.policy_chains = policy_cache;
@@ -325,203 +179,44 @@ impl Cache {
             // The local-pods set follows the node's pods directly. Every other set follows
             // its selection: a pod joining, leaving, or changing IPs, named ports or node
             // (which decides membership of a `local_only` set) marks the selection dirty.
-            let stale = matches!(spec, SetSpec::LocalPods(_))
-                || spec.selection().is_some_and(|s| self.dirty.contains(s));
+            let stale = matches!(spec, SetSpec::LocalPods(_)) || self.stale(spec);
             let set = match previous.sets.remove(name) {
                 Some(set) if !stale => set,
                 _ => {
                     touched.set(name);
-                    self.materialise(state, index, opts, spec)
+                    self.memberships.materialise(state, index, opts, spec)
                 }
             };
             sets.insert(name.clone(), set);
         }
-        // Forget selections no set uses any more, so per-pod bookkeeping stays proportional
-        // to what is in force.
         let used: HashSet<&PodSelection> = specs.values().filter_map(SetSpec::selection).collect();
-        self.members.retain(|s, _| used.contains(s));
-        self.dirty.clear();
+        self.memberships.retain_used(&used);
+        self.node_sets_stale = false;
         self.specs = specs;
         Ruleset { chains, sets, maps }
     }
-
-    fn materialise(
-        &mut self,
-        state: &ClusterState,
-        index: &StateIndex,
-        opts: &CompileOptions,
-        spec: &SetSpec,
-    ) -> Set {
-        let mut set = Set {
-            comment: Some(set_comment(spec)),
-            ..Default::default()
-        };
-        match spec {
-            SetSpec::PodAddrs { selection, family } => {
-                set.key = vec![addr_key(*family)];
-                let members = self.members(state, index, selection);
-                for key in members {
-                    for ip in state.pods[key]
-                        .ips
-                        .iter()
-                        .filter(|ip| Family::of(ip) == *family)
-                    {
-                        set.elements.insert(vec![Value::Addr(*ip)]);
-                    }
-                }
-            }
-            SetSpec::NamedPorts {
-                selection,
-                local_only,
-                ports,
-                family,
-            } => {
-                set.key = vec![addr_key(*family), KeyType::InetProto, KeyType::InetService];
-                let members = self.members(state, index, selection);
-                for key in members {
-                    let pod = &state.pods[key];
-                    if *local_only && pod.node.as_deref() != Some(opts.node.as_str()) {
-                        continue;
-                    }
-                    for (name, proto) in ports {
-                        let Some(port) = pod.resolve_named_port(name, *proto) else {
-                            continue;
-                        };
-                        for ip in pod.ips.iter().filter(|ip| Family::of(ip) == *family) {
-                            set.elements.insert(vec![
-                                Value::Addr(*ip),
-                                Value::Proto(proto.number()),
-                                Value::Port(port),
-                            ]);
-                        }
-                    }
-                }
-            }
-            SetSpec::Block { cidr, except } => {
-                let v4 = cidr.addr().is_ipv4();
-                set.key = vec![addr_key(family_of_net(cidr))];
-                set.interval = true;
-                for &(lo, hi) in block_ranges(cidr, except).ranges() {
-                    for p in range_to_prefixes(lo, hi, v4) {
-                        set.elements.insert(vec![Value::Prefix(p)]);
-                    }
-                }
-            }
-            SetSpec::Ports(ranges) => {
-                set.key = vec![KeyType::InetProto, KeyType::InetService];
-                set.interval = true;
-                for &(proto, lo, hi) in ranges {
-                    let port = if lo == hi {
-                        Value::Port(lo)
-                    } else {
-                        Value::PortRange(lo, hi)
-                    };
-                    set.elements
-                        .insert(vec![Value::Proto(proto.number()), port]);
-                }
-            }
-            SetSpec::LocalPods(family) => {
-                set.key = vec![addr_key(*family)];
-                for key in &index.local_pods {
-                    let pod = &state.pods[key];
-                    // Every local pod the agent knows, terminating ones included: the guard
-                    // is for pods the agent has not seen, not for pods policy ignores.
-                    if pod.host_network {
-                        continue;
-                    }
-                    for ip in pod.ips.iter().filter(|ip| Family::of(ip) == *family) {
-                        set.elements.insert(vec![Value::Addr(*ip)]);
-                    }
-                }
-            }
-        }
-        set
-    }
-}
-
-fn set_comment(spec: &SetSpec) -> String {
-    let text = match spec {
-        SetSpec::PodAddrs { selection, .. } => format!("pods {}", selection.describe()),
-        SetSpec::NamedPorts {
-            selection, ports, ..
-        } => {
-            let names: Vec<String> = ports.iter().map(|(n, p)| format!("{p}/{n}")).collect();
-            format!(
-                "named ports {} on {}",
-                names.join(","),
-                selection.describe()
-            )
-        }
-        SetSpec::Block { cidr, except } => {
-            let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
-            if ex.is_empty() {
-                format!("ipBlock {cidr}")
-            } else {
-                format!("ipBlock {cidr} except {}", ex.join(","))
-            }
-        }
-        SetSpec::Ports(ranges) => {
-            let r: Vec<String> = ranges
-                .iter()
-                .map(|(p, a, b)| {
-                    if a == b {
-                        format!("{p}/{a}")
-                    } else {
-                        format!("{p}/{a}-{b}")
-                    }
-                })
-                .collect();
-            format!("ports {}", r.join(","))
-        }
-        SetSpec::LocalPods(_) => "pods of this node known to the agent".to_string(),
-    };
-    truncate(text, 120)
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
 }
 
 /// Builds chains and maps for one compile, collecting the sets they reference.
 struct Builder<'a> {
     state: &'a ClusterState,
+    index: &'a StateIndex,
     opts: &'a CompileOptions,
     specs: HashMap<String, SetSpec, Fast>,
     chains: BTreeMap<String, Chain>,
     /// While building one policy's chain: the sets it uses, for the cache.
     recording: Option<Vec<(String, SetSpec)>>,
-    policy_cache: HashMap<(Direction, ObjectKey), CachedPolicyChain, Fast>,
-    chain_names: HashMap<(Direction, ObjectKey), String, Fast>,
-    used_policies: HashSet<(Direction, ObjectKey), Fast>,
+    policy_cache: HashMap<(Direction, PolicyRef), CachedPolicyChain, Fast>,
+    chain_names: HashMap<(Direction, PolicyRef), String, Fast>,
+    selecting: HashMap<ObjectKey, Selecting, Fast>,
+    used_policies: HashSet<(Direction, PolicyRef), Fast>,
     /// The chains of the previous output, reused for policy chains served from the cache.
     previous_chains: BTreeMap<String, Chain>,
     /// Chains moved unchanged from the previous output.
     reused: HashSet<String, Fast>,
 }
 
-/// One rule's peers (`from` / `to`) and ports, as written.
-type RuleSection<'a> = (
-    Option<&'a [NetworkPolicyPeer]>,
-    Option<&'a [NetworkPolicyPort]>,
-);
-
-/// One alternative for the far end of a rule.
-enum PeerAlt {
-    /// No peers: everybody, in or outside the cluster.
-    Any,
-    Pods(PodSelection),
-    Block(IpNet, Vec<IpNet>),
-}
-
-/// The ports of one rule.
+/// The ports of one rule, in the shape the sets take.
 struct PortAlts {
     /// No ports: everything.
     any: bool,
@@ -529,12 +224,66 @@ struct PortAlts {
     named: Vec<(String, Protocol)>,
 }
 
+fn port_alternatives(ports: Option<&[PortMatch]>) -> PortAlts {
+    let Some(ports) = ports else {
+        return PortAlts {
+            any: true,
+            numeric: Vec::new(),
+            named: Vec::new(),
+        };
+    };
+    let mut by_proto: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    let mut named = Vec::new();
+    for p in ports {
+        match p {
+            PortMatch::Ports {
+                protocol,
+                first,
+                last,
+            } => by_proto.entry(*protocol).or_default().push((*first, *last)),
+            PortMatch::Named { name, protocol } => named.push((name.clone(), *protocol)),
+        }
+    }
+    let mut numeric = Vec::new();
+    for (proto, ranges) in by_proto {
+        for (a, b) in merge_port_ranges(ranges) {
+            numeric.push((proto, a, b));
+        }
+    }
+    named.sort();
+    named.dedup();
+    PortAlts {
+        any: false,
+        numeric,
+        named,
+    }
+}
+
+/// The pods of this node a tier's policies select in one direction, per tier, in evaluation
+/// order.
+type Selecting = [[Vec<PolicyRef>; 3]; 2];
+
+fn tier_slot(tier: Tier) -> usize {
+    match tier {
+        Tier::Admin => 0,
+        Tier::NetworkPolicy => 1,
+        Tier::Baseline => 2,
+    }
+}
+
+fn direction_slot(direction: Direction) -> usize {
+    match direction {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
 impl Builder<'_> {
     /// [`policy_chain_name`], remembered across compiles.
-    fn policy_chain(&mut self, direction: Direction, key: &ObjectKey) -> String {
+    fn policy_chain(&mut self, direction: Direction, policy: &PolicyRef) -> String {
         self.chain_names
-            .entry((direction, key.clone()))
-            .or_insert_with(|| policy_chain_name(direction, key))
+            .entry((direction, policy.clone()))
+            .or_insert_with(|| policy_chain_name(direction, policy))
             .clone()
     }
 
@@ -547,22 +296,22 @@ impl Builder<'_> {
         name
     }
 
-    /// A policy's chain rules, from the cache when its spec is unchanged.
+    /// A policy's chain rules, from the cache when the policy is unchanged.
     fn cached_policy_rules(
         &mut self,
         direction: Direction,
-        key: &ObjectKey,
         name: &str,
-        policy: &NetworkPolicy,
+        policy: &Policy,
     ) -> Vec<Rule> {
-        let cache_key = (direction, key.clone());
+        let cache_key = (direction, policy.id.clone());
         self.used_policies.insert(cache_key.clone());
         // An entry is dropped whenever its policy changes ([`Cache::forget_policy`]), so a
         // hit is current; debug builds (every test) check that.
         if let Some(cached) = self.policy_cache.get(&cache_key) {
             debug_assert!(
-                cached.spec == policy.spec,
-                "stale policy chain cache: {key}"
+                cached.policy == *policy,
+                "stale policy chain cache: {}",
+                policy.id
             );
             for (name, spec) in &cached.sets {
                 if !self.specs.contains_key(name) {
@@ -573,7 +322,11 @@ impl Builder<'_> {
             // them instead of cloning.
             return match self.previous_chains.remove(name) {
                 Some(chain) => {
-                    debug_assert!(chain.rules == cached.rules, "previous chain of {key}");
+                    debug_assert!(
+                        chain.rules == cached.rules,
+                        "previous chain of {}",
+                        policy.id
+                    );
                     self.reused.insert(name.to_string());
                     chain.rules
                 }
@@ -581,14 +334,14 @@ impl Builder<'_> {
             };
         }
         self.recording = Some(Vec::new());
-        let rules = self.policy_rules(direction, key, policy);
+        let rules = self.policy_rules(direction, name, policy);
         let mut sets = self.recording.take().unwrap_or_default();
         sets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         sets.dedup_by(|a, b| a.0 == b.0);
         self.policy_cache.insert(
             cache_key,
             CachedPolicyChain {
-                spec: policy.spec.clone(),
+                policy: policy.clone(),
                 rules: rules.clone(),
                 sets,
             },
@@ -596,95 +349,138 @@ impl Builder<'_> {
         rules
     }
 
-    /// Class chains, policy chains and the dispatch maps for the enforced pods of this node.
-    fn dispatch(&mut self, index: &StateIndex) -> BTreeMap<String, VerdictMap> {
-        let mut maps = BTreeMap::new();
-        for direction in [Direction::Ingress, Direction::Egress] {
-            for family in [Family::Ipv4, Family::Ipv6] {
-                maps.insert(
-                    dispatch_map_name(direction, family),
-                    VerdictMap {
-                        key: vec![addr_key(family)],
-                        interval: false,
-                        elements: BTreeMap::new(),
-                        comment: Some(format!(
-                            "{direction}-isolated pods of this node: address → their class chain"
-                        )),
-                    },
-                );
-            }
-        }
-        let mut classes: BTreeMap<(Direction, Vec<ObjectKey>), String> = BTreeMap::new();
-        for key in &index.local_pods {
-            let pod = &self.state.pods[key];
-            if !is_enforced_pod(pod) {
+    /// The policies of every tier that select a local pod, per direction and tier, in
+    /// evaluation order.
+    fn find_selecting(&self, pod: &PodInfo) -> Selecting {
+        let index = self.index;
+        let ns = pod.key.namespace.as_str();
+        let ns_labels = self.state.namespaces.get(ns);
+        let mut out: Selecting = Default::default();
+        let candidates = index
+            .policies_by_ns
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .chain(&index.cluster_policies);
+        for id in candidates {
+            let policy = &index.policies[id];
+            if !policy.subject.matches(ns, ns_labels, &pod.labels) {
                 continue;
             }
-            let mut ingress = Vec::new();
-            let mut egress = Vec::new();
-            for pkey in index
-                .policies_by_ns
-                .get(key.namespace.as_str())
-                .into_iter()
-                .flatten()
-            {
-                let policy = &self.state.policies[pkey];
-                let (i, e) = policy_types(&policy.spec);
-                if !(i || e) || !selector_matches(&policy.spec.pod_selector, &pod.labels) {
-                    continue;
-                }
-                if i {
-                    ingress.push(pkey.clone());
-                }
-                if e {
-                    egress.push(pkey.clone());
-                }
-            }
-            for (direction, policies) in
-                [(Direction::Ingress, ingress), (Direction::Egress, egress)]
-            {
-                if policies.is_empty() {
-                    continue;
-                }
-                let chain = match classes.get(&(direction, policies.clone())) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = class_chain_name(direction, &policies);
-                        classes.insert((direction, policies), c.clone());
-                        c
-                    }
-                };
-                for ip in &pod.ips {
-                    maps.get_mut(&dispatch_map_name(direction, Family::of(ip)))
-                        .expect("dispatch map")
-                        .elements
-                        .insert(vec![Value::Addr(*ip)], Verdict::Jump(chain.clone()));
+            for direction in Direction::BOTH {
+                if policy.rules(direction).is_some() {
+                    out[direction_slot(direction)][tier_slot(policy.tier)].push(id.clone());
                 }
             }
         }
-        let mut policy_chains: BTreeSet<(Direction, ObjectKey)> = BTreeSet::new();
-        for ((direction, policies), chain) in &classes {
-            let mut rules: Vec<Rule> = Vec::with_capacity(policies.len() + 2);
-            for p in policies {
-                policy_chains.insert((*direction, p.clone()));
-                rules.push(
-                    Rule::new(vec![], Verdict::Jump(self.policy_chain(*direction, p)))
-                        .with_comment(p.to_string()),
-                );
+        for per_direction in &mut out {
+            for list in per_direction.iter_mut() {
+                list.sort_by(|a, b| index.policies[a].order().cmp(&index.policies[b].order()));
             }
+        }
+        out
+    }
+
+    /// Class chains, policy chains and the dispatch maps for the enforced pods of this node.
+    fn dispatch(&mut self) -> BTreeMap<String, VerdictMap> {
+        let mut maps = BTreeMap::new();
+        for direction in Direction::BOTH {
+            for tier in Tier::ALL {
+                for family in [Family::Ipv4, Family::Ipv6] {
+                    maps.insert(
+                        dispatch_map_name(direction, tier, family),
+                        VerdictMap {
+                            key: vec![addr_key(family)],
+                            interval: false,
+                            elements: BTreeMap::new(),
+                            comment: Some(format!(
+                                "pods of this node that {tier} policies select for {direction}: address → their class chain"
+                            )),
+                        },
+                    );
+                }
+            }
+        }
+        // Per direction and tier: the distinct lists of policies selecting local pods, and
+        // their class chains.
+        let mut classes: [[HashMap<Vec<PolicyRef>, String, Fast>; 3]; 2] = Default::default();
+        let state = self.state;
+        for key in &self.index.local_pods {
+            let pod = &state.pods[key];
+            if !enforced(pod) {
+                continue;
+            }
+            let selecting = match self.selecting.remove(key) {
+                Some(cached) => cached,
+                None => self.find_selecting(pod),
+            };
+            for direction in Direction::BOTH {
+                for tier in Tier::ALL {
+                    let policies = &selecting[direction_slot(direction)][tier_slot(tier)];
+                    if policies.is_empty() {
+                        continue;
+                    }
+                    let known = &mut classes[direction_slot(direction)][tier_slot(tier)];
+                    let chain = match known.get(policies.as_slice()) {
+                        Some(chain) => chain.clone(),
+                        None => {
+                            let chain = class_chain_name(direction, tier, policies);
+                            known.insert(policies.clone(), chain.clone());
+                            chain
+                        }
+                    };
+                    for ip in &pod.ips {
+                        maps.get_mut(&dispatch_map_name(direction, tier, Family::of(ip)))
+                            .expect("dispatch map")
+                            .elements
+                            .insert(vec![Value::Addr(*ip)], Verdict::Jump(chain.clone()));
+                    }
+                }
+            }
+            self.selecting.insert(key.clone(), selecting);
+        }
+        let mut policy_chains: BTreeSet<(Direction, PolicyRef)> = BTreeSet::new();
+        for direction in Direction::BOTH {
+            for tier in Tier::ALL {
+                let tier_classes =
+                    std::mem::take(&mut classes[direction_slot(direction)][tier_slot(tier)]);
+                for (policies, chain) in tier_classes {
+                    let rules = self.class_rules(direction, tier, &chain, &policies);
+                    policy_chains.extend(policies.into_iter().map(|p| (direction, p)));
+                    self.chains.insert(chain, Chain { base: None, rules });
+                }
+            }
+        }
+        for (direction, id) in policy_chains {
+            let policy = &self.index.policies[&id];
+            let name = self.policy_chain(direction, &id);
+            let rules = self.cached_policy_rules(direction, &name, policy);
+            self.chains.insert(name, Chain { base: None, rules });
+        }
+        maps
+    }
+
+    /// The rules of a class chain: a jump to the chain of each policy, in evaluation order.
+    /// Admin and Baseline class chains fall off the end when no rule matched: the stage
+    /// chain goes on with the next tier. A NetworkPolicy class is final: what no rule of its
+    /// policies allows is denied.
+    fn class_rules(
+        &mut self,
+        direction: Direction,
+        tier: Tier,
+        chain: &str,
+        policies: &[PolicyRef],
+    ) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = Vec::with_capacity(policies.len() + 2);
+        for p in policies {
+            rules.push(
+                Rule::new(vec![], Verdict::Jump(self.policy_chain(direction, p)))
+                    .with_comment(p.to_string()),
+            );
+        }
+        if tier == Tier::NetworkPolicy {
             if let Some(group) = self.opts.nflog_group {
-                // A rule of its own: a rate limit that is exceeded ends the rule, and must not
-                // skip the drop.
-                rules.push(Rule {
-                    matches: vec![],
-                    statements: vec![Statement::Log {
-                        group,
-                        prefix: format!("{LOG_PREFIX} {direction} {chain}"),
-                        rate_per_second: Some(LOG_RATE_PER_SECOND),
-                    }],
-                    verdict: None,
-                    comment: Some(format!("log {direction} denied by default")),
-                });
+                rules.push(log_rule(vec![], group, log_prefix(direction, chain, None)));
             }
             // Counted, so that `palisadectl explain --agent` can show how many packets this
             // default deny dropped.
@@ -693,18 +489,13 @@ impl Builder<'_> {
             ));
             drop.statements.push(Statement::Counter);
             rules.push(drop);
-            self.chains
-                .insert(chain.clone(), Chain { base: None, rules });
         }
-        for (direction, key) in policy_chains {
-            let policy = &self.state.policies[&key];
-            let name = self.policy_chain(direction, &key);
-            let rules = self.cached_policy_rules(direction, &key, &name, policy);
-            self.chains.insert(name, Chain { base: None, rules });
-        }
-        maps
+        rules
     }
 
+    /// `forward`, `input` and the stage chains: for each direction (egress first, then
+    /// ingress) Admin → NetworkPolicy → Baseline, each dispatching by address to the pod's
+    /// class chain of that tier.
     fn base_chains(&mut self) {
         let est = Rule::new(
             vec![Match::CtState(vec![CtState::Established, CtState::Related])],
@@ -739,21 +530,10 @@ impl Builder<'_> {
                 );
             }
         }
-        let egress_dispatch = |family| Rule {
-            matches: vec![],
-            statements: vec![],
-            verdict: Some(RuleVerdict::Vmap {
-                fields: vec![Field::SrcAddr(family)],
-                map: dispatch_map_name(Direction::Egress, family),
-            }),
-            comment: Some("egress-isolated source pod".into()),
-        };
-        forward.push(egress_dispatch(Family::Ipv4));
-        forward.push(egress_dispatch(Family::Ipv6));
-        forward.push(Rule::new(
-            vec![],
-            Verdict::Goto(INGRESS_DISPATCH_CHAIN.into()),
-        ));
+        forward.push(
+            Rule::new(vec![], Verdict::Goto(first_stage(Direction::Egress).into()))
+                .with_comment("the source's egress, then the destination's ingress"),
+        );
         self.chains.insert(
             FORWARD_CHAIN.into(),
             Chain {
@@ -792,8 +572,12 @@ impl Builder<'_> {
                 .with_comment("IPv6 link plumbing (neighbour discovery)"),
             );
         }
-        input.push(egress_dispatch(Family::Ipv4));
-        input.push(egress_dispatch(Family::Ipv6));
+        // A pod talking to its own node: egress policy applies (the node's address has no
+        // ingress class, so the ingress stages accept).
+        input.push(
+            Rule::new(vec![], Verdict::Goto(first_stage(Direction::Egress).into()))
+                .with_comment("a pod to its node: its egress"),
+        );
         self.chains.insert(
             INPUT_CHAIN.into(),
             Chain {
@@ -807,374 +591,258 @@ impl Builder<'_> {
             },
         );
 
-        let ingress_dispatch = |family| Rule {
-            matches: vec![],
-            statements: vec![],
-            verdict: Some(RuleVerdict::Vmap {
-                fields: vec![Field::DstAddr(family)],
-                map: dispatch_map_name(Direction::Ingress, family),
-            }),
-            comment: Some("ingress-isolated destination pod".into()),
-        };
-        self.chains.insert(
-            INGRESS_DISPATCH_CHAIN.into(),
-            Chain {
-                base: None,
-                rules: vec![
-                    ingress_dispatch(Family::Ipv4),
-                    ingress_dispatch(Family::Ipv6),
-                    Rule::new(vec![], Verdict::Accept)
-                        .with_comment("destination not isolated for ingress"),
-                ],
-            },
-        );
+        for direction in Direction::BOTH {
+            for (i, tier) in Tier::ALL.into_iter().enumerate() {
+                let mut rules: Vec<Rule> = [Family::Ipv4, Family::Ipv6]
+                    .into_iter()
+                    .map(|family| Rule {
+                        matches: vec![],
+                        statements: vec![],
+                        verdict: Some(RuleVerdict::Vmap {
+                            fields: vec![far_side(direction, family, false)],
+                            map: dispatch_map_name(direction, tier, family),
+                        }),
+                        comment: Some(format!("{direction}: pods {tier} policies select")),
+                    })
+                    .collect();
+                rules.push(match Tier::ALL.get(i + 1) {
+                    Some(next) => {
+                        Rule::new(vec![], Verdict::Goto(stage_chain(direction, *next).into()))
+                            .with_comment(format!("{direction}: on to the {next} tier"))
+                    }
+                    None => tier_done(direction)
+                        .with_comment(format!("{direction}: no policy decided: allowed")),
+                });
+                self.chains.insert(
+                    stage_chain(direction, tier).into(),
+                    Chain { base: None, rules },
+                );
+            }
+        }
     }
 
-    /// The rules of one policy's chain for one direction.
-    fn policy_rules(
+    /// The rules of one policy's chain for one direction: each policy rule, in written
+    /// order, becomes one nft rule per alternative (peer kind × family × port form), all with
+    /// the rule's verdict, so the first match of the policy decides as the API says.
+    fn policy_rules(&mut self, direction: Direction, chain: &str, policy: &Policy) -> Vec<Rule> {
+        let mut out = Vec::new();
+        for (i, rule) in policy
+            .rules(direction)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let rule_ref = RuleRef {
+                policy: policy.id.clone(),
+                direction,
+                index: i,
+            };
+            let comment = rule_comment(
+                &rule_ref,
+                (policy.tier != Tier::NetworkPolicy).then_some(rule.action),
+            );
+            let verdict = action_verdict(direction, policy.tier, rule.action);
+            let log = match (rule.action, self.opts.nflog_group) {
+                (Action::Deny, Some(group)) => {
+                    Some(log_prefix(direction, chain, Some(i))).map(|prefix| (group, prefix))
+                }
+                _ => None,
+            };
+            for matches in self.rule_alternatives(direction, policy, rule) {
+                if let Some((group, prefix)) = &log {
+                    // A rule of its own: a rate limit that is exceeded ends the rule, and
+                    // must not skip the drop.
+                    out.push(log_rule(matches.clone(), *group, prefix.clone()));
+                }
+                let mut r = Rule::new(matches, verdict.clone()).with_comment(comment.clone());
+                if rule.action == Action::Deny {
+                    r.statements.push(Statement::Counter);
+                }
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// The far end's address looked up in the set `spec` stands for, per family.
+    fn peer_lookups(
         &mut self,
         direction: Direction,
-        key: &ObjectKey,
-        policy: &NetworkPolicy,
-    ) -> Vec<Rule> {
-        let mut rules = Vec::new();
-        let sections: Vec<RuleSection<'_>> = match direction {
-            Direction::Ingress => policy
-                .spec
-                .ingress
-                .iter()
-                .flatten()
-                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
-                .collect(),
-            Direction::Egress => policy
-                .spec
-                .egress
-                .iter()
-                .flatten()
-                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
-                .collect(),
-        };
-        let verdict = match direction {
-            Direction::Ingress => Verdict::Accept,
-            Direction::Egress => Verdict::Goto(INGRESS_DISPATCH_CHAIN.into()),
-        };
-        // The far end's address: the source for ingress, the destination for egress.
-        let peer_field = |f| match direction {
-            Direction::Ingress => Field::SrcAddr(f),
-            Direction::Egress => Field::DstAddr(f),
-        };
-        for (i, (peers, ports)) in sections.into_iter().enumerate() {
-            let comment = format!("{key} {direction}[{i}]");
-            let peers = peer_alternatives(&key.namespace, peers);
-            let ports = port_alternatives(ports);
-            let numeric_set = if ports.numeric.is_empty() {
-                None
-            } else {
-                Some(self.set(SetSpec::Ports(ports.numeric.clone())))
-            };
-            let mut emit = |matches: Vec<Match>| {
-                rules.push(Rule::new(matches, verdict.clone()).with_comment(comment.clone()));
-            };
-            for peer in &peers {
-                // The peer's address match, per family (`None`: no match needed).
-                let peer_matches: Vec<(Option<Family>, Vec<Match>)> = match peer {
-                    PeerAlt::Any => vec![(None, vec![])],
-                    PeerAlt::Pods(selection) => [Family::Ipv4, Family::Ipv6]
-                        .into_iter()
-                        .map(|f| {
-                            let set = self.set(SetSpec::PodAddrs {
-                                selection: selection.clone(),
-                                family: f,
-                            });
-                            (
-                                Some(f),
-                                vec![Match::Lookup {
-                                    fields: vec![peer_field(f)],
-                                    set,
-                                    negate: false,
-                                }],
-                            )
-                        })
-                        .collect(),
-                    PeerAlt::Block(cidr, except) => {
-                        let f = family_of_net(cidr);
-                        let set = self.set(SetSpec::Block {
-                            cidr: *cidr,
-                            except: except.clone(),
-                        });
-                        vec![(
-                            Some(f),
-                            vec![Match::Lookup {
-                                fields: vec![peer_field(f)],
-                                set,
-                                negate: false,
-                            }],
-                        )]
-                    }
-                };
-                if ports.any {
-                    for (_, m) in &peer_matches {
-                        emit(m.clone());
-                    }
-                    continue;
-                }
-                if let Some(set) = &numeric_set {
-                    for (_, m) in &peer_matches {
-                        let mut m = m.clone();
-                        m.push(Match::Lookup {
-                            fields: vec![Field::L4Proto, Field::DstPort],
-                            set: set.clone(),
-                            negate: false,
-                        });
-                        emit(m);
-                    }
-                }
-                if ports.named.is_empty() {
-                    continue;
-                }
-                match direction {
-                    // Named ports resolve on the destination: the policy's (local) targets.
-                    Direction::Ingress => {
-                        let targets =
-                            PodSelection::targets(&key.namespace, &policy.spec.pod_selector);
-                        for (pf, m) in &peer_matches {
-                            for f in [Family::Ipv4, Family::Ipv6] {
-                                if pf.is_some_and(|pf| pf != f) {
-                                    continue;
-                                }
-                                let set = self.set(SetSpec::NamedPorts {
-                                    selection: targets.clone(),
-                                    local_only: true,
-                                    ports: ports.named.clone(),
-                                    family: f,
-                                });
-                                let mut m = m.clone();
-                                m.push(Match::Lookup {
-                                    fields: vec![Field::DstAddr(f), Field::L4Proto, Field::DstPort],
-                                    set,
-                                    negate: false,
-                                });
-                                emit(m);
-                            }
-                        }
-                    }
-                    // Egress: on the destination peer pod; the set holds only pods of the
-                    // peer's selection, so it matches the peer too. An ipBlock names no pod
-                    // whose ports could resolve: nothing.
-                    Direction::Egress => {
-                        let selection = match peer {
-                            PeerAlt::Any => PodSelection::everything(),
-                            PeerAlt::Pods(s) => s.clone(),
-                            PeerAlt::Block(..) => continue,
-                        };
-                        for f in [Family::Ipv4, Family::Ipv6] {
-                            let set = self.set(SetSpec::NamedPorts {
-                                selection: selection.clone(),
-                                local_only: false,
-                                ports: ports.named.clone(),
-                                family: f,
-                            });
-                            emit(vec![Match::Lookup {
-                                fields: vec![Field::DstAddr(f), Field::L4Proto, Field::DstPort],
-                                set,
-                                negate: false,
-                            }]);
-                        }
-                    }
-                }
-            }
-        }
-        rules
-    }
-}
-
-fn peer_alternatives(policy_ns: &str, peers: Option<&[NetworkPolicyPeer]>) -> Vec<PeerAlt> {
-    let peers = match peers.filter(|p| !p.is_empty()) {
-        None => return vec![PeerAlt::Any],
-        Some(p) => p,
-    };
-    let mut out = Vec::new();
-    for peer in peers {
-        if let Some(block) = &peer.ip_block {
-            // An unparsable CIDR (validation rejects it) matches nothing.
-            let Ok(cidr) = block.cidr.parse::<IpNet>() else {
-                continue;
-            };
-            let mut except: Vec<IpNet> = block
-                .except
-                .iter()
-                .flatten()
-                .filter_map(|e| e.parse::<IpNet>().ok())
-                .map(|e| e.trunc())
-                .filter(|e| e.addr().is_ipv4() == cidr.addr().is_ipv4())
-                .collect();
-            except.sort();
-            except.dedup();
-            out.push(PeerAlt::Block(cidr.trunc(), except));
-        } else if let Some(selection) = PodSelection::of_peer(policy_ns, peer) {
-            out.push(PeerAlt::Pods(selection));
-        }
-    }
-    out
-}
-
-fn port_alternatives(ports: Option<&[NetworkPolicyPort]>) -> PortAlts {
-    let mut alts = PortAlts {
-        any: false,
-        numeric: Vec::new(),
-        named: Vec::new(),
-    };
-    let ports = match ports.filter(|p| !p.is_empty()) {
-        None => {
-            alts.any = true;
-            return alts;
-        }
-        Some(p) => p,
-    };
-    let mut by_proto: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
-    for p in ports {
-        let Some(proto) = Protocol::parse_api(p.protocol.as_deref()) else {
-            continue;
-        };
-        match &p.port {
-            None => by_proto.entry(proto).or_default().push((0, u16::MAX)),
-            Some(IntOrString::Int(n)) => {
-                let end = p.end_port.unwrap_or(*n);
-                let lo = (*n).clamp(0, 65535) as u16;
-                let hi = end.clamp(0, 65535) as u16;
-                if *n <= end && end >= 0 && *n <= 65535 {
-                    by_proto.entry(proto).or_default().push((lo, hi));
-                }
-            }
-            Some(IntOrString::String(name)) => alts.named.push((name.clone(), proto)),
-        }
-    }
-    for (proto, ranges) in by_proto {
-        for (a, b) in merge_port_ranges(ranges) {
-            alts.numeric.push((proto, a, b));
-        }
-    }
-    alts.named.sort();
-    alts.named.dedup();
-    alts
-}
-
-/// What a chain of a compiled ruleset is for, for logs and explanations.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum ChainRole {
-    /// `forward`, `input`, `ingress-dispatch`.
-    Base,
-    /// The class chain of pods isolated by `policies`; `addresses` are those pods' addresses
-    /// on this node (from the dispatch maps).
-    Class {
-        direction: Direction,
-        policies: Vec<ObjectKey>,
-        addresses: Vec<IpAddr>,
-    },
-    /// The chain of one policy's rules for one direction.
-    Policy {
-        direction: Direction,
-        policy: ObjectKey,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChainDescription {
-    pub chain: String,
-    pub role: ChainRole,
-}
-
-/// Map a chain name (e.g. from an NFLOG prefix `palisade drop ingress in-…`, see
-/// [`parse_log_prefix`]) back to the policies and pods it stands for, using the ruleset that
-/// produced it (the names are hashes).
-pub fn describe_chain(ruleset: &Ruleset, chain: &str) -> Option<ChainDescription> {
-    let c = ruleset.chains.get(chain)?;
-    let role = if c.base.is_some() || chain == INGRESS_DISPATCH_CHAIN {
-        ChainRole::Base
-    } else if let Some(rest) = chain.strip_prefix("p") {
-        let direction = match rest.as_bytes().first() {
-            Some(b'i') => Direction::Ingress,
-            Some(b'e') => Direction::Egress,
-            _ => return None,
-        };
-        // The class chains that jump here carry the policy's name as the jump's comment.
-        let policy = ruleset
-            .chains
-            .values()
-            .flat_map(|c| &c.rules)
-            .find(|r| r.verdict == Some(RuleVerdict::Verdict(Verdict::Jump(chain.to_string()))))
-            .and_then(|r| r.comment.as_deref())
-            .and_then(parse_object_key)?;
-        ChainRole::Policy { direction, policy }
-    } else {
-        let direction = if chain.starts_with("in-") {
-            Direction::Ingress
-        } else if chain.starts_with("eg-") {
-            Direction::Egress
-        } else {
-            return None;
-        };
-        let policies = c
-            .rules
+        families: &[Family],
+        spec: impl Fn(Family) -> SetSpec,
+    ) -> Vec<(Option<Family>, Vec<Match>)> {
+        families
             .iter()
-            .filter(|r| matches!(r.verdict, Some(RuleVerdict::Verdict(Verdict::Jump(_)))))
-            .filter_map(|r| r.comment.as_deref().and_then(parse_object_key))
-            .collect();
-        let target = Verdict::Jump(chain.to_string());
-        let addresses = ruleset
-            .maps
-            .values()
-            .flat_map(|m| &m.elements)
-            .filter(|(_, v)| **v == target)
-            .filter_map(|(k, _)| match k.first() {
-                Some(Value::Addr(ip)) => Some(*ip),
-                _ => None,
+            .map(|&f| {
+                let set = self.set(spec(f));
+                (Some(f), vec![lookup(far_side(direction, f, true), set)])
             })
-            .collect();
-        ChainRole::Class {
-            direction,
-            policies,
-            addresses,
+            .collect()
+    }
+
+    /// The match lists of one rule: the packet matches the rule iff it matches one of them.
+    fn rule_alternatives(
+        &mut self,
+        direction: Direction,
+        policy: &Policy,
+        rule: &crate::model::policy::Rule,
+    ) -> Vec<Vec<Match>> {
+        let mut out = Vec::new();
+        let ports = port_alternatives(rule.ports.as_deref());
+        let numeric_set =
+            (!ports.numeric.is_empty()).then(|| self.set(SetSpec::Ports(ports.numeric.clone())));
+        let any_peer = [None];
+        let peers: Vec<Option<&Peer>> = match &rule.peers {
+            None => any_peer.to_vec(),
+            Some(peers) => peers.iter().map(Some).collect(),
+        };
+        for peer in peers {
+            // The peer's address match, per family (`None`: no match needed).
+            let both = [Family::Ipv4, Family::Ipv6];
+            let peer_matches: Vec<(Option<Family>, Vec<Match>)> = match peer {
+                None => vec![(None, vec![])],
+                Some(Peer::Pods(selection)) => {
+                    self.peer_lookups(direction, &both, |family| SetSpec::PodAddrs {
+                        selection: selection.clone(),
+                        family,
+                    })
+                }
+                Some(Peer::Network { cidr, except }) => {
+                    self.peer_lookups(direction, &[family_of_net(cidr)], |_| SetSpec::Block {
+                        cidr: *cidr,
+                        except: except.clone(),
+                    })
+                }
+                Some(Peer::Nodes(selector)) => {
+                    self.peer_lookups(direction, &both, |family| SetSpec::NodeAddrs {
+                        selector: selector.clone(),
+                        family,
+                    })
+                }
+            };
+            if ports.any {
+                out.extend(peer_matches.into_iter().map(|(_, m)| m));
+                continue;
+            }
+            if let Some(set) = &numeric_set {
+                for (_, m) in &peer_matches {
+                    let mut m = m.clone();
+                    m.push(Match::Lookup {
+                        fields: vec![Field::L4Proto, Field::DstPort],
+                        set: set.clone(),
+                        negate: false,
+                    });
+                    out.push(m);
+                }
+            }
+            if ports.named.is_empty() {
+                continue;
+            }
+            // A named port is a port of the destination pod. Ingress: the subject pod itself
+            // (resolved on the policy's local subjects). Egress: the pod at the destination
+            // address, whichever peer matched it.
+            let (selection, local_only, with_peer) = match (direction, peer) {
+                (Direction::Ingress, _) => (policy.subject.clone(), true, true),
+                // The set holds only pods of the peer's selection: it matches the peer too.
+                (Direction::Egress, Some(Peer::Pods(s))) => (s.clone(), false, false),
+                (Direction::Egress, None) => (PodSelection::everything(), false, false),
+                // An address block: the named port of any pod inside it.
+                (Direction::Egress, Some(Peer::Network { .. })) => {
+                    (PodSelection::everything(), false, true)
+                }
+                // Node addresses are no pods' (host-network pods are not policy pods).
+                (Direction::Egress, Some(Peer::Nodes(_))) => continue,
+            };
+            let alternatives = if with_peer {
+                peer_matches
+            } else {
+                vec![(None, vec![])]
+            };
+            for (pf, m) in alternatives {
+                for f in [Family::Ipv4, Family::Ipv6] {
+                    if pf.is_some_and(|pf| pf != f) {
+                        continue;
+                    }
+                    let set = self.set(SetSpec::NamedPorts {
+                        selection: selection.clone(),
+                        local_only,
+                        ports: ports.named.clone(),
+                        family: f,
+                    });
+                    let mut m = m.clone();
+                    m.push(Match::Lookup {
+                        fields: vec![Field::DstAddr(f), Field::L4Proto, Field::DstPort],
+                        set,
+                        negate: false,
+                    });
+                    out.push(m);
+                }
+            }
         }
-    };
-    Some(ChainDescription {
-        chain: chain.to_string(),
-        role,
-    })
+        out
+    }
 }
 
-/// Parse an NFLOG prefix written by the compiled ruleset: `palisade drop <direction> <chain>`.
-pub fn parse_log_prefix(prefix: &str) -> Option<(Direction, String)> {
-    let rest = prefix.trim_end().strip_prefix(LOG_PREFIX)?.trim_start();
-    let (direction, chain) = rest.split_once(' ')?;
-    let direction = match direction {
-        "ingress" => Direction::Ingress,
-        "egress" => Direction::Egress,
-        _ => return None,
-    };
-    Some((direction, chain.trim().to_string()))
+/// The address of the pod the stage dispatches on (`far == false`: the subject, the source
+/// for egress and the destination for ingress), or of the far end of a rule (`far == true`).
+fn far_side(direction: Direction, family: Family, far: bool) -> Field {
+    match (direction, far) {
+        (Direction::Egress, false) | (Direction::Ingress, true) => Field::SrcAddr(family),
+        (Direction::Egress, true) | (Direction::Ingress, false) => Field::DstAddr(family),
+    }
 }
 
-/// `ns/name` (a rule comment may continue after a space: `ns/name ingress[0]`).
-pub fn parse_object_key(s: &str) -> Option<ObjectKey> {
-    let first = s.split(' ').next()?;
-    let (ns, name) = first.split_once('/')?;
-    Some(ObjectKey::new(ns, name))
+fn lookup(field: Field, set: String) -> Match {
+    Match::Lookup {
+        fields: vec![field],
+        set,
+        negate: false,
+    }
 }
 
-/// Parse a policy rule's comment `ns/name ingress[3]` into its parts.
-pub fn parse_rule_comment(s: &str) -> Option<crate::eval::reference::RuleRef> {
-    let (key, rest) = s.split_once(' ')?;
-    let policy = parse_object_key(key)?;
-    let (dir, idx) = rest.strip_suffix(']')?.split_once('[')?;
-    let direction = match dir {
-        "ingress" => Direction::Ingress,
-        "egress" => Direction::Egress,
-        _ => return None,
+/// A direction is allowed: egress goes on to the destination's ingress evaluation, ingress
+/// accepts.
+fn tier_done(direction: Direction) -> Rule {
+    match direction {
+        Direction::Egress => Rule::new(
+            vec![],
+            Verdict::Goto(first_stage(Direction::Ingress).into()),
+        ),
+        Direction::Ingress => Rule::new(vec![], Verdict::Accept),
+    }
+}
+
+/// What a matching rule of a policy in `tier` does.
+fn action_verdict(direction: Direction, tier: Tier, action: Action) -> Verdict {
+    let allowed = || tier_done(direction).verdict;
+    let verdict = match action {
+        Action::Accept | Action::Allow => allowed(),
+        Action::Deny => return Verdict::Drop,
+        // Skip the rest of the tier: the next tier's stage (after Baseline: the default,
+        // allowed). Safe as a `goto` from a jumped-to chain because every stage path ends in
+        // a verdict, so nothing ever returns into the class chain left behind.
+        Action::Pass => match tier {
+            Tier::Admin => Some(RuleVerdict::Verdict(Verdict::Goto(
+                stage_chain(direction, Tier::NetworkPolicy).into(),
+            ))),
+            _ => allowed(),
+        },
     };
-    Some(crate::eval::reference::RuleRef {
-        policy,
-        direction,
-        index: idx.parse().ok()?,
-    })
+    match verdict {
+        Some(RuleVerdict::Verdict(v)) => v,
+        _ => unreachable!("tier_done ends in a plain verdict"),
+    }
+}
+
+fn log_rule(matches: Vec<Match>, group: u16, prefix: String) -> Rule {
+    Rule {
+        matches,
+        statements: vec![Statement::Log {
+            group,
+            prefix,
+            rate_per_second: Some(LOG_RATE_PER_SECOND),
+        }],
+        verdict: None,
+        comment: Some("log denied".into()),
+    }
 }

@@ -2,13 +2,13 @@
 //! for a small cluster, and incremental == from-scratch after every kind of change.
 
 use super::*;
-use crate::compile::plan::class_chain_name;
+use crate::compile::names::{class_chain_name, policy_chain_name};
 use crate::eval::interp::{check_ruleset, classify, Packet};
-use crate::eval::reference::Direction;
 use crate::model::api::{
     IntOrString, IpBlock, LabelSelector, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
     NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ObjectMeta,
 };
+use crate::model::policy::{Direction, Tier};
 use crate::model::{NamedPort, Protocol};
 use crate::ruleset::Statement;
 use crate::ruleset::{CtState, Hook, RuleVerdict, Value, Verdict};
@@ -110,7 +110,7 @@ fn small_cluster() -> ClusterState {
     ] {
         s.pods.insert(p.key.clone(), p);
     }
-    s.policies.insert(
+    s.network_policies.insert(
         ObjectKey::new("x", "web-from-db"),
         mk_policy(
             "x",
@@ -128,7 +128,7 @@ fn small_cluster() -> ClusterState {
             },
         ),
     );
-    s.policies.insert(
+    s.network_policies.insert(
         ObjectKey::new("y", "dns-out"),
         mk_policy(
             "y",
@@ -227,12 +227,22 @@ fn golden_node_1() {
     // Shape: base chains, one class chain and one policy chain for x/web (the only isolated
     // pod here), the sets those reference, and the guard's sets.
     let chains: Vec<&str> = r.chains.keys().map(String::as_str).collect();
-    let class = class_chain_name(Direction::Ingress, &[ObjectKey::new("x", "web-from-db")]);
-    let policy = plan::policy_chain_name(Direction::Ingress, &ObjectKey::new("x", "web-from-db"));
+    let web_from_db = PolicyRef::network(&ObjectKey::new("x", "web-from-db"));
+    let class = class_chain_name(
+        Direction::Ingress,
+        Tier::NetworkPolicy,
+        std::slice::from_ref(&web_from_db),
+    );
+    let policy = policy_chain_name(Direction::Ingress, &web_from_db);
     let mut expected = vec![
         "forward",
-        "ingress-dispatch",
         "input",
+        "egress-admin",
+        "egress-np",
+        "egress-baseline",
+        "ingress-admin",
+        "ingress-np",
+        "ingress-baseline",
         class.as_str(),
         policy.as_str(),
     ];
@@ -247,6 +257,13 @@ fn golden_node_1() {
     );
     assert_eq!(r.maps["ingress6"].elements.len(), 1);
     assert!(r.maps["egress4"].elements.is_empty() && r.maps["egress6"].elements.is_empty());
+    // No ClusterNetworkPolicy: the other tiers' maps are there, empty.
+    assert_eq!(r.maps.len(), 12);
+    assert!(r
+        .maps
+        .iter()
+        .filter(|(n, _)| n.contains('-'))
+        .all(|(_, m)| m.elements.is_empty()));
     // Class chain: jump to the policy, log, drop.
     let rules = &r.chains[&class].rules;
     assert_eq!(rules.len(), 3);
@@ -462,10 +479,13 @@ fn node_traffic_and_replies_pass() {
     assert!(!r.sets.contains_key("local4"));
 }
 
+/// A named port behind an ipBlock peer is the port of the pod at the destination address
+/// (issue 15): allowed to a pod in the block that declares it, nothing for an address that is
+/// no pod's.
 #[test]
-fn named_port_on_ip_block_peer_matches_nothing() {
+fn named_port_through_ip_block_resolves_on_the_destination_pod() {
     let mut s = small_cluster();
-    s.policies.insert(
+    s.network_policies.insert(
         ObjectKey::new("y", "dns-out"),
         mk_policy(
             "y",
@@ -487,21 +507,44 @@ fn named_port_on_ip_block_peer_matches_nothing() {
         ),
     );
     let r = compile(&s, &opts("n2"));
-    let chain = plan::policy_chain_name(Direction::Egress, &ObjectKey::new("y", "dns-out"));
-    assert!(r.chains[&chain].rules.is_empty());
-    assert!(!crate::eval::reference::allowed(
-        &s,
-        &crate::eval::reference::Endpoint::Pod(ObjectKey::new("y", "other")),
-        &crate::eval::reference::Endpoint::Pod(ObjectKey::new("x", "web")),
-        Protocol::Tcp,
-        8080
-    ));
+    assert!(check_ruleset(&r).is_empty(), "{:?}", check_ruleset(&r));
+    let chain = policy_chain_name(
+        Direction::Egress,
+        &PolicyRef::network(&ObjectKey::new("y", "dns-out")),
+    );
+    // One rule: the block and the named ports of every pod (one family: the block's).
+    assert_eq!(r.chains[&chain].rules.len(), 1, "{}", dump(&r));
+    let from_other = |dst: &str, port| {
+        classify(
+            &r,
+            Hook::Forward,
+            &packet(
+                "10.0.2.4",
+                dst,
+                Protocol::Tcp,
+                port,
+                "pal0000000004",
+                "eth0",
+            ),
+        )
+        .unwrap()
+        .accepted
+    };
+    assert!(from_other("10.0.1.2", 8080), "x/web declares http=8080");
+    assert!(!from_other("10.0.1.2", 8081));
+    assert!(!from_other("10.0.1.3", 8080), "x/db declares no http");
+    assert!(!from_other("10.0.9.9", 8080), "no pod at this address");
 }
 
 #[test]
 fn log_prefix_and_chain_descriptions_round_trip() {
     let r = compile(&small_cluster(), &opts("n1"));
-    let class = class_chain_name(Direction::Ingress, &[ObjectKey::new("x", "web-from-db")]);
+    let web_from_db = PolicyRef::network(&ObjectKey::new("x", "web-from-db"));
+    let class = class_chain_name(
+        Direction::Ingress,
+        Tier::NetworkPolicy,
+        std::slice::from_ref(&web_from_db),
+    );
     let prefix = r.chains[&class]
         .rules
         .iter()
@@ -511,24 +554,30 @@ fn log_prefix_and_chain_descriptions_round_trip() {
             _ => None,
         })
         .unwrap();
-    let (direction, chain) = parse_log_prefix(&prefix).unwrap();
-    assert_eq!(direction, Direction::Ingress);
-    let d = describe_chain(&r, &chain).unwrap();
+    let parsed = parse_log_prefix(&prefix).unwrap();
+    assert_eq!(parsed.direction, Direction::Ingress);
+    assert_eq!(parsed.rule, None);
+    let d = describe_chain(&r, &parsed.chain).unwrap();
     assert_eq!(
         d.role,
         ChainRole::Class {
             direction: Direction::Ingress,
-            policies: vec![ObjectKey::new("x", "web-from-db")],
+            tier: Tier::NetworkPolicy,
+            policies: vec![web_from_db.clone()],
             addresses: vec!["10.0.1.2".parse().unwrap(), "fd00:1::2".parse().unwrap()],
         }
     );
-    let policy = plan::policy_chain_name(Direction::Ingress, &ObjectKey::new("x", "web-from-db"));
+    let policy = policy_chain_name(Direction::Ingress, &web_from_db);
     assert_eq!(
         describe_chain(&r, &policy).unwrap().role,
         ChainRole::Policy {
             direction: Direction::Ingress,
-            policy: ObjectKey::new("x", "web-from-db")
+            policy: web_from_db
         }
+    );
+    assert_eq!(
+        describe_chain(&r, "ingress-np").unwrap().role,
+        ChainRole::Base
     );
     let rule = parse_rule_comment("x/web-from-db ingress[3]").unwrap();
     assert_eq!(rule.index, 3);
@@ -539,7 +588,7 @@ fn equal_selectors_share_one_set_and_names_are_stable() {
     let mut s = small_cluster();
     // A second policy with the same peer selector written differently (empty expression
     // list): it must reuse the pods set.
-    let mut p2 = s.policies[&ObjectKey::new("x", "web-from-db")].clone();
+    let mut p2 = s.network_policies[&ObjectKey::new("x", "web-from-db")].clone();
     p2.metadata.name = "again".into();
     if let Some(rules) = p2.spec.ingress.as_mut() {
         rules[0].from.as_mut().unwrap()[0]
@@ -548,16 +597,17 @@ fn equal_selectors_share_one_set_and_names_are_stable() {
             .unwrap()
             .match_expressions = Some(vec![]);
     }
-    s.policies.insert(ObjectKey::new("x", "again"), p2);
+    s.network_policies.insert(ObjectKey::new("x", "again"), p2);
     let r = compile(&s, &opts("n1"));
     assert_eq!(r.sets.keys().filter(|n| n.starts_with("pods4-")).count(), 1);
     assert_eq!(r, compile(&s, &opts("n1")), "deterministic");
     // Two policies select x/web: one class chain jumping to both.
     let class = class_chain_name(
         Direction::Ingress,
+        Tier::NetworkPolicy,
         &[
-            ObjectKey::new("x", "again"),
-            ObjectKey::new("x", "web-from-db"),
+            PolicyRef::network(&ObjectKey::new("x", "again")),
+            PolicyRef::network(&ObjectKey::new("x", "web-from-db")),
         ],
     );
     assert_eq!(r.chains[&class].rules.len(), 4);
@@ -603,7 +653,7 @@ fn incremental_equals_full_compile() {
             labels: labels(&[("team", "a")]),
         });
         check(&mut c, "namespace relabelled");
-        let mut p = c.state().policies[&ObjectKey::new("x", "web-from-db")].clone();
+        let mut p = c.state().network_policies[&ObjectKey::new("x", "web-from-db")].clone();
         p.spec.ingress.as_mut().unwrap()[0].from = Some(vec![NetworkPolicyPeer {
             namespace_selector: Some(sel(&[("team", "a")])),
             ..Default::default()

@@ -2,8 +2,9 @@
 //!
 //! The packet is walked through the compiled ruleset of every node it crosses
 //! ([`Reachability::check`]); the rules it hits carry comments naming the policy and rule
-//! (`ns/name ingress[0]`), and class chains name the policies that isolate a pod. That is the
-//! answer. The reference evaluator answers the same question from the API semantics
+//! (`ns/name ingress[0]`, `ClusterNetworkPolicy/name egress[1] Deny`), and class chains name
+//! the tier and the policies that select a pod. That is the answer: per direction, the tier,
+//! policy and rule that decided, and the `Pass` rules on the way. The reference evaluator answers the same question from the API semantics
 //! ([`reference::explain`]); when the two disagree, something is wrong in Palisade and the
 //! report says so loudly. Against a live node, the hops on that node are walked once more
 //! through the table really programmed there, with the nft rule handles and counters.
@@ -11,7 +12,8 @@
 use super::style::{Colour, Style};
 use crate::compile::{describe_chain, parse_rule_comment, ChainRole};
 use crate::eval::interp::{classify, Hit, HopResult, PathVerdict, Reachability};
-use crate::eval::reference::{self, Direction, DirectionVerdict, Endpoint, Explanation, RuleRef};
+use crate::eval::reference::{self, DirectionVerdict, Endpoint, Explanation};
+use crate::model::policy::{Direction, PolicyKind, PolicyRef, RuleRef, Tier};
 use crate::model::{ClusterState, ObjectKey, Protocol};
 use crate::nft::Listing;
 use serde::Serialize;
@@ -27,17 +29,29 @@ use std::net::IpAddr;
     tag = "verdict"
 )]
 pub enum Side {
-    /// No class chain for this pod in this direction: nothing isolates it (or Palisade does
-    /// not enforce there: `reason` from the reference evaluator).
+    /// No tier decided: allowed by default (or Palisade does not enforce there: `reason` from
+    /// the reference evaluator).
     NotIsolated {
         reason: Option<String>,
+        passed: Vec<String>,
     },
+    /// NetworkPolicy isolation, allowed by these rules.
     Allowed {
         isolated_by: Vec<String>,
         allowed_by: Vec<String>,
+        passed: Vec<String>,
     },
+    /// NetworkPolicy isolation, no rule allows it.
     Denied {
         isolated_by: Vec<String>,
+        passed: Vec<String>,
+    },
+    /// An Admin or Baseline ClusterNetworkPolicy rule accepted or denied it.
+    Decided {
+        tier: Tier,
+        rule: String,
+        accepted: bool,
+        passed: Vec<String>,
     },
     /// The compiled path ended before this direction was looked at (egress dropped first).
     NotReached,
@@ -187,16 +201,27 @@ fn rule_hit(h: &Hit) -> RuleHit {
     }
 }
 
-/// Read each direction's story off the trace: class chains name the isolating policies,
-/// rule comments the allowing rule, the last hit of a dropped packet the dropping chain.
+/// What the trace says about one direction.
+#[derive(Default)]
+struct Story {
+    /// The tier of the class chain last entered (the tier of the rules hit after it).
+    tier: Option<Tier>,
+    isolated_by: Option<Vec<String>>,
+    allowed_by: Vec<String>,
+    denied: bool,
+    decided: Option<(Tier, String, bool)>,
+    passed: Vec<String>,
+}
+
+/// Read each direction's story off the trace: class chains name the tier and the policies
+/// that select the pod, rule comments the deciding (or passing) rule, the last hit of a
+/// dropped packet the dropping chain.
 fn sides(
     reach: &mut Reachability<'_>,
     path: &PathVerdict,
     reference: &Explanation,
 ) -> (Side, Side) {
-    let mut isolated: [Option<Vec<String>>; 2] = [None, None];
-    let mut allowed_by: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    let mut denied = [false, false];
+    let mut stories = [Story::default(), Story::default()];
     let idx = |d: Direction| match d {
         Direction::Egress => 0,
         Direction::Ingress => 1,
@@ -205,49 +230,78 @@ fn sides(
     for hop in &path.hops {
         let ruleset = reach.ruleset(&hop.node).clone();
         for hit in &hop.outcome.trace {
-            if let Some(desc) = describe_chain(&ruleset, &hit.chain) {
-                if let ChainRole::Class {
-                    direction,
-                    policies,
-                    ..
-                } = desc.role
-                {
-                    isolated[idx(direction)] =
-                        Some(policies.iter().map(|p| p.to_string()).collect());
+            if let Some(ChainRole::Class {
+                direction,
+                tier,
+                policies,
+                ..
+            }) = describe_chain(&ruleset, &hit.chain).map(|d| d.role)
+            {
+                let story = &mut stories[idx(direction)];
+                story.tier = Some(tier);
+                if tier == Tier::NetworkPolicy {
+                    story.isolated_by = Some(policies.iter().map(|p| p.to_string()).collect());
                 }
             }
-            if let Some(r) = hit.comment.as_deref().and_then(parse_rule_comment) {
-                allowed_by[idx(r.direction)].push(r.to_string());
+            let Some(comment) = hit.comment.as_deref() else {
+                continue;
+            };
+            let Some(rule) = parse_rule_comment(comment) else {
+                continue;
+            };
+            let story = &mut stories[idx(rule.direction)];
+            match (rule.policy.kind, comment.rsplit(' ').next()) {
+                (PolicyKind::NetworkPolicy, _) => story.allowed_by.push(rule.to_string()),
+                (PolicyKind::ClusterNetworkPolicy, Some("Pass")) => {
+                    story.passed.push(rule.to_string())
+                }
+                (PolicyKind::ClusterNetworkPolicy, Some(action)) => {
+                    let tier = story.tier.unwrap_or(Tier::Admin);
+                    story.decided = Some((tier, rule.to_string(), action == "Accept"));
+                }
+                (PolicyKind::ClusterNetworkPolicy, None) => {}
             }
         }
         if !hop.outcome.accepted {
             let last = hop.outcome.trace.last();
-            let class = last
+            let role = last
                 .and_then(|h| describe_chain(&ruleset, &h.chain))
-                .and_then(|d| match d.role {
-                    ChainRole::Class { direction, .. } => Some(direction),
-                    _ => None,
-                });
-            match class {
-                Some(d) => {
-                    denied[idx(d)] = true;
-                    if d == Direction::Egress {
-                        stopped_early = same_node_after(path, hop);
-                    }
+                .map(|d| d.role);
+            let direction = match role {
+                Some(ChainRole::Class { direction, .. }) => {
+                    stories[idx(direction)].denied = true;
+                    Some(direction)
                 }
+                Some(ChainRole::Policy { direction, .. }) => Some(direction),
+                _ => None,
+            };
+            match direction {
+                Some(Direction::Egress) => stopped_early = same_node_after(path, hop),
+                Some(Direction::Ingress) => {}
                 None => stopped_early = true,
             }
         }
     }
     let side = |d: Direction, verdict: &DirectionVerdict| -> Side {
-        let i = idx(d);
-        match &isolated[i] {
-            Some(policies) if denied[i] => Side::Denied {
+        let story = &stories[idx(d)];
+        let passed = story.passed.clone();
+        if let Some((tier, rule, accepted)) = &story.decided {
+            return Side::Decided {
+                tier: *tier,
+                rule: rule.clone(),
+                accepted: *accepted,
+                passed,
+            };
+        }
+        match &story.isolated_by {
+            Some(policies) if story.denied => Side::Denied {
                 isolated_by: policies.clone(),
+                passed,
             },
-            Some(policies) if !allowed_by[i].is_empty() => Side::Allowed {
+            Some(policies) if !story.allowed_by.is_empty() => Side::Allowed {
                 isolated_by: policies.clone(),
-                allowed_by: allowed_by[i].clone(),
+                allowed_by: story.allowed_by.clone(),
+                passed,
             },
             Some(_) => Side::NotReached,
             None if d == Direction::Ingress
@@ -261,6 +315,7 @@ fn sides(
                     DirectionVerdict::NotEnforced { reason } => Some(reason.clone()),
                     _ => None,
                 },
+                passed,
             },
         }
     };
@@ -276,8 +331,12 @@ fn same_node_after(path: &PathVerdict, hop: &HopResult) -> bool {
     path.hops.len() == 1 || path.hops.iter().all(|h| h.node == hop.node)
 }
 
-fn names(keys: &[ObjectKey]) -> Vec<String> {
+fn names(keys: &[PolicyRef]) -> Vec<String> {
     keys.iter().map(|k| k.to_string()).collect()
+}
+
+fn rule_names(rules: &[RuleRef]) -> Vec<String> {
+    rules.iter().map(|r| r.to_string()).collect()
 }
 
 fn cross_check(
@@ -302,57 +361,103 @@ fn cross_check(
         (Direction::Egress, egress, &reference.egress),
         (Direction::Ingress, ingress, &reference.ingress),
     ] {
+        let isolation = |compiled: &[String], reference: &[PolicyRef]| {
+            (sorted(compiled) != sorted(&names(reference))).then(|| {
+                format!(
+                    "isolated by {compiled:?} (compiled) vs {:?} (reference)",
+                    names(reference)
+                )
+            })
+        };
         let problem = match (side, verdict) {
             (Side::NotReached, _) => None,
             (
                 Side::NotIsolated { .. },
-                DirectionVerdict::NotIsolated | DirectionVerdict::NotEnforced { .. },
+                DirectionVerdict::NotIsolated { .. } | DirectionVerdict::NotEnforced { .. },
             ) => None,
             (
                 Side::Allowed {
                     isolated_by,
                     allowed_by,
+                    ..
                 },
                 DirectionVerdict::Allowed {
                     isolated_by: ref_iso,
                     allowed_by: ref_allowed,
+                    ..
                 },
             ) => {
                 let refs: BTreeSet<String> = ref_allowed.iter().map(RuleRef::to_string).collect();
-                if sorted(isolated_by) != sorted(&names(ref_iso)) {
-                    Some(format!(
-                        "isolated by {isolated_by:?} (compiled) vs {:?} (reference)",
-                        names(ref_iso)
-                    ))
-                } else {
+                isolation(isolated_by, ref_iso).or_else(|| {
                     allowed_by
                         .iter()
                         .find(|r| !refs.contains(*r))
                         .map(|r| format!("compiled path allowed by {r}, which the reference evaluator does not list ({refs:?})"))
-                }
+                })
             }
             (
-                Side::Denied { isolated_by },
+                Side::Denied { isolated_by, .. },
                 DirectionVerdict::Denied {
                     isolated_by: ref_iso,
+                    ..
                 },
-            ) => (sorted(isolated_by) != sorted(&names(ref_iso))).then(|| {
-                format!(
-                    "isolated by {isolated_by:?} (compiled) vs {:?} (reference)",
-                    names(ref_iso)
-                )
-            }),
+            ) => isolation(isolated_by, ref_iso),
+            (
+                Side::Decided {
+                    tier,
+                    rule,
+                    accepted,
+                    ..
+                },
+                DirectionVerdict::Decided {
+                    tier: ref_tier,
+                    rule: ref_rule,
+                    accepted: ref_accepted,
+                    ..
+                },
+            ) => (tier != ref_tier || *rule != ref_rule.to_string() || accepted != ref_accepted)
+                .then(|| {
+                    format!(
+                        "decided by {rule} ({tier}, {}) (compiled) vs {ref_rule} ({ref_tier}, {}) (reference)",
+                        accept_word(*accepted),
+                        accept_word(*ref_accepted)
+                    )
+                }),
             (side, verdict) => Some(format!(
                 "compiled path says {}, reference evaluator says {}",
                 side_word(side),
                 verdict_word(verdict)
             )),
         };
+        let passed = side_passed(side);
+        let problem = problem.or_else(|| {
+            let ref_passed = rule_names(verdict.passed());
+            (!matches!(side, Side::NotReached) && passed != ref_passed)
+                .then(|| format!("passed by {passed:?} (compiled) vs {ref_passed:?} (reference)"))
+        });
         if let Some(p) = problem {
             out.push(format!("{d}: {p}"));
         }
     }
     out
+}
+
+fn accept_word(accepted: bool) -> &'static str {
+    if accepted {
+        "Accept"
+    } else {
+        "Deny"
+    }
+}
+
+fn side_passed(side: &Side) -> Vec<String> {
+    match side {
+        Side::NotIsolated { passed, .. }
+        | Side::Allowed { passed, .. }
+        | Side::Denied { passed, .. }
+        | Side::Decided { passed, .. } => passed.clone(),
+        Side::NotReached => Vec::new(),
+    }
 }
 
 fn sorted(v: &[String]) -> Vec<String> {
@@ -366,6 +471,10 @@ fn side_word(s: &Side) -> &'static str {
         Side::NotIsolated { .. } => "not isolated",
         Side::Allowed { .. } => "allowed",
         Side::Denied { .. } => "denied",
+        Side::Decided { accepted: true, .. } => "accepted by a cluster policy",
+        Side::Decided {
+            accepted: false, ..
+        } => "denied by a cluster policy",
         Side::NotReached => "not reached",
     }
 }
@@ -373,9 +482,13 @@ fn side_word(s: &Side) -> &'static str {
 fn verdict_word(v: &DirectionVerdict) -> &'static str {
     match v {
         DirectionVerdict::NotEnforced { .. } => "not enforced",
-        DirectionVerdict::NotIsolated => "not isolated",
+        DirectionVerdict::NotIsolated { .. } => "not isolated",
         DirectionVerdict::Allowed { .. } => "allowed",
         DirectionVerdict::Denied { .. } => "denied",
+        DirectionVerdict::Decided { accepted: true, .. } => "accepted by a cluster policy",
+        DirectionVerdict::Decided {
+            accepted: false, ..
+        } => "denied by a cluster policy",
     }
 }
 
@@ -439,26 +552,56 @@ fn walk_programmed(
 }
 
 fn describe_side(d: Direction, who: &str, side: &Side, port: &str, other: &str) -> String {
+    let after = |passed: &[String]| {
+        if passed.is_empty() {
+            String::new()
+        } else {
+            format!(" (after Pass by {})", passed.join(", "))
+        }
+    };
     match side {
-        Side::NotIsolated { reason: Some(r) } => {
+        Side::NotIsolated {
+            reason: Some(r), ..
+        } => {
             format!("{d} of {who}: not enforced ({r})")
         }
-        Side::NotIsolated { reason: None } => {
-            format!("{d} of {who}: allowed: no NetworkPolicy selects it for {d}")
-        }
+        Side::NotIsolated {
+            reason: None,
+            passed,
+        } => format!(
+            "{d} of {who}: allowed: no policy decides its {d}{}",
+            after(passed)
+        ),
         Side::Allowed {
             isolated_by,
             allowed_by,
+            passed,
         } => format!(
-            "{d} of {who}: allowed by {} (isolated by {})",
+            "{d} of {who}: allowed by {} (isolated by {}){}",
             allowed_by.join(", "),
-            isolated_by.join(", ")
+            isolated_by.join(", "),
+            after(passed)
         ),
-        Side::Denied { isolated_by } => format!(
-            "{d} of {who}: DENIED: isolated by {}, and no rule of {} allows {port} {} {other}",
+        Side::Denied {
+            isolated_by,
+            passed,
+        } => format!(
+            "{d} of {who}: DENIED: isolated by {}, and no rule of {} allows {port} {} {other}{}",
             isolated_by.join(", "),
             if isolated_by.len() == 1 { "it" } else { "them" },
             if d == Direction::Egress { "to" } else { "from" },
+            after(passed)
+        ),
+        Side::Decided {
+            tier,
+            rule,
+            accepted,
+            passed,
+        } => format!(
+            "{d} of {who}: {} by {rule} ({tier} tier, {}){}",
+            if *accepted { "allowed" } else { "DENIED" },
+            accept_word(*accepted),
+            after(passed)
         ),
         Side::NotReached => format!("{d} of {who}: not reached (the packet was dropped before)"),
     }

@@ -70,8 +70,9 @@ pub fn fetch_state(socket: &Path) -> Result<(String, Objects)> {
     Ok((node, objects))
 }
 
-/// `{"namespaces": [...], "pods": [...], "networkpolicies": [...], "nodes": [...]}` →
-/// objects. Items without `kind` get the one their list implies.
+/// `{"namespaces": [...], "pods": [...], "networkpolicies": [...], "nodes": [...],
+/// "clusternetworkpolicies": [...]}` → objects. Items without `kind` get the one their list
+/// implies.
 pub fn objects_from_debug_state(source: &str, doc: &Value) -> Result<Objects, ManifestError> {
     let mut objects = Objects::default();
     for (field, kind) in [
@@ -79,6 +80,7 @@ pub fn objects_from_debug_state(source: &str, doc: &Value) -> Result<Objects, Ma
         ("pods", "Pod"),
         ("networkpolicies", "NetworkPolicy"),
         ("nodes", "Node"),
+        ("clusternetworkpolicies", "ClusterNetworkPolicy"),
     ] {
         let Some(items) = doc.get(field).and_then(Value::as_array) else {
             continue;
@@ -277,9 +279,12 @@ pub fn status_document(status: &Value, table: &Result<Option<Listing>, String>) 
     serde_json::json!({"agent": status, "table": table})
 }
 
-/// List Namespaces, Pods, NetworkPolicies and Nodes from the API server the kubeconfig
-/// names (kubectl's loading rules, [`crate::kube::config`]), once (no watch), through the same
-/// decoder as manifests. Also returns the context's namespace.
+const CLUSTER_POLICIES_PATH: &str =
+    "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
+
+/// List Namespaces, Pods, NetworkPolicies, Nodes and ClusterNetworkPolicies from the API
+/// server the kubeconfig names (kubectl's loading rules, [`crate::kube::config`]), once (no
+/// watch), through the same decoder as manifests. Also returns the context's namespace.
 pub fn list_from_api_server(kubeconfig: &KubeconfigChoice) -> Result<(Objects, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -296,14 +301,24 @@ pub fn list_from_api_server(kubeconfig: &KubeconfigChoice) -> Result<(Objects, S
             "/api/v1/pods",
             "/apis/networking.k8s.io/v1/networkpolicies",
             "/api/v1/nodes",
+            CLUSTER_POLICIES_PATH,
         ] {
             let req = hyper::Request::get(path)
                 .body(Vec::new())
                 .with_context(|| format!("build GET {path}"))?;
-            let text = client
-                .request_text(req)
-                .await
-                .with_context(|| format!("GET {path} from the API server {origin}"))?;
+            let text = match client.request_text(req).await {
+                Ok(text) => text,
+                // No ClusterNetworkPolicy CRD in this cluster: none.
+                Err(::kube::Error::Api(status))
+                    if status.code == 404 && path == CLUSTER_POLICIES_PATH =>
+                {
+                    continue
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("GET {path} from the API server {origin}")))
+                }
+            };
             let doc: Value =
                 serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))?;
             let origin = Origin {

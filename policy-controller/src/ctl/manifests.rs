@@ -1,15 +1,15 @@
 //! Kubernetes manifests → cluster state, for `palisadectl reach` / `explain`.
 //!
-//! Reads Namespaces, Pods, NetworkPolicies and Nodes from YAML or JSON files (one or many
-//! documents per file, `kind: List` and `*List` kinds too, folders recursively) and from the
-//! agent's `/debug/state`. A document that does not decode is an error naming the file, the
-//! document and the field (`policies.yaml: document 3: spec.ingress[0].ports[0].port: ...`);
-//! a policy that decodes but that the API server would reject
-//! ([`crate::model::validate::validate_network_policy`]) is reported and skipped, as the agent
-//! does.
+//! Reads Namespaces, Pods, NetworkPolicies, ClusterNetworkPolicies and Nodes from YAML or
+//! JSON files (one or many documents per file, `kind: List` and `*List` kinds too, folders
+//! recursively) and from the agent's `/debug/state`. A document that does not decode is an
+//! error naming the file, the document and the field
+//! (`policies.yaml: document 3: spec.ingress[0].ports[0].port: ...`); a policy that decodes
+//! but that the API server would reject ([`crate::model::validate`]) is reported and skipped,
+//! as the agent does.
 
-use crate::model::api::{self, Namespace, NetworkPolicy, Node, Pod};
-use crate::model::validate::validate_network_policy;
+use crate::model::api::{self, ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod};
+use crate::model::validate::{cluster_network_policy_errors, validate_network_policy};
 use crate::model::{ClusterState, NodeInfo, ObjectKey, PodInfo, Protocol};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -66,6 +66,7 @@ pub struct Objects {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub policies: Vec<(Origin, NetworkPolicy)>,
+    pub cluster_policies: Vec<(Origin, ClusterNetworkPolicy)>,
     pub nodes: Vec<Node>,
     /// Kinds present but irrelevant to policy (Services, Deployments, ...): kind → count.
     pub ignored_kinds: BTreeMap<String, usize>,
@@ -249,6 +250,10 @@ fn add_object(origin: Origin, doc: Value, objects: &mut Objects) -> Result<(), M
             }
             objects.policies.push((origin, policy));
         }
+        "ClusterNetworkPolicy" => {
+            let policy: ClusterNetworkPolicy = decode(&origin, doc)?;
+            objects.cluster_policies.push((origin, policy));
+        }
         "Node" => {
             let node: Node = decode(&origin, doc)?;
             objects.nodes.push(node);
@@ -346,9 +351,36 @@ pub fn build_state(objects: &Objects) -> Loaded {
             ));
             continue;
         }
-        if state.policies.insert(key.clone(), policy.clone()).is_some() {
+        if state
+            .network_policies
+            .insert(key.clone(), policy.clone())
+            .is_some()
+        {
             diag.notes.push(format!(
                 "{origin}: NetworkPolicy {key} defined again: the last one counts"
+            ));
+        }
+    }
+    for (origin, policy) in &objects.cluster_policies {
+        let mut policy = policy.clone();
+        // Pruned as the API server stores it: without what the CRD's schema does not know.
+        let errors = cluster_network_policy_errors(&mut policy);
+        let name = policy.metadata.name.clone();
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            diag.warnings.push(format!(
+                "{origin}: ClusterNetworkPolicy {name} is invalid and skipped: {}",
+                list.join("; ")
+            ));
+            continue;
+        }
+        if state
+            .cluster_network_policies
+            .insert(name.clone(), policy)
+            .is_some()
+        {
+            diag.notes.push(format!(
+                "{origin}: ClusterNetworkPolicy {name} defined again: the last one counts"
             ));
         }
     }
@@ -403,7 +435,7 @@ pub fn build_state(objects: &Objects) -> Loaded {
     let referenced: BTreeSet<String> = state
         .pods
         .keys()
-        .chain(state.policies.keys())
+        .chain(state.network_policies.keys())
         .map(|k| k.namespace.to_string())
         .collect();
     for ns in referenced {
@@ -416,7 +448,7 @@ pub fn build_state(objects: &Objects) -> Loaded {
     }
     for (kind, n) in &objects.ignored_kinds {
         diag.notes.push(format!(
-            "ignored {n} object(s) of kind {kind} (not used by NetworkPolicy)"
+            "ignored {n} object(s) of kind {kind} (not used by network policy)"
         ));
     }
     out
@@ -541,8 +573,11 @@ mod tests {
         )
         .unwrap();
         let l = build_state(&o);
-        assert_eq!(l.state.policies.len(), 1);
-        assert!(l.state.policies.contains_key(&ObjectKey::new("y", "good")));
+        assert_eq!(l.state.network_policies.len(), 1);
+        assert!(l
+            .state
+            .network_policies
+            .contains_key(&ObjectKey::new("y", "good")));
         assert_eq!(l.diagnostics.warnings.len(), 1);
         assert!(
             l.diagnostics.warnings[0]

@@ -21,11 +21,13 @@
 //!   on both nodes, unless it is for the node itself: hook `input`).
 //! - A host-network pod is the node itself: what it sends leaves through `output`, which the
 //!   ruleset never filters; what it receives comes in through `input`.
+//! - A node's address (from `status.addresses`) that no host-network pod holds is that node's
+//!   own stack too.
 //! - An external address is beyond `eth0` of whatever node the packet crosses.
 //! - A pod sending to its own address is modelled like any other pair (really it goes over
 //!   loopback and is never filtered; scenario probes skip those cells).
 
-use super::reference::{Direction, Endpoint, EndpointError};
+use super::reference::{Endpoint, EndpointError};
 use crate::compile::{compile, CompileOptions};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
 use crate::ruleset::{
@@ -759,7 +761,10 @@ fn locate<'a>(
         .into());
     }
     let place = match pod {
-        None => Place::External,
+        None => match state.nodes.values().find(|n| n.addresses.contains(&ip)) {
+            Some(node) => Place::Node(&node.name),
+            None => Place::External,
+        },
         Some(p) => {
             let node = p
                 .node
@@ -790,15 +795,4 @@ pub fn reachable(
     Reachability::with_defaults(state)
         .check(src, dst, proto, port)
         .is_ok_and(|v| v.allowed)
-}
-
-/// The policy rules (`ns/name ingress[i]`) that allowed a packet in a walk, per direction.
-pub fn allowing_rules(outcome: &Outcome) -> Vec<(Direction, crate::eval::reference::RuleRef)> {
-    outcome
-        .trace
-        .iter()
-        .filter_map(|h| h.comment.as_deref())
-        .filter_map(crate::compile::parse_rule_comment)
-        .map(|r| (r.direction, r))
-        .collect()
 }

@@ -1,5 +1,5 @@
-//! Two independent answers to "is this packet allowed?": [`reference`] evaluates the
-//! NetworkPolicy API semantics directly, [`interp`] walks a compiled ruleset. Property tests
+//! Two independent answers to "is this packet allowed?": [`reference`] evaluates the policy
+//! APIs' semantics directly, [`interp`] walks a compiled ruleset. Property tests
 //! and the scenario files require them to agree.
 
 pub mod interp;

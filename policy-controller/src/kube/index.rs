@@ -11,20 +11,22 @@
 use super::resource::{ResourceKind, Slim};
 use super::watch::WatchEvent;
 use crate::compile::Change;
-use crate::model::validate::validate_network_policy;
+use crate::model::policy::PolicyRef;
+use crate::model::validate::{cluster_network_policy_errors, validate_network_policy, FieldError};
 use crate::model::{api, NodeInfo, ObjectKey, PodInfo};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-/// One event from any of the four watches.
+/// One event from any of the watches.
 #[derive(Debug, Clone)]
 pub enum ClusterEvent {
     Pod(WatchEvent<api::Pod>),
     Namespace(WatchEvent<api::Namespace>),
     Policy(WatchEvent<api::NetworkPolicy>),
     Node(WatchEvent<api::Node>),
+    ClusterPolicy(WatchEvent<api::ClusterNetworkPolicy>),
 }
 
 impl ClusterEvent {
@@ -34,6 +36,7 @@ impl ClusterEvent {
             ClusterEvent::Namespace(_) => ResourceKind::Namespaces,
             ClusterEvent::Policy(_) => ResourceKind::NetworkPolicies,
             ClusterEvent::Node(_) => ResourceKind::Nodes,
+            ClusterEvent::ClusterPolicy(_) => ResourceKind::ClusterNetworkPolicies,
         }
     }
 }
@@ -41,7 +44,7 @@ impl ClusterEvent {
 /// A policy the agent does not enforce because it fails validation (or does not decode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidPolicy {
-    pub key: ObjectKey,
+    pub policy: PolicyRef,
     pub errors: Vec<String>,
 }
 
@@ -85,15 +88,17 @@ pub struct Index {
     cni_waiting: HashSet<ObjectKey>,
     namespaces: HashMap<String, u64>,
     policies: HashMap<ObjectKey, u64>,
-    invalid_policies: BTreeMap<ObjectKey, Vec<String>>,
+    /// By name.
+    cluster_policies: HashMap<String, u64>,
+    invalid_policies: BTreeMap<PolicyRef, Vec<String>>,
     nodes: BTreeMap<String, NodeInfo>,
     /// Objects that did not decode, by kind and key, with the error.
     malformed: BTreeMap<(ResourceKind, ObjectKey), String>,
     /// During a relist: the keys listed so far.
-    relist_seen: [Option<HashSet<ObjectKey>>; 4],
-    listed: [bool; 4],
+    relist_seen: [Option<HashSet<ObjectKey>>; ResourceKind::COUNT],
+    listed: [bool; ResourceKind::COUNT],
     /// Per kind, the newest resourceVersion folded in.
-    resource_versions: [u64; 4],
+    resource_versions: [u64; ResourceKind::COUNT],
 }
 
 fn fingerprint<T: Hash>(value: &T) -> u64 {
@@ -113,9 +118,24 @@ fn pod_fingerprint(p: &PodInfo) -> u64 {
     ))
 }
 
-fn policy_fingerprint(p: &api::NetworkPolicy) -> u64 {
-    // The spec has no Hash impl (it holds no floats, so its JSON is canonical enough).
-    fingerprint(&serde_json::to_string(&p.spec).unwrap_or_default())
+fn spec_fingerprint<T: serde::Serialize>(spec: &T) -> u64 {
+    // The specs have no Hash impl (they hold no floats, so their JSON is canonical enough).
+    fingerprint(&serde_json::to_string(spec).unwrap_or_default())
+}
+
+fn error_lines(errors: Vec<FieldError>) -> Vec<String> {
+    errors
+        .into_iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect()
+}
+
+/// A decode failure's policy: a NetworkPolicy or (no namespace) a ClusterNetworkPolicy.
+fn policy_ref(kind: ResourceKind, key: &ObjectKey) -> PolicyRef {
+    match kind {
+        ResourceKind::ClusterNetworkPolicies => PolicyRef::cluster(key.name.clone()),
+        _ => PolicyRef::network(key),
+    }
 }
 
 fn cluster_key(name: &str) -> ObjectKey {
@@ -140,15 +160,15 @@ impl Index {
     }
 
     /// The newest resourceVersion folded in, per kind.
-    pub fn resource_versions(&self) -> [u64; 4] {
+    pub fn resource_versions(&self) -> [u64; ResourceKind::COUNT] {
         self.resource_versions
     }
 
     pub fn invalid_policies(&self) -> Vec<InvalidPolicy> {
         self.invalid_policies
             .iter()
-            .map(|(key, errors)| InvalidPolicy {
-                key: key.clone(),
+            .map(|(policy, errors)| InvalidPolicy {
+                policy: policy.clone(),
                 errors: errors.clone(),
             })
             .collect()
@@ -222,6 +242,14 @@ impl Index {
                 Self::node_applied,
                 Self::node_deleted,
             ),
+            ClusterEvent::ClusterPolicy(ev) => self.fold_kind(
+                kind,
+                ev,
+                out,
+                &mut folded,
+                Self::cluster_policy_applied,
+                Self::cluster_policy_deleted,
+            ),
         }
         folded
     }
@@ -254,12 +282,15 @@ impl Index {
                         // Keep whatever was last known of it: dropping a pod we cannot read
                         // would change what its policies allow.
                         let msg = format!("{kind} {key}: cannot decode: {error}");
-                        if kind == ResourceKind::NetworkPolicies {
-                            self.invalid_policies
-                                .insert(key.clone(), vec![format!("cannot decode: {error}")]);
-                            if self.policies.remove(&key).is_some() {
-                                out.push(Change::DeletePolicy(key.clone()));
-                            }
+                        if matches!(
+                            kind,
+                            ResourceKind::NetworkPolicies | ResourceKind::ClusterNetworkPolicies
+                        ) {
+                            self.invalid_policies.insert(
+                                policy_ref(kind, &key),
+                                vec![format!("cannot decode: {error}")],
+                            );
+                            self.forget_policy(kind, &key, out);
                         }
                         self.malformed.insert((kind, key), error);
                         folded.malformed = Some(msg);
@@ -296,10 +327,25 @@ impl Index {
             ResourceKind::NetworkPolicies => self
                 .policies
                 .keys()
-                .chain(self.invalid_policies.keys())
                 .cloned()
+                .chain(
+                    self.invalid_policies
+                        .keys()
+                        .filter_map(PolicyRef::object_key),
+                )
                 .collect(),
             ResourceKind::Nodes => self.nodes.keys().map(|n| cluster_key(n)).collect(),
+            ResourceKind::ClusterNetworkPolicies => self
+                .cluster_policies
+                .keys()
+                .map(|n| cluster_key(n))
+                .chain(
+                    self.invalid_policies
+                        .keys()
+                        .filter(|p| p.object_key().is_none())
+                        .map(|p| cluster_key(&p.name)),
+                )
+                .collect(),
         };
         keys.extend(
             self.malformed
@@ -448,19 +494,15 @@ impl Index {
     ) {
         let errors = validate_network_policy(&policy);
         if !errors.is_empty() {
-            let errors: Vec<String> = errors
-                .into_iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect();
+            let errors = error_lines(errors);
             tracing::warn!(policy = %key, ?errors, "invalid NetworkPolicy not enforced");
-            self.invalid_policies.insert(key.clone(), errors);
-            if self.policies.remove(&key).is_some() {
-                out.push(Change::DeletePolicy(key));
-            }
+            self.invalid_policies
+                .insert(PolicyRef::network(&key), errors);
+            self.forget_policy(ResourceKind::NetworkPolicies, &key, out);
             return;
         }
-        self.invalid_policies.remove(&key);
-        let fp = policy_fingerprint(&policy);
+        self.invalid_policies.remove(&PolicyRef::network(&key));
+        let fp = spec_fingerprint(&policy.spec);
         if self.policies.get(&key) == Some(&fp) {
             return;
         }
@@ -477,10 +519,63 @@ impl Index {
     }
 
     fn policy_deleted(&mut self, key: &ObjectKey, out: &mut Vec<Change>) {
-        self.invalid_policies.remove(key);
-        if self.policies.remove(key).is_some() {
-            out.push(Change::DeletePolicy(key.clone()));
+        self.invalid_policies.remove(&PolicyRef::network(key));
+        self.forget_policy(ResourceKind::NetworkPolicies, key, out);
+    }
+
+    /// Stop enforcing a policy (deleted, invalid, undecodable), if it was.
+    fn forget_policy(&mut self, kind: ResourceKind, key: &ObjectKey, out: &mut Vec<Change>) {
+        match kind {
+            ResourceKind::ClusterNetworkPolicies => {
+                if self.cluster_policies.remove(key.name.as_str()).is_some() {
+                    out.push(Change::DeleteClusterPolicy(key.name.to_string()));
+                }
+            }
+            _ => {
+                if self.policies.remove(key).is_some() {
+                    out.push(Change::DeletePolicy(key.clone()));
+                }
+            }
         }
+    }
+
+    fn cluster_policy_applied(
+        &mut self,
+        key: ObjectKey,
+        mut policy: api::ClusterNetworkPolicy,
+        out: &mut Vec<Change>,
+        _: &mut Folded,
+    ) {
+        let id = PolicyRef::cluster(key.name.clone());
+        // What a real API server stores is pruned already; the stand-in's too. Pruning again
+        // is harmless and keeps the agent's reading the schema's.
+        let errors = cluster_network_policy_errors(&mut policy);
+        if !errors.is_empty() {
+            let errors = error_lines(errors);
+            tracing::warn!(policy = %id, ?errors, "invalid ClusterNetworkPolicy not enforced");
+            self.invalid_policies.insert(id, errors);
+            self.forget_policy(ResourceKind::ClusterNetworkPolicies, &key, out);
+            return;
+        }
+        self.invalid_policies.remove(&id);
+        let fp = spec_fingerprint(&policy.spec);
+        if self.cluster_policies.get(key.name.as_str()) == Some(&fp) {
+            return;
+        }
+        self.cluster_policies.insert(key.name.to_string(), fp);
+        policy.metadata = api::ObjectMeta {
+            name: key.name.into(),
+            ..api::ObjectMeta::default()
+        };
+        policy.api_version = None;
+        policy.kind = None;
+        out.push(Change::UpsertClusterPolicy(Box::new(policy)));
+    }
+
+    fn cluster_policy_deleted(&mut self, key: &ObjectKey, out: &mut Vec<Change>) {
+        self.invalid_policies
+            .remove(&PolicyRef::cluster(key.name.clone()));
+        self.forget_policy(ResourceKind::ClusterNetworkPolicies, key, out);
     }
 
     fn node_applied(
@@ -733,6 +828,7 @@ pub(crate) mod tests {
             vec![Change::DeletePolicy(ObjectKey::new("x", "p"))]
         );
         assert_eq!(index.invalid_policies().len(), 1);
+        assert_eq!(index.invalid_policies()[0].policy.to_string(), "x/p");
         let gone = fold(
             &mut index,
             ClusterEvent::Policy(WatchEvent::Deleted(Slim::new(
@@ -792,6 +888,9 @@ pub(crate) mod tests {
             }),
             ClusterEvent::Node(WatchEvent::Listed {
                 resource_version: "9".into(),
+            }),
+            ClusterEvent::ClusterPolicy(WatchEvent::Listed {
+                resource_version: String::new(),
             }),
         ] {
             fold(&mut index, kind);

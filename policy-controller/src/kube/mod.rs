@@ -1,6 +1,7 @@
-//! The agent's view of the API server: list/watch of Pods, Namespaces, NetworkPolicies and
-//! Nodes ([`watch`]) decoded into the slim types ([`resource`]) and folded by the slim
-//! [`index`] into [`crate::compile::Change`]s; [`config`] finds the API server as kubectl does.
+//! The agent's view of the API server: list/watch of Pods, Namespaces, NetworkPolicies,
+//! Nodes and ClusterNetworkPolicies ([`watch`]) decoded into the slim types ([`resource`])
+//! and folded by the slim [`index`] into [`crate::compile::Change`]s; [`config`] finds the API
+//! server as kubectl does.
 
 pub mod config;
 pub mod index;
@@ -15,7 +16,7 @@ use crate::model::api;
 use ::kube::{Api, Client};
 use tokio::sync::mpsc;
 
-/// Start the four watches on the current runtime; every event goes to `tx`.
+/// Start the watches on the current runtime; every event goes to `tx`.
 pub fn spawn_watches(
     client: Client,
     tuning: WatchTuning,
@@ -41,10 +42,16 @@ pub fn spawn_watches(
             ClusterEvent::Policy,
         )),
         tokio::spawn(run_watch(
-            Api::<Slim<api::Node>>::all(client),
+            Api::<Slim<api::Node>>::all(client.clone()),
+            tuning.clone(),
+            tx.clone(),
+            ClusterEvent::Node,
+        )),
+        tokio::spawn(run_watch(
+            Api::<Slim<api::ClusterNetworkPolicy>>::all(client),
             tuning,
             tx,
-            ClusterEvent::Node,
+            ClusterEvent::ClusterPolicy,
         )),
     ]
 }

@@ -1,4 +1,4 @@
-//! The four watched kinds as kube-rs resources over the slim types of [`crate::model::api`].
+//! The watched kinds as kube-rs resources over the slim types of [`crate::model::api`].
 //!
 //! The agent never holds full API objects: every list page and watch event is decoded into
 //! [`Slim<T>`], which keeps the slim body (or why it failed to decode) and just enough
@@ -24,14 +24,17 @@ pub enum ResourceKind {
     Namespaces,
     NetworkPolicies,
     Nodes,
+    ClusterNetworkPolicies,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 4] = [
+    pub const COUNT: usize = 5;
+    pub const ALL: [ResourceKind; ResourceKind::COUNT] = [
         ResourceKind::Pods,
         ResourceKind::Namespaces,
         ResourceKind::NetworkPolicies,
         ResourceKind::Nodes,
+        ResourceKind::ClusterNetworkPolicies,
     ];
 
     /// The API's plural (`pods`, `networkpolicies`, ...), also the key in `/status`.
@@ -41,6 +44,7 @@ impl ResourceKind {
             ResourceKind::Namespaces => "namespaces",
             ResourceKind::NetworkPolicies => "networkpolicies",
             ResourceKind::Nodes => "nodes",
+            ResourceKind::ClusterNetworkPolicies => "clusternetworkpolicies",
         }
     }
 
@@ -61,6 +65,9 @@ pub trait WatchedKind: DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'st
     const KIND: &'static str;
     const GROUP: &'static str;
     const VERSION: &'static str;
+    /// A custom resource whose definition may not be installed: a list answered 404 means
+    /// "no objects of this kind" (checked again now and then), not an error.
+    const OPTIONAL: bool = false;
 }
 
 impl WatchedKind for api::Pod {
@@ -82,6 +89,14 @@ impl WatchedKind for api::NetworkPolicy {
     const KIND: &'static str = "NetworkPolicy";
     const GROUP: &'static str = "networking.k8s.io";
     const VERSION: &'static str = "v1";
+}
+
+impl WatchedKind for api::ClusterNetworkPolicy {
+    const RESOURCE: ResourceKind = ResourceKind::ClusterNetworkPolicies;
+    const KIND: &'static str = "ClusterNetworkPolicy";
+    const GROUP: &'static str = "policy.networking.k8s.io";
+    const VERSION: &'static str = "v1alpha2";
+    const OPTIONAL: bool = true;
 }
 
 impl WatchedKind for api::Node {
@@ -250,6 +265,10 @@ mod tests {
         assert_eq!(
             Slim::<api::NetworkPolicy>::url_path(&(), None),
             "/apis/networking.k8s.io/v1/networkpolicies"
+        );
+        assert_eq!(
+            Slim::<api::ClusterNetworkPolicy>::url_path(&(), None),
+            "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
         );
     }
 }

@@ -7,6 +7,11 @@
 //! `Applied{initial}`..., `Listed{rv}`; then watch from that version; a dropped stream is
 //! resumed from the last version seen; `410 Gone` (or an expired continue token) relists;
 //! every failure backs off exponentially. Nothing here ever gives up.
+//!
+//! A custom resource whose definition is not installed ([`WatchedKind::OPTIONAL`]) answers
+//! the list with 404: that is reported as an empty, complete list (the agent programs the
+//! other kinds and is ready), and the list is tried again every [`WatchTuning::absent_retry`]
+//! so that installing the CRD later takes effect.
 
 use super::resource::{Slim, WatchedKind};
 use futures::StreamExt;
@@ -47,6 +52,8 @@ pub struct WatchTuning {
     pub watch_timeout_secs: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How often the list of an optional kind whose CRD is missing is tried again.
+    pub absent_retry: Duration,
 }
 
 impl Default for WatchTuning {
@@ -56,6 +63,7 @@ impl Default for WatchTuning {
             watch_timeout_secs: 290,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            absent_retry: Duration::from_secs(30),
         }
     }
 }
@@ -103,6 +111,8 @@ impl Backoff {
 
 enum ListOutcome {
     Listed(String),
+    /// An optional kind's resource does not exist (404): listed as empty.
+    Absent,
     Failed,
     ReceiverGone,
 }
@@ -131,6 +141,10 @@ pub async fn run_watch<T, E>(
         let mut resource_version = match list_all(&api, &tuning, &tx, wrap).await {
             ListOutcome::Listed(rv) => rv,
             ListOutcome::ReceiverGone => return,
+            ListOutcome::Absent => {
+                tokio::time::sleep(tuning.absent_retry).await;
+                continue 'relist;
+            }
             ListOutcome::Failed => {
                 backoff.wait().await;
                 continue 'relist;
@@ -164,6 +178,10 @@ fn is_gone(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 410)
 }
 
+fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
 async fn list_all<T: WatchedKind, E>(
     api: &Api<Slim<T>>,
     tuning: &WatchTuning,
@@ -181,6 +199,16 @@ async fn list_all<T: WatchedKind, E>(
         }
         let page = match api.list(&params).await {
             Ok(page) => page,
+            Err(err) if T::OPTIONAL && is_not_found(&err) => {
+                tracing::info!(kind = %T::RESOURCE, "resource not served (CRD not installed): none");
+                let listed = WatchEvent::Listed {
+                    resource_version: String::new(),
+                };
+                if !send(tx, wrap, listed).await {
+                    return ListOutcome::ReceiverGone;
+                }
+                return ListOutcome::Absent;
+            }
             Err(err) => {
                 let error = format!("list {}: {err}", T::RESOURCE);
                 tracing::warn!(kind = %T::RESOURCE, gone = is_gone(&err), "{error}");

@@ -152,6 +152,147 @@ impl NetworkPolicySpec {
     }
 }
 
+// ---- policy.networking.k8s.io/v1alpha2 ----
+
+/// `ClusterNetworkPolicy` (sig-network's network-policy-api, v1alpha2): a cluster-scoped
+/// policy in the Admin tier (before NetworkPolicy) or the Baseline tier (after it). Required
+/// fields the schema enforces (`tier`, `priority`, `subject`, `action`, `from`/`to`) are
+/// `Option` here, so that an object missing one still decodes and is reported by
+/// [`crate::model::validate::validate_cluster_network_policy`] with the API server's message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ClusterNetworkPolicySpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicySpec {
+    /// `Admin` or `Baseline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// 0..=1000, lower first. i64 so that an out-of-range value is reported, not a decode
+    /// error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<ClusterNetworkPolicySubject>,
+    /// Absent or empty: the policy does not affect ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<ClusterNetworkPolicyRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<ClusterNetworkPolicyRule>>,
+}
+
+/// Exactly one of `namespaces` (every pod of the matching namespaces) and `pods`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicySubject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<NamespacedPod>,
+}
+
+/// Pods matching `podSelector` in namespaces matching `namespaceSelector` (empty or absent:
+/// every namespace).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedPod {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Required by the schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// An ingress or egress rule. The API has two types that differ only in the name of the peer
+/// list (`from` / `to`) and in which peer kinds are allowed (validation says which).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicyRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Accept`, `Deny` or `Pass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Ingress rules only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<ClusterNetworkPolicyPeer>>,
+    /// Egress rules only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<ClusterNetworkPolicyPeer>>,
+    /// Absent: every protocol and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocols: Option<Vec<ClusterNetworkPolicyProtocol>>,
+}
+
+/// Exactly one field. Ingress peers are `namespaces` or `pods`; egress peers also `nodes`
+/// (node addresses) and `networks` (CIDRs). `domainNames` (experimental upstream) is not
+/// served by Palisade's CRD, so the API server prunes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicyPeer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<NamespacedPod>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
+}
+
+/// Exactly one field: `tcp`, `udp`, `sctp` (with an optional destination port) or
+/// `destinationNamedPort`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicyProtocol {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<ProtocolPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<ProtocolPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sctp: Option<ProtocolPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_named_port: Option<String>,
+}
+
+/// `tcp`/`udp`/`sctp`: the destination port, or every port of the protocol when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<CnpPort>,
+}
+
+/// Exactly one of `number` and `range`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CnpPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<CnpPortRange>,
+}
+
+/// Inclusive; `start < end`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CnpPortRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+}
+
 // ---- core/v1 objects, slim ----
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! normalised from the API objects in [`api`]. Pure data, no I/O.
 
 pub mod api;
+pub mod policy;
 pub mod selector;
 pub mod validate;
 
@@ -292,21 +293,34 @@ impl PodInfo {
         }
     }
 
-    /// The port number a named port resolves to on this pod for a protocol, if declared.
-    pub fn resolve_named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+    /// The port numbers a named port resolves to on this pod for a protocol. Usually one;
+    /// several when a sidecar and a container each declare the name (names are unique per
+    /// container only): each of them is the named port, as in Calico and
+    /// kube-network-policies.
+    pub fn named_port_numbers<'a>(
+        &'a self,
+        name: &'a str,
+        protocol: Protocol,
+    ) -> impl Iterator<Item = u16> + 'a {
         self.named_ports
             .iter()
-            .find(|p| p.name == name && p.protocol == protocol)
+            .filter(move |p| p.name == name && p.protocol == protocol)
             .map(|p| p.port)
     }
 }
 
-/// What policy needs to know of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What policy (and the agent's routes) need to know of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub name: String,
+    /// `InternalIP` addresses: where the routes to the node's pod CIDRs point.
     pub internal_ips: Vec<IpAddr>,
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// For ClusterNetworkPolicy `nodes` peers: the node's labels ...
+    pub labels: Labels,
+    /// ... and every IP address in `status.addresses` (internal and external), which such a
+    /// peer stands for.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl NodeInfo {
@@ -325,6 +339,14 @@ impl NodeInfo {
                     .and_then(|c| c.parse::<ipnet::IpNet>().ok()),
             );
         }
+        let mut addresses: Vec<IpAddr> = node
+            .status
+            .addresses
+            .iter()
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
         NodeInfo {
             name: node.metadata.name.clone(),
             internal_ips: node
@@ -335,18 +357,24 @@ impl NodeInfo {
                 .filter_map(|a| a.address.parse().ok())
                 .collect(),
             pod_cidrs,
+            labels: node.metadata.labels.clone(),
+            addresses,
         }
     }
 }
 
-/// Everything the compiler reads. Policies held here have passed validation
-/// (`compile::validate`); invalid ones are reported and kept out by whoever fills this.
+/// The cluster as the agent sees it: the objects policy depends on, policies as the API
+/// objects (the compiler translates them into [`policy::Policy`]; the reference evaluator
+/// reads them as written). Policies held here have passed validation
+/// ([`validate`]); invalid ones are reported and kept out by whoever fills this.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
     /// Namespace name → its labels (always including `kubernetes.io/metadata.name`).
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: BTreeMap<ObjectKey, PodInfo>,
-    pub policies: BTreeMap<ObjectKey, api::NetworkPolicy>,
+    pub network_policies: BTreeMap<ObjectKey, api::NetworkPolicy>,
+    /// By name (cluster-scoped).
+    pub cluster_network_policies: BTreeMap<String, api::ClusterNetworkPolicy>,
     pub nodes: BTreeMap<String, NodeInfo>,
 }
 

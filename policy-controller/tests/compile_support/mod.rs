@@ -3,7 +3,8 @@
 //! with synthetic pod IPs, and small builders.
 
 use palisade_policy::eval::reference::Endpoint;
-use palisade_policy::model::api::{self, NetworkPolicy};
+use palisade_policy::model::api::{self, ClusterNetworkPolicy, NetworkPolicy};
+use palisade_policy::model::validate::prune_cluster_network_policy;
 use palisade_policy::model::{ClusterState, Labels, NodeInfo, ObjectKey, PodInfo, Protocol};
 use serde_json::Value;
 use std::net::IpAddr;
@@ -24,6 +25,7 @@ pub fn scenario_dirs() -> Vec<PathBuf> {
     };
     vec![
         shared("scenarios-sample"),
+        shared("scenarios-sample-cnp"),
         shared("scenarios-sample-external"),
         manifest.join("../integration/scenarios"),
     ]
@@ -102,6 +104,9 @@ impl Player {
                     name: node_name(n),
                     internal_ips: vec![format!("192.168.0.{n}").parse().unwrap()],
                     pod_cidrs: vec![format!("10.{n}.0.0/16").parse().unwrap()],
+                    // As the netns cluster publishes its nodes.
+                    labels: [("kubernetes.io/hostname".to_string(), node_name(n))].into(),
+                    addresses: vec![format!("192.168.0.{n}").parse().unwrap()],
                 },
             );
         }
@@ -207,6 +212,16 @@ impl Player {
                     return false;
                 }
                 let raw = self.substitute_value(&step["policy"]);
+                if raw["kind"] == "ClusterNetworkPolicy" {
+                    let mut policy: ClusterNetworkPolicy =
+                        serde_json::from_value(raw).expect("policy parses");
+                    // As the API server stores it.
+                    prune_cluster_network_policy(&mut policy);
+                    self.state
+                        .cluster_network_policies
+                        .insert(policy.metadata.name.clone(), policy);
+                    return true;
+                }
                 let mut policy: NetworkPolicy = serde_json::from_value(raw).expect("policy parses");
                 if policy.metadata.namespace.is_empty() {
                     policy.metadata.namespace = "default".into();
@@ -220,14 +235,18 @@ impl Player {
                     );
                 }
                 let key = ObjectKey::new(&policy.metadata.namespace, &policy.metadata.name);
-                self.state.policies.insert(key, policy);
+                self.state.network_policies.insert(key, policy);
+            }
+            "delete_policy" if step["kind"] == "ClusterNetworkPolicy" => {
+                let name = step["name"].as_str().unwrap();
+                self.state.cluster_network_policies.remove(name);
             }
             "delete_policy" => {
                 let key = ObjectKey::new(
                     step["namespace"].as_str().unwrap(),
                     step["name"].as_str().unwrap(),
                 );
-                self.state.policies.remove(&key);
+                self.state.network_policies.remove(&key);
             }
             "update_pod_labels" => {
                 let (ns, name) = step["pod"].as_str().unwrap().split_once('/').unwrap();

@@ -1,6 +1,9 @@
-//! NetworkPolicy validation as the API server does it (`ValidateNetworkPolicy` in
-//! kubernetes/pkg/apis/networking/validation): used by the API stand-in (422), by the agent
+//! Policy validation as the API server does it: used by the API stand-in (422), by the agent
 //! (an invalid object is reported and skipped) and by palisadectl.
+//!
+//! NetworkPolicy here (`ValidateNetworkPolicy` in kubernetes/pkg/apis/networking/validation);
+//! ClusterNetworkPolicy, a custom resource checked by its CRD's schema and CEL rules, in
+//! [`cluster_network_policy`].
 //!
 //! Field paths, rules and messages follow upstream (v1.32) so that an error read here looks
 //! like the one `kubectl` prints against a real cluster:
@@ -19,8 +22,15 @@
 //!   prefix length may carry leading zeros, and bits beyond the prefix may be set
 //!   (`10.0.0.1/24` is valid and means `10.0.0.0/24`).
 
+mod cluster_network_policy;
+
+pub use cluster_network_policy::{
+    enforceability_errors as cluster_network_policy_errors, prune_cluster_network_policy,
+    validate_cluster_network_policy, CIDR_RULE, NAMED_PORT_RULE, RANGE_RULE,
+};
+
 use super::api::{IntOrString, IpBlock, LabelSelector, NetworkPolicy, NetworkPolicyPeer};
-use super::api::{LabelSelectorRequirement, NetworkPolicyPort};
+use super::api::{LabelSelectorRequirement, NetworkPolicyPort, ObjectMeta};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -32,6 +42,9 @@ pub enum FieldErrorKind {
     Invalid,
     NotSupported,
     Forbidden,
+    TooMany,
+    TooLong,
+    Duplicate,
 }
 
 impl FieldErrorKind {
@@ -42,6 +55,9 @@ impl FieldErrorKind {
             FieldErrorKind::Invalid => "FieldValueInvalid",
             FieldErrorKind::NotSupported => "FieldValueNotSupported",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::TooMany => "FieldValueTooMany",
+            FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::Duplicate => "FieldValueDuplicate",
         }
     }
 
@@ -51,6 +67,9 @@ impl FieldErrorKind {
             FieldErrorKind::Invalid => "Invalid value",
             FieldErrorKind::NotSupported => "Unsupported value",
             FieldErrorKind::Forbidden => "Forbidden",
+            FieldErrorKind::TooMany => "Too many",
+            FieldErrorKind::TooLong => "Too long",
+            FieldErrorKind::Duplicate => "Duplicate value",
         }
     }
 }
@@ -118,7 +137,13 @@ impl Errors {
     fn push(&mut self, kind: FieldErrorKind, field: &str, value: Option<BadValue>, detail: &str) {
         // Upstream's ErrorBody: Required and Forbidden never print the value.
         let mut message = kind.label().to_string();
-        if let (Some(value), FieldErrorKind::Invalid | FieldErrorKind::NotSupported) = (value, kind)
+        if let (
+            Some(value),
+            FieldErrorKind::Invalid
+            | FieldErrorKind::NotSupported
+            | FieldErrorKind::TooMany
+            | FieldErrorKind::Duplicate,
+        ) = (value, kind)
         {
             message.push_str(&format!(": {value}"));
         }
@@ -173,7 +198,12 @@ pub fn validate_network_policy(policy: &NetworkPolicy) -> Vec<FieldError> {
 }
 
 fn validate_object_meta(policy: &NetworkPolicy, errs: &mut Errors) {
-    let meta = &policy.metadata;
+    validate_meta(&policy.metadata, true, errs);
+}
+
+/// `ValidateObjectMeta` for a namespaced or a cluster-scoped object named as a DNS-1123
+/// subdomain (NetworkPolicy, custom resources).
+fn validate_meta(meta: &ObjectMeta, namespaced: bool, errs: &mut Errors) {
     if let Some(generate_name) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
         // A generateName is a prefix: a trailing '-' is fine since random characters follow.
         let masked = mask_trailing_dash(generate_name);
@@ -191,12 +221,15 @@ fn validate_object_meta(policy: &NetworkPolicy, errs: &mut Errors) {
             errs.invalid("metadata.name", BadValue::Str(&meta.name), &msg);
         }
     }
-    if meta.namespace.is_empty() {
-        errs.required("metadata.namespace", "");
-    } else {
-        for msg in dns1123_label_errors(&meta.namespace) {
-            errs.invalid("metadata.namespace", BadValue::Str(&meta.namespace), &msg);
+    match (namespaced, meta.namespace.is_empty()) {
+        (true, true) => errs.required("metadata.namespace", ""),
+        (true, false) => {
+            for msg in dns1123_label_errors(&meta.namespace) {
+                errs.invalid("metadata.namespace", BadValue::Str(&meta.namespace), &msg);
+            }
         }
+        (false, false) => errs.forbidden("metadata.namespace", "not allowed on this type"),
+        (false, true) => {}
     }
     validate_labels(&meta.labels, "metadata.labels", errs);
 }

@@ -1,0 +1,126 @@
+//! Sync benchmark on the real kernel (ignored by default; run as root with
+//! `cargo test --release -p palisade-policy --test sync_bench -- --ignored --nocapture`).
+//!
+//! The benchmark clusters of `bench_cluster`, compiled and programmed into a table in a test
+//! namespace exactly as the agent does it: the cold full sync, then single pod changes
+//! (incremental compile, diff, element changes as a netlink batch), medians of 21 rounds.
+//! A binary of its own, so that `compile_bench` never runs beside it.
+
+// `pub`: the support module is shared by several test binaries.
+pub mod bench_cluster;
+
+use bench_cluster::*;
+use palisade_policy::compile::{Change, CompileOptions, Compiler};
+use palisade_policy::model::ClusterState;
+use std::time::{Duration, Instant};
+
+/// The whole path the agent takes for one change, on the real kernel in a test namespace:
+/// incremental compile of the same 10k-pod cluster, then diff and program the table (element
+/// changes as a netlink batch). Prints the cold full sync and medians of 21 rounds per change.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture, preferably --release (root)"]
+fn pod_change_compiled_and_applied() {
+    if !palisade_testutil::kernel_tests_enabled() {
+        return;
+    }
+    println!("load average at start: {}", load_average());
+    for size in SIZES {
+        for cluster_policies in [false, true] {
+            heading(size, cluster_policies);
+            pod_change_compiled_and_applied_in(size, cluster_with(size, cluster_policies));
+            println!("load average: {}", load_average());
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn pod_change_compiled_and_applied_in(size: Size, state: ClusterState) {
+    use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
+    let ns = palisade_testutil::TestNetns::new("e2e-bench").unwrap();
+    let mut dp = NftDataplane::new(NftOptions {
+        table: format!("palt-{}", std::process::id()),
+        netns: Some(ns.path().to_path_buf()),
+        ..NftOptions::default()
+    });
+    let opts = CompileOptions {
+        node: "node-0".into(),
+        fail_closed_new_pods: true,
+        nflog_group: Some(1),
+        masquerade: palisade_policy::compile::MasqueradeOptions::enabled(),
+    };
+    let mut compiler = Compiler::with_state(opts, state);
+    let t = Instant::now();
+    let (rs, touched) = compiler.ruleset_and_touched();
+    dp.apply_touched(rs, &touched).unwrap();
+    let last = dp.last_apply();
+    println!(
+        "cold full sync (compile + apply): {:.1} ms (target <= {} ms): in process {:.1} ms, \
+         listing {:.1} ms, nft {:.1} ms, {} KiB sent",
+        ms(t.elapsed()),
+        if size.pods <= 10_000 { 500 } else { 2000 },
+        ms(last.cpu_time),
+        ms(last.list_time),
+        ms(last.nft_time),
+        last.bytes / 1024
+    );
+
+    let mut remote = pod(size, size.pods + 1);
+    remote.node = Some("node-5".into());
+    let mut local = pod(size, size.pods + 2);
+    local.node = Some("node-0".into());
+    let mut round = |change: Change| {
+        let t = Instant::now();
+        compiler.apply(change);
+        // As the agent does: the dataplane looks only at what the compiler rebuilt.
+        let (rs, touched) = compiler.ruleset_and_touched();
+        let compiled = t.elapsed();
+        dp.apply_touched(rs, &touched).unwrap();
+        let last = dp.last_apply();
+        (
+            compiled,
+            t.elapsed(),
+            last.via_netlink,
+            last.cpu_time,
+            last.nft_time,
+        )
+    };
+    // Per change: (compile time, compile + apply time, sent as a netlink batch, dataplane
+    // time in process, time sending to the kernel).
+    type Sample = (Duration, Duration, bool, Duration, Duration);
+    let mut rows: Vec<(&str, Vec<Sample>)> = vec![
+        ("local pod add", Vec::new()),
+        ("local pod remove", Vec::new()),
+        ("remote pod add", Vec::new()),
+        ("remote pod remove", Vec::new()),
+    ];
+    for _ in 0..21 {
+        rows[0].1.push(round(Change::UpsertPod(local.clone())));
+        rows[1].1.push(round(Change::DeletePod(local.key.clone())));
+        rows[2].1.push(round(Change::UpsertPod(remote.clone())));
+        rows[3].1.push(round(Change::DeletePod(remote.key.clone())));
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        ms(v[v.len() / 2])
+    };
+    println!(
+        "one pod change, compiled and applied (medians of 21; target <= 10 ms local, <= 3 ms remote):"
+    );
+    for (what, samples) in rows {
+        let netlink = samples.iter().filter(|s| s.2).count();
+        println!(
+            "  {what:<18} total {:>6.2} ms  (compile {:>6.2} ms, dataplane in process {:>6.2} ms, \
+             send {:>6.2} ms)  netlink batch in {netlink}/21",
+            median(samples.iter().map(|s| s.1).collect()),
+            median(samples.iter().map(|s| s.0).collect()),
+            median(samples.iter().map(|s| s.3).collect()),
+            median(samples.iter().map(|s| s.4).collect()),
+        );
+    }
+    dp.delete_table().unwrap();
+}
