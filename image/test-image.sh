@@ -9,7 +9,10 @@
 #   - `palisade-agent run` becomes ready and programs table inet palisade, reports its
 #     version on the metrics port, and palisadectl reads its debug socket;
 #   - `palisade-agent uninstall` leaves no file or table behind.
+# The whole DaemonSet, as conf/ ships it, runs on every node of the netns cluster in image
+# mode (integration/run-scenarios --image); this is the quick check of the entry points.
 # usage: image/test-image.sh WORK_DIR
+# env: PALISADE_IMAGE_OUT=DIR tests what `image/build-oci.sh DIR` made instead of building.
 set -euo pipefail
 work=${1:?usage: test-image.sh WORK_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,10 +36,17 @@ pass=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 
 version=$("$root/image/version.sh")
-bash "$root/image/build-oci.sh" "$work"
-umoci ls --layout "$work/oci" | grep -qx "palisade-$version" || fail "OCI layout lacks palisade-$version"
-umoci stat --image "$work/oci:palisade-$version" >/dev/null || fail "umoci stat"
-ok "OCI layout $work/oci has palisade-$version (the workspace version)"
+out=${PALISADE_IMAGE_OUT:-}
+if [ -z "$out" ]; then
+  bash "$root/image/build-oci.sh" "$work"
+  out=$work
+else
+  # The tests below write into the file tree: work on a copy.
+  cp -a "$out/rootfs" "$rootfs"
+fi
+umoci ls --layout "$out/oci" | grep -qx "palisade-$version" || fail "OCI layout lacks palisade-$version"
+umoci stat --image "$out/oci:palisade-$version" >/dev/null || fail "umoci stat"
+ok "OCI layout $out/oci has palisade-$version (the workspace version)"
 
 # Run a command inside the test netns, chrooted into the image tree, with /proc and the
 # device nodes and links every OCI runtime provides (/dev/null, zero, random, urandom,
@@ -70,6 +80,12 @@ ok "static plugin answers VERSION: $ver"
 
 in_image /usr/sbin/nft --version | grep -q nftables || fail "nft from the image does not run"
 ok "nft from the image runs"
+for tool in ip tc iptables; do
+  for d in /usr/sbin /sbin /usr/bin /bin; do
+    [ ! -e "$rootfs$d/$tool" ] || fail "the image has $d/$tool: the agent must not depend on it"
+  done
+done
+ok "the image has no ip, tc or iptables (the agent programs routes over netlink)"
 
 # A kube API stand-in inside the netns, with a Node that has pod CIDRs.
 ip netns exec "$ns" "$target/release/palisade-apiserver" --listen 127.0.0.1:0 \
@@ -103,8 +119,22 @@ jq -e '.plugins[0].mtu == 1450' "$conflist" >/dev/null || fail "conflist mtu: $(
 [ "$(ls -A "$rootfs/host/etc/cni/net.d")" = 10-palisade.conflist ] || fail "temp files left in net.d"
 ok "install-cni wrote the plugin and the dual-stack conflist with the overlay's MTU"
 
+# A second node on this node's segment (a veth pair inside the test namespace carries the
+# node's address): the agent must route node-2's pod CIDR via its InternalIP.
+ip -n "$ns" link add seg0 type veth peer name seg1
+ip -n "$ns" addr add 192.0.2.11/24 dev seg0
+ip -n "$ns" link set seg0 up
+ip -n "$ns" link set seg1 up
+kc create -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24, podCIDRs: [10.244.2.0/24]}
+status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
+YAML
+
 in_image /usr/local/bin/palisade-agent run --node-name node-1 --kubeconfig /tmp/kubeconfig \
-  --cni-socket /run/palisade/agent.sock --metrics-listen 127.0.0.1:9464 --manage-routes false \
+  --cni-socket /run/palisade/agent.sock --metrics-listen 127.0.0.1:9464 \
   >"$work/agent.log" 2>&1 &
 pids+=($!)
 ready=no
@@ -117,6 +147,14 @@ done
 [ $ready = yes ] || fail "agent from the image never became ready: $(tail -20 "$work/agent.log")"
 ip netns exec "$ns" nft list table inet palisade >/dev/null || fail "agent did not program inet palisade"
 ok "palisade-agent run from the image is ready and programmed inet palisade"
+route=
+for _ in $(seq 50); do
+  route=$(ip -n "$ns" route show 10.244.2.0/24)
+  case $route in *"via 192.0.2.12"*"proto 180"*) break ;; esac
+  sleep 0.1
+done
+case $route in *"via 192.0.2.12"*"proto 180"*) ;; *) fail "no route to node-2's pod CIDR: '$route'; $(tail -5 "$work/agent.log")" ;; esac
+ok "the agent from the image routes node-2's pod CIDR: $route"
 # The metrics listener says which version runs; palisadectl from the image reads the agent's
 # debug socket (the default path, as on a node) and the table.
 metrics=$(ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')

@@ -4,17 +4,21 @@
 #
 #   tests/install-deps.sh          everything the tests need (tests/run-all.sh runs this)
 #   tests/install-deps.sh --demo   only what `bash integration/demo` needs (it runs this)
+#   ... --demo --image             and what image mode needs (`integration/demo --image`)
 #
 # What cannot be installed is reported before anything else happens, one line per missing
 # thing saying what it is and how to get it, and the script exits 1: a caller stops there
 # instead of building for minutes and failing at the end.
 set -euo pipefail
 mode=all
-case "${1:-}" in
-  "") ;;
-  --demo) mode=demo ;;
-  *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
-esac
+image=
+for arg in "$@"; do
+  case $arg in
+    --demo) mode=demo ;;
+    --image) image=1 ;;
+    *) echo "usage: $0 [--demo [--image]]" >&2; exit 2 ;;
+  esac
+done
 
 # Debian packages, each with what it is for. The demo's: a netns cluster with real agents.
 declare -A why=(
@@ -26,7 +30,7 @@ declare -A why=(
   [busybox-static]="busybox, for the kernel tests' pings and the container images"
   [tcpdump]="tcpdump, for debugging kernel tests"
   [jq]="jq, for the scripts' JSON"
-  [podman]="podman, a real runtime calling the CNI plugin"
+  [podman]="podman, a real runtime calling the CNI plugin, and image mode's container runtime"
   [runc]="runc, the OCI runtime of podman and containerd"
   [containerd]="containerd, a real runtime calling the CNI plugin"
   [umoci]="umoci, which packs the test images"
@@ -39,6 +43,8 @@ demo_pkgs=(nftables iproute2)
 test_pkgs=(conntrack iperf3 containernetworking-plugins busybox-static tcpdump jq podman runc
            containerd umoci catatonit shellcheck python3-venv graphviz)
 if [ "$mode" = demo ]; then pkgs=("${demo_pkgs[@]}"); else pkgs=("${demo_pkgs[@]}" "${test_pkgs[@]}"); fi
+# Image mode runs the nodes' containers with podman and runc.
+if [ "$mode" = demo ] && [ -n "$image" ]; then pkgs+=(podman runc); fi
 
 problems=()
 if [ "$(id -u)" != 0 ]; then

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/palisade";
+pub const DEFAULT_DATA_DIR: &str = palisade_common::DEFAULT_IPAM_DATA_DIR;
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_AGENT_TIMEOUT_MS: u64 = 2000;
 /// The one network name that would collide with hostPort's directory under `dataDir`.

@@ -17,6 +17,8 @@ pub const HOSTPORT_TABLE: &str = "palisade-hostport";
 pub const HOST_VETH_PREFIX: &str = "pal";
 /// Default path of the agent's unix socket on the node.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/palisade/agent.sock";
+/// Default IPAM state directory of the plugin on the node (`ipam.dataDir`).
+pub const DEFAULT_IPAM_DATA_DIR: &str = "/var/lib/cni/palisade";
 /// Default link-local gateway the pod routes through (IPv4).
 pub const GATEWAY_V4: &str = "169.254.1.1";
 /// Default link-local gateway the pod routes through (IPv6), configured on the node veth.

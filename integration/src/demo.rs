@@ -108,7 +108,14 @@ spec:
     ),
 ];
 
-pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bool) -> Result<()> {
+pub fn run(
+    nodes: usize,
+    family: Family,
+    bins: Binaries,
+    image: Option<std::sync::Arc<crate::cluster::image::ImageMode>>,
+    colour: bool,
+    pause: bool,
+) -> Result<()> {
     let bold = |s: &str| {
         if colour {
             format!("\x1b[1m{s}\x1b[0m")
@@ -130,6 +137,7 @@ pub fn run(nodes: usize, family: Family, bins: Binaries, colour: bool, pause: bo
     );
     let t0 = Instant::now();
     let mut config = ClusterConfig::new(nodes, bins);
+    config.image = image;
     config.external_ports = vec![(80, Protocol::Tcp)];
     let mut cluster = Cluster::start(config)?;
     let (_proxy, kubeconfig) = cluster.expose_api_on_loopback()?;

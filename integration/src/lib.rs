@@ -2,6 +2,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod demo;
 pub mod kube;
+pub mod kubelet;
 pub mod matrix;
 pub mod runner;
 pub mod scenario;

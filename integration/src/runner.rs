@@ -31,6 +31,8 @@ pub struct RunOptions {
     /// The nodes' network and the agents' overlay (a scenario's `cluster:` may pin either).
     pub topology: Topology,
     pub overlay: OverlayMode,
+    /// Image mode: the nodes run Palisade from the image under its DaemonSet.
+    pub image: Option<std::sync::Arc<crate::cluster::image::ImageMode>>,
 }
 
 /// The outcome of one scenario.
@@ -86,6 +88,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> ScenarioResult {
     cluster_cfg.routes = opts.routes;
     cluster_cfg.agent_args = opts.agent_args.clone();
     cluster_cfg.verbose = opts.verbose;
+    cluster_cfg.image = opts.image.clone();
     cluster_cfg.masquerade = s.cluster.masquerade;
     cluster_cfg.external_ports = s.served_ports();
     cluster_cfg.topology = s.cluster.topology.unwrap_or(opts.topology);
@@ -282,8 +285,16 @@ fn describe_api_error(e: &ApiError) -> String {
 /// Returns whether all passed.
 pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
     let setup = format!(
-        "over {} with {} node(s), topology {}, overlay {}",
-        opts.family, opts.nodes, opts.topology, opts.overlay
+        "over {} with {} node(s), topology {}, overlay {}{}",
+        opts.family,
+        opts.nodes,
+        opts.topology,
+        opts.overlay,
+        if opts.image.is_some() {
+            " (image mode)"
+        } else {
+            ""
+        }
     );
     run_all(
         files,

@@ -24,6 +24,7 @@ fn opts(family: Family) -> RunOptions {
         retry_blocked: 1,
         topology: Default::default(),
         overlay: Default::default(),
+        image: None,
     }
 }
 

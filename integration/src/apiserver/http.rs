@@ -80,17 +80,39 @@ impl Shared {
     }
 }
 
-/// Bind and spawn the accept loop.
-pub(crate) async fn serve(
-    addr: SocketAddr,
-    config: ApiServerConfig,
-) -> anyhow::Result<(SocketAddr, Arc<Shared>, tokio::task::JoinHandle<()>)> {
+/// What [`serve`] started: the plain listener's address, the HTTPS listener's (when
+/// configured), the shared state and the accept loops.
+pub(crate) struct Serving {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Bind and spawn the accept loop (and the HTTPS one when `config.tls` asks for it).
+pub(crate) async fn serve(addr: SocketAddr, config: ApiServerConfig) -> anyhow::Result<Serving> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind the API stand-in to {addr}"))?;
     let local = listener
         .local_addr()
         .context("local address of the API stand-in")?;
+    let tls = match &config.tls {
+        Some(tls) => {
+            let l = TcpListener::bind(tls.addr).await.with_context(|| {
+                format!("bind the API stand-in's HTTPS listener to {}", tls.addr)
+            })?;
+            let tls_local = l
+                .local_addr()
+                .context("local address of the HTTPS listener")?;
+            let auth = TlsAuth {
+                acceptor: tls.acceptor()?,
+                bearer_token: Arc::from(tls.bearer_token.as_str()),
+            };
+            Some((l, tls_local, auth))
+        }
+        None => None,
+    };
     let store = Store::new(config.history_limit);
     for namespace in &config.builtin_namespaces {
         store
@@ -107,11 +129,28 @@ pub(crate) async fn serve(
         refuse_until: Mutex::new(None),
         unavailable_until: Mutex::new(None),
     });
-    let task = tokio::spawn(accept_loop(listener, shared.clone()));
-    Ok((local, shared, task))
+    let mut tasks = vec![tokio::spawn(accept_loop(listener, shared.clone(), None))];
+    let mut tls_addr = None;
+    if let Some((l, tls_local, auth)) = tls {
+        tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Some(auth))));
+        tls_addr = Some(tls_local);
+    }
+    Ok(Serving {
+        addr: local,
+        tls_addr,
+        shared,
+        tasks,
+    })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// The HTTPS listener's handshake and the token its requests must carry.
+#[derive(Clone)]
+struct TlsAuth {
+    acceptor: tokio_rustls::TlsAcceptor,
+    bearer_token: Arc<str>,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAuth>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         if *shutdown.borrow_and_update() {
@@ -135,20 +174,51 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, shared.clone()));
+        let shared = shared.clone();
+        match tls.clone() {
+            None => {
+                tokio::spawn(serve_connection(stream, shared, None));
+            }
+            Some(auth) => {
+                tokio::spawn(async move {
+                    match auth.acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            serve_connection(stream, shared, Some(auth.bearer_token)).await
+                        }
+                        Err(err) => tracing::debug!("API stand-in: TLS handshake: {err}"),
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+/// Serve one connection. With `bearer_token`, a request without that token gets 401.
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>, bearer_token: Option<Arc<str>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut kill = shared.kill_connections.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     if *shutdown.borrow_and_update() {
         return;
     }
     kill.borrow_and_update();
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+        let authorized = bearer_token.as_deref().is_none_or(|token| {
+            super::tls::bearer_matches(request.headers().get(hyper::header::AUTHORIZATION), token)
+        });
+        async move {
+            if !authorized {
+                return Ok::<_, Infallible>(error_response(&ApiError::new(
+                    401,
+                    "Unauthorized",
+                    "Unauthorized",
+                )));
+            }
+            Ok::<_, Infallible>(handle(shared, request).await)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)

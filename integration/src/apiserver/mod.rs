@@ -7,7 +7,9 @@
 //!
 //! # What it serves
 //!
-//! Plain HTTP/1.1 on loopback, no TLS, no authentication. Paths as the API server has them:
+//! Plain HTTP/1.1, no authentication; optionally also HTTPS with a bearer token
+//! ([`ApiServerConfig::tls`], for in-cluster clients: [`tls`]). Paths as the API server has
+//! them:
 //!
 //! | resource | collection paths | object path (+ `/status`) |
 //! | --- | --- | --- |
@@ -108,6 +110,7 @@ mod patch;
 mod selector;
 mod store;
 mod table;
+pub mod tls;
 mod validation;
 
 use serde_json::Value;
@@ -135,6 +138,9 @@ pub struct ApiServerConfig {
     /// Answer aggregated discovery (`apidiscovery.k8s.io/v2`) when asked. Off: only the
     /// legacy documents, as an older API server (clients fall back to them).
     pub aggregated_discovery: bool,
+    /// An HTTPS listener with a bearer token, beside the plain one (what in-cluster clients
+    /// need: [`tls`]).
+    pub tls: Option<tls::TlsListener>,
     /// Serve ClusterNetworkPolicy, as a cluster with Palisade's CRD installed does. Off: the
     /// resource is not there (404, not in discovery), as in a cluster without the CRD.
     pub cluster_network_policy_crd: bool,
@@ -157,6 +163,7 @@ impl Default for ApiServerConfig {
             bookmark_interval: Duration::from_secs(5),
             builtin_namespaces: vec!["default".to_string()],
             aggregated_discovery: true,
+            tls: None,
             cluster_network_policy_crd: true,
         }
     }
@@ -166,8 +173,10 @@ impl Default for ApiServerConfig {
 /// waiting for the connections to close).
 pub struct ApiServer {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<http::Shared>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    /// The accept loops (plain, HTTPS) when serving on the caller's runtime.
+    server: Vec<tokio::task::JoinHandle<()>>,
     /// Set when the server runs on its own runtime thread ([`ApiServer::start_in_thread`]).
     runtime_thread: Option<RuntimeThread>,
 }
@@ -194,11 +203,12 @@ impl ApiServer {
         addr: SocketAddr,
         config: ApiServerConfig,
     ) -> anyhow::Result<ApiServer> {
-        let (addr, shared, server) = http::serve(addr, config).await?;
+        let serving = http::serve(addr, config).await?;
         Ok(ApiServer {
-            addr,
-            shared,
-            server: Some(server),
+            addr: serving.addr,
+            tls_addr: serving.tls_addr,
+            shared: serving.shared,
+            server: serving.tasks,
             runtime_thread: None,
         })
     }
@@ -224,10 +234,13 @@ impl ApiServer {
                 };
                 runtime.block_on(async move {
                     match http::serve(addr, config).await {
-                        Ok((addr, shared, server)) => {
-                            let _ = ready_tx.send(Ok((addr, shared)));
+                        Ok(serving) => {
+                            let _ =
+                                ready_tx.send(Ok((serving.addr, serving.tls_addr, serving.shared)));
                             let _ = stop_rx.await;
-                            server.abort();
+                            for task in serving.tasks {
+                                task.abort();
+                            }
                         }
                         Err(err) => {
                             let _ = ready_tx.send(Err(err));
@@ -236,13 +249,14 @@ impl ApiServer {
                 });
             })
             .map_err(|err| anyhow::anyhow!("spawn apiserver thread: {err}"))?;
-        let (addr, shared) = ready_rx
+        let (addr, tls_addr, shared) = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("apiserver thread ended before it was ready"))??;
         Ok(ApiServer {
             addr,
+            tls_addr,
             shared,
-            server: None,
+            server: Vec::new(),
             runtime_thread: Some(RuntimeThread {
                 stop: Some(stop_tx),
                 thread: Some(thread),
@@ -253,6 +267,11 @@ impl ApiServer {
     /// The bound address (the real port when started with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTPS listener's bound address, when [`ApiServerConfig::tls`] asked for one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// `http://127.0.0.1:PORT`, the server URL for kubeconfigs and clients.
@@ -360,7 +379,7 @@ impl ApiServer {
     /// Stop accepting, end every open watch and connection, and wait for the accept loop to end.
     pub async fn shutdown(mut self) {
         self.shared.shutdown();
-        if let Some(server) = self.server.take() {
+        for server in std::mem::take(&mut self.server) {
             let _ = server.await;
         }
         self.stop_runtime_thread();
@@ -381,7 +400,7 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shared.shutdown();
-        if let Some(server) = self.server.take() {
+        for server in self.server.drain(..) {
             server.abort();
         }
         self.stop_runtime_thread();

@@ -4,7 +4,8 @@
 //! palisade-scenarios run [--family v4|v6] [--nodes N] [--no-agent] [--routes harness|agent]
 //!                        [--topology single|two-subnets] [--overlay never|always|cross-subnet]
 //!                        [--agent-arg ARG]... [--retries N] [-v] PATH...
-//! palisade-scenarios demo [--nodes N] [--family v4|v6] [--pause]
+//! palisade-scenarios run --image OCI_DIR [--conf DIR] [--config KEY=VALUE]... [...] PATH...
+//! palisade-scenarios demo [--nodes N] [--family v4|v6] [--pause] [--image OCI_DIR]
 //! palisade-scenarios cleanup      # remove leftovers of crashed runs
 //! palisade-scenarios kube [--kubeconfig F] [--context C] [--family v4|v6] [--image I]
 //!                         [--timeout SECS] [--ready-timeout SECS] [--parallel N] [-v] PATH...
@@ -12,16 +13,22 @@
 //! `integration/run-scenarios` builds the binaries and runs `run`; `integration/demo` runs
 //! `demo`; `integration/kind/run.sh` runs `kube` on a kind cluster. `kube` drives a real
 //! cluster with `kubectl` and needs no root.
+//!
+//! With `--image OCI_DIR` (the layout `image/build-oci.sh OUT` makes: OUT/oci), every node
+//! runs Palisade from that image under the DaemonSet of `kubectl kustomize conf`, started by
+//! podman as kubelet would start it (`palisade_integration::cluster::image`).
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade_integration::cluster::image::ImageMode;
 use palisade_integration::cluster::topology::Topology;
 use palisade_integration::cluster::{cleanup, netns, Binaries, RouteMode};
 use palisade_integration::kube::{self, kubectl::Kubectl, KubeOptions};
 use palisade_integration::runner::{collect_files, run_files, RunOptions};
 use palisade_integration::scenario::Family;
 use palisade_policy::agent::routes::overlay::OverlayMode;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -46,6 +53,34 @@ enum RoutesArg {
     Agent,
 }
 
+/// Image mode's options (shared by `run` and `demo`).
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    /// Run every node from this OCI image layout (`image/build-oci.sh OUT` makes OUT/oci;
+    /// `DIR:REF` names one image of several) under the DaemonSet of --conf, as kubelet would.
+    #[arg(long, value_name = "OCI_DIR")]
+    image: Option<PathBuf>,
+    /// The kustomization whose DaemonSet and ConfigMap image mode runs.
+    #[arg(long, value_name = "DIR", default_value_os_t = default_conf_dir(), requires = "image")]
+    conf: PathBuf,
+    /// Set a key of the DaemonSet's ConfigMap before running it (repeat), as an operator
+    /// edits conf/config/agent.env before applying.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value, requires = "image")]
+    config: Vec<(String, String)>,
+}
+
+/// `conf/` of the checkout this binary was built from.
+fn default_conf_dir() -> PathBuf {
+    let integration = Path::new(env!("CARGO_MANIFEST_DIR"));
+    integration.parent().unwrap_or(integration).join("conf")
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s}"))
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run scenario files (or folders of them) and print `N passed, M failed`.
@@ -55,13 +90,18 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         nodes: usize,
         /// Run without palisade-agent (wiring only: nothing is enforced).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "image")]
         no_agent: bool,
         /// Who installs the routes to other nodes' pod CIDRs (without agents: the harness).
         #[arg(long, value_enum, default_value = "agent")]
         routes: RoutesArg,
-        /// Extra argument for every palisade-agent (repeat).
-        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        /// Extra argument for every palisade-agent (repeat). Not with --image: the
+        /// DaemonSet's arguments are used as written (see --config).
+        #[arg(
+            long = "agent-arg",
+            allow_hyphen_values = true,
+            conflicts_with = "image"
+        )]
         agent_args: Vec<String>,
         /// Times a cell observed blocked is probed again.
         #[arg(long, default_value_t = 1)]
@@ -77,6 +117,8 @@ enum Cmd {
         /// The agents' --overlay.
         #[arg(long, value_enum, default_value = "never")]
         overlay: OverlayMode,
+        #[command(flatten)]
+        image: ImageArgs,
         #[arg(short, long)]
         verbose: bool,
         #[arg(required = true)]
@@ -93,6 +135,8 @@ enum Cmd {
         /// Wait for Enter before each policy.
         #[arg(long)]
         pause: bool,
+        #[command(flatten)]
+        image: ImageArgs,
     },
     /// Remove namespaces and run directories of crashed runs.
     Cleanup,
@@ -150,6 +194,25 @@ fn is_tty() -> bool {
     unsafe { libc::isatty(1) == 1 }
 }
 
+/// Image mode's manifests and image, loaded once for the whole run into a storage of the
+/// run's own (removed at the end, also on Ctrl-C).
+fn image_mode(args: &ImageArgs, family: Family) -> Result<Option<Arc<ImageMode>>> {
+    let Some(layout) = &args.image else {
+        return Ok(None);
+    };
+    let store = std::env::temp_dir().join(format!("{}-images", netns::run_prefix()));
+    let t = std::time::Instant::now();
+    let mode = ImageMode::new(&args.conf, &args.config, layout, &store, family)?;
+    eprintln!(
+        "image mode: {} from {} loaded in {:.1}s; nodes run the DaemonSet of {}",
+        mode.store.image,
+        layout.display(),
+        t.elapsed().as_secs_f64(),
+        args.conf.display()
+    );
+    Ok(Some(Arc::new(mode)))
+}
+
 fn bins(dir: Option<PathBuf>, no_agent: bool) -> Result<Binaries> {
     let mut b = match dir {
         Some(d) => Binaries::in_dir(&d),
@@ -194,20 +257,32 @@ fn real_main() -> Result<i32> {
             bin_dir,
             topology,
             overlay,
+            image,
             verbose,
             paths,
         } => {
             if nodes == 0 || nodes > 200 {
                 bail!("--nodes must be between 1 and 200");
             }
+            let routes = match routes {
+                RoutesArg::Harness => RouteMode::Harness,
+                RoutesArg::Agent => RouteMode::Agent,
+            };
+            if image.image.is_some() && routes == RouteMode::Harness {
+                bail!("--image runs the agent as shipped, which keeps the routes: no --routes harness");
+            }
+            let files = collect_files(&paths)?;
+            if files.is_empty() {
+                bail!("no scenario files (*.yaml) found");
+            }
+            // The agent binary is not needed in image mode.
+            let bins = bins(bin_dir, no_agent || image.image.is_some())?;
             let opts = RunOptions {
                 family: family(fam),
                 nodes,
-                bins: bins(bin_dir, no_agent)?,
-                routes: match routes {
-                    RoutesArg::Harness => RouteMode::Harness,
-                    RoutesArg::Agent => RouteMode::Agent,
-                },
+                image: image_mode(&image, family(fam))?,
+                bins,
+                routes,
                 agent_args,
                 colour: is_tty(),
                 verbose,
@@ -215,10 +290,6 @@ fn real_main() -> Result<i32> {
                 topology,
                 overlay,
             };
-            let files = collect_files(&paths)?;
-            if files.is_empty() {
-                bail!("no scenario files (*.yaml) found");
-            }
             Ok(if run_files(&files, &opts) { 0 } else { 1 })
         }
         Cmd::Demo {
@@ -226,9 +297,11 @@ fn real_main() -> Result<i32> {
             family: fam,
             bin_dir,
             pause,
+            image,
         } => {
-            let b = bins(bin_dir, false)?;
-            palisade_integration::demo::run(nodes, family(fam), b, is_tty(), pause)?;
+            let b = bins(bin_dir, image.image.is_some())?;
+            let image = image_mode(&image, family(fam))?;
+            palisade_integration::demo::run(nodes, family(fam), b, image, is_tty(), pause)?;
             Ok(0)
         }
         Cmd::Cleanup => {

@@ -1,13 +1,21 @@
 //! The run's cleanup registry: every process, namespace and directory the harness makes is
 //! recorded here the moment it exists, so that a Ctrl-C (SIGINT), SIGTERM or a panic removes
 //! it as surely as a normal teardown does. The normal path removes things itself and
-//! `forget`s them; [`cleanup_all`] removes whatever is still recorded.
+//! `forget`s them; [`cleanup_all`] removes whatever is still recorded. Things that need more
+//! than a kill or a delete (image mode's podman containers) are recorded as a teardown
+//! function, run before anything else goes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// A teardown function and the id that forgets it.
+type Teardown = (u64, Box<dyn FnOnce() + Send>);
+
 #[derive(Default)]
 struct Registry {
+    /// Teardown functions (run first, newest first).
+    teardowns: Vec<Teardown>,
+    next_teardown: u64,
     processes: Vec<u32>,
     netns: Vec<String>,
     dirs: Vec<PathBuf>,
@@ -17,6 +25,8 @@ struct Registry {
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    teardowns: Vec::new(),
+    next_teardown: 0,
     processes: Vec::new(),
     netns: Vec::new(),
     dirs: Vec::new(),
@@ -53,6 +63,25 @@ fn delete_netns(name: &str) {
         .status();
 }
 
+/// Record a function that removes something this run made; returns the id that
+/// [`forget_teardown`] takes once the normal path removed it.
+pub fn register_teardown(f: Box<dyn FnOnce() + Send>) -> u64 {
+    let mut r = registry();
+    if r.interrupted {
+        drop(r);
+        f();
+        return u64::MAX;
+    }
+    r.next_teardown += 1;
+    let id = r.next_teardown;
+    r.teardowns.push((id, f));
+    id
+}
+
+pub fn forget_teardown(id: u64) {
+    registry().teardowns.retain(|(i, _)| *i != id);
+}
+
 pub fn forget_process(pid: u32) {
     registry().processes.retain(|p| *p != pid);
 }
@@ -83,23 +112,27 @@ pub fn forget_dir(path: &Path) {
     registry().dirs.retain(|d| d != path);
 }
 
-/// Kill every recorded process (SIGKILL, by PID: only processes this run started), delete
-/// every recorded namespace (newest first: pods before nodes before the segment) and
-/// directory. Safe to call more than once and from the signal thread.
+/// Run every recorded teardown function, kill every recorded process (SIGKILL, by PID: only
+/// processes this run started), delete every recorded namespace (newest first: pods before
+/// nodes before the segment) and directory. Safe to call more than once and from the signal thread.
 pub fn cleanup_all() {
     cleanup(false);
 }
 
 fn cleanup(interrupt: bool) {
-    let (processes, netns, dirs) = {
+    let (teardowns, processes, netns, dirs) = {
         let mut r = registry();
         r.interrupted |= interrupt;
         (
+            std::mem::take(&mut r.teardowns),
             std::mem::take(&mut r.processes),
             std::mem::take(&mut r.netns),
             std::mem::take(&mut r.dirs),
         )
     };
+    for (_, f) in teardowns.into_iter().rev() {
+        f();
+    }
     for pid in processes {
         kill(pid);
     }

@@ -39,8 +39,12 @@
 //!
 //! Every name carries the run prefix; everything is recorded in [`cleanup`] the moment it
 //! exists and removed by [`Cluster::teardown`], by `Drop` (panics), or by the signal handler.
+//!
+//! In image mode ([`image`]) the agents are not the host's binaries: each node runs the image
+//! under the DaemonSet of `conf/`, and its pods are wired by the plugin that pod installed.
 
 pub mod cleanup;
+pub mod image;
 pub mod netns;
 pub mod probe;
 pub mod topology;
@@ -60,6 +64,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use topology::{Subnet, Topology};
 
@@ -146,6 +151,9 @@ pub struct ClusterConfig {
     pub probe_concurrency: usize,
     /// Print each step of the cluster's life on stderr.
     pub verbose: bool,
+    /// Image mode: every node runs Palisade from the image, as the DaemonSet says
+    /// ([`image`]); `bins.cni` and `bins.agent` are then not used.
+    pub image: Option<Arc<image::ImageMode>>,
     /// The agents masquerade pod traffic leaving the pod CIDRs (their default); `false`
     /// starts them with masquerade off in both families.
     pub masquerade: bool,
@@ -168,6 +176,7 @@ impl ClusterConfig {
             probe_timeout: Duration::from_millis(1000),
             probe_concurrency: 32,
             verbose: false,
+            image: None,
             masquerade: true,
             external_ports: Vec::new(),
             topology: Topology::Single,
@@ -193,6 +202,8 @@ pub struct Node {
     pub debug_socket: PathBuf,
     pub conflist: Value,
     agent: Option<Child>,
+    /// Image mode: the node's pod of the DaemonSet.
+    pod: Option<image::NodePod>,
     pub agent_log: PathBuf,
 }
 
@@ -318,10 +329,12 @@ impl Cluster {
         for s in swept {
             eprintln!("removed leftover of a crashed run: {s}");
         }
-        for (what, p) in [
-            ("palisade", &config.bins.cni),
-            ("palisade-testpod", &config.bins.testpod),
-        ] {
+        // In image mode the plugin comes from the image.
+        let mut needed = vec![("palisade-testpod", &config.bins.testpod)];
+        if config.image.is_none() {
+            needed.push(("palisade", &config.bins.cni));
+        }
+        for (what, p) in needed {
             if !p.exists() {
                 bail!(
                     "{what} binary not found at {} (build it first)",
@@ -417,7 +430,7 @@ impl Cluster {
             let (ipv4, ipv6) = subnet.host(i as u8);
             attach_to_segment(&seg, &format!("s{i}"), &ns, subnet, topology, ipv4, ipv6)?;
             let dir = self.dir.join(format!("node-{i}"));
-            std::fs::create_dir_all(dir.join("ipam"))?;
+            std::fs::create_dir_all(&dir)?;
             let agent_socket = dir.join("agent.sock");
             let pod_cidr_v4 = format!("10.244.{i}.0/24");
             let pod_cidr_v6 = format!("fd00:10:244:{i:x}::/64");
@@ -443,14 +456,18 @@ impl Cluster {
                         "timeoutMs": 10000,
                         // With an agent, a pod it did not program is a harness failure, not
                         // something to paper over.
-                        "required": self.config.bins.agent.is_some(),
+                        "required": self.has_agents(),
                     },
                 }],
             });
-            std::fs::write(
-                dir.join("10-palisade.conflist"),
-                serde_json::to_string_pretty(&conflist)?,
-            )?;
+            // Image mode: the node's pod installs the conflist (it replaces this one).
+            if self.config.image.is_none() {
+                std::fs::create_dir_all(dir.join("ipam"))?;
+                std::fs::write(
+                    dir.join("10-palisade.conflist"),
+                    serde_json::to_string_pretty(&conflist)?,
+                )?;
+            }
             self.nodes.push(Node {
                 index: i,
                 name: format!("node-{i}"),
@@ -466,9 +483,10 @@ impl Cluster {
                 agent_socket,
                 conflist,
                 agent: None,
+                pod: None,
             });
         }
-        if self.config.routes == RouteMode::Harness || self.config.bins.agent.is_none() {
+        if self.config.routes == RouteMode::Harness || !self.has_agents() {
             for n in &self.nodes {
                 for m in &self.nodes {
                     if n.index == m.index {
@@ -498,9 +516,18 @@ impl Cluster {
         // The API stand-in: in-process, its socket bound inside the segment namespace (the
         // runtime thread it spawns inherits the namespace of the thread that spawns it).
         let addr = self.api_addr;
+        // Image mode: the pods are in-cluster clients (HTTPS, a CA, a token).
+        let tls = match self.config.image {
+            Some(_) => Some(image::api_listener()?),
+            None => None,
+        };
+        let api_config = ApiServerConfig {
+            tls: tls.clone(),
+            ..ApiServerConfig::default()
+        };
         let api = self
             .segment
-            .run_inside(move || ApiServer::start_in_thread(addr, ApiServerConfig::default()))
+            .run_inside(move || ApiServer::start_in_thread(addr, api_config))
             .context("start the API stand-in in the segment namespace")?;
         api.write_kubeconfig(&self.dir.join("kubeconfig"))?;
         for n in &self.nodes {
@@ -521,7 +548,12 @@ impl Cluster {
         }
         self.api = Some(api);
 
-        if let Some(agent) = self.config.bins.agent.clone() {
+        if let Some(tls) = tls {
+            self.start_node_pods(&tls)?;
+            let deadline = Instant::now() + self.config.programming_timeout;
+            self.wait_node_routes(deadline)?;
+            self.log(format!("node pods ready after {:?}", t0.elapsed()));
+        } else if let Some(agent) = self.config.bins.agent.clone() {
             for i in 0..self.nodes.len() {
                 self.start_agent(i, &agent)?;
             }
@@ -628,7 +660,12 @@ impl Cluster {
     /// Whether the agents keep the routes between nodes (the only way across the router of
     /// the two-subnets topology is their overlay).
     fn has_agents_routing(&self) -> bool {
-        self.config.bins.agent.is_some() && self.config.routes == RouteMode::Agent
+        self.has_agents() && self.config.routes == RouteMode::Agent
+    }
+
+    /// Whether agents run (natively or from the image).
+    pub fn has_agents(&self) -> bool {
+        self.config.bins.agent.is_some() || self.config.image.is_some()
     }
 
     pub fn api(&self) -> &ApiServer {
@@ -694,7 +731,7 @@ impl Cluster {
     /// All agents' log tails, headed by the node name.
     pub fn agent_logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
-        if self.config.bins.agent.is_none() {
+        if !self.has_agents() {
             return out;
         }
         for n in &self.nodes {
@@ -730,6 +767,7 @@ impl Cluster {
     }
 
     fn agent_alive(&mut self, i: usize) -> Result<()> {
+        self.pod_alive(i)?;
         let n = &mut self.nodes[i];
         if let Some(child) = n.agent.as_mut() {
             if let Some(status) = child.try_wait()? {
@@ -766,7 +804,7 @@ impl Cluster {
     /// Wait until every agent reports `programmedResourceVersions[kind] >= rv`. Returns how
     /// long that took from the write. Without agents, returns at once.
     pub fn wait_programmed(&mut self, write: ApiWrite) -> Result<Duration> {
-        if self.config.bins.agent.is_none() {
+        if !self.has_agents() {
             return Ok(write.at.elapsed());
         }
         let deadline = Instant::now() + self.config.programming_timeout;
@@ -1073,14 +1111,24 @@ impl Cluster {
         let mut conf = list["plugins"][0].clone();
         conf["name"] = list["name"].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
-        let cni_dir = self
-            .config
-            .bins
-            .cni
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let mut cmd = node.netns.command(&self.config.bins.cni);
+        let (mut cmd, cni_path) = match image::installed_plugin(node, &plugin_type(&conf)?) {
+            // Image mode: the plugin and config that the node's pod installed, run as the
+            // node's runtime runs them.
+            Some(cmd) => (cmd?, image::installed_cni_path().to_string()),
+            None => {
+                let cni_dir = self
+                    .config
+                    .bins
+                    .cni
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                (
+                    node.netns.command(&self.config.bins.cni),
+                    format!("{cni_dir}:/opt/cni/bin:/usr/lib/cni"),
+                )
+            }
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
             .env("CNI_COMMAND", command)
@@ -1094,7 +1142,7 @@ impl Cluster {
                     pod.spec.namespace, pod.spec.name, pod.container_id, pod.uid
                 ),
             )
-            .env("CNI_PATH", format!("{cni_dir}:/opt/cni/bin:/usr/lib/cni"))
+            .env("CNI_PATH", cni_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1308,6 +1356,9 @@ impl Cluster {
                 }
             }
         }
+        if let Err(e) = self.stop_node_pods() {
+            errors.push(format!("{e:#}"));
+        }
         for n in &mut self.nodes {
             stop_child(&mut n.agent);
         }
@@ -1425,6 +1476,14 @@ fn pod_containers(spec: &PodSpec) -> (Vec<Value>, Vec<Value>) {
                     "restartPolicy": "Always", "ports": sidecar})]
     };
     (containers, init)
+}
+
+/// The `type` of a plugin config.
+fn plugin_type(conf: &Value) -> Result<String> {
+    conf["type"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("plugin config without a type: {conf}"))
 }
 
 fn sanitize(s: &str) -> String {

@@ -131,6 +131,43 @@ impl ClusterNetns {
         .with_context(|| format!("in netns {}", self.name))
     }
 
+    /// `GET path` from `addr`, connecting from inside this namespace; HTTP/1.0, so the
+    /// answer ends at EOF and is never chunked. Returns the status code and the body.
+    pub fn http_get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = self.connect(addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let host = match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+        };
+        let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        s.write_all(request.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("malformed HTTP answer from {addr}: {text}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no status code in {head:?}"))?;
+        Ok((code, body.to_string()))
+    }
+
     /// Bind a TCP listener inside this namespace.
     pub fn listen(&self, addr: SocketAddr) -> Result<TcpListener> {
         self.run_inside(move || TcpListener::bind(addr).with_context(|| format!("bind {addr}")))
@@ -138,7 +175,8 @@ impl ClusterNetns {
     }
 }
 
-fn check(out: &Output, what: &str) -> Result<String> {
+/// A finished command's stdout, or an error naming `what` with its status and stderr.
+pub fn check(out: &Output, what: &str) -> Result<String> {
     if !out.status.success() {
         bail!(
             "`{what}` failed ({}): {}",
@@ -232,10 +270,14 @@ pub fn sweep_stale_runs(run_dir_parent: &Path) -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir(run_dir_parent) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if stale_pid(&name).is_some()
-                && e.path().is_dir()
-                && std::fs::remove_dir_all(e.path()).is_ok()
-            {
+            if stale_pid(&name).is_none() || !e.path().is_dir() {
+                continue;
+            }
+            // An image-mode storage: its containers go first (runc state, conmon).
+            if crate::kubelet::podman::is_store(&e.path()) {
+                crate::kubelet::podman::sweep_stale_store(&e.path());
+            }
+            if std::fs::remove_dir_all(e.path()).is_ok() {
                 removed.push(format!("dir {}", e.path().display()));
             }
         }
