@@ -23,7 +23,50 @@ use palisade_kernel::rtnl::{
 };
 use palisade_kernel::Netns;
 use serde_json::Map;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+/// How long ADD waits for the pod to join its addresses' solicited-node groups: the node's
+/// first neighbour solicitation would otherwise be retransmitted after 1 s.
+const SOLICITED_NODE_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits (polling each millisecond, up to `limit`) until `ifname` of the calling thread's
+/// network namespace has joined the solicited-node multicast group of every address in
+/// `addrs`, as `/proc/thread-self/net/igmp6` lists them (`/proc/self` would show the main
+/// thread's namespace, not this thread's). Whether it joined; `true` when the list cannot be
+/// read (no IPv6 multicast accounting to wait for).
+fn wait_for_solicited_node_groups(ifname: &str, addrs: &[Ipv6Addr], limit: Duration) -> bool {
+    let groups: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            let o = a.octets();
+            format!(
+                "ff0200000000000000000001ff{:02x}{:02x}{:02x}",
+                o[13], o[14], o[15]
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    loop {
+        let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/igmp6") else {
+            return true;
+        };
+        // Lines: index, interface, group (32 hex digits), users, flags, timer.
+        let joined = groups.iter().all(|g| {
+            table.lines().any(|l| {
+                let mut f = l.split_whitespace().skip(1);
+                f.next() == Some(ifname) && f.next() == Some(g.as_str())
+            })
+        });
+        if joined {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
     let att = env.attachment();
@@ -171,6 +214,26 @@ fn build(
     }
     for ip in &ips {
         pod.add_address(&pod_link, host_prefix(*ip), ip.is_ipv6())?;
+    }
+    // The address is usable at once, but the kernel joins its solicited-node group from a
+    // work queue a little later (at once on a quiet machine, not always under load); until
+    // then the pod ignores the node's neighbour solicitation for it, and the pod's first
+    // reply waits for the node's 1 s retransmit. ADD returns once the pod has joined.
+    if has_v6 {
+        let v6: Vec<Ipv6Addr> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let ifname = att.ifname.as_str();
+        if !netns.run(|| wait_for_solicited_node_groups(ifname, &v6, SOLICITED_NODE_WAIT))? {
+            warn(format!(
+                "{ifname}: not yet in the solicited-node groups of {v6:?} after \
+                 {SOLICITED_NODE_WAIT:?}; the pod's first IPv6 packets may wait for ND"
+            ));
+        }
     }
     crash_point("pod-addresses");
 
