@@ -93,6 +93,12 @@ impl Nflog {
     }
 }
 
+/// The logged packets of one datagram as [`Nflog::recv`] reads them (for the fuzz targets,
+/// which feed it arbitrary and captured datagrams).
+pub fn decode(datagram: &[u8]) -> Result<Vec<LoggedPacket>> {
+    crate::netlink::decode_datagram(datagram).map(packets)
+}
+
 /// The logged packets among `msgs` (other messages are ignored).
 pub fn packets(msgs: Vec<NetfilterMessage>) -> Vec<LoggedPacket> {
     msgs.into_iter()
