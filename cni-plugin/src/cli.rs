@@ -72,7 +72,7 @@ pub enum Request {
     /// VERSION: the answer needs nothing else.
     Version(Value),
     /// Every other command, over its network configuration.
-    Command(NetConf),
+    Command(Box<NetConf>),
 }
 
 /// The parse-only front of [`run`]: every command goes through it, and the fuzz targets
@@ -83,13 +83,13 @@ pub fn parse_request(env: &Env, raw: &[u8]) -> Result<Request> {
             config::requested_version(raw).as_deref(),
         )));
     }
-    config::parse_netconf(raw).map(Request::Command)
+    config::parse_netconf(raw).map(|conf| Request::Command(Box::new(conf)))
 }
 
 fn dispatch(env: &Env, raw: &[u8]) -> Result<Option<Value>> {
     let conf = match parse_request(env, raw)? {
         Request::Version(answer) => return Ok(Some(answer)),
-        Request::Command(conf) => conf,
+        Request::Command(conf) => *conf,
     };
     log::init(conf.log.as_ref());
     log::debug(format_args!(
