@@ -93,6 +93,14 @@ fi
 if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
   systemctl stop containerd.service 2>/dev/null || true
 fi
+# The fuzz targets (fuzz/, tests/run-all.sh's fuzz stage): cargo-fuzz, pinned, built from
+# crates.io, and the nightly toolchain it needs (rustup's, as the machine has stable and
+# nightly; AddressSanitizer ships with it).
+cargo_fuzz_version=0.13.1
+if ! cargo fuzz --version 2>/dev/null | grep -qF "$cargo_fuzz_version"; then
+  cargo install --locked "cargo-fuzz@$cargo_fuzz_version"
+fi
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install --profile minimal nightly
 # A real Kubernetes schema validator for conf/ (ships its schemas: works offline).
 venv=${PALISADE_VENV:-/opt/palisade-venv}
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then

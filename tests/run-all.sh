@@ -4,6 +4,7 @@
 #   2. rustfmt and clippy -D warnings
 #   3. cargo test --workspace: unit, property, golden, kernel (network namespaces), real
 #      runtimes (podman, containerd), the kube API stand-in with kubectl, manifests
+#   3b. every fuzz target built and run for 30 s over its committed corpus (fuzz/smoke.sh)
 #   4. the image assembled as an OCI layout (once) and its entry points run
 #   5. the kind integration scripts checked (bash -n, shellcheck)
 #   6. every scenario on the netns cluster in IPv4; then on the two-subnets topology (nodes
@@ -36,6 +37,10 @@ export PALISADE_NO_BUILD=1
 
 stage "cargo test"
 cargo test --workspace --locked -- --test-threads=4
+
+stage "fuzz targets (each for 30 s over its committed corpus)"
+# Built apart from the workspace (nightly, sanitizer flags): see fuzz/README.md.
+bash fuzz/smoke.sh
 
 stage "manifests"
 # What `kubectl apply -k conf` creates (the generated ConfigMap included), and the uninstall

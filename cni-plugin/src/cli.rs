@@ -2,7 +2,7 @@
 //! stdout, or the spec's error JSON and a non-zero exit. This is the only place where errors
 //! become JSON.
 
-use crate::config::{self, Command, Env};
+use crate::config::{self, Command, Env, NetConf};
 use crate::error::{CniError, Result};
 use crate::{commands, log, version};
 use serde_json::Value;
@@ -65,13 +65,32 @@ fn read_stdin(command: Option<Command>) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn dispatch(env: &Env, raw: &[u8]) -> Result<Option<Value>> {
+/// What one invocation asks for, parsed and validated from its environment and stdin before
+/// any command touches the kernel or the disk.
+#[derive(Debug)]
+pub enum Request {
+    /// VERSION: the answer needs nothing else.
+    Version(Value),
+    /// Every other command, over its network configuration.
+    Command(Box<NetConf>),
+}
+
+/// The parse-only front of [`run`]: every command goes through it, and the fuzz targets
+/// (`fuzz/`) drive it without running a command.
+pub fn parse_request(env: &Env, raw: &[u8]) -> Result<Request> {
     if env.command == Command::Version {
-        return Ok(Some(version::version_info(
+        return Ok(Request::Version(version::version_info(
             config::requested_version(raw).as_deref(),
         )));
     }
-    let conf = config::parse_netconf(raw)?;
+    config::parse_netconf(raw).map(|conf| Request::Command(Box::new(conf)))
+}
+
+fn dispatch(env: &Env, raw: &[u8]) -> Result<Option<Value>> {
+    let conf = match parse_request(env, raw)? {
+        Request::Version(answer) => return Ok(Some(answer)),
+        Request::Command(conf) => *conf,
+    };
     log::init(conf.log.as_ref());
     log::debug(format_args!(
         "{:?} config: {}",

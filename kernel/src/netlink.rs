@@ -185,15 +185,7 @@ where
                 Err(e) => return Err(Error::new("receive netlink message", e)),
             }
         };
-        let mut out = Vec::new();
-        for msg in messages::<M>(&self.buf[..n.min(RECV_BUF)]) {
-            let msg = msg?;
-            check_error(&msg)?;
-            if let NetlinkPayload::InnerMessage(m) = msg.payload {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        decode_datagram(&self.buf[..n.min(RECV_BUF)])
     }
 
     /// Read replies to the last request until its ack or error (`dump`: until
@@ -252,6 +244,21 @@ where
     out.resize((out.len() + 3) & !3, 0);
 }
 
+/// The messages of one datagram received on a subscription ([`Socket::receive`]); an error
+/// message in it is returned as the error. Public for the fuzz targets (`fuzz/`), which feed
+/// it arbitrary datagrams.
+pub fn decode_datagram<M: NetlinkDeserializable>(datagram: &[u8]) -> Result<Vec<M>> {
+    let mut out = Vec::new();
+    for msg in messages::<M>(datagram) {
+        let msg = msg?;
+        check_error(&msg)?;
+        if let NetlinkPayload::InnerMessage(m) = msg.payload {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// The messages of one datagram.
 fn messages<M: NetlinkDeserializable>(
     mut buf: &[u8],
@@ -279,9 +286,17 @@ fn messages<M: NetlinkDeserializable>(
 fn check_error<M>(msg: &NetlinkMessage<M>) -> Result<()> {
     if let NetlinkPayload::Error(e) = &msg.payload {
         if let Some(code) = e.code {
+            // The kernel sends a negative errno. Anything else is a malformed message, not
+            // an errno (negating i32::MIN overflowed: found by the rtnetlink fuzz target).
+            let Some(errno) = code.get().checked_neg().filter(|e| *e > 0) else {
+                return Err(Error::invalid(
+                    "parse netlink reply",
+                    format!("error code {code} is not a negative errno"),
+                ));
+            };
             return Err(Error {
                 context: String::new(),
-                source: io::Error::from_raw_os_error(-code.get()),
+                source: io::Error::from_raw_os_error(errno),
                 kernel_msg: ext_ack_message(msg.header.flags, &e.header),
             });
         }

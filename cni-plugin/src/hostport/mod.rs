@@ -54,13 +54,13 @@ mod conntrack;
 mod entries;
 mod kernel;
 mod mappings;
-mod records;
+/// Public for the fuzz targets (`fuzz/`), which read records back as the commands do.
+pub mod records;
 mod table;
 
-pub use entries::Entry;
+pub use entries::{entries_for, Entry};
 pub use mappings::{parse_port_mappings, PortMapping, Proto};
 
-use entries::entries_for;
 use palisade_kernel::nftables::{BatchError, Nfnl};
 use palisade_kernel::Netns;
 use records::{AttachmentRecord, RecordDir};

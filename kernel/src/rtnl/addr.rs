@@ -63,23 +63,25 @@ impl Rtnl {
             if index != 0 && m.header.index != index {
                 continue;
             }
-            let mut local = None;
-            let mut address = None;
-            for a in &m.attributes {
-                match a {
-                    AddressAttribute::Local(ip) => local = Some(*ip),
-                    AddressAttribute::Address(ip) => address = Some(*ip),
-                    _ => {}
-                }
-            }
-            if let Some(ip) = local.or(address) {
-                if let Ok(net) = IpNet::new(ip, m.header.prefix_len) {
-                    out.push((m.header.index, net));
-                }
-            }
+            out.extend(parse(m));
         }
         Ok(out)
     }
+}
+
+/// The address of an `RTM_NEWADDR` (IFA_LOCAL, else IFA_ADDRESS) with its link's index.
+pub(super) fn parse(m: &AddressMessage) -> Option<(u32, IpNet)> {
+    let mut local = None;
+    let mut address = None;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let net = IpNet::new(local.or(address)?, m.header.prefix_len).ok()?;
+    Some((m.header.index, net))
 }
 
 /// The message naming `addr` on `link` (IFA_LOCAL), for adding and deleting it.

@@ -66,7 +66,7 @@ fn remote(a: &NeighbourAddress) -> Option<IpAddr> {
 
 /// The permanent entry with a remote that a dump reply describes; `None` for anything else
 /// (entries without a remote, learned ones, other links').
-fn parse(m: &NeighbourMessage, index: u32) -> Option<FdbEntry> {
+pub(super) fn parse(m: &NeighbourMessage, index: u32) -> Option<FdbEntry> {
     if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
         return None;
     }

@@ -84,7 +84,7 @@ pub struct VethEnd<'a> {
     pub mtu: u32,
 }
 
-fn parse(m: &LinkMessage) -> Link {
+pub(super) fn parse(m: &LinkMessage) -> Link {
     let mut link = Link {
         index: m.header.index,
         name: String::new(),

@@ -82,32 +82,31 @@ impl Rtnl {
             if index.is_some_and(|i| i != m.header.ifindex) {
                 continue;
             }
-            let mut ip = None;
-            let mut mac = None;
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                        ip = Some(IpAddr::V4(*a))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                        ip = Some(IpAddr::V6(*a))
-                    }
-                    NeighbourAttribute::LinkLayerAddress(b) => {
-                        mac = b.as_slice().try_into().ok().map(Mac)
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(ip) = ip {
-                out.push(Neighbour {
-                    ip,
-                    mac,
-                    index: m.header.ifindex,
-                    permanent: m.header.state == NeighbourState::Permanent,
-                    state: m.header.state.to_string(),
-                });
-            }
+            out.extend(parse(m));
         }
         Ok(out)
     }
+}
+
+/// The IP neighbour entry of an `RTM_NEWNEIGH` (none without an IP destination).
+pub(super) fn parse(m: &NeighbourMessage) -> Option<Neighbour> {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                ip = Some(IpAddr::V6(*a))
+            }
+            NeighbourAttribute::LinkLayerAddress(b) => mac = b.as_slice().try_into().ok().map(Mac),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        ip: ip?,
+        mac,
+        index: m.header.ifindex,
+        permanent: m.header.state == NeighbourState::Permanent,
+        state: m.header.state.to_string(),
+    })
 }

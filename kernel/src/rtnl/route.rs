@@ -150,7 +150,7 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 }
 
 /// The main-table unicast route a dump reply describes; `None` for anything else.
-fn parse(m: &RouteMessage) -> Option<Route> {
+pub(super) fn parse(m: &RouteMessage) -> Option<Route> {
     let mut table = u32::from(m.header.table);
     let mut dst = None;
     let mut gateway = None;

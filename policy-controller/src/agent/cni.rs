@@ -60,7 +60,9 @@ pub async fn serve(
     }
 }
 
-async fn connection(
+/// One plugin connection: requests in, one answer line per request out, until the plugin
+/// closes its end. Public for the fuzz targets (`fuzz/`), which drive it over a socket pair.
+pub async fn connection(
     stream: UnixStream,
     worker: mpsc::Sender<CniCommand>,
     shared: Arc<AgentShared>,
