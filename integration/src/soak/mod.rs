@@ -340,7 +340,7 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
 }
 
 fn soak(opts: &SoakOptions, cluster: &mut Cluster, run: &mut Run) -> Result<()> {
-    let (matrix_pods, keep_pods) = populate(cluster, run)?;
+    let (matrix_pods, keep_pods) = populate(cluster, run, opts.max_churn_pods)?;
     for node in 1..=opts.nodes {
         run.record_pid(cluster, node);
     }
@@ -434,7 +434,11 @@ fn soak(opts: &SoakOptions, cluster: &mut Cluster, run: &mut Run) -> Result<()> 
 
 /// Namespaces, the keep policy, the keep pods and the stable matrix pods. Returns the matrix
 /// pods (stable and keep) and the keep pods.
-fn populate(cluster: &mut Cluster, run: &mut Run) -> Result<(Vec<PodRef>, Vec<PodRef>)> {
+fn populate(
+    cluster: &mut Cluster,
+    run: &mut Run,
+    opts_max_churn_pods: usize,
+) -> Result<(Vec<PodRef>, Vec<PodRef>)> {
     let mut keep_labels = Labels::new();
     keep_labels.insert("soak/role".into(), "keep".into());
     let w = cluster.create_namespace(KEEP_NAMESPACE, &keep_labels)?;
@@ -468,6 +472,16 @@ fn populate(cluster: &mut Cluster, run: &mut Run) -> Result<(Vec<PodRef>, Vec<Po
             matrix.push(spec.key());
         }
     }
+    for policy in run.world.initial_policies() {
+        let (_, w) = cluster
+            .apply_policy(policy.clone())?
+            .map_err(|e| anyhow!("the API refused {policy}: {e}"))?;
+        run.wrote(w);
+    }
+    // As many churned pods as there will be on average.
+    for _ in 0..opts_max_churn_pods / 2 {
+        add_pod(cluster, run);
+    }
     for w in run.writes.clone() {
         cluster.wait_programmed(w)?;
     }
@@ -500,9 +514,16 @@ fn churn(opts: &SoakOptions, cluster: &mut Cluster, run: &mut Run) {
     };
     let mut plan = Scheduled {
         agent_restart: at(&mut run.world, 0.4),
-        api_restart: at(&mut run.world, 0.2),
+        api_restart: at(&mut run.world, 0.3),
         expire: at(&mut run.world, 0.35),
     };
+    let offset = |t: Option<Instant>| t.map(|t| t.duration_since(phase_start));
+    run.note(format!(
+        "churn phase: agent restart at {:?}, API restart at {:?}, 410 at {:?}",
+        offset(plan.agent_restart),
+        offset(plan.api_restart),
+        offset(plan.expire)
+    ));
     while Instant::now() < end && !cleanup::interrupted() {
         if due(&mut plan.agent_restart) {
             let node = run.world.node();

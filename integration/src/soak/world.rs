@@ -160,8 +160,27 @@ impl World {
     /// A random NetworkPolicy in a random namespace (one of a few names, so it often
     /// replaces one).
     pub fn network_policy(&mut self) -> Value {
-        let namespace = self.random_namespace();
-        let name = format!("np-{}", self.rng.usize(..NP_NAMES));
+        let (namespace, name) = self.network_policy_name();
+        self.network_policy_named(namespace, &name)
+    }
+
+    /// One of every policy name the soak uses, so that the cluster holds about as much
+    /// policy from the start as later (the agents' memory is compared between the first and
+    /// the last quarter of the run).
+    pub fn initial_policies(&mut self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for namespace in RANDOM_NAMESPACES {
+            for i in 0..NP_NAMES {
+                all.push(self.network_policy_named(namespace, &format!("np-{i}")));
+            }
+        }
+        for i in 0..CNP_NAMES {
+            all.push(self.cluster_network_policy_named(&format!("cnp-{i}")));
+        }
+        all
+    }
+
+    fn network_policy_named(&mut self, namespace: &str, name: &str) -> Value {
         let types: &[&str] = match self.rng.u8(..3) {
             0 => &["Ingress"],
             1 => &["Egress"],
@@ -220,6 +239,10 @@ impl World {
     /// namespaces.
     pub fn cluster_network_policy(&mut self) -> Value {
         let name = self.cluster_network_policy_name();
+        self.cluster_network_policy_named(&name)
+    }
+
+    fn cluster_network_policy_named(&mut self, name: &str) -> Value {
         let random_namespaces = json!({"matchLabels": {RANDOM_LABEL: "yes"}});
         let subject = if self.chance(0.5) {
             json!({"namespaces": random_namespaces})
@@ -249,7 +272,7 @@ impl World {
     /// A few milliseconds into ADD: before the plugin's process has started, inside its
     /// work, or after it finished.
     pub fn kill_delay(&mut self) -> std::time::Duration {
-        std::time::Duration::from_micros(self.rng.u64(500..40_000))
+        std::time::Duration::from_micros(self.rng.u64(500..25_000))
     }
 }
 
