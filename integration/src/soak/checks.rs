@@ -192,16 +192,22 @@ fn check_elements(
         if interval {
             continue;
         }
-        let mut found = Vec::new();
         for elem in set["elem"].as_array().into_iter().flatten() {
+            let mut found = Vec::new();
             addresses_in(elem, &mut found);
-        }
-        for ip in found {
-            if supernets.iter().any(|n| n.contains(&ip)) && !live_ips.contains(&ip) {
+            // One line per element, whatever it names (a hairpin element holds one address
+            // twice).
+            let dead: BTreeSet<IpAddr> = found
+                .into_iter()
+                .filter(|ip| supernets.iter().any(|n| n.contains(ip)) && !live_ips.contains(ip))
+                .collect();
+            if !dead.is_empty() {
+                let dead: Vec<String> = dead.iter().map(IpAddr::to_string).collect();
                 leaks.elements.push(format!(
-                    "{}: {table} {} holds {ip}",
+                    "{}: {table} {} element naming {}",
                     node.name,
-                    set["name"].as_str().unwrap_or("?")
+                    set["name"].as_str().unwrap_or("?"),
+                    dead.join(", ")
                 ));
             }
         }

@@ -6,8 +6,10 @@
 //! What is compared (like with like): per node, the median RSS of the samples taken in the
 //! first quarter of the run against the median of those taken in the last quarter, counting
 //! only samples of incarnations that had been up for at least the warm-up time (they have
-//! listed the cluster, programmed the table and served CNI requests). The figure is the
-//! largest growth over the nodes.
+//! listed the cluster, programmed the table and served CNI requests). Node 1's agent is never
+//! killed, so its comparison is of one process 0-25% and 75-100% into the run (a leak is not
+//! reset by a restart there); the other nodes compare whichever incarnations were warm then.
+//! The figure is the largest growth over the nodes that could be measured.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

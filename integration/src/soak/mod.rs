@@ -7,7 +7,8 @@
 //!   runtime would (a fraction with hostPorts), some ADDs SIGKILLed a few milliseconds in
 //!   and followed by the runtime's DEL; random NetworkPolicies and ClusterNetworkPolicies
 //!   applied and deleted, pod and namespace labels changed, through the API stand-in; at
-//!   random moments an agent SIGKILLed and restarted, the API stand-in restarted with the
+//!   random moments the agent of a node other than node 1 SIGKILLed and restarted (node 1's
+//!   runs the whole time: the memory reference), the API stand-in restarted with the
 //!   same objects, or its history expired so that watches resuming get 410 Expired;
 //! - quiet: wait until every agent programmed the last write of every kind, let the
 //!   settle time pass, compute every matrix cell with the reference evaluator from the API's
@@ -92,10 +93,12 @@ impl SoakReport {
             .count()
     }
 
+    /// The largest growth over the nodes that have warm samples in both quarters; `None`
+    /// when node 1 (whose agent runs the whole time) has not.
     fn memory_growth(&self) -> Option<f64> {
-        let all: Vec<f64> = self.memory.iter().filter_map(|g| g.percent()).collect();
-        (all.len() == self.memory.len() && !all.is_empty())
-            .then(|| all.iter().copied().fold(f64::MIN, f64::max))
+        self.memory.first()?.percent()?;
+        let all = self.memory.iter().filter_map(|g| g.percent());
+        Some(all.fold(f64::MIN, f64::max))
     }
 
     /// Every failing figure, one line each (empty: the soak passed).
@@ -401,12 +404,21 @@ fn soak(opts: &SoakOptions, cluster: &mut Cluster, run: &mut Run) -> Result<()> 
         quiet(opts, cluster, run, &matrix_pods, &prober);
         let (rounds, compared, mismatches) = prober.progress();
         let dropped = connections::DROPPED.lock().map(|d| d.len()).unwrap_or(0);
+        let rss: Vec<String> = (1..=opts.nodes)
+            .map(|n| {
+                cluster
+                    .agent_pid(n)
+                    .and_then(memory::vm_rss_kib)
+                    .map_or_else(|| "-".into(), |k| k.to_string())
+            })
+            .collect();
         println!(
-            "[{:5.0}s] phase {}: {} churned pods alive; probe rounds {rounds} ({compared} compared, {mismatches} mismatches); connections dropped {dropped}; errors {}",
+            "[{:5.0}s] phase {}: {} churned pods alive; probe rounds {rounds} ({compared} compared, {mismatches} mismatches); connections dropped {dropped}; errors {}; agent RSS KiB {}",
             run.start.elapsed().as_secs_f64(),
             run.report.phases,
             run.churn_pods.len(),
-            run.report.errors.len()
+            run.report.errors.len(),
+            rss.join("/")
         );
     }
 
@@ -513,7 +525,7 @@ fn churn(opts: &SoakOptions, cluster: &mut Cluster, run: &mut Run) {
             .then(|| phase_start + opts.churn.mul_f64(w.rng.f64()))
     };
     let mut plan = Scheduled {
-        agent_restart: at(&mut run.world, 0.4),
+        agent_restart: at(&mut run.world, if opts.nodes > 1 { 0.4 } else { 0.0 }),
         api_restart: at(&mut run.world, 0.3),
         expire: at(&mut run.world, 0.35),
     };
@@ -526,7 +538,8 @@ fn churn(opts: &SoakOptions, cluster: &mut Cluster, run: &mut Run) {
     ));
     while Instant::now() < end && !cleanup::interrupted() {
         if due(&mut plan.agent_restart) {
-            let node = run.world.node();
+            // Node 1's agent is never killed: its one incarnation is the memory reference.
+            let node = run.world.rng.usize(2..=opts.nodes.max(2)).min(opts.nodes);
             cluster.kill_agent(node);
             run.record_pid(cluster, node);
             let down = Duration::from_millis(run.world.rng.u64(0..2000));
