@@ -258,7 +258,7 @@ impl World {
         if self.chance(0.7) {
             spec["ingress"] = self.cnp_rules("from");
         }
-        if !spec.get("ingress").is_some() || self.chance(0.4) {
+        if spec.get("ingress").is_none() || self.chance(0.4) {
             spec["egress"] = self.cnp_rules("to");
         }
         json!({
