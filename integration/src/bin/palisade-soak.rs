@@ -69,34 +69,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    let code = match real_main() {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            cleanup::cleanup_all();
-            eprintln!("palisade-soak: {e:#}");
-            2
-        }
-    };
-    // After Ctrl-C the signal thread removes everything and exits with 128+signal.
-    while cleanup::interrupted() {
-        std::thread::park();
-    }
-    std::process::exit(code);
+    cleanup::harness_main("palisade-soak", real_main)
 }
 
-fn real_main() -> Result<bool> {
+fn real_main() -> Result<i32> {
     let cli = Cli::parse();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the netns cluster needs root (network namespaces, veths, nftables)");
-    }
-    cleanup::install_signal_cleanup()?;
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        cleanup::cleanup_all();
-    }));
+    cleanup::prepare_root_harness()?;
     let bins = match cli.bin_dir {
         Some(d) => Binaries::in_dir(&d),
         None => Binaries::next_to_current_exe()?,
@@ -120,7 +98,7 @@ fn real_main() -> Result<bool> {
     };
     let report = soak::run(&opts)?;
     print!("{}", report.render());
-    Ok(report.failures().is_empty())
+    Ok(if report.failures().is_empty() { 0 } else { 1 })
 }
 
 #[cfg(test)]

@@ -33,6 +33,19 @@ pub struct Leaks {
     pub host_port_records: Vec<String>,
 }
 
+impl Leaks {
+    /// Each kind with its name as printed.
+    pub fn kinds(&self) -> [(&'static str, &Vec<String>); 5] {
+        [
+            ("leaked addresses", &self.addresses),
+            ("leaked links", &self.links),
+            ("leaked routes", &self.routes),
+            ("leaked set/map elements", &self.elements),
+            ("leaked hostPort records", &self.host_port_records),
+        ]
+    }
+}
+
 /// The cluster state the API stand-in holds, as the agents would build it from their
 /// watches (invalid policies skipped, as they skip them).
 pub fn api_state(api: &ApiServer) -> Result<ClusterState> {

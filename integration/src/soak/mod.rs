@@ -104,16 +104,11 @@ impl SoakReport {
     /// Every failing figure, one line each (empty: the soak passed).
     pub fn failures(&self) -> Vec<String> {
         let mut f = Vec::new();
-        let l = &self.leaks;
-        for (what, list) in [
-            ("leaked addresses", &l.addresses),
-            ("leaked links", &l.links),
-            ("leaked routes", &l.routes),
-            ("leaked set/map elements", &l.elements),
-            ("leaked hostPort records", &l.host_port_records),
+        let others = [
             ("table differences", &self.table_differences),
             ("errors", &self.errors),
-        ] {
+        ];
+        for (what, list) in self.leaks.kinds().into_iter().chain(others) {
             if !list.is_empty() {
                 f.push(format!("{what}: {}", list.len()));
             }
@@ -164,14 +159,7 @@ impl SoakReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(o, "  done: {}", counts.join(", "));
-        let l = &self.leaks;
-        for (what, list) in [
-            ("leaked addresses", &l.addresses),
-            ("leaked links", &l.links),
-            ("leaked routes", &l.routes),
-            ("leaked set/map elements", &l.elements),
-            ("leaked hostPort records", &l.host_port_records),
-        ] {
+        for (what, list) in self.leaks.kinds() {
             line(&mut o, what, list.len(), list);
         }
         let _ = writeln!(
