@@ -229,6 +229,23 @@ impl NodeFixture {
         }
     }
 
+    /// `GET /readyz` on the metrics listener, inside the node's netns: (status code, response).
+    fn readyz(&self) -> (u16, String) {
+        let out = self
+            .node
+            .sh(&format!(
+                "printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 127.0.0.1 {}",
+                self.port
+            ))
+            .unwrap();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, out)
+    }
+
     fn wait_ready(&self) {
         self.wait_status("ready", |s| s["ready"] == true);
     }
@@ -564,6 +581,37 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A route the agent cannot program (an operator's route holds node-3's pod CIDR) makes
+    // the node not ready, with the reason, until the agent's retry succeeds.
+    f.node
+        .sh("ip route add 10.244.3.0/24 via 192.168.77.9 dev seg0")
+        .unwrap();
+    let rv = f.api.create(
+        Kind::Node,
+        json!({"metadata": {"name": "node-3"}, "spec": {"podCIDRs": ["10.244.3.0/24"]},
+               "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.3"}]}}),
+    );
+    f.wait_programmed("nodes", rv);
+    f.wait_status("not ready: routes", |s| {
+        s["ready"] == false
+            && s["notReadyReason"].as_str().is_some_and(|r| {
+                r.contains("node routes not in place") && r.contains("10.244.3.0/24")
+            })
+    });
+    let (code, body) = f.readyz();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("10.244.3.0/24"), "{body}");
+    f.node.sh("ip route del 10.244.3.0/24").unwrap();
+    f.wait_ready();
+    assert_eq!(f.readyz().0, 200);
+    assert!(f
+        .node
+        .sh("ip route show proto 180")
+        .unwrap()
+        .contains("10.244.3.0/24 via 192.168.77.3"));
+    let rv = f.api.delete(Kind::Node, None, "node-3");
+    f.wait_programmed("nodes", rv);
 
     // The API goes away: nothing changes in the dataplane.
     f.api

@@ -404,7 +404,12 @@ impl Cluster {
             };
             for c in &plan.containers {
                 if let Some(p) = &c.readiness {
-                    probe::wait_ready(&netns, p, t0, deadline, &mut || self.pod_alive(i))
+                    // The answer is "GET ... answered 503: <reason>".
+                    let settled = |e: &str| {
+                        e.split_once("answered 503: ")
+                            .is_some_and(|(_, why)| self.is_expected_route_problem(why))
+                    };
+                    probe::wait_ready(&netns, p, t0, deadline, &mut || self.pod_alive(i), &settled)
                         .with_context(|| {
                             format!(
                                 "{} on {} not ready\n{}",

@@ -30,13 +30,15 @@ pub fn attempt(netns: &ClusterNetns, probe: &HttpProbe) -> Result<()> {
 
 /// Wait until `probe` succeeds `successThreshold` times in a row (after its initial delay),
 /// or fail at `deadline` with the last failure. `alive` is asked between attempts and ends
-/// the wait with its error (the container exited).
+/// the wait with its error (the container exited). `settled` accepts a failure that the
+/// caller expects (the error's text): the wait ends there too, as started but not ready.
 pub fn wait_ready(
     netns: &ClusterNetns,
     probe: &HttpProbe,
     started: Instant,
     deadline: Instant,
     alive: &mut dyn FnMut() -> Result<()>,
+    settled: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let first = started + probe.initial_delay;
     if let Some(wait) = first.checked_duration_since(Instant::now()) {
@@ -52,6 +54,7 @@ pub fn wait_ready(
                     return Ok(());
                 }
             }
+            Err(e) if settled(&format!("{e:#}")) => return Ok(()),
             Err(e) => {
                 successes = 0;
                 if Instant::now() > deadline {

@@ -179,7 +179,10 @@ fn route(req: &Request<Incoming>, endpoint: Endpoint, ctx: &EndpointState) -> Re
             full(shared.metrics.render()),
         ),
         ("/healthz", _) => ok_or(shared.healthy(), "sync worker stopped"),
-        ("/readyz", _) => ok_or(shared.ready(), "first full sync not programmed yet"),
+        ("/readyz", _) => match shared.not_ready_reason() {
+            None => text(StatusCode::OK, "ok"),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &why),
+        },
         ("/status", Endpoint::Debug) => reply(
             StatusCode::OK,
             "application/json",

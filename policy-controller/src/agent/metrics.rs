@@ -270,7 +270,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP palisade_ready Whether the first full sync is programmed.\n# TYPE palisade_ready gauge\npalisade_ready {}",
+            "# HELP palisade_ready Whether the agent is ready: the first full sync is programmed and the node routes are in place.\n# TYPE palisade_ready gauge\npalisade_ready {}",
             u8::from(m.ready)
         );
         let _ = writeln!(

@@ -11,8 +11,9 @@
 //!
 //! Endpoints ([`http`]): on `--metrics-listen` (TCP, exposed on the node) `/metrics`
 //! (Prometheus text), `/healthz` (200 while the sync worker runs), `/readyz` (200 once the
-//! first full sync is programmed); on `--debug-socket` (unix, root on the node only) the same
-//! plus `/status` (JSON: `ready`, `node`,
+//! first full sync is programmed and the node routes are in place; 503 with the reason
+//! otherwise); on `--debug-socket` (unix, root on the node only) the same
+//! plus `/status` (JSON: `ready`, `notReadyReason`, `node`,
 //! `programmedResourceVersions{pods,namespaces,networkpolicies,nodes,
 //! clusternetworkpolicies}`,
 //! `lastSync{durationMs,commands,full}`, `invalidPolicies[{kind,namespace,name,errors}]`, plus

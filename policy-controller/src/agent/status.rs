@@ -39,11 +39,20 @@ pub struct StatusSnapshot {
     pub overlay: Option<OverlayMode>,
 }
 
+/// How `/readyz` and `/status`' `notReadyReason` begin when the node routes are not in place.
+pub const ROUTES_NOT_IN_PLACE: &str = "node routes not in place";
+
 /// State shared by the agent's tasks.
 #[derive(Debug)]
 pub struct AgentShared {
     pub node: String,
-    ready: AtomicBool,
+    /// The first full sync is programmed.
+    programmed: AtomicBool,
+    /// Why the node routes (and the overlay) are not in place: the last reconcile's error,
+    /// or "not reconciled yet". `None` once they are, or when the agent does not manage
+    /// routes. A node whose pods cannot reach the other nodes' pods is not ready: a rolling
+    /// update with a broken image stops there instead of spreading.
+    routes_problem: Mutex<Option<String>>,
     worker_alive: AtomicBool,
     status: Mutex<StatusSnapshot>,
     pub metrics: Metrics,
@@ -55,7 +64,8 @@ impl AgentShared {
     pub fn new(node: impl Into<String>) -> AgentShared {
         AgentShared {
             node: node.into(),
-            ready: AtomicBool::new(false),
+            programmed: AtomicBool::new(false),
+            routes_problem: Mutex::new(None),
             worker_alive: AtomicBool::new(true),
             status: Mutex::new(StatusSnapshot::default()),
             metrics: Metrics::default(),
@@ -63,14 +73,39 @@ impl AgentShared {
         }
     }
 
-    /// The first full sync is programmed.
+    /// The first full sync is programmed and the node routes are in place (`/readyz`).
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready_reason().is_none()
     }
 
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-        self.metrics.set_ready(true);
+    /// What `/readyz` answers when the agent is not ready.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.programmed.load(Ordering::Acquire) {
+            return Some("first full sync not programmed yet".into());
+        }
+        self.routes_problem()
+            .map(|e| format!("{ROUTES_NOT_IN_PLACE}: {e}"))
+    }
+
+    fn routes_problem(&self) -> Option<String> {
+        self.routes_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_programmed(&self) {
+        self.programmed.store(true, Ordering::Release);
+        self.metrics.set_ready(self.ready());
+    }
+
+    /// The outcome of the last route reconcile: `None` when the routes are in place.
+    pub fn set_routes_problem(&self, problem: Option<String>) {
+        *self
+            .routes_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
+        self.metrics.set_ready(self.ready());
     }
 
     /// The sync worker runs (`/healthz`).
@@ -105,6 +140,7 @@ impl AgentShared {
         }
         json!({
             "ready": self.ready(),
+            "notReadyReason": self.not_ready_reason(),
             "node": self.node,
             "programmedResourceVersions": rvs,
             "lastSync": s.last_sync.as_ref().map(|l| json!({

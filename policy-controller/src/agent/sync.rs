@@ -139,6 +139,9 @@ impl SyncWorker {
         shared: Arc<AgentShared>,
         tuning: SyncTuning,
     ) -> SyncWorker {
+        if routes.is_some() {
+            shared.set_routes_problem(Some("not reconciled yet".into()));
+        }
         SyncWorker {
             index,
             compiler,
@@ -426,7 +429,7 @@ impl SyncWorker {
                     snapshot.malformed_objects.len(),
                 );
                 if first {
-                    self.shared.set_ready();
+                    self.shared.set_programmed();
                     tracing::info!(
                         duration_ms = duration.as_secs_f64() * 1000.0,
                         commands = stats.commands,
@@ -494,10 +497,13 @@ impl SyncWorker {
                     .metrics
                     .set_routes(programmed.routes, programmed.overlay_routes);
                 self.shared.update(|s| s.routes = programmed);
+                self.shared.set_routes_problem(None);
                 self.routes_resync_at = Some(Instant::now() + ROUTES_RESYNC);
             }
             Err(err) => {
-                tracing::error!(error = %format!("{err:#}"), "node routes not in place; retried at the next sync");
+                let error = format!("{err:#}");
+                tracing::error!(error = %error, "node routes not in place; retried at the next sync");
+                self.shared.set_routes_problem(Some(error));
                 self.shared.metrics.error(error_kind::ROUTES);
                 self.routes_retry_at = Some(Instant::now() + ROUTES_RETRY);
             }

@@ -10,5 +10,6 @@ pub const USAGE: u8 = 2;
 /// The compiled ruleset and the reference evaluator (or the programmed table) disagree: the
 /// answer printed may be wrong, and Palisade has a bug.
 pub const DISAGREEMENT: u8 = 3;
-/// `status`: the agent answered, but its first full sync is not programmed yet.
+/// `status`: the agent answered, but it is not ready: its first full sync is not programmed
+/// yet, or the node routes are not in place.
 pub const NOT_READY: u8 = 4;

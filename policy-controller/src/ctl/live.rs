@@ -146,12 +146,11 @@ pub fn render_status(
     ));
     rows.push((
         "ready".into(),
-        if status["ready"] == Value::Bool(true) {
-            "yes"
-        } else {
-            "no"
-        }
-        .into(),
+        match (&status["ready"], status["notReadyReason"].as_str()) {
+            (Value::Bool(true), _) => "yes".into(),
+            (_, Some(why)) => format!("no: {why}"),
+            _ => "no".into(),
+        },
     ));
     rows.push((
         "last sync".into(),
