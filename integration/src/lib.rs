@@ -6,4 +6,5 @@ pub mod kubelet;
 pub mod matrix;
 pub mod runner;
 pub mod scenario;
+pub mod soak;
 pub mod testpod;

@@ -119,6 +119,14 @@ pub(crate) async fn serve(addr: SocketAddr, config: ApiServerConfig) -> anyhow::
             .create(Kind::Namespace, json!({"metadata": {"name": namespace}}))
             .map_err(|err| anyhow::anyhow!("create namespace {namespace}: {err}"))?;
     }
+    for (kind, object) in &config.initial_objects {
+        match store.create(*kind, object.clone()) {
+            // A builtin namespace is there already.
+            Err(err) if err.code == 409 && *kind == Kind::Namespace => {}
+            Err(err) => anyhow::bail!("restore {kind:?} {}: {err}", object["metadata"]["name"]),
+            Ok(_) => {}
+        }
+    }
     let shared = Arc::new(Shared {
         store,
         config,

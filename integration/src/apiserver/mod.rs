@@ -144,6 +144,10 @@ pub struct ApiServerConfig {
     /// Serve ClusterNetworkPolicy, as a cluster with Palisade's CRD installed does. Off: the
     /// resource is not there (404, not in discovery), as in a cluster without the CRD.
     pub cluster_network_policy_crd: bool,
+    /// Objects created before the first connection is accepted (a restarted stand-in that
+    /// keeps the cluster's state: clients reconnecting never see a half-restored world). They
+    /// get new uids and resourceVersions, as after a restore from backup.
+    pub initial_objects: Vec<(Kind, Value)>,
 }
 
 impl ApiServerConfig {
@@ -165,6 +169,7 @@ impl Default for ApiServerConfig {
             aggregated_discovery: true,
             tls: None,
             cluster_network_policy_crd: true,
+            initial_objects: Vec::new(),
         }
     }
 }

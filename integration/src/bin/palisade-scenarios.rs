@@ -173,20 +173,7 @@ enum Cmd {
 }
 
 fn main() {
-    let code = match real_main() {
-        Ok(code) => code,
-        Err(e) => {
-            cleanup::cleanup_all();
-            eprintln!("palisade-scenarios: {e:#}");
-            2
-        }
-    };
-    // After Ctrl-C the work above fails half-way; the signal thread removes everything and
-    // exits with 128+signal. Don't race it with another exit status.
-    while cleanup::interrupted() {
-        std::thread::park();
-    }
-    std::process::exit(code);
+    cleanup::harness_main("palisade-scenarios", real_main)
 }
 
 fn is_tty() -> bool {
@@ -231,17 +218,7 @@ fn real_main() -> Result<i32> {
     if let Cmd::Kube { .. } = cli.command {
         return kube_main(cli.command);
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the netns cluster needs root (network namespaces, veths, nftables)");
-    }
-    cleanup::install_signal_cleanup()?;
-    // A panic anywhere still removes the cluster.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        cleanup::cleanup_all();
-    }));
+    cleanup::prepare_root_harness()?;
     let family = |f: FamilyArg| match f {
         FamilyArg::V4 => Family::V4,
         FamilyArg::V6 => Family::V6,

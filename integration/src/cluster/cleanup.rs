@@ -160,3 +160,37 @@ pub fn install_signal_cleanup() -> anyhow::Result<()> {
         })?;
     Ok(())
 }
+
+/// What a harness binary needs before it builds a cluster: root, [`install_signal_cleanup`],
+/// and a panic hook that removes everything recorded too.
+pub fn prepare_root_harness() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("the netns cluster needs root (network namespaces, veths, nftables)");
+    }
+    install_signal_cleanup()?;
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        cleanup_all();
+    }));
+    Ok(())
+}
+
+/// A harness binary's `main`: run `real_main`, on error remove everything and exit 2, else
+/// exit with its code. After Ctrl-C the work fails half-way while the signal thread removes
+/// everything and exits with 128+signal: this does not race it with another exit status.
+pub fn harness_main(name: &str, real_main: impl FnOnce() -> anyhow::Result<i32>) -> ! {
+    let code = match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            cleanup_all();
+            eprintln!("{name}: {e:#}");
+            2
+        }
+    };
+    while interrupted() {
+        std::thread::park();
+    }
+    std::process::exit(code);
+}

@@ -218,6 +218,8 @@ pub struct Pod {
     pub ips: Vec<IpAddr>,
     pub control: PathBuf,
     pub labels: Labels,
+    /// `runtimeConfig.portMappings` passed to CNI (hostPort).
+    pub port_mappings: Vec<Value>,
     testpod: Option<Child>,
 }
 
@@ -825,6 +827,82 @@ impl Cluster {
         }
     }
 
+    /// The process id of a node's agent (1-based node), while it runs.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        self.nodes[node - 1].agent.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL a node's agent (1-based) and reap it: no chance to clean up, as when the
+    /// kubelet or the OOM killer ends it. Its table, routes and sockets stay behind.
+    pub fn kill_agent(&mut self, node: usize) {
+        stop_child(&mut self.nodes[node - 1].agent);
+    }
+
+    /// Start a node's agent again (after [`Cluster::kill_agent`]) and wait until it is ready.
+    pub fn restart_agent(&mut self, node: usize) -> Result<()> {
+        let bin = self
+            .config
+            .bins
+            .agent
+            .clone()
+            .ok_or_else(|| anyhow!("this cluster runs no agents of its own"))?;
+        if self.config.image.is_some() {
+            bail!("restarting an agent is not supported in image mode");
+        }
+        self.kill_agent(node);
+        self.start_agent(node - 1, &bin)?;
+        let deadline = Instant::now() + self.config.programming_timeout;
+        self.wait_agent_ready(node - 1, deadline)
+    }
+
+    /// Restart the API stand-in: stop it (every watch and connection ends), start a new one
+    /// on the same address holding the same objects (new uids and resourceVersions, created
+    /// before it accepts its first connection), as an API server restored from a backup.
+    /// Returns how many objects it holds.
+    pub fn restart_api(&mut self) -> Result<usize> {
+        if self.config.image.is_some() {
+            bail!("restarting the API stand-in is not supported in image mode");
+        }
+        let old = self.api.take().context("the API stand-in is not running")?;
+        let mut objects = Vec::new();
+        // Namespaces first: namespaced objects need theirs.
+        for kind in [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::Pod,
+            Kind::NetworkPolicy,
+            Kind::ClusterNetworkPolicy,
+        ] {
+            for object in old.list(kind, None) {
+                objects.push((kind, object));
+            }
+        }
+        drop(old);
+        let count = objects.len();
+        let addr = self.api_addr;
+        let config = ApiServerConfig {
+            initial_objects: objects,
+            ..ApiServerConfig::default()
+        };
+        // The old listener is closed; the port may take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let api = loop {
+            let config = config.clone();
+            match self
+                .segment
+                .run_inside(move || ApiServer::start_in_thread(addr, config))
+            {
+                Ok(api) => break api,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context("restart the API stand-in"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        self.api = Some(api);
+        Ok(count)
+    }
+
     /// Wait until every agent reports `programmedResourceVersions[kind] >= rv`. Returns how
     /// long that took from the write. Without agents, returns at once.
     pub fn wait_programmed(&mut self, write: ApiWrite) -> Result<Duration> {
@@ -961,62 +1039,26 @@ impl Cluster {
     /// CNI ADD (the agent programs the pod before ADD returns), start its listeners, then
     /// report `status.podIPs` and phase Running. Returns the status write.
     pub fn create_pod(&mut self, spec: &PodSpec, node: usize) -> Result<ApiWrite> {
+        self.create_pod_with_host_ports(spec, node, &[])
+    }
+
+    /// [`Cluster::create_pod`] with hostPort mappings (`runtimeConfig.portMappings`, as CRI
+    /// passes a container's `hostPort`s): `(host port, container port)`, TCP.
+    pub fn create_pod_with_host_ports(
+        &mut self,
+        spec: &PodSpec,
+        node: usize,
+        host_ports: &[(u16, u16)],
+    ) -> Result<ApiWrite> {
         let key = spec.key();
-        if self.pods.contains_key(&key) {
-            bail!("pod {key} exists already");
-        }
         let node_name = self.nodes[node - 1].name.clone();
-        let seq = self.next_pod;
-        self.next_pod += 1;
-        let uid = format!("{:016x}-{seq:04x}", crate::testpod::random_u64());
-        let container_id = format!(
-            "{:016x}{:016x}{seq:08x}",
-            crate::testpod::random_u64(),
-            crate::testpod::random_u64()
-        );
-
-        // 1. The Pod object, as the scheduler leaves it: nodeName set, no IPs yet.
-        let (containers, init_containers) = pod_containers(spec);
-        let mut pod_spec = json!({"nodeName": node_name, "containers": containers});
-        if !init_containers.is_empty() {
-            pod_spec["initContainers"] = Value::Array(init_containers);
-        }
-        self.api()
-            .create(
-                Kind::Pod,
-                json!({
-                    "metadata": {"namespace": spec.namespace, "name": spec.name,
-                                 "labels": spec.labels, "uid": uid},
-                    "spec": pod_spec,
-                    "status": {"phase": "Pending"},
-                }),
-            )
-            .map_err(api_err)
-            .with_context(|| format!("create Pod {key}"))?;
-
-        // 2. The sandbox: a network namespace, wired by CNI ADD run inside the node.
-        let k = self.prefix.rsplit('-').next().unwrap_or("0");
-        let netns = ClusterNetns::create(&format!(
-            "{k}p{seq}-{}",
-            sanitize(&format!("{}-{}", spec.namespace, spec.name))
-        ))?;
-        let control = self.dir.join("pods").join(format!("{seq}.sock"));
-        std::fs::create_dir_all(control.parent().unwrap_or(&self.dir))?;
-        let mut pod = Pod {
-            spec: spec.clone(),
-            node,
-            netns,
-            container_id,
-            uid,
-            ips: Vec::new(),
-            control,
-            labels: spec.labels.clone(),
-            testpod: None,
-        };
+        let mut pod = self.new_sandbox(spec, node, host_ports)?;
         let t = Instant::now();
         let result = match self.cni(&pod, "ADD") {
             Ok(r) => r,
             Err(e) => {
+                // What a runtime does after a failed ADD (CNI spec: DEL follows it).
+                let _ = self.cni(&pod, "DEL");
                 let _ = pod.netns.remove();
                 let _ = self
                     .api()
@@ -1045,7 +1087,7 @@ impl Cluster {
             &pod.netns,
             &pod.control,
             &ports,
-            &self.dir.join("pods").join(format!("{seq}.log")),
+            &pod.control.with_extension("log"),
             &format!("pod {key}"),
         )?);
 
@@ -1077,6 +1119,116 @@ impl Cluster {
             resource_version: rv_of(&obj)?,
             at,
         })
+    }
+
+    /// Steps 1 and 2 of a pod's creation: the Pod object as the scheduler leaves it
+    /// (`nodeName` set, no IPs yet) and its sandbox, an empty network namespace.
+    fn new_sandbox(
+        &mut self,
+        spec: &PodSpec,
+        node: usize,
+        host_ports: &[(u16, u16)],
+    ) -> Result<Pod> {
+        let key = spec.key();
+        if self.pods.contains_key(&key) {
+            bail!("pod {key} exists already");
+        }
+        let node_name = self.nodes[node - 1].name.clone();
+        let seq = self.next_pod;
+        self.next_pod += 1;
+        let uid = format!("{:016x}-{seq:04x}", crate::testpod::random_u64());
+        let container_id = format!(
+            "{:016x}{:016x}{seq:08x}",
+            crate::testpod::random_u64(),
+            crate::testpod::random_u64()
+        );
+        let (containers, init_containers) = pod_containers(spec);
+        let mut pod_spec = json!({"nodeName": node_name, "containers": containers});
+        if !init_containers.is_empty() {
+            pod_spec["initContainers"] = Value::Array(init_containers);
+        }
+        self.api()
+            .create(
+                Kind::Pod,
+                json!({
+                    "metadata": {"namespace": spec.namespace, "name": spec.name,
+                                 "labels": spec.labels, "uid": uid},
+                    "spec": pod_spec,
+                    "status": {"phase": "Pending"},
+                }),
+            )
+            .map_err(api_err)
+            .with_context(|| format!("create Pod {key}"))?;
+        let k = self.prefix.rsplit('-').next().unwrap_or("0");
+        let netns = match ClusterNetns::create(&format!(
+            "{k}p{seq}-{}",
+            sanitize(&format!("{}-{}", spec.namespace, spec.name))
+        )) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self
+                    .api()
+                    .delete(Kind::Pod, Some(&spec.namespace), &spec.name);
+                return Err(e);
+            }
+        };
+        let control = self.dir.join("pods").join(format!("{seq}.sock"));
+        std::fs::create_dir_all(control.parent().unwrap_or(&self.dir))?;
+        let port_mappings: Vec<Value> = host_ports
+            .iter()
+            .map(|(host, container)| {
+                json!({"hostPort": host, "containerPort": container, "protocol": "tcp"})
+            })
+            .collect();
+        Ok(Pod {
+            spec: spec.clone(),
+            node,
+            netns,
+            container_id,
+            uid,
+            ips: Vec::new(),
+            control,
+            labels: spec.labels.clone(),
+            port_mappings,
+            testpod: None,
+        })
+    }
+
+    /// A pod whose CNI ADD dies: the plugin is SIGKILLed `kill_after` into ADD (as when the
+    /// runtime or the node's OOM killer ends it), then the runtime's cleanup follows: DEL
+    /// (CNI spec: after a failed ADD), the sandbox removed, the Pod object deleted. DEL must
+    /// succeed. Returns whether ADD had already finished when the kill came (then the kill
+    /// changed nothing and DEL undoes a complete ADD).
+    pub fn interrupted_add(
+        &mut self,
+        spec: &PodSpec,
+        node: usize,
+        kill_after: Duration,
+        host_ports: &[(u16, u16)],
+    ) -> Result<bool> {
+        let key = spec.key();
+        let pod = self.new_sandbox(spec, node, host_ports)?;
+        let spawned = self.cni_spawn(&pod, "ADD");
+        let finished = match spawned {
+            Ok(mut child) => {
+                std::thread::sleep(kill_after);
+                let finished = child.try_wait()?.is_some();
+                let _ = child.kill();
+                let _ = child.wait();
+                finished
+            }
+            Err(_) => false,
+        };
+        let del = self.cni(&pod, "DEL");
+        let rm = pod.netns.remove();
+        let obj = self
+            .api()
+            .delete(Kind::Pod, Some(&spec.namespace), &spec.name)
+            .map_err(api_err);
+        del.with_context(|| format!("CNI DEL after the killed ADD of pod {key}"))?;
+        rm?;
+        obj.with_context(|| format!("delete Pod {key}"))?;
+        Ok(finished)
     }
 
     /// Start `palisade-testpod serve` in `netns` with a listener on each of `ports`, and wait
@@ -1129,12 +1281,35 @@ impl Cluster {
 
     /// Run the CNI plugin for `pod` with `command` inside the pod's node, as a runtime does.
     fn cni(&self, pod: &Pod, command: &str) -> Result<Value> {
+        let child = self.cni_spawn(pod, command)?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "palisade {command} failed ({}): stdout {} stderr {}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if command == "DEL" {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&stdout).with_context(|| format!("parse CNI result {stdout:?}"))
+    }
+
+    /// Start the CNI plugin for `pod` with `command` and its config on stdin.
+    fn cni_spawn(&self, pod: &Pod, command: &str) -> Result<Child> {
         let node = &self.nodes[pod.node - 1];
         let list = &node.conflist;
         // What a runtime feeds a plugin of a list: its config plus the list's name/version.
         let mut conf = list["plugins"][0].clone();
         conf["name"] = list["name"].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
+        if !pod.port_mappings.is_empty() {
+            // What a runtime derives from `capabilities: {portMappings: true}`.
+            conf["runtimeConfig"] = json!({"portMappings": pod.port_mappings});
+        }
         let (mut cmd, cni_path) = match image::installed_plugin(node, &plugin_type(&conf)?) {
             // Image mode: the plugin and config that the node's pod installed, run as the
             // node's runtime runs them.
@@ -1176,20 +1351,7 @@ impl Cluster {
             .take()
             .context("stdin")?
             .write_all(serde_json::to_string(&conf)?.as_bytes())?;
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "palisade {command} failed ({}): stdout {} stderr {}",
-                out.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        if command == "DEL" {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&stdout).with_context(|| format!("parse CNI result {stdout:?}"))
+        Ok(child)
     }
 
     /// Delete a pod as kubelet does: stop its containers, CNI DEL, remove the sandbox, then
