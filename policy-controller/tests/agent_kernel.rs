@@ -230,14 +230,18 @@ impl NodeFixture {
     }
 
     /// `GET /readyz` on the metrics listener, inside the node's netns: (status code, response).
+    /// A plain socket, read to the end (`busybox nc` may exit at its input's end before the
+    /// answer arrives).
     fn readyz(&self) -> (u16, String) {
-        let out = self
-            .node
-            .sh(&format!(
-                "printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 127.0.0.1 {}",
-                self.port
-            ))
-            .unwrap();
+        let port = self.port;
+        let out = self.node.run(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        });
         let code = out
             .split_whitespace()
             .nth(1)
