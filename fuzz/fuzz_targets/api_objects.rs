@@ -228,10 +228,13 @@ impl GenIp {
     }
 }
 
+/// One `matchExpressions` entry: key, operator, values.
+type GenExpression = (Word, Word, Option<Vec<Word>>);
+
 #[derive(Arbitrary, Debug)]
 struct GenSelector {
     labels: Option<Vec<(Word, Word)>>,
-    expressions: Option<Vec<(Word, Word, Option<Vec<Word>>)>>,
+    expressions: Option<Vec<GenExpression>>,
 }
 
 fn selector(s: &GenSelector) -> Value {
