@@ -167,9 +167,13 @@ fn drops_follow_streams_denials_as_they_happen() {
         }),
     );
 
+    // `--last 20` (not 0): nothing was dropped yet, so nothing from before prints, and
+    // the agent hands a follower the recent drops and the stream under one lock: a drop
+    // that happens while this palisadectl is still connecting (a loaded machine) comes
+    // from the ring, once, instead of being missed.
     let mut follow = std::process::Command::new(&ctl)
         .args([
-            "drops", "-f", "-o", "json", "--last", "0", "-n", "x", "--agent",
+            "drops", "-f", "-o", "json", "--last", "20", "-n", "x", "--agent",
         ])
         .arg(&c.nodes[0].debug_socket)
         .stdout(std::process::Stdio::piped())
