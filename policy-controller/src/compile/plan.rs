@@ -7,7 +7,7 @@ use super::names::{
     class_chain_name, dispatch_map_name, first_stage, log_prefix, policy_chain_name, rule_comment,
     stage_chain, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN,
 };
-use super::sets::{addr_key, family_of_net, Memberships, SetSpec};
+use super::sets::{addr_key, family_of_net, Fast, Memberships, SetSpec};
 use super::{enforced, CompileOptions, StateIndex};
 use crate::model::policy::{Action, Direction, Peer, Policy, PolicyRef, PortMatch, RuleRef, Tier};
 use crate::model::selector::PodSelection;
@@ -18,11 +18,6 @@ use crate::ruleset::{
 };
 use palisade_common::HOST_VETH_PREFIX;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-
-/// A fast hasher for the compiler's name- and key-indexed caches (looked up thousands of times
-/// per structural rebuild; their keys are not attacker-chosen beyond what the API server
-/// admits, and foldhash seeds per process).
-type Fast = foldhash::fast::RandomState;
 
 /// NFLOG rate limit per logging rule, so a flood of denied packets cannot flood the agent.
 pub const LOG_RATE_PER_SECOND: u32 = 10;
@@ -82,9 +77,9 @@ impl Cache {
     }
 
     fn stale(&self, spec: &SetSpec) -> bool {
-        spec.selection()
-            .is_some_and(|s| self.memberships.dirty.contains(s))
-            || (self.node_sets_stale && spec.follows_nodes())
+        spec.selection().is_some_and(|s| {
+            !self.memberships.dirty.is_empty() && self.memberships.dirty.contains(s)
+        }) || (self.node_sets_stale && spec.follows_nodes())
     }
 
     /// Only set elements may have changed: re-materialise the sets of dirty selections (and
@@ -211,7 +206,8 @@ impl Cache {
         }
         // Element changes recorded for a set that went since are no change to tell.
         touched.elements.retain(|name, _| sets.contains_key(name));
-        let used: HashSet<&PodSelection> = specs.values().filter_map(SetSpec::selection).collect();
+        let used: HashSet<&PodSelection, Fast> =
+            specs.values().filter_map(SetSpec::selection).collect();
         self.memberships.retain_used(&used);
         self.node_sets_stale = false;
         self.specs = specs;

@@ -92,14 +92,19 @@ pub(crate) fn addr_key(f: Family) -> KeyType {
 /// brought up to date.
 #[derive(Debug, Default)]
 pub(crate) struct Memberships {
-    members: HashMap<PodSelection, BTreeSet<ObjectKey>>,
+    members: HashMap<PodSelection, BTreeSet<ObjectKey>, Fast>,
     /// Selections whose sets must be materialised again (a namespace's labels changed).
-    pub dirty: HashSet<PodSelection>,
+    pub dirty: HashSet<PodSelection, Fast>,
     /// Per selection, the pods that joined, left or changed addresses, named ports or node
     /// since its sets were last brought up to date, each as it was then (`None`: not a
     /// member then). Their sets change by these pods' elements only ([`Memberships::update`]).
-    pub pending: HashMap<PodSelection, HashMap<ObjectKey, Option<Arc<PodInfo>>>>,
+    pub pending: HashMap<PodSelection, HashMap<ObjectKey, Option<Arc<PodInfo>>>, Fast>,
 }
+
+/// A fast hasher for the compiler's name-, key- and selection-indexed caches (looked up
+/// thousands of times per structural rebuild; their keys are not attacker-chosen beyond what
+/// the API server admits, and foldhash seeds per process).
+pub(crate) type Fast = foldhash::fast::RandomState;
 
 impl Memberships {
     /// A pod was added, changed or removed: keep memberships exact and mark what changed.
@@ -151,7 +156,9 @@ impl Memberships {
     /// Whether the sets of `selection` changed by some pods' elements only (see
     /// [`Memberships::pending`]) and not in full.
     pub fn has_pending(&self, selection: &PodSelection) -> bool {
-        !self.dirty.contains(selection) && self.pending.contains_key(selection)
+        !self.pending.is_empty()
+            && !self.dirty.contains(selection)
+            && self.pending.contains_key(selection)
     }
 
     /// Bring the elements of `set` (the set of `spec`, as last materialised or updated) up
@@ -246,7 +253,7 @@ impl Memberships {
 
     /// Forget selections no set uses any more, so per-pod bookkeeping stays proportional to
     /// what is in force.
-    pub fn retain_used(&mut self, used: &HashSet<&PodSelection>) {
+    pub fn retain_used(&mut self, used: &HashSet<&PodSelection, Fast>) {
         self.members.retain(|s, _| used.contains(s));
         self.dirty.clear();
         self.pending.clear();
