@@ -162,9 +162,11 @@ pub enum Change {
 ///
 /// Caches: which pods each selector in use selects (kept up to date per pod and per namespace
 /// change by testing only the changed object against the selectors in use), the materialised
-/// sets (rebuilt only when a pod they hold changed), and the last ruleset. A change that
-/// touches no local pod and no policy never rebuilds chains; it re-materialises the sets of
-/// the selections that changed.
+/// sets, and the last ruleset. A change that touches no local pod and no policy never
+/// rebuilds chains. A pod change updates the sets of the selections it joined, left or was
+/// changed in by that pod's elements only (reported as element changes, [`Touched::elements`]),
+/// never by rebuilding or comparing the sets' other elements; a namespace relabelling
+/// re-materialises the sets of the selections that look at namespace labels.
 #[derive(Debug)]
 pub struct Compiler {
     opts: CompileOptions,
