@@ -196,7 +196,29 @@ fn a_restarted_reconciler_adopts_everything_without_a_blip() {
         ))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The monitor is listening once it reports a change made after it started: a canary
+    // address (a documentation range, on the node's loopback, which `ours` below ignores).
+    let logged = |what: &str, line: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().any(line) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ip monitor never reported {what}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let canary = "203.0.113.77";
+    n1.ns
+        .sh(&format!("ip addr add {canary}/32 dev lo"))
+        .unwrap();
+    logged("the canary", &|l| {
+        l.contains(canary) && !l.starts_with("Deleted")
+    });
     let again = s.reconcile(OverlayMode::CrossSubnet, &objects);
     assert!(errors(&again).is_empty(), "{:#?}", errors(&again));
     assert_eq!(
@@ -204,8 +226,14 @@ fn a_restarted_reconciler_adopts_everything_without_a_blip() {
         r[0].as_ref().unwrap(),
         "the same state reported"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let quiet = std::fs::read_to_string(&log).unwrap_or_default();
+    // Netlink hands one socket its events in order: once the canary's removal is in the log,
+    // so is every change the reconciler made before it.
+    n1.ns
+        .sh(&format!("ip addr del {canary}/32 dev lo"))
+        .unwrap();
+    let quiet = logged("the canary's removal", &|l| {
+        l.starts_with("Deleted") && l.contains(canary)
+    });
     let ours = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| {
@@ -230,18 +258,13 @@ fn a_restarted_reconciler_adopts_everything_without_a_blip() {
     let mut fewer = objects.clone();
     fewer.remove("n2");
     s.reconcile(OverlayMode::CrossSubnet, &fewer);
-    std::thread::sleep(Duration::from_millis(300));
+    logged("the route of the node that left", &|l| {
+        !ours(l).is_empty() && l.starts_with("Deleted") && l.contains("10.244.2.0")
+    });
     let mut monitor = monitor;
     let _ = monitor.kill();
     let _ = monitor.wait();
-    let changed = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
-    assert!(
-        ours(&changed)
-            .iter()
-            .any(|l| l.starts_with("Deleted") && l.contains("10.244.2.0")),
-        "{changed}"
-    );
     rst_on_close(&client);
 }
 
