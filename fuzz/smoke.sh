@@ -22,9 +22,11 @@ echo "fuzz build: $(($(date +%s) - start)) s"
 mapfile -t targets < <(cargo +nightly fuzz list)
 run() {
   local t=$1
-  mkdir -p "$scratch/$t"
-  # -timeout: one input slower than 10 s is a finding, as in the long runs.
-  if cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
+  mkdir -p "$scratch/$t" "$scratch/tmp-$t"
+  # -timeout: one input slower than 10 s is a finding, as in the long runs. TMPDIR: the
+  # per-input directories of cni_input live in the scratch dir, so an input that
+  # -max_total_time interrupts leaves nothing behind in /tmp.
+  if TMPDIR="$scratch/tmp-$t" cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 \
     >"$scratch/$t.log" 2>&1; then
     echo "fuzz $t: ok, $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$t.log" | grep -o '[0-9]*$') execs, $(grep -o 'cov: [0-9]*' "$scratch/$t.log" | tail -1)"
