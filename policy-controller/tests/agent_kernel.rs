@@ -481,22 +481,52 @@ fn agent_restart_under_a_stream_of_connections_loses_none() {
     f.start_agent(&logging);
     f.wait_ready();
     assert!(f.reachable(client, "10.244.1.3"));
-    // New connections one after another, each with a 1 s timeout, for about 4 s.
-    let script = "ok=0; fail=0; end=$(( $(date +%s) + 4 )); \
-                  while [ $(date +%s) -lt $end ]; do \
-                    if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 10.244.1.3 80 | grep -q '200 OK'; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
-                  done; echo $ok $fail";
+    // New connections one after another, each with a 1 s timeout, from before the agent
+    // goes down until well after it is back: the stream runs until told to stop, and says
+    // how many succeeded so far (timed sleeps hoped it had started, and that its 4 s outlasted
+    // a restart that a loaded machine makes slower).
+    let progress = f.dir.join("stream-ok");
+    let stop = f.dir.join("stream-stop");
+    let script = format!(
+        "ok=0; fail=0; \
+         while [ ! -e {stop} ]; do \
+           if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 10.244.1.3 80 | grep -q '200 OK'; then ok=$((ok+1)); echo $ok > {progress}.new; mv {progress}.new {progress}; else fail=$((fail+1)); fi; \
+         done; echo $ok $fail",
+        stop = stop.display(),
+        progress = progress.display()
+    );
+    let succeeded = || -> u64 {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let wait_succeeded = |f: &NodeFixture, n: u64| {
+        let deadline = Instant::now() + WAIT;
+        while succeeded() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the connection stream made {} of {n} connections in {WAIT:?}\n{}",
+                succeeded(),
+                f.debug()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let stream = f.pods[client]
         .command("sh")
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    wait_succeeded(&f, 1);
     f.kill_agent();
+    // The agent stays away for a moment.
     std::thread::sleep(Duration::from_millis(300));
     f.start_agent(&logging);
     f.wait_ready();
+    wait_succeeded(&f, succeeded() + 10);
+    std::fs::write(&stop, "").unwrap();
     let out = stream.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let counts: Vec<u64> = text
