@@ -283,9 +283,9 @@ fn describe_api_error(e: &ApiError) -> String {
 
 /// Run every scenario file on a fresh netns cluster; see [`run_all`] for the output.
 /// Returns whether all passed.
-pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
+pub fn run_files(files: &[PathBuf], opts: &RunOptions, jobs: usize) -> bool {
     let setup = format!(
-        "over {} with {} node(s), topology {}, overlay {}{}",
+        "over {} with {} node(s), topology {}, overlay {}{}{}",
         opts.family,
         opts.nodes,
         opts.topology,
@@ -294,67 +294,116 @@ pub fn run_files(files: &[PathBuf], opts: &RunOptions) -> bool {
             " (image mode)"
         } else {
             ""
+        },
+        if jobs > 1 {
+            format!(", {jobs} at a time")
+        } else {
+            String::new()
         }
     );
     run_all(
         files,
         &setup,
+        jobs,
         &crate::cluster::cleanup::interrupted,
-        &mut |s| run_scenario(s, opts),
+        &|s| run_scenario(s, opts),
     )
 }
 
-/// Run every scenario file with `run`, print a line per scenario and the details of
-/// failures, and end with `N passed, M failed` (`, K skipped` when some were). `setup` describes where they ran (for the
-/// timing line on stderr). Stops quietly once `interrupted` says so. Returns whether all
-/// passed.
+/// Run every scenario file with `run`, `jobs` of them at a time (each on its own cluster),
+/// print a line per scenario in file order and the details of failures, and end with
+/// `N passed, M failed` (`, K skipped` when some were). `setup` describes where they ran
+/// (for the timing line on stderr). Stops quietly once `interrupted` says so. Returns
+/// whether all passed.
+///
+/// Several at a time: a scenario spends most of its time waiting (agents starting, a
+/// blocked probe's timeout, the kernel tearing down network namespaces), not on the CPU.
 pub fn run_all(
     files: &[PathBuf],
     setup: &str,
-    interrupted: &dyn Fn() -> bool,
-    run: &mut dyn FnMut(&Scenario) -> ScenarioResult,
+    jobs: usize,
+    interrupted: &(dyn Fn() -> bool + Sync),
+    run: &(dyn Fn(&Scenario) -> ScenarioResult + Sync),
 ) -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
     let mut passed = 0;
     let mut failed = 0;
     let mut skipped = 0;
     let t0 = Instant::now();
-    for f in files {
-        let s = match Scenario::from_file(f) {
-            Ok(s) => s,
-            Err(e) => {
-                println!("FAIL {}: {e}", f.display());
-                failed += 1;
-                continue;
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, Result<(Scenario, ScenarioResult), String>)>();
+    let all_printed = std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, files.len().max(1)) {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= files.len() || interrupted() {
+                    return;
+                }
+                let outcome = match Scenario::from_file(&files[i]) {
+                    Ok(s) => {
+                        let r = run(&s);
+                        Ok((s, r))
+                    }
+                    Err(e) => Err(format!("{e}")),
+                };
+                if tx.send((i, outcome)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        // Printed in file order: a result that finishes early waits for those before it.
+        let mut pending = std::collections::BTreeMap::new();
+        let mut printed = 0;
+        for (i, outcome) in rx {
+            if interrupted() {
+                // Ctrl-C: this scenario's failure is the interruption; say nothing more.
+                return false;
             }
-        };
-        let r = run(&s);
-        if interrupted() {
-            // Ctrl-C: this scenario's failure is the interruption; say nothing more.
-            return false;
+            pending.insert(i, outcome);
+            while let Some(outcome) = pending.remove(&printed) {
+                let f = &files[printed];
+                printed += 1;
+                let (s, r) = match outcome {
+                    Ok(sr) => sr,
+                    Err(e) => {
+                        println!("FAIL {}: {e}", f.display());
+                        failed += 1;
+                        continue;
+                    }
+                };
+                if let Some(why) = &r.skipped {
+                    skipped += 1;
+                    println!("skip {}: {why}", r.id);
+                } else if r.passed {
+                    passed += 1;
+                    println!(
+                        "ok   {} [{:.1}s, {} probes] {}",
+                        r.id,
+                        r.duration.as_secs_f64(),
+                        r.probes,
+                        s.title
+                    );
+                } else {
+                    failed += 1;
+                    println!(
+                        "FAIL {} [{:.1}s] {}\n     file: {}",
+                        r.id,
+                        r.duration.as_secs_f64(),
+                        s.title,
+                        f.display()
+                    );
+                    print!("{}", r.report);
+                }
+            }
         }
-        if let Some(why) = &r.skipped {
-            skipped += 1;
-            println!("skip {}: {why}", r.id);
-        } else if r.passed {
-            passed += 1;
-            println!(
-                "ok   {} [{:.1}s, {} probes] {}",
-                r.id,
-                r.duration.as_secs_f64(),
-                r.probes,
-                s.title
-            );
-        } else {
-            failed += 1;
-            println!(
-                "FAIL {} [{:.1}s] {}\n     file: {}",
-                r.id,
-                r.duration.as_secs_f64(),
-                s.title,
-                f.display()
-            );
-            print!("{}", r.report);
-        }
+        printed == files.len()
+    });
+    if !all_printed {
+        return false;
     }
     eprintln!(
         "{} scenario(s) {setup} in {:.1}s",
@@ -367,4 +416,52 @@ pub fn run_all(
         println!("{passed} passed, {failed} failed");
     }
     failed == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn project_scenarios() -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let files = collect_files(&[dir]).unwrap();
+        assert!(files.len() > 10, "{files:?}");
+        files[..10].to_vec()
+    }
+
+    /// Several at a time: every file runs exactly once, out-of-order finishes do not lose
+    /// one, and one failure fails the whole run.
+    #[test]
+    fn run_all_with_jobs_runs_each_file_once_and_reports_failure() {
+        let files = project_scenarios();
+        let ids: Vec<String> = files
+            .iter()
+            .map(|f| Scenario::from_file(f).unwrap().id)
+            .collect();
+        for (jobs, failing) in [(1, None), (3, None), (4, Some(ids[2].clone()))] {
+            let ran = Mutex::new(Vec::new());
+            let run = |s: &Scenario| {
+                // Later files finish first.
+                let k = ids.iter().position(|i| *i == s.id).unwrap();
+                std::thread::sleep(Duration::from_millis(5 * (10 - k as u64)));
+                ran.lock().unwrap().push(s.id.clone());
+                ScenarioResult {
+                    id: s.id.clone(),
+                    passed: failing.as_deref() != Some(s.id.as_str()),
+                    report: "  failed on purpose\n".into(),
+                    duration: Duration::ZERO,
+                    probes: 0,
+                    skipped: None,
+                }
+            };
+            let ok = run_all(&files, "test", jobs, &|| false, &run);
+            assert_eq!(ok, failing.is_none(), "jobs {jobs}");
+            let mut ran = ran.into_inner().unwrap();
+            ran.sort();
+            let mut want = ids.clone();
+            want.sort();
+            assert_eq!(ran, want, "jobs {jobs}");
+        }
+    }
 }

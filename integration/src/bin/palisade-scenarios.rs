@@ -3,7 +3,7 @@
 //! ```text
 //! palisade-scenarios run [--family v4|v6] [--nodes N] [--no-agent] [--routes harness|agent]
 //!                        [--topology single|two-subnets] [--overlay never|always|cross-subnet]
-//!                        [--agent-arg ARG]... [--retries N] [-v] PATH...
+//!                        [--agent-arg ARG]... [--retries N] [--jobs N] [-v] PATH...
 //! palisade-scenarios run --image OCI_DIR [--conf DIR] [--config KEY=VALUE]... [...] PATH...
 //! palisade-scenarios demo [--nodes N] [--family v4|v6] [--pause] [--image OCI_DIR]
 //! palisade-scenarios cleanup      # remove leftovers of crashed runs
@@ -119,6 +119,9 @@ enum Cmd {
         overlay: OverlayMode,
         #[command(flatten)]
         image: ImageArgs,
+        /// Scenarios run at once, each on its own cluster (results print in file order).
+        #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        jobs: u16,
         #[arg(short, long)]
         verbose: bool,
         #[arg(required = true)]
@@ -235,6 +238,7 @@ fn real_main() -> Result<i32> {
             topology,
             overlay,
             image,
+            jobs,
             verbose,
             paths,
         } => {
@@ -267,7 +271,11 @@ fn real_main() -> Result<i32> {
                 topology,
                 overlay,
             };
-            Ok(if run_files(&files, &opts) { 0 } else { 1 })
+            Ok(if run_files(&files, &opts, usize::from(jobs)) {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Demo {
             nodes,

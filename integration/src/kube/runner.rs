@@ -735,7 +735,8 @@ pub fn run_files(files: &[std::path::PathBuf], opts: &KubeOptions) -> bool {
         "over {} on the cluster kubectl points at (run {})",
         opts.family, opts.run_id
     );
-    crate::runner::run_all(files, &setup, &interrupted, &mut |s| run_scenario(s, opts))
+    // One at a time: the probes of one scenario already run --parallel at once.
+    crate::runner::run_all(files, &setup, 1, &interrupted, &|s| run_scenario(s, opts))
 }
 
 #[cfg(test)]
