@@ -97,24 +97,9 @@ fn palisade_portmap_bandwidth_tuning_chain() {
         "bandwidth found no host veth to shape: {qdisc}"
     );
     // portmap: the client reaches web through the node's address and the host port.
-    let mut listener = web
-        .ns
-        .spawn("busybox", &["nc", "-ll", "-p", "80", "-e", "echo", "pong"])
-        .unwrap();
-    let mut reached = false;
-    for _ in 0..30 {
-        let out = client
-            .ns
-            .sh(&format!("busybox nc -w 2 {NODE_ADDR_V4} 18080 </dev/null"))
-            .unwrap_or_default();
-        if out.contains("pong") {
-            reached = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = listener.kill();
-    let _ = listener.wait();
+    let listener = PongServer::start(&web, 80);
+    let reached = pong_eventually(&client, NODE_ADDR_V4, 18080).is_ok();
+    drop(listener);
     assert!(reached, "hostPort 18080 via portmap did not reach the pod");
     assert_pod_reaches_node(&client, Stack::Dual);
 

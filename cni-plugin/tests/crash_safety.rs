@@ -187,13 +187,7 @@ fn del_whose_background_deletion_never_ran() {
     other["name"] = json!("another-network");
     let kill = [("PALISADE_TEST_CRASH_AT", Some("veth-teardown"))];
     let p = node.pod("p");
-    // The interface index ("12: palabc...@if3: <...>"), or None when there is no such link.
-    let index = |name: &str| {
-        node.ns
-            .sh(&format!("ip -o link show dev {name}"))
-            .ok()
-            .and_then(|l| l.split(':').next().map(|i| i.trim().to_string()))
-    };
+    let index = |name: &str| node.link_index(name);
 
     let ips = result_ips(&node.add(&p, &conf));
     let first = index(&p.host_veth()).expect("host veth after ADD");

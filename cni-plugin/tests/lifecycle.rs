@@ -227,10 +227,17 @@ fn add_right_after_del_of_the_same_attachment() {
     let p = node.pod("p");
     node.add(&p, &conf);
     for round in 0..5 {
+        let old = node
+            .link_index(&p.host_veth())
+            .expect("host veth before DEL");
         node.del(&p, &conf);
         node.add(&p, &conf);
-        // Longer than the background deletion of the old pair takes (15-45 ms).
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Once the background deletion of the old pair has run (15-45 ms here, longer on a
+        // loaded machine), the new pair must still be there.
+        assert!(
+            node.wait_index_gone(old),
+            "round {round}: the old pair (index {old}) still exists {TEARDOWN_DEADLINE:?} after DEL"
+        );
         assert!(
             node.link_is_up(&p.host_veth()),
             "round {round}: the new host end is gone or down"
@@ -439,7 +446,7 @@ fn host_port_without_the_capabilities_key() {
     node.add(&web, &with_pm);
     node.add(&client, &base);
     assert!(
-        reaches_via(&web, &client, NODE_ADDR_V4, 18091),
+        reaches_via(&web, &client, NODE_ADDR_V4, 18091, true),
         "hostPort without capabilities"
     );
     assert!(
@@ -482,7 +489,7 @@ fn status_is_51_while_the_host_port_table_is_missing() {
     node.add(&client, &base);
     node.run_netless("STATUS", &base).ok();
     assert!(
-        reaches_via(&web, &client, NODE_ADDR_V4, 18090),
+        reaches_via(&web, &client, NODE_ADDR_V4, 18090, true),
         "hostPort before"
     );
 
@@ -500,7 +507,7 @@ fn status_is_51_while_the_host_port_table_is_missing() {
     );
     node.run_netless("STATUS", &other).ok();
     assert!(
-        !reaches_via(&web, &client, NODE_ADDR_V4, 18090),
+        !reaches_via(&web, &client, NODE_ADDR_V4, 18090, false),
         "hostPort answers without its table?"
     );
 
@@ -511,7 +518,7 @@ fn status_is_51_while_the_host_port_table_is_missing() {
     .ok();
     node.run_netless("STATUS", &base).ok();
     assert!(
-        reaches_via(&web, &client, NODE_ADDR_V4, 18090),
+        reaches_via(&web, &client, NODE_ADDR_V4, 18090, true),
         "hostPort after GC rebuilt the table"
     );
 
@@ -556,27 +563,16 @@ fn version_lists_supported_versions() {
     }
 }
 
-/// `nc` from `client` to `addr:port` answered by a listener on `server:80`.
-fn reaches_via(server: &Pod, client: &Pod, addr: &str, port: u16) -> bool {
-    let mut listener = server
-        .ns
-        .spawn("busybox", &["nc", "-ll", "-p", "80", "-e", "echo", "pong"])
-        .expect("spawn nc listener");
-    let mut ok = false;
-    for _ in 0..30 {
-        let out = client
-            .ns
-            .sh(&format!("busybox nc -w 2 {addr} {port} </dev/null"))
-            .unwrap_or_default();
-        if out.contains("pong") {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+/// Whether `nc` from `client` to `addr:port` is answered by a listener on `server:80`.
+/// Expected open, it is tried until [`SETTLE_DEADLINE`] (first packets may wait for
+/// neighbour resolution); expected closed, once (the listener is known to be up).
+fn reaches_via(server: &Pod, client: &Pod, addr: &str, port: u16, expect_open: bool) -> bool {
+    let _listener = PongServer::start(server, 80);
+    if expect_open {
+        pong_eventually(client, addr, port).is_ok()
+    } else {
+        pong(client, addr, port).is_ok()
     }
-    let _ = listener.kill();
-    let _ = listener.wait();
-    ok
 }
 
 /// hostPort through the plugin binary: ADD programs the mapping (another pod and the pod
@@ -603,15 +599,15 @@ fn host_port_through_the_plugin() {
         "ADD with portMappings programmed nothing"
     );
     assert!(
-        reaches_via(&web, &client, NODE_ADDR_V4, 18080),
+        reaches_via(&web, &client, NODE_ADDR_V4, 18080, true),
         "client pod cannot reach hostPort {NODE_ADDR_V4}:18080"
     );
     assert!(
-        reaches_via(&web, &client, NODE_ADDR_V6, 18080),
+        reaches_via(&web, &client, NODE_ADDR_V6, 18080, true),
         "client pod cannot reach hostPort [{NODE_ADDR_V6}]:18080"
     );
     assert!(
-        reaches_via(&web, &web, NODE_ADDR_V4, 18080),
+        reaches_via(&web, &web, NODE_ADDR_V4, 18080, true),
         "hairpin: the pod cannot reach itself through its hostPort"
     );
     node.check(&web, &with_pm, &r_web).ok();
@@ -621,7 +617,7 @@ fn host_port_through_the_plugin() {
         "DEL left hostPort elements"
     );
     assert!(
-        !reaches_via(&web, &client, NODE_ADDR_V4, 18080),
+        !reaches_via(&web, &client, NODE_ADDR_V4, 18080, false),
         "hostPort still answers after DEL"
     );
     node.del(&client, &base);

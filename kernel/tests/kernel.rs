@@ -278,6 +278,20 @@ fn udp_flows_to_a_port_are_forgotten() {
     };
     send(5353);
     send(5454);
+    // b makes its conntrack entries when it receives the datagrams, in softirq, which a
+    // loaded machine defers to ksoftirqd: wait until both are there before forgetting one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let flows = b.sh("conntrack -L -p udp 2>/dev/null").unwrap();
+        if flows.contains("dport=5353") && flows.contains("dport=5454") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two flows never appeared in conntrack: {flows}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let ns = Netns::open(b.path()).unwrap();
     let mut nf = Nfnl::open_in(&ns).unwrap();
     let flows = |port| UdpFlows {
@@ -311,7 +325,8 @@ EOF")
         .unwrap()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    // The reader blocks: it runs on a thread of its own, and the test waits at most 5 s.
+    // The reader blocks: it runs on a thread of its own, and the test waits at most 30 s (a
+    // loaded machine; it takes milliseconds otherwise).
     std::thread::spawn(move || {
         let _ = tx.send(log.recv());
     });
@@ -320,8 +335,8 @@ EOF")
         s.send_to(b"hello", "10.72.0.1:9999").unwrap();
     });
     let packets = rx
-        .recv_timeout(std::time::Duration::from_secs(5))
-        .expect("no NFLOG message within 5 s")
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("no NFLOG message within 30 s")
         .unwrap();
     assert_eq!(packets.len(), 1, "{packets:?}");
     let p = &packets[0];

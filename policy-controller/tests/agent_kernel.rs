@@ -114,6 +114,9 @@ struct NodeFixture {
 
 const NODE: &str = "node-1";
 
+/// How long a condition may take on a loaded CI machine (they take milliseconds when idle).
+const WAIT: Duration = Duration::from_secs(30);
+
 impl NodeFixture {
     fn new(tag: &str) -> NodeFixture {
         let node = TestNetns::new(&format!("{tag}-node")).unwrap();
@@ -211,7 +214,7 @@ impl NodeFixture {
     }
 
     fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + WAIT;
         loop {
             if let Some(s) = self.status() {
                 if pred(&s) {
@@ -229,15 +232,16 @@ impl NodeFixture {
         }
     }
 
-    /// `GET /readyz` on the metrics listener, inside the node's netns: (status code, response).
+    /// `GET path` on the metrics listener, inside the node's netns: (status code, response).
     /// A plain socket, read to the end (`busybox nc` may exit at its input's end before the
     /// answer arrives).
-    fn readyz(&self) -> (u16, String) {
+    fn metrics_get(&self, path: &str) -> (u16, String) {
         let port = self.port;
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
         let out = self.node.run(move || {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
             out
@@ -248,6 +252,19 @@ impl NodeFixture {
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         (code, out)
+    }
+
+    fn readyz(&self) -> (u16, String) {
+        self.metrics_get("/readyz")
+    }
+
+    /// `palisade_errors_total{kind="watch"}`: list and watch requests that failed.
+    fn watch_errors(&self) -> u64 {
+        let (_, body) = self.metrics_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("palisade_errors_total{kind=\"watch\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn wait_ready(&self) {
@@ -304,6 +321,20 @@ impl NodeFixture {
             )
             .unwrap();
         self.servers.push(server);
+        // Serving before this returns: a check that the pod cannot be reached must not pass
+        // only because its server had not bound yet (a loaded machine). Asked on the pod's own
+        // loopback, which no node rule sees.
+        let deadline = Instant::now() + WAIT;
+        while pod
+            .run(|| std::net::TcpStream::connect(("127.0.0.1", 80)))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "httpd in {tag} not listening after {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.pods.push(pod);
         self.pods.len() - 1
     }
@@ -450,22 +481,52 @@ fn agent_restart_under_a_stream_of_connections_loses_none() {
     f.start_agent(&logging);
     f.wait_ready();
     assert!(f.reachable(client, "10.244.1.3"));
-    // New connections one after another, each with a 1 s timeout, for about 4 s.
-    let script = "ok=0; fail=0; end=$(( $(date +%s) + 4 )); \
-                  while [ $(date +%s) -lt $end ]; do \
-                    if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 10.244.1.3 80 | grep -q '200 OK'; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
-                  done; echo $ok $fail";
+    // New connections one after another, each with a 1 s timeout, from before the agent
+    // goes down until well after it is back: the stream runs until told to stop, and says
+    // how many succeeded so far (timed sleeps hoped it had started, and that its 4 s outlasted
+    // a restart that a loaded machine makes slower).
+    let progress = f.dir.join("stream-ok");
+    let stop = f.dir.join("stream-stop");
+    let script = format!(
+        "ok=0; fail=0; \
+         while [ ! -e {stop} ]; do \
+           if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 10.244.1.3 80 | grep -q '200 OK'; then ok=$((ok+1)); echo $ok > {progress}.new; mv {progress}.new {progress}; else fail=$((fail+1)); fi; \
+         done; echo $ok $fail",
+        stop = stop.display(),
+        progress = progress.display()
+    );
+    let succeeded = || -> u64 {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let wait_succeeded = |f: &NodeFixture, n: u64| {
+        let deadline = Instant::now() + WAIT;
+        while succeeded() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the connection stream made {} of {n} connections in {WAIT:?}\n{}",
+                succeeded(),
+                f.debug()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let stream = f.pods[client]
         .command("sh")
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    wait_succeeded(&f, 1);
     f.kill_agent();
+    // The agent stays away for a moment.
     std::thread::sleep(Duration::from_millis(300));
     f.start_agent(&logging);
     f.wait_ready();
+    wait_succeeded(&f, succeeded() + 10);
+    std::fs::write(&stop, "").unwrap();
     let out = stream.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let counts: Vec<u64> = text
@@ -486,7 +547,7 @@ fn agent_restart_under_a_stream_of_connections_loses_none() {
         "policy still enforced after the restart"
     );
     // The denied attempt is logged by the agent from NFLOG, naming pods and policy.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + WAIT;
     loop {
         let log = std::fs::read_to_string(f.dir.join("agent.log")).unwrap_or_default();
         let line = log
@@ -572,7 +633,7 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.2"}]}}),
     );
     f.wait_programmed("nodes", rv);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while !f
         .node
         .sh("ip route show proto 180")
@@ -617,10 +678,21 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
     let rv = f.api.delete(Kind::Node, None, "node-3");
     f.wait_programmed("nodes", rv);
 
-    // The API goes away: nothing changes in the dataplane.
+    // The API goes away: nothing changes in the dataplane. The outage lasts until healed
+    // (not a window that a loaded machine could see end before the checks ran), and the
+    // checks start once the agent has really lost the API: a failed watch is counted.
+    let errors = f.watch_errors();
     f.api
-        .run(|api| api.faults().refuse_connections(Duration::from_secs(4)));
-    std::thread::sleep(Duration::from_millis(1500));
+        .run(|api| api.faults().refuse_connections(Duration::from_secs(3600)));
+    let deadline = Instant::now() + WAIT;
+    while f.watch_errors() <= errors {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never noticed the outage\n{}",
+            f.debug()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         f.reachable(client, "10.244.1.3"),
         "allowed traffic broken during the outage"
@@ -630,6 +702,7 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
         "policy lost during the outage"
     );
     assert_eq!(f.status().unwrap()["ready"], true);
+    f.api.run(|api| api.faults().heal());
     // Back: changes made meanwhile converge.
     let rv = f.api.create(
         Kind::NetworkPolicy,
@@ -644,7 +717,7 @@ fn api_outage_keeps_policy_enforced_and_node_routes_follow_nodes() {
     );
     let rv = f.api.delete(Kind::Node, None, "node-2");
     f.wait_programmed("nodes", rv);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while f
         .node
         .sh("ip route show proto 180")

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+/// How long a step that takes milliseconds on an idle machine (a watch event folded, a sync,
+/// an answer on the CNI socket) may take on a loaded CI machine.
+const WAIT: Duration = Duration::from_secs(30);
+
 struct TestAgent {
     running: RunningAgent,
     dir: PathBuf,
@@ -78,7 +82,7 @@ impl TestAgent {
 
     /// Wait until `/status` satisfies `pred` (the way the scenario runner waits).
     async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + WAIT;
         loop {
             let s = self.status().await;
             if pred(&s) {
@@ -446,7 +450,7 @@ async fn cni_announcements_are_answered_once_programmed() {
         ips: vec![ip.parse().unwrap()],
     };
     // Wait until the agent has the pod, so this exercises the "known" path.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while !agent.has_pod("x", "early") {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -468,10 +472,7 @@ async fn cni_announcements_are_answered_once_programmed() {
         pod("x", "late", "node-1", None, json!({"app": "late"})),
     )
     .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), pending)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
     assert!(r.ok, "{r:?}");
     assert_eq!(agent.pod_ips("x", "late"), vec!["10.244.1.21"]);
 
@@ -485,7 +486,7 @@ async fn cni_announcements_are_answered_once_programmed() {
     )
     .await;
     assert!(r.ok);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while !agent.pod_ips("x", "late").is_empty() {
         assert!(Instant::now() < deadline, "announced IPs not dropped");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -269,8 +269,13 @@ impl Pod {
 }
 
 /// How long after DEL returns its (down) veth pair may still exist: the detached process
-/// that deletes it needs 15–45 ms here; the margin is for a loaded CI machine.
-pub const TEARDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// that deletes it needs 15–45 ms here; the margin is for a loaded CI machine (load 8 on 2
+/// cores), where it is one process among many.
+pub const TEARDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a condition that takes milliseconds on an idle machine (a listener binding, the
+/// kernel installing a route) may take on a loaded CI machine.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The kernel state of a node that pods must not change once they are deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,12 +306,15 @@ impl Node {
         .expect("node setup");
         // The IPv6 local route of the new address is installed asynchronously: wait for it, or
         // the baseline snapshot would miss it and every later leak check would flag it.
-        for _ in 0..200 {
-            if ns.sh_ok(&format!(
-                "ip -6 route show table local | grep -q '{NODE_ADDR_V6} '"
-            )) {
-                break;
-            }
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        while !ns.sh_ok(&format!(
+            "ip -6 route show table local | grep -q '{NODE_ADDR_V6} '"
+        )) {
+            assert!(
+                Instant::now() < deadline,
+                "no local route to {NODE_ADDR_V6} after {SETTLE_DEADLINE:?}: {}",
+                ns.sh("ip -6 route show table local").unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let dir = TempDir::new(tag);
@@ -673,6 +681,34 @@ impl Node {
             .unwrap_or(false)
     }
 
+    /// The interface index of link `name` in the node, if it exists.
+    pub fn link_index(&self, name: &str) -> Option<u32> {
+        self.ns
+            .sh(&format!("ip -o link show dev {name}"))
+            .ok()
+            .and_then(|l| l.split(':').next()?.trim().parse().ok())
+    }
+
+    /// Waits until no link of the node has interface index `index` (a pair whose deletion
+    /// runs in the background, found by index since its name may be taken again), for up to
+    /// [`TEARDOWN_DEADLINE`]; whether it is gone.
+    pub fn wait_index_gone(&self, index: u32) -> bool {
+        let deadline = Instant::now() + TEARDOWN_DEADLINE;
+        loop {
+            let listed = self.ns.sh("ip -o link show").expect("ip link");
+            if !listed
+                .lines()
+                .any(|l| l.split(':').next().and_then(|i| i.trim().parse().ok()) == Some(index))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Snapshots until `done` holds for its links or [`TEARDOWN_DEADLINE`] has passed; the
     /// last snapshot.
     pub fn wait_for_links(&self, done: impl Fn(&BTreeSet<String>) -> bool) -> NodeSnapshot {
@@ -833,35 +869,77 @@ pub fn assert_pod_reaches_node(pod: &Pod, stack: Stack) {
     }
 }
 
+/// A `busybox nc` listener on `port` in a pod, answering "pong" to every connection; it is
+/// listening when [`PongServer::start`] returns, and killed when dropped.
+pub struct PongServer(std::process::Child);
+
+impl PongServer {
+    /// Start it and wait until the pod itself gets its answer on its loopback (binding takes a
+    /// moment, longer on a loaded machine): a connection refused later is then not the
+    /// listener's doing.
+    pub fn start(server: &Pod, port: u16) -> PongServer {
+        let child = server
+            .ns
+            .spawn(
+                "busybox",
+                &["nc", "-ll", "-p", &port.to_string(), "-e", "echo", "pong"],
+            )
+            .expect("spawn nc listener");
+        let listener = PongServer(child);
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        while let Err(out) = pong(server, "127.0.0.1", port) {
+            assert!(
+                Instant::now() < deadline,
+                "nc listener of {} on port {port} not answering after {SETTLE_DEADLINE:?}: {out}",
+                server.cid
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        listener
+    }
+}
+
+impl Drop for PongServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One TCP connection from `client` to `addr:port` (2 s): `Ok` if a [`PongServer`] answered,
+/// else what `nc` printed.
+pub fn pong(client: &Pod, addr: &str, port: u16) -> Result<(), String> {
+    let out = client
+        .ns
+        .sh(&format!("busybox nc -w 2 {addr} {port} </dev/null"))
+        .unwrap_or_else(|e| e.to_string());
+    if out.contains("pong") {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+/// [`pong`] until it answers or [`SETTLE_DEADLINE`] has passed: for a path expected open,
+/// whose first packets may wait for neighbour resolution.
+pub fn pong_eventually(client: &Pod, addr: &str, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        match pong(client, addr, port) {
+            Ok(()) => return Ok(()),
+            Err(out) if Instant::now() >= deadline => return Err(out),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// TCP from `client` to `server_ip` on a port `server` listens on (busybox nc).
 pub fn assert_tcp(server: &Pod, server_ip: &str, client: &Pod) {
-    let port = "8080";
-    let mut listener = server
-        .ns
-        .spawn("busybox", &["nc", "-ll", "-p", port, "-e", "echo", "pong"])
-        .expect("spawn nc listener");
-    let mut last = String::new();
-    let mut ok = false;
-    // The listener needs a moment to bind; retry the connection briefly.
-    for _ in 0..30 {
-        let out = client
-            .ns
-            .sh(&format!("busybox nc -w 2 {server_ip} {port} </dev/null"))
-            .unwrap_or_else(|e| e.to_string());
-        if out.contains("pong") {
-            ok = true;
-            break;
-        }
-        last = out;
-        std::thread::sleep(Duration::from_millis(100));
+    let port = 8080;
+    let _listener = PongServer::start(server, port);
+    if let Err(last) = pong_eventually(client, server_ip, port) {
+        panic!("TCP {} -> {server_ip}:{port} failed: {last}", client.cid);
     }
-    let _ = listener.kill();
-    let _ = listener.wait();
-    assert!(
-        ok,
-        "TCP {} -> {server_ip}:{port} failed: {last}",
-        client.cid
-    );
 }
 
 /// Latency statistics of a benchmark series.

@@ -121,6 +121,11 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// How long a runtime step that takes a second or two on an idle machine (a daemon coming
+/// up, a container's server binding, a task exiting, a pair deleted after DEL) may take on a
+/// loaded CI machine.
+pub const RUNTIME_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Poll `f` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
@@ -348,13 +353,11 @@ impl TestNode {
     /// GET until it answers (the server in a fresh container may take a moment to bind).
     pub fn http_get_eventually(from: &TestNetns, url: &str) -> Result<String> {
         let mut last = None;
-        let got = wait_for(Duration::from_secs(10), || {
-            match Self::http_get(from, url) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    last = Some(e);
-                    None
-                }
+        let got = wait_for(RUNTIME_DEADLINE, || match Self::http_get(from, url) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                last = Some(e);
+                None
             }
         });
         got.ok_or_else(|| last.unwrap_or_else(|| anyhow::anyhow!("GET {url}: timeout")))

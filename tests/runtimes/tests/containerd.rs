@@ -13,7 +13,6 @@ use palisade_runtime_tests::cri::{self, CriClient};
 use palisade_runtime_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const IMAGE: &str = "localhost/palisade-test:1";
 
@@ -128,7 +127,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             socket,
             _daemon: ChildGuard(daemon),
         };
-        wait_for(Duration::from_secs(20), || {
+        wait_for(RUNTIME_DEADLINE, || {
             c.ctr(&["version"])
                 .output()
                 .ok()
@@ -219,7 +218,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 /// Wait until no pod veth, no data file naming `id` or `ip`, and no hostPort table remain.
 fn assert_freed(node: &TestNode, id: &str, ip: &str) {
-    let freed = wait_for(Duration::from_secs(10), || {
+    let freed = wait_for(RUNTIME_DEADLINE, || {
         (node.pod_veths().is_empty()
             && node.data_files_naming(id).is_empty()
             && node.ipam_records_holding(ip).is_empty()
@@ -382,7 +381,7 @@ fn ctr_run_cni_uses_palisade() {
     let mut child = ChildGuard(child);
     let ctr_log = || std::fs::read_to_string(node.dir.join("ctr-run.log")).unwrap_or_default();
     let full_id = format!("{ns}-{id}");
-    let ip = wait_for(Duration::from_secs(20), || {
+    let ip = wait_for(RUNTIME_DEADLINE, || {
         let out = containerd
             .ctr(&[
                 "-n",
@@ -426,9 +425,7 @@ fn ctr_run_cni_uses_palisade() {
     let _ = containerd
         .ctr(&["-n", ns, "task", "kill", "-s", "KILL", &id])
         .status();
-    let exited = wait_for(Duration::from_secs(20), || {
-        child.0.try_wait().ok().flatten()
-    });
+    let exited = wait_for(RUNTIME_DEADLINE, || child.0.try_wait().ok().flatten());
     outcome.unwrap();
     assert!(
         exited.is_some(),

@@ -158,7 +158,7 @@ fn podman_cni_backend_runs_pods_on_palisade() {
 
     // Everything freed. The veth pair is down when DEL returns and deleted just after it
     // (by the plugin's detached teardown, or with the netns podman removes): wait for that.
-    let veths_gone = wait_for(std::time::Duration::from_secs(10), || {
+    let veths_gone = wait_for(RUNTIME_DEADLINE, || {
         node.pod_veths().is_empty().then_some(())
     });
     assert!(veths_gone.is_some(), "veth left: {:?}", node.pod_veths());
