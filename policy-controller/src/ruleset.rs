@@ -273,6 +273,10 @@ impl Rule {
 /// (the incremental compiler) rebuilt since that version. A dataplane given this diffs only
 /// these objects and those that appeared or went, instead of looking at every object.
 ///
+/// A set whose elements only changed can be reported by its exact element changes instead
+/// ([`Touched::elements`]): pod churn changes a few elements of sets holding thousands, and
+/// the dataplane then sends and records those without looking at the rest of the set.
+///
 /// Over-reporting is harmless (an object named here but unchanged produces no command);
 /// under-reporting would leave a change unprogrammed, so whoever cannot tell says `all`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,8 +284,48 @@ pub struct Touched {
     /// Anything may have changed.
     pub all: bool,
     pub chains: BTreeSet<String>,
+    /// Sets that may differ in anything.
     pub sets: BTreeSet<String>,
     pub maps: BTreeSet<String>,
+    /// Sets (not named in `sets`) that differ exactly by these elements: each one in
+    /// `added` is new to the set, each one in `removed` was in it. Only for sets without
+    /// `flags interval` (whose elements are their canonical form).
+    pub elements: BTreeMap<String, ElementDelta>,
+}
+
+/// The exact element changes of one set, see [`Touched::elements`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElementDelta {
+    pub added: BTreeSet<Vec<Value>>,
+    pub removed: BTreeSet<Vec<Value>>,
+}
+
+impl ElementDelta {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+
+    /// `e` was added to the set (after the changes recorded so far).
+    pub fn add(&mut self, e: Vec<Value>) {
+        if !self.removed.remove(&e) {
+            self.added.insert(e);
+        }
+    }
+
+    /// `e` was removed from the set (after the changes recorded so far).
+    pub fn remove(&mut self, e: Vec<Value>) {
+        if !self.added.remove(&e) {
+            self.removed.insert(e);
+        }
+    }
+
+    /// Apply to the elements the delta was recorded against.
+    pub fn apply_to(&self, elements: &mut BTreeSet<Vec<Value>>) {
+        for e in &self.removed {
+            elements.remove(e);
+        }
+        elements.extend(self.added.iter().cloned());
+    }
 }
 
 impl Touched {
@@ -292,6 +336,7 @@ impl Touched {
             chains: BTreeSet::new(),
             sets: BTreeSet::new(),
             maps: BTreeSet::new(),
+            elements: BTreeMap::new(),
         }
     }
 
@@ -313,8 +358,18 @@ impl Touched {
     /// Records that set `name` was rebuilt.
     pub fn set(&mut self, name: &str) {
         if !self.all {
+            self.elements.remove(name);
             self.sets.insert(name.to_string());
         }
+    }
+
+    /// The element changes of set `name` to record into, or `None` when they need no
+    /// recording (everything, or the whole set, counts as touched already).
+    pub fn set_elements(&mut self, name: &str) -> Option<&mut ElementDelta> {
+        if self.all || self.sets.contains(name) {
+            return None;
+        }
+        Some(self.elements.entry(name.to_string()).or_default())
     }
 
     /// Records that map `name` was rebuilt.
@@ -324,15 +379,27 @@ impl Touched {
         }
     }
 
-    /// Everything `other` names too (changes since an earlier point).
+    /// Everything `other` names too (changes since an earlier point; `other` is the later).
     pub fn merge(&mut self, other: Touched) {
         if self.all || other.all {
             *self = Touched::all();
             return;
         }
         self.chains.extend(other.chains);
-        self.sets.extend(other.sets);
         self.maps.extend(other.maps);
+        for name in other.sets {
+            self.set(&name);
+        }
+        for (name, delta) in other.elements {
+            if let Some(mine) = self.set_elements(&name) {
+                for e in delta.removed {
+                    mine.remove(e);
+                }
+                for e in delta.added {
+                    mine.add(e);
+                }
+            }
+        }
     }
 }
 

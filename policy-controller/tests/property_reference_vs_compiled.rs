@@ -810,7 +810,8 @@ proptest! {
     }
 }
 
-/// Whether `touched` names every object of `now` that differs from (or is absent in) `before`.
+/// Whether `touched` names every object of `now` that differs from (or is absent in) `before`,
+/// and every set it reports by element changes is exactly `before`'s with those changes.
 fn touched_covers(
     before: &palisade_policy::ruleset::Ruleset,
     now: &palisade_policy::ruleset::Ruleset,
@@ -834,8 +835,36 @@ fn touched_covers(
     if touched.all {
         return Ok(());
     }
+    for (name, delta) in &touched.elements {
+        let (Some(was), Some(is)) = (before.sets.get(name), now.sets.get(name)) else {
+            return Err(format!(
+                "set {name} reported by element changes is new or gone"
+            ));
+        };
+        if was.interval
+            || !delta.added.is_disjoint(&was.elements)
+            || !delta.removed.is_subset(&was.elements)
+        {
+            return Err(format!(
+                "set {name}: element changes {delta:?} do not fit what it held"
+            ));
+        }
+        let mut updated = was.clone();
+        delta.apply_to(&mut updated.elements);
+        if updated != *is {
+            return Err(format!(
+                "set {name} differs from what its element changes say"
+            ));
+        }
+    }
+    let named_sets: BTreeSet<String> = touched
+        .sets
+        .iter()
+        .chain(touched.elements.keys())
+        .cloned()
+        .collect();
     check("chain", &before.chains, &now.chains, &touched.chains)?;
-    check("set", &before.sets, &now.sets, &touched.sets)?;
+    check("set", &before.sets, &now.sets, &named_sets)?;
     check("map", &before.maps, &now.maps, &touched.maps)
 }
 

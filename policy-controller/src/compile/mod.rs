@@ -121,6 +121,7 @@ use crate::model::Labels;
 use crate::model::{ClusterState, Name, NodeInfo, ObjectKey, PodInfo};
 use crate::ruleset::{Ruleset, Touched};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 /// What the compiler needs to know besides cluster state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,9 +162,11 @@ pub enum Change {
 ///
 /// Caches: which pods each selector in use selects (kept up to date per pod and per namespace
 /// change by testing only the changed object against the selectors in use), the materialised
-/// sets (rebuilt only when a pod they hold changed), and the last ruleset. A change that
-/// touches no local pod and no policy never rebuilds chains; it re-materialises the sets of
-/// the selections that changed.
+/// sets, and the last ruleset. A change that touches no local pod and no policy never
+/// rebuilds chains. A pod change updates the sets of the selections it joined, left or was
+/// changed in by that pod's elements only (reported as element changes, [`Touched::elements`]),
+/// never by rebuilding or comparing the sets' other elements; a namespace relabelling
+/// re-materialises the sets of the selections that look at namespace labels.
 #[derive(Debug)]
 pub struct Compiler {
     opts: CompileOptions,
@@ -186,6 +189,9 @@ pub struct Compiler {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct StateIndex {
     pub pods_by_ns: HashMap<Name, BTreeSet<ObjectKey>>,
+    /// Pods by address (usually one each; more while an address moves between pods): which
+    /// pods may give a set element of that address.
+    pub pods_by_ip: HashMap<IpAddr, Vec<ObjectKey>>,
     /// Pods on this node (whatever their state).
     pub local_pods: BTreeSet<ObjectKey>,
     /// Every policy of every kind, translated.
@@ -218,12 +224,27 @@ impl StateIndex {
             .entry(key.namespace.clone())
             .or_default()
             .insert(key.clone());
+        for ip in &pod.ips {
+            let pods = self.pods_by_ip.entry(*ip).or_default();
+            if !pods.contains(key) {
+                pods.push(key.clone());
+            }
+        }
         if pod.node.as_deref() == Some(node) {
             self.local_pods.insert(key.clone());
         }
     }
 
-    fn remove_pod(&mut self, key: &ObjectKey) {
+    /// `pod`: the version being removed.
+    fn remove_pod(&mut self, key: &ObjectKey, pod: &PodInfo) {
+        for ip in &pod.ips {
+            if let Some(pods) = self.pods_by_ip.get_mut(ip) {
+                pods.retain(|k| k != key);
+                if pods.is_empty() {
+                    self.pods_by_ip.remove(ip);
+                }
+            }
+        }
         if let Some(pods) = self.pods_by_ns.get_mut(key.namespace.as_str()) {
             pods.remove(key);
             if pods.is_empty() {
@@ -311,7 +332,9 @@ impl Compiler {
                 let old_local = old
                     .as_ref()
                     .is_some_and(|o| o.node.as_deref() == Some(self.opts.node.as_str()));
-                self.index.remove_pod(&key);
+                if let Some(old) = &old {
+                    self.index.remove_pod(&key, old);
+                }
                 self.cache.forget_pod(&key);
                 let new = &self.state.pods[&key];
                 self.index.add_pod(&key, new, &self.opts.node);
@@ -324,7 +347,7 @@ impl Compiler {
             }
             Change::DeletePod(key) => {
                 if let Some(old) = self.state.pods.remove(&key) {
-                    self.index.remove_pod(&key);
+                    self.index.remove_pod(&key, &old);
                     self.cache.forget_pod(&key);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
                         self.structure_dirty = true;

@@ -7,7 +7,7 @@ use super::names::{
     class_chain_name, dispatch_map_name, first_stage, log_prefix, policy_chain_name, rule_comment,
     stage_chain, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN,
 };
-use super::sets::{addr_key, family_of_net, Memberships, SetSpec};
+use super::sets::{addr_key, family_of_net, Fast, Memberships, SetSpec};
 use super::{enforced, CompileOptions, StateIndex};
 use crate::model::policy::{Action, Direction, Peer, Policy, PolicyRef, PortMatch, RuleRef, Tier};
 use crate::model::selector::PodSelection;
@@ -18,11 +18,6 @@ use crate::ruleset::{
 };
 use palisade_common::HOST_VETH_PREFIX;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-
-/// A fast hasher for the compiler's name- and key-indexed caches (looked up thousands of times
-/// per structural rebuild; their keys are not attacker-chosen beyond what the API server
-/// admits, and foldhash seeds per process).
-type Fast = foldhash::fast::RandomState;
 
 /// NFLOG rate limit per logging rule, so a flood of denied packets cannot flood the agent.
 pub const LOG_RATE_PER_SECOND: u32 = 10;
@@ -82,13 +77,14 @@ impl Cache {
     }
 
     fn stale(&self, spec: &SetSpec) -> bool {
-        spec.selection()
-            .is_some_and(|s| self.memberships.dirty.contains(s))
-            || (self.node_sets_stale && spec.follows_nodes())
+        spec.selection().is_some_and(|s| {
+            !self.memberships.dirty.is_empty() && self.memberships.dirty.contains(s)
+        }) || (self.node_sets_stale && spec.follows_nodes())
     }
 
     /// Only set elements may have changed: re-materialise the sets of dirty selections (and
-    /// the node sets after a node change).
+    /// the node sets after a node change); update those of selections with pending pod
+    /// changes by those pods' elements.
     pub fn refresh_sets(
         &mut self,
         state: &ClusterState,
@@ -97,22 +93,34 @@ impl Cache {
         out: &mut Ruleset,
         touched: &mut Touched,
     ) {
-        if self.memberships.dirty.is_empty() && !self.node_sets_stale {
+        if self.memberships.dirty.is_empty()
+            && self.memberships.pending.is_empty()
+            && !self.node_sets_stale
+        {
             return;
         }
-        let stale: Vec<(String, SetSpec)> = self
-            .specs
-            .iter()
-            .filter(|(_, spec)| self.stale(spec))
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        for (name, spec) in stale {
-            let set = self.memberships.materialise(state, index, opts, &spec);
-            touched.set(&name);
-            out.sets.insert(name, set);
+        for (name, spec) in &self.specs {
+            if self.stale(spec) {
+                let set = self.memberships.materialise(state, index, opts, spec);
+                touched.set(name);
+                out.sets.insert(name.clone(), set);
+            } else if self.pending(spec) {
+                if let Some(set) = out.sets.get_mut(name) {
+                    let delta = touched.set_elements(name);
+                    self.memberships
+                        .update(state, index, opts, spec, set, delta);
+                }
+            }
         }
         self.memberships.dirty.clear();
+        self.memberships.pending.clear();
         self.node_sets_stale = false;
+    }
+
+    /// The set of `spec` changed by the elements of some pods only.
+    fn pending(&self, spec: &SetSpec) -> bool {
+        spec.selection()
+            .is_some_and(|s| self.memberships.has_pending(s))
     }
 
     /// Compute the whole structure, reusing (moving) the sets of `previous` that are still
@@ -181,7 +189,14 @@ impl Cache {
             // (which decides membership of a `local_only` set) marks the selection dirty.
             let stale = matches!(spec, SetSpec::LocalPods(_)) || self.stale(spec);
             let set = match previous.sets.remove(name) {
-                Some(set) if !stale => set,
+                Some(mut set) if !stale => {
+                    if self.pending(spec) {
+                        let delta = touched.set_elements(name);
+                        self.memberships
+                            .update(state, index, opts, spec, &mut set, delta);
+                    }
+                    set
+                }
                 _ => {
                     touched.set(name);
                     self.memberships.materialise(state, index, opts, spec)
@@ -189,7 +204,10 @@ impl Cache {
             };
             sets.insert(name.clone(), set);
         }
-        let used: HashSet<&PodSelection> = specs.values().filter_map(SetSpec::selection).collect();
+        // Element changes recorded for a set that went since are no change to tell.
+        touched.elements.retain(|name, _| sets.contains_key(name));
+        let used: HashSet<&PodSelection, Fast> =
+            specs.values().filter_map(SetSpec::selection).collect();
         self.memberships.retain_used(&used);
         self.node_sets_stale = false;
         self.specs = specs;

@@ -8,10 +8,11 @@ use super::{select_pods, selectable, CompileOptions, StateIndex};
 use crate::model::api::LabelSelector;
 use crate::model::selector::{describe_selector, selector_matches, NamespaceScope, PodSelection};
 use crate::model::{ClusterState, ObjectKey, PodInfo, Protocol};
-use crate::ruleset::{Family, KeyType, Set, Value};
+use crate::ruleset::{ElementDelta, Family, KeyType, Set, Value};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// What a set stands for. Its name is a hash of this, so equal specs share one set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -87,14 +88,23 @@ pub(crate) fn addr_key(f: Family) -> KeyType {
     }
 }
 
-/// Which pods each selection in use holds, and which selections changed since their sets
-/// were last materialised.
+/// Which pods each selection in use holds, and what changed since their sets were last
+/// brought up to date.
 #[derive(Debug, Default)]
 pub(crate) struct Memberships {
-    members: HashMap<PodSelection, BTreeSet<ObjectKey>>,
-    /// Selections whose pods (or those pods' addresses or named ports) changed.
-    pub dirty: HashSet<PodSelection>,
+    members: HashMap<PodSelection, BTreeSet<ObjectKey>, Fast>,
+    /// Selections whose sets must be materialised again (a namespace's labels changed).
+    pub dirty: HashSet<PodSelection, Fast>,
+    /// Per selection, the pods that joined, left or changed addresses, named ports or node
+    /// since its sets were last brought up to date, each as it was then (`None`: not a
+    /// member then). Their sets change by these pods' elements only ([`Memberships::update`]).
+    pub pending: HashMap<PodSelection, HashMap<ObjectKey, Option<Arc<PodInfo>>>, Fast>,
 }
+
+/// A fast hasher for the compiler's name-, key- and selection-indexed caches (looked up
+/// thousands of times per structural rebuild; their keys are not attacker-chosen beyond what
+/// the API server admits, and foldhash seeds per process).
+pub(crate) type Fast = foldhash::fast::RandomState;
 
 impl Memberships {
     /// A pod was added, changed or removed: keep memberships exact and mark what changed.
@@ -112,20 +122,94 @@ impl Memberships {
             }
             _ => true,
         };
+        // One copy of the old version for every selection that records it.
+        let mut old_copy: Option<Arc<PodInfo>> = None;
         for (selection, members) in self.members.iter_mut() {
             let was = members.contains(key);
             let now = new.is_some_and(|p| {
                 selectable(p) && selection.matches(&key.namespace, ns_labels, &p.labels)
             });
+            if was == now && !(now && content_changed) {
+                continue;
+            }
             if was != now {
                 if now {
                     members.insert(key.clone());
                 } else {
                     members.remove(key);
                 }
-                self.dirty.insert(selection.clone());
-            } else if now && content_changed {
-                self.dirty.insert(selection.clone());
+            }
+            // The first change since the last update holds the version the sets still show.
+            let pods = self.pending.entry(selection.clone()).or_default();
+            if !pods.contains_key(key) {
+                let then = match (was, old) {
+                    (true, Some(o)) => {
+                        Some(old_copy.get_or_insert_with(|| Arc::new(o.clone())).clone())
+                    }
+                    _ => None,
+                };
+                pods.insert(key.clone(), then);
+            }
+        }
+    }
+
+    /// Whether the sets of `selection` changed by some pods' elements only (see
+    /// [`Memberships::pending`]) and not in full.
+    pub fn has_pending(&self, selection: &PodSelection) -> bool {
+        !self.pending.is_empty()
+            && !self.dirty.contains(selection)
+            && self.pending.contains_key(selection)
+    }
+
+    /// Bring the elements of `set` (the set of `spec`, as last materialised or updated) up
+    /// to date with the pending pod changes of its selection, recording each element that
+    /// came or went in `delta`. Only the elements of the changed pods are looked at: an
+    /// element goes when no member pod (with that address, [`StateIndex::pods_by_ip`])
+    /// still gives it, and comes when one does.
+    pub fn update(
+        &self,
+        state: &ClusterState,
+        index: &StateIndex,
+        opts: &CompileOptions,
+        spec: &SetSpec,
+        set: &mut Set,
+        mut delta: Option<&mut ElementDelta>,
+    ) {
+        let Some(selection) = spec.selection() else {
+            return;
+        };
+        let (Some(pods), Some(members)) =
+            (self.pending.get(selection), self.members.get(selection))
+        else {
+            return;
+        };
+        let mut candidates: BTreeSet<Vec<Value>> = BTreeSet::new();
+        for (key, then) in pods {
+            if let Some(then) = then {
+                candidates.extend(pod_elements(spec, then, opts));
+            }
+            if members.contains(key) {
+                candidates.extend(pod_elements(spec, &state.pods[key], opts));
+            }
+        }
+        for e in candidates {
+            let Some(Value::Addr(ip)) = e.first() else {
+                continue;
+            };
+            let present = index.pods_by_ip.get(ip).into_iter().flatten().any(|k| {
+                members.contains(k) && pod_elements(spec, &state.pods[k], opts).contains(&e)
+            });
+            if present {
+                if !set.elements.contains(&e) {
+                    set.elements.insert(e.clone());
+                    if let Some(d) = delta.as_deref_mut() {
+                        d.add(e);
+                    }
+                }
+            } else if set.elements.remove(&e) {
+                if let Some(d) = delta.as_deref_mut() {
+                    d.remove(e);
+                }
             }
         }
     }
@@ -169,9 +253,10 @@ impl Memberships {
 
     /// Forget selections no set uses any more, so per-pod bookkeeping stays proportional to
     /// what is in force.
-    pub fn retain_used(&mut self, used: &HashSet<&PodSelection>) {
+    pub fn retain_used(&mut self, used: &HashSet<&PodSelection, Fast>) {
         self.members.retain(|s, _| used.contains(s));
         self.dirty.clear();
+        self.pending.clear();
     }
 
     /// The elements of the set `spec` stands for.
@@ -189,41 +274,18 @@ impl Memberships {
         match spec {
             SetSpec::PodAddrs { selection, family } => {
                 set.key = vec![addr_key(*family)];
-                let members = self.members(state, index, selection);
-                for key in members {
-                    for ip in state.pods[key]
-                        .ips
-                        .iter()
-                        .filter(|ip| Family::of(ip) == *family)
-                    {
-                        set.elements.insert(vec![Value::Addr(*ip)]);
-                    }
+                for key in self.members(state, index, selection) {
+                    set.elements
+                        .extend(pod_elements(spec, &state.pods[key], opts));
                 }
             }
             SetSpec::NamedPorts {
-                selection,
-                local_only,
-                ports,
-                family,
+                selection, family, ..
             } => {
                 set.key = vec![addr_key(*family), KeyType::InetProto, KeyType::InetService];
-                let members = self.members(state, index, selection);
-                for key in members {
-                    let pod = &state.pods[key];
-                    if *local_only && pod.node.as_deref() != Some(opts.node.as_str()) {
-                        continue;
-                    }
-                    for (name, proto) in ports {
-                        for port in pod.named_port_numbers(name, *proto) {
-                            for ip in pod.ips.iter().filter(|ip| Family::of(ip) == *family) {
-                                set.elements.insert(vec![
-                                    Value::Addr(*ip),
-                                    Value::Proto(proto.number()),
-                                    Value::Port(port),
-                                ]);
-                            }
-                        }
-                    }
+                for key in self.members(state, index, selection) {
+                    set.elements
+                        .extend(pod_elements(spec, &state.pods[key], opts));
                 }
             }
             SetSpec::Block { cidr, except } => {
@@ -277,6 +339,41 @@ impl Memberships {
         }
         set
     }
+}
+
+/// The elements one member pod gives the set of `spec` (a selection's set).
+fn pod_elements(spec: &SetSpec, pod: &PodInfo, opts: &CompileOptions) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    match spec {
+        SetSpec::PodAddrs { family, .. } => {
+            for ip in pod.ips.iter().filter(|ip| Family::of(ip) == *family) {
+                out.push(vec![Value::Addr(*ip)]);
+            }
+        }
+        SetSpec::NamedPorts {
+            local_only,
+            ports,
+            family,
+            ..
+        } => {
+            if *local_only && pod.node.as_deref() != Some(opts.node.as_str()) {
+                return out;
+            }
+            for (name, proto) in ports {
+                for port in pod.named_port_numbers(name, *proto) {
+                    for ip in pod.ips.iter().filter(|ip| Family::of(ip) == *family) {
+                        out.push(vec![
+                            Value::Addr(*ip),
+                            Value::Proto(proto.number()),
+                            Value::Port(port),
+                        ]);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 fn set_comment(spec: &SetSpec) -> String {

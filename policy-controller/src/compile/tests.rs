@@ -675,3 +675,53 @@ fn incremental_equals_full_compile() {
         check(&mut c, "namespace deleted");
     }
 }
+
+/// Pod churn is reported by exact element changes, and an address two pods hold (one
+/// leaving, one arriving with the reused address) stays in a set until neither gives it.
+#[test]
+fn pod_changes_are_reported_by_their_elements_and_a_shared_address_stays() {
+    let o = opts("n1");
+    let mut c = Compiler::with_state(o.clone(), small_cluster());
+    let (_, touched) = c.ruleset_and_touched();
+    assert!(touched.all);
+    let db_set = |c: &mut Compiler| -> String {
+        let rs = c.ruleset_ref();
+        rs.sets
+            .iter()
+            .find(|(n, s)| {
+                n.starts_with("pods4-")
+                    && s.elements
+                        .contains(&vec![Value::Addr("10.0.2.3".parse().unwrap())])
+            })
+            .map(|(n, _)| n.clone())
+            .expect("the app=db set")
+    };
+    let name = db_set(&mut c);
+    let addr = |s: &str| vec![Value::Addr(s.parse().unwrap())];
+    // A second db pod on another node with the address of db2.
+    let twin = mk_pod("x", "twin", "n3", &["10.0.2.3"], &[("app", "db")]);
+    c.apply(Change::UpsertPod(twin));
+    let (rs, touched) = c.ruleset_and_touched();
+    assert!(rs.sets[&name].elements.contains(&addr("10.0.2.3")));
+    assert!(!touched.sets.contains(&name), "{touched:?}");
+    assert!(touched.elements.get(&name).is_none_or(|d| d.is_empty()));
+    // db2 goes: the address stays (twin gives it), its IPv6 address goes from its set.
+    c.apply(Change::DeletePod(ObjectKey::new("x", "db2")));
+    let (rs, touched) = c.ruleset_and_touched();
+    assert!(rs.sets[&name].elements.contains(&addr("10.0.2.3")));
+    assert!(touched.elements.get(&name).is_none_or(|d| d.is_empty()));
+    let v6: Vec<_> = touched
+        .elements
+        .values()
+        .filter(|d| d.removed.contains(&addr("fd00:2::3")))
+        .collect();
+    assert_eq!(v6.len(), 1, "{touched:?}");
+    assert_eq!(c.ruleset(), compile(c.state(), &o));
+    // twin goes too: now the address goes, as one removed element.
+    c.apply(Change::DeletePod(ObjectKey::new("x", "twin")));
+    let (rs, touched) = c.ruleset_and_touched();
+    assert!(!rs.sets[&name].elements.contains(&addr("10.0.2.3")));
+    let d = &touched.elements[&name];
+    assert!(d.added.is_empty() && d.removed == [addr("10.0.2.3")].into());
+    assert_eq!(c.ruleset(), compile(c.state(), &o));
+}

@@ -63,6 +63,9 @@ pub struct LastApply {
     /// The transaction was a cold start in three steps (see
     /// `NftDataplane::staged_cold_start`).
     pub staged: bool,
+    /// Wall time of the three steps of a staged cold start (structure through nft, element
+    /// batches, base chains through nft; zero otherwise), part of `nft_time`.
+    pub staged_steps: [Duration; 3],
     /// The kernel refused the netlink batch and the same commands went through nft: the
     /// refusal, for the log (a bug in the batch encoder if nft then succeeded).
     pub netlink_refused: Option<String>,
@@ -292,7 +295,10 @@ impl NftDataplane {
         self.last.cpu_time += t.elapsed();
         self.last.staged = true;
         Some((|| {
+            let t = Instant::now();
             self.send(&structure)?;
+            self.last.staged_steps[0] = t.elapsed();
+            let t = Instant::now();
             let sent = match batches {
                 Some(batches) => self.send_batches(&batches),
                 None => false,
@@ -300,11 +306,15 @@ impl NftDataplane {
             if !sent {
                 self.send(&elements)?;
             }
-            if hooks.is_empty() {
+            self.last.staged_steps[1] = t.elapsed();
+            let t = Instant::now();
+            let res = if hooks.is_empty() {
                 Ok(())
             } else {
                 self.send(&hooks)
-            }
+            };
+            self.last.staged_steps[2] = t.elapsed();
+            res
         })())
     }
 

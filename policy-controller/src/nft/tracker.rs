@@ -15,6 +15,11 @@
 //! are taken as unchanged. The property test `incremental_compiler_agrees_with_full_compile`
 //! checks that the compiler's report covers every object that changed.
 //!
+//! A set reported by its exact element changes ([`Touched::elements`], pod churn) is not
+//! even looked at: its fingerprint is a sum of per-element digests (a multiset hash), so it
+//! follows the changes alone, and the changes are the commands. A one-pod change then costs
+//! the elements of that pod, not those of the sets it is in.
+//!
 //! The whole model is diffed instead when there is nothing to compare against (adoption of
 //! a table read back from the kernel, or after an error) and when an object changes kind
 //! (a set's type, a set becoming a map, a chain becoming a base chain): that makes every user
@@ -23,7 +28,7 @@
 use super::canon::{canonical_chain, canonical_map, canonical_set, canonicalize};
 use super::plan::{plan, validate, validate_objects, Op, Programmed};
 use super::DataplaneError;
-use crate::ruleset::{Chain, Ruleset, Set, Touched, VerdictMap};
+use crate::ruleset::{Chain, ElementDelta, Ruleset, Set, Touched, Value, VerdictMap};
 use foldhash::quality::{FoldHasher, RandomState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -63,14 +68,19 @@ pub(crate) struct Diff {
     prints: Prints,
     /// Names of the objects that went.
     gone: Vec<Gone>,
+    /// Sets changed by these elements only: `model` holds them without elements (for their
+    /// key), and the programmed set takes the changes on commit.
+    deltas: Vec<(String, ElementDelta)>,
 }
 
 /// What changed between the fingerprints of the last programmed model and a new one.
-struct Changes {
+struct Changes<'t> {
     chains: Vec<(String, Print)>,
     sets: Vec<(String, Print)>,
     maps: Vec<(String, Print)>,
     gone: Vec<Gone>,
+    /// Sets changed by elements only, with their new fingerprints.
+    deltas: Vec<(&'t String, &'t ElementDelta, Print)>,
 }
 
 #[derive(Debug)]
@@ -122,7 +132,7 @@ impl Tracker {
             sets: rs
                 .sets
                 .iter()
-                .map(|(n, s)| (n.clone(), self.print(|h| hash_set(s, h))))
+                .map(|(n, s)| (n.clone(), self.set_print(s)))
                 .collect(),
             maps: rs
                 .maps
@@ -130,6 +140,32 @@ impl Tracker {
                 .map(|(n, m)| (n.clone(), self.print(|h| hash_map(m, h))))
                 .collect(),
         }
+    }
+
+    /// A set's fingerprint: its type's digest plus the sum of its elements' digests, so that
+    /// element changes update it without looking at the rest ([`Tracker::element_print`]).
+    fn set_print(&self, s: &Set) -> Print {
+        let mut p = self.print(|h| hash_set_type(s, h));
+        for e in &s.elements {
+            p = p.wrapping_add(self.element_print(e));
+        }
+        p
+    }
+
+    fn element_print(&self, e: &[Value]) -> Print {
+        self.print(|h| e.hash(h))
+    }
+
+    /// `print` after `delta`.
+    fn delta_print(&self, print: Print, delta: &ElementDelta) -> Print {
+        let mut p = print;
+        for e in &delta.removed {
+            p = p.wrapping_sub(self.element_print(e));
+        }
+        for e in &delta.added {
+            p = p.wrapping_add(self.element_print(e));
+        }
+        p
     }
 
     /// The objects of `objs` whose fingerprint differs from `old` or is new, and the names
@@ -141,7 +177,7 @@ impl Tracker {
         objs: &BTreeMap<String, T>,
         old: &HashMap<String, Print>,
         only: Option<&BTreeSet<String>>,
-        hash: impl Fn(&T, &mut FoldHasher<'static>),
+        print: impl Fn(&T) -> Print,
         gone: impl Fn(String) -> Gone,
         out_gone: &mut Vec<Gone>,
     ) -> Vec<(String, Print)> {
@@ -154,12 +190,12 @@ impl Tracker {
                     if only.is_some_and(|t| !t.contains(name)) {
                         continue;
                     }
-                    let p = self.print(|h| hash(obj, h));
+                    let p = print(obj);
                     if *q != p {
                         changed.push((name.clone(), p));
                     }
                 }
-                None => changed.push((name.clone(), self.print(|h| hash(obj, h)))),
+                None => changed.push((name.clone(), print(obj))),
             }
         }
         if kept < old.len() {
@@ -192,20 +228,45 @@ impl Tracker {
         if let (Some(old), Some(programmed)) = (&self.prints, &self.programmed) {
             let mut gone = Vec::new();
             let only = |names| (!touched.all).then_some(names);
+            // Sets told by their element changes: their fingerprints follow the changes. One
+            // the programmed model lacks, or holds with intervals (whose canonical elements
+            // are not the model's), is diffed in full instead.
+            let mut deltas = Vec::new();
+            let mut full_sets;
+            let mut only_sets = only(&touched.sets);
+            if !touched.all && !touched.elements.is_empty() {
+                full_sets = touched.sets.clone();
+                for (name, delta) in &touched.elements {
+                    let exact = programmed.model.sets.get(name).is_some_and(|s| !s.interval)
+                        && !programmed.stale_sets.contains(name)
+                        && desired.sets.get(name).is_some_and(|s| !s.interval);
+                    match old.sets.get(name) {
+                        Some(p) if exact => {
+                            if !delta.is_empty() {
+                                deltas.push((name, delta, self.delta_print(*p, delta)));
+                            }
+                        }
+                        _ => {
+                            full_sets.insert(name.clone());
+                        }
+                    }
+                }
+                only_sets = Some(&full_sets);
+            }
             let changes = Changes {
                 chains: self.changed(
                     &desired.chains,
                     &old.chains,
                     only(&touched.chains),
-                    hash_chain,
+                    |c| self.print(|h| hash_chain(c, h)),
                     Gone::Chain,
                     &mut gone,
                 ),
                 sets: self.changed(
                     &desired.sets,
                     &old.sets,
-                    only(&touched.sets),
-                    hash_set,
+                    only_sets,
+                    |s| self.set_print(s),
                     Gone::Set,
                     &mut gone,
                 ),
@@ -213,11 +274,12 @@ impl Tracker {
                     &desired.maps,
                     &old.maps,
                     only(&touched.maps),
-                    hash_map,
+                    |m| self.print(|h| hash_map(m, h)),
                     Gone::Map,
                     &mut gone,
                 ),
                 gone,
+                deltas,
             };
             if let Some(diff) = partial(changes, programmed, desired)? {
                 return Ok(diff);
@@ -237,6 +299,7 @@ impl Tracker {
             whole: true,
             prints,
             gone: Vec::new(),
+            deltas: Vec::new(),
         })
     }
 
@@ -251,6 +314,13 @@ impl Tracker {
         let (Some(p), Some(prints)) = (&mut self.programmed, &mut self.prints) else {
             return;
         };
+        let mut model = diff.model;
+        for (n, delta) in &diff.deltas {
+            model.sets.remove(n);
+            if let Some(set) = p.model.sets.get_mut(n) {
+                delta.apply_to(&mut set.elements);
+            }
+        }
         for g in diff.gone {
             match g {
                 Gone::Chain(n) => {
@@ -267,9 +337,9 @@ impl Tracker {
                 }
             }
         }
-        p.model.chains.extend(diff.model.chains);
-        p.model.sets.extend(diff.model.sets);
-        p.model.maps.extend(diff.model.maps);
+        p.model.chains.extend(model.chains);
+        p.model.sets.extend(model.sets);
+        p.model.maps.extend(model.maps);
         prints.chains.extend(diff.prints.chains);
         prints.sets.extend(diff.prints.sets);
         prints.maps.extend(diff.prints.maps);
@@ -298,6 +368,7 @@ fn partial(
         sets,
         maps,
         gone,
+        deltas,
     } = changes;
     let cur = &programmed.model;
     let kind_changed = chains.iter().any(|(n, _)| {
@@ -382,13 +453,41 @@ fn partial(
             }
         }
     }
-    let ops = plan(Some(&before), &after);
+    let mut ops = plan(Some(&before), &after);
+    // Element changes of kept sets depend on no other command of the transaction.
+    let mut delta_sets = Vec::with_capacity(deltas.len());
+    for (n, delta, p) in deltas {
+        if !delta.removed.is_empty() {
+            ops.push(Op::DeleteElements {
+                set: n.clone(),
+                elements: delta.removed.iter().cloned().collect(),
+            });
+        }
+        if !delta.added.is_empty() {
+            ops.push(Op::AddElements {
+                set: n.clone(),
+                elements: delta.added.iter().cloned().collect(),
+            });
+        }
+        let cur_set = &cur.sets[n];
+        after.sets.insert(
+            n.clone(),
+            Set {
+                key: cur_set.key.clone(),
+                interval: cur_set.interval,
+                ..Set::default()
+            },
+        );
+        prints.sets.insert(n.clone(), p);
+        delta_sets.push((n.clone(), delta.clone()));
+    }
     Ok(Some(Diff {
         ops,
         model: after,
         whole: false,
         prints,
         gone,
+        deltas: delta_sets,
     }))
 }
 
@@ -401,10 +500,10 @@ fn hash_chain(c: &Chain, h: &mut FoldHasher<'static>) {
     c.rules.hash(h);
 }
 
-fn hash_set(s: &Set, h: &mut FoldHasher<'static>) {
+/// Everything of a set but its elements (those are summed, see [`Tracker::set_print`]).
+fn hash_set_type(s: &Set, h: &mut FoldHasher<'static>) {
     s.key.hash(h);
     s.interval.hash(h);
-    s.elements.hash(h);
     s.comment.hash(h);
 }
 
