@@ -7,6 +7,7 @@
 use palisade_integration::kubelet::cni::NodeCni;
 use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 fn mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
@@ -23,6 +24,13 @@ fn the_plugin_runs_from_the_node_with_the_nodes_files() {
     let tag = palisade_testutil::run_prefix();
     let (run_dir, data_dir) = (format!("/run/{tag}"), format!("/var/lib/cni/{tag}"));
     let root = tempfile_dir();
+    // Removes what the test made when dropped, also when an assertion fails (the end of
+    // the test removes them itself and checks they were left empty).
+    let _cleanup = Cleanup(vec![
+        root.clone(),
+        PathBuf::from(&run_dir),
+        PathBuf::from(&data_dir),
+    ]);
     let host = root.join("host");
     let write = |path: &str, content: &str| {
         let p = host.join(path.trim_start_matches('/'));
@@ -85,6 +93,16 @@ fn the_plugin_runs_from_the_node_with_the_nodes_files() {
     std::fs::remove_dir_all(&root).unwrap();
     for d in [&run_dir, &data_dir] {
         std::fs::remove_dir(d).unwrap();
+    }
+}
+
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

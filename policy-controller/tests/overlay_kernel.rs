@@ -185,7 +185,9 @@ fn a_restarted_reconciler_adopts_everything_without_a_blip() {
     assert!(before[0].contains("vxlan4.palisade") && before[0].contains("onlink"));
     // Every change of links, addresses, routes and neighbours (forwarding entries included)
     // in node 1 while a new reconciler, knowing nothing, converges on the same Nodes.
-    let log = std::env::temp_dir().join(format!("{}-monitor.log", n1.ns.name()));
+    // In a directory removed when dropped: also when an assertion below fails.
+    let log_dir = palisade_testutil::TempDir::new("ovr-monitor");
+    let log = log_dir.path().join("monitor.log");
     let monitor = n1
         .ns
         .command("sh")
@@ -281,7 +283,6 @@ fn a_restarted_reconciler_adopts_everything_without_a_blip() {
     let mut monitor = monitor;
     let _ = monitor.kill();
     let _ = monitor.wait();
-    let _ = std::fs::remove_file(&log);
     assert!(
         changed.is_some(),
         "the route of the node that left was not reported within 30 s"
