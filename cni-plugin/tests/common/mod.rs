@@ -380,6 +380,10 @@ impl Node {
             "name": format!("palnet-{}", self.tag),
             "type": "palisade",
             "agent": { "socket": self.agent_socket() },
+            // The plugin's own state when a test swaps in a delegate IPAM (whose `ipam`
+            // keys are the delegate's): in the node's temp dir, never the machine's
+            // /var/lib/cni/palisade. With the built-in IPAM `ipam.dataDir` below wins.
+            "dataDir": self.data_dir(),
             "ipam": {
                 "type": "palisade",
                 "ranges": ranges,
