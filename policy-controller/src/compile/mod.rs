@@ -99,6 +99,8 @@
 //! which must equal the API semantics that [`crate::eval::reference`] implements on its own
 //! from the API objects; property tests hold the two together.
 
+pub mod decide;
+mod flat;
 pub mod intervals;
 pub mod masquerade;
 pub mod names;
@@ -324,6 +326,7 @@ impl Compiler {
 
     /// Record one change.
     pub fn apply(&mut self, change: Change) {
+        self.structure_dirty = true;
         match change {
             Change::UpsertPod(pod) => {
                 let key = pod.key.clone();
@@ -462,25 +465,15 @@ impl Compiler {
     }
 
     fn refresh(&mut self) {
+        // Work in progress (issue 16): every change rebuilds the flat form from scratch and
+        // reports what differs.
         let rebuilt = self.structure_dirty;
-        if self.structure_dirty {
+        if rebuilt {
             let previous = std::mem::take(&mut self.output);
-            self.output = self.cache.rebuild(
-                &self.state,
-                &self.index,
-                &self.opts,
-                previous,
-                &mut self.touched,
-            );
+            let new = flat::build(&self.state, &self.index, &self.opts);
+            diff_touched(&previous, &new, &mut self.touched);
+            self.output = new;
             self.structure_dirty = false;
-        } else {
-            self.cache.refresh_sets(
-                &self.state,
-                &self.index,
-                &self.opts,
-                &mut self.output,
-                &mut self.touched,
-            );
         }
         // A rebuild starts the output afresh: the masquerade objects go back in (unchanged
         // ones are not touched, the rebuild compared only what it built).
@@ -502,16 +495,32 @@ impl Compiler {
     }
 }
 
+/// Record in `touched` every object of `new` that differs from `previous` (or is new).
+fn diff_touched(previous: &Ruleset, new: &Ruleset, touched: &mut Touched) {
+    if touched.all {
+        return;
+    }
+    for (name, c) in &new.chains {
+        if previous.chains.get(name) != Some(c) {
+            touched.chain(name);
+        }
+    }
+    for (name, m) in &new.maps {
+        if previous.maps.get(name) != Some(m) {
+            touched.map(name);
+        }
+    }
+    for (name, set) in &new.sets {
+        if previous.sets.get(name) != Some(set) {
+            touched.set(name);
+        }
+    }
+}
+
 /// Full compile from scratch.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     let index = StateIndex::build(state, &opts.node);
-    let mut out = plan::Cache::default().rebuild(
-        state,
-        &index,
-        opts,
-        Ruleset::default(),
-        &mut Touched::all(),
-    );
+    let mut out = flat::build(state, &index, opts);
     let objects = masquerade::masquerade_objects(state, &opts.masquerade);
     masquerade::install(&mut out, &Ruleset::default(), &objects, &mut Touched::all());
     out

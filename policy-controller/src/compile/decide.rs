@@ -1,0 +1,546 @@
+//! Deciding a new connection ahead of time (issue 16's compiled form, work in progress).
+//!
+//! For one direction of this node's pods, the compiler computes here, from the normalized
+//! policies ([`crate::model::policy`]), everything a new connection's verdict can depend on,
+//! so that the datapath decides it with a fixed number of lookups whatever the number of
+//! policies:
+//!
+//! - **Atoms**: the distinct peer conditions of the rules that apply to some local pod in
+//!   this direction (a pod selection, an address block, a node selector) and, for egress, the
+//!   named ports those rules name (a named port of egress is a port of the destination pod).
+//! - **Peer classes**: addresses grouped by the atoms they satisfy (Cilium's identities,
+//!   computed by the compiler). Every pod or node address some atom holds is classified on
+//!   its own (an exact element); other addresses by the address blocks they fall in (interval
+//!   elements); an address in nothing is in the "world" class.
+//! - **Subject groups**: local pods grouped by the policies of each tier that select them
+//!   and (ingress) what the named ports of those policies resolve to on them.
+//! - **Outcomes**: per subject group and peer class, the tiers evaluated for every protocol
+//!   and destination port segment: the first Admin rule that matches, else NetworkPolicy
+//!   isolation and its union of allows, else the first Baseline rule, else allowed. Only what
+//!   differs from the group's default (what happens when no rule matches: denied by
+//!   isolation, or allowed) becomes an element.
+//!
+//! Pure: no nft, no I/O. [`super::flat`] turns the result into chains and maps.
+
+use super::intervals::{addr_u128, block_ranges};
+use super::{enforced, select_pods, selectable, StateIndex};
+use crate::model::api::LabelSelector;
+use crate::model::policy::{Action, Direction, Peer, PolicyRef, PortMatch, RuleRef, Tier};
+use crate::model::selector::selector_matches;
+use crate::model::{ClusterState, ObjectKey, Protocol};
+use ipnet::IpNet;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+/// The protocols whose packets carry ports (`th dport`).
+pub const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+/// What decides one new connection in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Outcome {
+    /// Allowed by this rule (an Admin or Baseline `Accept`, or a NetworkPolicy `Allow`: the
+    /// first that allows, in policy order), or by default (`None`: no tier decided).
+    Allow(Option<RuleRef>),
+    /// Denied by this ClusterNetworkPolicy `Deny` rule.
+    Deny(RuleRef),
+    /// Denied by NetworkPolicy isolation: these policies select the pod and none allows it.
+    Isolated(Vec<PolicyRef>),
+}
+
+/// One peer condition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Atom {
+    Pods(crate::model::selector::PodSelection),
+    Network { cidr: IpNet, except: Vec<IpNet> },
+    Nodes(LabelSelector),
+}
+
+/// The class of a peer address: the atoms it satisfies, and (egress) the numbers the named
+/// ports of the rules resolve to on the pod(s) at that address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PeerClass {
+    /// Indices into [`Direction`]'s atom list, sorted.
+    pub atoms: Vec<usize>,
+    /// `(name, protocol)` → port numbers, sorted; only names some rule uses.
+    pub named: Vec<((String, Protocol), Vec<u16>)>,
+}
+
+/// The policies of each tier that select a local pod in one direction, in evaluation order,
+/// and (ingress) the named ports of their rules resolved on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubjectGroup {
+    pub tiers: [Vec<PolicyRef>; 3],
+    pub named: Vec<((String, Protocol), Vec<u16>)>,
+}
+
+impl SubjectGroup {
+    /// What happens to a connection no rule matches.
+    pub fn default_outcome(&self) -> Outcome {
+        match self.tiers[1].is_empty() {
+            true => Outcome::Allow(None),
+            false => Outcome::Isolated(self.tiers[1].clone()),
+        }
+    }
+}
+
+/// Outcomes that differ from the group's default, for one subject group and peer class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions {
+    /// `(protocol, first port, last port)` → outcome; disjoint, adjacent equal ones merged.
+    pub ports: Vec<(Protocol, u16, u16, Outcome)>,
+    /// Packets of protocols without ports (ICMP, ...): only rules without ports apply.
+    pub portless: Option<Outcome>,
+}
+
+/// Everything decided for one direction.
+#[derive(Debug, Clone, Default)]
+pub struct DirectionPlan {
+    pub atoms: Vec<Atom>,
+    /// Local pods selected by some policy in this direction, by subject group.
+    pub groups: BTreeMap<SubjectGroup, Vec<ObjectKey>>,
+    /// Peer classes in use; index 0 is the world class (no atoms, no named ports).
+    pub classes: Vec<PeerClass>,
+    /// Addresses classified on their own → class index.
+    pub exact: BTreeMap<IpAddr, usize>,
+    /// Address ranges (inclusive, disjoint, per family) → class index, for addresses that are
+    /// not in `exact`.
+    pub ranges: Vec<(IpAddr, IpAddr, usize)>,
+    /// Per (group, class index): what is not the group's default.
+    pub decisions: BTreeMap<(SubjectGroup, usize), Decisions>,
+}
+
+const fn tier_slot(tier: Tier) -> usize {
+    match tier {
+        Tier::Admin => 0,
+        Tier::NetworkPolicy => 1,
+        Tier::Baseline => 2,
+    }
+}
+
+/// The policies of every tier that select `pod` in `direction`, in evaluation order.
+pub(crate) fn selecting(
+    state: &ClusterState,
+    index: &StateIndex,
+    pod: &ObjectKey,
+    direction: Direction,
+) -> [Vec<PolicyRef>; 3] {
+    let info = &state.pods[pod];
+    let ns = pod.namespace.as_str();
+    let ns_labels = state.namespaces.get(ns);
+    let mut out: [Vec<PolicyRef>; 3] = Default::default();
+    let candidates = index
+        .policies_by_ns
+        .get(ns)
+        .into_iter()
+        .flatten()
+        .chain(&index.cluster_policies);
+    for id in candidates {
+        let policy = &index.policies[id];
+        if policy.rules(direction).is_some()
+            && policy.subject.matches(ns, ns_labels, &info.labels)
+        {
+            out[tier_slot(policy.tier)].push(id.clone());
+        }
+    }
+    for list in &mut out {
+        list.sort_by(|a, b| index.policies[a].order().cmp(&index.policies[b].order()));
+    }
+    out
+}
+
+fn named_ports_of(rules: &[crate::model::policy::Rule]) -> impl Iterator<Item = (String, Protocol)> + '_ {
+    rules
+        .iter()
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| match p {
+            PortMatch::Named { name, protocol } => Some((name.clone(), *protocol)),
+            PortMatch::Ports { .. } => None,
+        })
+}
+
+/// Resolve `names` on the pods at one address (their union), keeping names that resolve.
+fn resolve(
+    state: &ClusterState,
+    pods: &[&ObjectKey],
+    names: &BTreeSet<(String, Protocol)>,
+) -> Vec<((String, Protocol), Vec<u16>)> {
+    let mut out = Vec::new();
+    for (name, proto) in names {
+        let mut ports: Vec<u16> = pods
+            .iter()
+            .flat_map(|k| state.pods[*k].named_port_numbers(name, *proto))
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        out.push(((name.clone(), *proto), ports));
+    }
+    out
+}
+
+/// Plan one direction for this node's pods.
+pub(crate) fn plan(
+    state: &ClusterState,
+    index: &StateIndex,
+    direction: Direction,
+) -> DirectionPlan {
+    let mut out = DirectionPlan::default();
+    // Subject groups, and the policies that matter here.
+    let mut used: BTreeSet<PolicyRef> = BTreeSet::new();
+    for key in &index.local_pods {
+        if !enforced(&state.pods[key]) {
+            continue;
+        }
+        let tiers = selecting(state, index, key, direction);
+        if tiers.iter().all(Vec::is_empty) {
+            continue;
+        }
+        let mut group = SubjectGroup {
+            tiers,
+            named: Vec::new(),
+        };
+        if direction == Direction::Ingress {
+            let names: BTreeSet<(String, Protocol)> = group
+                .tiers
+                .iter()
+                .flatten()
+                .flat_map(|p| named_ports_of(index.policies[p].rules(direction).unwrap_or_default()))
+                .collect();
+            group.named = resolve(state, &[key], &names);
+        }
+        used.extend(group.tiers.iter().flatten().cloned());
+        out.groups.entry(group).or_default().push(key.clone());
+    }
+    // Atoms and (egress) the named ports the rules name.
+    let mut atom_ids: HashMap<Atom, usize> = HashMap::new();
+    let mut egress_names: BTreeSet<(String, Protocol)> = BTreeSet::new();
+    for id in &used {
+        let rules = index.policies[id].rules(direction).unwrap_or_default();
+        for rule in rules {
+            for peer in rule.peers.iter().flatten() {
+                let atom = match peer {
+                    Peer::Pods(s) => Atom::Pods(s.clone()),
+                    Peer::Network { cidr, except } => Atom::Network {
+                        cidr: *cidr,
+                        except: except.clone(),
+                    },
+                    Peer::Nodes(s) => Atom::Nodes(s.clone()),
+                };
+                if !atom_ids.contains_key(&atom) {
+                    atom_ids.insert(atom.clone(), out.atoms.len());
+                    out.atoms.push(atom);
+                }
+            }
+        }
+        if direction == Direction::Egress {
+            egress_names.extend(named_ports_of(rules));
+        }
+    }
+    // Exact addresses: what pod and node atoms hold, and (egress) pods on which a named port
+    // of the rules resolves.
+    let mut exact_atoms: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
+    for (i, atom) in out.atoms.iter().enumerate() {
+        match atom {
+            Atom::Pods(selection) => {
+                for key in select_pods(state, index, selection) {
+                    for ip in &state.pods[&key].ips {
+                        exact_atoms.entry(*ip).or_default().insert(i);
+                    }
+                }
+            }
+            Atom::Nodes(selector) => {
+                for node in state.nodes.values() {
+                    if selector_matches(selector, &node.labels) {
+                        for ip in &node.addresses {
+                            exact_atoms.entry(*ip).or_default().insert(i);
+                        }
+                    }
+                }
+            }
+            Atom::Network { .. } => {}
+        }
+    }
+    if !egress_names.is_empty() {
+        for (key, pod) in &state.pods {
+            if selectable(pod)
+                && egress_names
+                    .iter()
+                    .any(|(n, p)| pod.named_port_numbers(n, *p).next().is_some())
+            {
+                for ip in &pod.ips {
+                    exact_atoms.entry(*ip).or_default();
+                }
+                let _ = key;
+            }
+        }
+    }
+    // Address blocks: elementary ranges per family, each with the blocks holding it.
+    let blocks: Vec<(usize, bool, super::intervals::RangeSet)> = out
+        .atoms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a {
+            Atom::Network { cidr, except } => {
+                Some((i, cidr.addr().is_ipv4(), block_ranges(cidr, except)))
+            }
+            _ => None,
+        })
+        .collect();
+    let blocks_at = |ip: &IpAddr| -> Vec<usize> {
+        let x = addr_u128(ip);
+        blocks
+            .iter()
+            .filter(|(_, v4, r)| *v4 == ip.is_ipv4() && r.contains(x))
+            .map(|(i, _, _)| *i)
+            .collect()
+    };
+    let mut class_ids: HashMap<PeerClass, usize> = HashMap::new();
+    out.classes.push(PeerClass::default());
+    class_ids.insert(PeerClass::default(), 0);
+    let mut class_of = |class: PeerClass, classes: &mut Vec<PeerClass>| -> usize {
+        *class_ids.entry(class.clone()).or_insert_with(|| {
+            classes.push(class);
+            classes.len() - 1
+        })
+    };
+    for (ip, atoms) in exact_atoms {
+        let mut atoms: Vec<usize> = atoms.into_iter().chain(blocks_at(&ip)).collect();
+        atoms.sort_unstable();
+        atoms.dedup();
+        let named = if egress_names.is_empty() {
+            Vec::new()
+        } else {
+            let pods: Vec<&ObjectKey> = index
+                .pods_by_ip
+                .get(&ip)
+                .into_iter()
+                .flatten()
+                .filter(|k| selectable(&state.pods[*k]))
+                .collect();
+            resolve(state, &pods, &egress_names)
+        };
+        let class = class_of(PeerClass { atoms, named }, &mut out.classes);
+        out.exact.insert(ip, class);
+    }
+    for v4 in [true, false] {
+        let mut cuts: BTreeSet<u128> = BTreeSet::new();
+        for (_, bv4, r) in &blocks {
+            if *bv4 != v4 {
+                continue;
+            }
+            for &(lo, hi) in r.ranges() {
+                cuts.insert(lo);
+                if let Some(next) = hi.checked_add(1) {
+                    cuts.insert(next);
+                }
+            }
+        }
+        let top: u128 = if v4 { u128::from(u32::MAX) } else { u128::MAX };
+        let cuts: Vec<u128> = cuts.into_iter().filter(|c| *c <= top).collect();
+        let mut last: Option<(u128, u128, usize)> = None;
+        for (i, &lo) in cuts.iter().enumerate() {
+            let hi = cuts.get(i + 1).map_or(top, |n| n - 1);
+            let atoms: Vec<usize> = blocks
+                .iter()
+                .filter(|(_, bv4, r)| *bv4 == v4 && r.contains(lo))
+                .map(|(i, _, _)| *i)
+                .collect();
+            let class = if atoms.is_empty() {
+                0
+            } else {
+                class_of(
+                    PeerClass {
+                        atoms,
+                        named: Vec::new(),
+                    },
+                    &mut out.classes,
+                )
+            };
+            last = match last {
+                Some((a, b, c)) if c == class && b + 1 == lo => Some((a, hi, c)),
+                Some((a, b, c)) => {
+                    if c != 0 {
+                        out.ranges.push((ip_of(a, v4), ip_of(b, v4), c));
+                    }
+                    Some((lo, hi, class))
+                }
+                None => Some((lo, hi, class)),
+            };
+        }
+        if let Some((a, b, c)) = last {
+            if c != 0 {
+                out.ranges.push((ip_of(a, v4), ip_of(b, v4), c));
+            }
+        }
+    }
+    // Outcomes per group and class.
+    for group in out.groups.keys() {
+        for (ci, class) in out.classes.iter().enumerate() {
+            let d = decide(index, direction, &atom_ids, group, class);
+            if d != Decisions::default() {
+                out.decisions.insert((group.clone(), ci), d);
+            }
+        }
+    }
+    out
+}
+
+fn ip_of(x: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(std::net::Ipv4Addr::from(x as u32))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::from(x))
+    }
+}
+
+/// The outcomes of one subject group against one peer class.
+fn decide(
+    index: &StateIndex,
+    direction: Direction,
+    atom_ids: &HashMap<Atom, usize>,
+    group: &SubjectGroup,
+    class: &PeerClass,
+) -> Decisions {
+    let default = group.default_outcome();
+    let named = match direction {
+        Direction::Ingress => &group.named,
+        Direction::Egress => &class.named,
+    };
+    let resolved = |name: &str, proto: Protocol| -> &[u16] {
+        named
+            .iter()
+            .find(|((n, p), _)| n == name && *p == proto)
+            .map_or(&[], |(_, ports)| ports.as_slice())
+    };
+    // The rules that can match this class, in evaluation order per tier, with their refs.
+    let peer_matches = |rule: &crate::model::policy::Rule| -> bool {
+        match &rule.peers {
+            None => true,
+            Some(peers) => peers.iter().any(|peer| {
+                let atom = match peer {
+                    Peer::Pods(s) => Atom::Pods(s.clone()),
+                    Peer::Network { cidr, except } => Atom::Network {
+                        cidr: *cidr,
+                        except: except.clone(),
+                    },
+                    Peer::Nodes(s) => Atom::Nodes(s.clone()),
+                };
+                atom_ids
+                    .get(&atom)
+                    .is_some_and(|id| class.atoms.binary_search(id).is_ok())
+            }),
+        }
+    };
+    let mut tiers: [Vec<(RuleRef, &crate::model::policy::Rule)>; 3] = Default::default();
+    for (slot, policies) in group.tiers.iter().enumerate() {
+        for id in policies {
+            let rules = index.policies[id].rules(direction).unwrap_or_default();
+            for (i, rule) in rules.iter().enumerate() {
+                if peer_matches(rule) {
+                    let r = RuleRef {
+                        policy: id.clone(),
+                        direction,
+                        index: i,
+                    };
+                    tiers[slot].push((r, rule));
+                }
+            }
+        }
+    }
+    // `port == None`: a packet without ports.
+    let port_matches = |rule: &crate::model::policy::Rule, proto: Option<Protocol>, port: u16| {
+        let Some(ports) = &rule.ports else {
+            return true;
+        };
+        let Some(proto) = proto else {
+            return false;
+        };
+        ports.iter().any(|p| match p {
+            PortMatch::Ports {
+                protocol,
+                first,
+                last,
+            } => *protocol == proto && *first <= port && port <= *last,
+            PortMatch::Named { name, protocol } => {
+                *protocol == proto && resolved(name, *protocol).contains(&port)
+            }
+        })
+    };
+    let evaluate = |proto: Option<Protocol>, port: u16| -> Outcome {
+        for slot in [0, 1, 2] {
+            if slot == 1 {
+                if group.tiers[1].is_empty() {
+                    continue;
+                }
+                return match tiers[1].iter().find(|(_, r)| port_matches(r, proto, port)) {
+                    Some((rr, _)) => Outcome::Allow(Some(rr.clone())),
+                    None => Outcome::Isolated(group.tiers[1].clone()),
+                };
+            }
+            for (rr, rule) in &tiers[slot] {
+                if !port_matches(rule, proto, port) {
+                    continue;
+                }
+                match rule.action {
+                    Action::Accept | Action::Allow => return Outcome::Allow(Some(rr.clone())),
+                    Action::Deny => return Outcome::Deny(rr.clone()),
+                    Action::Pass => break,
+                }
+            }
+        }
+        Outcome::Allow(None)
+    };
+    let mut out = Decisions::default();
+    if tiers.iter().all(Vec::is_empty) {
+        return out;
+    }
+    let portless = evaluate(None, 0);
+    if portless != default {
+        out.portless = Some(portless);
+    }
+    for proto in PORT_PROTOCOLS {
+        // Segment boundaries: every port condition of the rules for this protocol.
+        let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
+        for (_, rule) in tiers.iter().flatten() {
+            for p in rule.ports.iter().flatten() {
+                match p {
+                    PortMatch::Ports {
+                        protocol,
+                        first,
+                        last,
+                    } if *protocol == proto => {
+                        cuts.insert(u32::from(*first));
+                        cuts.insert(u32::from(*last) + 1);
+                    }
+                    PortMatch::Named { name, protocol } if *protocol == proto => {
+                        for port in resolved(name, *protocol) {
+                            cuts.insert(u32::from(*port));
+                            cuts.insert(u32::from(*port) + 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let cuts: Vec<u32> = cuts.into_iter().filter(|c| *c <= 65535).collect();
+        let mut segments: Vec<(u16, u16, Outcome)> = Vec::new();
+        for (i, &lo) in cuts.iter().enumerate() {
+            let hi = cuts.get(i + 1).map_or(65535, |n| n - 1);
+            let outcome = evaluate(Some(proto), lo as u16);
+            match segments.last_mut() {
+                Some(last) if last.2 == outcome => last.1 = hi as u16,
+                _ => segments.push((lo as u16, hi as u16, outcome)),
+            }
+        }
+        out.ports.extend(
+            segments
+                .into_iter()
+                .filter(|(_, _, o)| *o != default)
+                .map(|(a, b, o)| (proto, a, b, o)),
+        );
+    }
+    out
+}

@@ -1,0 +1,549 @@
+//! The flat compiled form (issue 16, work in progress): the plans of [`super::decide`] as
+//! chains, verdict maps and one set.
+//!
+//! ```text
+//! chain egress         ip saddr vmap @egress4; ip6 saddr vmap @egress6      local pod → goto egress-peers
+//!                      goto ingress                                          (selected by nothing)
+//! chain egress-peers   ip daddr vmap @egress-peer4 (exact)  ip daddr vmap @egress-net4 (interval)
+//!                      goto eg-<world class>                                 peer address → its class chain
+//! chain eg-<class>     ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   (interval)
+//!                      meta l4proto @l4ports goto egress-default
+//!                      ip saddr vmap @eg-<class>-n4                             (protocols without ports)
+//!                      goto egress-default
+//! chain egress-default ip saddr vmap @egress-default4                        isolated pods → eg-iso-...
+//!                      goto ingress
+//! chain eg-ok-<rule>   goto ingress   comment "ns/name egress[0]"             allowed by that rule
+//! chain eg-deny-<rule> log; counter drop comment "ClusterNetworkPolicy/x egress[1] Deny"
+//! chain eg-iso-<pols>  log; counter drop; then (never reached) one rule naming each policy
+//! ... and the same for ingress (`ip daddr` for the pod, `ip saddr` for the peer; allowed:
+//! accept).
+//! ```
+//!
+//! A new connection costs, per direction, the dispatch lookup and, for a pod some policy
+//! selects, the peer lookups (exact, then interval), the class's verdict lookup and, when that
+//! misses, the pod's default: a fixed number whatever the number of policies.
+
+use super::decide::{self, DirectionPlan, Outcome, PORT_PROTOCOLS};
+use super::names::{fam, hash_of, log_prefix, rule_comment, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN};
+use super::plan::LOG_RATE_PER_SECOND;
+use super::sets::addr_key;
+use super::{CompileOptions, StateIndex};
+use crate::model::policy::{Action, Direction};
+use crate::model::ClusterState;
+use crate::ruleset::{
+    BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match,
+    Rule, RuleVerdict, Ruleset, Set, Statement, Value, Verdict, VerdictMap,
+};
+use palisade_common::HOST_VETH_PREFIX;
+use std::collections::BTreeMap;
+
+/// The set of protocols with ports: their packets are decided by the port maps only.
+pub const PORT_PROTOCOL_SET: &str = "l4ports";
+
+/// Where a direction's evaluation starts.
+pub fn stage(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Egress => "egress",
+        Direction::Ingress => "ingress",
+    }
+}
+
+fn short(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Egress => "eg",
+        Direction::Ingress => "in",
+    }
+}
+
+fn peers_chain(direction: Direction) -> String {
+    format!("{}-peers", stage(direction))
+}
+
+fn default_chain(direction: Direction) -> String {
+    format!("{}-default", stage(direction))
+}
+
+/// The address of the local pod (`far == false`) or of the peer, per direction.
+fn side(direction: Direction, family: Family, far: bool) -> Field {
+    match (direction, far) {
+        (Direction::Egress, false) | (Direction::Ingress, true) => Field::SrcAddr(family),
+        (Direction::Egress, true) | (Direction::Ingress, false) => Field::DstAddr(family),
+    }
+}
+
+/// What an allowed direction does: egress goes on to the destination's ingress, ingress
+/// accepts.
+fn allowed(direction: Direction) -> Verdict {
+    match direction {
+        Direction::Egress => Verdict::Goto(stage(Direction::Ingress).into()),
+        Direction::Ingress => Verdict::Accept,
+    }
+}
+
+fn vmap_rule(fields: Vec<Field>, map: String, comment: &str) -> Rule {
+    Rule {
+        matches: vec![],
+        statements: vec![],
+        verdict: Some(RuleVerdict::Vmap { fields, map }),
+        comment: Some(comment.to_string()),
+    }
+}
+
+fn log_rule(group: u16, prefix: String) -> Rule {
+    Rule {
+        matches: vec![],
+        statements: vec![Statement::Log {
+            group,
+            prefix,
+            rate_per_second: Some(LOG_RATE_PER_SECOND),
+        }],
+        verdict: None,
+        comment: Some("log denied".into()),
+    }
+}
+
+fn map(key: Vec<KeyType>, interval: bool, comment: String) -> VerdictMap {
+    VerdictMap {
+        key,
+        interval,
+        elements: BTreeMap::new(),
+        comment: Some(comment),
+    }
+}
+
+/// Builds the policy part of the ruleset from the two direction plans.
+struct Emitter<'a> {
+    opts: &'a CompileOptions,
+    out: Ruleset,
+}
+
+impl Emitter<'_> {
+    /// The chain an outcome jumps to (made on first use).
+    fn outcome_chain(&mut self, direction: Direction, outcome: &Outcome) -> Verdict {
+        let d = short(direction);
+        let (name, rules) = match outcome {
+            Outcome::Allow(None) => return allowed(direction),
+            Outcome::Allow(Some(rule)) => {
+                let action = self.action_word(rule);
+                let name = format!("{d}-ok-{}", hash_of(rule));
+                let r = Rule::new(vec![], allowed(direction)).with_comment(rule_comment(rule, action));
+                (name, vec![r])
+            }
+            Outcome::Deny(rule) => {
+                let name = format!("{d}-deny-{}", hash_of(rule));
+                let mut rules = Vec::new();
+                if let Some(group) = self.opts.nflog_group {
+                    rules.push(log_rule(group, log_prefix(direction, &name, None)));
+                }
+                let mut drop = Rule::new(vec![], Verdict::Drop)
+                    .with_comment(rule_comment(rule, Some(Action::Deny)));
+                drop.statements.push(Statement::Counter);
+                rules.push(drop);
+                (name, rules)
+            }
+            Outcome::Isolated(policies) => {
+                let name = format!("{d}-iso-{}", hash_of(policies));
+                let mut rules = Vec::new();
+                if let Some(group) = self.opts.nflog_group {
+                    rules.push(log_rule(group, log_prefix(direction, &name, None)));
+                }
+                let mut drop = Rule::new(vec![], Verdict::Drop).with_comment(format!(
+                    "{direction} denied: no rule of these policies allows it"
+                ));
+                drop.statements.push(Statement::Counter);
+                rules.push(drop);
+                // Never reached (after the drop): the policies that isolate, for people and
+                // for `describe_chain`.
+                for p in policies {
+                    rules.push(Rule {
+                        matches: vec![],
+                        statements: vec![Statement::Counter],
+                        verdict: None,
+                        comment: Some(p.to_string()),
+                    });
+                }
+                (name, rules)
+            }
+        };
+        self.out
+            .chains
+            .entry(name.clone())
+            .or_insert(Chain { base: None, rules });
+        Verdict::Goto(name)
+    }
+
+    fn action_word(&self, rule: &crate::model::policy::RuleRef) -> Option<Action> {
+        match rule.policy.kind {
+            crate::model::policy::PolicyKind::NetworkPolicy => None,
+            crate::model::policy::PolicyKind::ClusterNetworkPolicy => Some(Action::Accept),
+        }
+    }
+
+    fn direction(&mut self, state: &ClusterState, direction: Direction, plan: &DirectionPlan) {
+        let d = short(direction);
+        let families = [Family::Ipv4, Family::Ipv6];
+        // Dispatch: local pods some policy selects → the peer chain.
+        let stage_rules: Vec<Rule> = families
+            .iter()
+            .map(|&f| {
+                vmap_rule(
+                    vec![side(direction, f, false)],
+                    format!("{}{}", stage(direction), fam(f)),
+                    &format!("{direction}: pods some policy selects"),
+                )
+            })
+            .chain([Rule::new(vec![], allowed(direction))
+                .with_comment(format!("{direction}: selected by no policy: allowed"))])
+            .collect();
+        self.out.chains.insert(
+            stage(direction).into(),
+            Chain {
+                base: None,
+                rules: stage_rules,
+            },
+        );
+        for f in families {
+            let mut m = map(
+                vec![addr_key(f)],
+                false,
+                format!("pods of this node that some policy selects for {direction}"),
+            );
+            for pods in plan.groups.values() {
+                for key in pods {
+                    for ip in state.pods[key].ips.iter().filter(|ip| Family::of(ip) == f) {
+                        m.elements
+                            .insert(vec![Value::Addr(*ip)], Verdict::Goto(peers_chain(direction)));
+                    }
+                }
+            }
+            self.out.maps.insert(format!("{}{}", stage(direction), fam(f)), m);
+        }
+        // Class chains.
+        let class_names: Vec<String> = plan
+            .classes
+            .iter()
+            .map(|c| {
+                let atoms: Vec<&decide::Atom> = c.atoms.iter().map(|i| &plan.atoms[*i]).collect();
+                format!("{d}-{}", hash_of(&(atoms, &c.named)))
+            })
+            .collect();
+        // Peers: exact addresses, then address ranges, then the world class.
+        let mut peer_rules = Vec::new();
+        for f in families {
+            let mut exact = map(
+                vec![addr_key(f)],
+                false,
+                format!("{direction} peers: pod and node addresses → their class"),
+            );
+            for (ip, class) in plan.exact.iter().filter(|(ip, _)| Family::of(ip) == f) {
+                exact
+                    .elements
+                    .insert(vec![Value::Addr(*ip)], Verdict::Goto(class_names[*class].clone()));
+            }
+            let mut ranges = map(
+                vec![addr_key(f)],
+                true,
+                format!("{direction} peers: address blocks → their class"),
+            );
+            for (lo, hi, class) in plan.ranges.iter().filter(|(lo, _, _)| Family::of(lo) == f) {
+                let key = if lo == hi {
+                    Value::Addr(*lo)
+                } else {
+                    Value::AddrRange(*lo, *hi)
+                };
+                ranges
+                    .elements
+                    .insert(vec![key], Verdict::Goto(class_names[*class].clone()));
+            }
+            let exact_name = format!("{}-peer{}", stage(direction), fam(f));
+            let ranges_name = format!("{}-net{}", stage(direction), fam(f));
+            peer_rules.push(vmap_rule(
+                vec![side(direction, f, true)],
+                exact_name.clone(),
+                "peer pods and nodes",
+            ));
+            peer_rules.push(vmap_rule(
+                vec![side(direction, f, true)],
+                ranges_name.clone(),
+                "peer address blocks",
+            ));
+            self.out.maps.insert(exact_name, exact);
+            self.out.maps.insert(ranges_name, ranges);
+        }
+        peer_rules.push(
+            Rule::new(vec![], Verdict::Goto(class_names[0].clone()))
+                .with_comment("peer in no block and no selection"),
+        );
+        self.out.chains.insert(
+            peers_chain(direction),
+            Chain {
+                base: None,
+                rules: peer_rules,
+            },
+        );
+        // Per class: the verdict maps of the local pods.
+        let mut port_maps: Vec<[VerdictMap; 2]> = Vec::new();
+        let mut portless_maps: Vec<[VerdictMap; 2]> = Vec::new();
+        for _ in &plan.classes {
+            port_maps.push(families.map(|f| {
+                map(
+                    vec![addr_key(f), KeyType::InetProto, KeyType::InetService],
+                    true,
+                    format!("{direction}: local pod . protocol . port → decision"),
+                )
+            }));
+            portless_maps.push(families.map(|f| {
+                map(
+                    vec![addr_key(f)],
+                    false,
+                    format!("{direction}: local pod → decision (protocols without ports)"),
+                )
+            }));
+        }
+        let mut defaults = families.map(|f| {
+            map(
+                vec![addr_key(f)],
+                false,
+                format!("{direction}: isolated pods of this node → their default deny"),
+            )
+        });
+        for (group, pods) in &plan.groups {
+            let default = group.default_outcome();
+            if default != Outcome::Allow(None) {
+                let v = self.outcome_chain(direction, &default);
+                for key in pods {
+                    for ip in &state.pods[key].ips {
+                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
+                        defaults[fi].elements.insert(vec![Value::Addr(*ip)], v.clone());
+                    }
+                }
+            }
+        }
+        for ((group, class), decisions) in &plan.decisions {
+            let pods = &plan.groups[group];
+            if let Some(o) = &decisions.portless {
+                let v = self.outcome_chain(direction, o);
+                for key in pods {
+                    for ip in &state.pods[key].ips {
+                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
+                        portless_maps[*class][fi]
+                            .elements
+                            .insert(vec![Value::Addr(*ip)], v.clone());
+                    }
+                }
+            }
+            for (proto, a, b, o) in &decisions.ports {
+                let v = self.outcome_chain(direction, o);
+                let port = if a == b {
+                    Value::Port(*a)
+                } else {
+                    Value::PortRange(*a, *b)
+                };
+                for key in pods {
+                    for ip in &state.pods[key].ips {
+                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
+                        port_maps[*class][fi].elements.insert(
+                            vec![Value::Addr(*ip), Value::Proto(proto.number()), port.clone()],
+                            v.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        for (ci, name) in class_names.iter().enumerate() {
+            let mut rules = Vec::new();
+            for (fi, f) in families.iter().enumerate() {
+                let m = format!("{name}-p{}", fam(*f));
+                rules.push(vmap_rule(
+                    vec![side(direction, *f, false), Field::L4Proto, Field::DstPort],
+                    m.clone(),
+                    "decided by pod, protocol and port",
+                ));
+                self.out.maps.insert(m, std::mem::take(&mut port_maps[ci][fi]));
+            }
+            rules.push(
+                Rule::new(
+                    vec![Match::Lookup {
+                        fields: vec![Field::L4Proto],
+                        set: PORT_PROTOCOL_SET.into(),
+                        negate: false,
+                    }],
+                    Verdict::Goto(default_chain(direction)),
+                )
+                .with_comment("no port decision: the pod's default"),
+            );
+            for (fi, f) in families.iter().enumerate() {
+                let m = format!("{name}-n{}", fam(*f));
+                rules.push(vmap_rule(
+                    vec![side(direction, *f, false)],
+                    m.clone(),
+                    "protocols without ports",
+                ));
+                self.out
+                    .maps
+                    .insert(m, std::mem::take(&mut portless_maps[ci][fi]));
+            }
+            rules.push(
+                Rule::new(vec![], Verdict::Goto(default_chain(direction)))
+                    .with_comment("the pod's default"),
+            );
+            self.out
+                .chains
+                .insert(name.clone(), Chain { base: None, rules });
+        }
+        let mut default_rules = Vec::new();
+        for (fi, f) in families.iter().enumerate() {
+            let m = format!("{}-default{}", stage(direction), fam(*f));
+            default_rules.push(vmap_rule(
+                vec![side(direction, *f, false)],
+                m.clone(),
+                "isolated pods: denied",
+            ));
+            self.out.maps.insert(m, std::mem::take(&mut defaults[fi]));
+        }
+        default_rules.push(
+            Rule::new(vec![], allowed(direction)).with_comment(format!("{direction}: allowed")),
+        );
+        self.out.chains.insert(
+            default_chain(direction),
+            Chain {
+                base: None,
+                rules: default_rules,
+            },
+        );
+    }
+
+    /// `forward` and `input`.
+    fn base_chains(&mut self, state: &ClusterState, index: &StateIndex) {
+        let est = Rule::new(
+            vec![Match::CtState(vec![CtState::Established, CtState::Related])],
+            Verdict::Accept,
+        )
+        .with_comment("replies and related traffic of allowed connections");
+        let mut forward = vec![
+            est.clone(),
+            Rule::new(vec![Match::CtState(vec![CtState::Invalid])], Verdict::Drop)
+                .with_comment("invalid conntrack state"),
+        ];
+        if self.opts.fail_closed_new_pods {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                let name = format!("local{}", fam(family));
+                let mut set = Set {
+                    key: vec![addr_key(family)],
+                    comment: Some("pods of this node known to the agent".into()),
+                    ..Set::default()
+                };
+                for key in &index.local_pods {
+                    let pod = &state.pods[key];
+                    // Every local pod the agent knows, terminating ones included: the guard
+                    // is for pods the agent has not seen, not for pods policy ignores.
+                    if pod.host_network {
+                        continue;
+                    }
+                    for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
+                        set.elements.insert(vec![Value::Addr(*ip)]);
+                    }
+                }
+                self.out.sets.insert(name.clone(), set);
+                forward.push(
+                    Rule::new(
+                        vec![
+                            Match::Cmp {
+                                field: Field::OifName,
+                                op: CmpOp::Eq,
+                                value: Value::IfPrefix(HOST_VETH_PREFIX.to_string()),
+                            },
+                            Match::Lookup {
+                                fields: vec![Field::DstAddr(family)],
+                                set: name,
+                                negate: true,
+                            },
+                        ],
+                        Verdict::Drop,
+                    )
+                    .with_comment("fail-closed: pod not programmed yet"),
+                );
+            }
+        }
+        forward.push(
+            Rule::new(vec![], Verdict::Goto(stage(Direction::Egress).into()))
+                .with_comment("the source's egress, then the destination's ingress"),
+        );
+        let base = |hook| {
+            Some(BaseChain {
+                chain_type: ChainType::Filter,
+                hook,
+                priority: FILTER_PRIORITY,
+                policy: ChainPolicy::Accept,
+            })
+        };
+        self.out.chains.insert(
+            FORWARD_CHAIN.into(),
+            Chain {
+                base: base(Hook::Forward),
+                rules: forward,
+            },
+        );
+        let mut input = vec![
+            est,
+            Rule::new(
+                vec![Match::Cmp {
+                    field: Field::IifName,
+                    op: CmpOp::Ne,
+                    value: Value::IfPrefix(HOST_VETH_PREFIX.to_string()),
+                }],
+                Verdict::Accept,
+            )
+            .with_comment("not from a pod"),
+        ];
+        for net in ["fe80::/10", "ff00::/8"] {
+            input.push(
+                Rule::new(
+                    vec![Match::Cmp {
+                        field: Field::DstAddr(Family::Ipv6),
+                        op: CmpOp::Eq,
+                        value: Value::Prefix(net.parse().expect("literal")),
+                    }],
+                    Verdict::Accept,
+                )
+                .with_comment("IPv6 link plumbing (neighbour discovery)"),
+            );
+        }
+        // A pod talking to its own node: egress policy applies (the node's address is no
+        // local pod, so the ingress dispatch misses and accepts).
+        input.push(
+            Rule::new(vec![], Verdict::Goto(stage(Direction::Egress).into()))
+                .with_comment("a pod to its node: its egress"),
+        );
+        self.out.chains.insert(
+            INPUT_CHAIN.into(),
+            Chain {
+                base: base(Hook::Input),
+                rules: input,
+            },
+        );
+        let mut protos = Set {
+            key: vec![KeyType::InetProto],
+            comment: Some("protocols with ports".into()),
+            ..Set::default()
+        };
+        for p in PORT_PROTOCOLS {
+            protos.elements.insert(vec![Value::Proto(p.number())]);
+        }
+        self.out.sets.insert(PORT_PROTOCOL_SET.into(), protos);
+    }
+}
+
+/// The policy part of the ruleset (everything but masquerade), compiled from scratch.
+pub(crate) fn build(state: &ClusterState, index: &StateIndex, opts: &CompileOptions) -> Ruleset {
+    let mut e = Emitter {
+        opts,
+        out: Ruleset::default(),
+    };
+    e.base_chains(state, index);
+    for direction in Direction::BOTH {
+        let plan = decide::plan(state, index, direction);
+        e.direction(state, direction, &plan);
+    }
+    e.out
+}
