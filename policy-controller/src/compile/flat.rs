@@ -24,9 +24,10 @@
 //! misses, the pod's default: a fixed number whatever the number of policies.
 
 use super::decide::{self, DirectionPlan, Outcome, PORT_PROTOCOLS};
-use super::names::{fam, hash_of, log_prefix, rule_comment, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN};
-use super::plan::LOG_RATE_PER_SECOND;
-use super::sets::addr_key;
+use super::names::{
+    dispatch_map_name, fam, hash_of, log_prefix, rule_comment, FILTER_PRIORITY, FORWARD_CHAIN,
+    INPUT_CHAIN,
+};
 use super::{CompileOptions, StateIndex};
 use crate::model::policy::{Action, Direction};
 use crate::model::ClusterState;
@@ -40,28 +41,10 @@ use std::collections::BTreeMap;
 /// The set of protocols with ports: their packets are decided by the port maps only.
 pub const PORT_PROTOCOL_SET: &str = "l4ports";
 
-/// Where a direction's evaluation starts.
-pub fn stage(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Egress => "egress",
-        Direction::Ingress => "ingress",
-    }
-}
-
-fn short(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Egress => "eg",
-        Direction::Ingress => "in",
-    }
-}
-
-fn peers_chain(direction: Direction) -> String {
-    format!("{}-peers", stage(direction))
-}
-
-fn default_chain(direction: Direction) -> String {
-    format!("{}-default", stage(direction))
-}
+use super::names::{
+    allow_chain_name, default_chain, deny_chain_name, first_stage as stage, isolation_chain_name,
+    peers_chain, short,
+};
 
 /// The address of the local pod (`far == false`) or of the peer, per direction.
 fn side(direction: Direction, family: Family, far: bool) -> Field {
@@ -111,6 +94,16 @@ fn map(key: Vec<KeyType>, interval: bool, comment: String) -> VerdictMap {
     }
 }
 
+/// NFLOG rate limit per logging rule, so a flood of denied packets cannot flood the agent.
+pub const LOG_RATE_PER_SECOND: u32 = 10;
+
+fn addr_key(f: Family) -> KeyType {
+    match f {
+        Family::Ipv4 => KeyType::Ipv4Addr,
+        Family::Ipv6 => KeyType::Ipv6Addr,
+    }
+}
+
 /// Builds the policy part of the ruleset from the two direction plans.
 struct Emitter<'a> {
     opts: &'a CompileOptions,
@@ -120,17 +113,16 @@ struct Emitter<'a> {
 impl Emitter<'_> {
     /// The chain an outcome jumps to (made on first use).
     fn outcome_chain(&mut self, direction: Direction, outcome: &Outcome) -> Verdict {
-        let d = short(direction);
         let (name, rules) = match outcome {
             Outcome::Allow(None) => return allowed(direction),
             Outcome::Allow(Some(rule)) => {
                 let action = self.action_word(rule);
-                let name = format!("{d}-ok-{}", hash_of(rule));
+                let name = allow_chain_name(rule);
                 let r = Rule::new(vec![], allowed(direction)).with_comment(rule_comment(rule, action));
                 (name, vec![r])
             }
             Outcome::Deny(rule) => {
-                let name = format!("{d}-deny-{}", hash_of(rule));
+                let name = deny_chain_name(rule);
                 let mut rules = Vec::new();
                 if let Some(group) = self.opts.nflog_group {
                     rules.push(log_rule(group, log_prefix(direction, &name, None)));
@@ -142,7 +134,7 @@ impl Emitter<'_> {
                 (name, rules)
             }
             Outcome::Isolated(policies) => {
-                let name = format!("{d}-iso-{}", hash_of(policies));
+                let name = isolation_chain_name(direction, policies);
                 let mut rules = Vec::new();
                 if let Some(group) = self.opts.nflog_group {
                     rules.push(log_rule(group, log_prefix(direction, &name, None)));
@@ -188,7 +180,7 @@ impl Emitter<'_> {
             .map(|&f| {
                 vmap_rule(
                     vec![side(direction, f, false)],
-                    format!("{}{}", stage(direction), fam(f)),
+                    dispatch_map_name(direction, f),
                     &format!("{direction}: pods some policy selects"),
                 )
             })
@@ -216,7 +208,7 @@ impl Emitter<'_> {
                     }
                 }
             }
-            self.out.maps.insert(format!("{}{}", stage(direction), fam(f)), m);
+            self.out.maps.insert(dispatch_map_name(direction, f), m);
         }
         // Class chains.
         let class_names: Vec<String> = plan

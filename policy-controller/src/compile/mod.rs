@@ -104,14 +104,12 @@ mod flat;
 pub mod intervals;
 pub mod masquerade;
 pub mod names;
-mod plan;
-mod sets;
 
 pub use masquerade::{MasqueradeOptions, MASQUERADE_CHAIN};
 pub use names::{
     describe_chain, dispatch_map_name, first_stage, parse_log_prefix, parse_rule_comment,
-    stage_chain, ChainDescription, ChainRole, LogPrefix, FILTER_PRIORITY, FORWARD_CHAIN,
-    INPUT_CHAIN, LOG_PREFIX,
+    ChainDescription, ChainRole, LogPrefix, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN,
+    LOG_PREFIX,
 };
 
 use crate::model::api::{ClusterNetworkPolicy, NetworkPolicy};
@@ -174,7 +172,6 @@ pub struct Compiler {
     opts: CompileOptions,
     state: ClusterState,
     index: StateIndex,
-    cache: plan::Cache,
     /// Chains, maps or the set list must be rebuilt (a local pod, a policy changed).
     structure_dirty: bool,
     output: Ruleset,
@@ -307,7 +304,6 @@ impl Compiler {
             opts,
             state,
             index,
-            cache: plan::Cache::default(),
             structure_dirty: true,
             output: Ruleset::default(),
             touched: Touched::all(),
@@ -338,26 +334,18 @@ impl Compiler {
                 if let Some(old) = &old {
                     self.index.remove_pod(&key, old);
                 }
-                self.cache.forget_pod(&key);
-                let new = &self.state.pods[&key];
-                self.index.add_pod(&key, new, &self.opts.node);
+                self.index
+                    .add_pod(&key, &self.state.pods[&key], &self.opts.node);
                 if new_local || old_local {
                     self.structure_dirty = true;
                 }
-                self.cache
-                    .memberships
-                    .pod_changed(&self.state, &key, old.as_ref(), Some(new));
             }
             Change::DeletePod(key) => {
                 if let Some(old) = self.state.pods.remove(&key) {
                     self.index.remove_pod(&key, &old);
-                    self.cache.forget_pod(&key);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
                         self.structure_dirty = true;
                     }
-                    self.cache
-                        .memberships
-                        .pod_changed(&self.state, &key, Some(&old), None);
                 }
             }
             Change::UpsertNamespace { name, labels } => {
@@ -404,14 +392,12 @@ impl Compiler {
                     if old.is_none_or(|old| old.pod_cidrs != node.pod_cidrs) {
                         self.nodes_dirty = true;
                     }
-                    self.cache.nodes_changed();
                     self.state.nodes.insert(node.name.clone(), node);
                 }
             }
             Change::DeleteNode(name) => {
                 if self.state.nodes.remove(&name).is_some() {
                     self.nodes_dirty = true;
-                    self.cache.nodes_changed();
                 }
             }
         }
@@ -419,7 +405,6 @@ impl Compiler {
 
     /// A policy's normalized form changed (`None`: it went away, or does not translate).
     fn set_policy(&mut self, id: PolicyRef, policy: Option<Policy>) {
-        self.cache.forget_policy(&id);
         self.index.remove_policy(&id);
         if let Some(policy) = policy {
             self.index.insert_policy(policy);
@@ -430,10 +415,6 @@ impl Compiler {
     /// A namespace's labels changed: selections follow; and a ClusterNetworkPolicy may now
     /// select (or no longer select) this node's pods in it, which changes the structure.
     fn namespace_changed(&mut self, name: &str) {
-        self.cache
-            .memberships
-            .namespace_changed(&self.state, &self.index, name);
-        self.cache.forget_namespace(name);
         let local_pods_here = self
             .index
             .pods_by_ns
