@@ -22,7 +22,7 @@
 //!
 //! Pure: no nft, no I/O. [`super::flat`] turns the result into chains and maps.
 
-use super::intervals::{addr_u128, block_ranges};
+use super::intervals::{addr_u128, block_ranges, RangeSet};
 use super::{enforced, select_pods, selectable, StateIndex};
 use crate::model::api::LabelSelector;
 use crate::model::policy::{Action, Direction, Peer, PolicyRef, PortMatch, RuleRef, Tier};
@@ -96,18 +96,176 @@ pub struct Decisions {
 /// Everything decided for one direction.
 #[derive(Debug, Clone, Default)]
 pub struct DirectionPlan {
+    pub direction: Option<Direction>,
     pub atoms: Vec<Atom>,
+    atom_ids: HashMap<Atom, usize>,
+    /// Egress: the named ports the rules name.
+    egress_names: BTreeSet<(String, Protocol)>,
+    /// The address blocks among the atoms: (atom, IPv4?, its ranges).
+    blocks: Vec<(usize, bool, RangeSet)>,
     /// Local pods selected by some policy in this direction, by subject group.
-    pub groups: BTreeMap<SubjectGroup, Vec<ObjectKey>>,
-    /// Peer classes in use; index 0 is the world class (no atoms, no named ports).
+    pub groups: Vec<(SubjectGroup, Vec<ObjectKey>)>,
+    /// Peer classes ever used since the plan was made; index 0 is the world class (no atoms,
+    /// no named ports). A class no address is in any more stays here, unused
+    /// ([`DirectionPlan::in_use`]).
     pub classes: Vec<PeerClass>,
+    class_ids: HashMap<PeerClass, usize>,
+    /// Per class: how many exact addresses and ranges are in it.
+    refs: Vec<usize>,
     /// Addresses classified on their own → class index.
     pub exact: BTreeMap<IpAddr, usize>,
     /// Address ranges (inclusive, disjoint, per family) → class index, for addresses that are
     /// not in `exact`.
     pub ranges: Vec<(IpAddr, IpAddr, usize)>,
-    /// Per (group, class index): what is not the group's default.
-    pub decisions: BTreeMap<(SubjectGroup, usize), Decisions>,
+    /// Per class: (group index, what is not the group's default), for the groups where
+    /// something is.
+    pub decisions: Vec<Vec<(usize, Decisions)>>,
+}
+
+/// How the classes changed when addresses were classified again ([`DirectionPlan::reclassify`]).
+#[derive(Debug, Default)]
+pub struct Reclassified {
+    /// Addresses whose exact element changed: `None`, it has none now.
+    pub exact: Vec<(IpAddr, Option<usize>)>,
+    /// Classes that came into use / went out of use.
+    pub new_classes: Vec<usize>,
+    pub gone_classes: Vec<usize>,
+}
+
+impl DirectionPlan {
+    /// Whether some address or range is in class `c` (the world class always is).
+    pub fn in_use(&self, c: usize) -> bool {
+        c == 0 || self.refs[c] > 0
+    }
+
+    fn class_index(&mut self, class: PeerClass, index: &StateIndex) -> usize {
+        if let Some(&c) = self.class_ids.get(&class) {
+            return c;
+        }
+        let c = self.classes.len();
+        self.class_ids.insert(class.clone(), c);
+        self.classes.push(class);
+        self.refs.push(0);
+        let direction = self.direction.expect("a made plan");
+        let mut per_group = Vec::new();
+        for (gi, (group, _)) in self.groups.iter().enumerate() {
+            let d = decide(index, direction, &self.atom_ids, group, &self.classes[c]);
+            if d != Decisions::default() {
+                per_group.push((gi, d));
+            }
+        }
+        self.decisions.push(per_group);
+        c
+    }
+
+    fn blocks_at(&self, ip: &IpAddr) -> Vec<usize> {
+        let x = addr_u128(ip);
+        self.blocks
+            .iter()
+            .filter(|(_, v4, r)| *v4 == ip.is_ipv4() && r.contains(x))
+            .map(|(i, _, _)| *i)
+            .collect()
+    }
+
+    /// The class of an address given the pod and node atoms it is in (`None`: it needs no
+    /// exact element).
+    fn exact_class(
+        &self,
+        state: &ClusterState,
+        index: &StateIndex,
+        ip: &IpAddr,
+        held: BTreeSet<usize>,
+    ) -> Option<PeerClass> {
+        let pods: Vec<&ObjectKey> = index
+            .pods_by_ip
+            .get(ip)
+            .into_iter()
+            .flatten()
+            .filter(|k| selectable(&state.pods[*k]))
+            .collect();
+        let named = if self.egress_names.is_empty() {
+            Vec::new()
+        } else {
+            resolve(state, &pods, &self.egress_names)
+        };
+        if held.is_empty() && named.is_empty() {
+            return None;
+        }
+        let mut atoms: Vec<usize> = held.into_iter().chain(self.blocks_at(ip)).collect();
+        atoms.sort_unstable();
+        atoms.dedup();
+        Some(PeerClass { atoms, named })
+    }
+
+    /// Classify `addrs` again after pods on other nodes changed (policies, namespaces, nodes
+    /// and this node's pods did not: those rebuild the plan).
+    pub fn reclassify(
+        &mut self,
+        state: &ClusterState,
+        index: &StateIndex,
+        addrs: &BTreeSet<IpAddr>,
+    ) -> Reclassified {
+        let mut out = Reclassified::default();
+        for ip in addrs {
+            let mut held = BTreeSet::new();
+            for key in index.pods_by_ip.get(ip).into_iter().flatten() {
+                let pod = &state.pods[key];
+                if !selectable(pod) {
+                    continue;
+                }
+                let ns = key.namespace.as_str();
+                let ns_labels = state.namespaces.get(ns);
+                for (i, atom) in self.atoms.iter().enumerate() {
+                    if let Atom::Pods(selection) = atom {
+                        if selection.matches(ns, ns_labels, &pod.labels) {
+                            held.insert(i);
+                        }
+                    }
+                }
+            }
+            for (i, atom) in self.atoms.iter().enumerate() {
+                if let Atom::Nodes(selector) = atom {
+                    if state
+                        .nodes
+                        .values()
+                        .any(|n| n.addresses.contains(ip) && selector_matches(selector, &n.labels))
+                    {
+                        held.insert(i);
+                    }
+                }
+            }
+            let new = self
+                .exact_class(state, index, ip, held)
+                .map(|class| self.class_index(class, index));
+            let old = self.exact.get(ip).copied();
+            if old == new {
+                continue;
+            }
+            if let Some(c) = new {
+                if self.refs[c] == 0 && c != 0 {
+                    out.new_classes.push(c);
+                }
+                self.refs[c] += 1;
+                self.exact.insert(*ip, c);
+            } else {
+                self.exact.remove(ip);
+            }
+            if let Some(c) = old {
+                self.refs[c] -= 1;
+                if self.refs[c] == 0 && c != 0 {
+                    out.gone_classes.push(c);
+                }
+            }
+            out.exact.push((*ip, new));
+        }
+        // A class can come and go within one batch.
+        let (new, gone) = (out.new_classes.clone(), out.gone_classes.clone());
+        out.new_classes
+            .retain(|c| self.in_use(*c) && !gone.contains(c));
+        out.gone_classes
+            .retain(|c| !self.in_use(*c) && !new.contains(c));
+        out
+    }
 }
 
 const fn tier_slot(tier: Tier) -> usize {
@@ -137,8 +295,7 @@ pub(crate) fn selecting(
         .chain(&index.cluster_policies);
     for id in candidates {
         let policy = &index.policies[id];
-        if policy.rules(direction).is_some()
-            && policy.subject.matches(ns, ns_labels, &info.labels)
+        if policy.rules(direction).is_some() && policy.subject.matches(ns, ns_labels, &info.labels)
         {
             out[tier_slot(policy.tier)].push(id.clone());
         }
@@ -149,7 +306,9 @@ pub(crate) fn selecting(
     out
 }
 
-fn named_ports_of(rules: &[crate::model::policy::Rule]) -> impl Iterator<Item = (String, Protocol)> + '_ {
+fn named_ports_of(
+    rules: &[crate::model::policy::Rule],
+) -> impl Iterator<Item = (String, Protocol)> + '_ {
     rules
         .iter()
         .flat_map(|r| r.ports.iter().flatten())
@@ -187,9 +346,13 @@ pub(crate) fn plan(
     index: &StateIndex,
     direction: Direction,
 ) -> DirectionPlan {
-    let mut out = DirectionPlan::default();
+    let mut out = DirectionPlan {
+        direction: Some(direction),
+        ..DirectionPlan::default()
+    };
     // Subject groups, and the policies that matter here.
     let mut used: BTreeSet<PolicyRef> = BTreeSet::new();
+    let mut groups: BTreeMap<SubjectGroup, Vec<ObjectKey>> = BTreeMap::new();
     for key in &index.local_pods {
         if !enforced(&state.pods[key]) {
             continue;
@@ -207,13 +370,16 @@ pub(crate) fn plan(
                 .tiers
                 .iter()
                 .flatten()
-                .flat_map(|p| named_ports_of(index.policies[p].rules(direction).unwrap_or_default()))
+                .flat_map(|p| {
+                    named_ports_of(index.policies[p].rules(direction).unwrap_or_default())
+                })
                 .collect();
             group.named = resolve(state, &[key], &names);
         }
         used.extend(group.tiers.iter().flatten().cloned());
-        out.groups.entry(group).or_default().push(key.clone());
+        groups.entry(group).or_default().push(key.clone());
     }
+    out.groups = groups.into_iter().collect();
     // Atoms and (egress) the named ports the rules name.
     let mut atom_ids: HashMap<Atom, usize> = HashMap::new();
     let mut egress_names: BTreeSet<(String, Protocol)> = BTreeSet::new();
@@ -264,7 +430,7 @@ pub(crate) fn plan(
         }
     }
     if !egress_names.is_empty() {
-        for (key, pod) in &state.pods {
+        for pod in state.pods.values() {
             if selectable(pod)
                 && egress_names
                     .iter()
@@ -273,12 +439,10 @@ pub(crate) fn plan(
                 for ip in &pod.ips {
                     exact_atoms.entry(*ip).or_default();
                 }
-                let _ = key;
             }
         }
     }
-    // Address blocks: elementary ranges per family, each with the blocks holding it.
-    let blocks: Vec<(usize, bool, super::intervals::RangeSet)> = out
+    out.blocks = out
         .atoms
         .iter()
         .enumerate()
@@ -289,45 +453,21 @@ pub(crate) fn plan(
             _ => None,
         })
         .collect();
-    let blocks_at = |ip: &IpAddr| -> Vec<usize> {
-        let x = addr_u128(ip);
-        blocks
-            .iter()
-            .filter(|(_, v4, r)| *v4 == ip.is_ipv4() && r.contains(x))
-            .map(|(i, _, _)| *i)
-            .collect()
-    };
-    let mut class_ids: HashMap<PeerClass, usize> = HashMap::new();
-    out.classes.push(PeerClass::default());
-    class_ids.insert(PeerClass::default(), 0);
-    let mut class_of = |class: PeerClass, classes: &mut Vec<PeerClass>| -> usize {
-        *class_ids.entry(class.clone()).or_insert_with(|| {
-            classes.push(class);
-            classes.len() - 1
-        })
-    };
-    for (ip, atoms) in exact_atoms {
-        let mut atoms: Vec<usize> = atoms.into_iter().chain(blocks_at(&ip)).collect();
-        atoms.sort_unstable();
-        atoms.dedup();
-        let named = if egress_names.is_empty() {
-            Vec::new()
-        } else {
-            let pods: Vec<&ObjectKey> = index
-                .pods_by_ip
-                .get(&ip)
-                .into_iter()
-                .flatten()
-                .filter(|k| selectable(&state.pods[*k]))
-                .collect();
-            resolve(state, &pods, &egress_names)
-        };
-        let class = class_of(PeerClass { atoms, named }, &mut out.classes);
-        out.exact.insert(ip, class);
+    out.atom_ids = atom_ids;
+    out.egress_names = egress_names;
+    let world = out.class_index(PeerClass::default(), index);
+    debug_assert_eq!(world, 0);
+    for (ip, held) in exact_atoms {
+        if let Some(class) = out.exact_class(state, index, &ip, held) {
+            let c = out.class_index(class, index);
+            out.refs[c] += 1;
+            out.exact.insert(ip, c);
+        }
     }
+    // Address blocks: elementary ranges per family, each with the blocks holding it.
     for v4 in [true, false] {
         let mut cuts: BTreeSet<u128> = BTreeSet::new();
-        for (_, bv4, r) in &blocks {
+        for (_, bv4, r) in &out.blocks {
             if *bv4 != v4 {
                 continue;
             }
@@ -340,49 +480,33 @@ pub(crate) fn plan(
         }
         let top: u128 = if v4 { u128::from(u32::MAX) } else { u128::MAX };
         let cuts: Vec<u128> = cuts.into_iter().filter(|c| *c <= top).collect();
-        let mut last: Option<(u128, u128, usize)> = None;
+        let mut pieces: Vec<(u128, u128, Vec<usize>)> = Vec::new();
         for (i, &lo) in cuts.iter().enumerate() {
             let hi = cuts.get(i + 1).map_or(top, |n| n - 1);
-            let atoms: Vec<usize> = blocks
+            let atoms: Vec<usize> = out
+                .blocks
                 .iter()
                 .filter(|(_, bv4, r)| *bv4 == v4 && r.contains(lo))
                 .map(|(i, _, _)| *i)
                 .collect();
-            let class = if atoms.is_empty() {
-                0
-            } else {
-                class_of(
-                    PeerClass {
-                        atoms,
-                        named: Vec::new(),
-                    },
-                    &mut out.classes,
-                )
-            };
-            last = match last {
-                Some((a, b, c)) if c == class && b + 1 == lo => Some((a, hi, c)),
-                Some((a, b, c)) => {
-                    if c != 0 {
-                        out.ranges.push((ip_of(a, v4), ip_of(b, v4), c));
-                    }
-                    Some((lo, hi, class))
-                }
-                None => Some((lo, hi, class)),
-            };
-        }
-        if let Some((a, b, c)) = last {
-            if c != 0 {
-                out.ranges.push((ip_of(a, v4), ip_of(b, v4), c));
+            match pieces.last_mut() {
+                Some(last) if last.2 == atoms && last.1 + 1 == lo => last.1 = hi,
+                _ => pieces.push((lo, hi, atoms)),
             }
         }
-    }
-    // Outcomes per group and class.
-    for group in out.groups.keys() {
-        for (ci, class) in out.classes.iter().enumerate() {
-            let d = decide(index, direction, &atom_ids, group, class);
-            if d != Decisions::default() {
-                out.decisions.insert((group.clone(), ci), d);
+        for (lo, hi, atoms) in pieces {
+            if atoms.is_empty() {
+                continue;
             }
+            let c = out.class_index(
+                PeerClass {
+                    atoms,
+                    named: Vec::new(),
+                },
+                index,
+            );
+            out.refs[c] += 1;
+            out.ranges.push((ip_of(lo, v4), ip_of(hi, v4), c));
         }
     }
     out

@@ -33,10 +33,11 @@ use crate::model::policy::{Action, Direction};
 use crate::model::ClusterState;
 use crate::ruleset::{
     BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match,
-    Rule, RuleVerdict, Ruleset, Set, Statement, Value, Verdict, VerdictMap,
+    Rule, RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict, VerdictMap,
 };
 use palisade_common::HOST_VETH_PREFIX;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 /// The set of protocols with ports: their packets are decided by the port maps only.
 pub const PORT_PROTOCOL_SET: &str = "l4ports";
@@ -118,7 +119,8 @@ impl Emitter<'_> {
             Outcome::Allow(Some(rule)) => {
                 let action = self.action_word(rule);
                 let name = allow_chain_name(rule);
-                let r = Rule::new(vec![], allowed(direction)).with_comment(rule_comment(rule, action));
+                let r =
+                    Rule::new(vec![], allowed(direction)).with_comment(rule_comment(rule, action));
                 (name, vec![r])
             }
             Outcome::Deny(rule) => {
@@ -172,7 +174,6 @@ impl Emitter<'_> {
     }
 
     fn direction(&mut self, state: &ClusterState, direction: Direction, plan: &DirectionPlan) {
-        let d = short(direction);
         let families = [Family::Ipv4, Family::Ipv6];
         // Dispatch: local pods some policy selects → the peer chain.
         let stage_rules: Vec<Rule> = families
@@ -200,24 +201,21 @@ impl Emitter<'_> {
                 false,
                 format!("pods of this node that some policy selects for {direction}"),
             );
-            for pods in plan.groups.values() {
+            for (_, pods) in &plan.groups {
                 for key in pods {
                     for ip in state.pods[key].ips.iter().filter(|ip| Family::of(ip) == f) {
-                        m.elements
-                            .insert(vec![Value::Addr(*ip)], Verdict::Goto(peers_chain(direction)));
+                        m.elements.insert(
+                            vec![Value::Addr(*ip)],
+                            Verdict::Goto(peers_chain(direction)),
+                        );
                     }
                 }
             }
             self.out.maps.insert(dispatch_map_name(direction, f), m);
         }
         // Class chains.
-        let class_names: Vec<String> = plan
-            .classes
-            .iter()
-            .map(|c| {
-                let atoms: Vec<&decide::Atom> = c.atoms.iter().map(|i| &plan.atoms[*i]).collect();
-                format!("{d}-{}", hash_of(&(atoms, &c.named)))
-            })
+        let class_names: Vec<String> = (0..plan.classes.len())
+            .map(|c| class_chain(plan, c))
             .collect();
         // Peers: exact addresses, then address ranges, then the world class.
         let mut peer_rules = Vec::new();
@@ -228,9 +226,10 @@ impl Emitter<'_> {
                 format!("{direction} peers: pod and node addresses → their class"),
             );
             for (ip, class) in plan.exact.iter().filter(|(ip, _)| Family::of(ip) == f) {
-                exact
-                    .elements
-                    .insert(vec![Value::Addr(*ip)], Verdict::Goto(class_names[*class].clone()));
+                exact.elements.insert(
+                    vec![Value::Addr(*ip)],
+                    Verdict::Goto(class_names[*class].clone()),
+                );
             }
             let mut ranges = map(
                 vec![addr_key(f)],
@@ -273,25 +272,6 @@ impl Emitter<'_> {
                 rules: peer_rules,
             },
         );
-        // Per class: the verdict maps of the local pods.
-        let mut port_maps: Vec<[VerdictMap; 2]> = Vec::new();
-        let mut portless_maps: Vec<[VerdictMap; 2]> = Vec::new();
-        for _ in &plan.classes {
-            port_maps.push(families.map(|f| {
-                map(
-                    vec![addr_key(f), KeyType::InetProto, KeyType::InetService],
-                    true,
-                    format!("{direction}: local pod . protocol . port → decision"),
-                )
-            }));
-            portless_maps.push(families.map(|f| {
-                map(
-                    vec![addr_key(f)],
-                    false,
-                    format!("{direction}: local pod → decision (protocols without ports)"),
-                )
-            }));
-        }
         let mut defaults = families.map(|f| {
             map(
                 vec![addr_key(f)],
@@ -306,82 +286,17 @@ impl Emitter<'_> {
                 for key in pods {
                     for ip in &state.pods[key].ips {
                         let fi = usize::from(Family::of(ip) == Family::Ipv6);
-                        defaults[fi].elements.insert(vec![Value::Addr(*ip)], v.clone());
-                    }
-                }
-            }
-        }
-        for ((group, class), decisions) in &plan.decisions {
-            let pods = &plan.groups[group];
-            if let Some(o) = &decisions.portless {
-                let v = self.outcome_chain(direction, o);
-                for key in pods {
-                    for ip in &state.pods[key].ips {
-                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
-                        portless_maps[*class][fi]
+                        defaults[fi]
                             .elements
                             .insert(vec![Value::Addr(*ip)], v.clone());
                     }
                 }
             }
-            for (proto, a, b, o) in &decisions.ports {
-                let v = self.outcome_chain(direction, o);
-                let port = if a == b {
-                    Value::Port(*a)
-                } else {
-                    Value::PortRange(*a, *b)
-                };
-                for key in pods {
-                    for ip in &state.pods[key].ips {
-                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
-                        port_maps[*class][fi].elements.insert(
-                            vec![Value::Addr(*ip), Value::Proto(proto.number()), port.clone()],
-                            v.clone(),
-                        );
-                    }
-                }
-            }
         }
         for (ci, name) in class_names.iter().enumerate() {
-            let mut rules = Vec::new();
-            for (fi, f) in families.iter().enumerate() {
-                let m = format!("{name}-p{}", fam(*f));
-                rules.push(vmap_rule(
-                    vec![side(direction, *f, false), Field::L4Proto, Field::DstPort],
-                    m.clone(),
-                    "decided by pod, protocol and port",
-                ));
-                self.out.maps.insert(m, std::mem::take(&mut port_maps[ci][fi]));
+            if plan.in_use(ci) {
+                self.class(state, direction, plan, ci, name);
             }
-            rules.push(
-                Rule::new(
-                    vec![Match::Lookup {
-                        fields: vec![Field::L4Proto],
-                        set: PORT_PROTOCOL_SET.into(),
-                        negate: false,
-                    }],
-                    Verdict::Goto(default_chain(direction)),
-                )
-                .with_comment("no port decision: the pod's default"),
-            );
-            for (fi, f) in families.iter().enumerate() {
-                let m = format!("{name}-n{}", fam(*f));
-                rules.push(vmap_rule(
-                    vec![side(direction, *f, false)],
-                    m.clone(),
-                    "protocols without ports",
-                ));
-                self.out
-                    .maps
-                    .insert(m, std::mem::take(&mut portless_maps[ci][fi]));
-            }
-            rules.push(
-                Rule::new(vec![], Verdict::Goto(default_chain(direction)))
-                    .with_comment("the pod's default"),
-            );
-            self.out
-                .chains
-                .insert(name.clone(), Chain { base: None, rules });
         }
         let mut default_rules = Vec::new();
         for (fi, f) in families.iter().enumerate() {
@@ -403,6 +318,102 @@ impl Emitter<'_> {
                 rules: default_rules,
             },
         );
+    }
+
+    /// The chain of peer class `ci` and its verdict maps.
+    fn class(
+        &mut self,
+        state: &ClusterState,
+        direction: Direction,
+        plan: &DirectionPlan,
+        ci: usize,
+        name: &str,
+    ) {
+        let families = [Family::Ipv4, Family::Ipv6];
+        let mut port_maps = families.map(|f| {
+            map(
+                vec![addr_key(f), KeyType::InetProto, KeyType::InetService],
+                true,
+                format!("{direction}: local pod . protocol . port → decision"),
+            )
+        });
+        let mut portless_maps = families.map(|f| {
+            map(
+                vec![addr_key(f)],
+                false,
+                format!("{direction}: local pod → decision (protocols without ports)"),
+            )
+        });
+        for (gi, decisions) in &plan.decisions[ci] {
+            let pods = &plan.groups[*gi].1;
+            if let Some(o) = &decisions.portless {
+                let v = self.outcome_chain(direction, o);
+                for key in pods {
+                    for ip in &state.pods[key].ips {
+                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
+                        portless_maps[fi]
+                            .elements
+                            .insert(vec![Value::Addr(*ip)], v.clone());
+                    }
+                }
+            }
+            for (proto, a, b, o) in &decisions.ports {
+                let v = self.outcome_chain(direction, o);
+                let port = if a == b {
+                    Value::Port(*a)
+                } else {
+                    Value::PortRange(*a, *b)
+                };
+                for key in pods {
+                    for ip in &state.pods[key].ips {
+                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
+                        port_maps[fi].elements.insert(
+                            vec![Value::Addr(*ip), Value::Proto(proto.number()), port.clone()],
+                            v.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        let mut rules = Vec::new();
+        for (fi, f) in families.iter().enumerate() {
+            let m = format!("{name}-p{}", fam(*f));
+            rules.push(vmap_rule(
+                vec![side(direction, *f, false), Field::L4Proto, Field::DstPort],
+                m.clone(),
+                "decided by pod, protocol and port",
+            ));
+            self.out.maps.insert(m, std::mem::take(&mut port_maps[fi]));
+        }
+        rules.push(
+            Rule::new(
+                vec![Match::Lookup {
+                    fields: vec![Field::L4Proto],
+                    set: PORT_PROTOCOL_SET.into(),
+                    negate: false,
+                }],
+                Verdict::Goto(default_chain(direction)),
+            )
+            .with_comment("no port decision: the pod's default"),
+        );
+        for (fi, f) in families.iter().enumerate() {
+            let m = format!("{name}-n{}", fam(*f));
+            rules.push(vmap_rule(
+                vec![side(direction, *f, false)],
+                m.clone(),
+                "protocols without ports",
+            ));
+            self.out
+                .maps
+                .insert(m, std::mem::take(&mut portless_maps[fi]));
+        }
+        rules.push(
+            Rule::new(vec![], Verdict::Goto(default_chain(direction)))
+                .with_comment("the pod's default"),
+        );
+        self.out
+            .chains
+            .insert(name.to_string(), Chain { base: None, rules });
     }
 
     /// `forward` and `input`.
@@ -526,16 +537,121 @@ impl Emitter<'_> {
     }
 }
 
-/// The policy part of the ruleset (everything but masquerade), compiled from scratch.
-pub(crate) fn build(state: &ClusterState, index: &StateIndex, opts: &CompileOptions) -> Ruleset {
+/// The chain name of peer class `c`: a hash of the peer conditions (and resolved named
+/// ports) it stands for, so that every compile names it alike.
+fn class_chain(plan: &DirectionPlan, c: usize) -> String {
+    let class = &plan.classes[c];
+    let atoms: Vec<&decide::Atom> = class.atoms.iter().map(|i| &plan.atoms[*i]).collect();
+    let d = short(plan.direction.expect("a made plan"));
+    format!("{d}-{}", hash_of(&(atoms, &class.named)))
+}
+
+/// The map names of class chain `chain`.
+fn class_maps(chain: &str) -> [String; 4] {
+    ["p4", "p6", "n4", "n6"].map(|m| format!("{chain}-{m}"))
+}
+
+/// The policy part of the ruleset (everything but masquerade), compiled from scratch, and
+/// the plans it came from (kept by the incremental compiler).
+pub(crate) fn build(
+    state: &ClusterState,
+    index: &StateIndex,
+    opts: &CompileOptions,
+) -> (Ruleset, [DirectionPlan; 2]) {
     let mut e = Emitter {
         opts,
         out: Ruleset::default(),
     };
     e.base_chains(state, index);
-    for direction in Direction::BOTH {
-        let plan = decide::plan(state, index, direction);
-        e.direction(state, direction, &plan);
+    let plans = Direction::BOTH.map(|direction| decide::plan(state, index, direction));
+    for plan in &plans {
+        e.direction(state, plan.direction.expect("a made plan"), plan);
     }
-    e.out
+    (e.out, plans)
+}
+
+/// Bring `out` (made by [`build`] from `plans`, then updated by this function only) up to date
+/// after pods on other nodes changed at `addrs`: their peer-map elements, and the chains and
+/// maps of classes that came into or went out of use.
+pub(crate) fn remote_pods_changed(
+    state: &ClusterState,
+    index: &StateIndex,
+    opts: &CompileOptions,
+    plans: &mut [DirectionPlan; 2],
+    addrs: &BTreeSet<IpAddr>,
+    out: &mut Ruleset,
+    touched: &mut Touched,
+) {
+    let mut e = Emitter {
+        opts,
+        out: std::mem::take(out),
+    };
+    let before: BTreeSet<String> = e.out.chains.keys().cloned().collect();
+    let mut swept = false;
+    for plan in plans.iter_mut() {
+        let direction = plan.direction.expect("a made plan");
+        let changed = plan.reclassify(state, index, addrs);
+        for c in &changed.new_classes {
+            let name = class_chain(plan, *c);
+            e.class(state, direction, plan, *c, &name);
+            touched.chain(&name);
+            for m in class_maps(&name) {
+                touched.map(&m);
+            }
+        }
+        for c in &changed.gone_classes {
+            let name = class_chain(plan, *c);
+            e.out.chains.remove(&name);
+            touched.chain(&name);
+            for m in class_maps(&name) {
+                e.out.maps.remove(&m);
+                touched.map(&m);
+            }
+            swept = true;
+        }
+        for (ip, class) in &changed.exact {
+            let map = format!("{}-peer{}", stage(direction), fam(Family::of(ip)));
+            let elements = &mut e.out.maps.get_mut(&map).expect("peer map").elements;
+            match class {
+                Some(c) => {
+                    elements.insert(vec![Value::Addr(*ip)], Verdict::Goto(class_chain(plan, *c)))
+                }
+                None => elements.remove(&vec![Value::Addr(*ip)]),
+            };
+            touched.map(&map);
+        }
+    }
+    if swept {
+        // Decision chains only the gone classes jumped to go too, as a full compile would
+        // not make them.
+        let used: BTreeSet<&String> = e
+            .out
+            .maps
+            .values()
+            .flat_map(|m| m.elements.values())
+            .filter_map(|v| match v {
+                Verdict::Goto(c) | Verdict::Jump(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let unused: Vec<String> = e
+            .out
+            .chains
+            .keys()
+            .filter(|c| {
+                ["-ok-", "-deny-", "-iso-"].iter().any(|k| c.contains(k)) && !used.contains(c)
+            })
+            .cloned()
+            .collect();
+        for c in unused {
+            e.out.chains.remove(&c);
+            touched.chain(&c);
+        }
+    }
+    for c in e.out.chains.keys() {
+        if !before.contains(c) {
+            touched.chain(c);
+        }
+    }
+    *out = e.out;
 }

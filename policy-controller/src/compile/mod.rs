@@ -9,36 +9,30 @@
 //!   ct state invalid drop
 //!   oifname "pal*" ip daddr != @local4 drop         only with fail_closed_new_pods
 //!   oifname "pal*" ip6 daddr != @local6 drop        (a pod veth whose IP is not programmed)
-//!   goto egress-admin
+//!   goto egress
 //! chain input              hook input priority 0 (filter), policy accept
 //!   ct state established,related accept
 //!   iifname != "pal*" accept                        only traffic from local pods is checked
 //!   ip6 daddr fe80::/10 accept                      neighbour discovery and other link plumbing
 //!   ip6 daddr ff00::/8 accept
-//!   goto egress-admin                               a pod talking to its own node
+//!   goto egress                                     a pod talking to its own node
 //!
-//! The stages, one per direction and tier, in evaluation order:
-//! chain egress-admin       ip saddr vmap @egress-admin4; ip6 saddr vmap @egress-admin6
-//!                          goto egress-np
-//! chain egress-np          ip saddr vmap @egress4 ...;       goto egress-baseline
-//! chain egress-baseline    ip saddr vmap @egress-baseline4 ...; goto ingress-admin
-//! chain ingress-admin      ip daddr vmap @ingress-admin4 ...;  goto ingress-np
-//! chain ingress-np         ip daddr vmap @ingress4 ...;        goto ingress-baseline
-//! chain ingress-baseline   ip daddr vmap @ingress-baseline4 ...; accept
-//!
-//! Class chains, one per tier, direction and distinct list of policies selecting local pods:
-//! chain eg-admin-<hash>    jump cnp-eg-<hash> ... (priority order)   falls off: next stage
-//! chain eg-<hash>          jump pe-<hash> ...; log; counter drop     NetworkPolicy: final
-//! chain eg-baseline-<hash> jump cnp-eg-<hash> ...                    falls off: next stage
-//!
-//! Policy chains, one per policy and direction, the rules in written order:
-//! chain pe-<hash>          ... goto ingress-admin                    (NetworkPolicy allow)
-//! chain cnp-eg-<hash>      ... goto ingress-admin                    Accept
-//!                          ... [log] counter drop                    Deny
-//!                          ... goto egress-np                        Pass (Admin tier)
-//!                          ... goto ingress-admin                    Pass (Baseline tier)
-//!   each rule             comment "ns/name egress[i]" / "ClusterNetworkPolicy/name egress[i] Deny"
-//! chain in-... / pi-... / cnp-in-...: the same for ingress, `ip saddr`, verdict accept.
+//! Per direction (egress shown; ingress swaps saddr and daddr, and allowed is `accept`):
+//! chain egress             ip saddr vmap @egress4 ...    pods some policy selects → egress-peers
+//!                          goto ingress                  the others: allowed
+//! chain egress-peers       ip daddr vmap @egress-peer4   pod and node addresses → their class
+//!                          ip daddr vmap @egress-net4    address blocks (interval) → their class
+//!                          goto eg-<world>               the rest
+//! chain eg-<class>         ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   (interval)
+//!                          meta l4proto @l4ports goto egress-default
+//!                          ip saddr vmap @eg-<class>-n4  protocols without ports
+//!                          goto egress-default
+//! chain egress-default     ip saddr vmap @egress-default4   isolated pods → their eg-iso-...
+//!                          goto ingress                     allowed
+//! The decisions the maps jump to, each naming what decided:
+//! chain eg-ok-<rule>       goto ingress  comment "ns/name egress[0]"
+//! chain eg-deny-<rule>     log; counter drop  comment "ClusterNetworkPolicy/x egress[1] Deny"
+//! chain eg-iso-<policies>  log; counter drop; then (never reached) a rule naming each policy
 //! chain pod-masquerade     hook postrouting priority 100 (nat): outbound masquerade of this
 //!                          node's pods, see [`masquerade`] (from options and Nodes only)
 //! ```
@@ -60,46 +54,41 @@
 //!   there, or an egress-isolated pod could not even resolve its gateway.
 //! - **Replies** are accepted by conntrack (`established,related`), so only the first packet of
 //!   a connection walks the policy chains; `invalid` is dropped before anything else.
-//! - **Egress, then ingress; tiers in order.** Each direction walks three stage chains, Admin,
-//!   NetworkPolicy, Baseline; each looks the pod up in its tier's dispatch map and jumps to
-//!   the pod's class chain of that tier, if it has one. An allowed egress goes on with `goto`
-//!   to `ingress-admin`, the destination's evaluation; an allowed ingress accepts. `goto`
-//!   rather than `return`, because the deciding rule sits in a per-policy chain below the
-//!   class chain, and a `return` would only get back to the class chain. A `Pass` is a `goto`
-//!   to the next tier's stage: from a chain two jumps deep that is safe because every path
-//!   from a stage chain ends in a verdict (the last ingress stage accepts), so nothing ever
-//!   returns into the frames it left. Admin and Baseline class chains fall off when no rule
-//!   matches (the stage goes on to the next tier); a NetworkPolicy class chain drops what no
-//!   rule allows (isolation).
-//! - **Per-packet cost** is a fixed number of hash lookups (one per stage) for pods no policy
-//!   selects, and for a selected pod grows with the policies that select it only (its class
-//!   chains jump to exactly those), never with the number of policies in the cluster. Only
-//!   the first packet of a connection walks any of this.
-//! - **Data lives in sets and maps.** Per-policy chains match on named sets: pod IPs of a
-//!   selector (`pods4/6-<h>`, shared by every rule using an equal selector in the same scope),
-//!   ipBlocks (`block4/6-<h>`, interval: the CIDR minus its excepts), numeric ports
-//!   (`ports-<h>`: `meta l4proto . th dport`, interval for endPort), node addresses
-//!   (`nodes4/6-<h>`) and named ports resolved per pod (`named4/6-<h>`:
-//!   `ip daddr . meta l4proto . th dport`). A pod coming, going or
-//!   changing labels on another node changes set elements only; a local pod can add or
-//!   remove a class chain (and the chains of policies that start or stop selecting a local
-//!   pod), and changes map elements.
+//! - **Decided ahead of time** ([`decide`]). The compiler groups peer addresses into *peer
+//!   classes* (the addresses that the same peer conditions of the rules in force here hold,
+//!   and for egress what the rules' named ports resolve to on the pod there) and this node's
+//!   pods into *subject groups* (the policies of each tier that select them), and evaluates
+//!   the tiers (Admin first match, NetworkPolicy isolation and union, Baseline first match,
+//!   allowed) for every group, class, protocol and port segment. Only what differs from the
+//!   pod's default becomes an element; the default (isolated: denied; else allowed) is one
+//!   element per isolated pod.
+//! - **Per-packet cost** of a new connection, per direction: the stage lookup, and for a pod
+//!   some policy selects the exact and interval peer lookups, the class's verdict lookup and
+//!   on a miss the default lookup: a fixed number whatever the number of policies. `Pass` and
+//!   first-match order cost nothing per packet: they were evaluated by the compiler.
+//! - **Protocols without ports** (ICMP, ...): `th dport` would read other header bytes, so the
+//!   port maps hold only TCP, UDP and SCTP keys, and `@l4ports` keeps those protocols from
+//!   falling through to the port-less map, where only rules without ports decide.
+//! - **Churn.** A pod on another node coming, going or changing labels moves its address to
+//!   another class (one peer-map element) unless its combination of labels is new (a new
+//!   class: a chain and its maps). A local pod changes its stage, default and verdict-map
+//!   elements. (Work in progress: the [`Compiler`] still recomputes the whole form per change
+//!   and reports the objects that differ.)
 //! - **Names** are short and deterministic ([`names`]): a prefix and 16 hex digits of a stable
-//!   hash of what the object stands for (the policy's identity, the canonical selector, the
-//!   list of policies), so every agent and every restart computes the same names and the
+//!   hash of what the object stands for (the peer conditions of a class, the rule, the list of
+//!   isolating policies), so every agent and every restart computes the same names and the
 //!   dataplane's diff stays minimal. All names are ≤ 31 characters, the limit of old kernels.
 //! - **Denied packets** are logged (NFLOG, rate-limited, in a rule of their own so that the
 //!   limit never skips the drop) with the prefix `palisade drop <direction> <chain>`, the
-//!   NetworkPolicy class chain whose default deny dropped it, or
-//!   `palisade drop <direction> <policy chain> <rule>` for a ClusterNetworkPolicy `Deny`;
-//!   [`describe_chain`] maps the chain back to its policies, the packet's address to the pod.
+//!   isolation or deny chain; [`describe_chain`] maps the chain back to its policies or rule,
+//!   the packet's address to the pod.
 //!
 //! # Semantics
 //! Those of the normalized model ([`crate::model::policy`]: tiers, first match, isolation),
 //! which must equal the API semantics that [`crate::eval::reference`] implements on its own
 //! from the API objects; property tests hold the two together.
 
-pub mod decide;
+mod decide;
 mod flat;
 pub mod intervals;
 pub mod masquerade;
@@ -172,8 +161,13 @@ pub struct Compiler {
     opts: CompileOptions,
     state: ClusterState,
     index: StateIndex,
-    /// Chains, maps or the set list must be rebuilt (a local pod, a policy changed).
+    /// Chains, maps or the set list must be rebuilt (a local pod, a policy, a namespace or a
+    /// node changed).
     structure_dirty: bool,
+    /// The plans of the last rebuild, kept up to date by remote pod changes.
+    plans: Option<[decide::DirectionPlan; 2]>,
+    /// Addresses of pods on other nodes that changed since the last refresh.
+    remote_addrs: BTreeSet<IpAddr>,
     output: Ruleset,
     /// The objects of `output` rebuilt since [`Compiler::take_touched`] was last called.
     touched: Touched,
@@ -305,6 +299,8 @@ impl Compiler {
             state,
             index,
             structure_dirty: true,
+            plans: None,
+            remote_addrs: BTreeSet::new(),
             output: Ruleset::default(),
             touched: Touched::all(),
             masquerade: Ruleset::default(),
@@ -322,7 +318,6 @@ impl Compiler {
 
     /// Record one change.
     pub fn apply(&mut self, change: Change) {
-        self.structure_dirty = true;
         match change {
             Change::UpsertPod(pod) => {
                 let key = pod.key.clone();
@@ -338,6 +333,10 @@ impl Compiler {
                     .add_pod(&key, &self.state.pods[&key], &self.opts.node);
                 if new_local || old_local {
                     self.structure_dirty = true;
+                } else {
+                    let new_ips = &self.state.pods[&key].ips;
+                    self.remote_addrs
+                        .extend(old.iter().flat_map(|o| &o.ips).chain(new_ips));
                 }
             }
             Change::DeletePod(key) => {
@@ -345,6 +344,8 @@ impl Compiler {
                     self.index.remove_pod(&key, &old);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
                         self.structure_dirty = true;
+                    } else {
+                        self.remote_addrs.extend(&old.ips);
                     }
                 }
             }
@@ -392,12 +393,15 @@ impl Compiler {
                     if old.is_none_or(|old| old.pod_cidrs != node.pod_cidrs) {
                         self.nodes_dirty = true;
                     }
+                    // Node addresses are peers (`nodes`) of ClusterNetworkPolicy rules.
+                    self.structure_dirty = true;
                     self.state.nodes.insert(node.name.clone(), node);
                 }
             }
             Change::DeleteNode(name) => {
                 if self.state.nodes.remove(&name).is_some() {
                     self.nodes_dirty = true;
+                    self.structure_dirty = true;
                 }
             }
         }
@@ -412,17 +416,10 @@ impl Compiler {
         self.structure_dirty = true;
     }
 
-    /// A namespace's labels changed: selections follow; and a ClusterNetworkPolicy may now
-    /// select (or no longer select) this node's pods in it, which changes the structure.
-    fn namespace_changed(&mut self, name: &str) {
-        let local_pods_here = self
-            .index
-            .pods_by_ns
-            .get(name)
-            .is_some_and(|pods| pods.iter().any(|k| self.index.local_pods.contains(k)));
-        if local_pods_here && !self.index.cluster_policies.is_empty() {
-            self.structure_dirty = true;
-        }
+    /// A namespace's labels changed: the pods namespace selectors hold, and the policies
+    /// selecting this node's pods in it, may differ: rebuilt (relabelling is rare).
+    fn namespace_changed(&mut self, _name: &str) {
+        self.structure_dirty = true;
     }
 
     /// The ruleset for the current state.
@@ -446,16 +443,30 @@ impl Compiler {
     }
 
     fn refresh(&mut self) {
-        // Work in progress (issue 16): every change rebuilds the flat form from scratch and
-        // reports what differs.
-        let rebuilt = self.structure_dirty;
+        // A structural change rebuilds the flat form and reports the objects that differ; pod
+        // changes on other nodes only classify their addresses again.
+        let rebuilt = self.structure_dirty || self.plans.is_none();
         if rebuilt {
             let previous = std::mem::take(&mut self.output);
-            let new = flat::build(&self.state, &self.index, &self.opts);
+            let (new, plans) = flat::build(&self.state, &self.index, &self.opts);
             diff_touched(&previous, &new, &mut self.touched);
             self.output = new;
+            self.plans = Some(plans);
             self.structure_dirty = false;
+        } else if let Some(plans) = self.plans.as_mut() {
+            if !self.remote_addrs.is_empty() {
+                flat::remote_pods_changed(
+                    &self.state,
+                    &self.index,
+                    &self.opts,
+                    plans,
+                    &self.remote_addrs,
+                    &mut self.output,
+                    &mut self.touched,
+                );
+            }
         }
+        self.remote_addrs.clear();
         // A rebuild starts the output afresh: the masquerade objects go back in (unchanged
         // ones are not touched, the rebuild compared only what it built).
         if rebuilt || self.nodes_dirty {
@@ -501,7 +512,7 @@ fn diff_touched(previous: &Ruleset, new: &Ruleset, touched: &mut Touched) {
 /// Full compile from scratch.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     let index = StateIndex::build(state, &opts.node);
-    let mut out = flat::build(state, &index, opts);
+    let (mut out, _) = flat::build(state, &index, opts);
     let objects = masquerade::masquerade_objects(state, &opts.masquerade);
     masquerade::install(&mut out, &Ruleset::default(), &objects, &mut Touched::all());
     out

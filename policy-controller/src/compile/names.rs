@@ -252,9 +252,9 @@ pub fn describe_chain(ruleset: &Ruleset, chain: &str) -> Option<ChainDescription
                     .maps
                     .iter()
                     .filter(|(name, _)| {
-                        [Family::Ipv4, Family::Ipv6].iter().any(|f| {
-                            **name == format!("{}{}", default_chain(direction), fam(*f))
-                        })
+                        [Family::Ipv4, Family::Ipv6]
+                            .iter()
+                            .any(|f| **name == format!("{}{}", default_chain(direction), fam(*f)))
                     })
                     .flat_map(|(_, m)| &m.elements)
                     .filter(|(_, v)| **v == target)
@@ -296,7 +296,10 @@ mod tests {
                     direction: d,
                     index: 7,
                 };
-                for (name, kind) in [(allow_chain_name(&rule), "ok"), (deny_chain_name(&rule), "deny")] {
+                for (name, kind) in [
+                    (allow_chain_name(&rule), "ok"),
+                    (deny_chain_name(&rule), "deny"),
+                ] {
                     assert!(name.len() <= 31, "{name}");
                     assert_eq!(generated(&name), Some((d, kind)), "{name}");
                 }
@@ -304,7 +307,10 @@ mod tests {
             assert_eq!(generated(&peers_chain(d)), None);
             assert!(dispatch_map_name(d, Family::Ipv6).len() <= 31);
         }
-        assert_eq!(dispatch_map_name(Direction::Ingress, Family::Ipv4), "ingress4");
+        assert_eq!(
+            dispatch_map_name(Direction::Ingress, Family::Ipv4),
+            "ingress4"
+        );
     }
 
     #[test]

@@ -282,7 +282,8 @@ fn sides(
                         story.isolated_by = Some(isolating(&ruleset, direction, local));
                         story.allowed_by = vec![rule.to_string()];
                     } else {
-                        story.decided = Some((tier_of(state, &rule.policy), rule.to_string(), true));
+                        story.decided =
+                            Some((tier_of(state, &rule.policy), rule.to_string(), true));
                     }
                 }
                 ChainRole::Deny { direction, rule } => {
