@@ -288,7 +288,7 @@ mod tests {
         let np = PolicyRef::network(&ObjectKey::new("x", "web"));
         let cnp = PolicyRef::cluster("deny-all");
         for d in Direction::BOTH {
-            let iso = isolation_chain_name(d, &[np.clone()]);
+            let iso = isolation_chain_name(d, std::slice::from_ref(&np));
             assert_eq!(generated(&iso), Some((d, "iso")), "{iso}");
             for p in [&np, &cnp] {
                 let rule = RuleRef {
