@@ -23,6 +23,12 @@ pub use palisade_kernel::nftables::BatchError;
 /// cost is then small next to the transaction itself.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// Elements per netlink message. A message's element list is one attribute, whose length
+/// is 16 bits: a list over 64 KiB does not fit (and netlink-packet-netfilter 0.3 panics
+/// emitting it instead of refusing). An element here is at most about 150 bytes (a
+/// three-field key, a verdict naming a chain, the nesting), so 256 stay under 40 KiB.
+const PER_MESSAGE: usize = 256;
+
 /// A key in the kernel crate's types; `None` when a value does not fit its key type.
 fn key(types: &[KeyType], values: &[Value]) -> Option<Data> {
     if types.len() != values.len() {
@@ -103,16 +109,28 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
     for op in ops {
         match op {
             Op::AddElements { set, elements } => {
-                batch.add(set, &set_additions(set_key(model, set)?, elements)?)
+                let types = set_key(model, set)?;
+                for chunk in elements.chunks(PER_MESSAGE) {
+                    batch.add(set, &set_additions(types, chunk)?);
+                }
             }
             Op::DeleteElements { set, elements } => {
-                batch.delete(set, &keys(set_key(model, set)?, elements)?)
+                let types = set_key(model, set)?;
+                for chunk in elements.chunks(PER_MESSAGE) {
+                    batch.delete(set, &keys(types, chunk)?);
+                }
             }
             Op::AddMapElements { map, elements } => {
-                batch.add(map, &map_additions(map_key(model, map)?, elements)?)
+                let types = map_key(model, map)?;
+                for chunk in elements.chunks(PER_MESSAGE) {
+                    batch.add(map, &map_additions(types, chunk)?);
+                }
             }
             Op::DeleteMapElements { map, keys: k } => {
-                batch.delete(map, &keys(map_key(model, map)?, k)?)
+                let types = map_key(model, map)?;
+                for chunk in k.chunks(PER_MESSAGE) {
+                    batch.delete(map, &keys(types, chunk)?);
+                }
             }
             _ => return None,
         }
@@ -139,9 +157,9 @@ pub fn plain_additions(model: &Ruleset, op: &Op) -> Option<usize> {
 /// `kernel`'s staged cold start): each batch is a transaction of its own. `None` when some
 /// command is not such an addition.
 pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Batch>> {
-    /// Elements per command (at most about 64 bytes each) and the size from which a batch
-    /// is sent: together at most about 160 KiB.
-    const CHUNK: usize = 1024;
+    /// Elements per command, and the size from which a batch is sent: together at most
+    /// about 140 KiB.
+    const CHUNK: usize = PER_MESSAGE;
     const FULL: usize = 96 * 1024;
     let mut batches = Vec::new();
     let mut batch = Batch::new(table);
@@ -196,6 +214,58 @@ mod tests {
     use super::*;
     use crate::ruleset::{Set, VerdictMap};
     use palisade_kernel::nftables::Command;
+
+    /// Many verdict-map elements naming chains (a peer map after a policy change) go as
+    /// several messages, each list well under the 64 KiB an attribute can hold.
+    #[test]
+    fn large_changes_are_split_into_messages_that_fit() {
+        let mut rs = Ruleset::default();
+        rs.maps.insert(
+            "m".into(),
+            VerdictMap {
+                key: vec![KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
+                ..VerdictMap::default()
+            },
+        );
+        let elements: Vec<(Vec<Value>, Verdict)> = (0..1500u16)
+            .map(|i| {
+                (
+                    vec![
+                        Value::Addr(format!("fd00::{i:x}").parse().unwrap()),
+                        Value::Proto(6),
+                        Value::Port(i),
+                    ],
+                    Verdict::Goto(format!("in-ok-{i:016x}")),
+                )
+            })
+            .collect();
+        let keys: Vec<Vec<Value>> = elements.iter().map(|(k, _)| k.clone()).collect();
+        let ops = [
+            Op::AddMapElements {
+                map: "m".into(),
+                elements: elements.clone(),
+            },
+            Op::DeleteMapElements {
+                map: "m".into(),
+                keys,
+            },
+        ];
+        let batch = encode("t", &rs, &ops).expect("encodable");
+        let sizes: Vec<usize> = batch
+            .commands()
+            .iter()
+            .map(|c| match c {
+                Command::AddElements { count, .. } | Command::DeleteElements { count, .. } => {
+                    *count
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 3000);
+        assert!(sizes.iter().all(|n| *n <= PER_MESSAGE), "{sizes:?}");
+        let filled = encode_additions("t", &rs, &ops[..1]).expect("encodable");
+        assert!(filled.iter().all(|b| b.len() < 200 * 1024));
+    }
 
     fn model() -> Ruleset {
         let mut rs = Ruleset::default();
@@ -333,8 +403,8 @@ mod tests {
             assert!(b.len() < 160 * 1024, "a batch of {} bytes", b.len());
             commands += b.commands().len();
         }
-        // 10 commands of at most 1024 elements for the set, one for the map.
-        assert_eq!(commands, 11);
+        // 40 commands of at most 256 elements for the set (PER_MESSAGE), one for the map.
+        assert_eq!(commands, 10_000usize.div_ceil(PER_MESSAGE) + 1);
         // Only additions of plain sets and maps.
         let interval = [Op::AddElements {
             set: "block".into(),
