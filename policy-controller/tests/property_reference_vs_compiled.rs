@@ -857,15 +857,48 @@ fn touched_covers(
             ));
         }
     }
+    for (name, delta) in &touched.map_elements {
+        let (Some(was), Some(is)) = (before.maps.get(name), now.maps.get(name)) else {
+            return Err(format!(
+                "map {name} reported by element changes is new or gone"
+            ));
+        };
+        let fits = delta
+            .removed
+            .iter()
+            .all(|(k, v)| was.elements.get(k) == Some(v))
+            && delta
+                .added
+                .keys()
+                .all(|k| !was.elements.contains_key(k) || delta.removed.contains_key(k));
+        if was.interval || !fits {
+            return Err(format!(
+                "map {name}: element changes {delta:?} do not fit what it held"
+            ));
+        }
+        let mut updated = was.clone();
+        delta.apply_to(&mut updated.elements);
+        if updated != *is {
+            return Err(format!(
+                "map {name} differs from what its element changes say"
+            ));
+        }
+    }
     let named_sets: BTreeSet<String> = touched
         .sets
         .iter()
         .chain(touched.elements.keys())
         .cloned()
         .collect();
+    let named_maps: BTreeSet<String> = touched
+        .maps
+        .iter()
+        .chain(touched.map_elements.keys())
+        .cloned()
+        .collect();
     check("chain", &before.chains, &now.chains, &touched.chains)?;
     check("set", &before.sets, &now.sets, &named_sets)?;
-    check("map", &before.maps, &now.maps, &touched.maps)
+    check("map", &before.maps, &now.maps, &named_maps)
 }
 
 /// Morph cluster A into cluster B one change at a time; after every change the incremental

@@ -612,13 +612,20 @@ pub(crate) fn remote_pods_changed(
         for (ip, class) in &changed.exact {
             let map = format!("{}-peer{}", stage(direction), fam(Family::of(ip)));
             let elements = &mut e.out.maps.get_mut(&map).expect("peer map").elements;
-            match class {
-                Some(c) => {
-                    elements.insert(vec![Value::Addr(*ip)], Verdict::Goto(class_chain(plan, *c)))
+            let key = vec![Value::Addr(*ip)];
+            let old = elements.remove(&key);
+            let new = class.map(|c| Verdict::Goto(class_chain(plan, c)));
+            if let Some(v) = &new {
+                elements.insert(key.clone(), v.clone());
+            }
+            if let Some(delta) = touched.map_elements(&map) {
+                if let Some(v) = old {
+                    delta.remove(key.clone(), v);
                 }
-                None => elements.remove(&vec![Value::Addr(*ip)]),
-            };
-            touched.map(&map);
+                if let Some(v) = new {
+                    delta.add(key, v);
+                }
+            }
         }
     }
     if swept {
