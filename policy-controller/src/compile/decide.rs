@@ -103,8 +103,14 @@ pub struct DirectionPlan {
     egress_names: BTreeSet<(String, Protocol)>,
     /// The address blocks among the atoms: (atom, IPv4?, its ranges).
     blocks: Vec<(usize, bool, RangeSet)>,
-    /// Local pods selected by some policy in this direction, by subject group.
+    /// Local pods selected by some policy in this direction, by subject group (a group no
+    /// pod is in any more stays, empty).
     pub groups: Vec<(SubjectGroup, Vec<ObjectKey>)>,
+    group_ids: HashMap<SubjectGroup, usize>,
+    /// Per group: the classes where something is not its default.
+    pub group_classes: Vec<Vec<usize>>,
+    /// The local pods in a group: their group and the addresses they were planned with.
+    pub local: HashMap<ObjectKey, (usize, Vec<IpAddr>)>,
     /// Peer classes ever used since the plan was made; index 0 is the world class (no atoms,
     /// no named ports). A class no address is in any more stays here, unused
     /// ([`DirectionPlan::in_use`]).
@@ -152,10 +158,68 @@ impl DirectionPlan {
             let d = decide(index, direction, &self.atom_ids, group, &self.classes[c]);
             if d != Decisions::default() {
                 per_group.push((gi, d));
+                self.group_classes[gi].push(c);
             }
         }
         self.decisions.push(per_group);
         c
+    }
+
+    /// The group of `group`'s pods, made (with its decisions against every class) if new.
+    pub fn group_index(&mut self, group: SubjectGroup, index: &StateIndex) -> usize {
+        if let Some(&g) = self.group_ids.get(&group) {
+            return g;
+        }
+        let gi = self.groups.len();
+        let direction = self.direction.expect("a made plan");
+        let mut classes = Vec::new();
+        for (c, class) in self.classes.iter().enumerate() {
+            let d = decide(index, direction, &self.atom_ids, &group, class);
+            if d != Decisions::default() {
+                // Group indices only grow: each class's list stays sorted by group.
+                self.decisions[c].push((gi, d));
+                classes.push(c);
+            }
+        }
+        self.group_classes.push(classes);
+        self.group_ids.insert(group.clone(), gi);
+        self.groups.push((group, Vec::new()));
+        gi
+    }
+
+    /// What group `gi` decides against class `c` that is not its default.
+    pub fn decision(&self, gi: usize, c: usize) -> Option<&Decisions> {
+        let list = &self.decisions[c];
+        list.binary_search_by_key(&gi, |(g, _)| *g)
+            .ok()
+            .map(|i| &list[i].1)
+    }
+
+    /// The subject group of local pod `key` now (`None`: not enforced or selected by
+    /// nothing in this direction).
+    pub fn group_of(state: &ClusterState, index: &StateIndex, key: &ObjectKey, direction: Direction) -> Option<SubjectGroup> {
+        let pod = state.pods.get(key)?;
+        if !index.local_pods.contains(key) || !enforced(pod) {
+            return None;
+        }
+        let tiers = selecting(state, index, key, direction);
+        if tiers.iter().all(Vec::is_empty) {
+            return None;
+        }
+        let mut group = SubjectGroup {
+            tiers,
+            named: Vec::new(),
+        };
+        if direction == Direction::Ingress {
+            let names: BTreeSet<(String, Protocol)> = group
+                .tiers
+                .iter()
+                .flatten()
+                .flat_map(|p| named_ports_of(index.policies[p].rules(direction).unwrap_or_default()))
+                .collect();
+            group.named = resolve(state, &[key], &names);
+        }
+        Some(group)
     }
 
     fn blocks_at(&self, ip: &IpAddr) -> Vec<usize> {
@@ -354,32 +418,20 @@ pub(crate) fn plan(
     let mut used: BTreeSet<PolicyRef> = BTreeSet::new();
     let mut groups: BTreeMap<SubjectGroup, Vec<ObjectKey>> = BTreeMap::new();
     for key in &index.local_pods {
-        if !enforced(&state.pods[key]) {
+        let Some(group) = DirectionPlan::group_of(state, index, key, direction) else {
             continue;
-        }
-        let tiers = selecting(state, index, key, direction);
-        if tiers.iter().all(Vec::is_empty) {
-            continue;
-        }
-        let mut group = SubjectGroup {
-            tiers,
-            named: Vec::new(),
         };
-        if direction == Direction::Ingress {
-            let names: BTreeSet<(String, Protocol)> = group
-                .tiers
-                .iter()
-                .flatten()
-                .flat_map(|p| {
-                    named_ports_of(index.policies[p].rules(direction).unwrap_or_default())
-                })
-                .collect();
-            group.named = resolve(state, &[key], &names);
-        }
         used.extend(group.tiers.iter().flatten().cloned());
         groups.entry(group).or_default().push(key.clone());
     }
     out.groups = groups.into_iter().collect();
+    for (gi, (group, pods)) in out.groups.iter().enumerate() {
+        out.group_ids.insert(group.clone(), gi);
+        for key in pods {
+            out.local.insert(key.clone(), (gi, state.pods[key].ips.clone()));
+        }
+    }
+    out.group_classes = vec![Vec::new(); out.groups.len()];
     // Atoms and (egress) the named ports the rules name.
     let mut atom_ids: HashMap<Atom, usize> = HashMap::new();
     let mut egress_names: BTreeSet<(String, Protocol)> = BTreeSet::new();

@@ -196,21 +196,11 @@ impl Emitter<'_> {
             },
         );
         for f in families {
-            let mut m = map(
+            let m = map(
                 vec![addr_key(f)],
                 false,
                 format!("pods of this node that some policy selects for {direction}"),
             );
-            for (_, pods) in &plan.groups {
-                for key in pods {
-                    for ip in state.pods[key].ips.iter().filter(|ip| Family::of(ip) == f) {
-                        m.elements.insert(
-                            vec![Value::Addr(*ip)],
-                            Verdict::Goto(peers_chain(direction)),
-                        );
-                    }
-                }
-            }
             self.out.maps.insert(dispatch_map_name(direction, f), m);
         }
         // Class chains.
@@ -279,23 +269,9 @@ impl Emitter<'_> {
                 format!("{direction}: isolated pods of this node → their default deny"),
             )
         });
-        for (group, pods) in &plan.groups {
-            let default = group.default_outcome();
-            if default != Outcome::Allow(None) {
-                let v = self.outcome_chain(direction, &default);
-                for key in pods {
-                    for ip in &state.pods[key].ips {
-                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
-                        defaults[fi]
-                            .elements
-                            .insert(vec![Value::Addr(*ip)], v.clone());
-                    }
-                }
-            }
-        }
         for (ci, name) in class_names.iter().enumerate() {
             if plan.in_use(ci) {
-                self.class(state, direction, plan, ci, name);
+                self.class(direction, name);
             }
         }
         let mut default_rules = Vec::new();
@@ -318,17 +294,99 @@ impl Emitter<'_> {
                 rules: default_rules,
             },
         );
+        for (gi, (_, pods)) in plan.groups.iter().enumerate() {
+            for key in pods {
+                let ips = &state.pods[key].ips;
+                self.pod_entries(direction, plan, gi, ips, &mut |out, m, k, v| {
+                    out.maps.get_mut(&m).expect("made above").elements.insert(k, v);
+                });
+            }
+        }
     }
 
-    /// The chain of peer class `ci` and its verdict maps.
-    fn class(
+    /// One local pod's elements (of group `gi`, at `ips`) in one direction's maps: its stage
+    /// entry, its default when isolated, and what its group decides in every class in use.
+    /// `emit` gets each as (the output, map, key, verdict).
+    fn pod_entries(
         &mut self,
-        state: &ClusterState,
         direction: Direction,
         plan: &DirectionPlan,
-        ci: usize,
-        name: &str,
+        gi: usize,
+        ips: &[IpAddr],
+        emit: &mut dyn FnMut(&mut Ruleset, String, Vec<Value>, Verdict),
     ) {
+        for ip in ips {
+            emit(
+                &mut self.out,
+                dispatch_map_name(direction, Family::of(ip)),
+                vec![Value::Addr(*ip)],
+                Verdict::Goto(peers_chain(direction)),
+            );
+        }
+        let default = plan.groups[gi].0.default_outcome();
+        if default != Outcome::Allow(None) {
+            let v = self.outcome_chain(direction, &default);
+            for ip in ips {
+                emit(
+                    &mut self.out,
+                    format!("{}-default{}", stage(direction), fam(Family::of(ip))),
+                    vec![Value::Addr(*ip)],
+                    v.clone(),
+                );
+            }
+        }
+        for &c in &plan.group_classes[gi] {
+            if plan.in_use(c) {
+                self.class_entries(direction, plan, gi, c, ips, emit);
+            }
+        }
+    }
+
+    /// What group `gi` decides in class `c`, as elements of the class's maps for one pod.
+    fn class_entries(
+        &mut self,
+        direction: Direction,
+        plan: &DirectionPlan,
+        gi: usize,
+        c: usize,
+        ips: &[IpAddr],
+        emit: &mut dyn FnMut(&mut Ruleset, String, Vec<Value>, Verdict),
+    ) {
+        let Some(decisions) = plan.decision(gi, c) else {
+            return;
+        };
+        let name = class_chain(plan, c);
+        if let Some(o) = &decisions.portless {
+            let v = self.outcome_chain(direction, o);
+            for ip in ips {
+                emit(
+                    &mut self.out,
+                    format!("{name}-n{}", fam(Family::of(ip))),
+                    vec![Value::Addr(*ip)],
+                    v.clone(),
+                );
+            }
+        }
+        for (proto, a, b, o) in &decisions.ports {
+            let v = self.outcome_chain(direction, o);
+            let port = if a == b {
+                Value::Port(*a)
+            } else {
+                Value::PortRange(*a, *b)
+            };
+            for ip in ips {
+                emit(
+                    &mut self.out,
+                    format!("{name}-p{}", fam(Family::of(ip))),
+                    vec![Value::Addr(*ip), Value::Proto(proto.number()), port.clone()],
+                    v.clone(),
+                );
+            }
+        }
+    }
+
+    /// The chain of a peer class and its verdict maps, empty (the pods' entries fill them).
+    fn class(&mut self, direction: Direction, name: &str) {
         let families = [Family::Ipv4, Family::Ipv6];
         let mut port_maps = families.map(|f| {
             map(
@@ -344,37 +402,6 @@ impl Emitter<'_> {
                 format!("{direction}: local pod → decision (protocols without ports)"),
             )
         });
-        for (gi, decisions) in &plan.decisions[ci] {
-            let pods = &plan.groups[*gi].1;
-            if let Some(o) = &decisions.portless {
-                let v = self.outcome_chain(direction, o);
-                for key in pods {
-                    for ip in &state.pods[key].ips {
-                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
-                        portless_maps[fi]
-                            .elements
-                            .insert(vec![Value::Addr(*ip)], v.clone());
-                    }
-                }
-            }
-            for (proto, a, b, o) in &decisions.ports {
-                let v = self.outcome_chain(direction, o);
-                let port = if a == b {
-                    Value::Port(*a)
-                } else {
-                    Value::PortRange(*a, *b)
-                };
-                for key in pods {
-                    for ip in &state.pods[key].ips {
-                        let fi = usize::from(Family::of(ip) == Family::Ipv6);
-                        port_maps[fi].elements.insert(
-                            vec![Value::Addr(*ip), Value::Proto(proto.number()), port.clone()],
-                            v.clone(),
-                        );
-                    }
-                }
-            }
-        }
         let mut rules = Vec::new();
         for (fi, f) in families.iter().enumerate() {
             let m = format!("{name}-p{}", fam(*f));
@@ -593,7 +620,15 @@ pub(crate) fn remote_pods_changed(
         let changed = plan.reclassify(state, index, addrs);
         for c in &changed.new_classes {
             let name = class_chain(plan, *c);
-            e.class(state, direction, plan, *c, &name);
+            e.class(direction, &name);
+            for (gi, _) in &plan.decisions[*c] {
+                for key in &plan.groups[*gi].1 {
+                    let ips = &plan.local[key].1;
+                    e.class_entries(direction, plan, *gi, *c, ips, &mut |out, m, k, v| {
+                        out.maps.get_mut(&m).expect("made above").elements.insert(k, v);
+                    });
+                }
+            }
             touched.chain(&name);
             for m in class_maps(&name) {
                 touched.map(&m);
