@@ -97,6 +97,9 @@ pub struct Decisions {
 #[derive(Debug, Clone, Default)]
 pub struct DirectionPlan {
     pub direction: Option<Direction>,
+    /// The policies that select some local pod in this direction: their rules' peers are
+    /// the atoms.
+    used: BTreeSet<PolicyRef>,
     pub atoms: Vec<Atom>,
     atom_ids: HashMap<Atom, usize>,
     /// Egress: the named ports the rules name.
@@ -187,6 +190,38 @@ impl DirectionPlan {
         gi
     }
 
+    /// Whether moving `keys` (this node's pods) to their groups now keeps the policies in
+    /// use (so the atoms, classes and names of the plan stay those a rebuild would make).
+    pub fn keeps_policies(
+        &self,
+        state: &ClusterState,
+        index: &StateIndex,
+        keys: &BTreeSet<ObjectKey>,
+    ) -> bool {
+        let direction = self.direction.expect("a made plan");
+        let mut delta: HashMap<usize, isize> = HashMap::new();
+        let mut used: BTreeSet<&PolicyRef> = BTreeSet::new();
+        let mut new_groups = Vec::new();
+        for key in keys {
+            if let Some((gi, _)) = self.local.get(key) {
+                *delta.entry(*gi).or_default() -= 1;
+            }
+            if let Some(group) = DirectionPlan::group_of(state, index, key, direction) {
+                match self.group_ids.get(&group) {
+                    Some(gi) => *delta.entry(*gi).or_default() += 1,
+                    None => new_groups.push(group),
+                }
+            }
+        }
+        for (gi, (group, pods)) in self.groups.iter().enumerate() {
+            if pods.len() as isize + delta.get(&gi).copied().unwrap_or(0) > 0 {
+                used.extend(group.tiers.iter().flatten());
+            }
+        }
+        used.extend(new_groups.iter().flat_map(|g| g.tiers.iter().flatten()));
+        used.len() == self.used.len() && used.into_iter().eq(self.used.iter())
+    }
+
     /// What group `gi` decides against class `c` that is not its default.
     pub fn decision(&self, gi: usize, c: usize) -> Option<&Decisions> {
         let list = &self.decisions[c];
@@ -197,7 +232,12 @@ impl DirectionPlan {
 
     /// The subject group of local pod `key` now (`None`: not enforced or selected by
     /// nothing in this direction).
-    pub fn group_of(state: &ClusterState, index: &StateIndex, key: &ObjectKey, direction: Direction) -> Option<SubjectGroup> {
+    pub fn group_of(
+        state: &ClusterState,
+        index: &StateIndex,
+        key: &ObjectKey,
+        direction: Direction,
+    ) -> Option<SubjectGroup> {
         let pod = state.pods.get(key)?;
         if !index.local_pods.contains(key) || !enforced(pod) {
             return None;
@@ -215,7 +255,9 @@ impl DirectionPlan {
                 .tiers
                 .iter()
                 .flatten()
-                .flat_map(|p| named_ports_of(index.policies[p].rules(direction).unwrap_or_default()))
+                .flat_map(|p| {
+                    named_ports_of(index.policies[p].rules(direction).unwrap_or_default())
+                })
                 .collect();
             group.named = resolve(state, &[key], &names);
         }
@@ -425,10 +467,12 @@ pub(crate) fn plan(
         groups.entry(group).or_default().push(key.clone());
     }
     out.groups = groups.into_iter().collect();
+    out.used = used.clone();
     for (gi, (group, pods)) in out.groups.iter().enumerate() {
         out.group_ids.insert(group.clone(), gi);
         for key in pods {
-            out.local.insert(key.clone(), (gi, state.pods[key].ips.clone()));
+            out.local
+                .insert(key.clone(), (gi, state.pods[key].ips.clone()));
         }
     }
     out.group_classes = vec![Vec::new(); out.groups.len()];

@@ -298,7 +298,11 @@ impl Emitter<'_> {
             for key in pods {
                 let ips = &state.pods[key].ips;
                 self.pod_entries(direction, plan, gi, ips, &mut |out, m, k, v| {
-                    out.maps.get_mut(&m).expect("made above").elements.insert(k, v);
+                    out.maps
+                        .get_mut(&m)
+                        .expect("made above")
+                        .elements
+                        .insert(k, v);
                 });
             }
         }
@@ -594,7 +598,149 @@ pub(crate) fn build(
     for plan in &plans {
         e.direction(state, plan.direction.expect("a made plan"), plan);
     }
+    // Local pods sharing an address: the last one's element stands, and a decision chain only
+    // the others' elements named goes (the incremental paths keep exactly the chains in use).
+    sweep_outcome_chains(&mut e.out, &mut Touched::all());
     (e.out, plans)
+}
+
+/// Bring `out` up to date after this node's pods `keys` changed (added, removed, relabelled,
+/// readdressed): each leaves its old subject group with its elements and joins its new one
+/// (a new group is decided against every class), and the fail-closed sets follow. Their
+/// addresses as peers are for [`remote_pods_changed`]; `changed_addrs` holds them. `false`: a changed pod shares an
+/// address with another local pod (which of them gives an element is the full build's
+/// business), or the policies that select some local pod change (their peers make the
+/// classes): nothing was done, rebuild.
+pub(crate) fn local_pods_changed(
+    state: &ClusterState,
+    index: &StateIndex,
+    opts: &CompileOptions,
+    plans: &mut [DirectionPlan; 2],
+    keys: &BTreeSet<crate::model::ObjectKey>,
+    changed_addrs: &BTreeSet<IpAddr>,
+    out: &mut Ruleset,
+    touched: &mut Touched,
+) -> bool {
+    // Addresses before and after (`changed_addrs`: those of every changed pod, before and
+    // after the change).
+    let mut addrs: BTreeSet<IpAddr> = changed_addrs.clone();
+    for key in keys {
+        for plan in plans.iter() {
+            if let Some((_, ips)) = plan.local.get(key) {
+                addrs.extend(ips);
+            }
+        }
+        if let Some(pod) = state.pods.get(key) {
+            addrs.extend(&pod.ips);
+        }
+    }
+    let shared = addrs.iter().any(|ip| {
+        index.pods_by_ip.get(ip).is_some_and(|pods| {
+            pods.iter()
+                .filter(|k| index.local_pods.contains(*k))
+                .count()
+                > 1
+        }) || plans.iter().any(|p| {
+            p.local
+                .iter()
+                .any(|(k, (_, ips))| !keys.contains(k) && ips.contains(ip))
+        })
+    });
+    if shared || plans.iter().any(|p| !p.keeps_policies(state, index, keys)) {
+        return false;
+    }
+    let mut e = Emitter {
+        opts,
+        out: std::mem::take(out),
+    };
+    let before: BTreeSet<String> = e.out.chains.keys().cloned().collect();
+    for plan in plans.iter_mut() {
+        let direction = plan.direction.expect("a made plan");
+        for key in keys {
+            if let Some((gi, ips)) = plan.local.remove(key) {
+                plan.groups[gi].1.retain(|k| k != key);
+                e.pod_entries(direction, plan, gi, &ips, &mut |out, m, k, _| {
+                    let map = out.maps.get_mut(&m).expect("a map of the plan");
+                    if let Some(v) = map.elements.remove(&k) {
+                        if let Some(delta) = touched.map_elements(&m) {
+                            delta.remove(k, v);
+                        }
+                    }
+                });
+            }
+            if let Some(group) = DirectionPlan::group_of(state, index, key, direction) {
+                let gi = plan.group_index(group, index);
+                let ips = state.pods[key].ips.clone();
+                plan.groups[gi].1.push(key.clone());
+                plan.local.insert(key.clone(), (gi, ips.clone()));
+                e.pod_entries(direction, plan, gi, &ips, &mut |out, m, k, v| {
+                    let map = out.maps.get_mut(&m).expect("a map of the plan");
+                    map.elements.insert(k.clone(), v.clone());
+                    if let Some(delta) = touched.map_elements(&m) {
+                        delta.add(k, v);
+                    }
+                });
+            }
+        }
+    }
+    // The fail-closed sets: every local pod the agent knows that is no host-network pod.
+    for ip in &addrs {
+        let name = format!("local{}", fam(Family::of(ip)));
+        let Some(set) = e.out.sets.get_mut(&name) else {
+            continue;
+        };
+        let known = index.pods_by_ip.get(ip).is_some_and(|pods| {
+            pods.iter()
+                .any(|k| index.local_pods.contains(k) && !state.pods[k].host_network)
+        });
+        let key = vec![Value::Addr(*ip)];
+        let changed = if known {
+            set.elements.insert(key.clone())
+        } else {
+            set.elements.remove(&key)
+        };
+        if changed {
+            if let Some(delta) = touched.set_elements(&name) {
+                if known {
+                    delta.add(key);
+                } else {
+                    delta.remove(key);
+                }
+            }
+        }
+    }
+    sweep_outcome_chains(&mut e.out, touched);
+    for c in e.out.chains.keys() {
+        if !before.contains(c) {
+            touched.chain(c);
+        }
+    }
+    *out = e.out;
+    true
+}
+
+/// Remove the decision chains no map element jumps to any more (a full compile makes only
+/// those something uses).
+fn sweep_outcome_chains(out: &mut Ruleset, touched: &mut Touched) {
+    let used: BTreeSet<&String> = out
+        .maps
+        .values()
+        .flat_map(|m| m.elements.values())
+        .filter_map(|v| match v {
+            Verdict::Goto(c) | Verdict::Jump(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let unused: Vec<String> = out
+        .chains
+        .keys()
+        .filter(|c| ["-ok-", "-deny-", "-iso-"].iter().any(|k| c.contains(k)) && !used.contains(c))
+        .cloned()
+        .collect();
+    for c in unused {
+        out.chains.remove(&c);
+        touched.chain(&c);
+    }
 }
 
 /// Bring `out` (made by [`build`] from `plans`, then updated by this function only) up to date
@@ -625,7 +771,11 @@ pub(crate) fn remote_pods_changed(
                 for key in &plan.groups[*gi].1 {
                     let ips = &plan.local[key].1;
                     e.class_entries(direction, plan, *gi, *c, ips, &mut |out, m, k, v| {
-                        out.maps.get_mut(&m).expect("made above").elements.insert(k, v);
+                        out.maps
+                            .get_mut(&m)
+                            .expect("made above")
+                            .elements
+                            .insert(k, v);
                     });
                 }
             }
@@ -664,31 +814,7 @@ pub(crate) fn remote_pods_changed(
         }
     }
     if swept {
-        // Decision chains only the gone classes jumped to go too, as a full compile would
-        // not make them.
-        let used: BTreeSet<&String> = e
-            .out
-            .maps
-            .values()
-            .flat_map(|m| m.elements.values())
-            .filter_map(|v| match v {
-                Verdict::Goto(c) | Verdict::Jump(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let unused: Vec<String> = e
-            .out
-            .chains
-            .keys()
-            .filter(|c| {
-                ["-ok-", "-deny-", "-iso-"].iter().any(|k| c.contains(k)) && !used.contains(c)
-            })
-            .cloned()
-            .collect();
-        for c in unused {
-            e.out.chains.remove(&c);
-            touched.chain(&c);
-        }
+        sweep_outcome_chains(&mut e.out, touched);
     }
     for c in e.out.chains.keys() {
         if !before.contains(c) {

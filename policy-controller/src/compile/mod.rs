@@ -166,8 +166,10 @@ pub struct Compiler {
     structure_dirty: bool,
     /// The plans of the last rebuild, kept up to date by remote pod changes.
     plans: Option<[decide::DirectionPlan; 2]>,
-    /// Addresses of pods on other nodes that changed since the last refresh.
+    /// Addresses of pods that changed since the last refresh (as peers).
     remote_addrs: BTreeSet<IpAddr>,
+    /// This node's pods that changed since the last refresh (as subjects).
+    local_changed: BTreeSet<ObjectKey>,
     output: Ruleset,
     /// The objects of `output` rebuilt since [`Compiler::take_touched`] was last called.
     touched: Touched,
@@ -301,6 +303,7 @@ impl Compiler {
             structure_dirty: true,
             plans: None,
             remote_addrs: BTreeSet::new(),
+            local_changed: BTreeSet::new(),
             output: Ruleset::default(),
             touched: Touched::all(),
             masquerade: Ruleset::default(),
@@ -332,21 +335,19 @@ impl Compiler {
                 self.index
                     .add_pod(&key, &self.state.pods[&key], &self.opts.node);
                 if new_local || old_local {
-                    self.structure_dirty = true;
-                } else {
-                    let new_ips = &self.state.pods[&key].ips;
-                    self.remote_addrs
-                        .extend(old.iter().flat_map(|o| &o.ips).chain(new_ips));
+                    self.local_changed.insert(key.clone());
                 }
+                let new_ips = &self.state.pods[&key].ips;
+                self.remote_addrs
+                    .extend(old.iter().flat_map(|o| &o.ips).chain(new_ips));
             }
             Change::DeletePod(key) => {
                 if let Some(old) = self.state.pods.remove(&key) {
                     self.index.remove_pod(&key, &old);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
-                        self.structure_dirty = true;
-                    } else {
-                        self.remote_addrs.extend(&old.ips);
+                        self.local_changed.insert(key.clone());
                     }
+                    self.remote_addrs.extend(&old.ips);
                 }
             }
             Change::UpsertNamespace { name, labels } => {
@@ -443,11 +444,34 @@ impl Compiler {
     }
 
     fn refresh(&mut self) {
-        // A structural change rebuilds the flat form and reports the objects that differ; pod
-        // changes on other nodes only classify their addresses again.
+        // A structural change rebuilds the flat form and reports the objects that differ; a
+        // pod change moves that pod's subject elements (this node's pods) and classifies its
+        // addresses as a peer again.
+        if !self.structure_dirty && !self.local_changed.is_empty() {
+            if let Some(plans) = self.plans.as_mut() {
+                self.structure_dirty = !flat::local_pods_changed(
+                    &self.state,
+                    &self.index,
+                    &self.opts,
+                    plans,
+                    &self.local_changed,
+                    &self.remote_addrs,
+                    &mut self.output,
+                    &mut self.touched,
+                );
+            }
+        }
+        self.local_changed.clear();
         let rebuilt = self.structure_dirty || self.plans.is_none();
         if rebuilt {
-            let previous = std::mem::take(&mut self.output);
+            let mut previous = std::mem::take(&mut self.output);
+            // The masquerade objects go back in below (and are touched there if they changed).
+            previous
+                .chains
+                .retain(|n, _| !self.masquerade.chains.contains_key(n));
+            previous
+                .sets
+                .retain(|n, _| !self.masquerade.sets.contains_key(n));
             let (new, plans) = flat::build(&self.state, &self.index, &self.opts);
             diff_touched(&previous, &new, &mut self.touched);
             self.output = new;
@@ -506,6 +530,20 @@ fn diff_touched(previous: &Ruleset, new: &Ruleset, touched: &mut Touched) {
         if previous.sets.get(name) != Some(set) {
             touched.set(name);
         }
+    }
+    // What went: element changes recorded for it earlier (not reported yet) no longer apply.
+    for name in previous
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+    {
+        touched.chain(name);
+    }
+    for name in previous.maps.keys().filter(|n| !new.maps.contains_key(*n)) {
+        touched.map(name);
+    }
+    for name in previous.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
+        touched.set(name);
     }
 }
 

@@ -25,7 +25,7 @@
 //! (a set's type, a set becoming a map, a chain becoming a base chain): that makes every user
 //! of the object part of the change, which only the full diff sees.
 
-use super::canon::{canonical_chain, canonical_map, canonical_set, canonicalize};
+use super::canon::{canonical_chain, canonical_key, canonical_map, canonical_set, canonicalize};
 use super::plan::{plan, validate, validate_objects, Op, Programmed};
 use super::DataplaneError;
 use crate::ruleset::{
@@ -294,9 +294,13 @@ impl Tracker {
             let mut only_maps = only(&touched.maps);
             if !touched.all && !touched.map_elements.is_empty() {
                 full_maps = touched.maps.clone();
+                // A map's canonical form spells each key alone (no merging, unlike an
+                // interval set's), so interval maps follow their changes too.
                 for (name, delta) in &touched.map_elements {
-                    let exact = programmed.model.maps.get(name).is_some_and(|m| !m.interval)
-                        && desired.maps.get(name).is_some_and(|m| !m.interval);
+                    let exact = match (programmed.model.maps.get(name), desired.maps.get(name)) {
+                        (Some(p), Some(d)) => p.key == d.key && p.interval == d.interval,
+                        _ => false,
+                    };
                     match old.maps.get(name) {
                         Some(p) if exact => {
                             if !delta.is_empty() {
@@ -553,6 +557,20 @@ fn partial(
     // may come in this transaction). A key whose verdict changed is in both.
     let mut first = Vec::new();
     for (n, delta, p) in map_deltas {
+        let cur_map = &cur.maps[n];
+        let canon = |k: &Vec<Value>| canonical_key(cur_map.interval, k);
+        let delta = MapDelta {
+            added: delta
+                .added
+                .iter()
+                .map(|(k, v)| (canon(k), v.clone()))
+                .collect(),
+            removed: delta
+                .removed
+                .iter()
+                .map(|(k, v)| (canon(k), v.clone()))
+                .collect(),
+        };
         if !delta.removed.is_empty() {
             first.push(Op::DeleteMapElements {
                 map: n.clone(),
@@ -569,7 +587,6 @@ fn partial(
                     .collect(),
             });
         }
-        let cur_map = &cur.maps[n];
         after.maps.insert(
             n.clone(),
             VerdictMap {
@@ -579,7 +596,7 @@ fn partial(
             },
         );
         prints.maps.insert(n.clone(), p);
-        delta_maps.push((n.clone(), delta.clone()));
+        delta_maps.push((n.clone(), delta));
     }
     if !first.is_empty() {
         first.append(&mut ops);
