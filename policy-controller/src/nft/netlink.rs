@@ -228,14 +228,22 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
     Some(batch)
 }
 
-/// How many elements `op` adds to a set or map of `model`, if it is such an addition (what
-/// [`encode_additions`] may carry; whether every key encodes is its business).
+/// How many elements `op` adds to a set or map of `model` whose key types this file
+/// encodes (what [`encode_additions`] carries; a value that does not fit its type still
+/// makes it return `None`).
 pub fn element_additions(model: &Ruleset, op: &Op) -> Option<usize> {
-    match op {
-        Op::AddElements { set, elements } => set_type(model, set).map(|_| elements.len()),
-        Op::AddMapElements { map, elements } => map_type(model, map).map(|_| elements.len()),
-        _ => None,
-    }
+    let (ty, n) = match op {
+        Op::AddElements { set, elements } => (set_type(model, set)?, elements.len()),
+        Op::AddMapElements { map, elements } => (map_type(model, map)?, elements.len()),
+        _ => return None,
+    };
+    let known = |t: &KeyType| {
+        matches!(
+            t,
+            KeyType::Ipv4Addr | KeyType::Ipv6Addr | KeyType::InetProto | KeyType::InetService
+        )
+    };
+    ty.key.iter().all(known).then_some(n)
 }
 
 /// The element additions of `ops` for the sets and maps of `model` as batches of at most
@@ -578,6 +586,9 @@ mod tests {
             elements: vec![vec![Value::IfName("eth0".into())]],
         }];
         assert!(encode_additions("palisade", &rs, &names).is_none());
+        // The staged cold start leaves such a set with the structure.
+        assert_eq!(element_additions(&rs, &names[0]), None);
+        assert_eq!(element_additions(&rs, &intervals[0]), Some(2_000));
         let delete = [Op::DeleteElements {
             set: "peers".into(),
             elements: vec![vec![Value::Addr("10.0.0.1".parse().unwrap())]],
