@@ -370,6 +370,8 @@ impl Nfnl {
 
     /// The elements of set or map `set` of table `inet <table>`, as raw (key, value) bytes
     /// in register layout (compare with [`Data::bytes`]). Verdict map values are left out.
+    /// Of an interval set these are the kernel's elements, not the intervals: start and end
+    /// elements alike for one field (flags are not read), the first keys of concatenations.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<RawElement>> {
         let msg = SetElementMessage {
             attributes: vec![
