@@ -684,23 +684,20 @@ fn packets_follow_the_set_elements() {
     let tcp4_other: SocketAddr = format!("{B4}:8081").parse().unwrap();
 
     // No table: everything flows.
-    assert!(tcp_connects(&t.a, tcp4) && tcp_connects(&t.a, tcp6));
-    assert!(udp_reaches(&t.a, &t.b, udp4) && udp_reaches(&t.a, &t.b, udp6));
+    assert!(tcp_open(&t.a, tcp4) && tcp_open(&t.a, tcp6));
+    assert!(udp_open(&t.a, &t.b, udp4) && udp_open(&t.a, &t.b, udp6));
 
     // TCP 8080 allowed, UDP 5353 not.
     let rs = two_pods(A4, B4, A6, B6, &[(6, 8080)]);
     dp.apply(&rs).unwrap();
-    assert!(tcp_connects(&t.a, tcp4), "tcp4 allowed");
-    assert!(tcp_connects(&t.a, tcp6), "tcp6 allowed");
-    assert!(
-        !tcp_connects(&t.a, tcp4_other),
-        "tcp4 to another port denied"
-    );
-    assert!(!udp_reaches(&t.a, &t.b, udp4), "udp4 denied");
-    assert!(!udp_reaches(&t.a, &t.b, udp6), "udp6 denied");
+    assert!(tcp_open(&t.a, tcp4), "tcp4 allowed");
+    assert!(tcp_open(&t.a, tcp6), "tcp6 allowed");
+    assert!(tcp_blocked(&t.a, tcp4_other), "tcp4 to another port denied");
+    assert!(udp_blocked(&t.a, &t.b, udp4), "udp4 denied");
+    assert!(udp_blocked(&t.a, &t.b, udp6), "udp6 denied");
     // The reverse direction is not dispatched (A has no ingress chain): allowed.
     let back = tcp_server(&t.a, 8080);
-    assert!(tcp_connects(
+    assert!(tcp_open(
         &t.b,
         format!("{A4}:{}", back.port()).parse().unwrap()
     ));
@@ -709,10 +706,10 @@ fn packets_follow_the_set_elements() {
     let rs2 = two_pods(A4, B4, A6, B6, &[(17, 5353)]);
     let s = dp.apply(&rs2).unwrap();
     assert_eq!(s.commands, 4, "a delete and an add per set");
-    assert!(udp_reaches(&t.a, &t.b, udp4), "udp4 allowed");
-    assert!(udp_reaches(&t.a, &t.b, udp6), "udp6 allowed");
-    assert!(!tcp_connects(&t.a, tcp4), "tcp4 denied");
-    assert!(!tcp_connects(&t.a, tcp6), "tcp6 denied");
+    assert!(udp_open(&t.a, &t.b, udp4), "udp4 allowed");
+    assert!(udp_open(&t.a, &t.b, udp6), "udp6 allowed");
+    assert!(tcp_blocked(&t.a, tcp4), "tcp4 denied");
+    assert!(tcp_blocked(&t.a, tcp6), "tcp6 denied");
 
     // The counted drop rule saw the denied packets.
     let counters = dp.list_rules_with_counters().unwrap();
@@ -726,8 +723,8 @@ fn packets_follow_the_set_elements() {
     let mut rs3 = rs2.clone();
     rs3.maps.get_mut("ingress4").unwrap().elements.clear();
     dp.apply(&rs3).unwrap();
-    assert!(tcp_connects(&t.a, tcp4), "not isolated: allowed");
-    assert!(!tcp_connects(&t.a, tcp6), "v6 still isolated");
+    assert!(tcp_open(&t.a, tcp4), "not isolated: allowed");
+    assert!(tcp_blocked(&t.a, tcp6), "v6 still isolated");
 }
 
 /// A model with every kind of set the element fast path encodes: plain v4 and v6 address
