@@ -28,6 +28,16 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// A dataplane for table `palt-<pid><suffix>` in `ns`, with the netlink fast path on or off.
+fn dataplane(ns: &TestNetns, suffix: &str, netlink: bool) -> NftDataplane {
+    NftDataplane::new(NftOptions {
+        table: format!("palt-{}{suffix}", std::process::id()),
+        netns: Some(ns.path().to_path_buf()),
+        netlink_elements: netlink,
+        ..NftOptions::default()
+    })
+}
+
 #[test]
 #[ignore]
 fn nft_apply_bench() {
@@ -35,11 +45,7 @@ fn nft_apply_bench() {
         return;
     }
     let ns = TestNetns::new("nft-bench").unwrap();
-    let mut dp = NftDataplane::new(NftOptions {
-        table: format!("palt-{}", std::process::id()),
-        netns: Some(ns.path().to_path_buf()),
-        ..NftOptions::default()
-    });
+    let mut dp = dataplane(&ns, "", true);
     let big = synthetic(10_000, 1_000, 110, 15, 20_000);
     println!(
         "ruleset: {} chains, {} sets, {} maps, {} elements",
@@ -155,12 +161,7 @@ fn nft_apply_bench() {
 
     // The same one-pod change with the netlink fast path off (every transaction through
     // nft), side by side, to show what the fast path buys.
-    let mut plain = NftDataplane::new(NftOptions {
-        table: format!("palt-{}-n", std::process::id()),
-        netns: Some(ns.path().to_path_buf()),
-        netlink_elements: false,
-        ..NftOptions::default()
-    });
+    let mut plain = dataplane(&ns, "-n", false);
     plain.apply(&big).unwrap();
     let (mut fast, mut slow) = (Vec::new(), Vec::new());
     for _ in 0..11 {
@@ -253,14 +254,7 @@ fn nft_interval_bench() {
         return;
     }
     let ns = TestNetns::new("nft-ibench").unwrap();
-    let dataplane = |suffix: &str, netlink: bool| {
-        NftDataplane::new(NftOptions {
-            table: format!("palt-{}-{suffix}", std::process::id()),
-            netns: Some(ns.path().to_path_buf()),
-            netlink_elements: netlink,
-            ..NftOptions::default()
-        })
-    };
+    let dataplane = |suffix: &str, netlink| dataplane(&ns, &format!("-{suffix}"), netlink);
     println!("load average: {}", palisade_testutil::load_average());
 
     // A 10k-element interval verdict map with concatenated keys, as issue 16 compiles pod

@@ -163,6 +163,26 @@ impl Batch {
         }
     }
 
+    /// One NEWSETELEM (`add`) or DELSETELEM message of `list`, standing for `count` elements
+    /// of the caller's.
+    fn elements_command(
+        &mut self,
+        set: &str,
+        list: Vec<ListAttribute<SetElementAttribute>>,
+        add: bool,
+        count: usize,
+    ) {
+        let msg = self.element_list(set, list);
+        let set = set.to_string();
+        if add {
+            self.push(inet(NfTablesMessage::NewSetElement(msg)), NLM_F_CREATE);
+            self.commands.push(Command::AddElements { set, count });
+        } else {
+            self.push(inet(NfTablesMessage::DeleteSetElement(msg)), 0);
+            self.commands.push(Command::DeleteElements { set, count });
+        }
+    }
+
     /// `add element inet <table> <set> { ... }`.
     pub fn add(&mut self, set: &str, elements: &[Element]) {
         let list = elements
@@ -177,12 +197,7 @@ impl Batch {
                 ListAttribute::Element(attrs)
             })
             .collect();
-        let msg = self.element_list(set, list);
-        self.push(inet(NfTablesMessage::NewSetElement(msg)), NLM_F_CREATE);
-        self.commands.push(Command::AddElements {
-            set: set.to_string(),
-            count: elements.len(),
-        });
+        self.elements_command(set, list, true, elements.len());
     }
 
     /// `delete element inet <table> <set> { ... }`: by key. Deleting a key that is not there
@@ -197,12 +212,7 @@ impl Batch {
                 ))])
             })
             .collect();
-        let msg = self.element_list(set, list);
-        self.push(inet(NfTablesMessage::DeleteSetElement(msg)), 0);
-        self.commands.push(Command::DeleteElements {
-            set: set.to_string(),
-            count: keys.len(),
-        });
+        self.elements_command(set, list, false, keys.len());
     }
 
     /// `add element` for a set or map with `flags interval`: every element is an interval
@@ -214,12 +224,7 @@ impl Batch {
         for e in elements {
             interval_elements(&e.key, e.data.as_ref(), &mut list);
         }
-        let msg = self.element_list(set, list);
-        self.push(inet(NfTablesMessage::NewSetElement(msg)), NLM_F_CREATE);
-        self.commands.push(Command::AddElements {
-            set: set.to_string(),
-            count: elements.len(),
-        });
+        self.elements_command(set, list, true, elements.len());
     }
 
     /// `delete element` for a set or map with `flags interval`: each interval exactly as it
@@ -230,12 +235,7 @@ impl Batch {
         for iv in intervals {
             interval_elements(iv, None, &mut list);
         }
-        let msg = self.element_list(set, list);
-        self.push(inet(NfTablesMessage::DeleteSetElement(msg)), 0);
-        self.commands.push(Command::DeleteElements {
-            set: set.to_string(),
-            count: intervals.len(),
-        });
+        self.elements_command(set, list, false, intervals.len());
     }
 
     /// `delete table inet <table>`: everything in it goes too.

@@ -125,30 +125,25 @@ impl Additions {
         ty: SetType,
         elements: impl IntoIterator<Item = (&'v [Value], Option<&'v Verdict>)>,
     ) -> Option<Additions> {
-        let data = |v: Option<&Verdict>| v.map(|v| MapData::Verdict(verdict(v)));
+        // Every element with its key encoded by `encode`; `None` if one cannot be.
+        fn all<'v, K>(
+            elements: impl Iterator<Item = (&'v [Value], Option<&'v Verdict>)>,
+            encode: impl Fn(&[Value]) -> Option<K>,
+        ) -> Option<Vec<Element<K>>> {
+            elements
+                .map(|(k, v)| {
+                    Some(Element {
+                        key: encode(k)?,
+                        data: v.map(|v| MapData::Verdict(verdict(v))),
+                    })
+                })
+                .collect()
+        }
         let elements = elements.into_iter();
         Some(if ty.interval {
-            Additions::Intervals(
-                elements
-                    .map(|(k, v)| {
-                        Some(Element {
-                            key: interval(ty.key, k)?,
-                            data: data(v),
-                        })
-                    })
-                    .collect::<Option<_>>()?,
-            )
+            Additions::Intervals(all(elements, |k| interval(ty.key, k))?)
         } else {
-            Additions::Exact(
-                elements
-                    .map(|(k, v)| {
-                        Some(Element {
-                            key: key(ty.key, k)?,
-                            data: data(v),
-                        })
-                    })
-                    .collect::<Option<_>>()?,
-            )
+            Additions::Exact(all(elements, |k| key(ty.key, k))?)
         })
     }
 
