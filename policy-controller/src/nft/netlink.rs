@@ -8,13 +8,18 @@
 //! whole) and its typed elements are `palisade_kernel::nftables`', which the CNI plugin's
 //! hostPort maps use too; this file maps the model's keys and verdicts onto them.
 //!
-//! Only elements of sets and maps without `flags interval` are encoded here (interval sets
-//! need start/end element pairs; nft computes those); anything else, or any key type this
-//! file does not know, makes [`encode`] return `None` and the transaction goes through nft.
+//! Elements of sets and maps with `flags interval` go the same way, as nft sends them (see
+//! `palisade_kernel::nftables::Batch::add_intervals`): the model's interval elements are
+//! disjoint (the diff deletes before it adds, and single-field sets are merged by
+//! [`super::canon`] exactly as they are sent), so what the kernel holds is exactly the
+//! model's elements and a deletion names intervals the kernel has. Any command that is not an
+//! element command, or any key this file cannot encode (interface names, a v6 address in a
+//! v4 set), makes [`encode`] return `None` and the transaction goes through nft.
 
 use super::plan::Op;
 use crate::ruleset::{KeyType, Ruleset, Value, Verdict};
-use palisade_kernel::nftables::{self as nf, Batch, Data, Element, MapData, Nfnl};
+use palisade_kernel::nftables::{self as nf, Batch, Data, Element, Interval, MapData, Nfnl};
+use std::net::IpAddr;
 use std::path::Path;
 
 pub use palisade_kernel::nftables::BatchError;
@@ -23,21 +28,55 @@ pub use palisade_kernel::nftables::BatchError;
 /// cost is then small next to the transaction itself.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// One field of an exact key; `None` when the value does not fit the key type.
+fn field(t: &KeyType, v: &Value) -> Option<nf::Field> {
+    match (t, v) {
+        (KeyType::Ipv4Addr, Value::Addr(a @ IpAddr::V4(_)))
+        | (KeyType::Ipv6Addr, Value::Addr(a @ IpAddr::V6(_))) => Some(nf::Field::from(*a)),
+        (KeyType::InetProto, Value::Proto(p)) => Some(nf::Field::Proto(*p)),
+        (KeyType::InetService, Value::Port(p)) => Some(nf::Field::Port(*p)),
+        _ => None,
+    }
+}
+
+/// One field of an interval key: its first and last value. An exact value is the interval
+/// of one; prefixes and ranges only appear in interval sets.
+fn field_bounds(t: &KeyType, v: &Value) -> Option<(nf::Field, nf::Field)> {
+    let family = |a: &IpAddr| field(t, &Value::Addr(*a));
+    match v {
+        Value::Prefix(net) => {
+            let net = net.trunc();
+            Some((family(&net.network())?, family(&net.broadcast())?))
+        }
+        Value::AddrRange(a, b) => Some((family(a)?, family(b)?)),
+        Value::PortRange(a, b) if *t == KeyType::InetService => {
+            Some((nf::Field::Port(*a), nf::Field::Port(*b)))
+        }
+        exact => field(t, exact).map(|f| (f, f)),
+    }
+}
+
 /// A key in the kernel crate's types; `None` when a value does not fit its key type.
 fn key(types: &[KeyType], values: &[Value]) -> Option<Data> {
     if types.len() != values.len() {
         return None;
     }
-    let fields = types.iter().zip(values).map(|(t, v)| match (t, v) {
-        (KeyType::Ipv4Addr, Value::Addr(a @ std::net::IpAddr::V4(_)))
-        | (KeyType::Ipv6Addr, Value::Addr(a @ std::net::IpAddr::V6(_))) => {
-            Some(nf::Field::from(*a))
-        }
-        (KeyType::InetProto, Value::Proto(p)) => Some(nf::Field::Proto(*p)),
-        (KeyType::InetService, Value::Port(p)) => Some(nf::Field::Port(*p)),
-        _ => None,
-    });
+    let fields = types.iter().zip(values).map(|(t, v)| field(t, v));
     Some(Data(fields.collect::<Option<_>>()?))
+}
+
+/// A key of an interval set; `None` when a value does not fit its key type or a range is
+/// reversed.
+fn interval(types: &[KeyType], values: &[Value]) -> Option<Interval> {
+    if types.len() != values.len() {
+        return None;
+    }
+    let (first, last) = types
+        .iter()
+        .zip(values)
+        .map(|(t, v)| field_bounds(t, v))
+        .collect::<Option<(Vec<_>, Vec<_>)>>()?;
+    Interval::new(Data(first), Data(last))
 }
 
 fn verdict(v: &Verdict) -> nf::Verdict {
@@ -50,69 +89,130 @@ fn verdict(v: &Verdict) -> nf::Verdict {
     }
 }
 
-/// The key types of set `name` of `model`, if its elements can go in a batch here (it
-/// exists and has no `flags interval`).
-fn set_key<'m>(model: &'m Ruleset, name: &str) -> Option<&'m [KeyType]> {
-    model
-        .sets
-        .get(name)
-        .filter(|s| !s.interval)
-        .map(|s| s.key.as_slice())
+/// The type of a set or map whose elements can go in a batch: its key and whether it has
+/// `flags interval`.
+#[derive(Clone, Copy)]
+struct SetType<'m> {
+    key: &'m [KeyType],
+    interval: bool,
 }
 
-/// [`set_key`] for a verdict map.
-fn map_key<'m>(model: &'m Ruleset, name: &str) -> Option<&'m [KeyType]> {
-    model
-        .maps
-        .get(name)
-        .filter(|m| !m.interval)
-        .map(|m| m.key.as_slice())
+/// The type of set `name` of `model`, if it exists.
+fn set_type<'m>(model: &'m Ruleset, name: &str) -> Option<SetType<'m>> {
+    model.sets.get(name).map(|s| SetType {
+        key: &s.key,
+        interval: s.interval,
+    })
 }
 
-/// Keys; `None` if one cannot be encoded.
-fn keys<'v>(
-    types: &[KeyType],
-    values: impl IntoIterator<Item = &'v Vec<Value>>,
-) -> Option<Vec<Data>> {
-    values.into_iter().map(|v| key(types, v)).collect()
+/// [`set_type`] for a verdict map.
+fn map_type<'m>(model: &'m Ruleset, name: &str) -> Option<SetType<'m>> {
+    model.maps.get(name).map(|m| SetType {
+        key: &m.key,
+        interval: m.interval,
+    })
 }
 
-/// Set elements to add; `None` if a key cannot be encoded.
-fn set_additions(types: &[KeyType], elements: &[Vec<Value>]) -> Option<Vec<Element>> {
-    Some(
-        keys(types, elements)?
-            .into_iter()
-            .map(Element::set)
-            .collect(),
-    )
+/// Elements to add to one set or map, encoded for its type.
+enum Additions {
+    Exact(Vec<Element>),
+    Intervals(Vec<Element<Interval>>),
 }
 
-/// Verdict map elements to add; `None` if a key cannot be encoded.
-fn map_additions(types: &[KeyType], elements: &[(Vec<Value>, Verdict)]) -> Option<Vec<Element>> {
-    elements
-        .iter()
-        .map(|(k, v)| Some(Element::map(key(types, k)?, MapData::Verdict(verdict(v)))))
-        .collect()
+impl Additions {
+    /// `None` if a key cannot be encoded.
+    fn new<'v>(
+        ty: SetType,
+        elements: impl IntoIterator<Item = (&'v [Value], Option<&'v Verdict>)>,
+    ) -> Option<Additions> {
+        // Every element with its key encoded by `encode`; `None` if one cannot be.
+        fn all<'v, K>(
+            elements: impl Iterator<Item = (&'v [Value], Option<&'v Verdict>)>,
+            encode: impl Fn(&[Value]) -> Option<K>,
+        ) -> Option<Vec<Element<K>>> {
+            elements
+                .map(|(k, v)| {
+                    Some(Element {
+                        key: encode(k)?,
+                        data: v.map(|v| MapData::Verdict(verdict(v))),
+                    })
+                })
+                .collect()
+        }
+        let elements = elements.into_iter();
+        Some(if ty.interval {
+            Additions::Intervals(all(elements, |k| interval(ty.key, k))?)
+        } else {
+            Additions::Exact(all(elements, |k| key(ty.key, k))?)
+        })
+    }
+
+    fn add_to(&self, batch: &mut Batch, set: &str) {
+        match self {
+            Additions::Exact(e) => batch.add(set, e),
+            Additions::Intervals(e) => batch.add_intervals(set, e),
+        }
+    }
+}
+
+/// An addition command's set or map, its type and its elements (keys, and verdicts for a
+/// map); `None` for any other command or a set or map `model` lacks.
+#[allow(clippy::type_complexity)]
+fn addition<'o>(
+    model: &'o Ruleset,
+    op: &'o Op,
+) -> Option<(
+    &'o str,
+    SetType<'o>,
+    Vec<(&'o [Value], Option<&'o Verdict>)>,
+)> {
+    match op {
+        Op::AddElements { set, elements } => Some((
+            set,
+            set_type(model, set)?,
+            elements.iter().map(|k| (k.as_slice(), None)).collect(),
+        )),
+        Op::AddMapElements { map, elements } => Some((
+            map,
+            map_type(model, map)?,
+            elements
+                .iter()
+                .map(|(k, v)| (k.as_slice(), Some(v)))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// `delete element` of `keys` from a set or map of type `ty`; `None` if a key cannot be
+/// encoded.
+fn delete(batch: &mut Batch, set: &str, ty: SetType, keys: &[Vec<Value>]) -> Option<()> {
+    if ty.interval {
+        let intervals = keys.iter().map(|k| interval(ty.key, k));
+        batch.delete_intervals(set, &intervals.collect::<Option<Vec<_>>>()?);
+    } else {
+        let exact = keys.iter().map(|k| key(ty.key, k));
+        batch.delete(set, &exact.collect::<Option<Vec<_>>>()?);
+    }
+    Some(())
 }
 
 /// The batch for `ops` against the sets and maps of `model` (the desired model: element
 /// commands of a diff only ever name sets and maps that exist in it), or `None` when some
-/// command is not an element command of a non-interval set or map of known key types.
+/// command is not an element command of a set or map of known key types.
 pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
     let mut batch = Batch::new(table);
     for op in ops {
         match op {
-            Op::AddElements { set, elements } => {
-                batch.add(set, &set_additions(set_key(model, set)?, elements)?)
+            Op::AddElements { .. } | Op::AddMapElements { .. } => {
+                let (name, ty, elements) = addition(model, op)?;
+                Additions::new(ty, elements)?.add_to(&mut batch, name)
             }
             Op::DeleteElements { set, elements } => {
-                batch.delete(set, &keys(set_key(model, set)?, elements)?)
+                delete(&mut batch, set, set_type(model, set)?, elements)?
             }
-            Op::AddMapElements { map, elements } => {
-                batch.add(map, &map_additions(map_key(model, map)?, elements)?)
-            }
-            Op::DeleteMapElements { map, keys: k } => {
-                batch.delete(map, &keys(map_key(model, map)?, k)?)
+            Op::DeleteMapElements { map, keys } => {
+                delete(&mut batch, map, map_type(model, map)?, keys)?
             }
             _ => return None,
         }
@@ -123,44 +223,48 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
     Some(batch)
 }
 
-/// How many elements `op` adds to a set or map of `model` that [`encode_additions`] can
-/// carry; `None` for any other command.
-pub fn plain_additions(model: &Ruleset, op: &Op) -> Option<usize> {
-    match op {
-        Op::AddElements { set, elements } => set_key(model, set).map(|_| elements.len()),
-        Op::AddMapElements { map, elements } => map_key(model, map).map(|_| elements.len()),
-        _ => None,
-    }
+/// How many elements `op` adds to a set or map of `model` whose key types this file
+/// encodes (what [`encode_additions`] carries; a value that does not fit its type still
+/// makes it return `None`).
+pub fn element_additions(model: &Ruleset, op: &Op) -> Option<usize> {
+    let (ty, n) = match op {
+        Op::AddElements { set, elements } => (set_type(model, set)?, elements.len()),
+        Op::AddMapElements { map, elements } => (map_type(model, map)?, elements.len()),
+        _ => return None,
+    };
+    let known = |t: &KeyType| {
+        matches!(
+            t,
+            KeyType::Ipv4Addr | KeyType::Ipv6Addr | KeyType::InetProto | KeyType::InetService
+        )
+    };
+    ty.key.iter().all(known).then_some(n)
 }
 
-/// The element additions of `ops` for the non-interval sets and maps of `model` as
-/// batches of at most about 160 KiB each (a netlink message must fit the socket's send
-/// buffer, 208 KiB by default), for filling the sets of a table nothing uses yet (see
-/// `kernel`'s staged cold start): each batch is a transaction of its own. `None` when some
-/// command is not such an addition.
+/// The element additions of `ops` for the sets and maps of `model` as batches of at most
+/// about 160 KiB each (a netlink message must fit the socket's send buffer, 208 KiB by
+/// default), for filling the sets of a table nothing uses yet (see `kernel`'s staged cold
+/// start): each batch is a transaction of its own. `None` when some command is not such an
+/// addition or a key cannot be encoded.
 pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Batch>> {
-    /// Elements per command (at most about 64 bytes each) and the size from which a batch
-    /// is sent: together at most about 160 KiB.
+    /// Elements per command and the size from which a batch is sent: an exact element
+    /// takes at most about 64 bytes, an interval one up to about 200 (two v6 keys and a
+    /// verdict, or a start and an end element); together at most about 160 KiB.
     const CHUNK: usize = 1024;
+    const INTERVAL_CHUNK: usize = 256;
     const FULL: usize = 96 * 1024;
     let mut batches = Vec::new();
     let mut batch = Batch::new(table);
     for op in ops {
-        let (name, chunks): (&str, Vec<Vec<Element>>) = match op {
-            Op::AddElements { set, elements } => {
-                let types = set_key(model, set)?;
-                let chunks = elements.chunks(CHUNK).map(|c| set_additions(types, c));
-                (set, chunks.collect::<Option<_>>()?)
-            }
-            Op::AddMapElements { map, elements } => {
-                let types = map_key(model, map)?;
-                let chunks = elements.chunks(CHUNK).map(|c| map_additions(types, c));
-                (map, chunks.collect::<Option<_>>()?)
-            }
-            _ => return None,
-        };
+        let (name, ty, elements) = addition(model, op)?;
+        let size = if ty.interval { INTERVAL_CHUNK } else { CHUNK };
+        // Every chunk is encoded before any is added: `None` leaves nothing half-built.
+        let chunks = elements
+            .chunks(size)
+            .map(|c| Additions::new(ty, c.iter().copied()))
+            .collect::<Option<Vec<_>>>()?;
         for chunk in chunks {
-            batch.add(name, &chunk);
+            chunk.add_to(&mut batch, name);
             if batch.len() > FULL {
                 batches.push(std::mem::replace(&mut batch, Batch::new(table)));
             }
@@ -221,6 +325,13 @@ mod tests {
                 ..Set::default()
             },
         );
+        rs.sets.insert(
+            "ifaces".into(),
+            Set {
+                key: vec![KeyType::IfName],
+                ..Set::default()
+            },
+        );
         rs.maps.insert(
             "ingress4".into(),
             VerdictMap {
@@ -228,7 +339,31 @@ mod tests {
                 ..VerdictMap::default()
             },
         );
+        rs.maps.insert(
+            "ports6".into(),
+            VerdictMap {
+                key: vec![KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
+                interval: true,
+                ..VerdictMap::default()
+            },
+        );
         rs
+    }
+
+    fn v(s: &str) -> Value {
+        if let Some((a, b)) = s.split_once('-') {
+            return match (a.parse(), b.parse()) {
+                (Ok(a), Ok(b)) => Value::AddrRange(a, b),
+                _ => Value::PortRange(a.parse().unwrap(), b.parse().unwrap()),
+            };
+        }
+        if s.contains('/') {
+            return Value::Prefix(s.parse().unwrap());
+        }
+        match s.parse() {
+            Ok(a) => Value::Addr(a),
+            Err(_) => Value::Port(s.parse().unwrap()),
+        }
     }
 
     #[test]
@@ -261,7 +396,50 @@ mod tests {
     }
 
     #[test]
-    fn only_element_commands_of_plain_sets_take_the_fast_path() {
+    fn interval_keys_are_their_first_and_last_values() {
+        let iv = |t: &[KeyType], k: &[Value]| {
+            interval(t, k).map(|i| (i.first().bytes(), i.last().bytes()))
+        };
+        let v4 = [KeyType::Ipv4Addr];
+        // Host bits of a prefix do not count, as in nft.
+        assert_eq!(
+            iv(&v4, &[v("10.1.2.3/24")]),
+            Some((vec![10, 1, 2, 0], vec![10, 1, 2, 255]))
+        );
+        assert_eq!(
+            iv(&v4, &[v("10.0.0.1-10.0.0.9")]),
+            Some((vec![10, 0, 0, 1], vec![10, 0, 0, 9]))
+        );
+        assert_eq!(
+            iv(&v4, &[v("10.0.0.7")]),
+            Some((vec![10, 0, 0, 7], vec![10, 0, 0, 7]))
+        );
+        let concat = iv(
+            &[KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
+            &[v("fd00::/64"), Value::Proto(6), v("80-90")],
+        )
+        .unwrap();
+        assert_eq!(&concat.0[..8], &[0xfd, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&concat.1[8..16], &[0xff; 8]);
+        assert_eq!(&concat.0[16..], &[6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(&concat.1[16..], &[6, 0, 0, 0, 0, 90, 0, 0]);
+        // Wrong family, reversed ranges, names and a missing field are not encodable.
+        assert_eq!(iv(&v4, &[v("fd00::/64")]), None);
+        assert_eq!(iv(&v4, &[v("10.0.0.9-10.0.0.1")]), None);
+        assert_eq!(iv(&[KeyType::InetService], &[v("90-80")]), None);
+        assert_eq!(iv(&v4, &[v("80-90")]), None);
+        assert_eq!(
+            iv(&[KeyType::IfName], &[Value::IfName("eth0".into())]),
+            None
+        );
+        assert_eq!(
+            iv(&[KeyType::Ipv4Addr, KeyType::InetProto], &[v("10.0.0.1")]),
+            None
+        );
+    }
+
+    #[test]
+    fn only_element_commands_of_encodable_sets_take_the_fast_path() {
         let rs = model();
         let ip = |s: &str| vec![Value::Addr(s.parse().unwrap())];
         let ok = [
@@ -289,11 +467,58 @@ mod tests {
             ]
         );
 
-        let interval = [Op::AddElements {
-            set: "block".into(),
-            elements: vec![ip("10.0.0.1")],
+        // Interval sets and maps: additions and deletions, single field and concatenated.
+        let intervals = [
+            Op::DeleteElements {
+                set: "block".into(),
+                elements: vec![vec![v("10.0.0.0/24")]],
+            },
+            Op::AddElements {
+                set: "block".into(),
+                elements: vec![vec![v("10.0.0.0/23")], vec![v("10.0.9.1-10.0.9.3")]],
+            },
+            Op::DeleteMapElements {
+                map: "ports6".into(),
+                keys: vec![vec![v("fd00::5"), Value::Proto(6), v("80")]],
+            },
+            Op::AddMapElements {
+                map: "ports6".into(),
+                elements: vec![(
+                    vec![v("fd00::5"), Value::Proto(6), v("80-90")],
+                    Verdict::Goto("in-0002".into()),
+                )],
+            },
+        ];
+        let batch = encode("palisade", &rs, &intervals).unwrap();
+        let counts: Vec<_> = batch
+            .commands()
+            .iter()
+            .map(|c| match c {
+                Command::AddElements { set, count } => (set.as_str(), "add", *count),
+                Command::DeleteElements { set, count } => (set.as_str(), "delete", *count),
+                Command::DeleteTable => ("", "delete table", 0),
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("block", "delete", 1),
+                ("block", "add", 2),
+                ("ports6", "delete", 1),
+                ("ports6", "add", 1)
+            ]
+        );
+        // Keys that cannot be encoded: the whole transaction goes through nft.
+        let names = [Op::AddElements {
+            set: "ifaces".into(),
+            elements: vec![vec![Value::IfName("eth0".into())]],
         }];
-        assert!(encode("palisade", &rs, &interval).is_none());
+        assert!(encode("palisade", &rs, &names).is_none());
+        let reversed = [Op::AddElements {
+            set: "block".into(),
+            elements: vec![vec![v("10.0.0.9-10.0.0.1")]],
+        }];
+        assert!(encode("palisade", &rs, &reversed).is_none());
         let chain = [Op::FlushChain { name: "x".into() }];
         assert!(encode("palisade", &rs, &chain).is_none());
         let unknown = [Op::AddElements {
@@ -335,12 +560,30 @@ mod tests {
         }
         // 10 commands of at most 1024 elements for the set, one for the map.
         assert_eq!(commands, 11);
-        // Only additions of plain sets and maps.
-        let interval = [Op::AddElements {
-            set: "block".into(),
-            elements: vec![vec![Value::Addr("10.0.0.1".parse().unwrap())]],
+        // Interval elements go in smaller commands (each is up to two kernel elements).
+        let intervals = [Op::AddMapElements {
+            map: "ports6".into(),
+            elements: (0..2_000)
+                .map(|i| {
+                    let mut k = v6(i);
+                    k[2] = Value::PortRange(80, 90);
+                    (k, Verdict::Goto("in-0001".into()))
+                })
+                .collect(),
         }];
-        assert!(encode_additions("palisade", &rs, &interval).is_none());
+        let batches = encode_additions("palisade", &rs, &intervals).unwrap();
+        assert!(batches.iter().all(|b| b.len() < 160 * 1024));
+        let commands: usize = batches.iter().map(|b| b.commands().len()).sum();
+        assert_eq!(commands, 8);
+        // Only additions, of keys that can be encoded.
+        let names = [Op::AddElements {
+            set: "ifaces".into(),
+            elements: vec![vec![Value::IfName("eth0".into())]],
+        }];
+        assert!(encode_additions("palisade", &rs, &names).is_none());
+        // The staged cold start leaves such a set with the structure.
+        assert_eq!(element_additions(&rs, &names[0]), None);
+        assert_eq!(element_additions(&rs, &intervals[0]), Some(2_000));
         let delete = [Op::DeleteElements {
             set: "peers".into(),
             elements: vec![vec![Value::Addr("10.0.0.1".parse().unwrap())]],
