@@ -28,6 +28,14 @@ pub use palisade_kernel::nftables::BatchError;
 /// cost is then small next to the transaction itself.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// Elements per netlink message. A message's element list is one attribute, whose length is
+/// 16 bits: a list over 64 KiB does not fit, and netlink-packet-netfilter 0.3 panics emitting
+/// it instead of refusing. An element is at most about 200 bytes (an interval of two v6 keys
+/// with a verdict naming a chain, and the nesting), so 256 stay under 52 KiB. A pod change
+/// that moves thousands of elements at once (a selection of a large namespace, a dispatch
+/// map of a busy node) needs several messages.
+const PER_MESSAGE: usize = 256;
+
 /// One field of an exact key; `None` when the value does not fit the key type.
 fn field(t: &KeyType, v: &Value) -> Option<nf::Field> {
     match (t, v) {
@@ -206,13 +214,21 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
         match op {
             Op::AddElements { .. } | Op::AddMapElements { .. } => {
                 let (name, ty, elements) = addition(model, op)?;
-                Additions::new(ty, elements)?.add_to(&mut batch, name)
+                for chunk in elements.chunks(PER_MESSAGE) {
+                    Additions::new(ty, chunk.iter().copied())?.add_to(&mut batch, name)
+                }
             }
             Op::DeleteElements { set, elements } => {
-                delete(&mut batch, set, set_type(model, set)?, elements)?
+                let ty = set_type(model, set)?;
+                for chunk in elements.chunks(PER_MESSAGE) {
+                    delete(&mut batch, set, ty, chunk)?
+                }
             }
             Op::DeleteMapElements { map, keys } => {
-                delete(&mut batch, map, map_type(model, map)?, keys)?
+                let ty = map_type(model, map)?;
+                for chunk in keys.chunks(PER_MESSAGE) {
+                    delete(&mut batch, map, ty, chunk)?
+                }
             }
             _ => return None,
         }
@@ -247,20 +263,16 @@ pub fn element_additions(model: &Ruleset, op: &Op) -> Option<usize> {
 /// start): each batch is a transaction of its own. `None` when some command is not such an
 /// addition or a key cannot be encoded.
 pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Batch>> {
-    /// Elements per command and the size from which a batch is sent: an exact element
-    /// takes at most about 64 bytes, an interval one up to about 200 (two v6 keys and a
-    /// verdict, or a start and an end element); together at most about 160 KiB.
-    const CHUNK: usize = 1024;
-    const INTERVAL_CHUNK: usize = 256;
+    /// The size from which a batch is sent: with commands of [`PER_MESSAGE`] elements, at
+    /// most about 150 KiB.
     const FULL: usize = 96 * 1024;
     let mut batches = Vec::new();
     let mut batch = Batch::new(table);
     for op in ops {
         let (name, ty, elements) = addition(model, op)?;
-        let size = if ty.interval { INTERVAL_CHUNK } else { CHUNK };
         // Every chunk is encoded before any is added: `None` leaves nothing half-built.
         let chunks = elements
-            .chunks(size)
+            .chunks(PER_MESSAGE)
             .map(|c| Additions::new(ty, c.iter().copied()))
             .collect::<Option<Vec<_>>>()?;
         for chunk in chunks {
@@ -528,6 +540,57 @@ mod tests {
         assert!(encode("palisade", &rs, &unknown).is_none());
     }
 
+    /// Many verdict-map elements naming chains (a dispatch map of a busy node, a selection of
+    /// a large namespace) go as several messages, each list well under the 64 KiB an
+    /// attribute can hold (one message panicked in netlink-packet-netfilter).
+    #[test]
+    fn large_changes_are_split_into_messages_that_fit() {
+        let mut rs = Ruleset::default();
+        rs.maps.insert(
+            "m".into(),
+            VerdictMap {
+                key: vec![KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
+                ..VerdictMap::default()
+            },
+        );
+        let elements: Vec<(Vec<Value>, Verdict)> = (0..1500u16)
+            .map(|i| {
+                (
+                    vec![
+                        Value::Addr(format!("fd00::{i:x}").parse().unwrap()),
+                        Value::Proto(6),
+                        Value::Port(i),
+                    ],
+                    Verdict::Goto(format!("in-ok-{i:016x}")),
+                )
+            })
+            .collect();
+        let keys: Vec<Vec<Value>> = elements.iter().map(|(k, _)| k.clone()).collect();
+        let ops = [
+            Op::AddMapElements {
+                map: "m".into(),
+                elements: elements.clone(),
+            },
+            Op::DeleteMapElements {
+                map: "m".into(),
+                keys,
+            },
+        ];
+        let batch = encode("t", &rs, &ops).expect("encodable");
+        let sizes: Vec<usize> = batch
+            .commands()
+            .iter()
+            .map(|c| match c {
+                Command::AddElements { count, .. } | Command::DeleteElements { count, .. } => {
+                    *count
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 3000);
+        assert!(sizes.iter().all(|n| *n <= PER_MESSAGE), "{sizes:?}");
+    }
+
     #[test]
     fn a_cold_start_s_additions_are_split_into_batches_that_fit_a_socket() {
         let rs = model();
@@ -558,9 +621,8 @@ mod tests {
             assert!(b.len() < 160 * 1024, "a batch of {} bytes", b.len());
             commands += b.commands().len();
         }
-        // 10 commands of at most 1024 elements for the set, one for the map.
-        assert_eq!(commands, 11);
-        // Interval elements go in smaller commands (each is up to two kernel elements).
+        // Commands of at most PER_MESSAGE elements for the set, one for the map.
+        assert_eq!(commands, 10_000usize.div_ceil(PER_MESSAGE) + 1);
         let intervals = [Op::AddMapElements {
             map: "ports6".into(),
             elements: (0..2_000)
@@ -574,7 +636,7 @@ mod tests {
         let batches = encode_additions("palisade", &rs, &intervals).unwrap();
         assert!(batches.iter().all(|b| b.len() < 160 * 1024));
         let commands: usize = batches.iter().map(|b| b.commands().len()).sum();
-        assert_eq!(commands, 8);
+        assert_eq!(commands, 2_000usize.div_ceil(PER_MESSAGE));
         // Only additions, of keys that can be encoded.
         let names = [Op::AddElements {
             set: "ifaces".into(),
