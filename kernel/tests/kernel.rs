@@ -1,11 +1,13 @@
 //! The kernel layer against the real kernel, inside namespaces this test creates (root;
 //! `PALISADE_SKIP_KERNEL_TESTS=1` skips): a veth born in another namespace, addresses,
 //! routes, neighbours, a static VXLAN overlay (link, forwarding entries, onlink routes),
-//! nf_tables element batches and questions, a conntrack flush. `ip` and
+//! nf_tables element batches (exact and interval elements) and questions, a conntrack flush. `ip` and
 //! `nft` only look at the result (test tooling).
 
 use palisade_kernel::conntrack::UdpFlows;
-use palisade_kernel::nftables::{Batch, BatchError, Data, Element, Field, MapData, Nfnl, Verdict};
+use palisade_kernel::nftables::{
+    Batch, BatchError, Data, Element, Field, Interval, MapData, Nfnl, Verdict,
+};
 use palisade_kernel::rtnl::{
     Family, FdbEntry, Mac, Route, RouteMode, Rtnl, Scope, VethEnd, Vxlan, VxlanLink,
 };
@@ -255,6 +257,286 @@ fn element_batches_apply_atomically_and_read_back() {
         Err(BatchError::Refused(e)) => assert_eq!(e.errno(), Some(libc::ENOENT), "{e}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// The elements of set or map `set` of table `table` as `nft -j list set` (or `list map`)
+/// shows them, in nft's text: `a`, `a/len`, `a-b`, concatenations joined by ` . `, map values after ` : `.
+fn listed_elements(ns: &TestNetns, table: &str, set: &str) -> Vec<String> {
+    fn text(e: &serde_json::Value) -> String {
+        use serde_json::Value as J;
+        match e {
+            J::String(s) => s.clone(),
+            J::Number(n) => n.to_string(),
+            J::Array(kv) if kv.len() == 2 => format!("{} : {}", text(&kv[0]), text(&kv[1])),
+            J::Object(o) => match o.iter().next() {
+                Some((k, v)) if k == "prefix" => format!("{}/{}", text(&v["addr"]), v["len"]),
+                Some((k, J::Array(r))) if k == "range" => {
+                    format!("{}-{}", text(&r[0]), text(&r[1]))
+                }
+                Some((k, J::Array(c))) if k == "concat" => {
+                    c.iter().map(text).collect::<Vec<_>>().join(" . ")
+                }
+                Some((k, J::Object(t))) if k == "jump" || k == "goto" => {
+                    format!("{k} {}", text(&t["target"]))
+                }
+                Some((k, v)) if k == "elem" => text(&v["val"]),
+                _ => panic!("unexpected element {e}"),
+            },
+            _ => panic!("unexpected element {e}"),
+        }
+    }
+    let out = ns
+        .sh(&format!(
+            "nft -j list set inet {table} {set} 2>/dev/null || nft -j list map inet {table} {set}"
+        ))
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = doc["nftables"].as_array().unwrap();
+    let obj = list
+        .iter()
+        .find_map(|o| o.get("set").or_else(|| o.get("map")))
+        .unwrap_or_else(|| panic!("no set {set} in {out}"));
+    let mut elems: Vec<String> = obj["elem"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    elems.sort();
+    elems
+}
+
+fn sorted(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn interval_elements_go_by_netlink_as_nft_sends_them() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let t = TestNetns::new("k-nfti").unwrap();
+    t.sh(&format!(
+        "nft -f - <<'EOF'
+table inet {TABLE} {{
+  set r4 {{ type ipv4_addr; flags interval; }}
+  set r6 {{ type ipv6_addr; flags interval; }}
+  set ports {{ type inet_service; flags interval; }}
+  chain in-0001 {{ }}
+  map v4 {{ type ipv4_addr : verdict; flags interval; }}
+  map c4 {{ type ipv4_addr . inet_proto . inet_service : verdict; flags interval; }}
+  set c6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; }}
+  chain out {{ type filter hook output priority 0; ip daddr @r4 udp dport 9 counter; }}
+}}
+EOF"
+    ))
+    .unwrap();
+    let ns = Netns::open(t.path()).unwrap();
+    let mut nf = Nfnl::open_in(&ns).unwrap();
+    let f = |s: &str| match s.parse::<std::net::IpAddr>() {
+        Ok(a) => Field::from(a),
+        Err(_) => Field::Port(s.parse().unwrap()),
+    };
+    // `a-b` or `a`, fields joined by ` . `; a bare number in a concatenation's middle is a
+    // protocol.
+    let iv = |s: &str| {
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for (i, part) in s.split(" . ").enumerate() {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b) = if i == 1 {
+                (
+                    Field::Proto(a.parse().unwrap()),
+                    Field::Proto(b.parse().unwrap()),
+                )
+            } else {
+                (f(a), f(b))
+            };
+            first.push(a);
+            last.push(b);
+        }
+        Interval::new(Data(first), Data(last)).unwrap()
+    };
+    let set = |s: &[&str]| s.iter().map(|e| Element::set(iv(e))).collect::<Vec<_>>();
+    let apply = |nf: &mut Nfnl, f: &dyn Fn(&mut Batch)| {
+        let mut b = Batch::new(TABLE);
+        f(&mut b);
+        nf.apply(&b)
+    };
+
+    // Single-field sets: ranges, prefixes, one address, and intervals up to the top of the
+    // key space (no end element).
+    apply(&mut nf, &|b| {
+        b.add_intervals(
+            "r4",
+            &set(&[
+                "127.0.0.2-127.0.0.9",
+                "10.0.0.0-10.0.0.255",
+                "10.0.1.5",
+                "255.255.255.0-255.255.255.255",
+            ]),
+        );
+        b.add_intervals(
+            "r6",
+            &set(&[
+                "fd00::-fd00::ffff:ffff:ffff:ffff",
+                "fd00:1::1-fd00:1::9",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ]),
+        );
+        b.add_intervals("ports", &set(&["1", "80-90", "65535"]));
+    })
+    .unwrap();
+    assert_eq!(
+        listed_elements(&t, TABLE, "r4"),
+        sorted(&[
+            "127.0.0.2-127.0.0.9",
+            "10.0.0.0/24",
+            "10.0.1.5",
+            "255.255.255.0/24"
+        ])
+    );
+    assert_eq!(
+        listed_elements(&t, TABLE, "r6"),
+        sorted(&[
+            "fd00::/64",
+            "fd00:1::1-fd00:1::9",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/124"
+        ])
+    );
+    assert_eq!(
+        listed_elements(&t, TABLE, "ports"),
+        sorted(&["1", "80-90", "65535"])
+    );
+
+    // Packets match the set without the end element at 0 that nft adds with the first
+    // elements of an empty set: below, inside and just past the first interval.
+    let send = |dst: &str| {
+        t.run(|| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"x", (dst, 9)).unwrap();
+        })
+    };
+    let counted = || {
+        let out = t.sh(&format!("nft list chain inet {TABLE} out")).unwrap();
+        let n = out.split("counter packets ").nth(1).unwrap();
+        n.split_whitespace().next().unwrap().parse::<u64>().unwrap()
+    };
+    send("127.0.0.1");
+    send("127.0.0.10");
+    assert_eq!(counted(), 0, "outside the interval");
+    send("127.0.0.2");
+    send("127.0.0.5");
+    send("127.0.0.9");
+    assert_eq!(counted(), 3, "inside the interval");
+
+    // Deleting intervals takes them out exactly, the open one too.
+    apply(&mut nf, &|b| {
+        b.delete_intervals(
+            "r4",
+            &[
+                iv("127.0.0.2-127.0.0.9"),
+                iv("255.255.255.0-255.255.255.255"),
+            ],
+        );
+        b.delete_intervals("ports", &[iv("65535"), iv("80-90")]);
+    })
+    .unwrap();
+    assert_eq!(
+        listed_elements(&t, TABLE, "r4"),
+        sorted(&["10.0.0.0/24", "10.0.1.5"])
+    );
+    assert_eq!(listed_elements(&t, TABLE, "ports"), sorted(&["1"]));
+    send("127.0.0.5");
+    assert_eq!(counted(), 3, "the interval went");
+
+    // Part of an interval is no element: refused, and nothing changed (the addition in the
+    // same batch neither).
+    match apply(&mut nf, &|b| {
+        b.add_intervals("r4", &set(&["10.9.0.1"]));
+        b.delete_intervals("r4", &[iv("10.0.0.0-10.0.0.127")]);
+    }) {
+        Err(BatchError::Refused(e)) => assert_eq!(e.errno(), Some(libc::ENOENT), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // An overlap is refused too.
+    assert!(matches!(
+        apply(&mut nf, &|b| b
+            .add_intervals("r4", &set(&["10.0.0.128-10.0.1.0"]))),
+        Err(BatchError::Refused(_))
+    ));
+    assert_eq!(
+        listed_elements(&t, TABLE, "r4"),
+        sorted(&["10.0.0.0/24", "10.0.1.5"])
+    );
+
+    // Interval verdict maps: adjacent intervals (one's end element and the next one's
+    // start share a key) and concatenations with ranges in any field.
+    let jump = MapData::Verdict(Verdict::Jump("in-0001".into()));
+    let goto = MapData::Verdict(Verdict::Goto("in-0001".into()));
+    apply(&mut nf, &|b| {
+        b.add_intervals(
+            "v4",
+            &[
+                Element::map(iv("10.0.0.0-10.0.0.127"), jump.clone()),
+                Element::map(iv("10.0.0.128-10.0.0.255"), goto.clone()),
+                Element::map(iv("10.0.1.0-10.0.1.0"), goto.clone()),
+            ],
+        );
+        b.add_intervals(
+            "c4",
+            &[
+                Element::map(iv("10.244.1.5 . 6 . 80-90"), goto.clone()),
+                Element::map(iv("10.0.0.0-10.0.0.255 . 17 . 53"), jump.clone()),
+                Element::map(iv("10.0.0.1 . 6-17 . 1-65535"), jump.clone()),
+            ],
+        );
+        b.add_intervals(
+            "c6",
+            &set(&["fd00::-fd00::ff . 6 . 443", "fd00::1:5 . 17 . 0-65535"]),
+        );
+    })
+    .unwrap();
+    assert_eq!(
+        listed_elements(&t, TABLE, "v4"),
+        sorted(&[
+            "10.0.0.0/25 : jump in-0001",
+            "10.0.0.128/25 : goto in-0001",
+            "10.0.1.0 : goto in-0001"
+        ])
+    );
+    assert_eq!(
+        listed_elements(&t, TABLE, "c4"),
+        sorted(&[
+            "10.244.1.5 . tcp . 80-90 : goto in-0001",
+            "10.0.0.0/24 . udp . 53 : jump in-0001",
+            "10.0.0.1 . 6-17 . 1-65535 : jump in-0001"
+        ])
+    );
+    assert_eq!(
+        listed_elements(&t, TABLE, "c6"),
+        sorted(&["fd00::/120 . tcp . 443", "fd00::1:5 . udp . 0-65535"])
+    );
+    apply(&mut nf, &|b| {
+        b.delete_intervals("v4", &[iv("10.0.0.0-10.0.0.127")]);
+        b.delete_intervals("c4", &[iv("10.244.1.5 . 6 . 80-90")]);
+        b.delete_intervals("c6", &[iv("fd00::1:5 . 17 . 0-65535")]);
+    })
+    .unwrap();
+    assert_eq!(
+        listed_elements(&t, TABLE, "v4"),
+        sorted(&["10.0.0.128/25 : goto in-0001", "10.0.1.0 : goto in-0001"])
+    );
+    assert_eq!(
+        listed_elements(&t, TABLE, "c4"),
+        sorted(&[
+            "10.0.0.0/24 . udp . 53 : jump in-0001",
+            "10.0.0.1 . 6-17 . 1-65535 : jump in-0001"
+        ])
+    );
+    assert_eq!(
+        listed_elements(&t, TABLE, "c6"),
+        sorted(&["fd00::/120 . tcp . 443"])
+    );
 }
 
 #[test]

@@ -381,6 +381,54 @@ impl NodeFixture {
         // busybox wget crashes in these namespaces; a raw HTTP request through nc does not.
         self.pods[from].sh_ok(&format!("{} | grep -q '200 OK'", http_probe(ip)))
     }
+
+    /// Wait (up to [`WAIT`]) until `done` holds; on timeout, fail with `what` and the table
+    /// and agent log.
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {WAIT:?}\n{}",
+                self.debug()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Wait until pod `from` gets an answer from `ip` (a path expected open that a loaded
+    /// machine may open late).
+    fn wait_reachable(&self, from: usize, ip: &str, what: &str) {
+        self.wait_for(&format!("{what}: {ip} reachable"), || {
+            self.reachable(from, ip)
+        });
+    }
+
+    /// Wait until the agent knows the pod (its `/debug/state`, the state it compiles from).
+    fn wait_known(&self, ns: &str, name: &str) {
+        self.wait_for(&format!("the agent knows pod {ns}/{name}"), || {
+            debug_get(&self.debug_socket(), "/debug/state")
+                .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                .is_some_and(|state| {
+                    state["pods"].as_array().is_some_and(|pods| {
+                        pods.iter().any(|p| {
+                            p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name
+                        })
+                    })
+                })
+        });
+    }
+
+    /// Wait until the agent's log has a line containing `text`, and return that line.
+    fn wait_log(&self, text: &str) -> String {
+        let mut found = None;
+        self.wait_for(&format!("an agent log line with {text:?}"), || {
+            let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+            found = log.lines().find(|l| l.contains(text)).map(str::to_string);
+            found.is_some()
+        });
+        found.unwrap()
+    }
 }
 
 /// A shell pipeline that sends one HTTP request to `ip:80` with a 1 s timeout.
@@ -409,8 +457,9 @@ fn new_pods_are_isolated_before_their_first_packet() {
     f.create_pod("open", "client", "10.244.1.2");
     let web = f.wire_pod("kt-first-w", "10.244.1.3");
     f.create_pod("open", "web", "10.244.1.3");
-    // A slow agent: every sync waits 1.5 s before it programs anything.
-    f.start_agent(&["--test-sync-delay-ms", "1500"]);
+    // A gated agent: while this file exists it folds changes in but programs nothing.
+    let gate = f.dir.join("sync-gate");
+    f.start_agent(&["--test-sync-gate", gate.to_str().unwrap()]);
     f.wait_ready();
     assert!(
         f.reachable(client, "10.244.1.3"),
@@ -431,19 +480,28 @@ fn new_pods_are_isolated_before_their_first_packet() {
         !f.reachable(client, "10.244.1.5"),
         "unprogrammed pod reachable (locked ns)"
     );
+    // The agent learns of the pods but holds the sync that would program them (the file
+    // predates the Pod objects, so no sync can have programmed them): still nothing, for as
+    // long as the checks take.
+    std::fs::write(&gate, "").unwrap();
     f.create_pod("open", "new", "10.244.1.4");
     f.create_pod("locked", "isolated", "10.244.1.5");
-    // While the slow sync is under way, still nothing.
-    assert!(!f.reachable(client, "10.244.1.4"));
+    f.wait_known("open", "new");
+    f.wait_log("sync held while the test gate file exists");
+    for _ in 0..3 {
+        assert!(
+            !f.reachable(client, "10.244.1.4"),
+            "a pod the agent knows but has not programmed is reachable\n{}",
+            f.debug()
+        );
+    }
+    std::fs::remove_file(&gate).unwrap();
     // The CNI ADD answer comes once programmed: from then on policy decides.
     let r = f.announce("open", "new", "10.244.1.4");
     assert!(r.ok, "{r:?}");
     let r = f.announce("locked", "isolated", "10.244.1.5");
     assert!(r.ok, "{r:?}");
-    assert!(
-        f.reachable(client, "10.244.1.4"),
-        "programmed pod in an open namespace"
-    );
+    f.wait_reachable(client, "10.244.1.4", "programmed pod in an open namespace");
     assert!(!f.reachable(client, "10.244.1.5"), "default deny holds");
 
     // Agent down: its table stays, the guard keeps a brand-new pod closed, programmed pods
@@ -547,27 +605,13 @@ fn agent_restart_under_a_stream_of_connections_loses_none() {
         "policy still enforced after the restart"
     );
     // The denied attempt is logged by the agent from NFLOG, naming pods and policy.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = std::fs::read_to_string(f.dir.join("agent.log")).unwrap_or_default();
-        let line = log
-            .lines()
-            .find(|l| l.contains("denied connection attempt"));
-        if let Some(line) = line {
-            let v: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["src_pod"], "open/client", "{line}");
-            assert_eq!(v["dst_pod"], "locked/db", "{line}");
-            assert_eq!(v["direction"], "ingress", "{line}");
-            assert_eq!(v["dst_port"], 80, "{line}");
-            assert_eq!(v["policies"], "locked/default-deny", "{line}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no denied-packet log line; log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let line = f.wait_log("denied connection attempt");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["src_pod"], "open/client", "{line}");
+    assert_eq!(v["dst_pod"], "locked/db", "{line}");
+    assert_eq!(v["direction"], "ingress", "{line}");
+    assert_eq!(v["dst_port"], 80, "{line}");
+    assert_eq!(v["policies"], "locked/default-deny", "{line}");
     // The same drop on the debug socket's stream, filtered by the agent.
     let (code, body) = debug_get(&f.debug_socket(), "/drops?namespace=locked&last=5").unwrap();
     assert_eq!(code, 200, "{body}");

@@ -112,24 +112,21 @@ fn a_named_port_behind_an_address_block_is_the_destination_pods_port() {
     let mut dp = t.dataplane(&table_name());
     dp.apply(&compile(&s, &options())).unwrap();
     for (b, stray) in [(B4, STRAY4), (B6, STRAY6)] {
+        assert!(tcp_open(&t.a, at(b, 9090)), "{b}: container port `metrics`");
+        assert!(tcp_open(&t.a, at(b, 9191)), "{b}: sidecar port `probe`");
         assert!(
-            tcp_connects(&t.a, at(b, 9090)),
-            "{b}: container port `metrics`"
-        );
-        assert!(tcp_connects(&t.a, at(b, 9191)), "{b}: sidecar port `probe`");
-        assert!(
-            !tcp_connects(&t.a, at(b, 8080)),
+            tcp_blocked(&t.a, at(b, 8080)),
             "{b}: a port B does not name"
         );
         assert!(
-            tcp_connects(&t.a, at(stray, 7070)),
+            tcp_open(&t.a, at(stray, 7070)),
             "{stray}: numeric port of the rule"
         );
         assert!(
-            !tcp_connects(&t.a, at(stray, 9090)),
+            tcp_blocked(&t.a, at(stray, 9090)),
             "{stray}: no pod has this address, so it has no port named `metrics`"
         );
-        assert!(!tcp_connects(&t.a, at(stray, 9191)), "{stray}: nor `probe`");
+        assert!(tcp_blocked(&t.a, at(stray, 9191)), "{stray}: nor `probe`");
     }
 }
 
@@ -160,23 +157,17 @@ fn nodes_peers_match_the_nodes_addresses() {
     s.cluster_network_policies.extend([deny_gateways.clone()]);
     dp.apply(&compile(&s, &options())).unwrap();
     for (node, b) in [("10.70.1.1", B4), ("fd70:1::1", B6)] {
-        assert!(
-            !tcp_connects(&t.a, at(node, 2222)),
-            "{node}: a gateway node"
-        );
-        assert!(tcp_connects(&t.a, at(b, 2222)), "{b}: a pod, not a node");
+        assert!(tcp_blocked(&t.a, at(node, 2222)), "{node}: a gateway node");
+        assert!(tcp_open(&t.a, at(b, 2222)), "{b}: a pod, not a node");
     }
     // The node's other (external) address is one of its addresses too.
-    assert!(!tcp_connects(&t.a, at("10.70.2.1", 2222)));
+    assert!(tcp_blocked(&t.a, at("10.70.2.1", 2222)));
 
     let mut s = state(json!({"role": "worker"}));
     s.cluster_network_policies.extend([deny_gateways]);
     dp.apply(&compile(&s, &options())).unwrap();
     for node in ["10.70.1.1", "fd70:1::1"] {
-        assert!(
-            tcp_connects(&t.a, at(node, 2222)),
-            "{node}: no longer selected"
-        );
+        assert!(tcp_open(&t.a, at(node, 2222)), "{node}: no longer selected");
     }
 
     let mut s = state(json!({"role": "worker"}));
@@ -194,7 +185,7 @@ fn nodes_peers_match_the_nodes_addresses() {
     ]);
     dp.apply(&compile(&s, &options())).unwrap();
     for (node, b) in [("10.70.1.1", B4), ("fd70:1::1", B6)] {
-        assert!(tcp_connects(&t.a, at(node, 2222)), "{node}: accepted");
-        assert!(!tcp_connects(&t.a, at(b, 2222)), "{b}: denied by Baseline");
+        assert!(tcp_open(&t.a, at(node, 2222)), "{node}: accepted");
+        assert!(tcp_blocked(&t.a, at(b, 2222)), "{b}: denied by Baseline");
     }
 }

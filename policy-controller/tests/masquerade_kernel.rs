@@ -13,7 +13,9 @@
 // `pub`: the support module is shared by several test binaries, each using a part of it.
 pub mod nft_support;
 
-use nft_support::netns::{tcp_connects, tcp_server, udp_source};
+use nft_support::netns::{
+    attempts, probe_payload, recv_payload, tcp_blocked, tcp_open, tcp_server, udp_source, Expect,
+};
 use palisade_policy::compile::{compile, CompileOptions, MasqueradeOptions};
 use palisade_policy::model::api::NetworkPolicy;
 use palisade_policy::model::{ClusterState, NodeInfo, ObjectKey, PodInfo};
@@ -21,7 +23,6 @@ use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
 use palisade_testutil::{kernel_tests_enabled, TestNetns};
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::Duration;
 
 const EXT4: &str = "192.0.2.253";
 const EXT6: &str = "2001:db8::fd";
@@ -167,16 +168,18 @@ fn udp_echo(ns: &TestNetns, port: u16) {
     });
 }
 
-/// Whether a UDP request from `from` to `to` gets its echo back.
+/// Whether a UDP request from `from` to `to` gets its echo back: a path expected open,
+/// asked again until `OPEN_DEADLINE`.
 fn udp_answered(from: &TestNetns, to: SocketAddr) -> bool {
-    from.run(|| {
-        let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(700)))
-            .unwrap();
-        s.send_to(b"echo", to).unwrap();
-        let mut buf = [0u8; 16];
-        matches!(s.recv_from(&mut buf), Ok((4, _)))
+    let s =
+        from.run(|| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap());
+    let request = probe_payload(0);
+    let what = format!("UDP echo {} -> {to}", from.name());
+    attempts(Expect::Open, &what, |timeout| {
+        s.send_to(&request, to)?;
+        recv_payload(&s, &request, timeout)
     })
+    .is_ok()
 }
 
 fn at(addr: &str, port: u16) -> SocketAddr {
@@ -202,7 +205,7 @@ fn masquerade_rewrites_only_pod_traffic_leaving_the_pod_network() {
             Some(ip(node)),
             "pod a -> {ext}"
         );
-        assert!(tcp_connects(&cl.a, at(ext, 80)), "TCP pod a -> {ext}");
+        assert!(tcp_open(&cl.a, at(ext, 80)), "TCP pod a -> {ext}");
         // To a pod on the other node: the pod's own address.
         assert_eq!(
             udp_source(&cl.a, &cl.c, at(pod_c, 5353), None),
@@ -232,7 +235,7 @@ fn masquerade_rewrites_only_pod_traffic_leaving_the_pod_network() {
         udp_source(&cl.a, &cl.ext, at(EXT4, 5353), None),
         Some(ip("10.70.1.2"))
     );
-    assert!(!tcp_connects(&cl.a, at(EXT4, 80)));
+    assert!(tcp_blocked(&cl.a, at(EXT4, 80)));
     assert_eq!(
         udp_source(&cl.a, &cl.ext, at(EXT6, 5353), None),
         Some(ip("2001:db8::1")),
@@ -251,7 +254,7 @@ fn masquerade_rewrites_only_pod_traffic_leaving_the_pod_network() {
         udp_source(&cl.a, &cl.ext, at(EXT6, 5353), None),
         Some(ip("fd70:1::2"))
     );
-    assert!(!tcp_connects(&cl.a, at(EXT6, 80)));
+    assert!(tcp_blocked(&cl.a, at(EXT6, 80)));
 
     // Off: nothing rewritten, nothing reachable outside.
     cl.program(&MasqueradeOptions::disabled());
@@ -260,10 +263,7 @@ fn masquerade_rewrites_only_pod_traffic_leaving_the_pod_network() {
             udp_source(&cl.a, &cl.ext, at(ext, 5353), None),
             Some(ip(pod_a))
         );
-        assert!(
-            !tcp_connects(&cl.a, at(ext, 80)),
-            "{ext} with masquerade off"
-        );
+        assert!(tcp_blocked(&cl.a, at(ext, 80)), "{ext} with masquerade off");
     }
 }
 
@@ -296,12 +296,12 @@ fn replies_to_masqueraded_connections_pass_the_policy_table() {
     );
     cl.program(&MasqueradeOptions::enabled());
     for ext in [EXT4, EXT6] {
-        assert!(tcp_connects(&cl.a, at(ext, 80)), "TCP reply from {ext}");
+        assert!(tcp_open(&cl.a, at(ext, 80)), "TCP reply from {ext}");
         assert!(udp_answered(&cl.a, at(ext, 53)), "UDP reply from {ext}");
         // The egress policy still decides, masquerade or not: port 81 is not allowed.
-        assert!(!tcp_connects(&cl.a, at(ext, 81)), "TCP {ext}:81 allowed");
+        assert!(tcp_blocked(&cl.a, at(ext, 81)), "TCP {ext}:81 allowed");
     }
     // And the ingress default deny still holds for new connections towards pod a.
     tcp_server(&cl.a, 8080);
-    assert!(!tcp_connects(&cl.c, at("10.70.1.2", 8080)));
+    assert!(tcp_blocked(&cl.c, at("10.70.1.2", 8080)));
 }

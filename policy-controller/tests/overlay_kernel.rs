@@ -6,7 +6,10 @@
 pub mod nft_support;
 pub mod overlay_support;
 
-use nft_support::netns::{bind_udp_retrying, rst_on_close, tcp_connects, udp_source};
+use nft_support::netns::{
+    attempts, bind_udp_retrying, probe_payload, recv_payload, rst_on_close, tcp_blocked, tcp_open,
+    udp_source, Expect,
+};
 use overlay_support::*;
 use palisade_policy::agent::routes::overlay::OverlayMode;
 use palisade_testutil::{kernel_tests_enabled, TestNetns};
@@ -26,7 +29,7 @@ fn assert_all_reach(s: &Subnets, what: &str) {
         for b in s.nodes.iter().filter(|b| b.name != a.name) {
             for (src, dst) in [(a.pod4, b.pod4), (a.pod6, b.pod6)] {
                 assert!(
-                    tcp_connects(&a.pod, at(dst, 7000)),
+                    tcp_open(&a.pod, at(dst, 7000)),
                     "{what}: {} -> {} ({dst})",
                     a.name,
                     b.name
@@ -62,14 +65,14 @@ fn each_mode_reaches_what_it_can_and_switches_in_place() {
             && errs[0].contains("Nexthop has invalid gateway"),
         "{errs:#?}"
     );
-    assert!(tcp_connects(&n1.pod, at(n3.pod4, 7000)));
+    assert!(tcp_open(&n1.pod, at(n3.pod4, 7000)));
     assert!(
-        tcp_connects(&n1.pod, at(n3.pod6, 7000)),
+        tcp_open(&n1.pod, at(n3.pod6, 7000)),
         "{}",
         diagnostics(&[n1, n3])
     );
-    assert!(!tcp_connects(&n1.pod, at(n2.pod4, 7000)));
-    assert!(!tcp_connects(&n1.pod, at(n2.pod6, 7000)));
+    assert!(tcp_blocked(&n1.pod, at(n2.pod4, 7000)));
+    assert!(tcp_blocked(&n1.pod, at(n2.pod6, 7000)));
     assert!(!n1.ns.sh_ok("ip link show vxlan4.palisade"));
 
     // cross-subnet: n1 and n3 stay direct, n2 goes over the overlay.
@@ -132,7 +135,7 @@ fn each_mode_reaches_what_it_can_and_switches_in_place() {
         !n1.ns.sh_ok(&format!("ip route get {}", n3.pod4)),
         "no route left"
     );
-    assert!(tcp_connects(&n1.pod, at(n2.pod4, 7000)));
+    assert!(tcp_open(&n1.pod, at(n2.pod4, 7000)));
 
     // Back to never: the VXLAN links and everything on them are gone.
     s.reconcile(OverlayMode::Never, &objects);
@@ -140,8 +143,8 @@ fn each_mode_reaches_what_it_can_and_switches_in_place() {
         let links = n.ns.sh("ip -br link").unwrap();
         assert!(!links.contains("vxlan"), "{links}");
     }
-    assert!(tcp_connects(&n1.pod, at(n3.pod4, 7000)));
-    assert!(!tcp_connects(&n1.pod, at(n2.pod4, 7000)));
+    assert!(tcp_open(&n1.pod, at(n3.pod4, 7000)));
+    assert!(tcp_blocked(&n1.pod, at(n2.pod4, 7000)));
 }
 
 /// What a node's overlay looks like, as `ip` and `bridge` print it.
@@ -364,26 +367,39 @@ fn tcp_transfer(from: &TestNetns, to_ns: &TestNetns, to: SocketAddr, len: usize)
 }
 
 /// A UDP datagram of `payload` bytes from `from` to `to`: `Err` with the send's error, or
-/// whether it arrived whole. `dont_fragment` sets IP(V6)_PMTUDISC_DO on the sender.
+/// whether it arrived whole. `dont_fragment` sets IP(V6)_PMTUDISC_DO on the sender. Sent
+/// again until `OPEN_DEADLINE` if `expect` is open.
 fn udp_datagram(
     from: &TestNetns,
     to_ns: &TestNetns,
     to: SocketAddr,
     payload: usize,
     dont_fragment: bool,
+    expect: Expect,
 ) -> std::io::Result<bool> {
     let rx = to_ns.run(|| bind_udp_retrying(to.port()));
-    rx.set_read_timeout(Some(Duration::from_millis(700)))
-        .unwrap();
     let tx =
         from.run(|| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap());
     if dont_fragment {
         palisade_testutil::set_dont_fragment(&tx, to.is_ipv6());
     }
-    let data = vec![0x5au8; payload];
-    tx.send_to(&data, to)?;
-    let mut buf = vec![0u8; payload + 1];
-    Ok(matches!(rx.recv_from(&mut buf), Ok((n, _)) if n == payload))
+    let data = probe_payload(payload);
+    assert_eq!(
+        data.len(),
+        payload,
+        "a payload shorter than the probe's token"
+    );
+    let what = format!("{payload} bytes over UDP {} -> {to}", from.name());
+    let arrived = attempts(expect, &what, |timeout| {
+        tx.send_to(&data, to)?;
+        recv_payload(&rx, &data, timeout)
+    });
+    match arrived {
+        Ok(_) => Ok(true),
+        // `recv_payload`'s "nothing arrived"; anything else is the send's error.
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[test]
@@ -425,11 +441,27 @@ fn pods_with_the_overlay_mtu_need_no_fragmentation_and_pmtu_is_the_kernels() {
         );
         let fits = mtu as usize - header;
         // The largest datagram that fits the pod's MTU arrives in one packet, with DF.
-        assert!(udp_datagram(&n1.pod, &n2.pod, at(dst, 7300), fits, true).unwrap());
+        assert!(udp_datagram(&n1.pod, &n2.pod, at(dst, 7300), fits, true, Expect::Open).unwrap());
         // One byte more: the pod's kernel fragments it (the default) and it arrives whole...
-        assert!(udp_datagram(&n1.pod, &n2.pod, at(dst, 7300), fits + 1, false).unwrap());
+        assert!(udp_datagram(
+            &n1.pod,
+            &n2.pod,
+            at(dst, 7300),
+            fits + 1,
+            false,
+            Expect::Open
+        )
+        .unwrap());
         // ...or, with fragmentation forbidden, refuses to send it.
-        let e = udp_datagram(&n1.pod, &n2.pod, at(dst, 7300), fits + 1, true).unwrap_err();
+        let e = udp_datagram(
+            &n1.pod,
+            &n2.pod,
+            at(dst, 7300),
+            fits + 1,
+            true,
+            Expect::Blocked,
+        )
+        .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{dst}: {e}");
     }
 
@@ -446,7 +478,7 @@ fn pods_with_the_overlay_mtu_need_no_fragmentation_and_pmtu_is_the_kernels() {
             "{dst}"
         );
         let full = 1500 - header;
-        let first = udp_datagram(&n1.pod, &n2.pod, at(dst, 7301), full, true);
+        let first = udp_datagram(&n1.pod, &n2.pod, at(dst, 7301), full, true, Expect::Blocked);
         assert!(
             matches!(first, Ok(false))
                 || first

@@ -1,5 +1,6 @@
 //! Set and map elements as types: what a key or a value is made of ([`Field`]), a key or a
-//! value ([`Data`]: one field or a concatenation), what a map maps to ([`MapData`]), and
+//! value ([`Data`]: one field or a concatenation), a key of an interval set ([`Interval`]:
+//! every key from one to another, field by field), what a map maps to ([`MapData`]), and
 //! their encoding in nf_tables' register layout, which is what the kernel compares (the
 //! bytes `nft -f` sends for the same element, checked with strace).
 
@@ -40,6 +41,26 @@ impl Field {
             Field::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
             Field::Mark(m) => out.extend_from_slice(&m.to_ne_bytes()),
         }
+    }
+}
+
+impl Field {
+    /// The next value of the same type (what nft sends as the key of an interval's end
+    /// element: the first key past the interval), `None` at the top of the key space.
+    /// Marks are host-order numbers, which an interval set compares as bytes: no successor
+    /// here (see [`Interval::new`]).
+    fn successor(&self) -> Option<Field> {
+        match self {
+            Field::Ipv4(a) => u32::from(*a).checked_add(1).map(|n| Field::Ipv4(n.into())),
+            Field::Ipv6(a) => u128::from(*a).checked_add(1).map(|n| Field::Ipv6(n.into())),
+            Field::Proto(p) => p.checked_add(1).map(Field::Proto),
+            Field::Port(p) => p.checked_add(1).map(Field::Port),
+            Field::Mark(_) => None,
+        }
+    }
+
+    fn same_type(&self, other: &Field) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
     }
 }
 
@@ -87,6 +108,77 @@ impl fmt::Display for Data {
                 f.write_str(" . ")?;
             }
             write!(f, "{field}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The key of an interval set or map element: every key from `first` to `last`, both
+/// included, field by field (a concatenation matches when each field is in its range).
+/// One value is the interval from it to itself: an interval set holds nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Interval {
+    first: Data,
+    last: Data,
+}
+
+impl Interval {
+    /// `None` unless `first` and `last` have the same fields, each of `first` at most the
+    /// one of `last`, and none a mark (host order: the kernel would compare its bytes in the
+    /// wrong order).
+    pub fn new(first: Data, last: Data) -> Option<Interval> {
+        let fits = first.0.len() == last.0.len()
+            && !first.0.is_empty()
+            && first
+                .0
+                .iter()
+                .zip(&last.0)
+                .all(|(a, b)| a.same_type(b) && a <= b && !matches!(a, Field::Mark(_)));
+        fits.then_some(Interval { first, last })
+    }
+
+    /// The interval of one key.
+    pub fn one(key: Data) -> Option<Interval> {
+        Interval::new(key.clone(), key)
+    }
+
+    pub fn first(&self) -> &Data {
+        &self.first
+    }
+
+    pub fn last(&self) -> &Data {
+        &self.last
+    }
+
+    /// A concatenation (the kernel's pipapo sets): one element with both ends as keys.
+    /// Otherwise (rbtree sets) a start element and an end element.
+    pub(crate) fn concatenated(&self) -> bool {
+        self.first.0.len() > 1
+    }
+
+    /// The key of the end element of a single-field interval: the first key past it;
+    /// `None` when the interval runs to the top of the key space (nft then sends no end
+    /// element and marks the start as open).
+    pub(crate) fn end_key(&self) -> Option<Data> {
+        match self.last.0.as_slice() {
+            [f] => f.successor().map(Data::one),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Interval {
+    /// nft's text: `a-b` for a field whose ends differ, `a` otherwise.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (a, b)) in self.first.0.iter().zip(&self.last.0).enumerate() {
+            if i > 0 {
+                f.write_str(" . ")?;
+            }
+            if a == b {
+                write!(f, "{a}")?;
+            } else {
+                write!(f, "{a}-{b}")?;
+            }
         }
         Ok(())
     }
@@ -159,19 +251,20 @@ impl fmt::Display for MapData {
     }
 }
 
-/// One element: a set's key, or a map's key and what it maps to.
+/// One element: a set's key, or a map's key and what it maps to. The key is a [`Data`], or
+/// an [`Interval`] in a set or map with `flags interval`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Element {
-    pub key: Data,
+pub struct Element<K = Data> {
+    pub key: K,
     pub data: Option<MapData>,
 }
 
-impl Element {
-    pub fn set(key: Data) -> Element {
+impl<K> Element<K> {
+    pub fn set(key: K) -> Element<K> {
         Element { key, data: None }
     }
 
-    pub fn map(key: Data, value: MapData) -> Element {
+    pub fn map(key: K, value: MapData) -> Element<K> {
         Element {
             key,
             data: Some(value),
@@ -179,7 +272,7 @@ impl Element {
     }
 }
 
-impl fmt::Display for Element {
+impl<K: fmt::Display> fmt::Display for Element<K> {
     /// nft's text for the element: `key` or `key : value`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.data {
@@ -237,5 +330,35 @@ mod tests {
             MapData::Verdict(Verdict::Jump("in-0001".into())),
         );
         assert_eq!(v.to_string(), "10.0.0.2 : jump in-0001");
+        let i = Element::map(
+            Interval::new(
+                Data(vec![ip("10.244.1.5"), Field::Proto(6), Field::Port(80)]),
+                Data(vec![ip("10.244.1.5"), Field::Proto(6), Field::Port(90)]),
+            )
+            .unwrap(),
+            MapData::Verdict(Verdict::Goto("some-chain".into())),
+        );
+        assert_eq!(i.to_string(), "10.244.1.5 . 6 . 80-90 : goto some-chain");
+    }
+
+    #[test]
+    fn intervals_are_ordered_fields_of_one_shape() {
+        let one = |f| Data::one(f);
+        assert!(Interval::new(one(ip("10.0.0.9")), one(ip("10.0.0.1"))).is_none());
+        assert!(Interval::new(one(ip("10.0.0.1")), one(ip("::1"))).is_none());
+        assert!(Interval::new(one(Field::Port(1)), Data(vec![Field::Port(1); 2])).is_none());
+        assert!(Interval::one(one(Field::Mark(1))).is_none());
+        let top = Interval::new(one(ip("255.255.255.0")), one(ip("255.255.255.255"))).unwrap();
+        assert_eq!(top.end_key(), None);
+        let v6 = Interval::one(one(ip("fd00::ffff"))).unwrap();
+        assert_eq!(v6.end_key(), Some(one(ip("fd00::1:0"))));
+        assert_eq!(
+            Interval::one(one(Field::Port(65534))).unwrap().end_key(),
+            Some(one(Field::Port(65535)))
+        );
+        assert_eq!(
+            Interval::one(one(Field::Port(65535))).unwrap().end_key(),
+            None
+        );
     }
 }

@@ -11,17 +11,20 @@
 //! A batch is what `nft -f` itself sends for `add element` / `delete element`
 //! (linux/netfilter/nf_tables.h): NEWSETELEM / DELSETELEM messages between BATCH_BEGIN and
 //! BATCH_END, applied atomically: all of it or, when the kernel refuses any message, none.
+//!
+//! Elements of sets with `flags interval` go as nft 1.0.6 sends them (checked with strace
+//! and `nft --debug=netlink` on kernel 6.18), see [`Batch::add_intervals`].
 
 mod element;
 
-pub use element::{Data, Element, Field, MapData, Verdict};
+pub use element::{Data, Element, Field, Interval, MapData, Verdict};
 
 use crate::netlink::{frame, Context, Error, Result, Socket};
 use crate::netns::Netns;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE};
+use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, RuleAttribute, RuleMessage, SetElementAttribute,
-    SetElementList, SetElementMessage, TableAttribute, TableMessage,
+    SetElementFlags, SetElementList, SetElementMessage, TableAttribute, TableMessage,
 };
 use netlink_packet_netfilter::{
     none::ControlMessage, NetfilterHeader, NetfilterMessage, NetfilterMessageInner,
@@ -31,6 +34,69 @@ use std::collections::BTreeMap;
 
 /// `NFNL_SUBSYS_NFTABLES`: the batch markers name the subsystem in their `res_id`.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+
+/// `NFTA_DATA_VALUE`, the one attribute inside `NFTA_SET_ELEM_KEY_END` (which the crate
+/// leaves as raw attributes).
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// The user data nft puts on the start element of an interval that runs to the top of the
+/// key space (it has no end element): libnftnl's TLV of type `NFTNL_UDATA_SET_ELEM_FLAGS`
+/// (1), length 4, value `NFTNL_SET_ELEM_F_INTERVAL_OPEN` (1) in host order. The kernel
+/// keeps it without looking; nft needs it to list the interval with its end, not as one
+/// address.
+fn open_interval_udata() -> Vec<u8> {
+    let mut u = vec![1, 4];
+    u.extend_from_slice(&1u32.to_ne_bytes());
+    u
+}
+
+/// The kernel elements of one interval element, appended to `out`, as nft sends them:
+///
+/// - a concatenation (pipapo set): one element, its key the first key of every field and
+///   `NFTA_SET_ELEM_KEY_END` the last (inclusive), both in register layout;
+/// - one field (rbtree set): a start element (key: the first key, and the map data) and an
+///   end element (flag `NFT_SET_ELEM_INTERVAL_END`, key: the first key past the interval,
+///   no data). An interval running to the top of the key space has no end element; its
+///   start carries nft's open-interval user data instead. Adjacent intervals give an end
+///   and a start element with the same key, which the kernel tells apart by the flag.
+///
+/// For a deletion the same elements without data: the kernel finds start and end by key
+/// and flag. (nft also sends a lone end element at key 0 with the first additions to an
+/// empty single-field set, a relic of older kernels' rbtree lookups; kernel 6.18 matches
+/// without it, which the kernel test checks with packets, and it is never removed, so it is
+/// left out here.)
+fn interval_elements(
+    iv: &Interval,
+    data: Option<&MapData>,
+    out: &mut Vec<ListAttribute<SetElementAttribute>>,
+) {
+    let key = |d: &Data| SetElementAttribute::Key(DataAttribute::Value(d.bytes()));
+    let mut start = vec![key(iv.first())];
+    if iv.concatenated() {
+        start.push(SetElementAttribute::KeyEnd(vec![DefaultNla::new(
+            NFTA_DATA_VALUE,
+            iv.last().bytes(),
+        )]));
+    }
+    start.extend(data.map(|d| SetElementAttribute::Data(d.attribute())));
+    if iv.concatenated() {
+        out.push(ListAttribute::Element(start));
+        return;
+    }
+    match iv.end_key() {
+        Some(end) => {
+            out.push(ListAttribute::Element(start));
+            out.push(ListAttribute::Element(vec![
+                SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
+                key(&end),
+            ]));
+        }
+        None => {
+            start.push(SetElementAttribute::UserData(open_interval_udata()));
+            out.push(ListAttribute::Element(start));
+        }
+    }
+}
 
 /// Every table here is of family `inet`.
 fn inet(inner: NfTablesMessage) -> NetfilterMessage {
@@ -97,6 +163,26 @@ impl Batch {
         }
     }
 
+    /// One NEWSETELEM (`add`) or DELSETELEM message of `list`, standing for `count` elements
+    /// of the caller's.
+    fn elements_command(
+        &mut self,
+        set: &str,
+        list: Vec<ListAttribute<SetElementAttribute>>,
+        add: bool,
+        count: usize,
+    ) {
+        let msg = self.element_list(set, list);
+        let set = set.to_string();
+        if add {
+            self.push(inet(NfTablesMessage::NewSetElement(msg)), NLM_F_CREATE);
+            self.commands.push(Command::AddElements { set, count });
+        } else {
+            self.push(inet(NfTablesMessage::DeleteSetElement(msg)), 0);
+            self.commands.push(Command::DeleteElements { set, count });
+        }
+    }
+
     /// `add element inet <table> <set> { ... }`.
     pub fn add(&mut self, set: &str, elements: &[Element]) {
         let list = elements
@@ -111,12 +197,7 @@ impl Batch {
                 ListAttribute::Element(attrs)
             })
             .collect();
-        let msg = self.element_list(set, list);
-        self.push(inet(NfTablesMessage::NewSetElement(msg)), NLM_F_CREATE);
-        self.commands.push(Command::AddElements {
-            set: set.to_string(),
-            count: elements.len(),
-        });
+        self.elements_command(set, list, true, elements.len());
     }
 
     /// `delete element inet <table> <set> { ... }`: by key. Deleting a key that is not there
@@ -131,12 +212,30 @@ impl Batch {
                 ))])
             })
             .collect();
-        let msg = self.element_list(set, list);
-        self.push(inet(NfTablesMessage::DeleteSetElement(msg)), 0);
-        self.commands.push(Command::DeleteElements {
-            set: set.to_string(),
-            count: keys.len(),
-        });
+        self.elements_command(set, list, false, keys.len());
+    }
+
+    /// `add element` for a set or map with `flags interval`: every element is an interval
+    /// (an exact key is the interval of one), encoded as nft does (see
+    /// [`interval_elements`]). The set's elements must stay disjoint: the kernel refuses an
+    /// overlap (EEXIST) and with it the batch.
+    pub fn add_intervals(&mut self, set: &str, elements: &[Element<Interval>]) {
+        let mut list = Vec::with_capacity(2 * elements.len());
+        for e in elements {
+            interval_elements(&e.key, e.data.as_ref(), &mut list);
+        }
+        self.elements_command(set, list, true, elements.len());
+    }
+
+    /// `delete element` for a set or map with `flags interval`: each interval exactly as it
+    /// was added (the kernel looks its start and end elements up by key; an interval that
+    /// is not there, or only part of one, makes it refuse the batch with ENOENT).
+    pub fn delete_intervals(&mut self, set: &str, intervals: &[Interval]) {
+        let mut list = Vec::with_capacity(2 * intervals.len());
+        for iv in intervals {
+            interval_elements(iv, None, &mut list);
+        }
+        self.elements_command(set, list, false, intervals.len());
     }
 
     /// `delete table inet <table>`: everything in it goes too.
@@ -271,6 +370,8 @@ impl Nfnl {
 
     /// The elements of set or map `set` of table `inet <table>`, as raw (key, value) bytes
     /// in register layout (compare with [`Data::bytes`]). Verdict map values are left out.
+    /// Of an interval set these are the kernel's elements, not the intervals: start and end
+    /// elements alike for one field (flags are not read), the first keys of concatenations.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<RawElement>> {
         let msg = SetElementMessage {
             attributes: vec![
@@ -397,6 +498,117 @@ mod tests {
                 },
                 Command::DeleteTable,
             ]
+        );
+    }
+
+    /// The `NFTA_SET_ELEM_LIST_ELEMENTS` payload of `elements` as this module encodes it.
+    fn emitted(elements: &[Element<Interval>]) -> Vec<u8> {
+        use netlink_packet_core::Emitable;
+        let mut list = Vec::new();
+        for e in elements {
+            interval_elements(&e.key, e.data.as_ref(), &mut list);
+        }
+        let mut out = vec![0; list.as_slice().buffer_len()];
+        list.as_slice().emit(&mut out);
+        out
+    }
+
+    /// nft's payload with its list items typed as this crate types them: nft numbers them
+    /// (1, 2, ...), the crate calls each `NFTA_LIST_ELEM` (1); the kernel reads neither.
+    fn as_list_elems(mut nft: Vec<u8>) -> Vec<u8> {
+        let mut at = 0;
+        while at < nft.len() {
+            let len = u16::from_ne_bytes([nft[at], nft[at + 1]]) as usize;
+            nft[at + 2..at + 4].copy_from_slice(&0x8001u16.to_ne_bytes());
+            at += (len + 3) & !3;
+        }
+        nft
+    }
+
+    fn interval(first: &[Field], last: &[Field]) -> Interval {
+        Interval::new(Data(first.to_vec()), Data(last.to_vec())).unwrap()
+    }
+
+    #[test]
+    fn interval_elements_are_what_nft_sends() {
+        // All four from `strace -e sendmsg -xx nft add element inet t ...` (nft 1.0.6,
+        // kernel 6.18), the bytes of NFTA_SET_ELEM_LIST_ELEMENTS.
+        let v4 = |a, b, c, d| Field::Ipv4([a, b, c, d].into());
+        let jump = |c: &str| Some(MapData::Verdict(Verdict::Jump(c.into())));
+        let goto = |c: &str| Some(MapData::Verdict(Verdict::Goto(c.into())));
+
+        // `s { type ipv4_addr; flags interval }`, `{ 10.0.5.0/24 }`: a start element and an
+        // end element (flag INTERVAL_END) at 10.0.6.0.
+        let prefix = Element::set(interval(&[v4(10, 0, 5, 0)], &[v4(10, 0, 5, 255)]));
+        assert_eq!(
+            emitted(&[prefix]),
+            as_list_elems(
+                b"\x10\x00\x01\x80\x0c\x00\x01\x80\x08\x00\x01\x00\x0a\x00\x05\x00\
+                  \x18\x00\x02\x80\x08\x00\x03\x00\x00\x00\x00\x01\
+                  \x0c\x00\x01\x80\x08\x00\x01\x00\x0a\x00\x06\x00"
+                    .to_vec()
+            )
+        );
+
+        // `{ 255.255.255.0/24 }` runs to the top: no end element, the start marked open.
+        let top = Element::set(interval(&[v4(255, 255, 255, 0)], &[v4(255, 255, 255, 255)]));
+        let mut open = b"\x1c\x00\x01\x80\x0c\x00\x01\x80\x08\x00\x01\x00\xff\xff\xff\x00\
+                         \x0a\x00\x06\x00\x01\x04"
+            .to_vec();
+        open.extend_from_slice(&1u32.to_ne_bytes());
+        open.extend_from_slice(&[0, 0]);
+        assert_eq!(emitted(&[top]), as_list_elems(open));
+
+        // `m { type ipv4_addr . inet_proto . inet_service : verdict; flags interval }`,
+        // `{ 10.244.1.6 . 6 . 80-90 : goto c }`: one element, KEY and KEY_END padded per
+        // field, then the verdict.
+        let concat = Element {
+            key: interval(
+                &[v4(10, 244, 1, 6), Field::Proto(6), Field::Port(80)],
+                &[v4(10, 244, 1, 6), Field::Proto(6), Field::Port(90)],
+            ),
+            data: goto("c"),
+        };
+        assert_eq!(
+            emitted(&[concat]),
+            as_list_elems(
+                b"\x44\x00\x01\x80\
+                  \x14\x00\x01\x80\x10\x00\x01\x00\x0a\xf4\x01\x06\x06\x00\x00\x00\x00\x50\x00\x00\
+                  \x14\x00\x0a\x80\x10\x00\x01\x00\x0a\xf4\x01\x06\x06\x00\x00\x00\x00\x5a\x00\x00\
+                  \x18\x00\x02\x80\x14\x00\x02\x80\x08\x00\x01\x00\xff\xff\xff\xfc\
+                  \x06\x00\x02\x00\x63\x00\x00\x00"
+                    .to_vec()
+            )
+        );
+
+        // `v { type ipv4_addr : verdict; flags interval }`, adjacent
+        // `{ 10.0.0.0/25 : jump c, 10.0.0.128/25 : goto c }`: the first interval's end and
+        // the second's start share the key 10.0.0.128; end elements carry no verdict.
+        let adjacent = [
+            Element {
+                key: interval(&[v4(10, 0, 0, 0)], &[v4(10, 0, 0, 127)]),
+                data: jump("c"),
+            },
+            Element {
+                key: interval(&[v4(10, 0, 0, 128)], &[v4(10, 0, 0, 255)]),
+                data: goto("c"),
+            },
+        ];
+        assert_eq!(
+            emitted(&adjacent),
+            as_list_elems(
+                b"\x28\x00\x01\x80\x0c\x00\x01\x80\x08\x00\x01\x00\x0a\x00\x00\x00\
+                  \x18\x00\x02\x80\x14\x00\x02\x80\x08\x00\x01\x00\xff\xff\xff\xfd\
+                  \x06\x00\x02\x00\x63\x00\x00\x00\
+                  \x18\x00\x02\x80\x08\x00\x03\x00\x00\x00\x00\x01\
+                  \x0c\x00\x01\x80\x08\x00\x01\x00\x0a\x00\x00\x80\
+                  \x28\x00\x03\x80\x0c\x00\x01\x80\x08\x00\x01\x00\x0a\x00\x00\x80\
+                  \x18\x00\x02\x80\x14\x00\x02\x80\x08\x00\x01\x00\xff\xff\xff\xfc\
+                  \x06\x00\x02\x00\x63\x00\x00\x00\
+                  \x18\x00\x04\x80\x08\x00\x03\x00\x00\x00\x00\x01\
+                  \x0c\x00\x01\x80\x08\x00\x01\x00\x0a\x00\x01\x00"
+                    .to_vec()
+            )
         );
     }
 }

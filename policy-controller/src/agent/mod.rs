@@ -204,11 +204,10 @@ pub async fn start(
 }
 
 /// Default of `--min-sync-interval-ms` / `--max-sync-interval-ms` as durations.
-pub fn sync_tuning(min_ms: u64, max_ms: u64, test_delay_ms: u64) -> SyncTuning {
+pub fn sync_tuning(min_ms: u64, max_ms: u64) -> SyncTuning {
     SyncTuning {
         min_interval: Duration::from_millis(min_ms),
         max_interval: Duration::from_millis(max_ms.max(min_ms)),
-        test_delay: Duration::from_millis(test_delay_ms),
         ..SyncTuning::default()
     }
 }

@@ -22,6 +22,7 @@ use crate::model::ObjectKey;
 use crate::nft::Dataplane;
 use palisade_common::AgentResponse;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -38,8 +39,12 @@ pub struct SyncTuning {
     /// How long a CNI announcement waits for its pod to appear in the watch before the agent
     /// answers with an error (the plugin usually gives up earlier).
     pub announce_timeout: Duration,
-    /// Test hook: sleep this long before every apply (a slow agent).
-    pub test_delay: Duration,
+    /// Test hook (`--test-sync-gate`, hidden): while this file exists no sync starts;
+    /// changes are still folded in and are programmed once it is gone. Lets a test hold the
+    /// agent in "knows the change, has not programmed it" for as long as its checks take
+    /// (a fixed delay ran out on a loaded machine before the checks did). `None` unless
+    /// that option is given.
+    pub test_gate: Option<PathBuf>,
 }
 
 impl Default for SyncTuning {
@@ -50,7 +55,7 @@ impl Default for SyncTuning {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             announce_timeout: Duration::from_secs(60),
-            test_delay: Duration::ZERO,
+            test_gate: None,
         }
     }
 }
@@ -111,11 +116,15 @@ pub struct SyncWorker {
     retry: Option<(Instant, Duration)>,
     last_sync_duration: Duration,
     changes: Vec<Change>,
+    /// A sync is owed and held by the test gate (logged once per hold).
+    held_at_test_gate: bool,
 }
 
 const ROUTES_RETRY: Duration = Duration::from_secs(2);
 const ROUTES_RESYNC: Duration = Duration::from_secs(60);
 const MAX_PENDING_EVENT_TIMES: usize = 200_000;
+/// How often a held sync looks at the test gate file again.
+const TEST_GATE_POLL: Duration = Duration::from_millis(20);
 
 fn lock(c: &Mutex<Compiler>) -> std::sync::MutexGuard<'_, Compiler> {
     c.lock().unwrap_or_else(|e| e.into_inner())
@@ -160,6 +169,7 @@ impl SyncWorker {
             retry: None,
             last_sync_duration: Duration::ZERO,
             changes: Vec::new(),
+            held_at_test_gate: false,
         }
     }
 
@@ -196,7 +206,7 @@ impl SyncWorker {
                 },
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     self.expire_waiters();
-                    if self.sync_due() {
+                    if self.sync_due() && !self.hold_at_test_gate() {
                         self.sync().await;
                     } else if [self.routes_retry_at, self.routes_resync_at]
                         .into_iter()
@@ -320,6 +330,21 @@ impl SyncWorker {
         self.urgent || now >= since + self.batching_delay()
     }
 
+    /// Whether a due sync must wait for the test gate (`SyncTuning::test_gate`) to go away.
+    fn hold_at_test_gate(&mut self) -> bool {
+        let Some(gate) = &self.tuning.test_gate else {
+            return false;
+        };
+        let closed = gate.exists();
+        if closed && !self.held_at_test_gate {
+            tracing::info!(gate = %gate.display(), "sync held while the test gate file exists");
+        } else if !closed && self.held_at_test_gate {
+            tracing::info!(gate = %gate.display(), "test gate file removed; syncing");
+        }
+        self.held_at_test_gate = closed;
+        closed
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let mut deadline = self
             .waiters
@@ -336,6 +361,9 @@ impl SyncWorker {
             };
             if let Some((retry_at, _)) = self.retry {
                 at = at.max(retry_at);
+            }
+            if self.held_at_test_gate {
+                at = at.max(Instant::now() + TEST_GATE_POLL);
             }
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
@@ -378,9 +406,6 @@ impl SyncWorker {
         let events = std::mem::take(&mut self.pending_events);
         self.dirty_since = None;
         self.urgent = false;
-        if !self.tuning.test_delay.is_zero() {
-            tokio::time::sleep(self.tuning.test_delay).await;
-        }
         let started = std::time::Instant::now();
         let compiler = self.compiler.clone();
         let dataplane = &mut self.dataplane;
@@ -560,6 +585,7 @@ mod tests {
         events: mpsc::Sender<ClusterEvent>,
         cni: mpsc::Sender<CniCommand>,
         shared: Arc<AgentShared>,
+        compiler: Arc<Mutex<Compiler>>,
         dp: Recorder,
         _worker: tokio::task::JoinHandle<()>,
     }
@@ -575,7 +601,7 @@ mod tests {
         })));
         let worker = SyncWorker::new(
             Index::new("n1"),
-            compiler,
+            compiler.clone(),
             Box::new(dp.clone()),
             None,
             shared.clone(),
@@ -587,6 +613,7 @@ mod tests {
             events,
             cni,
             shared,
+            compiler,
             dp,
             _worker: tokio::spawn(worker.run(erx, crx)),
         }
@@ -813,6 +840,63 @@ mod tests {
         let r = answer.await.unwrap();
         assert!(!r.ok);
         assert!(r.error.unwrap().contains("not seen"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_test_gate_holds_every_sync_while_its_file_exists() {
+        /// Removes the gate file also when an assertion fails.
+        struct Gate(std::path::PathBuf);
+        impl Drop for Gate {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let gate = Gate(
+            std::env::temp_dir().join(format!("palisade-sync-gate-unit-{}", std::process::id())),
+        );
+        std::fs::write(&gate.0, "").unwrap();
+        let h = start(SyncTuning {
+            test_gate: Some(gate.0.clone()),
+            ..SyncTuning::default()
+        });
+        list_everything(&h, 1).await;
+        h.events
+            .send(pod_event("a", 5, Some("10.0.0.1")))
+            .await
+            .unwrap();
+        // Far beyond every batching interval: still nothing programmed, not even the first
+        // sync, but the change is folded in (what the agent knows, `/debug/state`).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(applies(&h).is_empty(), "a sync ran through the closed gate");
+        assert!(!h.shared.ready());
+        assert!(lock(&h.compiler)
+            .state()
+            .pods
+            .contains_key(&ObjectKey::new("x", "a")));
+        // Gone: the owed sync runs within a poll or two, with everything folded meanwhile.
+        std::fs::remove_file(&gate.0).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(applies(&h).len(), 1);
+        assert!(h.shared.ready());
+        assert_eq!(
+            h.shared.status_json()["programmedResourceVersions"]["pods"],
+            "5"
+        );
+        // Closed again: a later change waits again, and only for as long as the file is there.
+        std::fs::write(&gate.0, "").unwrap();
+        h.events
+            .send(pod_event("b", 6, Some("10.0.0.2")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(applies(&h).len(), 1, "held again");
+        std::fs::remove_file(&gate.0).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(applies(&h).len(), 2);
+        assert_eq!(
+            h.shared.status_json()["programmedResourceVersions"]["pods"],
+            "6"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -148,9 +148,10 @@ struct RunArgs {
     /// nf_tables netlink batch instead of running nft; everything else always runs nft.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     netlink_elements: bool,
-    /// Test hook: delay every sync by this long (a slow agent).
-    #[arg(long, default_value_t = 0, hide = true)]
-    test_sync_delay_ms: u64,
+    /// Test hook: while this file exists, no sync starts (a test holds the agent between
+    /// learning of a change and programming it). Not for production: nothing else enables it.
+    #[arg(long, hide = true)]
+    test_sync_gate: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -259,11 +260,10 @@ fn run(args: RunArgs) -> Result<()> {
         },
         table: args.table.clone(),
         nft: args.nft.clone(),
-        sync: agent::sync_tuning(
-            args.min_sync_interval_ms,
-            args.max_sync_interval_ms,
-            args.test_sync_delay_ms,
-        ),
+        sync: agent::SyncTuning {
+            test_gate: args.test_sync_gate.clone(),
+            ..agent::sync_tuning(args.min_sync_interval_ms, args.max_sync_interval_ms)
+        },
     };
     runtime()?.block_on(async move {
         let client = kube_client(config.kubeconfig.clone()).await?;

@@ -264,8 +264,12 @@ impl Tracker {
             let mut gone = Vec::new();
             let only = |names| (!touched.all).then_some(names);
             // Sets told by their element changes: their fingerprints follow the changes. One
-            // the programmed model lacks, or holds with intervals (whose canonical elements
-            // are not the model's), is diffed in full instead.
+            // the programmed model lacks, or holds with intervals, is diffed in full instead:
+            // the kernel holds an interval set's canonical elements, not the model's (adjacent
+            // intervals of a single-field set are one, and pod addresses often are adjacent;
+            // a concatenation's fields are respelled), so the model's changes are not the
+            // kernel's. The full diff of the canonical elements is, and goes by netlink all
+            // the same (`netlink::encode`).
             let mut deltas = Vec::new();
             let mut full_sets;
             let mut only_sets = only(&touched.sets);
