@@ -1,4 +1,4 @@
-//! Deciding a new connection ahead of time (issue 16's compiled form, work in progress).
+//! Deciding a new connection ahead of time: the analysis behind the flat compiled form.
 //!
 //! For one direction of this node's pods, the compiler computes here, from the normalized
 //! policies ([`crate::model::policy`]), everything a new connection's verdict can depend on,

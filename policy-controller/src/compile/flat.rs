@@ -1,4 +1,4 @@
-//! The flat compiled form (issue 16, work in progress): the plans of [`super::decide`] as
+//! The flat compiled form: the plans of [`super::decide`] as
 //! chains, verdict maps and one set.
 //!
 //! ```text

@@ -71,9 +71,11 @@
 //!   falling through to the port-less map, where only rules without ports decide.
 //! - **Churn.** A pod on another node coming, going or changing labels moves its address to
 //!   another class (one peer-map element) unless its combination of labels is new (a new
-//!   class: a chain and its maps). A local pod changes its stage, default and verdict-map
-//!   elements. (Work in progress: the [`Compiler`] still recomputes the whole form per change
-//!   and reports the objects that differ.)
+//!   class: a chain and its maps). A local pod moves its stage, default and verdict-map
+//!   elements to its new subject group (a new group is decided against every class). Both
+//!   are reported as exact element changes ([`Touched::map_elements`]). A policy, namespace
+//!   or node change, or a local pod change that changes which policies are in use, rebuilds
+//!   the form and reports the objects that differ.
 //! - **Names** are short and deterministic ([`names`]): a prefix and 16 hex digits of a stable
 //!   hash of what the object stands for (the peer conditions of a class, the rule, the list of
 //!   isolating policies), so every agent and every restart computes the same names and the
