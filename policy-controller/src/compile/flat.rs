@@ -105,6 +105,16 @@ fn addr_key(f: Family) -> KeyType {
     }
 }
 
+/// Receives one map element (the output, the map, the key, the verdict).
+type Emit<'a> = dyn FnMut(&mut Ruleset, String, Vec<Value>, Verdict) + 'a;
+
+/// What the incremental paths read: cluster state, its index and the options.
+pub(crate) struct Inputs<'a> {
+    pub state: &'a ClusterState,
+    pub index: &'a StateIndex,
+    pub opts: &'a CompileOptions,
+}
+
 /// Builds the policy part of the ruleset from the two direction plans.
 struct Emitter<'a> {
     opts: &'a CompileOptions,
@@ -317,7 +327,7 @@ impl Emitter<'_> {
         plan: &DirectionPlan,
         gi: usize,
         ips: &[IpAddr],
-        emit: &mut dyn FnMut(&mut Ruleset, String, Vec<Value>, Verdict),
+        emit: &mut Emit<'_>,
     ) {
         for ip in ips {
             emit(
@@ -354,7 +364,7 @@ impl Emitter<'_> {
         gi: usize,
         c: usize,
         ips: &[IpAddr],
-        emit: &mut dyn FnMut(&mut Ruleset, String, Vec<Value>, Verdict),
+        emit: &mut Emit<'_>,
     ) {
         let Some(decisions) = plan.decision(gi, c) else {
             return;
@@ -612,15 +622,14 @@ pub(crate) fn build(
 /// business), or the policies that select some local pod change (their peers make the
 /// classes): nothing was done, rebuild.
 pub(crate) fn local_pods_changed(
-    state: &ClusterState,
-    index: &StateIndex,
-    opts: &CompileOptions,
+    inputs: &Inputs<'_>,
     plans: &mut [DirectionPlan; 2],
     keys: &BTreeSet<crate::model::ObjectKey>,
     changed_addrs: &BTreeSet<IpAddr>,
     out: &mut Ruleset,
     touched: &mut Touched,
 ) -> bool {
+    let Inputs { state, index, opts } = *inputs;
     // Addresses before and after (`changed_addrs`: those of every changed pod, before and
     // after the change).
     let mut addrs: BTreeSet<IpAddr> = changed_addrs.clone();
@@ -747,14 +756,13 @@ fn sweep_outcome_chains(out: &mut Ruleset, touched: &mut Touched) {
 /// after pods on other nodes changed at `addrs`: their peer-map elements, and the chains and
 /// maps of classes that came into or went out of use.
 pub(crate) fn remote_pods_changed(
-    state: &ClusterState,
-    index: &StateIndex,
-    opts: &CompileOptions,
+    inputs: &Inputs<'_>,
     plans: &mut [DirectionPlan; 2],
     addrs: &BTreeSet<IpAddr>,
     out: &mut Ruleset,
     touched: &mut Touched,
 ) {
+    let Inputs { state, index, opts } = *inputs;
     let mut e = Emitter {
         opts,
         out: std::mem::take(out),

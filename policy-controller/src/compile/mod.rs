@@ -451,10 +451,13 @@ impl Compiler {
         // addresses as a peer again.
         if !self.structure_dirty && !self.local_changed.is_empty() {
             if let Some(plans) = self.plans.as_mut() {
+                let inputs = flat::Inputs {
+                    state: &self.state,
+                    index: &self.index,
+                    opts: &self.opts,
+                };
                 self.structure_dirty = !flat::local_pods_changed(
-                    &self.state,
-                    &self.index,
-                    &self.opts,
+                    &inputs,
                     plans,
                     &self.local_changed,
                     &self.remote_addrs,
@@ -481,10 +484,13 @@ impl Compiler {
             self.structure_dirty = false;
         } else if let Some(plans) = self.plans.as_mut() {
             if !self.remote_addrs.is_empty() {
+                let inputs = flat::Inputs {
+                    state: &self.state,
+                    index: &self.index,
+                    opts: &self.opts,
+                };
                 flat::remote_pods_changed(
-                    &self.state,
-                    &self.index,
-                    &self.opts,
+                    &inputs,
                     plans,
                     &self.remote_addrs,
                     &mut self.output,
