@@ -2,8 +2,7 @@
 //! `PALISADE_SKIP_KERNEL_TESTS=1` skips): a veth born in another namespace, addresses,
 //! routes, neighbours, a static VXLAN overlay (link, forwarding entries, onlink routes),
 //! nf_tables element batches (exact and interval elements, one command of 5000 elements) and
-//! questions, a conntrack flush. `ip` and
-//! `nft` only look at the result (test tooling).
+//! questions, a conntrack flush. `ip` and `nft` only look at the result (test tooling).
 
 use palisade_kernel::conntrack::UdpFlows;
 use palisade_kernel::nftables::{
