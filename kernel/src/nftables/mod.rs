@@ -12,8 +12,9 @@
 //! (linux/netfilter/nf_tables.h): NEWSETELEM / DELSETELEM messages between BATCH_BEGIN and
 //! BATCH_END, applied atomically: all of it or, when the kernel refuses any message, none.
 //! One element command becomes as many messages as its encoded size needs (see
-//! [`LIST_BYTES`]), for every caller; [`Batches`] spreads additions over several batches
-//! when one would not fit a socket's send buffer.
+//! [`LIST_BYTES`]), for every caller; a batch is one datagram (see
+//! [`Socket::send_batch`](crate::netlink::Socket::send_batch) for the send buffer), and
+//! [`Batches`] spreads additions over several batches of a bounded size.
 //!
 //! Elements of sets with `flags interval` go as nft 1.0.6 sends them (checked with strace
 //! and `nft --debug=netlink` on kernel 6.18), see [`Batch::add_intervals`].
@@ -316,8 +317,9 @@ impl Batch {
 
 /// Element additions spread over batches of at most a given size, each its own transaction:
 /// for filling sets and maps nothing uses yet, where all-or-nothing across the whole fill
-/// does not matter but every batch must fit the socket's send buffer (one `sendmsg`; 208
-/// KiB by default). Messages are split as in [`Batch::add`]; a batch ends between messages.
+/// does not matter, so the batches can stay within a socket's default send buffer (208 KiB;
+/// a larger batch needs it raised, see [`Nfnl::apply`]) and each transaction small.
+/// Messages are split as in [`Batch::add`]; a batch ends between messages.
 #[derive(Debug)]
 pub struct Batches {
     max_bytes: usize,
@@ -428,7 +430,8 @@ impl Nfnl {
         self.sock.raw().as_raw_fd()
     }
 
-    /// Send `batch` and report the kernel's verdict.
+    /// Send `batch` (in one datagram, the socket's send buffer raised to fit it) and report
+    /// the kernel's verdict.
     pub fn apply(&mut self, batch: &Batch) -> Result<(), BatchError> {
         self.sock
             .send_batch(&batch.finished())
