@@ -33,8 +33,8 @@ const MAX_BATCH: usize = 256 * 1024;
 /// larger one, charging the socket that memory).
 const ADDITIONS_BATCH: usize = 160 * 1024;
 
-/// A value of key type `t` as a field of the kernel crate, or `None` when it does not fit
-/// the type.
+/// One key type's encoder: a value as a field of the kernel crate, or `None` when the value
+/// does not fit the type.
 type FieldEncoder = fn(&Value) -> Option<nf::Field>;
 
 /// How values of key type `t` are encoded, or `None` for a type the kernel crate has no
