@@ -421,30 +421,22 @@ impl Emitter<'_> {
         let mut rules = Vec::new();
         // Ports: the exceptions first (single ports in a hash map, ranges in an interval
         // map), then the protocol's background decision.
-        let port_maps: [(&str, Vec<KeyType>, bool, Vec<Field>, &str); 3] = [
-            (
-                "x",
-                vec![KeyType::InetProto, KeyType::InetService],
-                false,
-                vec![Field::L4Proto, Field::DstPort],
-                "decided by pod, protocol and port",
-            ),
-            (
-                "p",
-                vec![KeyType::InetProto, KeyType::InetService],
-                true,
-                vec![Field::L4Proto, Field::DstPort],
-                "decided by pod, protocol and port range",
-            ),
+        let port_maps = [
+            ("x", true, false, "decided by pod, protocol and port"),
+            ("p", true, true, "decided by pod, protocol and port range"),
             (
                 "a",
-                vec![KeyType::InetProto],
                 false,
-                vec![Field::L4Proto],
+                false,
                 "decided by pod and protocol, whatever the port",
             ),
         ];
-        for (suffix, key, interval, fields, comment) in port_maps {
+        for (suffix, with_port, interval, comment) in port_maps {
+            let (mut key, mut fields) = (vec![KeyType::InetProto], vec![Field::L4Proto]);
+            if with_port {
+                key.push(KeyType::InetService);
+                fields.push(Field::DstPort);
+            }
             for f in families {
                 let m = format!("{name}-{suffix}{}", fam(f));
                 rules.push(vmap_rule(
@@ -633,6 +625,9 @@ fn class_maps(chain: &str) -> [String; 8] {
     ["x4", "x6", "p4", "p6", "a4", "a6", "n4", "n6"].map(|m| format!("{chain}-{m}"))
 }
 
+/// One protocol's port decisions, placed: `None` is the subject's default.
+pub(crate) type Layout<'a> = Vec<(Placed, Option<&'a Outcome>)>;
+
 /// Where one port decision goes in a class's maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Placed {
@@ -653,7 +648,7 @@ pub(crate) enum Placed {
 pub(crate) fn port_layout<'a>(
     ports: &'a [(Protocol, u16, u16, Outcome)],
     default: &'a Outcome,
-) -> Vec<(u8, Vec<(Placed, Option<&'a Outcome>)>)> {
+) -> Vec<(u8, Layout<'a>)> {
     let mut out = Vec::new();
     for proto in PORT_PROTOCOLS {
         let segs: Vec<(u16, u16, &Outcome)> = ports
