@@ -30,13 +30,13 @@ use super::names::{
 };
 use super::{CompileOptions, StateIndex};
 use crate::model::policy::{Action, Direction};
-use crate::model::ClusterState;
+use crate::model::{ClusterState, Protocol};
 use crate::ruleset::{
     BaseChain, Chain, ChainPolicy, ChainType, CmpOp, CtState, Family, Field, Hook, KeyType, Match,
     Rule, RuleVerdict, Ruleset, Set, Statement, Touched, Value, Verdict, VerdictMap,
 };
 use palisade_common::HOST_VETH_PREFIX;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// The set of protocols with ports: their packets are decided by the port maps only.
@@ -381,20 +381,36 @@ impl Emitter<'_> {
                 );
             }
         }
-        for (proto, a, b, o) in &decisions.ports {
-            let v = self.outcome_chain(direction, o);
-            let port = if a == b {
-                Value::Port(*a)
-            } else {
-                Value::PortRange(*a, *b)
-            };
-            for ip in ips {
-                emit(
-                    &mut self.out,
-                    format!("{name}-p{}", fam(Family::of(ip))),
-                    vec![Value::Addr(*ip), Value::Proto(proto.number()), port.clone()],
-                    v.clone(),
-                );
+        let default = plan.groups[gi].0.default_outcome();
+        for (proto, placed) in port_layout(&decisions.ports, &default) {
+            for (where_, o) in placed {
+                let v = match o {
+                    Some(o) => self.outcome_chain(direction, o),
+                    None => Verdict::Goto(default_chain(direction)),
+                };
+                for ip in ips {
+                    let (suffix, key) = match where_ {
+                        Placed::Protocol => ("a", vec![Value::Addr(*ip), Value::Proto(proto)]),
+                        Placed::Port(p) => (
+                            "x",
+                            vec![Value::Addr(*ip), Value::Proto(proto), Value::Port(p)],
+                        ),
+                        Placed::Range(a, b) => (
+                            "p",
+                            vec![
+                                Value::Addr(*ip),
+                                Value::Proto(proto),
+                                Value::PortRange(a, b),
+                            ],
+                        ),
+                    };
+                    emit(
+                        &mut self.out,
+                        format!("{name}-{suffix}{}", fam(Family::of(ip))),
+                        key,
+                        v.clone(),
+                    );
+                }
             }
         }
     }
@@ -402,29 +418,41 @@ impl Emitter<'_> {
     /// The chain of a peer class and its verdict maps, empty (the pods' entries fill them).
     fn class(&mut self, direction: Direction, name: &str) {
         let families = [Family::Ipv4, Family::Ipv6];
-        let mut port_maps = families.map(|f| {
-            map(
-                vec![addr_key(f), KeyType::InetProto, KeyType::InetService],
-                true,
-                format!("{direction}: local pod . protocol . port → decision"),
-            )
-        });
-        let mut portless_maps = families.map(|f| {
-            map(
-                vec![addr_key(f)],
-                false,
-                format!("{direction}: local pod → decision (protocols without ports)"),
-            )
-        });
         let mut rules = Vec::new();
-        for (fi, f) in families.iter().enumerate() {
-            let m = format!("{name}-p{}", fam(*f));
-            rules.push(vmap_rule(
-                vec![side(direction, *f, false), Field::L4Proto, Field::DstPort],
-                m.clone(),
-                "decided by pod, protocol and port",
-            ));
-            self.out.maps.insert(m, std::mem::take(&mut port_maps[fi]));
+        // Ports: the exceptions first (single ports in a hash map, ranges in an interval
+        // map), then the protocol's background decision.
+        let port_maps = [
+            ("x", true, false, "decided by pod, protocol and port"),
+            ("p", true, true, "decided by pod, protocol and port range"),
+            (
+                "a",
+                false,
+                false,
+                "decided by pod and protocol, whatever the port",
+            ),
+        ];
+        for (suffix, with_port, interval, comment) in port_maps {
+            let (mut key, mut fields) = (vec![KeyType::InetProto], vec![Field::L4Proto]);
+            if with_port {
+                key.push(KeyType::InetService);
+                fields.push(Field::DstPort);
+            }
+            for f in families {
+                let m = format!("{name}-{suffix}{}", fam(f));
+                rules.push(vmap_rule(
+                    [side(direction, f, false)]
+                        .into_iter()
+                        .chain(fields.clone())
+                        .collect(),
+                    m.clone(),
+                    comment,
+                ));
+                let k = [addr_key(f)].into_iter().chain(key.clone()).collect();
+                self.out.maps.insert(
+                    m,
+                    map(k, interval, format!("{direction}: local pod . {comment}")),
+                );
+            }
         }
         rules.push(
             Rule::new(
@@ -437,16 +465,21 @@ impl Emitter<'_> {
             )
             .with_comment("no port decision: the pod's default"),
         );
-        for (fi, f) in families.iter().enumerate() {
-            let m = format!("{name}-n{}", fam(*f));
+        for f in families {
+            let m = format!("{name}-n{}", fam(f));
             rules.push(vmap_rule(
-                vec![side(direction, *f, false)],
+                vec![side(direction, f, false)],
                 m.clone(),
                 "protocols without ports",
             ));
-            self.out
-                .maps
-                .insert(m, std::mem::take(&mut portless_maps[fi]));
+            self.out.maps.insert(
+                m,
+                map(
+                    vec![addr_key(f)],
+                    false,
+                    format!("{direction}: local pod → decision (protocols without ports)"),
+                ),
+            );
         }
         rules.push(
             Rule::new(vec![], Verdict::Goto(default_chain(direction)))
@@ -588,17 +621,158 @@ fn class_chain(plan: &DirectionPlan, c: usize) -> String {
 }
 
 /// The map names of class chain `chain`.
-fn class_maps(chain: &str) -> [String; 4] {
-    ["p4", "p6", "n4", "n6"].map(|m| format!("{chain}-{m}"))
+fn class_maps(chain: &str) -> [String; 8] {
+    ["x4", "x6", "p4", "p6", "a4", "a6", "n4", "n6"].map(|m| format!("{chain}-{m}"))
+}
+
+/// One protocol's port decisions, placed: `None` is the subject's default.
+pub(crate) type Layout<'a> = Vec<(Placed, Option<&'a Outcome>)>;
+
+/// Where one port decision goes in a class's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placed {
+    /// The protocol's background (`-a` map): every port no exception names.
+    Protocol,
+    /// A single port (`-x` map, a hash: cheap to change).
+    Port(u16),
+    /// A port range (`-p` map, an interval map: its changes rebuild the kernel's lookup
+    /// table, so only what needs a range goes there).
+    Range(u16, u16),
+}
+
+/// The elements one subject group's port decisions (`ports`: disjoint segments whose outcome
+/// differs from `default`) become, per protocol number: the outcome covering the most ports
+/// is the background (none when that is the default: the lookup misses), and every other
+/// segment an exception, looked up before it; an exception whose outcome is the default is
+/// `None` (its element goes to the default chain).
+pub(crate) fn port_layout<'a>(
+    ports: &'a [(Protocol, u16, u16, Outcome)],
+    default: &'a Outcome,
+) -> Vec<(u8, Layout<'a>)> {
+    let mut out = Vec::new();
+    for proto in PORT_PROTOCOLS {
+        let segs: Vec<(u16, u16, &Outcome)> = ports
+            .iter()
+            .filter(|(p, ..)| *p == proto)
+            .map(|(_, a, b, o)| (*a, *b, o))
+            .collect();
+        if segs.is_empty() {
+            continue;
+        }
+        // Ports per outcome, the default's being what the segments leave.
+        let width = |a: u16, b: u16| u32::from(b) - u32::from(a) + 1;
+        let mut cover: Vec<(&Outcome, u32)> = vec![(
+            default,
+            65536 - segs.iter().map(|(a, b, _)| width(*a, *b)).sum::<u32>(),
+        )];
+        for (a, b, o) in &segs {
+            match cover.iter_mut().find(|(c, _)| c == o) {
+                Some(entry) => entry.1 += width(*a, *b),
+                None => cover.push((o, width(*a, *b))),
+            }
+        }
+        // The first of the widest: the default wins a tie (no background element).
+        let background = cover
+            .iter()
+            .fold(None::<(&Outcome, u32)>, |best, &(o, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((o, n)),
+            })
+            .expect("the default is there")
+            .0;
+        let mut placed = Vec::new();
+        if background != default {
+            placed.push((Placed::Protocol, Some(background)));
+        }
+        // Every port whose outcome is not the background: the segments', and (when the
+        // background is no default) the gaps between them, which are the default's.
+        let mut next: u32 = 0;
+        let mut except = |a: u16, b: u16, o: Option<&'a Outcome>| {
+            let where_ = if a == b {
+                Placed::Port(a)
+            } else {
+                Placed::Range(a, b)
+            };
+            placed.push((where_, o));
+        };
+        for (a, b, o) in &segs {
+            if background != default && u32::from(*a) > next {
+                except(next as u16, a - 1, None);
+            }
+            if *o != background {
+                except(*a, *b, Some(o));
+            }
+            next = u32::from(*b) + 1;
+        }
+        if background != default && next <= 65535 {
+            except(next as u16, 65535, None);
+        }
+        out.push((proto.number(), placed));
+    }
+    out
+}
+
+/// What the incremental paths keep between compiles: the two direction plans, and how many
+/// map elements name each chain (so that a decision chain no element names any more goes
+/// without a scan of every map).
+#[derive(Debug)]
+pub(crate) struct Kept {
+    pub plans: [DirectionPlan; 2],
+    refs: HashMap<String, usize>,
+}
+
+impl Kept {
+    /// A map element with verdict `v` came.
+    fn hold(&mut self, v: &Verdict) {
+        if let Verdict::Goto(c) | Verdict::Jump(c) = v {
+            *self.refs.entry(c.clone()).or_default() += 1;
+        }
+    }
+
+    /// A map element with verdict `v` went: its decision chain goes with the last one.
+    fn release(&mut self, v: &Verdict, out: &mut Ruleset, touched: &mut Touched) {
+        let (Verdict::Goto(c) | Verdict::Jump(c)) = v else {
+            return;
+        };
+        let Some(n) = self.refs.get_mut(c) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.refs.remove(c);
+            if is_outcome_chain(c) && out.chains.remove(c).is_some() {
+                touched.chain(c);
+            }
+        }
+    }
+}
+
+impl Kept {
+    /// Chains made since `before` are touched; a decision chain made only to name the
+    /// verdict of an element that went (no element names it) goes again.
+    fn new_chains(&self, before: &BTreeSet<String>, out: &mut Ruleset, touched: &mut Touched) {
+        out.chains
+            .retain(|c, _| before.contains(c) || !is_outcome_chain(c) || self.refs.contains_key(c));
+        for c in out.chains.keys() {
+            if !before.contains(c) {
+                touched.chain(c);
+            }
+        }
+    }
+}
+
+/// The chains of [`Emitter::outcome_chain`]: made on first use, gone with their last element.
+fn is_outcome_chain(name: &str) -> bool {
+    ["-ok-", "-deny-", "-iso-"].iter().any(|k| name.contains(k))
 }
 
 /// The policy part of the ruleset (everything but masquerade), compiled from scratch, and
-/// the plans it came from (kept by the incremental compiler).
+/// what the incremental compiler keeps of it.
 pub(crate) fn build(
     state: &ClusterState,
     index: &StateIndex,
     opts: &CompileOptions,
-) -> (Ruleset, [DirectionPlan; 2]) {
+) -> (Ruleset, Kept) {
     let mut e = Emitter {
         opts,
         out: Ruleset::default(),
@@ -610,8 +784,16 @@ pub(crate) fn build(
     }
     // Local pods sharing an address: the last one's element stands, and a decision chain only
     // the others' elements named goes (the incremental paths keep exactly the chains in use).
-    sweep_outcome_chains(&mut e.out, &mut Touched::all());
-    (e.out, plans)
+    let mut refs: HashMap<String, usize> = HashMap::new();
+    for v in e.out.maps.values().flat_map(|m| m.elements.values()) {
+        if let Verdict::Goto(c) | Verdict::Jump(c) = v {
+            *refs.entry(c.clone()).or_default() += 1;
+        }
+    }
+    e.out
+        .chains
+        .retain(|c, _| !is_outcome_chain(c) || refs.contains_key(c));
+    (e.out, Kept { plans, refs })
 }
 
 /// Bring `out` up to date after this node's pods `keys` changed (added, removed, relabelled,
@@ -623,7 +805,7 @@ pub(crate) fn build(
 /// classes): nothing was done, rebuild.
 pub(crate) fn local_pods_changed(
     inputs: &Inputs<'_>,
-    plans: &mut [DirectionPlan; 2],
+    kept: &mut Kept,
     keys: &BTreeSet<crate::model::ObjectKey>,
     changed_addrs: &BTreeSet<IpAddr>,
     out: &mut Ruleset,
@@ -634,7 +816,7 @@ pub(crate) fn local_pods_changed(
     // after the change).
     let mut addrs: BTreeSet<IpAddr> = changed_addrs.clone();
     for key in keys {
-        for plan in plans.iter() {
+        for plan in kept.plans.iter() {
             if let Some((_, ips)) = plan.local.get(key) {
                 addrs.extend(ips);
             }
@@ -649,13 +831,18 @@ pub(crate) fn local_pods_changed(
                 .filter(|k| index.local_pods.contains(*k))
                 .count()
                 > 1
-        }) || plans.iter().any(|p| {
+        }) || kept.plans.iter().any(|p| {
             p.local
                 .iter()
                 .any(|(k, (_, ips))| !keys.contains(k) && ips.contains(ip))
         })
     });
-    if shared || plans.iter().any(|p| !p.keeps_policies(state, index, keys)) {
+    if shared
+        || kept
+            .plans
+            .iter()
+            .any(|p| !p.keeps_policies(state, index, keys))
+    {
         return false;
     }
     let mut e = Emitter {
@@ -663,6 +850,11 @@ pub(crate) fn local_pods_changed(
         out: std::mem::take(out),
     };
     let before: BTreeSet<String> = e.out.chains.keys().cloned().collect();
+    // Removals release their decision chains after the additions, so that a chain a pod
+    // leaves and joins again in one change stays.
+    let mut released = Vec::new();
+    let Kept { plans, .. } = kept;
+    let mut holds = Vec::new();
     for plan in plans.iter_mut() {
         let direction = plan.direction.expect("a made plan");
         for key in keys {
@@ -671,6 +863,7 @@ pub(crate) fn local_pods_changed(
                 e.pod_entries(direction, plan, gi, &ips, &mut |out, m, k, _| {
                     let map = out.maps.get_mut(&m).expect("a map of the plan");
                     if let Some(v) = map.elements.remove(&k) {
+                        released.push(v.clone());
                         if let Some(delta) = touched.map_elements(&m) {
                             delta.remove(k, v);
                         }
@@ -684,13 +877,22 @@ pub(crate) fn local_pods_changed(
                 plan.local.insert(key.clone(), (gi, ips.clone()));
                 e.pod_entries(direction, plan, gi, &ips, &mut |out, m, k, v| {
                     let map = out.maps.get_mut(&m).expect("a map of the plan");
-                    map.elements.insert(k.clone(), v.clone());
+                    holds.push(v.clone());
+                    if let Some(old) = map.elements.insert(k.clone(), v.clone()) {
+                        released.push(old);
+                    }
                     if let Some(delta) = touched.map_elements(&m) {
                         delta.add(k, v);
                     }
                 });
             }
         }
+    }
+    for v in &holds {
+        kept.hold(v);
+    }
+    for v in &released {
+        kept.release(v, &mut e.out, touched);
     }
     // The fail-closed sets: every local pod the agent knows that is no host-network pod.
     for ip in &addrs {
@@ -718,38 +920,9 @@ pub(crate) fn local_pods_changed(
             }
         }
     }
-    sweep_outcome_chains(&mut e.out, touched);
-    for c in e.out.chains.keys() {
-        if !before.contains(c) {
-            touched.chain(c);
-        }
-    }
+    kept.new_chains(&before, &mut e.out, touched);
     *out = e.out;
     true
-}
-
-/// Remove the decision chains no map element jumps to any more (a full compile makes only
-/// those something uses).
-fn sweep_outcome_chains(out: &mut Ruleset, touched: &mut Touched) {
-    let used: BTreeSet<&String> = out
-        .maps
-        .values()
-        .flat_map(|m| m.elements.values())
-        .filter_map(|v| match v {
-            Verdict::Goto(c) | Verdict::Jump(c) => Some(c),
-            _ => None,
-        })
-        .collect();
-    let unused: Vec<String> = out
-        .chains
-        .keys()
-        .filter(|c| ["-ok-", "-deny-", "-iso-"].iter().any(|k| c.contains(k)) && !used.contains(c))
-        .cloned()
-        .collect();
-    for c in unused {
-        out.chains.remove(&c);
-        touched.chain(&c);
-    }
 }
 
 /// Bring `out` (made by [`build`] from `plans`, then updated by this function only) up to date
@@ -757,7 +930,7 @@ fn sweep_outcome_chains(out: &mut Ruleset, touched: &mut Touched) {
 /// maps of classes that came into or went out of use.
 pub(crate) fn remote_pods_changed(
     inputs: &Inputs<'_>,
-    plans: &mut [DirectionPlan; 2],
+    kept: &mut Kept,
     addrs: &BTreeSet<IpAddr>,
     out: &mut Ruleset,
     touched: &mut Touched,
@@ -768,7 +941,9 @@ pub(crate) fn remote_pods_changed(
         out: std::mem::take(out),
     };
     let before: BTreeSet<String> = e.out.chains.keys().cloned().collect();
-    let mut swept = false;
+    let mut holds = Vec::new();
+    let mut released = Vec::new();
+    let Kept { plans, .. } = kept;
     for plan in plans.iter_mut() {
         let direction = plan.direction.expect("a made plan");
         let changed = plan.reclassify(state, index, addrs);
@@ -779,6 +954,7 @@ pub(crate) fn remote_pods_changed(
                 for key in &plan.groups[*gi].1 {
                     let ips = &plan.local[key].1;
                     e.class_entries(direction, plan, *gi, *c, ips, &mut |out, m, k, v| {
+                        holds.push(v.clone());
                         out.maps
                             .get_mut(&m)
                             .expect("made above")
@@ -797,10 +973,11 @@ pub(crate) fn remote_pods_changed(
             e.out.chains.remove(&name);
             touched.chain(&name);
             for m in class_maps(&name) {
-                e.out.maps.remove(&m);
+                if let Some(gone) = e.out.maps.remove(&m) {
+                    released.extend(gone.elements.into_values());
+                }
                 touched.map(&m);
             }
-            swept = true;
         }
         for (ip, class) in &changed.exact {
             let map = format!("{}-peer{}", stage(direction), fam(Family::of(ip)));
@@ -810,7 +987,9 @@ pub(crate) fn remote_pods_changed(
             let new = class.map(|c| Verdict::Goto(class_chain(plan, c)));
             if let Some(v) = &new {
                 elements.insert(key.clone(), v.clone());
+                holds.push(v.clone());
             }
+            released.extend(old.clone());
             if let Some(delta) = touched.map_elements(&map) {
                 if let Some(v) = old {
                     delta.remove(key.clone(), v);
@@ -821,13 +1000,12 @@ pub(crate) fn remote_pods_changed(
             }
         }
     }
-    if swept {
-        sweep_outcome_chains(&mut e.out, touched);
+    for v in &holds {
+        kept.hold(v);
     }
-    for c in e.out.chains.keys() {
-        if !before.contains(c) {
-            touched.chain(c);
-        }
+    for v in &released {
+        kept.release(v, &mut e.out, touched);
     }
+    kept.new_chains(&before, &mut e.out, touched);
     *out = e.out;
 }

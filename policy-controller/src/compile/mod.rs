@@ -166,8 +166,8 @@ pub struct Compiler {
     /// Chains, maps or the set list must be rebuilt (a local pod, a policy, a namespace or a
     /// node changed).
     structure_dirty: bool,
-    /// The plans of the last rebuild, kept up to date by remote pod changes.
-    plans: Option<[decide::DirectionPlan; 2]>,
+    /// What the last rebuild keeps for the incremental paths, kept up to date by them.
+    plans: Option<flat::Kept>,
     /// Addresses of pods that changed since the last refresh (as peers).
     remote_addrs: BTreeSet<IpAddr>,
     /// This node's pods that changed since the last refresh (as subjects).

@@ -302,8 +302,11 @@ fn golden_node_1() {
     assert_eq!(rules[1].verdict, Some(RuleVerdict::Verdict(Verdict::Drop)));
     assert_eq!(rules[2].comment.as_deref(), Some("x/web-from-db"));
     // From app=db of x: TCP 80 and the named port http (8080 on x/web), allowed by the rule.
-    let ports4 = &r.maps[&format!("{db_class}-p4")];
-    assert!(ports4.interval);
+    // Single ports: the hash map of exceptions (no background: the rest is the default).
+    let ports4 = &r.maps[&format!("{db_class}-x4")];
+    assert!(!ports4.interval);
+    assert!(r.maps[&format!("{db_class}-p4")].elements.is_empty());
+    assert!(r.maps[&format!("{db_class}-a4")].elements.is_empty());
     let web = |proto: u8, port: u16| {
         vec![
             Value::Addr("10.0.1.2".parse().unwrap()),
@@ -628,7 +631,7 @@ fn equal_selectors_share_one_class_and_names_are_stable() {
         direction: Direction::Ingress,
         index: 0,
     });
-    assert!(r.maps[&format!("{db_class}-p4")]
+    assert!(r.maps[&format!("{db_class}-x4")]
         .elements
         .values()
         .all(|v| *v == Verdict::Goto(again.clone())));
@@ -755,4 +758,61 @@ fn remote_pod_changes_touch_peer_maps_only_and_a_shared_address_stays() {
         [(addr("10.0.2.3"), Verdict::Goto(db_class.clone()))].into()
     );
     assert_eq!(c.ruleset(), compile(c.state(), &o));
+}
+
+#[test]
+fn port_decisions_are_exceptions_over_a_background() {
+    use super::decide::Outcome;
+    use super::flat::{port_layout, Placed};
+    use crate::model::Protocol::{Tcp, Udp};
+    let rule = |i| RuleRef {
+        policy: PolicyRef::network(&ObjectKey::new("x", "p")),
+        direction: Direction::Ingress,
+        index: i,
+    };
+    let default = Outcome::Isolated(vec![PolicyRef::network(&ObjectKey::new("x", "p"))]);
+    let allow = Outcome::Allow(Some(rule(0)));
+    let deny = Outcome::Deny(rule(1));
+    // One allowed port: an exception over the default (no background element).
+    let ports = vec![(Tcp, 80, 80, allow.clone())];
+    assert_eq!(
+        port_layout(&ports, &default),
+        vec![(6, vec![(Placed::Port(80), Some(&allow))])]
+    );
+    // Everything allowed but one denied port: the allow is the background.
+    let ports = vec![
+        (Tcp, 0, 79, allow.clone()),
+        (Tcp, 80, 80, deny.clone()),
+        (Tcp, 81, 65535, allow.clone()),
+    ];
+    assert_eq!(
+        port_layout(&ports, &default),
+        vec![(
+            6,
+            vec![
+                (Placed::Protocol, Some(&allow)),
+                (Placed::Port(80), Some(&deny))
+            ]
+        )]
+    );
+    // A range stays a range; the gaps of a background are the default's, as exceptions.
+    let ports = vec![
+        (Udp, 53, 60, deny.clone()),
+        (Udp, 100, 65534, allow.clone()),
+    ];
+    assert_eq!(
+        port_layout(&ports, &default),
+        vec![(
+            17,
+            vec![
+                (Placed::Protocol, Some(&allow)),
+                (Placed::Range(0, 52), None),
+                (Placed::Range(53, 60), Some(&deny)),
+                (Placed::Range(61, 99), None),
+                (Placed::Port(65535), None),
+            ]
+        )]
+    );
+    // Nothing for a protocol without decisions.
+    assert!(port_layout(&[], &default).is_empty());
 }
