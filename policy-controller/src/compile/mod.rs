@@ -23,7 +23,9 @@
 //! chain egress-peers       ip daddr vmap @egress-peer4   pod and node addresses → their class
 //!                          ip daddr vmap @egress-net4    address blocks (interval) → their class
 //!                          goto eg-<world>               the rest
-//! chain eg-<class>         ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   (interval)
+//! chain eg-<class>         ip saddr . meta l4proto . th dport vmap @eg-<class>-x4   single ports
+//!                          ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   ranges (interval)
+//!                          ip saddr . meta l4proto vmap @eg-<class>-a4   the protocol's background
 //!                          meta l4proto @l4ports goto egress-default
 //!                          ip saddr vmap @eg-<class>-n4  protocols without ports
 //!                          goto egress-default
@@ -63,17 +65,26 @@
 //!   pod's default becomes an element; the default (isolated: denied; else allowed) is one
 //!   element per isolated pod.
 //! - **Per-packet cost** of a new connection, per direction: the stage lookup, and for a pod
-//!   some policy selects the exact and interval peer lookups, the class's verdict lookup and
-//!   on a miss the default lookup: a fixed number whatever the number of policies. `Pass` and
+//!   some policy selects the exact and interval peer lookups, the class's verdict lookups
+//!   (port, port range, protocol; no ports) and on a miss the default lookup: a fixed number
+//!   whatever the number of policies. `Pass` and
 //!   first-match order cost nothing per packet: they were evaluated by the compiler.
 //! - **Protocols without ports** (ICMP, ...): `th dport` would read other header bytes, so the
 //!   port maps hold only TCP, UDP and SCTP keys, and `@l4ports` keeps those protocols from
 //!   falling through to the port-less map, where only rules without ports decide.
+//! - **Ports as exceptions over a background.** Per subject group, class and protocol, the
+//!   outcome covering the most ports is the background (`-a`, keyed by pod and protocol; none
+//!   when it is the pod's default) and every other port segment an exception looked up first:
+//!   single ports in a hash map (`-x`), ranges in an interval map (`-p`). "Allow all but deny
+//!   80" is then two hash elements, not three intervals. Why: the kernel's concatenated
+//!   interval sets (pipapo) rebuild their lookup tables on every change, so deleting one
+//!   element of a large one cost tens of milliseconds; hash maps change in microseconds.
 //! - **Churn.** A pod on another node coming, going or changing labels moves its address to
 //!   another class (one peer-map element) unless its combination of labels is new (a new
 //!   class: a chain and its maps). A local pod moves its stage, default and verdict-map
 //!   elements to its new subject group (a new group is decided against every class). Both
-//!   are reported as exact element changes ([`Touched::map_elements`]). A policy, namespace
+//!   are reported as exact element changes ([`Touched::map_elements`]); a decision chain goes
+//!   with the last element naming it (counted, not searched for). A policy, namespace
 //!   or node change, or a local pod change that changes which policies are in use, rebuilds
 //!   the form and reports the objects that differ.
 //! - **Names** are short and deterministic ([`names`]): a prefix and 16 hex digits of a stable
