@@ -575,37 +575,52 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     out
 }
 
-/// The pods a selection holds: live, non-host-network pods with IPs (anywhere in the cluster)
-/// whose namespace and labels match.
-pub(crate) fn select_pods(
-    state: &ClusterState,
-    index: &StateIndex,
-    selection: &PodSelection,
-) -> BTreeSet<ObjectKey> {
-    let mut out = BTreeSet::new();
-    let mut scan = |ns: &str| {
-        let ns_labels = state.namespaces.get(ns);
-        if !selection.namespace_matches(ns, ns_labels) {
-            return;
-        }
-        for key in index.pods_by_ns.get(ns).into_iter().flatten() {
-            let pod = &state.pods[key];
-            if selectable(pod)
-                && crate::model::selector::selector_matches(&selection.pods, &pod.labels)
-            {
-                out.insert(key.clone());
+/// The selectable pods of each namespace grouped by their labels, for selecting with many
+/// selectors at once: replicas share their labels, so a selector is matched once per distinct
+/// label set instead of once per pod. Built per compile (not kept: it would cost memory per
+/// pod between compiles).
+pub(crate) struct PodsByLabels<'a> {
+    by_ns: HashMap<&'a str, Vec<(&'a Labels, Vec<&'a ObjectKey>)>>,
+}
+
+impl<'a> PodsByLabels<'a> {
+    pub fn new(state: &'a ClusterState, index: &'a StateIndex) -> Self {
+        let mut by_ns = HashMap::new();
+        for (ns, keys) in &index.pods_by_ns {
+            let mut groups: HashMap<&Labels, Vec<&ObjectKey>> = HashMap::new();
+            for key in keys {
+                let pod = &state.pods[key];
+                if selectable(pod) {
+                    groups.entry(&pod.labels).or_default().push(key);
+                }
             }
+            by_ns.insert(ns.as_str(), groups.into_iter().collect());
         }
-    };
-    match &selection.namespaces {
-        NamespaceScope::Named(ns) => scan(ns),
-        NamespaceScope::Matching(_) => {
-            for ns in index.pods_by_ns.keys() {
-                scan(ns);
-            }
-        }
+        PodsByLabels { by_ns }
     }
-    out
+
+    /// Every pod `selection` selects, each once (in no particular order).
+    pub fn select(&self, state: &ClusterState, selection: &PodSelection) -> Vec<&'a ObjectKey> {
+        let mut out = Vec::new();
+        // A named namespace is one lookup; a namespace selector is matched per namespace.
+        let namespaces: Vec<&Vec<_>> = match &selection.namespaces {
+            NamespaceScope::Named(ns) => self.by_ns.get(ns.as_str()).into_iter().collect(),
+            NamespaceScope::Matching(_) => self
+                .by_ns
+                .iter()
+                .filter(|(ns, _)| selection.namespace_matches(ns, state.namespaces.get(**ns)))
+                .map(|(_, groups)| groups)
+                .collect(),
+        };
+        for groups in namespaces {
+            for (labels, keys) in groups {
+                if crate::model::selector::selector_matches(&selection.pods, labels) {
+                    out.extend(keys.iter().copied());
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
