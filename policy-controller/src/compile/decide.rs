@@ -23,7 +23,7 @@
 //! Pure: no nft, no I/O. [`super::flat`] turns the result into chains and maps.
 
 use super::intervals::{addr_u128, block_ranges, RangeSet};
-use super::{enforced, select_pods, selectable, StateIndex};
+use super::{enforced, selectable, PodsByLabels, StateIndex};
 use crate::model::api::LabelSelector;
 use crate::model::policy::{Action, Direction, Peer, PolicyRef, PortMatch, RuleRef, Tier};
 use crate::model::selector::selector_matches;
@@ -504,11 +504,12 @@ pub(crate) fn plan(
     // Exact addresses: what pod and node atoms hold, and (egress) pods on which a named port
     // of the rules resolves.
     let mut exact_atoms: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
+    let pods = PodsByLabels::new(state, index);
     for (i, atom) in out.atoms.iter().enumerate() {
         match atom {
             Atom::Pods(selection) => {
-                for key in select_pods(state, index, selection) {
-                    for ip in &state.pods[&key].ips {
+                for key in pods.select(state, selection) {
+                    for ip in &state.pods[key].ips {
                         exact_atoms.entry(*ip).or_default().insert(i);
                     }
                 }

@@ -745,9 +745,7 @@ impl Kept {
             }
         }
     }
-}
 
-impl Kept {
     /// Chains made since `before` are touched; a decision chain made only to name the
     /// verdict of an element that went (no element names it) goes again.
     fn new_chains(&self, before: &BTreeSet<String>, out: &mut Ruleset, touched: &mut Touched) {
@@ -784,16 +782,15 @@ pub(crate) fn build(
     }
     // Local pods sharing an address: the last one's element stands, and a decision chain only
     // the others' elements named goes (the incremental paths keep exactly the chains in use).
-    let mut refs: HashMap<String, usize> = HashMap::new();
+    let mut kept = Kept {
+        plans,
+        refs: HashMap::new(),
+    };
     for v in e.out.maps.values().flat_map(|m| m.elements.values()) {
-        if let Verdict::Goto(c) | Verdict::Jump(c) = v {
-            *refs.entry(c.clone()).or_default() += 1;
-        }
+        kept.hold(v);
     }
-    e.out
-        .chains
-        .retain(|c, _| !is_outcome_chain(c) || refs.contains_key(c));
-    (e.out, Kept { plans, refs })
+    kept.new_chains(&BTreeSet::new(), &mut e.out, &mut Touched::all());
+    (e.out, kept)
 }
 
 /// Bring `out` up to date after this node's pods `keys` changed (added, removed, relabelled,

@@ -23,7 +23,9 @@
 //! chain egress-peers       ip daddr vmap @egress-peer4   pod and node addresses → their class
 //!                          ip daddr vmap @egress-net4    address blocks (interval) → their class
 //!                          goto eg-<world>               the rest
-//! chain eg-<class>         ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   (interval)
+//! chain eg-<class>         ip saddr . meta l4proto . th dport vmap @eg-<class>-x4   single ports
+//!                          ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   ranges (interval)
+//!                          ip saddr . meta l4proto vmap @eg-<class>-a4   the protocol's background
 //!                          meta l4proto @l4ports goto egress-default
 //!                          ip saddr vmap @eg-<class>-n4  protocols without ports
 //!                          goto egress-default
@@ -63,17 +65,26 @@
 //!   pod's default becomes an element; the default (isolated: denied; else allowed) is one
 //!   element per isolated pod.
 //! - **Per-packet cost** of a new connection, per direction: the stage lookup, and for a pod
-//!   some policy selects the exact and interval peer lookups, the class's verdict lookup and
-//!   on a miss the default lookup: a fixed number whatever the number of policies. `Pass` and
+//!   some policy selects the exact and interval peer lookups, the class's verdict lookups
+//!   (port, port range, protocol; no ports) and on a miss the default lookup: a fixed number
+//!   whatever the number of policies. `Pass` and
 //!   first-match order cost nothing per packet: they were evaluated by the compiler.
 //! - **Protocols without ports** (ICMP, ...): `th dport` would read other header bytes, so the
 //!   port maps hold only TCP, UDP and SCTP keys, and `@l4ports` keeps those protocols from
 //!   falling through to the port-less map, where only rules without ports decide.
+//! - **Ports as exceptions over a background.** Per subject group, class and protocol, the
+//!   outcome covering the most ports is the background (`-a`, keyed by pod and protocol; none
+//!   when it is the pod's default) and every other port segment an exception looked up first:
+//!   single ports in a hash map (`-x`), ranges in an interval map (`-p`). "Allow all but deny
+//!   80" is then two hash elements, not three intervals. Why: the kernel's concatenated
+//!   interval sets (pipapo) rebuild their lookup tables on every change, so deleting one
+//!   element of a large one cost tens of milliseconds; hash maps change in microseconds.
 //! - **Churn.** A pod on another node coming, going or changing labels moves its address to
 //!   another class (one peer-map element) unless its combination of labels is new (a new
 //!   class: a chain and its maps). A local pod moves its stage, default and verdict-map
 //!   elements to its new subject group (a new group is decided against every class). Both
-//!   are reported as exact element changes ([`Touched::map_elements`]). A policy, namespace
+//!   are reported as exact element changes ([`Touched::map_elements`]); a decision chain goes
+//!   with the last element naming it (counted, not searched for). A policy, namespace
 //!   or node change, or a local pod change that changes which policies are in use, rebuilds
 //!   the form and reports the objects that differ.
 //! - **Names** are short and deterministic ([`names`]): a prefix and 16 hex digits of a stable
@@ -564,37 +575,52 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     out
 }
 
-/// The pods a selection holds: live, non-host-network pods with IPs (anywhere in the cluster)
-/// whose namespace and labels match.
-pub(crate) fn select_pods(
-    state: &ClusterState,
-    index: &StateIndex,
-    selection: &PodSelection,
-) -> BTreeSet<ObjectKey> {
-    let mut out = BTreeSet::new();
-    let mut scan = |ns: &str| {
-        let ns_labels = state.namespaces.get(ns);
-        if !selection.namespace_matches(ns, ns_labels) {
-            return;
-        }
-        for key in index.pods_by_ns.get(ns).into_iter().flatten() {
-            let pod = &state.pods[key];
-            if selectable(pod)
-                && crate::model::selector::selector_matches(&selection.pods, &pod.labels)
-            {
-                out.insert(key.clone());
+/// The selectable pods of each namespace grouped by their labels, for selecting with many
+/// selectors at once: replicas share their labels, so a selector is matched once per distinct
+/// label set instead of once per pod. Built per compile (not kept: it would cost memory per
+/// pod between compiles).
+pub(crate) struct PodsByLabels<'a> {
+    by_ns: HashMap<&'a str, Vec<(&'a Labels, Vec<&'a ObjectKey>)>>,
+}
+
+impl<'a> PodsByLabels<'a> {
+    pub fn new(state: &'a ClusterState, index: &'a StateIndex) -> Self {
+        let mut by_ns = HashMap::new();
+        for (ns, keys) in &index.pods_by_ns {
+            let mut groups: HashMap<&Labels, Vec<&ObjectKey>> = HashMap::new();
+            for key in keys {
+                let pod = &state.pods[key];
+                if selectable(pod) {
+                    groups.entry(&pod.labels).or_default().push(key);
+                }
             }
+            by_ns.insert(ns.as_str(), groups.into_iter().collect());
         }
-    };
-    match &selection.namespaces {
-        NamespaceScope::Named(ns) => scan(ns),
-        NamespaceScope::Matching(_) => {
-            for ns in index.pods_by_ns.keys() {
-                scan(ns);
-            }
-        }
+        PodsByLabels { by_ns }
     }
-    out
+
+    /// Every pod `selection` selects, each once (in no particular order).
+    pub fn select(&self, state: &ClusterState, selection: &PodSelection) -> Vec<&'a ObjectKey> {
+        let mut out = Vec::new();
+        // A named namespace is one lookup; a namespace selector is matched per namespace.
+        let namespaces: Vec<&Vec<_>> = match &selection.namespaces {
+            NamespaceScope::Named(ns) => self.by_ns.get(ns.as_str()).into_iter().collect(),
+            NamespaceScope::Matching(_) => self
+                .by_ns
+                .iter()
+                .filter(|(ns, _)| selection.namespace_matches(ns, state.namespaces.get(**ns)))
+                .map(|(_, groups)| groups)
+                .collect(),
+        };
+        for groups in namespaces {
+            for (labels, keys) in groups {
+                if crate::model::selector::selector_matches(&selection.pods, labels) {
+                    out.extend(keys.iter().copied());
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
