@@ -151,8 +151,57 @@ where
     /// `BATCH_BEGIN` and `BATCH_END`) in one datagram, without asking for acks: the kernel
     /// applies it as a whole inside `sendmsg` and queues one error for each refused message,
     /// which [`Socket::queued_error`] reads.
+    ///
+    /// The kernel refuses a datagram larger than the socket's send buffer less 32 bytes
+    /// (EMSGSIZE, `netlink_sendmsg`; 208 KiB by default), and a batch cannot be cut into
+    /// several datagrams without becoming several transactions. So the buffer is raised to
+    /// fit first, as nft does (`mnl_set_sndbuffer`): `SO_SNDBUFFORCE`, which needs
+    /// CAP_NET_ADMIN (what nf_tables needs anyway) and passes over `wmem_max`, else
+    /// `SO_SNDBUF`, capped by it. If neither gives room, the send reports EMSGSIZE.
     pub fn send_batch(&mut self, batch: &[u8]) -> Result<()> {
+        self.make_room(batch.len());
         self.send(batch)
+    }
+
+    /// Raise the send buffer so a datagram of `len` bytes fits (best effort, see
+    /// [`Socket::send_batch`]).
+    fn make_room(&mut self, len: usize) {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        let int = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let mut have: libc::c_int = 0;
+        let mut size = int;
+        // SAFETY: `fd` is this socket's; `have` and `size` are a c_int and its length.
+        let got = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut have as *mut libc::c_int).cast(),
+                &mut size,
+            )
+        };
+        if got == 0 && usize::try_from(have).is_ok_and(|h| len + 32 <= h) {
+            return;
+        }
+        // The kernel doubles what it is given (for its bookkeeping): ask for the datagram
+        // and the margin, which is at least that much room.
+        let want = libc::c_int::try_from(len + 32).unwrap_or(libc::c_int::MAX);
+        for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+            // SAFETY: as above; `want` is a c_int.
+            let set = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&want as *const libc::c_int).cast(),
+                    int,
+                )
+            };
+            if set == 0 {
+                return;
+            }
+        }
     }
 
     /// The first error queued for the messages sent so far (read without blocking); `Ok`

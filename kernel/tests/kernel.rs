@@ -1,8 +1,8 @@
 //! The kernel layer against the real kernel, inside namespaces this test creates (root;
 //! `PALISADE_SKIP_KERNEL_TESTS=1` skips): a veth born in another namespace, addresses,
 //! routes, neighbours, a static VXLAN overlay (link, forwarding entries, onlink routes),
-//! nf_tables element batches (exact and interval elements) and questions, a conntrack flush. `ip` and
-//! `nft` only look at the result (test tooling).
+//! nf_tables element batches (exact and interval elements, one command of 5000 elements) and
+//! questions, a conntrack flush. `ip` and `nft` only look at the result (test tooling).
 
 use palisade_kernel::conntrack::UdpFlows;
 use palisade_kernel::nftables::{
@@ -745,4 +745,84 @@ fn a_static_vxlan_overlay_is_built_and_read_back() {
         }
         assert!(!a.sh_ok("busybox ping -c1 -W1 10.80.2.0"));
     }
+}
+
+/// One batch adding 5000 elements of a concatenated v6 interval verdict map whose verdicts
+/// name chains of the longest name the kernel takes: far more than one netlink attribute
+/// can hold (about 1.7 MB of elements), so the batch carries many messages, and the kernel
+/// holds exactly the elements afterwards; one batch deleting them all leaves none.
+#[test]
+fn a_large_element_command_goes_as_many_messages_in_one_batch() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let t = TestNetns::new("k-nftl").unwrap();
+    // 255 bytes: NFT_CHAIN_MAXNAMELEN with its NUL.
+    let chains: Vec<String> = (0..4)
+        .map(|i| format!("in-{i}-{}", "x".repeat(250)))
+        .collect();
+    let defs: String = chains
+        .iter()
+        .map(|c| format!("  chain {c} {{ }}\n"))
+        .collect();
+    t.sh(&format!(
+        "nft -f - <<'EOF'
+table inet {TABLE} {{
+{defs}  map big6 {{ type ipv6_addr . inet_proto . inet_service : verdict; flags interval; }}
+}}
+EOF"
+    ))
+    .unwrap();
+    let ns = Netns::open(t.path()).unwrap();
+    let mut nf = Nfnl::open_in(&ns).unwrap();
+    let addr = |i: u32| std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i) << 8);
+    // Even: one address, a port range. Odd: a /120, one port. Jumps and gotos to all four.
+    let (mut elements, mut expected) = (Vec::new(), Vec::new());
+    for i in 0..5000u32 {
+        let chain = chains[i as usize % 4].clone();
+        let (verdict, text) = if i % 3 == 0 {
+            (Verdict::Goto(chain.clone()), format!("goto {chain}"))
+        } else {
+            (Verdict::Jump(chain.clone()), format!("jump {chain}"))
+        };
+        let port = 1000 + (i % 50) as u16;
+        let (first, last, key) = if i % 2 == 0 {
+            (
+                vec![Field::Ipv6(addr(i)), Field::Proto(6), Field::Port(port)],
+                vec![
+                    Field::Ipv6(addr(i)),
+                    Field::Proto(6),
+                    Field::Port(port + 100),
+                ],
+                format!("{} . tcp . {port}-{}", addr(i), port + 100),
+            )
+        } else {
+            let top = std::net::Ipv6Addr::from(u128::from(addr(i)) | 0xff);
+            (
+                vec![Field::Ipv6(addr(i)), Field::Proto(17), Field::Port(port)],
+                vec![Field::Ipv6(top), Field::Proto(17), Field::Port(port)],
+                format!("{}/120 . udp . {port}", addr(i)),
+            )
+        };
+        let iv = Interval::new(Data(first), Data(last)).unwrap();
+        elements.push(Element::map(iv, MapData::Verdict(verdict)));
+        expected.push(format!("{key} : {text}"));
+    }
+    expected.sort();
+
+    let mut add = Batch::new(TABLE);
+    add.add_intervals("big6", &elements);
+    assert!(
+        add.commands().len() > 40,
+        "{} messages",
+        add.commands().len()
+    );
+    nf.apply(&add).unwrap();
+    assert_eq!(listed_elements(&t, TABLE, "big6"), expected);
+
+    let mut del = Batch::new(TABLE);
+    let keys: Vec<Interval> = elements.iter().map(|e| e.key.clone()).collect();
+    del.delete_intervals("big6", &keys);
+    nf.apply(&del).unwrap();
+    assert_eq!(listed_elements(&t, TABLE, "big6"), Vec::<String>::new());
 }

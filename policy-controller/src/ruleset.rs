@@ -291,6 +291,49 @@ pub struct Touched {
     /// `added` is new to the set, each one in `removed` was in it. Only for sets without
     /// `flags interval` (whose elements are their canonical form).
     pub elements: BTreeMap<String, ElementDelta>,
+    /// Verdict maps (not named in `maps`, without `flags interval`) that differ exactly by
+    /// these elements.
+    pub map_elements: BTreeMap<String, MapDelta>,
+}
+
+/// The exact element changes of one verdict map, see [`Touched::map_elements`]: `removed`
+/// holds the entries of the map as it was (key → its verdict then) that are gone or whose
+/// verdict changed, `added` the entries of the map now that it did not hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapDelta {
+    pub added: BTreeMap<Vec<Value>, Verdict>,
+    pub removed: BTreeMap<Vec<Value>, Verdict>,
+}
+
+impl MapDelta {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+
+    /// `key → verdict` was added to the map (after the changes recorded so far; the key was
+    /// not in it then).
+    pub fn add(&mut self, key: Vec<Value>, verdict: Verdict) {
+        if self.removed.get(&key) == Some(&verdict) {
+            self.removed.remove(&key);
+        } else {
+            self.added.insert(key, verdict);
+        }
+    }
+
+    /// `key → verdict` was removed from the map (after the changes recorded so far).
+    pub fn remove(&mut self, key: Vec<Value>, verdict: Verdict) {
+        if self.added.remove(&key).is_none() {
+            self.removed.insert(key, verdict);
+        }
+    }
+
+    /// Apply to the elements the delta was recorded against.
+    pub fn apply_to(&self, elements: &mut BTreeMap<Vec<Value>, Verdict>) {
+        for k in self.removed.keys() {
+            elements.remove(k);
+        }
+        elements.extend(self.added.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
 }
 
 /// The exact element changes of one set, see [`Touched::elements`].
@@ -337,6 +380,7 @@ impl Touched {
             sets: BTreeSet::new(),
             maps: BTreeSet::new(),
             elements: BTreeMap::new(),
+            map_elements: BTreeMap::new(),
         }
     }
 
@@ -375,8 +419,18 @@ impl Touched {
     /// Records that map `name` was rebuilt.
     pub fn map(&mut self, name: &str) {
         if !self.all {
+            self.map_elements.remove(name);
             self.maps.insert(name.to_string());
         }
+    }
+
+    /// The element changes of map `name` to record into, or `None` when they need no
+    /// recording (everything, or the whole map, counts as touched already).
+    pub fn map_elements(&mut self, name: &str) -> Option<&mut MapDelta> {
+        if self.all || self.maps.contains(name) {
+            return None;
+        }
+        Some(self.map_elements.entry(name.to_string()).or_default())
     }
 
     /// Everything `other` names too (changes since an earlier point; `other` is the later).
@@ -386,7 +440,19 @@ impl Touched {
             return;
         }
         self.chains.extend(other.chains);
-        self.maps.extend(other.maps);
+        for name in other.maps {
+            self.map(&name);
+        }
+        for (name, delta) in other.map_elements {
+            if let Some(mine) = self.map_elements(&name) {
+                for (k, v) in delta.removed {
+                    mine.remove(k, v);
+                }
+                for (k, v) in delta.added {
+                    mine.add(k, v);
+                }
+            }
+        }
         for name in other.sets {
             self.set(&name);
         }

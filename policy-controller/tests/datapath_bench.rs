@@ -14,9 +14,8 @@
 //! conntrack hooks at all: this is the price of being stateful), and "0 policies", the whole
 //! compiled table with B selected by nothing (conntrack, the fail-closed check, the dispatch
 //! map misses). What the other counts lose beyond "0 policies" is the cost of the policies
-//! that select B. Last, "1000 prototype": the 1000-policy ruleset rewritten by hand into the
-//! bounded-lookup shape of issue 16 ([`peer_dispatch_prototype`]), which the compiler does
-//! not emit yet.
+//! that select B: with the flat compiled form (`compile/flat.rs`) a fixed number of lookups
+//! whatever their number.
 
 // `pub`: the support module is shared by several test binaries, each using a part of it.
 pub mod nft_support;
@@ -145,74 +144,6 @@ fn ruleset(policies: usize) -> Ruleset {
     )
 }
 
-/// A prototype of the per-connection shape issue 16 asks for, made by hand from a compiled
-/// ruleset (the compiler does not emit it): every NetworkPolicy class chain's jumps to its
-/// policy chains become one lookup of the peer address in a verdict map to the one policy
-/// chain whose peer sets hold that address (an address several policies hold, or a policy
-/// with a peer that is no pod set, keeps the chain as it was). It shows what a bounded number
-/// of lookups per connection is worth here, whatever the number of policies.
-fn peer_dispatch_prototype(mut rs: Ruleset) -> Ruleset {
-    use palisade_policy::ruleset::{Family, Field, KeyType, RuleVerdict, Value, VerdictMap};
-    use std::collections::BTreeMap;
-    let jump_target = |r: &Rule| match &r.verdict {
-        Some(RuleVerdict::Verdict(Verdict::Jump(t))) => Some(t.clone()),
-        _ => None,
-    };
-    let class_chains: Vec<String> = rs
-        .chains
-        .iter()
-        .filter(|(name, _)| name.starts_with("in-"))
-        .map(|(name, _)| name.clone())
-        .collect();
-    for class in class_chains {
-        let rules = rs.chains[&class].rules.clone();
-        let targets: Vec<String> = rules.iter().filter_map(jump_target).collect();
-        let mut maps: BTreeMap<Family, BTreeMap<Vec<Value>, Verdict>> = BTreeMap::new();
-        let mut claimed: BTreeMap<Vec<Value>, usize> = BTreeMap::new();
-        for target in &targets {
-            for rule in &rs.chains[target].rules {
-                for m in &rule.matches {
-                    let Match::Lookup { fields, set, .. } = m else {
-                        continue;
-                    };
-                    let [Field::SrcAddr(family)] = fields.as_slice() else {
-                        continue;
-                    };
-                    for e in &rs.sets[set].elements {
-                        *claimed.entry(e.clone()).or_default() += 1;
-                        maps.entry(*family)
-                            .or_default()
-                            .insert(e.clone(), Verdict::Jump(target.clone()));
-                    }
-                }
-            }
-        }
-        if claimed.values().any(|&n| n > 1) {
-            continue;
-        }
-        let mut new_rules = Vec::new();
-        for (family, elements) in maps {
-            let (name, key) = match family {
-                Family::Ipv4 => (format!("{class}-p4"), KeyType::Ipv4Addr),
-                Family::Ipv6 => (format!("{class}-p6"), KeyType::Ipv6Addr),
-            };
-            rs.maps.insert(
-                name.clone(),
-                VerdictMap {
-                    key: vec![key],
-                    interval: false,
-                    elements,
-                    comment: None,
-                },
-            );
-            new_rules.push(nft_support::vmap(&[Field::SrcAddr(family)], &name));
-        }
-        new_rules.extend(rules.into_iter().filter(|r| jump_target(r).is_none()));
-        rs.chains.get_mut(&class).unwrap().rules = new_rules;
-    }
-    rs
-}
-
 /// One forward chain: replies accepted by conntrack state, then the chain's accept policy.
 fn conntrack_only() -> Ruleset {
     let mut rs = Ruleset::default();
@@ -250,10 +181,6 @@ fn datapath_with_and_without_the_ruleset() {
             .iter()
             .map(|&n| (format!("{n} policies"), ruleset(n))),
     );
-    rulesets.push((
-        format!("{THROUGHPUT_POLICIES} prototype"),
-        peer_dispatch_prototype(ruleset(THROUGHPUT_POLICIES)),
-    ));
     // For profiling one variant (perf record around the run): `DATAPATH_BENCH_ONLY="1000
     // policies"` keeps that one beside the no-table rounds.
     if let Ok(only) = std::env::var("DATAPATH_BENCH_ONLY") {

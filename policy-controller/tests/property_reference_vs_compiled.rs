@@ -857,15 +857,120 @@ fn touched_covers(
             ));
         }
     }
+    for (name, delta) in &touched.map_elements {
+        let (Some(was), Some(is)) = (before.maps.get(name), now.maps.get(name)) else {
+            return Err(format!(
+                "map {name} reported by element changes is new or gone"
+            ));
+        };
+        let fits = delta
+            .removed
+            .iter()
+            .all(|(k, v)| was.elements.get(k) == Some(v))
+            && delta
+                .added
+                .keys()
+                .all(|k| !was.elements.contains_key(k) || delta.removed.contains_key(k));
+        if !fits {
+            return Err(format!(
+                "map {name}: element changes {delta:?} do not fit what it held"
+            ));
+        }
+        let mut updated = was.clone();
+        delta.apply_to(&mut updated.elements);
+        if updated != *is {
+            return Err(format!(
+                "map {name} differs from what its element changes say"
+            ));
+        }
+    }
     let named_sets: BTreeSet<String> = touched
         .sets
         .iter()
         .chain(touched.elements.keys())
         .cloned()
         .collect();
+    let named_maps: BTreeSet<String> = touched
+        .maps
+        .iter()
+        .chain(touched.map_elements.keys())
+        .cloned()
+        .collect();
     check("chain", &before.chains, &now.chains, &touched.chains)?;
     check("set", &before.sets, &now.sets, &named_sets)?;
-    check("map", &before.maps, &now.maps, &touched.maps)
+    check("map", &before.maps, &now.maps, &named_maps)
+}
+
+/// What differs between two rulesets (incremental, full), for failure messages.
+fn difference(
+    got: &palisade_policy::ruleset::Ruleset,
+    want: &palisade_policy::ruleset::Ruleset,
+) -> String {
+    fn names<T: PartialEq>(
+        kind: &str,
+        a: &std::collections::BTreeMap<String, T>,
+        b: &std::collections::BTreeMap<String, T>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (n, x) in a {
+            match b.get(n) {
+                None => out.push(format!("{kind} {n} only incremental")),
+                Some(y) if x != y => out.push(format!("{kind} {n} differs")),
+                _ => {}
+            }
+        }
+        out.extend(
+            b.keys()
+                .filter(|n| !a.contains_key(*n))
+                .map(|n| format!("{kind} {n} only full")),
+        );
+        out
+    }
+    let mut out = names("chain", &got.chains, &want.chains);
+    for n in want.chains.keys().filter(|n| !got.chains.contains_key(*n)) {
+        let users: Vec<String> = want
+            .maps
+            .iter()
+            .filter(|(_, m)| {
+                m.elements
+                    .values()
+                    .any(|v| matches!(v, palisade_policy::ruleset::Verdict::Goto(c) if c == n))
+            })
+            .map(|(m, mm)| {
+                format!(
+                    "{m} (incremental has it: {:?})",
+                    got.maps.get(m).map(|g| g == mm)
+                )
+            })
+            .collect();
+        out.push(format!("chain {n} is used in full by {users:?}"));
+    }
+    out.extend(names("set", &got.sets, &want.sets));
+    for (n, m) in &got.maps {
+        if let Some(w) = want.maps.get(n) {
+            if m != w {
+                let extra: Vec<_> = m
+                    .elements
+                    .iter()
+                    .filter(|(k, v)| w.elements.get(*k) != Some(*v))
+                    .collect();
+                let missing: Vec<_> = w
+                    .elements
+                    .iter()
+                    .filter(|(k, v)| m.elements.get(*k) != Some(*v))
+                    .collect();
+                out.push(format!(
+                    "map {n}: incremental has {extra:?}, full has {missing:?}"
+                ));
+            }
+        }
+    }
+    out.extend(
+        names("map", &got.maps, &want.maps)
+            .into_iter()
+            .filter(|l| !l.ends_with("differs")),
+    );
+    out.join("; ")
 }
 
 /// Morph cluster A into cluster B one change at a time; after every change the incremental
@@ -958,9 +1063,11 @@ fn check_incremental(bytes_a: &[u8], bytes_b: &[u8]) -> Result<(), String> {
         // several compiles as well.
         if i % 2 == 0 {
             let want = compile(compiler.state(), &opts);
-            if compiler.ruleset() != want {
+            let got = compiler.ruleset();
+            if got != want {
                 return Err(format!(
-                    "after change {i} ({what}): incremental differs from full"
+                    "after change {i} ({what}): incremental differs from full: {}",
+                    difference(&got, &want)
                 ));
             }
         }

@@ -41,6 +41,48 @@ fn pod_change_compiled_and_applied() {
     }
 }
 
+/// What the compiled form holds: objects, and elements by the kind of map (the names of
+/// `compile::flat`: stage, peer and block maps, the per-class decision maps, defaults).
+fn print_shape(rs: &palisade_policy::ruleset::Ruleset) {
+    let mut kinds: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (name, map) in &rs.maps {
+        let kind = if name.contains("-peer") {
+            "peer addresses"
+        } else if name.contains("-net") {
+            "peer blocks"
+        } else if name.contains("-default") {
+            "isolated pods"
+        } else if name.starts_with("egress") || name.starts_with("ingress") {
+            "selected pods"
+        } else {
+            match name.chars().nth(name.len() - 2) {
+                Some('x') => "decisions: single ports",
+                Some('p') => "decisions: port ranges",
+                Some('a') => "decisions: whole protocol",
+                Some('n') => "decisions: no ports",
+                _ => "other maps",
+            }
+        };
+        let e = kinds.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += map.elements.len();
+    }
+    let set_elements: usize = rs.sets.values().map(|s| s.elements.len()).sum();
+    let map_elements: usize = rs.maps.values().map(|m| m.elements.len()).sum();
+    println!(
+        "compiled form: {} chains, {} rules, {} maps with {} elements, {} sets with {} elements",
+        rs.chains.len(),
+        rs.chains.values().map(|c| c.rules.len()).sum::<usize>(),
+        rs.maps.len(),
+        map_elements,
+        rs.sets.len(),
+        set_elements
+    );
+    for (kind, (maps, elements)) in kinds {
+        println!("  {kind:<26} {maps:>6} maps {elements:>8} elements");
+    }
+}
+
 fn pod_change_compiled_and_applied_in(size: Size, state: ClusterState) {
     use palisade_policy::nft::{Dataplane, NftDataplane, NftOptions};
     let ns = palisade_testutil::TestNetns::new("e2e-bench").unwrap();
@@ -82,6 +124,7 @@ fn pod_change_compiled_and_applied_in(size: Size, state: ClusterState) {
         ms(hooks),
         last.bytes / 1024
     );
+    print_shape(rs);
 
     let mut remote = pod(size, size.pods + 1);
     remote.node = Some("node-5".into());

@@ -11,6 +11,10 @@
 //! A batch is what `nft -f` itself sends for `add element` / `delete element`
 //! (linux/netfilter/nf_tables.h): NEWSETELEM / DELSETELEM messages between BATCH_BEGIN and
 //! BATCH_END, applied atomically: all of it or, when the kernel refuses any message, none.
+//! One element command becomes as many messages as its encoded size needs (see
+//! [`LIST_BYTES`]), for every caller; a batch is one datagram (see
+//! [`Socket::send_batch`](crate::netlink::Socket::send_batch) for the send buffer), and
+//! [`Batches`] spreads additions over several batches of a bounded size.
 //!
 //! Elements of sets with `flags interval` go as nft 1.0.6 sends them (checked with strace
 //! and `nft --debug=netlink` on kernel 6.18), see [`Batch::add_intervals`].
@@ -50,7 +54,72 @@ fn open_interval_udata() -> Vec<u8> {
     u
 }
 
-/// The kernel elements of one interval element, appended to `out`, as nft sends them:
+/// The kernel elements that stand for one element of the caller's: one, or for a
+/// single-field interval a start and an end element. They go in the same message.
+type Group = Vec<ListAttribute<SetElementAttribute>>;
+
+/// The most bytes of kernel elements one message carries (the payload of its
+/// `NFTA_SET_ELEM_LIST_ELEMENTS`).
+///
+/// The element list is one netlink attribute, and an attribute's length is 16 bits: a list
+/// over 65535 bytes cannot be sent, and netlink-packet-core 0.9 (under
+/// netlink-packet-netfilter 0.4) does not refuse one: it writes the length cut to 16 bits
+/// and then panics on a slice index out of range while emitting the list (checked with the
+/// unit test below and this bound lifted). So an element command is split into
+/// messages by encoded size, measured element by element as it is built: a list is closed
+/// before an element would take it past 32 KiB.
+///
+/// The largest element the kernel accepts takes 424 bytes: an interval of a concatenation
+/// with both ends as keys of at most 64 bytes (`NFT_DATA_VALUE_MAXLEN`; a v6 address,
+/// protocol and port take 24) and a verdict naming a chain of 255 bytes
+/// (`NFT_CHAIN_MAXNAMELEN`, with its NUL). That is 4 (element), 2 × (4 + 4 + 64) (key and
+/// key end) and 4 + 4 + 8 + 4 + 256 (data, verdict, code, chain); with the v6 keys of a
+/// dispatch map it is 344 (the unit test below checks lists of those from the wire). So a
+/// list never exceeds 32 KiB, half the limit: far enough that nothing near the worst case
+/// can reach it, while one more message per 32 KiB (about 60 bytes of headers and names)
+/// costs nothing measurable.
+pub const LIST_BYTES: usize = 32 * 1024;
+
+/// `groups` as element lists of at most [`LIST_BYTES`] encoded bytes, each with the number
+/// of groups it holds. A group is never split; one larger than the bound on its own (no
+/// element the kernel accepts is) gets a list of its own.
+fn lists(groups: impl Iterator<Item = Group>) -> Vec<(Group, usize)> {
+    use netlink_packet_core::Emitable;
+    let mut out = Vec::new();
+    let (mut list, mut bytes, mut count) = (Vec::new(), 0, 0);
+    for group in groups {
+        let size: usize = group.iter().map(Emitable::buffer_len).sum();
+        if count > 0 && bytes + size > LIST_BYTES {
+            out.push((std::mem::take(&mut list), count));
+            (bytes, count) = (0, 0);
+        }
+        list.extend(group);
+        bytes += size;
+        count += 1;
+    }
+    if count > 0 {
+        out.push((list, count));
+    }
+    out
+}
+
+/// A key attribute.
+fn key(d: &Data) -> SetElementAttribute {
+    SetElementAttribute::Key(DataAttribute::Value(d.bytes()))
+}
+
+/// The kernel element of an exact element: its key and, for a map, its data.
+fn exact_element(e: &Element) -> Group {
+    let mut attrs = vec![key(&e.key)];
+    attrs.extend(
+        e.data
+            .as_ref()
+            .map(|d| SetElementAttribute::Data(d.attribute())),
+    );
+    vec![ListAttribute::Element(attrs)]
+}
+
+/// The kernel elements of one interval element, as nft sends them:
 ///
 /// - a concatenation (pipapo set): one element, its key the first key of every field and
 ///   `NFTA_SET_ELEM_KEY_END` the last (inclusive), both in register layout;
@@ -65,12 +134,7 @@ fn open_interval_udata() -> Vec<u8> {
 /// empty single-field set, a relic of older kernels' rbtree lookups; kernel 6.18 matches
 /// without it, which the kernel test checks with packets, and it is never removed, so it is
 /// left out here.)
-fn interval_elements(
-    iv: &Interval,
-    data: Option<&MapData>,
-    out: &mut Vec<ListAttribute<SetElementAttribute>>,
-) {
-    let key = |d: &Data| SetElementAttribute::Key(DataAttribute::Value(d.bytes()));
+fn interval_elements(iv: &Interval, data: Option<&MapData>) -> Group {
     let mut start = vec![key(iv.first())];
     if iv.concatenated() {
         start.push(SetElementAttribute::KeyEnd(vec![DefaultNla::new(
@@ -80,20 +144,19 @@ fn interval_elements(
     }
     start.extend(data.map(|d| SetElementAttribute::Data(d.attribute())));
     if iv.concatenated() {
-        out.push(ListAttribute::Element(start));
-        return;
+        return vec![ListAttribute::Element(start)];
     }
     match iv.end_key() {
-        Some(end) => {
-            out.push(ListAttribute::Element(start));
-            out.push(ListAttribute::Element(vec![
+        Some(end) => vec![
+            ListAttribute::Element(start),
+            ListAttribute::Element(vec![
                 SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
                 key(&end),
-            ]));
-        }
+            ]),
+        ],
         None => {
             start.push(SetElementAttribute::UserData(open_interval_udata()));
-            out.push(ListAttribute::Element(start));
+            vec![ListAttribute::Element(start)]
         }
     }
 }
@@ -149,30 +212,22 @@ impl Batch {
         self.seq += 1;
     }
 
-    fn element_list(
-        &self,
-        set: &str,
-        elements: Vec<ListAttribute<SetElementAttribute>>,
-    ) -> SetElementMessage {
-        SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(self.table.clone()),
-                SetElementList::Set(set.to_string()),
-                SetElementList::Elements(elements),
-            ],
-        }
-    }
-
     /// One NEWSETELEM (`add`) or DELSETELEM message of `list`, standing for `count` elements
     /// of the caller's.
-    fn elements_command(
+    fn element_message(
         &mut self,
         set: &str,
         list: Vec<ListAttribute<SetElementAttribute>>,
         add: bool,
         count: usize,
     ) {
-        let msg = self.element_list(set, list);
+        let msg = SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(self.table.clone()),
+                SetElementList::Set(set.to_string()),
+                SetElementList::Elements(list),
+            ],
+        };
         let set = set.to_string();
         if add {
             self.push(inet(NfTablesMessage::NewSetElement(msg)), NLM_F_CREATE);
@@ -183,59 +238,49 @@ impl Batch {
         }
     }
 
-    /// `add element inet <table> <set> { ... }`.
-    pub fn add(&mut self, set: &str, elements: &[Element]) {
-        let list = elements
-            .iter()
-            .map(|e| {
-                let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(
-                    e.key.bytes(),
-                ))];
-                if let Some(d) = &e.data {
-                    attrs.push(SetElementAttribute::Data(d.attribute()));
-                }
-                ListAttribute::Element(attrs)
-            })
-            .collect();
-        self.elements_command(set, list, true, elements.len());
+    /// The messages of one element command: `groups` (the kernel elements of each of the
+    /// caller's elements) as lists of at most [`LIST_BYTES`] (see [`lists`]).
+    fn elements_command(&mut self, set: &str, groups: impl Iterator<Item = Group>, add: bool) {
+        for (list, count) in lists(groups) {
+            self.element_message(set, list, add, count);
+        }
     }
 
-    /// `delete element inet <table> <set> { ... }`: by key. Deleting a key that is not there
-    /// makes the kernel refuse the whole batch (ENOENT); nft 1.0.6 has no `destroy`, so a
-    /// caller that is not sure adds the element first in the same batch.
+    /// `add element inet <table> <set> { ... }`, in as many messages as the elements need
+    /// (see [`LIST_BYTES`]; all of them in this batch, so still one transaction). No
+    /// elements, no message.
+    pub fn add(&mut self, set: &str, elements: &[Element]) {
+        self.elements_command(set, elements.iter().map(exact_element), true);
+    }
+
+    /// `delete element inet <table> <set> { ... }`: by key, split as [`Batch::add`].
+    /// Deleting a key that is not there makes the kernel refuse the whole batch (ENOENT);
+    /// nft 1.0.6 has no `destroy`, so a caller that is not sure adds the element first in the
+    /// same batch.
     pub fn delete(&mut self, set: &str, keys: &[Data]) {
-        let list = keys
+        let keys = keys
             .iter()
-            .map(|k| {
-                ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(
-                    k.bytes(),
-                ))])
-            })
-            .collect();
-        self.elements_command(set, list, false, keys.len());
+            .map(|k| vec![ListAttribute::Element(vec![key(k)])]);
+        self.elements_command(set, keys, false);
     }
 
     /// `add element` for a set or map with `flags interval`: every element is an interval
     /// (an exact key is the interval of one), encoded as nft does (see
-    /// [`interval_elements`]). The set's elements must stay disjoint: the kernel refuses an
-    /// overlap (EEXIST) and with it the batch.
+    /// [`interval_elements`]) and split as [`Batch::add`]. The set's elements must stay
+    /// disjoint: the kernel refuses an overlap (EEXIST) and with it the batch.
     pub fn add_intervals(&mut self, set: &str, elements: &[Element<Interval>]) {
-        let mut list = Vec::with_capacity(2 * elements.len());
-        for e in elements {
-            interval_elements(&e.key, e.data.as_ref(), &mut list);
-        }
-        self.elements_command(set, list, true, elements.len());
+        let groups = elements
+            .iter()
+            .map(|e| interval_elements(&e.key, e.data.as_ref()));
+        self.elements_command(set, groups, true);
     }
 
     /// `delete element` for a set or map with `flags interval`: each interval exactly as it
     /// was added (the kernel looks its start and end elements up by key; an interval that
     /// is not there, or only part of one, makes it refuse the batch with ENOENT).
     pub fn delete_intervals(&mut self, set: &str, intervals: &[Interval]) {
-        let mut list = Vec::with_capacity(2 * intervals.len());
-        for iv in intervals {
-            interval_elements(iv, None, &mut list);
-        }
-        self.elements_command(set, list, false, intervals.len());
+        let groups = intervals.iter().map(|iv| interval_elements(iv, None));
+        self.elements_command(set, groups, false);
     }
 
     /// `delete table inet <table>`: everything in it goes too.
@@ -267,6 +312,68 @@ impl Batch {
         out.extend_from_slice(&self.bytes);
         frame(&mut out, control(ControlMessage::BatchEnd), 0, self.seq);
         out
+    }
+}
+
+/// Element additions spread over batches of at most a given size, each its own transaction:
+/// for filling sets and maps nothing uses yet, where all-or-nothing across the whole fill
+/// does not matter, so the batches can stay within a socket's default send buffer (208 KiB;
+/// a larger batch needs it raised, see [`Nfnl::apply`]) and each transaction small.
+/// Messages are split as in [`Batch::add`]; a batch ends between messages.
+#[derive(Debug)]
+pub struct Batches {
+    max_bytes: usize,
+    full: Vec<Batch>,
+    current: Batch,
+}
+
+impl Batches {
+    /// The most one message can add to a batch: a list of [`LIST_BYTES`], the table and set
+    /// names (at most 256 bytes each, `NFT_NAME_MAXLEN`) and the headers around them.
+    const MESSAGE_MAX: usize = LIST_BYTES + 1024;
+
+    /// Batches for table `inet <table>` of at most `max_bytes` each, BATCH_END included
+    /// (for a `max_bytes` below one message and the batch markers, batches of one message).
+    pub fn new(table: &str, max_bytes: usize) -> Batches {
+        Batches {
+            max_bytes,
+            full: Vec::new(),
+            current: Batch::new(table),
+        }
+    }
+
+    fn additions(&mut self, set: &str, groups: impl Iterator<Item = Group>) {
+        /// BATCH_END, which [`Batch::len`] does not count yet.
+        const END: usize = 20;
+        for (list, count) in lists(groups) {
+            let room = self.max_bytes.saturating_sub(Self::MESSAGE_MAX + END);
+            if !self.current.is_empty() && self.current.len() > room {
+                let next = Batch::new(&self.current.table);
+                self.full.push(std::mem::replace(&mut self.current, next));
+            }
+            self.current.element_message(set, list, true, count);
+        }
+    }
+
+    /// [`Batch::add`] across batches.
+    pub fn add(&mut self, set: &str, elements: &[Element]) {
+        self.additions(set, elements.iter().map(exact_element));
+    }
+
+    /// [`Batch::add_intervals`] across batches.
+    pub fn add_intervals(&mut self, set: &str, elements: &[Element<Interval>]) {
+        let groups = elements
+            .iter()
+            .map(|e| interval_elements(&e.key, e.data.as_ref()));
+        self.additions(set, groups);
+    }
+
+    /// The batches, in order, none empty.
+    pub fn finish(mut self) -> Vec<Batch> {
+        if !self.current.is_empty() {
+            self.full.push(self.current);
+        }
+        self.full
     }
 }
 
@@ -323,7 +430,8 @@ impl Nfnl {
         self.sock.raw().as_raw_fd()
     }
 
-    /// Send `batch` and report the kernel's verdict.
+    /// Send `batch` (in one datagram, the socket's send buffer raised to fit it) and report
+    /// the kernel's verdict.
     pub fn apply(&mut self, batch: &Batch) -> Result<(), BatchError> {
         self.sock
             .send_batch(&batch.finished())
@@ -501,13 +609,189 @@ mod tests {
         );
     }
 
+    /// Netlink attributes in `bytes`: (type without the nested and byte-order flags,
+    /// length field, value).
+    fn attributes(bytes: &[u8]) -> Vec<(u16, usize, &[u8])> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at + 4 <= bytes.len() {
+            let len = u16::from_ne_bytes([bytes[at], bytes[at + 1]]) as usize;
+            let kind = u16::from_ne_bytes([bytes[at + 2], bytes[at + 3]]) & 0x3fff;
+            assert!(
+                len >= 4 && at + len <= bytes.len(),
+                "attribute lengths add up"
+            );
+            out.push((kind, len, &bytes[at + 4..at + len]));
+            at += (len + 3) & !3;
+        }
+        assert_eq!(at, bytes.len());
+        out
+    }
+
+    /// For every element message of a finished batch, read back from the bytes: the length
+    /// field of its `NFTA_SET_ELEM_LIST_ELEMENTS` (3) and how many kernel elements it holds.
+    fn element_lists(bytes: &[u8]) -> Vec<(usize, usize)> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at + 16 <= bytes.len() {
+            let len = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([bytes[at + 4], bytes[at + 5]]);
+            if kind == (10 << 8) | 12 || kind == (10 << 8) | 14 {
+                // nlmsghdr (16) and nfgenmsg (4), then the attributes.
+                let lists: Vec<_> = attributes(&bytes[at + 20..at + len])
+                    .into_iter()
+                    .filter(|(k, _, _)| *k == 3)
+                    .map(|(_, len, value)| (len, attributes(value).len()))
+                    .collect();
+                assert_eq!(lists.len(), 1, "one element list per message");
+                out.extend(lists);
+            }
+            at += (len + 3) & !3;
+        }
+        out
+    }
+
+    /// The element counts of a batch's commands.
+    fn counts(b: &Batch) -> Vec<usize> {
+        b.commands()
+            .iter()
+            .map(|c| match c {
+                Command::AddElements { count, .. } | Command::DeleteElements { count, .. } => {
+                    *count
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn v6(i: u32) -> Field {
+        Field::Ipv6(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i)))
+    }
+
+    /// A chain name of the longest kind the kernel takes (255 bytes), different per `i`.
+    fn long_chain(i: u32) -> String {
+        format!("{i:08x}-{}", "c".repeat(246))
+    }
+
+    /// Many verdict-map elements naming long chains (a dispatch map of a busy node, a
+    /// selection of a large namespace) in one command each: several messages, each element
+    /// list under the bound and well under the 64 KiB an attribute can hold (one message
+    /// made netlink-packet-netfilter panic), every element in exactly one of them.
+    #[test]
+    fn large_element_commands_are_split_into_lists_that_fit() {
+        let key = |i: u32| Data(vec![v6(i), Field::Proto(6), Field::Port(i as u16)]);
+        let goto = |i: u32| MapData::Verdict(Verdict::Goto(long_chain(i)));
+        let exact: Vec<Element> = (0..1500).map(|i| Element::map(key(i), goto(i))).collect();
+        let keys: Vec<Data> = (0..1500).map(key).collect();
+        // Concatenated intervals: one kernel element each, the largest there are.
+        let concat: Vec<Element<Interval>> = (0..1500)
+            .map(|i| {
+                let last = Data(vec![v6(i), Field::Proto(17), Field::Port(65535)]);
+                Element::map(Interval::new(key(i), last).unwrap(), goto(i))
+            })
+            .collect();
+        // Single-field intervals: a start and an end element each, never apart.
+        let ranges: Vec<Element<Interval>> = (0..1500)
+            .map(|i| {
+                let iv = Interval::new(Data::one(v6(2 * i)), Data::one(v6(2 * i))).unwrap();
+                Element::map(iv, goto(i))
+            })
+            .collect();
+        let mut b = Batch::new("t");
+        b.add("m", &exact);
+        b.delete("m", &keys);
+        b.add_intervals("c", &concat);
+        b.delete_intervals(
+            "c",
+            &concat.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+        );
+        b.add_intervals("r", &ranges);
+        let counts = counts(&b);
+        let lists = element_lists(&b.finished());
+        assert_eq!(lists.len(), counts.len());
+        assert!(
+            counts.len() >= 5 * 2,
+            "several messages per command: {counts:?}"
+        );
+        // Per command: its messages' counts add up to 1500, and their lists hold that many
+        // kernel elements (two per single-field interval).
+        let mut at = 0;
+        for (i, per_kernel_element) in [1, 1, 1, 1, 2].into_iter().enumerate() {
+            let (mut elements, mut kernel_elements) = (0, 0);
+            while elements < 1500 {
+                elements += counts[at];
+                kernel_elements += lists[at].1;
+                // The length field counts the 4-byte header. A list is closed only when the
+                // next element (at most 424 bytes) does not fit.
+                let len = lists[at].0;
+                assert!(len <= LIST_BYTES + 4, "an element list of {len} bytes");
+                if elements < 1500 {
+                    assert!(len > LIST_BYTES - 424, "lists are filled: {len} bytes");
+                }
+                at += 1;
+            }
+            assert_eq!(elements, 1500, "command {i}");
+            assert_eq!(kernel_elements, 1500 * per_kernel_element, "command {i}");
+        }
+        assert_eq!(at, counts.len());
+        // Empty commands send nothing.
+        let mut empty = Batch::new("t");
+        empty.add("m", &[]);
+        empty.delete_intervals("c", &[]);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn batches_end_between_messages_and_stay_under_their_size() {
+        let max = 160 * 1024;
+        let mut all = Batches::new("t", max);
+        let named: Vec<Element> = (0..10_000)
+            .map(|i| Element::set(Data(vec![v6(i), Field::Proto(6), Field::Port(80)])))
+            .collect();
+        all.add("named6", &named);
+        let ports: Vec<Element<Interval>> = (0..2_000)
+            .map(|i| {
+                let first = Data(vec![v6(i), Field::Proto(6), Field::Port(80)]);
+                let last = Data(vec![v6(i), Field::Proto(6), Field::Port(90)]);
+                Element::map(
+                    Interval::new(first, last).unwrap(),
+                    MapData::Verdict(Verdict::Goto(long_chain(i))),
+                )
+            })
+            .collect();
+        all.add_intervals("ports6", &ports);
+        let batches = all.finish();
+        assert!(batches.len() > 2, "{} batches", batches.len());
+        let mut total = 0;
+        for (i, b) in batches.iter().enumerate() {
+            let bytes = b.finished();
+            assert!(bytes.len() <= max, "a batch of {} bytes", bytes.len());
+            if i + 1 < batches.len() {
+                assert!(
+                    bytes.len() > max / 2,
+                    "batches are filled: {} bytes",
+                    bytes.len()
+                );
+            }
+            let lists = element_lists(&bytes);
+            assert!(lists.iter().all(|(len, _)| *len <= LIST_BYTES + 4));
+            total += lists.iter().map(|(_, n)| n).sum::<usize>();
+            assert_eq!(
+                counts(b).iter().sum::<usize>(),
+                lists.iter().map(|(_, n)| n).sum()
+            );
+        }
+        assert_eq!(total, 12_000);
+        assert!(Batches::new("t", max).finish().is_empty());
+    }
+
     /// The `NFTA_SET_ELEM_LIST_ELEMENTS` payload of `elements` as this module encodes it.
     fn emitted(elements: &[Element<Interval>]) -> Vec<u8> {
         use netlink_packet_core::Emitable;
-        let mut list = Vec::new();
-        for e in elements {
-            interval_elements(&e.key, e.data.as_ref(), &mut list);
-        }
+        let list: Vec<_> = elements
+            .iter()
+            .flat_map(|e| interval_elements(&e.key, e.data.as_ref()))
+            .collect();
         let mut out = vec![0; list.as_slice().buffer_len()];
         list.as_slice().emit(&mut out);
         out

@@ -290,11 +290,11 @@ impl DeniedPacket {
             _ => dst,
         };
         let parsed = crate::compile::parse_log_prefix(prefix);
-        // A ClusterNetworkPolicy's Deny names its chain and rule.
-        let cluster_rule = parsed.as_ref().and_then(|p| {
-            let policy = crate::compile::names::cluster_policy_of_chain(state, &p.chain)?;
-            Some(format!("{policy} {}[{}]", p.direction, p.rule?))
-        });
+        // A ClusterNetworkPolicy's Deny names its rule's deny chain.
+        let cluster_rule = parsed
+            .as_ref()
+            .and_then(|p| crate::compile::names::cluster_rule_of_chain(state, &p.chain))
+            .map(|rule| rule.to_string());
         let mut policies: Vec<String> = match cluster_rule {
             Some(rule) => vec![rule],
             None => isolated
@@ -387,12 +387,13 @@ mod tests {
         assert!(l.admit(&flow(4), t0 + Duration::from_secs(1)));
     }
 
-    /// A ClusterNetworkPolicy's Deny logs its chain and rule: the line names that rule.
+    /// A ClusterNetworkPolicy's Deny logs its rule's deny chain: the line names that rule.
     #[test]
     fn a_cluster_policy_deny_names_its_rule() {
-        use crate::compile::names::{log_prefix, policy_chain_name};
+        use crate::compile::names::{deny_chain_name, log_prefix};
         use crate::compile::{CompileOptions, Compiler};
-        use crate::model::policy::{Direction, PolicyRef};
+        use crate::model::policy::{Direction, PolicyRef, RuleRef};
+        use crate::ruleset::Statement;
         let mut state = ClusterState::default();
         state.upsert_namespace("x", Default::default());
         let mut pod = |name: &str, ip: &str| {
@@ -426,8 +427,22 @@ mod tests {
             },
             state,
         ));
-        let chain = policy_chain_name(Direction::Ingress, &PolicyRef::cluster("deny-x"));
-        let prefix = log_prefix(Direction::Ingress, &chain, Some(1));
+        let chain = deny_chain_name(&RuleRef {
+            policy: PolicyRef::cluster("deny-x"),
+            direction: Direction::Ingress,
+            index: 1,
+        });
+        let prefix = log_prefix(Direction::Ingress, &chain, None);
+        // The compiled ruleset logs that rule's drops with exactly this prefix.
+        let ruleset = compiler.lock().unwrap().ruleset();
+        assert!(
+            ruleset.chains[&chain].rules.iter().any(|r| matches!(
+                r.statements.first(),
+                Some(Statement::Log { prefix: p, .. }) if *p == prefix
+            )),
+            "{:?}",
+            ruleset.chains.get(&chain)
+        );
         let flow = Flow {
             src: "10.0.0.1".parse().unwrap(),
             dst: "10.0.0.2".parse().unwrap(),

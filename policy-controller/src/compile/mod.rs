@@ -9,36 +9,32 @@
 //!   ct state invalid drop
 //!   oifname "pal*" ip daddr != @local4 drop         only with fail_closed_new_pods
 //!   oifname "pal*" ip6 daddr != @local6 drop        (a pod veth whose IP is not programmed)
-//!   goto egress-admin
+//!   goto egress
 //! chain input              hook input priority 0 (filter), policy accept
 //!   ct state established,related accept
 //!   iifname != "pal*" accept                        only traffic from local pods is checked
 //!   ip6 daddr fe80::/10 accept                      neighbour discovery and other link plumbing
 //!   ip6 daddr ff00::/8 accept
-//!   goto egress-admin                               a pod talking to its own node
+//!   goto egress                                     a pod talking to its own node
 //!
-//! The stages, one per direction and tier, in evaluation order:
-//! chain egress-admin       ip saddr vmap @egress-admin4; ip6 saddr vmap @egress-admin6
-//!                          goto egress-np
-//! chain egress-np          ip saddr vmap @egress4 ...;       goto egress-baseline
-//! chain egress-baseline    ip saddr vmap @egress-baseline4 ...; goto ingress-admin
-//! chain ingress-admin      ip daddr vmap @ingress-admin4 ...;  goto ingress-np
-//! chain ingress-np         ip daddr vmap @ingress4 ...;        goto ingress-baseline
-//! chain ingress-baseline   ip daddr vmap @ingress-baseline4 ...; accept
-//!
-//! Class chains, one per tier, direction and distinct list of policies selecting local pods:
-//! chain eg-admin-<hash>    jump cnp-eg-<hash> ... (priority order)   falls off: next stage
-//! chain eg-<hash>          jump pe-<hash> ...; log; counter drop     NetworkPolicy: final
-//! chain eg-baseline-<hash> jump cnp-eg-<hash> ...                    falls off: next stage
-//!
-//! Policy chains, one per policy and direction, the rules in written order:
-//! chain pe-<hash>          ... goto ingress-admin                    (NetworkPolicy allow)
-//! chain cnp-eg-<hash>      ... goto ingress-admin                    Accept
-//!                          ... [log] counter drop                    Deny
-//!                          ... goto egress-np                        Pass (Admin tier)
-//!                          ... goto ingress-admin                    Pass (Baseline tier)
-//!   each rule             comment "ns/name egress[i]" / "ClusterNetworkPolicy/name egress[i] Deny"
-//! chain in-... / pi-... / cnp-in-...: the same for ingress, `ip saddr`, verdict accept.
+//! Per direction (egress shown; ingress swaps saddr and daddr, and allowed is `accept`):
+//! chain egress             ip saddr vmap @egress4 ...    pods some policy selects → egress-peers
+//!                          goto ingress                  the others: allowed
+//! chain egress-peers       ip daddr vmap @egress-peer4   pod and node addresses → their class
+//!                          ip daddr vmap @egress-net4    address blocks (interval) → their class
+//!                          goto eg-<world>               the rest
+//! chain eg-<class>         ip saddr . meta l4proto . th dport vmap @eg-<class>-x4   single ports
+//!                          ip saddr . meta l4proto . th dport vmap @eg-<class>-p4   ranges (interval)
+//!                          ip saddr . meta l4proto vmap @eg-<class>-a4   the protocol's background
+//!                          meta l4proto @l4ports goto egress-default
+//!                          ip saddr vmap @eg-<class>-n4  protocols without ports
+//!                          goto egress-default
+//! chain egress-default     ip saddr vmap @egress-default4   isolated pods → their eg-iso-...
+//!                          goto ingress                     allowed
+//! The decisions the maps jump to, each naming what decided:
+//! chain eg-ok-<rule>       goto ingress  comment "ns/name egress[0]"
+//! chain eg-deny-<rule>     log; counter drop  comment "ClusterNetworkPolicy/x egress[1] Deny"
+//! chain eg-iso-<policies>  log; counter drop; then (never reached) a rule naming each policy
 //! chain pod-masquerade     hook postrouting priority 100 (nat): outbound masquerade of this
 //!                          node's pods, see [`masquerade`] (from options and Nodes only)
 //! ```
@@ -60,56 +56,62 @@
 //!   there, or an egress-isolated pod could not even resolve its gateway.
 //! - **Replies** are accepted by conntrack (`established,related`), so only the first packet of
 //!   a connection walks the policy chains; `invalid` is dropped before anything else.
-//! - **Egress, then ingress; tiers in order.** Each direction walks three stage chains, Admin,
-//!   NetworkPolicy, Baseline; each looks the pod up in its tier's dispatch map and jumps to
-//!   the pod's class chain of that tier, if it has one. An allowed egress goes on with `goto`
-//!   to `ingress-admin`, the destination's evaluation; an allowed ingress accepts. `goto`
-//!   rather than `return`, because the deciding rule sits in a per-policy chain below the
-//!   class chain, and a `return` would only get back to the class chain. A `Pass` is a `goto`
-//!   to the next tier's stage: from a chain two jumps deep that is safe because every path
-//!   from a stage chain ends in a verdict (the last ingress stage accepts), so nothing ever
-//!   returns into the frames it left. Admin and Baseline class chains fall off when no rule
-//!   matches (the stage goes on to the next tier); a NetworkPolicy class chain drops what no
-//!   rule allows (isolation).
-//! - **Per-packet cost** is a fixed number of hash lookups (one per stage) for pods no policy
-//!   selects, and for a selected pod grows with the policies that select it only (its class
-//!   chains jump to exactly those), never with the number of policies in the cluster. Only
-//!   the first packet of a connection walks any of this.
-//! - **Data lives in sets and maps.** Per-policy chains match on named sets: pod IPs of a
-//!   selector (`pods4/6-<h>`, shared by every rule using an equal selector in the same scope),
-//!   ipBlocks (`block4/6-<h>`, interval: the CIDR minus its excepts), numeric ports
-//!   (`ports-<h>`: `meta l4proto . th dport`, interval for endPort), node addresses
-//!   (`nodes4/6-<h>`) and named ports resolved per pod (`named4/6-<h>`:
-//!   `ip daddr . meta l4proto . th dport`). A pod coming, going or
-//!   changing labels on another node changes set elements only; a local pod can add or
-//!   remove a class chain (and the chains of policies that start or stop selecting a local
-//!   pod), and changes map elements.
+//! - **Decided ahead of time** ([`decide`]). The compiler groups peer addresses into *peer
+//!   classes* (the addresses that the same peer conditions of the rules in force here hold,
+//!   and for egress what the rules' named ports resolve to on the pod there) and this node's
+//!   pods into *subject groups* (the policies of each tier that select them), and evaluates
+//!   the tiers (Admin first match, NetworkPolicy isolation and union, Baseline first match,
+//!   allowed) for every group, class, protocol and port segment. Only what differs from the
+//!   pod's default becomes an element; the default (isolated: denied; else allowed) is one
+//!   element per isolated pod.
+//! - **Per-packet cost** of a new connection, per direction: the stage lookup, and for a pod
+//!   some policy selects the exact and interval peer lookups, the class's verdict lookups
+//!   (port, port range, protocol; no ports) and on a miss the default lookup: a fixed number
+//!   whatever the number of policies. `Pass` and
+//!   first-match order cost nothing per packet: they were evaluated by the compiler.
+//! - **Protocols without ports** (ICMP, ...): `th dport` would read other header bytes, so the
+//!   port maps hold only TCP, UDP and SCTP keys, and `@l4ports` keeps those protocols from
+//!   falling through to the port-less map, where only rules without ports decide.
+//! - **Ports as exceptions over a background.** Per subject group, class and protocol, the
+//!   outcome covering the most ports is the background (`-a`, keyed by pod and protocol; none
+//!   when it is the pod's default) and every other port segment an exception looked up first:
+//!   single ports in a hash map (`-x`), ranges in an interval map (`-p`). "Allow all but deny
+//!   80" is then two hash elements, not three intervals. Why: the kernel's concatenated
+//!   interval sets (pipapo) rebuild their lookup tables on every change, so deleting one
+//!   element of a large one cost tens of milliseconds; hash maps change in microseconds.
+//! - **Churn.** A pod on another node coming, going or changing labels moves its address to
+//!   another class (one peer-map element) unless its combination of labels is new (a new
+//!   class: a chain and its maps). A local pod moves its stage, default and verdict-map
+//!   elements to its new subject group (a new group is decided against every class). Both
+//!   are reported as exact element changes ([`Touched::map_elements`]); a decision chain goes
+//!   with the last element naming it (counted, not searched for). A policy, namespace
+//!   or node change, or a local pod change that changes which policies are in use, rebuilds
+//!   the form and reports the objects that differ.
 //! - **Names** are short and deterministic ([`names`]): a prefix and 16 hex digits of a stable
-//!   hash of what the object stands for (the policy's identity, the canonical selector, the
-//!   list of policies), so every agent and every restart computes the same names and the
+//!   hash of what the object stands for (the peer conditions of a class, the rule, the list of
+//!   isolating policies), so every agent and every restart computes the same names and the
 //!   dataplane's diff stays minimal. All names are ≤ 31 characters, the limit of old kernels.
 //! - **Denied packets** are logged (NFLOG, rate-limited, in a rule of their own so that the
 //!   limit never skips the drop) with the prefix `palisade drop <direction> <chain>`, the
-//!   NetworkPolicy class chain whose default deny dropped it, or
-//!   `palisade drop <direction> <policy chain> <rule>` for a ClusterNetworkPolicy `Deny`;
-//!   [`describe_chain`] maps the chain back to its policies, the packet's address to the pod.
+//!   isolation or deny chain; [`describe_chain`] maps the chain back to its policies or rule,
+//!   the packet's address to the pod.
 //!
 //! # Semantics
 //! Those of the normalized model ([`crate::model::policy`]: tiers, first match, isolation),
 //! which must equal the API semantics that [`crate::eval::reference`] implements on its own
 //! from the API objects; property tests hold the two together.
 
+mod decide;
+mod flat;
 pub mod intervals;
 pub mod masquerade;
 pub mod names;
-mod plan;
-mod sets;
 
 pub use masquerade::{MasqueradeOptions, MASQUERADE_CHAIN};
 pub use names::{
     describe_chain, dispatch_map_name, first_stage, parse_log_prefix, parse_rule_comment,
-    stage_chain, ChainDescription, ChainRole, LogPrefix, FILTER_PRIORITY, FORWARD_CHAIN,
-    INPUT_CHAIN, LOG_PREFIX,
+    ChainDescription, ChainRole, LogPrefix, FILTER_PRIORITY, FORWARD_CHAIN, INPUT_CHAIN,
+    LOG_PREFIX,
 };
 
 use crate::model::api::{ClusterNetworkPolicy, NetworkPolicy};
@@ -172,9 +174,15 @@ pub struct Compiler {
     opts: CompileOptions,
     state: ClusterState,
     index: StateIndex,
-    cache: plan::Cache,
-    /// Chains, maps or the set list must be rebuilt (a local pod, a policy changed).
+    /// Chains, maps or the set list must be rebuilt (a local pod, a policy, a namespace or a
+    /// node changed).
     structure_dirty: bool,
+    /// What the last rebuild keeps for the incremental paths, kept up to date by them.
+    plans: Option<flat::Kept>,
+    /// Addresses of pods that changed since the last refresh (as peers).
+    remote_addrs: BTreeSet<IpAddr>,
+    /// This node's pods that changed since the last refresh (as subjects).
+    local_changed: BTreeSet<ObjectKey>,
     output: Ruleset,
     /// The objects of `output` rebuilt since [`Compiler::take_touched`] was last called.
     touched: Touched,
@@ -305,8 +313,10 @@ impl Compiler {
             opts,
             state,
             index,
-            cache: plan::Cache::default(),
             structure_dirty: true,
+            plans: None,
+            remote_addrs: BTreeSet::new(),
+            local_changed: BTreeSet::new(),
             output: Ruleset::default(),
             touched: Touched::all(),
             masquerade: Ruleset::default(),
@@ -335,26 +345,22 @@ impl Compiler {
                 if let Some(old) = &old {
                     self.index.remove_pod(&key, old);
                 }
-                self.cache.forget_pod(&key);
-                let new = &self.state.pods[&key];
-                self.index.add_pod(&key, new, &self.opts.node);
+                self.index
+                    .add_pod(&key, &self.state.pods[&key], &self.opts.node);
                 if new_local || old_local {
-                    self.structure_dirty = true;
+                    self.local_changed.insert(key.clone());
                 }
-                self.cache
-                    .memberships
-                    .pod_changed(&self.state, &key, old.as_ref(), Some(new));
+                let new_ips = &self.state.pods[&key].ips;
+                self.remote_addrs
+                    .extend(old.iter().flat_map(|o| &o.ips).chain(new_ips));
             }
             Change::DeletePod(key) => {
                 if let Some(old) = self.state.pods.remove(&key) {
                     self.index.remove_pod(&key, &old);
-                    self.cache.forget_pod(&key);
                     if old.node.as_deref() == Some(self.opts.node.as_str()) {
-                        self.structure_dirty = true;
+                        self.local_changed.insert(key.clone());
                     }
-                    self.cache
-                        .memberships
-                        .pod_changed(&self.state, &key, Some(&old), None);
+                    self.remote_addrs.extend(&old.ips);
                 }
             }
             Change::UpsertNamespace { name, labels } => {
@@ -401,14 +407,15 @@ impl Compiler {
                     if old.is_none_or(|old| old.pod_cidrs != node.pod_cidrs) {
                         self.nodes_dirty = true;
                     }
-                    self.cache.nodes_changed();
+                    // Node addresses are peers (`nodes`) of ClusterNetworkPolicy rules.
+                    self.structure_dirty = true;
                     self.state.nodes.insert(node.name.clone(), node);
                 }
             }
             Change::DeleteNode(name) => {
                 if self.state.nodes.remove(&name).is_some() {
                     self.nodes_dirty = true;
-                    self.cache.nodes_changed();
+                    self.structure_dirty = true;
                 }
             }
         }
@@ -416,7 +423,6 @@ impl Compiler {
 
     /// A policy's normalized form changed (`None`: it went away, or does not translate).
     fn set_policy(&mut self, id: PolicyRef, policy: Option<Policy>) {
-        self.cache.forget_policy(&id);
         self.index.remove_policy(&id);
         if let Some(policy) = policy {
             self.index.insert_policy(policy);
@@ -424,21 +430,10 @@ impl Compiler {
         self.structure_dirty = true;
     }
 
-    /// A namespace's labels changed: selections follow; and a ClusterNetworkPolicy may now
-    /// select (or no longer select) this node's pods in it, which changes the structure.
-    fn namespace_changed(&mut self, name: &str) {
-        self.cache
-            .memberships
-            .namespace_changed(&self.state, &self.index, name);
-        self.cache.forget_namespace(name);
-        let local_pods_here = self
-            .index
-            .pods_by_ns
-            .get(name)
-            .is_some_and(|pods| pods.iter().any(|k| self.index.local_pods.contains(k)));
-        if local_pods_here && !self.index.cluster_policies.is_empty() {
-            self.structure_dirty = true;
-        }
+    /// A namespace's labels changed: the pods namespace selectors hold, and the policies
+    /// selecting this node's pods in it, may differ: rebuilt (relabelling is rare).
+    fn namespace_changed(&mut self, _name: &str) {
+        self.structure_dirty = true;
     }
 
     /// The ruleset for the current state.
@@ -462,26 +457,59 @@ impl Compiler {
     }
 
     fn refresh(&mut self) {
-        let rebuilt = self.structure_dirty;
-        if self.structure_dirty {
-            let previous = std::mem::take(&mut self.output);
-            self.output = self.cache.rebuild(
-                &self.state,
-                &self.index,
-                &self.opts,
-                previous,
-                &mut self.touched,
-            );
-            self.structure_dirty = false;
-        } else {
-            self.cache.refresh_sets(
-                &self.state,
-                &self.index,
-                &self.opts,
-                &mut self.output,
-                &mut self.touched,
-            );
+        // A structural change rebuilds the flat form and reports the objects that differ; a
+        // pod change moves that pod's subject elements (this node's pods) and classifies its
+        // addresses as a peer again.
+        if !self.structure_dirty && !self.local_changed.is_empty() {
+            if let Some(plans) = self.plans.as_mut() {
+                let inputs = flat::Inputs {
+                    state: &self.state,
+                    index: &self.index,
+                    opts: &self.opts,
+                };
+                self.structure_dirty = !flat::local_pods_changed(
+                    &inputs,
+                    plans,
+                    &self.local_changed,
+                    &self.remote_addrs,
+                    &mut self.output,
+                    &mut self.touched,
+                );
+            }
         }
+        self.local_changed.clear();
+        let rebuilt = self.structure_dirty || self.plans.is_none();
+        if rebuilt {
+            let mut previous = std::mem::take(&mut self.output);
+            // The masquerade objects go back in below (and are touched there if they changed).
+            previous
+                .chains
+                .retain(|n, _| !self.masquerade.chains.contains_key(n));
+            previous
+                .sets
+                .retain(|n, _| !self.masquerade.sets.contains_key(n));
+            let (new, plans) = flat::build(&self.state, &self.index, &self.opts);
+            diff_touched(&previous, &new, &mut self.touched);
+            self.output = new;
+            self.plans = Some(plans);
+            self.structure_dirty = false;
+        } else if let Some(plans) = self.plans.as_mut() {
+            if !self.remote_addrs.is_empty() {
+                let inputs = flat::Inputs {
+                    state: &self.state,
+                    index: &self.index,
+                    opts: &self.opts,
+                };
+                flat::remote_pods_changed(
+                    &inputs,
+                    plans,
+                    &self.remote_addrs,
+                    &mut self.output,
+                    &mut self.touched,
+                );
+            }
+        }
+        self.remote_addrs.clear();
         // A rebuild starts the output afresh: the masquerade objects go back in (unchanged
         // ones are not touched, the rebuild compared only what it built).
         if rebuilt || self.nodes_dirty {
@@ -502,52 +530,97 @@ impl Compiler {
     }
 }
 
+/// Record in `touched` every object of `new` that differs from `previous` (or is new).
+fn diff_touched(previous: &Ruleset, new: &Ruleset, touched: &mut Touched) {
+    if touched.all {
+        return;
+    }
+    for (name, c) in &new.chains {
+        if previous.chains.get(name) != Some(c) {
+            touched.chain(name);
+        }
+    }
+    for (name, m) in &new.maps {
+        if previous.maps.get(name) != Some(m) {
+            touched.map(name);
+        }
+    }
+    for (name, set) in &new.sets {
+        if previous.sets.get(name) != Some(set) {
+            touched.set(name);
+        }
+    }
+    // What went: element changes recorded for it earlier (not reported yet) no longer apply.
+    for name in previous
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+    {
+        touched.chain(name);
+    }
+    for name in previous.maps.keys().filter(|n| !new.maps.contains_key(*n)) {
+        touched.map(name);
+    }
+    for name in previous.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
+        touched.set(name);
+    }
+}
+
 /// Full compile from scratch.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Ruleset {
     let index = StateIndex::build(state, &opts.node);
-    let mut out = plan::Cache::default().rebuild(
-        state,
-        &index,
-        opts,
-        Ruleset::default(),
-        &mut Touched::all(),
-    );
+    let (mut out, _) = flat::build(state, &index, opts);
     let objects = masquerade::masquerade_objects(state, &opts.masquerade);
     masquerade::install(&mut out, &Ruleset::default(), &objects, &mut Touched::all());
     out
 }
 
-/// The pods a selection holds: live, non-host-network pods with IPs (anywhere in the cluster)
-/// whose namespace and labels match.
-pub(crate) fn select_pods(
-    state: &ClusterState,
-    index: &StateIndex,
-    selection: &PodSelection,
-) -> BTreeSet<ObjectKey> {
-    let mut out = BTreeSet::new();
-    let mut scan = |ns: &str| {
-        let ns_labels = state.namespaces.get(ns);
-        if !selection.namespace_matches(ns, ns_labels) {
-            return;
-        }
-        for key in index.pods_by_ns.get(ns).into_iter().flatten() {
-            let pod = &state.pods[key];
-            if selectable(pod)
-                && crate::model::selector::selector_matches(&selection.pods, &pod.labels)
-            {
-                out.insert(key.clone());
+/// The selectable pods of each namespace grouped by their labels, for selecting with many
+/// selectors at once: replicas share their labels, so a selector is matched once per distinct
+/// label set instead of once per pod. Built per compile (not kept: it would cost memory per
+/// pod between compiles).
+pub(crate) struct PodsByLabels<'a> {
+    by_ns: HashMap<&'a str, Vec<(&'a Labels, Vec<&'a ObjectKey>)>>,
+}
+
+impl<'a> PodsByLabels<'a> {
+    pub fn new(state: &'a ClusterState, index: &'a StateIndex) -> Self {
+        let mut by_ns = HashMap::new();
+        for (ns, keys) in &index.pods_by_ns {
+            let mut groups: HashMap<&Labels, Vec<&ObjectKey>> = HashMap::new();
+            for key in keys {
+                let pod = &state.pods[key];
+                if selectable(pod) {
+                    groups.entry(&pod.labels).or_default().push(key);
+                }
             }
+            by_ns.insert(ns.as_str(), groups.into_iter().collect());
         }
-    };
-    match &selection.namespaces {
-        NamespaceScope::Named(ns) => scan(ns),
-        NamespaceScope::Matching(_) => {
-            for ns in index.pods_by_ns.keys() {
-                scan(ns);
-            }
-        }
+        PodsByLabels { by_ns }
     }
-    out
+
+    /// Every pod `selection` selects, each once (in no particular order).
+    pub fn select(&self, state: &ClusterState, selection: &PodSelection) -> Vec<&'a ObjectKey> {
+        let mut out = Vec::new();
+        // A named namespace is one lookup; a namespace selector is matched per namespace.
+        let namespaces: Vec<&Vec<_>> = match &selection.namespaces {
+            NamespaceScope::Named(ns) => self.by_ns.get(ns.as_str()).into_iter().collect(),
+            NamespaceScope::Matching(_) => self
+                .by_ns
+                .iter()
+                .filter(|(ns, _)| selection.namespace_matches(ns, state.namespaces.get(**ns)))
+                .map(|(_, groups)| groups)
+                .collect(),
+        };
+        for groups in namespaces {
+            for (labels, keys) in groups {
+                if crate::model::selector::selector_matches(&selection.pods, labels) {
+                    out.extend(keys.iter().copied());
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

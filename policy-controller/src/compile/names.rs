@@ -3,7 +3,7 @@
 //! policy and rule. Explanations (`palisadectl explain`) and the denied-packet log read them
 //! back with [`describe_chain`], [`parse_rule_comment`] and [`parse_log_prefix`].
 
-use crate::model::policy::{Direction, PolicyKind, PolicyRef, RuleRef, Tier};
+use crate::model::policy::{Direction, PolicyRef, RuleRef};
 use crate::ruleset::{Family, RuleVerdict, Ruleset, Value, Verdict};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -15,33 +15,51 @@ pub const FILTER_PRIORITY: i32 = 0;
 /// Prefix of every NFLOG message: `palisade drop <ingress|egress> <chain>[ <rule>]`.
 pub const LOG_PREFIX: &str = "palisade drop";
 
-/// The chain of one tier's stage of one direction's evaluation: it dispatches the pod (by
-/// its address) to its class chain of that tier, then goes on to the next stage.
-pub fn stage_chain(direction: Direction, tier: Tier) -> &'static str {
-    match (direction, tier) {
-        (Direction::Egress, Tier::Admin) => "egress-admin",
-        (Direction::Egress, Tier::NetworkPolicy) => "egress-np",
-        (Direction::Egress, Tier::Baseline) => "egress-baseline",
-        (Direction::Ingress, Tier::Admin) => "ingress-admin",
-        (Direction::Ingress, Tier::NetworkPolicy) => "ingress-np",
-        (Direction::Ingress, Tier::Baseline) => "ingress-baseline",
+/// Where a direction's evaluation starts: the chain that dispatches this node's pods some
+/// policy selects (by address) to the peer classification, and allows the others.
+pub fn first_stage(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Egress => "egress",
+        Direction::Ingress => "ingress",
     }
 }
 
-/// Where a direction's evaluation starts.
-pub fn first_stage(direction: Direction) -> &'static str {
-    stage_chain(direction, Tier::Admin)
+/// `eg` / `in`: the prefix of a direction's generated chains.
+pub(crate) fn short(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Egress => "eg",
+        Direction::Ingress => "in",
+    }
 }
 
-/// The verdict map of a stage: a pod's address → its class chain of that tier. The
-/// NetworkPolicy tier's maps keep their short historic names (`ingress4`, `egress6`).
-pub fn dispatch_map_name(direction: Direction, tier: Tier, family: Family) -> String {
-    let tier = match tier {
-        Tier::Admin => "-admin",
-        Tier::NetworkPolicy => "",
-        Tier::Baseline => "-baseline",
-    };
-    format!("{direction}{tier}{}", fam(family))
+/// The chain that classifies the peer address (exact, then blocks, then the world class).
+pub fn peers_chain(direction: Direction) -> String {
+    format!("{}-peers", first_stage(direction))
+}
+
+/// The chain of what happens when no rule matched: isolated pods' default deny, else allowed.
+pub fn default_chain(direction: Direction) -> String {
+    format!("{}-default", first_stage(direction))
+}
+
+/// The verdict map of the first stage: a pod's address → the peer chain.
+pub fn dispatch_map_name(direction: Direction, family: Family) -> String {
+    format!("{}{}", first_stage(direction), fam(family))
+}
+
+/// The chain of a rule that allows (`eg-ok-<hash>`): its one rule names the policy rule.
+pub fn allow_chain_name(rule: &RuleRef) -> String {
+    format!("{}-ok-{}", short(rule.direction), hash_of(rule))
+}
+
+/// The chain of a ClusterNetworkPolicy `Deny` rule (`in-deny-<hash>`): log and drop.
+pub fn deny_chain_name(rule: &RuleRef) -> String {
+    format!("{}-deny-{}", short(rule.direction), hash_of(rule))
+}
+
+/// The default deny of the pods that these NetworkPolicies (in order) isolate.
+pub fn isolation_chain_name(direction: Direction, policies: &[PolicyRef]) -> String {
+    format!("{}-iso-{}", short(direction), hash_of(policies))
 }
 
 pub(crate) fn fam(f: Family) -> &'static str {
@@ -56,40 +74,6 @@ pub(crate) fn fam(f: Family) -> &'static str {
 pub(crate) fn hash_of<T: Serialize + ?Sized>(v: &T) -> String {
     let text = serde_json::to_string(v).expect("serialisable");
     format!("{:016x}", palisade_common::stable_hash(&[text.as_bytes()]))
-}
-
-/// The chain of one policy's rules for one direction: `pi-`/`pe-` for a NetworkPolicy,
-/// `cnp-in-`/`cnp-eg-` for a ClusterNetworkPolicy.
-pub fn policy_chain_name(direction: Direction, policy: &PolicyRef) -> String {
-    match (policy.kind, direction) {
-        (PolicyKind::NetworkPolicy, Direction::Ingress) => {
-            format!("pi-{}", hash_of(&(&policy.namespace, &policy.name)))
-        }
-        (PolicyKind::NetworkPolicy, Direction::Egress) => {
-            format!("pe-{}", hash_of(&(&policy.namespace, &policy.name)))
-        }
-        (PolicyKind::ClusterNetworkPolicy, Direction::Ingress) => {
-            format!("cnp-in-{}", hash_of(&policy.name))
-        }
-        (PolicyKind::ClusterNetworkPolicy, Direction::Egress) => {
-            format!("cnp-eg-{}", hash_of(&policy.name))
-        }
-    }
-}
-
-/// The class chain of the pods that one list of policies (in evaluation order) selects in
-/// one tier and direction: `in-`/`eg-` (NetworkPolicy), `in-admin-`, `eg-baseline-`, ...
-pub fn class_chain_name(direction: Direction, tier: Tier, policies: &[PolicyRef]) -> String {
-    let d = match direction {
-        Direction::Ingress => "in",
-        Direction::Egress => "eg",
-    };
-    let t = match tier {
-        Tier::Admin => "-admin",
-        Tier::NetworkPolicy => "",
-        Tier::Baseline => "-baseline",
-    };
-    format!("{d}{t}-{}", hash_of(policies))
 }
 
 /// The comment of the rules compiled from one policy rule: `ns/name ingress[0]`, or for a
@@ -122,9 +106,10 @@ pub fn parse_rule_comment(s: &str) -> Option<RuleRef> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogPrefix {
     pub direction: Direction,
-    /// A NetworkPolicy class chain (its default deny) or a ClusterNetworkPolicy's chain.
+    /// The isolation chain (a NetworkPolicy default deny) or a ClusterNetworkPolicy rule's
+    /// deny chain.
     pub chain: String,
-    /// The policy rule that denied, for a ClusterNetworkPolicy's `Deny`.
+    /// Unused by this compiled form (older agents wrote a rule index after the chain).
     pub rule: Option<usize>,
 }
 
@@ -157,37 +142,50 @@ pub fn parse_log_prefix(prefix: &str) -> Option<LogPrefix> {
     })
 }
 
-/// The ClusterNetworkPolicy whose rules chain `chain` is (names are hashes of the policy's
-/// name: this tries each policy's).
-pub fn cluster_policy_of_chain(
-    state: &crate::model::ClusterState,
-    chain: &str,
-) -> Option<PolicyRef> {
-    let direction = policy_chain_of(chain)?;
-    state
-        .cluster_network_policies
-        .keys()
-        .map(|name| PolicyRef::cluster(name.as_str()))
-        .find(|p| policy_chain_name(direction, p) == chain)
+/// The ClusterNetworkPolicy rule whose deny chain `chain` is (names are hashes of the rule:
+/// this tries each rule of each policy).
+pub fn cluster_rule_of_chain(state: &crate::model::ClusterState, chain: &str) -> Option<RuleRef> {
+    let direction = if chain.starts_with("in-deny-") {
+        Direction::Ingress
+    } else if chain.starts_with("eg-deny-") {
+        Direction::Egress
+    } else {
+        return None;
+    };
+    state.cluster_network_policies.values().find_map(|p| {
+        let policy = PolicyRef::cluster(p.metadata.name.as_str());
+        let rules = match direction {
+            Direction::Ingress => p.spec.ingress.as_ref().map_or(0, Vec::len),
+            Direction::Egress => p.spec.egress.as_ref().map_or(0, Vec::len),
+        };
+        (0..rules)
+            .map(|index| RuleRef {
+                policy: policy.clone(),
+                direction,
+                index,
+            })
+            .find(|r| deny_chain_name(r) == chain)
+    })
 }
 
 /// What a chain of a compiled ruleset is for, for logs and explanations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ChainRole {
-    /// `forward`, `input` and the stage chains.
+    /// `forward`, `input`, and each direction's stage, peer and default chains.
     Base,
-    /// The class chain of one tier of pods selected by `policies` (in evaluation order);
-    /// `addresses` are those pods' addresses on this node (from the dispatch maps).
-    Class {
+    /// A peer class: the far end's address is one of those that the same peer conditions
+    /// hold.
+    PeerClass { direction: Direction },
+    /// Allowed by this rule.
+    Allow { direction: Direction, rule: RuleRef },
+    /// Denied by this ClusterNetworkPolicy rule.
+    Deny { direction: Direction, rule: RuleRef },
+    /// The default deny of the pods these NetworkPolicies isolate (in evaluation order);
+    /// `addresses` are those pods' addresses on this node (from the default maps).
+    Isolation {
         direction: Direction,
-        tier: Tier,
         policies: Vec<PolicyRef>,
         addresses: Vec<IpAddr>,
-    },
-    /// The chain of one policy's rules for one direction.
-    Policy {
-        direction: Direction,
-        policy: PolicyRef,
     },
 }
 
@@ -197,85 +195,81 @@ pub struct ChainDescription {
     pub role: ChainRole,
 }
 
-fn class_of(chain: &str) -> Option<(Direction, Tier)> {
-    for direction in Direction::BOTH {
-        let d = match direction {
-            Direction::Ingress => "in",
-            Direction::Egress => "eg",
-        };
-        let Some(rest) = chain.strip_prefix(d) else {
-            continue;
-        };
-        for (t, tier) in [
-            ("-admin-", Tier::Admin),
-            ("-baseline-", Tier::Baseline),
-            ("-", Tier::NetworkPolicy),
-        ] {
-            if let Some(hash) = rest.strip_prefix(t) {
-                if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Some((direction, tier));
-                }
-            }
-        }
-    }
-    None
-}
-
-fn policy_chain_of(chain: &str) -> Option<Direction> {
-    if chain.starts_with("pi-") || chain.starts_with("cnp-in-") {
-        Some(Direction::Ingress)
-    } else if chain.starts_with("pe-") || chain.starts_with("cnp-eg-") {
-        Some(Direction::Egress)
-    } else {
-        None
-    }
+/// The direction and kind (`ok`, `deny`, `iso`, or `` for a peer class) of a generated
+/// chain's name: `<in|eg>-[<kind>-]<16 hex digits>`.
+fn generated(chain: &str) -> Option<(Direction, &str)> {
+    let (d, rest) = chain.split_once('-')?;
+    let direction = match d {
+        "in" => Direction::Ingress,
+        "eg" => Direction::Egress,
+        _ => return None,
+    };
+    let (kind, hash) = match rest.rsplit_once('-') {
+        Some((kind, hash)) => (kind, hash),
+        None => ("", rest),
+    };
+    (hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some((direction, kind))
 }
 
 /// Map a chain name (e.g. from an NFLOG prefix, see [`parse_log_prefix`]) back to the
 /// policies and pods it stands for, using the ruleset that produced it (the names are
-/// hashes).
+/// hashes; the chains' rule comments name policies and rules).
 pub fn describe_chain(ruleset: &Ruleset, chain: &str) -> Option<ChainDescription> {
     let c = ruleset.chains.get(chain)?;
+    let rule_of = |c: &crate::ruleset::Chain| {
+        c.rules
+            .iter()
+            .filter_map(|r| r.comment.as_deref())
+            .find_map(parse_rule_comment)
+    };
     let role = if c.base.is_some()
-        || Tier::ALL
-            .iter()
-            .any(|t| Direction::BOTH.iter().any(|d| stage_chain(*d, *t) == chain))
-    {
+        || Direction::BOTH.iter().any(|d| {
+            first_stage(*d) == chain || peers_chain(*d) == chain || default_chain(*d) == chain
+        }) {
         ChainRole::Base
-    } else if let Some(direction) = policy_chain_of(chain) {
-        // The class chains that jump here carry the policy's name as the jump's comment.
-        let policy = ruleset
-            .chains
-            .values()
-            .flat_map(|c| &c.rules)
-            .find(|r| r.verdict == Some(RuleVerdict::Verdict(Verdict::Jump(chain.to_string()))))
-            .and_then(|r| r.comment.as_deref())
-            .and_then(PolicyRef::parse)?;
-        ChainRole::Policy { direction, policy }
     } else {
-        let (direction, tier) = class_of(chain)?;
-        let policies = c
-            .rules
-            .iter()
-            .filter(|r| matches!(r.verdict, Some(RuleVerdict::Verdict(Verdict::Jump(_)))))
-            .filter_map(|r| r.comment.as_deref().and_then(PolicyRef::parse))
-            .collect();
-        let target = Verdict::Jump(chain.to_string());
-        let addresses = ruleset
-            .maps
-            .values()
-            .flat_map(|m| &m.elements)
-            .filter(|(_, v)| **v == target)
-            .filter_map(|(k, _)| match k.first() {
-                Some(Value::Addr(ip)) => Some(*ip),
-                _ => None,
-            })
-            .collect();
-        ChainRole::Class {
-            direction,
-            tier,
-            policies,
-            addresses,
+        match generated(chain)? {
+            (direction, "") => ChainRole::PeerClass { direction },
+            (direction, "ok") => ChainRole::Allow {
+                direction,
+                rule: rule_of(c)?,
+            },
+            (direction, "deny") => ChainRole::Deny {
+                direction,
+                rule: rule_of(c)?,
+            },
+            (direction, "iso") => {
+                // The rules after the drop name the policies.
+                let policies = c
+                    .rules
+                    .iter()
+                    .skip_while(|r| r.verdict != Some(RuleVerdict::Verdict(Verdict::Drop)))
+                    .skip(1)
+                    .filter_map(|r| r.comment.as_deref().and_then(PolicyRef::parse))
+                    .collect();
+                let target = Verdict::Goto(chain.to_string());
+                let addresses = ruleset
+                    .maps
+                    .iter()
+                    .filter(|(name, _)| {
+                        [Family::Ipv4, Family::Ipv6]
+                            .iter()
+                            .any(|f| **name == format!("{}{}", default_chain(direction), fam(*f)))
+                    })
+                    .flat_map(|(_, m)| &m.elements)
+                    .filter(|(_, v)| **v == target)
+                    .filter_map(|(k, _)| match k.first() {
+                        Some(Value::Addr(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                    .collect();
+                ChainRole::Isolation {
+                    direction,
+                    policies,
+                    addresses,
+                }
+            }
+            _ => return None,
         }
     };
     Some(ChainDescription {
@@ -294,26 +288,28 @@ mod tests {
         let np = PolicyRef::network(&ObjectKey::new("x", "web"));
         let cnp = PolicyRef::cluster("deny-all");
         for d in Direction::BOTH {
-            for t in Tier::ALL {
-                let class = class_chain_name(d, t, &[np.clone(), cnp.clone()]);
-                assert!(class.len() <= 31, "{class}");
-                assert_eq!(class_of(&class), Some((d, t)), "{class}");
-                assert!(dispatch_map_name(d, t, Family::Ipv6).len() <= 31);
-            }
+            let iso = isolation_chain_name(d, std::slice::from_ref(&np));
+            assert_eq!(generated(&iso), Some((d, "iso")), "{iso}");
             for p in [&np, &cnp] {
-                let chain = policy_chain_name(d, p);
-                assert!(chain.len() <= 31);
-                assert_eq!(policy_chain_of(&chain), Some(d));
-                assert_eq!(class_of(&chain), None, "{chain}");
+                let rule = RuleRef {
+                    policy: p.clone(),
+                    direction: d,
+                    index: 7,
+                };
+                for (name, kind) in [
+                    (allow_chain_name(&rule), "ok"),
+                    (deny_chain_name(&rule), "deny"),
+                ] {
+                    assert!(name.len() <= 31, "{name}");
+                    assert_eq!(generated(&name), Some((d, kind)), "{name}");
+                }
             }
+            assert_eq!(generated(&peers_chain(d)), None);
+            assert!(dispatch_map_name(d, Family::Ipv6).len() <= 31);
         }
         assert_eq!(
-            dispatch_map_name(Direction::Ingress, Tier::NetworkPolicy, Family::Ipv4),
+            dispatch_map_name(Direction::Ingress, Family::Ipv4),
             "ingress4"
-        );
-        assert_eq!(
-            dispatch_map_name(Direction::Egress, Tier::Baseline, Family::Ipv6),
-            "egress-baseline6"
         );
     }
 

@@ -2,16 +2,16 @@
 //! for a small cluster, and incremental == from-scratch after every kind of change.
 
 use super::*;
-use crate::compile::names::{class_chain_name, policy_chain_name};
 use crate::eval::interp::{check_ruleset, classify, Packet};
 use crate::model::api::{
     IntOrString, IpBlock, LabelSelector, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
     NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ObjectMeta,
 };
-use crate::model::policy::{Direction, Tier};
+use crate::model::policy::{Direction, RuleRef};
 use crate::model::{NamedPort, Protocol};
 use crate::ruleset::Statement;
 use crate::ruleset::{CtState, Hook, RuleVerdict, Value, Verdict};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -218,121 +218,146 @@ fn packet(src: &str, dst: &str, proto: Protocol, dport: u16, iif: &str, oif: &st
     }
 }
 
+/// The class chain the exact peer map sends `addr` to.
+fn class_of(r: &Ruleset, direction: Direction, addr: &str) -> String {
+    let ip: std::net::IpAddr = addr.parse().unwrap();
+    let map = format!(
+        "{}-peer{}",
+        first_stage(direction),
+        if ip.is_ipv4() { 4 } else { 6 }
+    );
+    match &r.maps[&map].elements[&vec![Value::Addr(ip)]] {
+        Verdict::Goto(c) => c.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn web_from_db_rule() -> RuleRef {
+    RuleRef {
+        policy: PolicyRef::network(&ObjectKey::new("x", "web-from-db")),
+        direction: Direction::Ingress,
+        index: 0,
+    }
+}
+
 #[test]
 fn golden_node_1() {
     let r = compile(&small_cluster(), &opts("n1"));
     assert!(check_ruleset(&r).is_empty(), "{:?}", check_ruleset(&r));
     let text = dump(&r);
     println!("{text}");
-    // Shape: base chains, one class chain and one policy chain for x/web (the only isolated
-    // pod here), the sets those reference, and the guard's sets.
-    let chains: Vec<&str> = r.chains.keys().map(String::as_str).collect();
     let web_from_db = PolicyRef::network(&ObjectKey::new("x", "web-from-db"));
-    let class = class_chain_name(
-        Direction::Ingress,
-        Tier::NetworkPolicy,
-        std::slice::from_ref(&web_from_db),
-    );
-    let policy = policy_chain_name(Direction::Ingress, &web_from_db);
+    let ok = names::allow_chain_name(&web_from_db_rule());
+    let iso = names::isolation_chain_name(Direction::Ingress, std::slice::from_ref(&web_from_db));
+    let db_class = class_of(&r, Direction::Ingress, "10.0.1.3");
+    assert_eq!(class_of(&r, Direction::Ingress, "10.0.2.3"), db_class);
+    assert_eq!(class_of(&r, Direction::Ingress, "fd00:2::3"), db_class);
+    // The world class: where addresses in no selection and no block go.
+    let world = match &r.chains["ingress-peers"].rules.last().unwrap().verdict {
+        Some(RuleVerdict::Verdict(Verdict::Goto(c))) => c.clone(),
+        other => panic!("{other:?}"),
+    };
+    // Shape: base chains, each direction's stage, peer and default chains, the classes
+    // (the world of each direction, app=db of x for ingress), the allowing rule's chain and
+    // x/web's default deny. Nothing grows with the policies but the classes and outcomes.
+    let chains: Vec<&str> = r.chains.keys().map(String::as_str).collect();
+    let eg_world = match &r.chains["egress-peers"].rules.last().unwrap().verdict {
+        Some(RuleVerdict::Verdict(Verdict::Goto(c))) => c.clone(),
+        other => panic!("{other:?}"),
+    };
     let mut expected = vec![
         "forward",
         "input",
-        "egress-admin",
-        "egress-np",
-        "egress-baseline",
-        "ingress-admin",
-        "ingress-np",
-        "ingress-baseline",
-        class.as_str(),
-        policy.as_str(),
+        "egress",
+        "egress-peers",
+        "egress-default",
+        "ingress",
+        "ingress-peers",
+        "ingress-default",
+        world.as_str(),
+        eg_world.as_str(),
+        db_class.as_str(),
+        ok.as_str(),
+        iso.as_str(),
     ];
     expected.sort();
-    assert_eq!(chains, expected);
+    assert_eq!(chains, expected, "{text}");
+    // Only x/web (10.0.1.2, fd00:1::2) is selected, for ingress only.
+    let addr = |s: &str| vec![Value::Addr(s.parse().unwrap())];
     assert_eq!(
-        r.maps["ingress4"].elements.iter().collect::<Vec<_>>(),
-        vec![(
-            &vec![Value::Addr("10.0.1.2".parse().unwrap())],
-            &Verdict::Jump(class.clone())
-        )]
+        r.maps["ingress4"].elements,
+        [(addr("10.0.1.2"), Verdict::Goto("ingress-peers".into()))].into()
     );
     assert_eq!(r.maps["ingress6"].elements.len(), 1);
     assert!(r.maps["egress4"].elements.is_empty() && r.maps["egress6"].elements.is_empty());
-    // No ClusterNetworkPolicy: the other tiers' maps are there, empty.
-    assert_eq!(r.maps.len(), 12);
-    assert!(r
-        .maps
-        .iter()
-        .filter(|(n, _)| n.contains('-'))
-        .all(|(_, m)| m.elements.is_empty()));
-    // Class chain: jump to the policy, log, drop.
-    let rules = &r.chains[&class].rules;
-    assert_eq!(rules.len(), 3);
-    assert_eq!(rules[0].comment.as_deref(), Some("x/web-from-db"));
+    // Its default: denied by its isolation, which logs and names the policy.
+    assert_eq!(
+        r.maps["ingress-default4"].elements,
+        [(addr("10.0.1.2"), Verdict::Goto(iso.clone()))].into()
+    );
+    let rules = &r.chains[&iso].rules;
     assert!(
-        matches!(&rules[1].statements[0], Statement::Log { group: 5, prefix, .. } if *prefix == format!("palisade drop ingress {class}"))
+        matches!(&rules[0].statements[0], Statement::Log { group: 5, prefix, .. } if *prefix == format!("palisade drop ingress {iso}"))
     );
-    assert_eq!(rules[2].verdict, Some(RuleVerdict::Verdict(Verdict::Drop)));
-    // Policy chain: per family, one numeric-port rule and one named-port rule.
-    let prules = &r.chains[&policy].rules;
-    assert_eq!(prules.len(), 4, "{text}");
-    assert!(prules
-        .iter()
-        .all(|r| r.comment.as_deref() == Some("x/web-from-db ingress[0]")));
-    // Sets: the peer selector (pods app=db of x, both nodes), its v6 twin, numeric ports,
-    // named ports resolved on the local target, and the local pods.
-    let mut kinds: Vec<String> = r
-        .sets
-        .keys()
-        .map(|n| n.split('-').next().unwrap().to_string())
-        .collect();
-    kinds.sort();
-    assert_eq!(
-        kinds,
-        vec!["local4", "local6", "named4", "named6", "pods4", "pods6", "ports"]
-    );
-    let pods4 = r
-        .sets
-        .iter()
-        .find(|(n, _)| n.starts_with("pods4-"))
-        .unwrap()
-        .1;
-    assert_eq!(
-        pods4.elements,
-        ["10.0.1.3", "10.0.2.3"]
-            .iter()
-            .map(|a| vec![Value::Addr(a.parse().unwrap())])
-            .collect()
-    );
-    let named4 = r
-        .sets
-        .iter()
-        .find(|(n, _)| n.starts_with("named4-"))
-        .unwrap()
-        .1;
-    assert_eq!(
-        named4.elements,
-        [vec![
+    assert_eq!(rules[1].verdict, Some(RuleVerdict::Verdict(Verdict::Drop)));
+    assert_eq!(rules[2].comment.as_deref(), Some("x/web-from-db"));
+    // From app=db of x: TCP 80 and the named port http (8080 on x/web), allowed by the rule.
+    // Single ports: the hash map of exceptions (no background: the rest is the default).
+    let ports4 = &r.maps[&format!("{db_class}-x4")];
+    assert!(!ports4.interval);
+    assert!(r.maps[&format!("{db_class}-p4")].elements.is_empty());
+    assert!(r.maps[&format!("{db_class}-a4")].elements.is_empty());
+    let web = |proto: u8, port: u16| {
+        vec![
             Value::Addr("10.0.1.2".parse().unwrap()),
-            Value::Proto(6),
-            Value::Port(8080)
-        ]]
-        .into_iter()
-        .collect()
-    );
-    let ports = r
-        .sets
-        .iter()
-        .find(|(n, _)| n.starts_with("ports-"))
-        .unwrap()
-        .1;
-    assert!(ports.interval);
+            Value::Proto(proto),
+            Value::Port(port),
+        ]
+    };
     assert_eq!(
-        ports.elements,
-        [vec![Value::Proto(6), Value::Port(80)]]
-            .into_iter()
-            .collect()
+        ports4.elements,
+        [
+            (web(6, 80), Verdict::Goto(ok.clone())),
+            (web(6, 8080), Verdict::Goto(ok.clone()))
+        ]
+        .into()
     );
+    assert_eq!(
+        r.chains[&ok].rules[0].comment.as_deref(),
+        Some("x/web-from-db ingress[0]")
+    );
+    // Nothing else decides anything: the world class's maps are empty.
+    for m in ["p4", "p6", "n4", "n6"] {
+        assert!(r.maps[&format!("{world}-{m}")].elements.is_empty(), "{m}");
+    }
     assert_eq!(r.sets["local4"].elements.len(), 2);
+    let to_web = |src: &str, proto, port| {
+        classify(
+            &r,
+            Hook::Forward,
+            &packet(src, "10.0.1.2", proto, port, "eth0", "pal0000000002"),
+        )
+        .unwrap()
+        .accepted
+    };
+    assert!(to_web("10.0.2.3", Protocol::Tcp, 80));
+    assert!(to_web("10.0.2.3", Protocol::Tcp, 8080));
+    assert!(!to_web("10.0.2.3", Protocol::Tcp, 81));
+    assert!(!to_web("10.0.2.3", Protocol::Udp, 80));
+    assert!(
+        !to_web("10.0.2.4", Protocol::Tcp, 80),
+        "y/other is not of x"
+    );
+    let mut icmp = packet(
+        "10.0.2.3",
+        "10.0.1.2",
+        Protocol::Tcp,
+        0,
+        "eth0",
+        "pal0000000002",
+    );
+    icmp.proto = 1;
+    assert!(!classify(&r, Hook::Forward, &icmp).unwrap().accepted);
 }
 
 #[test]
@@ -340,56 +365,44 @@ fn golden_node_2_ip_block_and_end_port() {
     let r = compile(&small_cluster(), &opts("n2"));
     assert!(check_ruleset(&r).is_empty(), "{:?}", check_ruleset(&r));
     println!("{}", dump(&r));
-    let block = r
-        .sets
-        .iter()
-        .find(|(n, _)| n.starts_with("block4-"))
-        .unwrap()
-        .1;
-    assert!(block.interval);
-    let prefixes: Vec<String> = block
+    // 10.0.0.0/8 except 10.0.9.0/24: two ranges, one class.
+    let ranges: Vec<(Vec<Value>, Verdict)> = r.maps["egress-net4"]
         .elements
         .iter()
-        .map(|e| match &e[0] {
-            Value::Prefix(p) => p.to_string(),
-            other => panic!("{other:?}"),
-        })
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    // 10.0.0.0/8 minus 10.0.9.0/24.
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert_eq!(
-        prefixes,
-        vec![
-            "10.0.0.0/21",
-            "10.0.8.0/24",
-            "10.0.10.0/23",
-            "10.0.12.0/22",
-            "10.0.16.0/20",
-            "10.0.32.0/19",
-            "10.0.64.0/18",
-            "10.0.128.0/17",
-            "10.1.0.0/16",
-            "10.2.0.0/15",
-            "10.4.0.0/14",
-            "10.8.0.0/13",
-            "10.16.0.0/12",
-            "10.32.0.0/11",
-            "10.64.0.0/10",
-            "10.128.0.0/9"
-        ]
+        ranges[0].0,
+        vec![Value::AddrRange(ip("10.0.0.0"), ip("10.0.8.255"))]
     );
-    let ports = r
-        .sets
-        .iter()
-        .find(|(n, _)| n.starts_with("ports-"))
-        .unwrap()
-        .1;
     assert_eq!(
-        ports.elements,
-        [vec![Value::Proto(17), Value::PortRange(53, 60)]]
-            .into_iter()
-            .collect()
+        ranges[1].0,
+        vec![Value::AddrRange(ip("10.0.10.0"), ip("10.255.255.255"))]
     );
-    // y/other is egress-isolated here: UDP 53 into 10.0.1.3 allowed, 10.0.9.1 and TCP denied.
+    assert_eq!(ranges[0].1, ranges[1].1);
+    let Verdict::Goto(block_class) = &ranges[0].1 else {
+        panic!()
+    };
+    // y/other (10.0.2.4) may send UDP 53..60 there: one range element.
+    let ok = names::allow_chain_name(&RuleRef {
+        policy: PolicyRef::network(&ObjectKey::new("y", "dns-out")),
+        direction: Direction::Egress,
+        index: 0,
+    });
+    assert_eq!(
+        r.maps[&format!("{block_class}-p4")].elements,
+        [(
+            vec![
+                Value::Addr(ip("10.0.2.4")),
+                Value::Proto(17),
+                Value::PortRange(53, 60)
+            ],
+            Verdict::Goto(ok)
+        )]
+        .into()
+    );
     let from_other = |dst: &str, proto, port| {
         classify(
             &r,
@@ -508,12 +521,14 @@ fn named_port_through_ip_block_resolves_on_the_destination_pod() {
     );
     let r = compile(&s, &opts("n2"));
     assert!(check_ruleset(&r).is_empty(), "{:?}", check_ruleset(&r));
-    let chain = policy_chain_name(
-        Direction::Egress,
-        &PolicyRef::network(&ObjectKey::new("y", "dns-out")),
+    // x/web (the one pod declaring http) is a class of its own for egress.
+    assert_ne!(
+        class_of(&r, Direction::Egress, "10.0.1.2"),
+        match r.maps["egress-net4"].elements.values().next() {
+            Some(Verdict::Goto(c)) => c.clone(),
+            other => panic!("{other:?}"),
+        }
     );
-    // One rule: the block and the named ports of every pod (one family: the block's).
-    assert_eq!(r.chains[&chain].rules.len(), 1, "{}", dump(&r));
     let from_other = |dst: &str, port| {
         classify(
             &r,
@@ -540,12 +555,8 @@ fn named_port_through_ip_block_resolves_on_the_destination_pod() {
 fn log_prefix_and_chain_descriptions_round_trip() {
     let r = compile(&small_cluster(), &opts("n1"));
     let web_from_db = PolicyRef::network(&ObjectKey::new("x", "web-from-db"));
-    let class = class_chain_name(
-        Direction::Ingress,
-        Tier::NetworkPolicy,
-        std::slice::from_ref(&web_from_db),
-    );
-    let prefix = r.chains[&class]
+    let iso = names::isolation_chain_name(Direction::Ingress, std::slice::from_ref(&web_from_db));
+    let prefix = r.chains[&iso]
         .rules
         .iter()
         .flat_map(|r| &r.statements)
@@ -560,34 +571,37 @@ fn log_prefix_and_chain_descriptions_round_trip() {
     let d = describe_chain(&r, &parsed.chain).unwrap();
     assert_eq!(
         d.role,
-        ChainRole::Class {
+        ChainRole::Isolation {
             direction: Direction::Ingress,
-            tier: Tier::NetworkPolicy,
-            policies: vec![web_from_db.clone()],
+            policies: vec![web_from_db],
             addresses: vec!["10.0.1.2".parse().unwrap(), "fd00:1::2".parse().unwrap()],
         }
     );
-    let policy = policy_chain_name(Direction::Ingress, &web_from_db);
+    let ok = names::allow_chain_name(&web_from_db_rule());
     assert_eq!(
-        describe_chain(&r, &policy).unwrap().role,
-        ChainRole::Policy {
+        describe_chain(&r, &ok).unwrap().role,
+        ChainRole::Allow {
             direction: Direction::Ingress,
-            policy: web_from_db
+            rule: web_from_db_rule()
         }
     );
+    let class = class_of(&r, Direction::Ingress, "10.0.1.3");
     assert_eq!(
-        describe_chain(&r, "ingress-np").unwrap().role,
-        ChainRole::Base
+        describe_chain(&r, &class).unwrap().role,
+        ChainRole::PeerClass {
+            direction: Direction::Ingress
+        }
     );
+    for base in ["ingress", "egress-peers", "ingress-default", "forward"] {
+        assert_eq!(describe_chain(&r, base).unwrap().role, ChainRole::Base);
+    }
     let rule = parse_rule_comment("x/web-from-db ingress[3]").unwrap();
     assert_eq!(rule.index, 3);
 }
 
 #[test]
-fn equal_selectors_share_one_set_and_names_are_stable() {
+fn equal_selectors_share_one_class_and_names_are_stable() {
     let mut s = small_cluster();
-    // A second policy with the same peer selector written differently (empty expression
-    // list): it must reuse the pods set.
     let mut p2 = s.network_policies[&ObjectKey::new("x", "web-from-db")].clone();
     p2.metadata.name = "again".into();
     if let Some(rules) = p2.spec.ingress.as_mut() {
@@ -599,18 +613,37 @@ fn equal_selectors_share_one_set_and_names_are_stable() {
     }
     s.network_policies.insert(ObjectKey::new("x", "again"), p2);
     let r = compile(&s, &opts("n1"));
-    assert_eq!(r.sets.keys().filter(|n| n.starts_with("pods4-")).count(), 1);
     assert_eq!(r, compile(&s, &opts("n1")), "deterministic");
-    // Two policies select x/web: one class chain jumping to both.
-    let class = class_chain_name(
+    // Both policies' peers are one condition: the db pods form one class besides the world.
+    let classes: BTreeSet<&String> = r.maps["ingress-peer4"]
+        .elements
+        .values()
+        .map(|v| match v {
+            Verdict::Goto(c) => c,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(classes.len(), 1, "{}", dump(&r));
+    // The first policy in order decides (an allow of either would do): `again` < `web-from-db`.
+    let db_class = class_of(&r, Direction::Ingress, "10.0.1.3");
+    let again = names::allow_chain_name(&RuleRef {
+        policy: PolicyRef::network(&ObjectKey::new("x", "again")),
+        direction: Direction::Ingress,
+        index: 0,
+    });
+    assert!(r.maps[&format!("{db_class}-x4")]
+        .elements
+        .values()
+        .all(|v| *v == Verdict::Goto(again.clone())));
+    // Isolated by both.
+    let iso = names::isolation_chain_name(
         Direction::Ingress,
-        Tier::NetworkPolicy,
         &[
             PolicyRef::network(&ObjectKey::new("x", "again")),
             PolicyRef::network(&ObjectKey::new("x", "web-from-db")),
         ],
     );
-    assert_eq!(r.chains[&class].rules.len(), 4);
+    assert!(r.chains.contains_key(&iso), "{}", dump(&r));
 }
 
 /// Incremental compiles equal full compiles after every kind of change.
@@ -676,52 +709,110 @@ fn incremental_equals_full_compile() {
     }
 }
 
-/// Pod churn is reported by exact element changes, and an address two pods hold (one
-/// leaving, one arriving with the reused address) stays in a set until neither gives it.
+/// A pod change on another node changes the peer maps only, and an address two pods hold
+/// (one leaving, one arriving with the reused address) keeps its class until neither gives it.
 #[test]
-fn pod_changes_are_reported_by_their_elements_and_a_shared_address_stays() {
+fn remote_pod_changes_touch_peer_maps_only_and_a_shared_address_stays() {
     let o = opts("n1");
     let mut c = Compiler::with_state(o.clone(), small_cluster());
     let (_, touched) = c.ruleset_and_touched();
     assert!(touched.all);
-    let db_set = |c: &mut Compiler| -> String {
-        let rs = c.ruleset_ref();
-        rs.sets
-            .iter()
-            .find(|(n, s)| {
-                n.starts_with("pods4-")
-                    && s.elements
-                        .contains(&vec![Value::Addr("10.0.2.3".parse().unwrap())])
-            })
-            .map(|(n, _)| n.clone())
-            .expect("the app=db set")
-    };
-    let name = db_set(&mut c);
     let addr = |s: &str| vec![Value::Addr(s.parse().unwrap())];
+    let db_class = class_of(c.ruleset_ref(), Direction::Ingress, "10.0.2.3");
     // A second db pod on another node with the address of db2.
     let twin = mk_pod("x", "twin", "n3", &["10.0.2.3"], &[("app", "db")]);
     c.apply(Change::UpsertPod(twin));
     let (rs, touched) = c.ruleset_and_touched();
-    assert!(rs.sets[&name].elements.contains(&addr("10.0.2.3")));
-    assert!(!touched.sets.contains(&name), "{touched:?}");
-    assert!(touched.elements.get(&name).is_none_or(|d| d.is_empty()));
-    // db2 goes: the address stays (twin gives it), its IPv6 address goes from its set.
+    assert_eq!(class_of(rs, Direction::Ingress, "10.0.2.3"), db_class);
+    assert!(
+        touched.chains.is_empty() && touched.maps.is_empty(),
+        "{touched:?}"
+    );
+    // db2 goes: the address stays (twin gives it), its IPv6 address goes.
     c.apply(Change::DeletePod(ObjectKey::new("x", "db2")));
     let (rs, touched) = c.ruleset_and_touched();
-    assert!(rs.sets[&name].elements.contains(&addr("10.0.2.3")));
-    assert!(touched.elements.get(&name).is_none_or(|d| d.is_empty()));
-    let v6: Vec<_> = touched
+    assert_eq!(class_of(rs, Direction::Ingress, "10.0.2.3"), db_class);
+    assert!(!rs.maps["ingress-peer6"]
         .elements
-        .values()
-        .filter(|d| d.removed.contains(&addr("fd00:2::3")))
-        .collect();
-    assert_eq!(v6.len(), 1, "{touched:?}");
+        .contains_key(&addr("fd00:2::3")));
+    assert!(
+        touched.maps.is_empty() && touched.chains.is_empty(),
+        "{touched:?}"
+    );
+    let gone = &touched.map_elements["ingress-peer6"];
+    assert!(gone.added.is_empty());
+    assert_eq!(
+        gone.removed,
+        [(addr("fd00:2::3"), Verdict::Goto(db_class.clone()))].into()
+    );
     assert_eq!(c.ruleset(), compile(c.state(), &o));
-    // twin goes too: now the address goes, as one removed element.
+    // twin goes too: now the address goes.
     c.apply(Change::DeletePod(ObjectKey::new("x", "twin")));
     let (rs, touched) = c.ruleset_and_touched();
-    assert!(!rs.sets[&name].elements.contains(&addr("10.0.2.3")));
-    let d = &touched.elements[&name];
-    assert!(d.added.is_empty() && d.removed == [addr("10.0.2.3")].into());
+    assert!(!rs.maps["ingress-peer4"]
+        .elements
+        .contains_key(&addr("10.0.2.3")));
+    assert!(touched.maps.is_empty(), "{touched:?}");
+    assert_eq!(
+        touched.map_elements["ingress-peer4"].removed,
+        [(addr("10.0.2.3"), Verdict::Goto(db_class.clone()))].into()
+    );
     assert_eq!(c.ruleset(), compile(c.state(), &o));
+}
+
+#[test]
+fn port_decisions_are_exceptions_over_a_background() {
+    use super::decide::Outcome;
+    use super::flat::{port_layout, Placed};
+    use crate::model::Protocol::{Tcp, Udp};
+    let rule = |i| RuleRef {
+        policy: PolicyRef::network(&ObjectKey::new("x", "p")),
+        direction: Direction::Ingress,
+        index: i,
+    };
+    let default = Outcome::Isolated(vec![PolicyRef::network(&ObjectKey::new("x", "p"))]);
+    let allow = Outcome::Allow(Some(rule(0)));
+    let deny = Outcome::Deny(rule(1));
+    // One allowed port: an exception over the default (no background element).
+    let ports = vec![(Tcp, 80, 80, allow.clone())];
+    assert_eq!(
+        port_layout(&ports, &default),
+        vec![(6, vec![(Placed::Port(80), Some(&allow))])]
+    );
+    // Everything allowed but one denied port: the allow is the background.
+    let ports = vec![
+        (Tcp, 0, 79, allow.clone()),
+        (Tcp, 80, 80, deny.clone()),
+        (Tcp, 81, 65535, allow.clone()),
+    ];
+    assert_eq!(
+        port_layout(&ports, &default),
+        vec![(
+            6,
+            vec![
+                (Placed::Protocol, Some(&allow)),
+                (Placed::Port(80), Some(&deny))
+            ]
+        )]
+    );
+    // A range stays a range; the gaps of a background are the default's, as exceptions.
+    let ports = vec![
+        (Udp, 53, 60, deny.clone()),
+        (Udp, 100, 65534, allow.clone()),
+    ];
+    assert_eq!(
+        port_layout(&ports, &default),
+        vec![(
+            17,
+            vec![
+                (Placed::Protocol, Some(&allow)),
+                (Placed::Range(0, 52), None),
+                (Placed::Range(53, 60), Some(&deny)),
+                (Placed::Range(61, 99), None),
+                (Placed::Port(65535), None),
+            ]
+        )]
+    );
+    // Nothing for a protocol without decisions.
+    assert!(port_layout(&[], &default).is_empty());
 }

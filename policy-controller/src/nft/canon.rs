@@ -174,7 +174,7 @@ pub(crate) fn canonical_value(v: Value, in_set: bool) -> Value {
     }
 }
 
-fn canonical_key(interval: bool, key: &[Value]) -> Vec<Value> {
+pub(crate) fn canonical_key(interval: bool, key: &[Value]) -> Vec<Value> {
     key.iter()
         .map(|v| canonical_value(v.clone(), interval))
         .collect()

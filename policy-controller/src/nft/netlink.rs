@@ -28,23 +28,44 @@ pub use palisade_kernel::nftables::BatchError;
 /// cost is then small next to the transaction itself.
 const MAX_BATCH: usize = 256 * 1024;
 
-/// Elements per netlink message. A message's element list is one attribute, whose length is
-/// 16 bits: a list over 64 KiB does not fit, and netlink-packet-netfilter 0.3 panics emitting
-/// it instead of refusing. An element is at most about 200 bytes (an interval of two v6 keys
-/// with a verdict naming a chain, and the nesting), so 256 stay under 52 KiB. A pod change
-/// that moves thousands of elements at once (a selection of a large namespace, a dispatch
-/// map of a busy node) needs several messages.
-const PER_MESSAGE: usize = 256;
+/// The most bytes of a batch of [`encode_additions`]: the default socket send buffer is 208
+/// KiB, and batches that fit it need no raised buffer (the kernel crate raises it for a
+/// larger one, charging the socket that memory).
+const ADDITIONS_BATCH: usize = 160 * 1024;
+
+/// One key type's encoder: a value as a field of the kernel crate, or `None` when the value
+/// does not fit the type.
+type FieldEncoder = fn(&Value) -> Option<nf::Field>;
+
+/// How values of key type `t` are encoded, or `None` for a type the kernel crate has no
+/// field for (interface names: such sets go through nft). The one list of the key types
+/// the fast path takes: [`field`] encodes with it and [`element_additions`] asks it, so a
+/// new key type is encodable in both or in neither (the match has no catch-all).
+fn field_encoder(t: KeyType) -> Option<FieldEncoder> {
+    match t {
+        KeyType::Ipv4Addr => Some(|v| match v {
+            Value::Addr(a @ IpAddr::V4(_)) => Some(nf::Field::from(*a)),
+            _ => None,
+        }),
+        KeyType::Ipv6Addr => Some(|v| match v {
+            Value::Addr(a @ IpAddr::V6(_)) => Some(nf::Field::from(*a)),
+            _ => None,
+        }),
+        KeyType::InetProto => Some(|v| match v {
+            Value::Proto(p) => Some(nf::Field::Proto(*p)),
+            _ => None,
+        }),
+        KeyType::InetService => Some(|v| match v {
+            Value::Port(p) => Some(nf::Field::Port(*p)),
+            _ => None,
+        }),
+        KeyType::IfName => None,
+    }
+}
 
 /// One field of an exact key; `None` when the value does not fit the key type.
 fn field(t: &KeyType, v: &Value) -> Option<nf::Field> {
-    match (t, v) {
-        (KeyType::Ipv4Addr, Value::Addr(a @ IpAddr::V4(_)))
-        | (KeyType::Ipv6Addr, Value::Addr(a @ IpAddr::V6(_))) => Some(nf::Field::from(*a)),
-        (KeyType::InetProto, Value::Proto(p)) => Some(nf::Field::Proto(*p)),
-        (KeyType::InetService, Value::Port(p)) => Some(nf::Field::Port(*p)),
-        _ => None,
-    }
+    field_encoder(*t)?(v)
 }
 
 /// One field of an interval key: its first and last value. An exact value is the interval
@@ -214,21 +235,13 @@ pub fn encode(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Batch> {
         match op {
             Op::AddElements { .. } | Op::AddMapElements { .. } => {
                 let (name, ty, elements) = addition(model, op)?;
-                for chunk in elements.chunks(PER_MESSAGE) {
-                    Additions::new(ty, chunk.iter().copied())?.add_to(&mut batch, name)
-                }
+                Additions::new(ty, elements)?.add_to(&mut batch, name)
             }
             Op::DeleteElements { set, elements } => {
-                let ty = set_type(model, set)?;
-                for chunk in elements.chunks(PER_MESSAGE) {
-                    delete(&mut batch, set, ty, chunk)?
-                }
+                delete(&mut batch, set, set_type(model, set)?, elements)?
             }
             Op::DeleteMapElements { map, keys } => {
-                let ty = map_type(model, map)?;
-                for chunk in keys.chunks(PER_MESSAGE) {
-                    delete(&mut batch, map, ty, chunk)?
-                }
+                delete(&mut batch, map, map_type(model, map)?, keys)?
             }
             _ => return None,
         }
@@ -248,44 +261,34 @@ pub fn element_additions(model: &Ruleset, op: &Op) -> Option<usize> {
         Op::AddMapElements { map, elements } => (map_type(model, map)?, elements.len()),
         _ => return None,
     };
-    let known = |t: &KeyType| {
-        matches!(
-            t,
-            KeyType::Ipv4Addr | KeyType::Ipv6Addr | KeyType::InetProto | KeyType::InetService
-        )
-    };
-    ty.key.iter().all(known).then_some(n)
+    ty.key
+        .iter()
+        .all(|t| field_encoder(*t).is_some())
+        .then_some(n)
 }
 
 /// The element additions of `ops` for the sets and maps of `model` as batches of at most
-/// about 160 KiB each (a netlink message must fit the socket's send buffer, 208 KiB by
-/// default), for filling the sets of a table nothing uses yet (see `kernel`'s staged cold
-/// start): each batch is a transaction of its own. `None` when some command is not such an
-/// addition or a key cannot be encoded.
+/// [`ADDITIONS_BATCH`] bytes each (the kernel crate's [`nf::Batches`]), for filling the sets
+/// of a table nothing uses yet (see `kernel`'s staged cold start): each batch is a
+/// transaction of its own. `None` when some command is not such an addition or a key cannot
+/// be encoded.
 pub fn encode_additions(table: &str, model: &Ruleset, ops: &[Op]) -> Option<Vec<Batch>> {
-    /// The size from which a batch is sent: with commands of [`PER_MESSAGE`] elements, at
-    /// most about 150 KiB.
-    const FULL: usize = 96 * 1024;
-    let mut batches = Vec::new();
-    let mut batch = Batch::new(table);
-    for op in ops {
-        let (name, ty, elements) = addition(model, op)?;
-        // Every chunk is encoded before any is added: `None` leaves nothing half-built.
-        let chunks = elements
-            .chunks(PER_MESSAGE)
-            .map(|c| Additions::new(ty, c.iter().copied()))
-            .collect::<Option<Vec<_>>>()?;
-        for chunk in chunks {
-            chunk.add_to(&mut batch, name);
-            if batch.len() > FULL {
-                batches.push(std::mem::replace(&mut batch, Batch::new(table)));
-            }
+    // Every command is encoded before any is added: `None` leaves nothing half-built.
+    let additions = ops
+        .iter()
+        .map(|op| {
+            let (name, ty, elements) = addition(model, op)?;
+            Some((name, Additions::new(ty, elements)?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mut batches = nf::Batches::new(table, ADDITIONS_BATCH);
+    for (name, a) in additions {
+        match a {
+            Additions::Exact(e) => batches.add(name, &e),
+            Additions::Intervals(e) => batches.add_intervals(name, &e),
         }
     }
-    if !batch.is_empty() {
-        batches.push(batch);
-    }
-    Some(batches)
+    Some(batches.finish())
 }
 
 /// A NETLINK_NETFILTER socket of the network namespace at `netns` (opened inside it by the
@@ -540,57 +543,6 @@ mod tests {
         assert!(encode("palisade", &rs, &unknown).is_none());
     }
 
-    /// Many verdict-map elements naming chains (a dispatch map of a busy node, a selection of
-    /// a large namespace) go as several messages, each list well under the 64 KiB an
-    /// attribute can hold (one message panicked in netlink-packet-netfilter).
-    #[test]
-    fn large_changes_are_split_into_messages_that_fit() {
-        let mut rs = Ruleset::default();
-        rs.maps.insert(
-            "m".into(),
-            VerdictMap {
-                key: vec![KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
-                ..VerdictMap::default()
-            },
-        );
-        let elements: Vec<(Vec<Value>, Verdict)> = (0..1500u16)
-            .map(|i| {
-                (
-                    vec![
-                        Value::Addr(format!("fd00::{i:x}").parse().unwrap()),
-                        Value::Proto(6),
-                        Value::Port(i),
-                    ],
-                    Verdict::Goto(format!("in-ok-{i:016x}")),
-                )
-            })
-            .collect();
-        let keys: Vec<Vec<Value>> = elements.iter().map(|(k, _)| k.clone()).collect();
-        let ops = [
-            Op::AddMapElements {
-                map: "m".into(),
-                elements: elements.clone(),
-            },
-            Op::DeleteMapElements {
-                map: "m".into(),
-                keys,
-            },
-        ];
-        let batch = encode("t", &rs, &ops).expect("encodable");
-        let sizes: Vec<usize> = batch
-            .commands()
-            .iter()
-            .map(|c| match c {
-                Command::AddElements { count, .. } | Command::DeleteElements { count, .. } => {
-                    *count
-                }
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 3000);
-        assert!(sizes.iter().all(|n| *n <= PER_MESSAGE), "{sizes:?}");
-    }
-
     #[test]
     fn a_cold_start_s_additions_are_split_into_batches_that_fit_a_socket() {
         let rs = model();
@@ -614,15 +566,28 @@ mod tests {
                 )],
             },
         ];
+        // Element counts per set or map, over all batches (each at most ADDITIONS_BATCH).
+        let added = |batches: &[Batch]| {
+            let mut out = std::collections::BTreeMap::new();
+            for b in batches {
+                assert!(b.len() < ADDITIONS_BATCH, "a batch of {} bytes", b.len());
+                for c in b.commands() {
+                    match c {
+                        Command::AddElements { set, count } => {
+                            *out.entry(set.clone()).or_insert(0) += count
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            out
+        };
         let batches = encode_additions("palisade", &rs, &ops).unwrap();
         assert!(batches.len() > 1, "{} batches", batches.len());
-        let mut commands = 0;
-        for b in &batches {
-            assert!(b.len() < 160 * 1024, "a batch of {} bytes", b.len());
-            commands += b.commands().len();
-        }
-        // Commands of at most PER_MESSAGE elements for the set, one for the map.
-        assert_eq!(commands, 10_000usize.div_ceil(PER_MESSAGE) + 1);
+        assert_eq!(
+            added(&batches),
+            [("ingress4".to_string(), 1), ("named6".to_string(), 10_000)].into()
+        );
         let intervals = [Op::AddMapElements {
             map: "ports6".into(),
             elements: (0..2_000)
@@ -634,9 +599,7 @@ mod tests {
                 .collect(),
         }];
         let batches = encode_additions("palisade", &rs, &intervals).unwrap();
-        assert!(batches.iter().all(|b| b.len() < 160 * 1024));
-        let commands: usize = batches.iter().map(|b| b.commands().len()).sum();
-        assert_eq!(commands, 2_000usize.div_ceil(PER_MESSAGE));
+        assert_eq!(added(&batches), [("ports6".to_string(), 2_000)].into());
         // Only additions, of keys that can be encoded.
         let names = [Op::AddElements {
             set: "ifaces".into(),

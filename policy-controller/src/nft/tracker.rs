@@ -25,10 +25,12 @@
 //! (a set's type, a set becoming a map, a chain becoming a base chain): that makes every user
 //! of the object part of the change, which only the full diff sees.
 
-use super::canon::{canonical_chain, canonical_map, canonical_set, canonicalize};
+use super::canon::{canonical_chain, canonical_key, canonical_map, canonical_set, canonicalize};
 use super::plan::{plan, validate, validate_objects, Op, Programmed};
 use super::DataplaneError;
-use crate::ruleset::{Chain, ElementDelta, Ruleset, Set, Touched, Value, VerdictMap};
+use crate::ruleset::{
+    Chain, ElementDelta, MapDelta, Ruleset, Set, Touched, Value, Verdict, VerdictMap,
+};
 use foldhash::quality::{FoldHasher, RandomState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -71,6 +73,8 @@ pub(crate) struct Diff {
     /// Sets changed by these elements only: `model` holds them without elements (for their
     /// key), and the programmed set takes the changes on commit.
     deltas: Vec<(String, ElementDelta)>,
+    /// The same for verdict maps.
+    map_deltas: Vec<(String, MapDelta)>,
 }
 
 /// What changed between the fingerprints of the last programmed model and a new one.
@@ -81,6 +85,8 @@ struct Changes<'t> {
     gone: Vec<Gone>,
     /// Sets changed by elements only, with their new fingerprints.
     deltas: Vec<(&'t String, &'t ElementDelta, Print)>,
+    /// Maps changed by elements only, with their new fingerprints.
+    map_deltas: Vec<(&'t String, &'t MapDelta, Print)>,
 }
 
 #[derive(Debug)]
@@ -137,9 +143,38 @@ impl Tracker {
             maps: rs
                 .maps
                 .iter()
-                .map(|(n, m)| (n.clone(), self.print(|h| hash_map(m, h))))
+                .map(|(n, m)| (n.clone(), self.map_print(m)))
                 .collect(),
         }
+    }
+
+    /// A map's fingerprint: its type's digest plus the sum of its elements' digests (see
+    /// [`Tracker::set_print`]).
+    fn map_print(&self, m: &VerdictMap) -> Print {
+        let mut p = self.print(|h| hash_map_type(m, h));
+        for (k, v) in &m.elements {
+            p = p.wrapping_add(self.map_element_print(k, v));
+        }
+        p
+    }
+
+    fn map_element_print(&self, k: &[Value], v: &Verdict) -> Print {
+        self.print(|h| {
+            k.hash(h);
+            v.hash(h);
+        })
+    }
+
+    /// `print` after `delta`.
+    fn map_delta_print(&self, print: Print, delta: &MapDelta) -> Print {
+        let mut p = print;
+        for (k, v) in &delta.removed {
+            p = p.wrapping_sub(self.map_element_print(k, v));
+        }
+        for (k, v) in &delta.added {
+            p = p.wrapping_add(self.map_element_print(k, v));
+        }
+        p
     }
 
     /// A set's fingerprint: its type's digest plus the sum of its elements' digests, so that
@@ -257,6 +292,32 @@ impl Tracker {
                 }
                 only_sets = Some(&full_sets);
             }
+            // The same for maps.
+            let mut map_deltas = Vec::new();
+            let mut full_maps;
+            let mut only_maps = only(&touched.maps);
+            if !touched.all && !touched.map_elements.is_empty() {
+                full_maps = touched.maps.clone();
+                // A map's canonical form spells each key alone (no merging, unlike an
+                // interval set's), so interval maps follow their changes too.
+                for (name, delta) in &touched.map_elements {
+                    let exact = match (programmed.model.maps.get(name), desired.maps.get(name)) {
+                        (Some(p), Some(d)) => p.key == d.key && p.interval == d.interval,
+                        _ => false,
+                    };
+                    match old.maps.get(name) {
+                        Some(p) if exact => {
+                            if !delta.is_empty() {
+                                map_deltas.push((name, delta, self.map_delta_print(*p, delta)));
+                            }
+                        }
+                        _ => {
+                            full_maps.insert(name.clone());
+                        }
+                    }
+                }
+                only_maps = Some(&full_maps);
+            }
             let changes = Changes {
                 chains: self.changed(
                     &desired.chains,
@@ -277,13 +338,14 @@ impl Tracker {
                 maps: self.changed(
                     &desired.maps,
                     &old.maps,
-                    only(&touched.maps),
-                    |m| self.print(|h| hash_map(m, h)),
+                    only_maps,
+                    |m| self.map_print(m),
                     Gone::Map,
                     &mut gone,
                 ),
                 gone,
                 deltas,
+                map_deltas,
             };
             if let Some(diff) = partial(changes, programmed, desired)? {
                 return Ok(diff);
@@ -304,6 +366,7 @@ impl Tracker {
             prints,
             gone: Vec::new(),
             deltas: Vec::new(),
+            map_deltas: Vec::new(),
         })
     }
 
@@ -323,6 +386,12 @@ impl Tracker {
             model.sets.remove(n);
             if let Some(set) = p.model.sets.get_mut(n) {
                 delta.apply_to(&mut set.elements);
+            }
+        }
+        for (n, delta) in &diff.map_deltas {
+            model.maps.remove(n);
+            if let Some(map) = p.model.maps.get_mut(n) {
+                delta.apply_to(&mut map.elements);
             }
         }
         for g in diff.gone {
@@ -373,6 +442,7 @@ fn partial(
         maps,
         gone,
         deltas,
+        map_deltas,
     } = changes;
     let cur = &programmed.model;
     let kind_changed = chains.iter().any(|(n, _)| {
@@ -485,6 +555,57 @@ fn partial(
         prints.sets.insert(n.clone(), p);
         delta_sets.push((n.clone(), delta.clone()));
     }
+    let mut delta_maps = Vec::with_capacity(map_deltas.len());
+    // Map elements name chains: their deletions go first (a chain going in this transaction
+    // must no longer be named when it is deleted), their additions last (a chain they name
+    // may come in this transaction). A key whose verdict changed is in both.
+    let mut first = Vec::new();
+    for (n, delta, p) in map_deltas {
+        let cur_map = &cur.maps[n];
+        let canon = |k: &Vec<Value>| canonical_key(cur_map.interval, k);
+        let delta = MapDelta {
+            added: delta
+                .added
+                .iter()
+                .map(|(k, v)| (canon(k), v.clone()))
+                .collect(),
+            removed: delta
+                .removed
+                .iter()
+                .map(|(k, v)| (canon(k), v.clone()))
+                .collect(),
+        };
+        if !delta.removed.is_empty() {
+            first.push(Op::DeleteMapElements {
+                map: n.clone(),
+                keys: delta.removed.keys().cloned().collect(),
+            });
+        }
+        if !delta.added.is_empty() {
+            ops.push(Op::AddMapElements {
+                map: n.clone(),
+                elements: delta
+                    .added
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        after.maps.insert(
+            n.clone(),
+            VerdictMap {
+                key: cur_map.key.clone(),
+                interval: cur_map.interval,
+                ..VerdictMap::default()
+            },
+        );
+        prints.maps.insert(n.clone(), p);
+        delta_maps.push((n.clone(), delta));
+    }
+    if !first.is_empty() {
+        first.append(&mut ops);
+        ops = first;
+    }
     Ok(Some(Diff {
         ops,
         model: after,
@@ -492,6 +613,7 @@ fn partial(
         prints,
         gone,
         deltas: delta_sets,
+        map_deltas: delta_maps,
     }))
 }
 
@@ -511,10 +633,10 @@ fn hash_set_type(s: &Set, h: &mut FoldHasher<'static>) {
     s.comment.hash(h);
 }
 
-fn hash_map(m: &VerdictMap, h: &mut FoldHasher<'static>) {
+/// Everything of a map but its elements (those are summed, see [`Tracker::map_print`]).
+fn hash_map_type(m: &VerdictMap, h: &mut FoldHasher<'static>) {
     m.key.hash(h);
     m.interval.hash(h);
-    m.elements.hash(h);
     m.comment.hash(h);
 }
 
