@@ -56,6 +56,20 @@ pub enum Atom {
     Nodes(LabelSelector),
 }
 
+impl Atom {
+    /// The atom of one peer of a rule.
+    fn of(peer: &Peer) -> Atom {
+        match peer {
+            Peer::Pods(s) => Atom::Pods(s.clone()),
+            Peer::Network { cidr, except } => Atom::Network {
+                cidr: *cidr,
+                except: except.clone(),
+            },
+            Peer::Nodes(s) => Atom::Nodes(s.clone()),
+        }
+    }
+}
+
 /// The class of a peer address: the atoms it satisfies, and (egress) the numbers the named
 /// ports of the rules resolve to on the pod(s) at that address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -483,14 +497,7 @@ pub(crate) fn plan(
         let rules = index.policies[id].rules(direction).unwrap_or_default();
         for rule in rules {
             for peer in rule.peers.iter().flatten() {
-                let atom = match peer {
-                    Peer::Pods(s) => Atom::Pods(s.clone()),
-                    Peer::Network { cidr, except } => Atom::Network {
-                        cidr: *cidr,
-                        except: except.clone(),
-                    },
-                    Peer::Nodes(s) => Atom::Nodes(s.clone()),
-                };
+                let atom = Atom::of(peer);
                 if !atom_ids.contains_key(&atom) {
                     atom_ids.insert(atom.clone(), out.atoms.len());
                     out.atoms.push(atom);
@@ -641,16 +648,8 @@ fn decide(
         match &rule.peers {
             None => true,
             Some(peers) => peers.iter().any(|peer| {
-                let atom = match peer {
-                    Peer::Pods(s) => Atom::Pods(s.clone()),
-                    Peer::Network { cidr, except } => Atom::Network {
-                        cidr: *cidr,
-                        except: except.clone(),
-                    },
-                    Peer::Nodes(s) => Atom::Nodes(s.clone()),
-                };
                 atom_ids
-                    .get(&atom)
+                    .get(&Atom::of(peer))
                     .is_some_and(|id| class.atoms.binary_search(id).is_ok())
             }),
         }
