@@ -464,6 +464,7 @@ fn resolve(
 pub(crate) fn plan(
     state: &ClusterState,
     index: &StateIndex,
+    pods: &PodsByLabels<'_>,
     direction: Direction,
 ) -> DirectionPlan {
     let mut out = DirectionPlan {
@@ -511,7 +512,6 @@ pub(crate) fn plan(
     // Exact addresses: what pod and node atoms hold, and (egress) pods on which a named port
     // of the rules resolves.
     let mut exact_atoms: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
-    let pods = PodsByLabels::new(state, index);
     for (i, atom) in out.atoms.iter().enumerate() {
         match atom {
             Atom::Pods(selection) => {

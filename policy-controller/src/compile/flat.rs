@@ -28,7 +28,7 @@ use super::names::{
     dispatch_map_name, fam, hash_of, log_prefix, rule_comment, FILTER_PRIORITY, FORWARD_CHAIN,
     INPUT_CHAIN,
 };
-use super::{CompileOptions, StateIndex};
+use super::{CompileOptions, PodsByLabels, StateIndex};
 use crate::model::policy::{Action, Direction};
 use crate::model::{ClusterState, Protocol};
 use crate::ruleset::{
@@ -776,7 +776,9 @@ pub(crate) fn build(
         out: Ruleset::default(),
     };
     e.base_chains(state, index);
-    let plans = Direction::BOTH.map(|direction| decide::plan(state, index, direction));
+    // One grouping of the pods by labels serves both directions.
+    let pods = PodsByLabels::new(state, index);
+    let plans = Direction::BOTH.map(|direction| decide::plan(state, index, &pods, direction));
     for plan in &plans {
         e.direction(state, plan.direction.expect("a made plan"), plan);
     }
